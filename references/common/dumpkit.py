@@ -1,0 +1,168 @@
+"""The dump contract every reference dumper follows, written once.
+
+A dumper is `<dumper> --model FILE --prompt TEXT --n-generate N --temperature T --out DIR`.
+It computes the catalog's tensors (checkpoints/catalog.toml) with its own implementation and hands
+them to a `Dump`, which writes one .npy per tensor (little-endian, C order, f32; ids as i64) and
+DIR/manifest.toml, into a temporary folder renamed to DIR only when everything is written.
+
+Exit codes: 0 dumped; 2 usage or input error (bad arguments, missing or unreadable model);
+3 the reference itself failed (not installed, crashed, unsupported model).
+"""
+
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+EXIT_USAGE = 2
+EXIT_REFERENCE = 3
+
+CATALOG_PATH = Path(__file__).resolve().parents[2] / "checkpoints" / "catalog.toml"
+
+
+class DumpError(Exception):
+    """A failure with a one-line message and the exit code it maps to."""
+
+    def __init__(self, message, code=EXIT_REFERENCE):
+        super().__init__(message)
+        self.code = code
+
+
+def load_catalog():
+    with open(CATALOG_PATH, "rb") as f:
+        return tomllib.load(f)
+
+
+def parse_args(reference):
+    p = argparse.ArgumentParser(prog=f"references/{reference}/dump.py", description=f"Dump the checkpoint catalog from {reference}.")
+    p.add_argument("--model", required=True, help="GGUF file, or a folder with HF safetensors + config.json")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--n-generate", type=int, default=8, help="greedy tokens to generate through the KV cache")
+    p.add_argument("--temperature", type=float, default=1.0, help="temperature of the `probs` checkpoint")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    args = p.parse_args()
+    if not Path(args.model).exists():
+        raise DumpError(f"model not found: {args.model}", EXIT_USAGE)
+    if args.n_generate < 0 or args.temperature <= 0:
+        raise DumpError("--n-generate must be >= 0 and --temperature > 0", EXIT_USAGE)
+    return args
+
+
+def sha256_of(path):
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+class Dump:
+    """Collects a reference's tensors and writes them with their manifest."""
+
+    def __init__(self, reference, version, args, arch, n_layers, dtype="float32"):
+        self.catalog = load_catalog()
+        self.reference, self.version, self.args = reference, version, args
+        self.arch, self.n_layers, self.dtype = arch, n_layers, dtype
+        self.tensors = {}  # key -> np.ndarray
+        self.unavailable = {}  # key -> reason
+        self.token_ids = []
+        self.started = time.time()
+
+    def keys(self):
+        """Every catalog key this model should have, in catalog order, with its catalog entry."""
+        for t in self.catalog["tensor"]:
+            if t["scope"] == "layer":
+                for layer in range(self.n_layers):
+                    yield f"blk.{layer}.{t['name']}", t
+            else:
+                yield t["name"], t
+
+    def put(self, key, array):
+        entry = dict(self.keys()).get(key)
+        if entry is None:
+            raise DumpError(f"internal: {key} is not a catalog key")
+        if key in self.tensors:
+            raise DumpError(f"internal: {key} dumped twice")
+        a = np.asarray(array)
+        a = np.ascontiguousarray(a.astype("<i8" if entry.get("dtype") == "id" else "<f4"))
+        self.tensors[key] = a
+        if key == "tokens":
+            self.token_ids = [int(x) for x in a.reshape(-1)]
+
+    def mark_unavailable(self, key, reason):
+        self.unavailable[key] = reason
+
+    def write(self):
+        out = Path(self.args.out)
+        tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        lines = [
+            f"reference = {_q(self.reference)}",
+            f"version = {_q(self.version)}",
+            f"arch = {_q(self.arch)}",
+            f"n_layers = {self.n_layers}",
+            f"model = {_q(str(Path(self.args.model).resolve()))}",
+            f"model_sha256 = {_q(sha256_of(self.args.model))}",
+            f"prompt = {_q(self.args.prompt)}",
+            f"token_ids = {self.token_ids}",
+            f"dtype = {_q(self.dtype)}",
+            f"threads = {self.args.threads}",
+            f"n_generate = {self.args.n_generate}",
+            f"temperature = {self.args.temperature!r}",
+            f"wall_time_s = {time.time() - self.started:.3f}",
+            f"command = {_q(' '.join([sys.executable] + sys.argv))}",
+            "",
+        ]
+        for key, entry in self.keys():
+            lines.append(f"[tensors.{_q(key)}]")
+            if key in self.tensors:
+                a = self.tensors[key]
+                np.save(tmp / f"{key}.npy", a)
+                lines.append(f"file = {_q(key + '.npy')}")
+                lines.append(f"shape = {list(a.shape)}")
+                lines.append(f"dtype = {_q('i64' if a.dtype.kind == 'i' else 'f32')}")
+            elif "arch" in entry and self.arch not in entry["arch"]:
+                lines.append(f"unavailable = {_q('not part of ' + self.arch + ' (catalog arch = ' + ','.join(entry['arch']) + ')')}")
+            else:
+                reason = self.unavailable.get(key, f"{self.reference} dumper did not produce it")
+                lines.append(f"unavailable = {_q(reason)}")
+            lines.append("")
+        (tmp / "manifest.toml").write_text("\n".join(lines))
+        old = out.with_name(out.name + f".old-{os.getpid()}")
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _q(s):
+    """A TOML basic string."""
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r") + '"'
+
+
+def main(reference, run):
+    """Runs `run(args) -> Dump` and maps failures to the documented exit codes."""
+    try:
+        args = parse_args(reference)
+        dump = run(args)
+        dump.write()
+    except DumpError as e:
+        print(f"{reference}: {e}", file=sys.stderr)
+        sys.exit(e.code)
+    except ImportError as e:
+        print(f"{reference}: reference not installed ({e}); run scripts/setup-references.sh", file=sys.stderr)
+        sys.exit(EXIT_REFERENCE)
+    except Exception as e:  # the reference crashed: say so in one line, keep the exit code distinct
+        print(f"{reference}: reference failed: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(EXIT_REFERENCE)
