@@ -1,1 +1,3 @@
+mod results;
+
 fn main() {}
