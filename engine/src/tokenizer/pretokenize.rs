@@ -50,13 +50,16 @@ impl PreTokenizer {
     /// Cuts `text` into words; the words are consecutive, non-empty, and cover `text` exactly.
     pub fn split<'a>(&self, text: &'a str) -> Vec<&'a str> {
         let chars: Vec<(usize, char)> = text.char_indices().collect();
-        let mut pieces = vec![0..chars.len()];
+        let mut pieces: Vec<std::ops::Range<usize>> = std::iter::once(0..chars.len()).collect();
         let passes: &[Pass] = match self {
             PreTokenizer::Gpt2 => &[Pass::Gpt2],
             PreTokenizer::DigitsThenGpt2 => &[Pass::EachNumber, Pass::Gpt2],
-            PreTokenizer::Default => {
-                &[Pass::PunctuationRuns, Pass::Gpt2, Pass::NumberRuns, Pass::AsciiDigitTriples]
-            }
+            PreTokenizer::Default => &[
+                Pass::PunctuationRuns,
+                Pass::Gpt2,
+                Pass::NumberRuns,
+                Pass::AsciiDigitTriples,
+            ],
         };
         for pass in passes {
             let mut next = Vec::with_capacity(pieces.len());
@@ -71,7 +74,10 @@ impl PreTokenizer {
             pieces = next;
         }
         let byte_at = |i: usize| chars.get(i).map_or(text.len(), |&(b, _)| b);
-        pieces.into_iter().map(|p| &text[byte_at(p.start)..byte_at(p.end)]).collect()
+        pieces
+            .into_iter()
+            .map(|p| &text[byte_at(p.start)..byte_at(p.end)])
+            .collect()
     }
 }
 
@@ -87,7 +93,10 @@ pub(crate) fn is_letter(c: char) -> bool {
 }
 
 pub(crate) fn is_number(c: char) -> bool {
-    matches!(get_general_category(c), Gc::DecimalNumber | Gc::LetterNumber | Gc::OtherNumber)
+    matches!(
+        get_general_category(c),
+        Gc::DecimalNumber | Gc::LetterNumber | Gc::OtherNumber
+    )
 }
 
 fn is_punctuation(c: char) -> bool {
@@ -135,7 +144,11 @@ impl Pass {
 }
 
 /// Matches of `class+` (or of `class` alone when `max_run` is 1) and the gaps between them.
-fn split_runs(window: &[(usize, char)], class: impl Fn(char) -> bool, max_run: Option<usize>) -> Vec<usize> {
+fn split_runs(
+    window: &[(usize, char)],
+    class: impl Fn(char) -> bool,
+    max_run: Option<usize>,
+) -> Vec<usize> {
     let mut lens = Vec::new();
     let mut i = 0;
     while i < window.len() {
@@ -262,7 +275,10 @@ mod tests {
             split(PreTokenizer::Gpt2, "Hello world  don't 42!!  "),
             vec!["Hello", " world", " ", " don", "'t", " 42", "!!", "  "]
         );
-        assert_eq!(split(PreTokenizer::Gpt2, "a\n\nb"), vec!["a", "\n", "\n", "b"]);
+        assert_eq!(
+            split(PreTokenizer::Gpt2, "a\n\nb"),
+            vec!["a", "\n", "\n", "b"]
+        );
         assert_eq!(split(PreTokenizer::Gpt2, "x\t y"), vec!["x", "\t", " y"]);
         assert_eq!(split(PreTokenizer::Gpt2, " 's"), vec![" '", "s"]);
         assert_eq!(split(PreTokenizer::Gpt2, "I'M"), vec!["I", "'", "M"]);
@@ -278,13 +294,20 @@ mod tests {
 
     #[test]
     fn default_pattern_groups_punctuation_then_digit_triples() {
-        assert_eq!(split(PreTokenizer::Default, "a+=1234567"), vec!["a", "+=", "123", "456", "7"]);
+        assert_eq!(
+            split(PreTokenizer::Default, "a+=1234567"),
+            vec!["a", "+=", "123", "456", "7"]
+        );
     }
 
     #[test]
     fn pieces_cover_the_text_exactly() {
         let text = "  żółw 日本語 ١٢٣ \u{2028}x\u{a0} ";
-        for pre in [PreTokenizer::Gpt2, PreTokenizer::DigitsThenGpt2, PreTokenizer::Default] {
+        for pre in [
+            PreTokenizer::Gpt2,
+            PreTokenizer::DigitsThenGpt2,
+            PreTokenizer::Default,
+        ] {
             let pieces = pre.split(text);
             assert_eq!(pieces.concat(), text);
             assert!(pieces.iter().all(|p| !p.is_empty()));
