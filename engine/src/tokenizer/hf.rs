@@ -1,0 +1,241 @@
+//! Reading an HF `tokenizer.json` (plus `tokenizer_config.json` beside it) into a
+//! [`TokenizerSpec`], the way llama.cpp's converter would have written it to GGUF.
+//!
+//! Supported: byte-level BPE with the GPT-2 pre-tokenizer (`ByteLevel`) or with individual
+//! digits first (`Sequence[Digits(individual_digits), ByteLevel]`, SmolLM's). Anything else is
+//! refused with a message naming what was found, rather than tokenized differently.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{err, TokenizerSpec};
+use crate::{Error, Result};
+
+pub fn spec_from_hf_json(path: &Path) -> Result<TokenizerSpec> {
+    let json = read_json(path)?;
+    let bad = |reason: String| Error::Format {
+        path: path.to_path_buf(),
+        format: "HF tokenizer.json",
+        reason,
+    };
+
+    let model = json
+        .get("model")
+        .ok_or_else(|| bad("no \"model\" object".into()))?;
+    let model_type = model.get("type").and_then(Value::as_str).unwrap_or("");
+    if model_type != "BPE" {
+        return Err(err(format!(
+            "{}: model type '{model_type}' is not supported (only byte-level BPE)",
+            path.display()
+        )));
+    }
+    if !json.get("normalizer").is_none_or(Value::is_null) {
+        return Err(err(format!(
+            "{}: has a normalizer ({}); SentencePiece-style tokenizer.json files are not supported, use the GGUF vocabulary",
+            path.display(),
+            json["normalizer"].get("type").and_then(Value::as_str).unwrap_or("?")
+        )));
+    }
+    let pre =
+        pre_tokenizer_name(json.get("pre_tokenizer").unwrap_or(&Value::Null)).map_err(|found| {
+            err(format!(
+                "{}: pre_tokenizer {found} is not supported (ByteLevel, or Digits then ByteLevel)",
+                path.display()
+            ))
+        })?;
+
+    // Ids come from the model vocabulary and the added tokens; together they must be 0..n.
+    let vocab = model
+        .get("vocab")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad("model has no \"vocab\" object".into()))?;
+    let mut entries: Vec<(u64, String, i32)> = Vec::with_capacity(vocab.len());
+    for (text, id) in vocab {
+        let id = id
+            .as_u64()
+            .ok_or_else(|| bad(format!("vocab entry '{text}' has a non-integer id")))?;
+        entries.push((id, text.clone(), 1));
+    }
+    for added in json
+        .get("added_tokens")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let id = added
+            .get("id")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad("an added token has no integer id".into()))?;
+        let text = added
+            .get("content")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(format!("added token {id} has no content")))?;
+        let special = added
+            .get("special")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        // llama.cpp's converter: special added tokens are control tokens, others user-defined.
+        entries.push((id, text.to_string(), if special { 3 } else { 4 }));
+    }
+    entries.sort_by_key(|e| e.0);
+    entries.dedup_by(|later, earlier| {
+        let same = later.0 == earlier.0;
+        if same && later.2 != 1 {
+            earlier.2 = later.2; // an added token overrides the type of its vocab entry
+        }
+        same
+    });
+    let mut tokens = Vec::with_capacity(entries.len());
+    let mut types = Vec::with_capacity(entries.len());
+    for (expected, (id, text, ty)) in entries.into_iter().enumerate() {
+        if id != expected as u64 {
+            return Err(bad(format!(
+                "token ids are not contiguous: id {expected} is missing"
+            )));
+        }
+        tokens.push(text);
+        types.push(ty);
+    }
+
+    let mut merges = Vec::new();
+    for (i, m) in model
+        .get("merges")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let merge = match m {
+            Value::String(s) => s.clone(),
+            Value::Array(pair) => match (
+                pair.first().and_then(Value::as_str),
+                pair.get(1).and_then(Value::as_str),
+                pair.len(),
+            ) {
+                (Some(a), Some(b), 2) => format!("{a} {b}"),
+                _ => return Err(bad(format!("merge {i} is not a pair of strings"))),
+            },
+            _ => return Err(bad(format!("merge {i} is neither a string nor a pair"))),
+        };
+        merges.push(merge);
+    }
+
+    let id_of = |text: &str| tokens.iter().position(|t| t == text).map(|i| i as u32);
+    let config = match path.parent().map(|dir| dir.join("tokenizer_config.json")) {
+        Some(p) if p.exists() => Some(read_json(&p)?),
+        _ => None,
+    };
+    let config_token = |key: &str| {
+        let v = config.as_ref()?.get(key)?;
+        let text = v
+            .as_str()
+            .or_else(|| v.get("content").and_then(Value::as_str))?;
+        id_of(text)
+    };
+    let template_bos = template_first_special(json.get("post_processor").unwrap_or(&Value::Null))
+        .and_then(|t| id_of(&t));
+    let bos_id = config_token("bos_token").or(template_bos);
+    let eos_id = config_token("eos_token");
+    let unk_id = model
+        .get("unk_token")
+        .and_then(Value::as_str)
+        .and_then(id_of);
+    let add_bos = config
+        .as_ref()
+        .and_then(|c| c.get("add_bos_token"))
+        .and_then(Value::as_bool)
+        .unwrap_or_else(|| {
+            template_bos.is_some() || TokenizerSpec::default_add_bos("gpt2", Some(pre))
+        });
+
+    Ok(TokenizerSpec {
+        model: "gpt2".into(),
+        pre: Some(pre.into()),
+        tokens,
+        scores: None,
+        token_types: Some(types),
+        merges,
+        bos_id,
+        eos_id,
+        unk_id,
+        add_bos,
+        add_space_prefix: false,
+    })
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::Format {
+        path: path.to_path_buf(),
+        format: "JSON",
+        reason: e.to_string(),
+    })
+}
+
+/// The GGUF pre-tokenizer name for an HF pre_tokenizer, or a description of what was found.
+fn pre_tokenizer_name(pre: &Value) -> std::result::Result<&'static str, String> {
+    let kind = |v: &Value| {
+        v.get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string()
+    };
+    let is_plain_byte_level = |v: &Value| {
+        kind(v) == "ByteLevel"
+            && !v
+                .get("add_prefix_space")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+            && v.get("use_regex").and_then(Value::as_bool).unwrap_or(true)
+    };
+    if is_plain_byte_level(pre) {
+        return Ok("gpt-2");
+    }
+    if kind(pre) == "Sequence" {
+        let parts: Vec<&Value> = pre
+            .get("pretokenizers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .collect();
+        if let [digits, byte_level] = parts[..] {
+            let individual = digits
+                .get("individual_digits")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            if kind(digits) == "Digits" && individual && is_plain_byte_level(byte_level) {
+                return Ok("smollm");
+            }
+        }
+        return Err(format!(
+            "Sequence[{}]",
+            parts.iter().map(|p| kind(p)).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Err(if pre.is_null() {
+        "null".into()
+    } else {
+        pre.to_string().chars().take(120).collect()
+    })
+}
+
+/// The first special token of a TemplateProcessing `single` template (a BOS the template adds).
+fn template_first_special(post: &Value) -> Option<String> {
+    let single = match post.get("type").and_then(Value::as_str)? {
+        "TemplateProcessing" => post.get("single")?,
+        "Sequence" => {
+            return post
+                .get("processors")?
+                .as_array()?
+                .iter()
+                .find_map(template_first_special);
+        }
+        _ => return None,
+    };
+    let first = single.as_array()?.first()?;
+    Some(first.get("SpecialToken")?.get("id")?.as_str()?.to_string())
+}
