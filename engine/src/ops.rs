@@ -52,6 +52,13 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
     }
 }
 
+/// `x *= y` elementwise (SwiGLU's gate times up).
+pub fn mul_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a *= b;
+    }
+}
+
 /// GELU in GPT-2's tanh form: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
 pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
