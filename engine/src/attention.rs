@@ -83,6 +83,8 @@ pub struct Heads {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Multiplies the scores before the softmax: 1/sqrt(head_dim).
+    pub scale: f32,
 }
 
 /// Attention of `n_new` queries (`q`: `[n_new, n_heads*hd]`, already rotated) at positions
@@ -92,11 +94,10 @@ pub struct Heads {
 /// Returns `[n_new, n_heads*hd]` and, when `want_probs`, the probabilities `[n_heads, n_new, pos0+n_new]`
 /// with the causally masked entries exactly 0.
 pub fn attend(q: &[f32], cache: &KvCache, layer: usize, pos0: usize, heads: Heads, want_probs: bool) -> (Vec<f32>, Option<Vec<f32>>) {
-    let Heads { n_heads, n_kv_heads, head_dim: hd } = heads;
+    let Heads { n_heads, n_kv_heads, head_dim: hd, scale } = heads;
     let n_new = q.len() / (n_heads * hd);
     let n_ctx = pos0 + n_new;
     let group = n_heads / n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
     let lc = &cache.layers[layer];
 
     // One task per query head: its outputs [n_new, hd] and probabilities [n_new, n_ctx].
@@ -150,7 +151,7 @@ mod tests {
         // token 1, head 0, q = [0, 2]: scores [0, 2/sqrt2 = 1.414214] -> softmax [0.195570, 0.804430]
         //   -> output 0.195570*v0 + 0.804430*v1 = [2.608860, 3.608860].
         // token 1, head 1, q = [1, 1]: scores equal -> [0.5, 0.5] -> output [2, 3].
-        let heads = Heads { n_heads: 2, n_kv_heads: 1, head_dim: 2 };
+        let heads = Heads { n_heads: 2, n_kv_heads: 1, head_dim: 2, scale: 1.0 / 2f32.sqrt() };
         let mut cache = KvCache::new(1, 1, 2, 4);
         cache.store(0, &[1.0, 0.0, 0.0, 1.0], &[1.0, 2.0, 3.0, 4.0]);
         let q = [9.0, 9.0, -5.0, 3.0, 0.0, 2.0, 1.0, 1.0];
@@ -170,7 +171,7 @@ mod tests {
     #[test]
     fn decoding_one_token_sees_the_cached_prefix() {
         // The same two tokens, but token 1 attends alone at pos0 = 1 after token 0 was cached.
-        let heads = Heads { n_heads: 2, n_kv_heads: 1, head_dim: 2 };
+        let heads = Heads { n_heads: 2, n_kv_heads: 1, head_dim: 2, scale: 1.0 / 2f32.sqrt() };
         let mut cache = KvCache::new(1, 1, 2, 4);
         cache.store(0, &[1.0, 0.0], &[1.0, 2.0]);
         cache.advance(1);

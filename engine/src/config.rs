@@ -2,7 +2,8 @@
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::ops::RopeLayout;
+use crate::attention::Heads;
+use crate::ops::{Rope, RopeLayout};
 use serde_json::Value as Json;
 use std::path::Path;
 
@@ -37,6 +38,55 @@ pub struct Config {
     pub rope_theta: f32,
     /// How the Q/K rows of these weights pair dimensions for RoPE.
     pub rope_layout: RopeLayout,
+    /// Bugs planted on purpose (only with the `fault-injection` feature), so the harness's tests
+    /// can check that each is caught at the checkpoint where it lives.
+    pub faults: Vec<Fault>,
+}
+
+/// A deliberate, realistic bug the forward pass can be told to make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// RMSNorm/LayerNorm epsilon 1e-2 instead of the model's.
+    NormEpsilon,
+    /// RoPE rotates the wrong pairs of dimensions (half-split instead of interleaved or back).
+    RopePairing,
+    /// Attention scores not divided by sqrt(head_dim).
+    MissingAttnScale,
+    /// The FFN's residual add is dropped.
+    DroppedFfnResidual,
+}
+
+impl Config {
+    /// True when `fault` was planted; always false without the `fault-injection` feature.
+    #[inline]
+    pub fn has_fault(&self, fault: Fault) -> bool {
+        cfg!(feature = "fault-injection") && self.faults.contains(&fault)
+    }
+
+    /// The normalisation epsilon the forward pass uses.
+    pub fn eps(&self) -> f32 {
+        if self.has_fault(Fault::NormEpsilon) {
+            1e-2
+        } else {
+            self.norm_eps
+        }
+    }
+
+    /// RoPE for these weights' Q/K layout.
+    pub fn rope(&self) -> Rope {
+        let layout = match (self.rope_layout, self.has_fault(Fault::RopePairing)) {
+            (layout, false) => layout,
+            (RopeLayout::Interleaved, true) => RopeLayout::HalfSplit,
+            (RopeLayout::HalfSplit, true) => RopeLayout::Interleaved,
+        };
+        Rope::new(layout, self.head_dim, self.rope_theta)
+    }
+
+    /// The attention shape, with the usual 1/sqrt(head_dim) score scale.
+    pub fn heads(&self) -> Heads {
+        let scale = if self.has_fault(Fault::MissingAttnScale) { 1.0 } else { 1.0 / (self.head_dim as f32).sqrt() };
+        Heads { n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim, scale }
+    }
 }
 
 impl Config {
@@ -77,6 +127,7 @@ impl Config {
             norm_eps,
             rope_theta,
             // llama.cpp's converter permutes llama Q/K rows so RoPE pairs adjacent dimensions.
+            faults: Vec::new(),
             rope_layout: match arch {
                 Arch::Llama => RopeLayout::Interleaved,
                 Arch::Gpt2 => RopeLayout::HalfSplit,
@@ -120,6 +171,7 @@ impl Config {
                     norm_eps: f32_of("rms_norm_eps").unwrap_or(1e-6),
                     rope_theta: theta,
                     rope_layout: RopeLayout::HalfSplit,
+                    faults: Vec::new(),
                 }
             }
             "gpt2" => {
@@ -138,6 +190,7 @@ impl Config {
                     norm_eps: f32_of("layer_norm_epsilon").unwrap_or(1e-5),
                     rope_theta: 0.0,
                     rope_layout: RopeLayout::HalfSplit,
+                    faults: Vec::new(),
                 }
             }
             other => return Err(Error::Config(format!("{}: model_type {other:?} is not supported (llama, gpt2)", path.display()))),

@@ -4,10 +4,10 @@
 //! Weights are addressed by their GGUF names (`blk.0.attn_qkv.weight`, Linear `[out, in]` layout);
 //! the loader transposes HF's Conv1D `[in, out]` weights onto them.
 
-use crate::attention::{attend, Heads, KvCache};
+use crate::attention::{attend, KvCache};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::llama::{matmul, record_cache};
+use crate::llama::{matmul, record_cache, residual};
 use crate::loader::WeightStore;
 use crate::ops;
 use crate::tap::{Tap, TapValue, Taps};
@@ -109,7 +109,7 @@ impl Gpt2 {
         }
         cache.advance(n);
 
-        let h = self.output_norm.forward(&x, self.config.norm_eps);
+        let h = self.output_norm.forward(&x, self.config.eps());
         taps.record(Tap::FinalNorm, None, || TapValue::f32(&[n, d], h.clone()));
         let rows = if all_logits { &h[..] } else { &h[(n - 1) * d..] };
         let mut logits = vec![0.0f32; rows.len() / d * self.config.vocab_size];
@@ -125,7 +125,7 @@ impl Block {
         let layer = Some(l);
         let pos0 = cache.len();
 
-        let h = self.attn_norm.forward(x, cfg.norm_eps);
+        let h = self.attn_norm.forward(x, cfg.eps());
         taps.record(Tap::AttnNorm, layer, || TapValue::f32(&[n, d], h.clone()));
 
         let qkv = self.qkv.forward(&h, n);
@@ -138,8 +138,7 @@ impl Block {
         cache.store(l, &k, &v);
         record_cache(taps, cache, l, pos0 + n, cfg);
 
-        let heads = Heads { n_heads: cfg.n_heads, n_kv_heads: cfg.n_kv_heads, head_dim: cfg.head_dim };
-        let (attn, probs) = attend(&q, cache, l, pos0, heads, taps.active());
+        let (attn, probs) = attend(&q, cache, l, pos0, cfg.heads(), taps.active());
         if let Some(p) = probs {
             taps.record(Tap::AttnProbs, layer, || TapValue::f32(&[cfg.n_heads, n, pos0 + n], p));
         }
@@ -147,13 +146,13 @@ impl Block {
         taps.record(Tap::AttnOut, layer, || TapValue::f32(&[n, d], attn_out.clone()));
         ops::add_in_place(x, &attn_out);
 
-        let h = self.ffn_norm.forward(x, cfg.norm_eps);
+        let h = self.ffn_norm.forward(x, cfg.eps());
         taps.record(Tap::FfnNorm, layer, || TapValue::f32(&[n, d], h.clone()));
         let mut up = self.ffn_up.forward(&h, n);
         ops::map_in_place(&mut up, ops::gelu_tanh);
         let ffn_out = self.ffn_down.forward(&up, n);
         taps.record(Tap::FfnOut, layer, || TapValue::f32(&[n, d], ffn_out.clone()));
-        ops::add_in_place(x, &ffn_out);
+        residual(x, &ffn_out, cfg);
         taps.record(Tap::BlockOut, layer, || TapValue::f32(&[n, d], x.to_vec()));
     }
 }

@@ -3,8 +3,8 @@
 //! Weights are addressed by their GGUF names (`blk.0.attn_q.weight`); the loader maps other
 //! layouts (HF safetensors) onto them.
 
-use crate::attention::{attend, Heads, KvCache};
-use crate::config::Config;
+use crate::attention::{attend, KvCache};
+use crate::config::{Config, Fault};
 use crate::error::Result;
 use crate::loader::WeightStore;
 use crate::ops::{self, interleaved_to_half_split, Rope, RopeLayout};
@@ -30,7 +30,6 @@ pub struct Llama {
     output_norm: Vec<f32>,
     /// The token embedding when the output projection is tied.
     output: QTensor,
-    rope: Rope,
 }
 
 impl Llama {
@@ -57,8 +56,7 @@ impl Llama {
             true => store.matrix("output.weight", vocab, d)?,
             false => token_embd.clone(),
         };
-        let rope = Rope::new(config.rope_layout, config.head_dim, config.rope_theta);
-        Ok(Llama { output_norm: store.vector("output_norm.weight", d)?, config, token_embd, blocks, output, rope })
+        Ok(Llama { output_norm: store.vector("output_norm.weight", d)?, config, token_embd, blocks, output })
     }
 
     /// Runs `tokens` at positions `cache.len()..`, appending to the cache. Returns logits for
@@ -71,12 +69,13 @@ impl Llama {
         }
         taps.record(Tap::Embed, None, || TapValue::f32(&[n, d], x.clone()));
 
+        let rope = self.config.rope();
         for (l, block) in self.blocks.iter().enumerate() {
-            block.forward(l, &mut x, cache, &self.config, &self.rope, taps);
+            block.forward(l, &mut x, cache, &self.config, &rope, taps);
         }
         cache.advance(n);
 
-        let h = ops::rms_norm(&x, &self.output_norm, self.config.norm_eps);
+        let h = ops::rms_norm(&x, &self.output_norm, self.config.eps());
         taps.record(Tap::FinalNorm, None, || TapValue::f32(&[n, d], h.clone()));
         let rows = if all_logits { &h[..] } else { &h[(n - 1) * d..] };
         let mut logits = vec![0.0f32; rows.len() / d * self.config.vocab_size];
@@ -92,12 +91,12 @@ impl Block {
         let layer = Some(l);
         let pos0 = cache.len();
         // Taps show Q/K in HF's half-split order whatever layout the weights use.
-        let canonical = |v: &[f32]| match rope.layout {
+        let canonical = |v: &[f32]| match cfg.rope_layout {
             RopeLayout::Interleaved => interleaved_to_half_split(v, hd),
             RopeLayout::HalfSplit => v.to_vec(),
         };
 
-        let h = ops::rms_norm(x, &self.attn_norm, cfg.norm_eps);
+        let h = ops::rms_norm(x, &self.attn_norm, cfg.eps());
         taps.record(Tap::AttnNorm, layer, || TapValue::f32(&[n, d], h.clone()));
 
         let mut q = matmul(&self.wq, &h, n);
@@ -116,8 +115,7 @@ impl Block {
         cache.store(l, &k, &v);
         record_cache(taps, cache, l, pos0 + n, cfg);
 
-        let heads = Heads { n_heads: cfg.n_heads, n_kv_heads: cfg.n_kv_heads, head_dim: hd };
-        let (attn, probs) = attend(&q, cache, l, pos0, heads, taps.active());
+        let (attn, probs) = attend(&q, cache, l, pos0, cfg.heads(), taps.active());
         if let Some(p) = probs {
             taps.record(Tap::AttnProbs, layer, || TapValue::f32(&[cfg.n_heads, n, pos0 + n], p));
         }
@@ -125,7 +123,7 @@ impl Block {
         taps.record(Tap::AttnOut, layer, || TapValue::f32(&[n, d], attn_out.clone()));
         ops::add_in_place(x, &attn_out);
 
-        let h = ops::rms_norm(x, &self.ffn_norm, cfg.norm_eps);
+        let h = ops::rms_norm(x, &self.ffn_norm, cfg.eps());
         taps.record(Tap::FfnNorm, layer, || TapValue::f32(&[n, d], h.clone()));
         let mut gate = matmul(&self.w_gate, &h, n);
         let up = matmul(&self.w_up, &h, n);
@@ -133,8 +131,17 @@ impl Block {
         ops::mul_in_place(&mut gate, &up);
         let ffn_out = matmul(&self.w_down, &gate, n);
         taps.record(Tap::FfnOut, layer, || TapValue::f32(&[n, d], ffn_out.clone()));
-        ops::add_in_place(x, &ffn_out);
+        residual(x, &ffn_out, cfg);
         taps.record(Tap::BlockOut, layer, || TapValue::f32(&[n, d], x.to_vec()));
+    }
+}
+
+/// The FFN's residual connection `x += ffn_out` (or the planted bug that drops it).
+pub(crate) fn residual(x: &mut [f32], ffn_out: &[f32], cfg: &Config) {
+    if cfg.has_fault(Fault::DroppedFfnResidual) {
+        x.copy_from_slice(ffn_out);
+    } else {
+        ops::add_in_place(x, ffn_out);
     }
 }
 

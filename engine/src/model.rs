@@ -57,6 +57,15 @@ impl Model {
         }
     }
 
+    /// Plants a deliberate bug (see [`Fault`]) for the harness's own tests.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(&mut self, fault: crate::config::Fault) {
+        match &mut self.net {
+            Net::Llama(m) => m.config.faults.push(fault),
+            Net::Gpt2(m) => m.config.faults.push(fault),
+        }
+    }
+
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let c = self.config();
         KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, capacity)
