@@ -113,7 +113,7 @@ impl Model {
         taps.record(Tap::Logits, None, || TapValue::f32(&[tokens.len(), vocab], logits.clone()));
         let last = &logits[(tokens.len() - 1) * vocab..];
         taps.record(Tap::LastLogits, None, || TapValue::f32(&[vocab], last.to_vec()));
-        taps.record(Tap::Argmax, None, || TapValue::Ids(vec![argmax(last) as u32]));
+        taps.record(Tap::Argmax, None, || TapValue::Id(argmax(last) as u32));
         taps.record(Tap::Probs, None, || {
             let mut p: Vec<f32> = last.iter().map(|v| v / temperature).collect();
             softmax_in_place(&mut p);

@@ -98,7 +98,7 @@ fn every_catalog_tap_is_recorded_with_its_catalog_shape() {
                     Tap::AttnProbs => vec![h, t, t],
                     Tap::Logits => vec![t, v],
                     Tap::LastLogits | Tap::Probs => vec![v],
-                    Tap::Argmax => vec![1],
+                    Tap::Argmax => vec![],
                     Tap::Generated => vec![3],
                 };
                 let got = rec.tensors.get(&key).unwrap_or_else(|| panic!("{rel}: {key} never recorded")).shape();
