@@ -1,17 +1,29 @@
 //! parity's system under test: a CPU inference engine for GPT-2 and Llama-family models.
 //!
 //! Reading order: [`tensor`] (weights in their native type and the kernels that use them),
-//! [`gguf`] and [`safetensors`] (where weights come from), [`config`] (hyperparameters from
-//! metadata), [`ops`] (the layer math), [`llama`] and [`gpt2`] (the forward passes, one tap per
-//! checkpoint), [`model`] (loading, prefill, decode, generation), [`tokenizer`], [`sampling`],
-//! and [`tap`] (the checkpoint observer contract).
+//! [`gguf`] and [`safetensors`] (where weights come from) and [`loader`] (both seen through GGUF
+//! names), [`config`] (hyperparameters from metadata), [`ops`] and [`attention`] (the layer math),
+//! [`llama`] and [`gpt2`] (the forward passes, one tap per checkpoint), [`model`] (loading, prefill,
+//! decode, generation, the traced run), [`tokenizer`], [`sampling`], and [`tap`] (the checkpoint
+//! observer contract).
 
+pub mod attention;
+pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod gpt2;
+pub mod llama;
+pub mod loader;
+pub mod model;
+pub mod ops;
 pub mod safetensors;
+pub mod sampling;
 pub mod tap;
 pub mod tensor;
 pub mod tokenizer;
 
+pub use config::{Arch, Config};
 pub use error::{Error, Result};
+pub use model::Model;
+pub use sampling::SamplerConfig;
 pub use tap::{Observer, Recorder, Tap, TapValue, Taps};

@@ -25,7 +25,10 @@ impl Tap {
 #[derive(Clone, Debug, PartialEq)]
 pub enum TapValue {
     F32 { shape: Vec<usize>, data: Vec<f32> },
+    /// A sequence of token ids, shape `[len]`.
     Ids(Vec<u32>),
+    /// One token id, shape `[]` (the `argmax` checkpoint).
+    Id(u32),
 }
 
 impl TapValue {
@@ -38,6 +41,7 @@ impl TapValue {
         match self {
             TapValue::F32 { shape, .. } => shape.clone(),
             TapValue::Ids(ids) => vec![ids.len()],
+            TapValue::Id(_) => vec![],
         }
     }
 }

@@ -1,0 +1,222 @@
+//! Model hyperparameters, read from GGUF metadata or an HF `config.json`.
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::attention::Heads;
+use crate::ops::{Rope, RopeLayout};
+use serde_json::Value as Json;
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Gpt2,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Gpt2 => "gpt2",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub arch: Arch,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_dim: usize,
+    pub vocab_size: usize,
+    pub context: usize,
+    pub norm_eps: f32,
+    /// Llama only.
+    pub rope_theta: f32,
+    /// How the Q/K rows of these weights pair dimensions for RoPE.
+    pub rope_layout: RopeLayout,
+    /// Bugs planted on purpose (only with the `fault-injection` feature), so the harness's tests
+    /// can check that each is caught at the checkpoint where it lives.
+    pub faults: Vec<Fault>,
+}
+
+/// A deliberate, realistic bug the forward pass can be told to make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// RMSNorm/LayerNorm epsilon 1e-2 instead of the model's.
+    NormEpsilon,
+    /// RoPE rotates the wrong pairs of dimensions (half-split instead of interleaved or back).
+    RopePairing,
+    /// Attention scores not divided by sqrt(head_dim).
+    MissingAttnScale,
+    /// The FFN's residual add is dropped.
+    DroppedFfnResidual,
+}
+
+impl Config {
+    /// True when `fault` was planted; always false without the `fault-injection` feature.
+    #[inline]
+    pub fn has_fault(&self, fault: Fault) -> bool {
+        cfg!(feature = "fault-injection") && self.faults.contains(&fault)
+    }
+
+    /// The normalisation epsilon the forward pass uses.
+    pub fn eps(&self) -> f32 {
+        if self.has_fault(Fault::NormEpsilon) {
+            1e-2
+        } else {
+            self.norm_eps
+        }
+    }
+
+    /// RoPE for these weights' Q/K layout.
+    pub fn rope(&self) -> Rope {
+        let layout = match (self.rope_layout, self.has_fault(Fault::RopePairing)) {
+            (layout, false) => layout,
+            (RopeLayout::Interleaved, true) => RopeLayout::HalfSplit,
+            (RopeLayout::HalfSplit, true) => RopeLayout::Interleaved,
+        };
+        Rope::new(layout, self.head_dim, self.rope_theta)
+    }
+
+    /// The attention shape, with the usual 1/sqrt(head_dim) score scale.
+    pub fn heads(&self) -> Heads {
+        let scale = if self.has_fault(Fault::MissingAttnScale) { 1.0 } else { 1.0 / (self.head_dim as f32).sqrt() };
+        Heads { n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim, scale }
+    }
+}
+
+impl Config {
+    /// Reads `<arch>.*` keys as llama.cpp does; the vocabulary size comes from the token embedding.
+    pub fn from_gguf(file: &GgufFile, vocab_size: usize) -> Result<Config> {
+        let arch = match file.architecture()? {
+            "llama" => Arch::Llama,
+            "gpt2" => Arch::Gpt2,
+            other => return Err(Error::Config(format!("architecture {other:?} is not supported (llama, gpt2)"))),
+        };
+        let key = |k: &str| format!("{}.{k}", arch.name());
+        let n_heads = file.get_u32(&key("attention.head_count"))? as usize;
+        let d_model = file.get_u32(&key("embedding_length"))? as usize;
+        let n_kv_heads = match file.get(&key("attention.head_count_kv")) {
+            Some(_) => file.get_u32(&key("attention.head_count_kv"))? as usize,
+            None => n_heads,
+        };
+        let (norm_eps, rope_theta) = match arch {
+            Arch::Llama => {
+                let theta = match file.get(&key("rope.freq_base")) {
+                    Some(_) => file.get_f32(&key("rope.freq_base"))?,
+                    None => 10000.0,
+                };
+                (file.get_f32(&key("attention.layer_norm_rms_epsilon"))?, theta)
+            }
+            Arch::Gpt2 => (file.get_f32(&key("attention.layer_norm_epsilon"))?, 0.0),
+        };
+        let config = Config {
+            arch,
+            n_layers: file.get_u32(&key("block_count"))? as usize,
+            d_model,
+            n_heads,
+            n_kv_heads,
+            head_dim: if n_heads == 0 { 0 } else { d_model / n_heads },
+            ffn_dim: file.get_u32(&key("feed_forward_length"))? as usize,
+            vocab_size,
+            context: file.get_u32(&key("context_length"))? as usize,
+            norm_eps,
+            rope_theta,
+            // llama.cpp's converter permutes llama Q/K rows so RoPE pairs adjacent dimensions.
+            faults: Vec::new(),
+            rope_layout: match arch {
+                Arch::Llama => RopeLayout::Interleaved,
+                Arch::Gpt2 => RopeLayout::HalfSplit,
+            },
+        };
+        config.validate()
+    }
+
+    /// Reads an HF `config.json` (LlamaForCausalLM or GPT2LMHeadModel).
+    pub fn from_hf(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let json: Json = serde_json::from_str(&text)
+            .map_err(|e| Error::Format { path: path.to_path_buf(), format: "config.json", reason: e.to_string() })?;
+        let get = |k: &str| json.get(k).filter(|v| !v.is_null());
+        let usize_of = |k: &str| -> Result<usize> {
+            get(k)
+                .and_then(Json::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| Error::Config(format!("{}: missing or non-integer {k:?}", path.display())))
+        };
+        let f32_of = |k: &str| get(k).and_then(Json::as_f64).map(|v| v as f32);
+        let model_type = get("model_type").and_then(Json::as_str).unwrap_or("");
+        let config = match model_type {
+            "llama" => {
+                let n_heads = usize_of("num_attention_heads")?;
+                let d_model = usize_of("hidden_size")?;
+                // transformers 5 moved rope_theta into rope_parameters.
+                let theta = f32_of("rope_theta")
+                    .or_else(|| get("rope_parameters").and_then(|r| r.get("rope_theta")).and_then(Json::as_f64).map(|v| v as f32))
+                    .unwrap_or(10000.0);
+                Config {
+                    arch: Arch::Llama,
+                    n_layers: usize_of("num_hidden_layers")?,
+                    d_model,
+                    n_heads,
+                    n_kv_heads: usize_of("num_key_value_heads").unwrap_or(n_heads),
+                    head_dim: usize_of("head_dim").unwrap_or(if n_heads == 0 { 0 } else { d_model / n_heads }),
+                    ffn_dim: usize_of("intermediate_size")?,
+                    vocab_size: usize_of("vocab_size")?,
+                    context: usize_of("max_position_embeddings")?,
+                    norm_eps: f32_of("rms_norm_eps").unwrap_or(1e-6),
+                    rope_theta: theta,
+                    rope_layout: RopeLayout::HalfSplit,
+                    faults: Vec::new(),
+                }
+            }
+            "gpt2" => {
+                let d_model = usize_of("n_embd")?;
+                let n_heads = usize_of("n_head")?;
+                Config {
+                    arch: Arch::Gpt2,
+                    n_layers: usize_of("n_layer")?,
+                    d_model,
+                    n_heads,
+                    n_kv_heads: n_heads,
+                    head_dim: if n_heads == 0 { 0 } else { d_model / n_heads },
+                    ffn_dim: usize_of("n_inner").unwrap_or(4 * d_model),
+                    vocab_size: usize_of("vocab_size")?,
+                    context: usize_of("n_positions")?,
+                    norm_eps: f32_of("layer_norm_epsilon").unwrap_or(1e-5),
+                    rope_theta: 0.0,
+                    rope_layout: RopeLayout::HalfSplit,
+                    faults: Vec::new(),
+                }
+            }
+            other => return Err(Error::Config(format!("{}: model_type {other:?} is not supported (llama, gpt2)", path.display()))),
+        };
+        config.validate()
+    }
+
+    /// Rejects shapes no forward pass can run, before any tensor is touched.
+    fn validate(self) -> Result<Config> {
+        let bad = |what: String| Err(Error::Config(what));
+        if self.n_layers == 0 || self.d_model == 0 || self.n_heads == 0 || self.n_kv_heads == 0 || self.vocab_size == 0 {
+            return bad(format!("zero-sized model: {self:?}"));
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return bad(format!("{} query heads cannot share {} KV heads evenly", self.n_heads, self.n_kv_heads));
+        }
+        if self.head_dim * self.n_heads != self.d_model || self.head_dim % 2 != 0 {
+            return bad(format!("head dim {} x {} heads does not make d_model {} (or head dim is odd)", self.head_dim, self.n_heads, self.d_model));
+        }
+        const LIMIT: usize = 1 << 20;
+        if [self.n_layers, self.d_model, self.ffn_dim, self.vocab_size, self.context].iter().any(|&v| v > LIMIT * 4) {
+            return bad(format!("absurd dimensions: {self:?}"));
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0 && self.rope_theta.is_finite()) {
+            return bad(format!("norm epsilon {} or rope theta {} is not a finite number", self.norm_eps, self.rope_theta));
+        }
+        Ok(self)
+    }
+}

@@ -1,0 +1,164 @@
+//! The Llama family: RMSNorm, RoPE, grouped-query attention, SwiGLU, optionally tied output.
+//!
+//! Weights are addressed by their GGUF names (`blk.0.attn_q.weight`); the loader maps other
+//! layouts (HF safetensors) onto them.
+
+use crate::attention::{attend, KvCache};
+use crate::config::{Config, Fault};
+use crate::error::Result;
+use crate::loader::WeightStore;
+use crate::ops::{self, interleaved_to_half_split, Rope, RopeLayout};
+use crate::tap::{Tap, TapValue, Taps};
+use crate::tensor::QTensor;
+
+pub struct Block {
+    attn_norm: Vec<f32>,
+    wq: QTensor,
+    wk: QTensor,
+    wv: QTensor,
+    wo: QTensor,
+    ffn_norm: Vec<f32>,
+    w_gate: QTensor,
+    w_up: QTensor,
+    w_down: QTensor,
+}
+
+pub struct Llama {
+    pub config: Config,
+    token_embd: QTensor,
+    blocks: Vec<Block>,
+    output_norm: Vec<f32>,
+    /// The token embedding when the output projection is tied.
+    output: QTensor,
+}
+
+impl Llama {
+    pub fn load(config: Config, store: &dyn WeightStore) -> Result<Llama> {
+        let (d, kv_dim, ffn, vocab) = (config.d_model, config.n_kv_heads * config.head_dim, config.ffn_dim, config.vocab_size);
+        let token_embd = store.matrix("token_embd.weight", vocab, d)?;
+        let blocks = (0..config.n_layers)
+            .map(|l| {
+                let w = |name: &str| format!("blk.{l}.{name}.weight");
+                Ok(Block {
+                    attn_norm: store.vector(&w("attn_norm"), d)?,
+                    wq: store.matrix(&w("attn_q"), d, d)?,
+                    wk: store.matrix(&w("attn_k"), kv_dim, d)?,
+                    wv: store.matrix(&w("attn_v"), kv_dim, d)?,
+                    wo: store.matrix(&w("attn_output"), d, d)?,
+                    ffn_norm: store.vector(&w("ffn_norm"), d)?,
+                    w_gate: store.matrix(&w("ffn_gate"), ffn, d)?,
+                    w_up: store.matrix(&w("ffn_up"), ffn, d)?,
+                    w_down: store.matrix(&w("ffn_down"), d, ffn)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let output = match store.has("output.weight") {
+            true => store.matrix("output.weight", vocab, d)?,
+            false => token_embd.clone(),
+        };
+        Ok(Llama { output_norm: store.vector("output_norm.weight", d)?, config, token_embd, blocks, output })
+    }
+
+    /// Runs `tokens` at positions `cache.len()..`, appending to the cache. Returns logits for
+    /// every position when `all_logits`, else for the last one only.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, taps: &mut Taps, all_logits: bool) -> Vec<f32> {
+        let (n, d) = (tokens.len(), self.config.d_model);
+        let mut x = vec![0.0f32; n * d];
+        for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
+            self.token_embd.dequantize_row(tok as usize, row);
+        }
+        taps.record(Tap::Embed, None, || TapValue::f32(&[n, d], x.clone()));
+
+        let rope = self.config.rope();
+        for (l, block) in self.blocks.iter().enumerate() {
+            block.forward(l, &mut x, cache, &self.config, &rope, taps);
+        }
+        cache.advance(n);
+
+        let h = ops::rms_norm(&x, &self.output_norm, self.config.eps());
+        taps.record(Tap::FinalNorm, None, || TapValue::f32(&[n, d], h.clone()));
+        let rows = if all_logits { &h[..] } else { &h[(n - 1) * d..] };
+        let mut logits = vec![0.0f32; rows.len() / d * self.config.vocab_size];
+        self.output.matmul(rows, rows.len() / d, &mut logits);
+        logits
+    }
+}
+
+impl Block {
+    fn forward(&self, l: usize, x: &mut [f32], cache: &mut KvCache, cfg: &Config, rope: &Rope, taps: &mut Taps) {
+        let (d, hd) = (cfg.d_model, cfg.head_dim);
+        let n = x.len() / d;
+        let layer = Some(l);
+        let pos0 = cache.len();
+        // Taps show Q/K in HF's half-split order whatever layout the weights use.
+        let canonical = |v: &[f32]| match cfg.rope_layout {
+            RopeLayout::Interleaved => interleaved_to_half_split(v, hd),
+            RopeLayout::HalfSplit => v.to_vec(),
+        };
+
+        let h = ops::rms_norm(x, &self.attn_norm, cfg.eps());
+        taps.record(Tap::AttnNorm, layer, || TapValue::f32(&[n, d], h.clone()));
+
+        let mut q = matmul(&self.wq, &h, n);
+        let mut k = matmul(&self.wk, &h, n);
+        let v = matmul(&self.wv, &h, n);
+        let kv_dim = k.len() / n;
+        taps.record(Tap::Q, layer, || TapValue::f32(&[n, d], canonical(&q)));
+        taps.record(Tap::K, layer, || TapValue::f32(&[n, kv_dim], canonical(&k)));
+        taps.record(Tap::V, layer, || TapValue::f32(&[n, kv_dim], v.clone()));
+
+        rope.apply(&mut q, n, pos0);
+        rope.apply(&mut k, n, pos0);
+        taps.record(Tap::QRope, layer, || TapValue::f32(&[n, d], canonical(&q)));
+        taps.record(Tap::KRope, layer, || TapValue::f32(&[n, kv_dim], canonical(&k)));
+
+        cache.store(l, &k, &v);
+        record_cache(taps, cache, l, pos0 + n, cfg);
+
+        let (attn, probs) = attend(&q, cache, l, pos0, cfg.heads(), taps.active());
+        if let Some(p) = probs {
+            taps.record(Tap::AttnProbs, layer, || TapValue::f32(&[cfg.n_heads, n, pos0 + n], p));
+        }
+        let attn_out = matmul(&self.wo, &attn, n);
+        taps.record(Tap::AttnOut, layer, || TapValue::f32(&[n, d], attn_out.clone()));
+        ops::add_in_place(x, &attn_out);
+
+        let h = ops::rms_norm(x, &self.ffn_norm, cfg.eps());
+        taps.record(Tap::FfnNorm, layer, || TapValue::f32(&[n, d], h.clone()));
+        let mut gate = matmul(&self.w_gate, &h, n);
+        let up = matmul(&self.w_up, &h, n);
+        ops::map_in_place(&mut gate, ops::silu);
+        ops::mul_in_place(&mut gate, &up);
+        let ffn_out = matmul(&self.w_down, &gate, n);
+        taps.record(Tap::FfnOut, layer, || TapValue::f32(&[n, d], ffn_out.clone()));
+        residual(x, &ffn_out, cfg);
+        taps.record(Tap::BlockOut, layer, || TapValue::f32(&[n, d], x.to_vec()));
+    }
+}
+
+/// The FFN's residual connection `x += ffn_out` (or the planted bug that drops it).
+pub(crate) fn residual(x: &mut [f32], ffn_out: &[f32], cfg: &Config) {
+    if cfg.has_fault(Fault::DroppedFfnResidual) {
+        x.copy_from_slice(ffn_out);
+    } else {
+        ops::add_in_place(x, ffn_out);
+    }
+}
+
+/// `W x` for `n` token rows.
+pub(crate) fn matmul(w: &QTensor, x: &[f32], n: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; n * w.rows()];
+    w.matmul(x, n, &mut out);
+    out
+}
+
+/// The `k_cache`/`v_cache` taps: the cache's first `len` positions, `[n_kv, len, hd]`.
+pub(crate) fn record_cache(taps: &mut Taps, cache: &KvCache, l: usize, len: usize, cfg: &Config) {
+    let shape = [cfg.n_kv_heads, len, cfg.head_dim];
+    let canonical_k = |k: Vec<f32>| match cfg.rope_layout {
+        RopeLayout::Interleaved => interleaved_to_half_split(&k, cfg.head_dim),
+        RopeLayout::HalfSplit => k,
+    };
+    taps.record(Tap::KCache, Some(l), || TapValue::f32(&shape, canonical_k(cache.prefix(l, len, false))));
+    taps.record(Tap::VCache, Some(l), || TapValue::f32(&shape, cache.prefix(l, len, true)));
+}

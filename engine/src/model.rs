@@ -1,0 +1,196 @@
+//! A loaded model: weights, config and tokenizer, with prefill, decode, generation and a traced
+//! run that shows every checkpoint to an observer.
+
+use crate::attention::KvCache;
+use crate::config::{Arch, Config};
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::gpt2::Gpt2;
+use crate::llama::Llama;
+use crate::loader::{HfStore, WeightStore};
+use crate::ops::{argmax, softmax_in_place};
+use crate::sampling::{Sampler, SamplerConfig};
+use crate::tap::{Observer, Tap, TapValue, Taps};
+use crate::tokenizer::{Tokenizer, TokenizerSpec};
+use std::path::{Path, PathBuf};
+
+enum Net {
+    Llama(Llama),
+    Gpt2(Gpt2),
+}
+
+pub struct Model {
+    net: Net,
+    pub tokenizer: Tokenizer,
+    pub path: PathBuf,
+}
+
+impl Model {
+    /// Loads a `.gguf` file, or an HF folder with `config.json`, safetensors and `tokenizer.json`.
+    pub fn load(path: &Path) -> Result<Model> {
+        if path.is_dir() {
+            Self::load_hf(path)
+        } else {
+            Self::load_gguf(path)
+        }
+    }
+
+    fn load_gguf(path: &Path) -> Result<Model> {
+        let file = GgufFile::open(path)?;
+        let vocab = file.tensor("token_embd.weight")?.rows();
+        let config = Config::from_gguf(&file, vocab)?;
+        let tokenizer = gguf_tokenizer(&file)?;
+        Ok(Model { net: Net::build(config, &file)?, tokenizer, path: path.to_path_buf() })
+    }
+
+    fn load_hf(dir: &Path) -> Result<Model> {
+        let config = Config::from_hf(&dir.join("config.json"))?;
+        let store = HfStore::open(dir, config.arch)?;
+        let tokenizer = Tokenizer::from_hf_json(&dir.join("tokenizer.json"))?;
+        Ok(Model { net: Net::build(config, &store)?, tokenizer, path: dir.to_path_buf() })
+    }
+
+    pub fn config(&self) -> &Config {
+        match &self.net {
+            Net::Llama(m) => &m.config,
+            Net::Gpt2(m) => &m.config,
+        }
+    }
+
+    /// Plants a deliberate bug (see [`Fault`]) for the harness's own tests.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(&mut self, fault: crate::config::Fault) {
+        match &mut self.net {
+            Net::Llama(m) => m.config.faults.push(fault),
+            Net::Gpt2(m) => m.config.faults.push(fault),
+        }
+    }
+
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        let c = self.config();
+        KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, capacity)
+    }
+
+    /// Runs `tokens` after what the cache holds. Logits `[T, vocab]` when `all_logits`, else `[vocab]`.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, taps: &mut Taps, all_logits: bool) -> Result<Vec<f32>> {
+        let vocab = self.config().vocab_size;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Config(format!("token id {bad} is outside the vocabulary of {vocab}")));
+        }
+        if tokens.is_empty() || cache.len() + tokens.len() > cache.capacity() {
+            return Err(Error::ContextOverflow { tokens: cache.len() + tokens.len(), generate: 0, context: cache.capacity() });
+        }
+        Ok(match &self.net {
+            Net::Llama(m) => m.forward(tokens, cache, taps, all_logits),
+            Net::Gpt2(m) => m.forward(tokens, cache, taps, all_logits),
+        })
+    }
+
+    /// Tokenizes `prompt` and checks that it and `n_generate` more tokens fit the context.
+    pub fn prompt_tokens(&self, prompt: &str, n_generate: usize) -> Result<Vec<u32>> {
+        let tokens = self.tokenizer.encode(prompt);
+        if tokens.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        let context = self.config().context;
+        if tokens.len() + n_generate > context {
+            return Err(Error::ContextOverflow { tokens: tokens.len(), generate: n_generate, context });
+        }
+        Ok(tokens)
+    }
+
+    /// The traced run the harness compares: prefill of the prompt with every checkpoint shown to
+    /// `observer`, then `n_generate` greedy tokens decoded one at a time through the KV cache.
+    /// `probs` is `softmax(last_logits / temperature)`.
+    pub fn trace(&self, prompt: &str, n_generate: usize, temperature: f32, observer: &mut dyn Observer) -> Result<()> {
+        let tokens = self.prompt_tokens(prompt, n_generate)?;
+        let vocab = self.config().vocab_size;
+        let mut taps = Taps::new(observer);
+        taps.record(Tap::Tokens, None, || TapValue::Ids(tokens.clone()));
+
+        let mut cache = self.new_cache(tokens.len() + n_generate);
+        let logits = self.forward(&tokens, &mut cache, &mut taps, true)?;
+        taps.record(Tap::Logits, None, || TapValue::f32(&[tokens.len(), vocab], logits.clone()));
+        let last = &logits[(tokens.len() - 1) * vocab..];
+        taps.record(Tap::LastLogits, None, || TapValue::f32(&[vocab], last.to_vec()));
+        taps.record(Tap::Argmax, None, || TapValue::Id(argmax(last) as u32));
+        taps.record(Tap::Probs, None, || {
+            let mut p: Vec<f32> = last.iter().map(|v| v / temperature).collect();
+            softmax_in_place(&mut p);
+            TapValue::f32(&[vocab], p)
+        });
+
+        let generated = self.decode_greedy(last, n_generate, &mut cache)?;
+        taps.record(Tap::Generated, None, || TapValue::Ids(generated));
+        Ok(())
+    }
+
+    /// `n` greedy tokens after a prefill whose last logits are `last`.
+    fn decode_greedy(&self, last: &[f32], n: usize, cache: &mut KvCache) -> Result<Vec<u32>> {
+        let mut sampler = Sampler::new(SamplerConfig::default());
+        self.decode(last, n, cache, &mut sampler, |_| true)
+    }
+
+    /// Samples up to `n` tokens, decoding each through the cache; `on_token` sees each one and
+    /// returns false to stop early.
+    fn decode(&self, last: &[f32], n: usize, cache: &mut KvCache, sampler: &mut Sampler, mut on_token: impl FnMut(u32) -> bool) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(n);
+        let mut logits = last.to_vec();
+        for i in 0..n {
+            let next = sampler.sample(&logits);
+            out.push(next);
+            if !on_token(next) {
+                break;
+            }
+            if i + 1 < n {
+                logits = self.forward(&[next], cache, &mut Taps::none(), false)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Generates up to `n` tokens after `prompt`, handing each to `on_token` as it is chosen;
+    /// stops early at the end-of-sequence token.
+    pub fn generate(&self, prompt: &str, n: usize, sampling: SamplerConfig, mut on_token: impl FnMut(u32)) -> Result<Vec<u32>> {
+        let tokens = self.prompt_tokens(prompt, n)?;
+        let mut cache = self.new_cache(tokens.len() + n);
+        let last = self.forward(&tokens, &mut cache, &mut Taps::none(), false)?;
+        let eos = self.tokenizer.eos_id();
+        let mut sampler = Sampler::new(sampling);
+        self.decode(&last, n, &mut cache, &mut sampler, |t| {
+            on_token(t);
+            Some(t) != eos
+        })
+    }
+}
+
+impl Net {
+    fn build(config: Config, store: &dyn WeightStore) -> Result<Net> {
+        Ok(match config.arch {
+            Arch::Llama => Net::Llama(Llama::load(config, store)?),
+            Arch::Gpt2 => Net::Gpt2(Gpt2::load(config, store)?),
+        })
+    }
+}
+
+/// The tokenizer described by a GGUF file's `tokenizer.ggml.*` keys.
+fn gguf_tokenizer(file: &GgufFile) -> Result<Tokenizer> {
+    let opt_u32 = |k: &str| file.get(k).map(|_| file.get_u32(k)).transpose();
+    let opt_bool = |k: &str| file.get(k).and_then(|v| v.as_bool());
+    let model = file.get_str("tokenizer.ggml.model")?.to_string();
+    let spec = TokenizerSpec {
+        pre: file.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).map(str::to_string),
+        tokens: file.get_str_array("tokenizer.ggml.tokens")?,
+        scores: file.get("tokenizer.ggml.scores").map(|_| file.get_f32_array("tokenizer.ggml.scores")).transpose()?,
+        token_types: file.get("tokenizer.ggml.token_type").map(|_| file.get_i32_array("tokenizer.ggml.token_type")).transpose()?,
+        merges: file.get("tokenizer.ggml.merges").map(|_| file.get_str_array("tokenizer.ggml.merges")).transpose()?.unwrap_or_default(),
+        bos_id: opt_u32("tokenizer.ggml.bos_token_id")?,
+        eos_id: opt_u32("tokenizer.ggml.eos_token_id")?,
+        unk_id: opt_u32("tokenizer.ggml.unknown_token_id")?,
+        // llama.cpp's defaults when the key is absent: SentencePiece adds BOS, byte-level BPE does not.
+        add_bos: opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama"),
+        add_space_prefix: opt_bool("tokenizer.ggml.add_space_prefix").unwrap_or(model == "llama"),
+        model,
+    };
+    Tokenizer::from_spec(spec)
+}

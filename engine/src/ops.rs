@@ -1,0 +1,262 @@
+//! The layer math shared by both architectures, on row-major f32 activations.
+//!
+//! Each function works on whole rows (`[T, d]` stored as `T*d` values) so a forward pass reads as a
+//! sequence of named steps. Accumulations that set the precision of a result (norm statistics,
+//! softmax sums, attention dot products) are done in f32 with the same order for every row, so a
+//! run is bit-identical whatever the thread count.
+
+use rayon::prelude::*;
+
+/// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight`, per row of `weight.len()` values.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let d = weight.len();
+    let mut out = vec![0.0; x.len()];
+    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let scale = 1.0 / (mean_sq + eps).sqrt();
+        for ((o, v), w) in o.iter_mut().zip(row).zip(weight) {
+            *o = v * scale * w;
+        }
+    }
+    out
+}
+
+/// LayerNorm: `(x - mean) / sqrt(var + eps) * weight + bias`, per row, biased variance.
+pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
+    let d = weight.len();
+    let mut out = vec![0.0; x.len()];
+    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let mean = row.iter().sum::<f32>() / d as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+        let scale = 1.0 / (var + eps).sqrt();
+        for (((o, v), w), b) in o.iter_mut().zip(row).zip(weight).zip(bias) {
+            *o = (v - mean) * scale * w + b;
+        }
+    }
+    out
+}
+
+/// Adds `bias` to every row of `x`.
+pub fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// `x += y`, the residual connection.
+pub fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// `x *= y` elementwise (SwiGLU's gate times up).
+pub fn mul_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a *= b;
+    }
+}
+
+/// GELU in GPT-2's tanh form: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// SiLU (swish): `x * sigmoid(x)`.
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Softmax over the whole slice, max-subtracted for stability.
+pub fn softmax_in_place(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// Index of the largest value; ties go to the lowest index. NaN never wins.
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] || (x[best].is_nan() && !v.is_nan()) {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Which pairs of a head's dimensions RoPE rotates together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Adjacent pairs `(2i, 2i+1)`: GGUF llama files, whose Q/K rows were permuted for this.
+    Interleaved,
+    /// Halves `(i, i + hd/2)`: HF transformers' `rotate_half`.
+    HalfSplit,
+}
+
+/// Rotary position embedding for one head size and base.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    pub layout: RopeLayout,
+    head_dim: usize,
+    /// `theta^(-2i/hd)` for pair i, rounded to f32 as HF and llama.cpp do.
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    pub fn new(layout: RopeLayout, head_dim: usize, theta: f32) -> Rope {
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| (1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64)) as f32)
+            .collect();
+        Rope { layout, head_dim, inv_freq }
+    }
+
+    /// Rotates `x` ([n_tokens, n_heads*hd], token t at position `pos0 + t`) in place.
+    pub fn apply(&self, x: &mut [f32], n_tokens: usize, pos0: usize) {
+        if n_tokens == 0 {
+            return;
+        }
+        let hd = self.head_dim;
+        let half = hd / 2;
+        for (t, row) in x.chunks_exact_mut(x.len() / n_tokens).enumerate() {
+            let pos = (pos0 + t) as f32;
+            for head in row.chunks_exact_mut(hd) {
+                for (i, &f) in self.inv_freq.iter().enumerate() {
+                    let angle = (pos * f) as f64;
+                    let (sin, cos) = (angle.sin() as f32, angle.cos() as f32);
+                    let (a, b) = match self.layout {
+                        RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                        RopeLayout::HalfSplit => (i, i + half),
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos - x1 * sin;
+                    head[b] = x0 * sin + x1 * cos;
+                }
+            }
+        }
+    }
+}
+
+/// Reorders each head of `x` ([.., n_heads*hd]) from the interleaved RoPE layout of GGUF llama
+/// files to HF's half-split layout: HF dimension `s*hd/2 + i` is GGUF dimension `2i + s`.
+/// Used only to show Q/K taps in the canonical (HF) order.
+pub fn interleaved_to_half_split(x: &[f32], head_dim: usize) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut out = vec![0.0; x.len()];
+    for (src, dst) in x.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim)) {
+        for i in 0..half {
+            dst[i] = src[2 * i];
+            dst[half + i] = src[2 * i + 1];
+        }
+    }
+    out
+}
+
+/// Applies `f` to every element in parallel (activation functions over `[T, ffn]`).
+pub fn map_in_place(x: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    x.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v = f(*v)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_close(got: &[f32], want: &[f32], tol: f32) {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= tol, "element {i}: got {g}, want {w}");
+        }
+    }
+
+    #[test]
+    fn rms_norm_divides_by_root_mean_square() {
+        // mean(x^2) = (1+4+9+16)/4 = 7.5; 1/sqrt(7.5) = 0.365148; weight doubles channel 1.
+        let out = rms_norm(&[1.0, 2.0, 3.0, 4.0], &[1.0, 2.0, 1.0, 1.0], 0.0);
+        assert_close(&out, &[0.365148, 1.460593, 1.095445, 1.460593], 1e-6);
+    }
+
+    #[test]
+    fn rms_norm_epsilon_matters_for_small_inputs() {
+        // mean(x^2) = 1e-6; with eps 1e-6 the scale is 1/sqrt(2e-6) = 707.107.
+        let out = rms_norm(&[1e-3, -1e-3], &[1.0, 1.0], 1e-6);
+        assert_close(&out, &[0.707107, -0.707107], 1e-5);
+    }
+
+    #[test]
+    fn layer_norm_centres_scales_and_shifts() {
+        // mean 2.5, biased variance 1.25, 1/sqrt(1.25) = 0.894427; weight 2, bias 1.
+        let out = layer_norm(&[1.0, 2.0, 3.0, 4.0], &[2.0; 4], &[1.0; 4], 0.0);
+        assert_close(&out, &[-1.683282, 0.105573, 1.894427, 3.683282], 1e-5);
+    }
+
+    #[test]
+    fn gelu_uses_the_tanh_approximation() {
+        // 0.5*x*(1+tanh(0.7978845608*(x+0.044715x^3))) computed with Python's math module.
+        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-6);
+        assert!((gelu_tanh(-2.0) - (-0.045_402_3)).abs() < 1e-6);
+        assert_eq!(gelu_tanh(0.0), 0.0);
+    }
+
+    #[test]
+    fn silu_is_x_times_sigmoid() {
+        // 1/(1+e^-1) = 0.7310586; -2/(1+e^2) = -0.2384058.
+        assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+        assert!((silu(-2.0) - (-0.238_405_8)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn softmax_matches_exponentials_over_their_sum() {
+        // e^0, e^1, e^2 over 1 + e + e^2 = 11.107338.
+        let mut x = [1.0, 2.0, 3.0];
+        softmax_in_place(&mut x);
+        assert_close(&x, &[0.090031, 0.244728, 0.665241], 1e-6);
+        let mut big = [1000.0, 1000.0];
+        softmax_in_place(&mut big);
+        assert_close(&big, &[0.5, 0.5], 0.0);
+    }
+
+    #[test]
+    fn argmax_breaks_ties_by_lowest_index_and_skips_nan() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+        assert_eq!(argmax(&[f32::NAN, 0.5, 0.7]), 2);
+    }
+
+    #[test]
+    fn rope_half_split_rotates_pairs_of_halves() {
+        // hd = 4, theta = 10000: frequencies 1 and 0.01. At position 1, the pair (x0, x2) turns by
+        // 1 rad and (x1, x3) by 0.01 rad: x0' = cos1 - 3 sin1, x2' = sin1 + 3 cos1,
+        // x1' = 2 cos.01 - 4 sin.01, x3' = 2 sin.01 + 4 cos.01.
+        let rope = Rope::new(RopeLayout::HalfSplit, 4, 10000.0);
+        let mut x = [1.0, 2.0, 3.0, 4.0];
+        rope.apply(&mut x, 1, 1);
+        assert_close(&x, &[-1.984111, 1.959901, 2.462378, 4.019799], 1e-5);
+    }
+
+    #[test]
+    fn rope_interleaved_equals_half_split_after_reordering() {
+        // The same vector in GGUF's permuted order [x0, x2, x1, x3] rotated on adjacent pairs
+        // must give the half-split result once put back in HF order.
+        let rope = Rope::new(RopeLayout::Interleaved, 4, 10000.0);
+        let mut x = [1.0, 3.0, 2.0, 4.0];
+        rope.apply(&mut x, 1, 1);
+        assert_close(&interleaved_to_half_split(&x, 4), &[-1.984111, 1.959901, 2.462378, 4.019799], 1e-5);
+    }
+
+    #[test]
+    fn rope_at_position_zero_is_identity_and_positions_advance_per_token() {
+        let rope = Rope::new(RopeLayout::HalfSplit, 4, 10000.0);
+        let mut x = [1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0];
+        rope.apply(&mut x, 2, 0);
+        assert_close(&x[..4], &[1.0, 2.0, 3.0, 4.0], 0.0);
+        assert_close(&x[4..], &[-1.984111, 1.959901, 2.462378, 4.019799], 1e-5);
+    }
+}

@@ -1,0 +1,148 @@
+//! The engine end to end on the committed tiny fixtures (`scripts/make-fixtures.py`): the same
+//! random-weight models written as GGUF F32/F16/Q8_0 and as HF safetensors.
+
+use engine::tap::{Recorder, Tap, TapValue};
+use engine::{Error, Model, Taps};
+use std::path::PathBuf;
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/models").join(rel)
+}
+
+fn load(rel: &str) -> Model {
+    Model::load(&fixture(rel)).unwrap_or_else(|e| panic!("loading fixture {rel}: {e}"))
+}
+
+const PROMPT: &str = "The quick brown fox jumps over the lazy dog";
+
+fn f32_tensor(rec: &Recorder, key: &str) -> (Vec<usize>, Vec<f32>) {
+    match rec.tensors.get(key) {
+        Some(TapValue::F32 { shape, data }) => (shape.clone(), data.clone()),
+        other => panic!("{key}: expected an f32 tap, got {other:?}"),
+    }
+}
+
+fn trace(model: &Model, n_generate: usize) -> Recorder {
+    let mut rec = Recorder::default();
+    model.trace(PROMPT, n_generate, 1.0, &mut rec).expect("trace");
+    rec
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn prefill_then_decode_equals_full_prefill_on_the_last_position() {
+    for rel in ["tiny-llama/model-f32.gguf", "tiny-gpt2/model-f32.gguf"] {
+        let model = load(rel);
+        let tokens = model.prompt_tokens(PROMPT, 0).unwrap();
+        let n = tokens.len();
+        let mut full_cache = model.new_cache(n);
+        let full = model.forward(&tokens, &mut full_cache, &mut Taps::none(), false).unwrap();
+        let mut cache = model.new_cache(n);
+        model.forward(&tokens[..n - 1], &mut cache, &mut Taps::none(), false).unwrap();
+        let step = model.forward(&tokens[n - 1..], &mut cache, &mut Taps::none(), false).unwrap();
+        // Same math, different grouping of rows: only f32 rounding of the attention sums differs.
+        assert!(max_abs_diff(&full, &step) < 1e-4, "{rel}: {}", max_abs_diff(&full, &step));
+    }
+}
+
+#[test]
+fn gguf_and_hf_layouts_of_one_model_agree_at_every_tap() {
+    // The GGUF llama file has permuted Q/K rows and the GPT-2 HF file Conv1D weights: after the
+    // engine's handling both must show the same canonical tensors.
+    for arch in ["tiny-llama", "tiny-gpt2"] {
+        let gguf = trace(&load(&format!("{arch}/model-f32.gguf")), 4);
+        let hf = trace(&load(&format!("{arch}/hf")), 4);
+        assert_eq!(gguf.tensors.keys().collect::<Vec<_>>(), hf.tensors.keys().collect::<Vec<_>>());
+        for (key, a) in &gguf.tensors {
+            match (a, &hf.tensors[key]) {
+                (TapValue::F32 { shape: sa, data: da }, TapValue::F32 { shape: sb, data: db }) => {
+                    assert_eq!(sa, sb, "{arch} {key}");
+                    assert!(max_abs_diff(da, db) < 1e-4, "{arch} {key}: {}", max_abs_diff(da, db));
+                }
+                (a, b) => assert_eq!(a, b, "{arch} {key}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn every_catalog_tap_is_recorded_with_its_catalog_shape() {
+    for (rel, llama) in [("tiny-llama/model-f32.gguf", true), ("tiny-gpt2/model-f32.gguf", false)] {
+        let model = load(rel);
+        let c = model.config().clone();
+        let rec = trace(&model, 3);
+        let t = match &rec.tensors["tokens"] {
+            TapValue::Ids(ids) => ids.len(),
+            other => panic!("tokens: {other:?}"),
+        };
+        let (d, kv, hd, h, v) = (c.d_model, c.n_kv_heads, c.head_dim, c.n_heads, c.vocab_size);
+        for tap in Tap::ALL {
+            let layers: Vec<Option<usize>> = if tap.per_layer() { (0..c.n_layers).map(Some).collect() } else { vec![None] };
+            for layer in layers {
+                let key = tap.key(layer);
+                let rope = matches!(tap, Tap::QRope | Tap::KRope);
+                if rope && !llama {
+                    assert!(!rec.tensors.contains_key(&key), "{rel}: GPT-2 has no {key}");
+                    continue;
+                }
+                let want: Vec<usize> = match tap {
+                    Tap::Tokens => vec![t],
+                    Tap::Embed | Tap::AttnNorm | Tap::AttnOut | Tap::FfnNorm | Tap::FfnOut | Tap::BlockOut | Tap::FinalNorm => vec![t, d],
+                    Tap::Q | Tap::QRope => vec![t, h * hd],
+                    Tap::K | Tap::V | Tap::KRope => vec![t, kv * hd],
+                    Tap::KCache | Tap::VCache => vec![kv, t, hd],
+                    Tap::AttnProbs => vec![h, t, t],
+                    Tap::Logits => vec![t, v],
+                    Tap::LastLogits | Tap::Probs => vec![v],
+                    Tap::Argmax => vec![],
+                    Tap::Generated => vec![3],
+                };
+                let got = rec.tensors.get(&key).unwrap_or_else(|| panic!("{rel}: {key} never recorded")).shape();
+                assert_eq!(got, want, "{rel} {key}");
+            }
+        }
+        let (_, probs) = f32_tensor(&rec, "blk.0.attn_probs");
+        for row in probs.chunks_exact(t) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+        assert_eq!(probs[1], 0.0, "the causal mask leaves exact zeros");
+    }
+}
+
+#[test]
+fn f16_and_q8_0_weights_stay_close_to_f32() {
+    let f32_logits = f32_tensor(&trace(&load("tiny-llama/model-f32.gguf"), 0), "last_logits").1;
+    for (rel, tol) in [("tiny-llama/model-f16.gguf", 2e-2), ("tiny-llama/model-q8_0.gguf", 1e-1)] {
+        let logits = f32_tensor(&trace(&load(rel), 0), "last_logits").1;
+        let spread = f32_logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        // Rounding weights to f16 (11-bit mantissa) or 8-bit blocks moves logits by a small
+        // fraction of their range, never by their size.
+        assert!(max_abs_diff(&f32_logits, &logits) < tol * spread, "{rel}: {} vs range {spread}", max_abs_diff(&f32_logits, &logits));
+    }
+}
+
+#[test]
+fn traces_are_bit_identical_across_runs() {
+    let model = load("tiny-llama/model-f32.gguf");
+    assert_eq!(trace(&model, 4).tensors, trace(&model, 4).tensors);
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_refused() {
+    let model = load("tiny-gpt2/model-f32.gguf");
+    let long = "word ".repeat(model.config().context * 2);
+    match model.trace(&long, 0, 1.0, &mut Recorder::default()) {
+        Err(Error::ContextOverflow { context, .. }) => assert_eq!(context, model.config().context),
+        other => panic!("expected ContextOverflow, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn an_empty_prompt_without_bos_is_refused() {
+    let model = load("tiny-gpt2/model-f32.gguf");
+    assert!(matches!(model.trace("", 1, 1.0, &mut Recorder::default()), Err(Error::EmptyPrompt)));
+}
