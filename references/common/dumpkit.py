@@ -94,7 +94,8 @@ class Dump:
         if key in self.tensors:
             raise DumpError(f"internal: {key} dumped twice")
         a = np.asarray(array)
-        a = np.ascontiguousarray(a.astype("<i8" if entry.get("dtype") == "id" else "<f4"))
+        # astype(order="C") rather than np.ascontiguousarray, which turns a 0-d scalar (argmax) into shape [1].
+        a = a.astype("<i8" if entry.get("dtype") == "id" else "<f4", order="C")
         self.tensors[key] = a
         if key == "tokens":
             self.token_ids = [int(x) for x in a.reshape(-1)]
