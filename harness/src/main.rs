@@ -1,3 +1,1 @@
-mod results;
-
 fn main() {}
