@@ -4,6 +4,9 @@
 //! Shapes are row-major like numpy: a matrix is `[rows, cols]` = `[out_features, in_features]`,
 //! so each row is one output feature and quantization blocks run along a row.
 
+use crate::error::{Error, Result};
+use half::f16;
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Storage types a weight may have. Block layouts follow GGUF's (32 values per block).
@@ -69,5 +72,360 @@ pub struct QTensor {
 impl std::fmt::Debug for QTensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "QTensor({} {} {:?})", self.name, self.dtype.name(), self.shape)
+    }
+}
+
+impl Bytes {
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Rows handed to one rayon task: enough work to amortize scheduling, few enough to balance.
+const ROWS_PER_TASK: usize = 16;
+
+impl QTensor {
+    /// Checks that `bytes` holds exactly `shape` in `dtype` (rows a whole number of blocks).
+    pub fn new(name: &str, dtype: DType, shape: Vec<usize>, bytes: Bytes) -> Result<QTensor> {
+        let t = QTensor { name: name.to_string(), dtype, shape, bytes };
+        let expected = t.expected_bytes().ok_or_else(|| {
+            Error::Config(format!(
+                "tensor {name}: shape {:?} cannot be stored as {} (rows must be whole {}-value blocks, size must fit in memory)",
+                t.shape,
+                dtype.name(),
+                dtype.block().0
+            ))
+        })?;
+        if expected != t.bytes.len() {
+            return Err(Error::Config(format!(
+                "tensor {name}: {} {:?} needs {expected} bytes but {} are stored",
+                dtype.name(),
+                t.shape,
+                t.bytes.len()
+            )));
+        }
+        Ok(t)
+    }
+
+    /// An F32 tensor owning `data` (tests, small derived weights).
+    pub fn from_f32(name: &str, shape: Vec<usize>, data: &[f32]) -> Result<QTensor> {
+        let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        QTensor::new(name, DType::F32, shape, Bytes::Owned(Arc::new(bytes)))
+    }
+
+    /// Bytes `shape` takes in this type, or `None` when the shape cannot be stored (overflow, a row
+    /// that is not a whole number of blocks).
+    fn expected_bytes(&self) -> Option<usize> {
+        let (block, block_bytes) = self.dtype.block();
+        let cols = *self.shape.last()?;
+        if cols % block != 0 {
+            return None;
+        }
+        let rows = self.shape[..self.shape.len() - 1].iter().try_fold(1usize, |a, &b| a.checked_mul(b))?;
+        rows.checked_mul(cols / block)?.checked_mul(block_bytes)
+    }
+
+    /// The product of all but the last dimension.
+    pub fn rows(&self) -> usize {
+        self.shape[..self.shape.len().saturating_sub(1)].iter().product()
+    }
+
+    /// The last dimension: the one quantization blocks run along.
+    pub fn cols(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+
+    fn row_bytes(&self) -> usize {
+        let (block, block_bytes) = self.dtype.block();
+        self.cols() / block * block_bytes
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        let n = self.row_bytes();
+        &self.bytes.as_slice()[r * n..(r + 1) * n]
+    }
+
+    /// Row `r` as f32 into `out` (`cols()` long).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        dequantize(self.dtype, self.row(r), out);
+    }
+
+    /// The whole tensor as f32. Only for small tensors (norms, biases, position tables).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let cols = self.cols();
+        let mut out = vec![0.0f32; self.rows() * cols];
+        for (r, row) in out.chunks_exact_mut(cols.max(1)).enumerate() {
+            self.dequantize_row(r, row);
+        }
+        out
+    }
+
+    /// `out[t, r] = sum_c self[r, c] * x[t, c]` for `n` token rows of `x` (`[n, cols]`), written to
+    /// `out` (`[n, rows]`). Weights are dequantized a row at a time, inside the kernel; rows are
+    /// spread over rayon's pool.
+    pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) {
+        let (rows, cols) = (self.rows(), self.cols());
+        assert_eq!(x.len(), n * cols, "matmul {}: input is not [{n}, {cols}]", self.name);
+        assert_eq!(out.len(), n * rows, "matmul {}: output is not [{n}, {rows}]", self.name);
+        if n == 1 {
+            out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(chunk, o)| {
+                let mut buf = Vec::new();
+                for (i, y) in o.iter_mut().enumerate() {
+                    *y = self.dot_row(chunk * ROWS_PER_TASK + i, x, &mut buf);
+                }
+            });
+            return;
+        }
+        // Row-major [rows, n] so each task owns whole weight rows, then transposed into `out`.
+        let mut by_row = vec![0.0f32; rows * n];
+        by_row.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(chunk, o)| {
+            let mut w = vec![0.0f32; cols];
+            for (i, ys) in o.chunks_exact_mut(n).enumerate() {
+                self.dequantize_row(chunk * ROWS_PER_TASK + i, &mut w);
+                for (y, xt) in ys.iter_mut().zip(x.chunks_exact(cols)) {
+                    *y = dot(&w, xt);
+                }
+            }
+        });
+        for (r, ys) in by_row.chunks_exact(n).enumerate() {
+            for (t, y) in ys.iter().enumerate() {
+                out[t * rows + r] = *y;
+            }
+        }
+    }
+
+    /// One output of a matrix-vector product, dequantizing block by block without a row buffer
+    /// for the block types.
+    fn dot_row(&self, r: usize, x: &[f32], buf: &mut Vec<f32>) -> f32 {
+        let row = self.row(r);
+        match self.dtype {
+            DType::F32 | DType::F16 | DType::BF16 => {
+                buf.resize(x.len(), 0.0);
+                dequantize(self.dtype, row, buf);
+                dot(buf, x)
+            }
+            DType::Q8_0 => blocks(row, 34, x, |b, xs| {
+                let d = f16_at(b, 0);
+                let mut acc = 0.0f32;
+                for (q, v) in b[2..].iter().zip(xs) {
+                    acc += (*q as i8) as f32 * v;
+                }
+                d * acc
+            }),
+            DType::Q4_0 => blocks(row, 18, x, |b, xs| {
+                let d = f16_at(b, 0);
+                let mut acc = 0.0f32;
+                for (j, q) in b[2..].iter().enumerate() {
+                    acc += ((q & 0x0f) as i32 - 8) as f32 * xs[j] + ((q >> 4) as i32 - 8) as f32 * xs[j + 16];
+                }
+                d * acc
+            }),
+            DType::Q4_1 => blocks(row, 20, x, |b, xs| {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                let (mut acc, mut sum) = (0.0f32, 0.0f32);
+                for (j, q) in b[4..].iter().enumerate() {
+                    acc += (q & 0x0f) as f32 * xs[j] + (q >> 4) as f32 * xs[j + 16];
+                    sum += xs[j] + xs[j + 16];
+                }
+                d * acc + m * sum
+            }),
+        }
+    }
+
+    /// The `[cols, rows]` transpose of a 2-D unquantized tensor (HF Conv1D weights are stored
+    /// `[in, out]`). Copies: only for the formats that ship such weights unquantized.
+    pub fn transposed(&self) -> Result<QTensor> {
+        if self.shape.len() != 2 || self.dtype.block().0 != 1 {
+            return Err(Error::Config(format!(
+                "tensor {}: cannot transpose a {} {:?} tensor (only 2-D F32/F16/BF16)",
+                self.name,
+                self.dtype.name(),
+                self.shape
+            )));
+        }
+        let (rows, cols) = (self.shape[0], self.shape[1]);
+        let size = self.dtype.block().1;
+        let src = self.bytes.as_slice();
+        let mut dst = vec![0u8; src.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                let (from, to) = ((r * cols + c) * size, (c * rows + r) * size);
+                dst[to..to + size].copy_from_slice(&src[from..from + size]);
+            }
+        }
+        QTensor::new(&self.name, self.dtype, vec![cols, rows], Bytes::Owned(Arc::new(dst)))
+    }
+}
+
+/// Sums `f(block, x_slice)` over a row of 32-value blocks of `block_bytes` each.
+#[inline]
+fn blocks(row: &[u8], block_bytes: usize, x: &[f32], f: impl Fn(&[u8], &[f32]) -> f32) -> f32 {
+    row.chunks_exact(block_bytes).zip(x.chunks_exact(32)).map(|(b, xs)| f(b, xs)).sum()
+}
+
+#[inline]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// One row of `dtype` bytes as f32.
+fn dequantize(dtype: DType, row: &[u8], out: &mut [f32]) {
+    match dtype {
+        DType::F32 => {
+            for (o, b) in out.iter_mut().zip(row.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        DType::F16 => {
+            for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
+                *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        DType::BF16 => {
+            for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+            }
+        }
+        DType::Q8_0 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(row.chunks_exact(34)) {
+                let d = f16_at(b, 0);
+                for (v, q) in o.iter_mut().zip(&b[2..]) {
+                    *v = d * (*q as i8) as f32;
+                }
+            }
+        }
+        DType::Q4_0 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(row.chunks_exact(18)) {
+                let d = f16_at(b, 0);
+                for (j, q) in b[2..].iter().enumerate() {
+                    o[j] = d * ((q & 0x0f) as i32 - 8) as f32;
+                    o[j + 16] = d * ((q >> 4) as i32 - 8) as f32;
+                }
+            }
+        }
+        DType::Q4_1 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(row.chunks_exact(20)) {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                for (j, q) in b[4..].iter().enumerate() {
+                    o[j] = d * (q & 0x0f) as f32 + m;
+                    o[j + 16] = d * (q >> 4) as f32 + m;
+                }
+            }
+        }
+    }
+}
+
+/// A dot product with eight independent accumulators, so the compiler can keep them in vector
+/// registers. The summation order is fixed, so results do not depend on the thread count.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0.0f32;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owned(dtype: DType, shape: Vec<usize>, bytes: Vec<u8>) -> QTensor {
+        QTensor::new("t", dtype, shape, Bytes::Owned(Arc::new(bytes))).expect("valid test tensor")
+    }
+
+    fn f16_bytes(v: f32) -> [u8; 2] {
+        f16::from_f32(v).to_le_bytes()
+    }
+
+    #[test]
+    fn q8_0_dequantizes_as_scale_times_signed_byte() {
+        let mut b = f16_bytes(0.5).to_vec();
+        b.extend((0..32).map(|i| (i as i8 - 16) as u8));
+        let t = owned(DType::Q8_0, vec![1, 32], b);
+        let v = t.to_f32();
+        assert_eq!(v[0], -8.0); // 0.5 * -16
+        assert_eq!(v[31], 7.5); // 0.5 * 15
+    }
+
+    #[test]
+    fn q4_0_puts_low_nibbles_first_and_centres_on_eight() {
+        let mut b = f16_bytes(2.0).to_vec();
+        b.extend(std::iter::repeat(0x3a).take(16)); // low nibble 10, high nibble 3
+        let v = owned(DType::Q4_0, vec![32], b).to_f32();
+        assert_eq!(v[0], 4.0); // 2 * (10 - 8)
+        assert_eq!(v[16], -10.0); // 2 * (3 - 8)
+    }
+
+    #[test]
+    fn q4_1_adds_the_block_minimum() {
+        let mut b = f16_bytes(0.25).to_vec();
+        b.extend(f16_bytes(-1.0));
+        b.extend(std::iter::repeat(0xf1).take(16)); // low 1, high 15
+        let v = owned(DType::Q4_1, vec![32], b).to_f32();
+        assert_eq!(v[5], -0.75); // 0.25 * 1 - 1
+        assert_eq!(v[20], 2.75); // 0.25 * 15 - 1
+    }
+
+    #[test]
+    fn bf16_is_the_top_half_of_an_f32() {
+        let bits = (1.5f32.to_bits() >> 16) as u16;
+        let v = owned(DType::BF16, vec![1], bits.to_le_bytes().to_vec()).to_f32();
+        assert_eq!(v, [1.5]);
+    }
+
+    #[test]
+    fn matmul_matches_hand_computed_products_for_one_and_many_tokens() {
+        // W = [[1, 2, 3], [4, 5, 6]]; x0 = [1, 0, -1], x1 = [2, 1, 0].
+        let w = QTensor::from_f32("w", vec![2, 3], &[1., 2., 3., 4., 5., 6.]).unwrap();
+        let mut one = [0.0; 2];
+        w.matmul(&[1., 0., -1.], 1, &mut one);
+        assert_eq!(one, [-2.0, -2.0]);
+        let mut two = [0.0; 4];
+        w.matmul(&[1., 0., -1., 2., 1., 0.], 2, &mut two);
+        assert_eq!(two, [-2.0, -2.0, 4.0, 13.0]);
+    }
+
+    #[test]
+    fn fused_quantized_dot_equals_dequantize_then_dot() {
+        let mut b = Vec::new();
+        for blk in 0..2u8 {
+            b.extend(f16_bytes(0.125 * (blk + 1) as f32));
+            b.extend(f16_bytes(-0.5));
+            b.extend((0..16).map(|i| i * 16 + (15 - i)));
+        }
+        let t = owned(DType::Q4_1, vec![1, 64], b);
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut fused = [0.0];
+        t.matmul(&x, 1, &mut fused);
+        let expected = dot(&t.to_f32(), &x);
+        assert!((fused[0] - expected).abs() < 1e-5, "{} vs {expected}", fused[0]);
+    }
+
+    #[test]
+    fn transposed_swaps_rows_and_columns() {
+        let t = QTensor::from_f32("w", vec![2, 3], &[1., 2., 3., 4., 5., 6.]).unwrap().transposed().unwrap();
+        assert_eq!(t.shape, [3, 2]);
+        assert_eq!(t.to_f32(), [1., 4., 2., 5., 3., 6.]);
+    }
+
+    #[test]
+    fn new_refuses_a_byte_count_that_does_not_match_the_shape() {
+        let err = QTensor::new("w", DType::Q8_0, vec![1, 32], Bytes::Owned(Arc::new(vec![0; 33])));
+        assert!(err.is_err());
+        let not_whole_blocks = QTensor::new("w", DType::Q8_0, vec![1, 16], Bytes::Owned(Arc::new(vec![0; 17])));
+        assert!(not_whole_blocks.is_err());
     }
 }

@@ -30,20 +30,26 @@ pub fn spec_from_hf_json(path: &Path) -> Result<TokenizerSpec> {
             path.display()
         )));
     }
-    if !json.get("normalizer").is_none_or(Value::is_null) {
+    // SentencePiece models converted to tokenizer.json (Llama, TinyLlama) replace spaces with
+    // U+2581 in a normalizer and fall back to byte tokens; byte-level BPE has no normalizer.
+    let sentencepiece = is_sentencepiece_normalizer(json.get("normalizer").unwrap_or(&Value::Null))
+        && model.get("byte_fallback").and_then(Value::as_bool).unwrap_or(false);
+    if !sentencepiece && !json.get("normalizer").is_none_or(Value::is_null) {
         return Err(err(format!(
-            "{}: has a normalizer ({}); SentencePiece-style tokenizer.json files are not supported, use the GGUF vocabulary",
+            "{}: normalizer {} is not supported (none for byte-level BPE, Prepend+Replace of U+2581 for SentencePiece)",
             path.display(),
             json["normalizer"].get("type").and_then(Value::as_str).unwrap_or("?")
         )));
     }
-    let pre =
-        pre_tokenizer_name(json.get("pre_tokenizer").unwrap_or(&Value::Null)).map_err(|found| {
+    let pre = match sentencepiece {
+        true => None,
+        false => Some(pre_tokenizer_name(json.get("pre_tokenizer").unwrap_or(&Value::Null)).map_err(|found| {
             err(format!(
                 "{}: pre_tokenizer {found} is not supported (ByteLevel, or Digits then ByteLevel)",
                 path.display()
             ))
-        })?;
+        })?),
+    };
 
     // Ids come from the model vocabulary and the added tokens; together they must be 0..n.
     let vocab = model
@@ -146,12 +152,28 @@ pub fn spec_from_hf_json(path: &Path) -> Result<TokenizerSpec> {
         .and_then(|c| c.get("add_bos_token"))
         .and_then(Value::as_bool)
         .unwrap_or_else(|| {
-            template_bos.is_some() || TokenizerSpec::default_add_bos("gpt2", Some(pre))
+            let model = if sentencepiece { "llama" } else { "gpt2" };
+            template_bos.is_some() || TokenizerSpec::default_add_bos(model, pre)
         });
 
+    if sentencepiece {
+        return Ok(TokenizerSpec {
+            model: "llama".into(),
+            pre: None,
+            scores: Some(scores_from_merge_ranks(&tokens, &merges)),
+            token_types: Some(sentencepiece_types(&tokens, &types, unk_id)),
+            tokens,
+            merges: Vec::new(),
+            bos_id,
+            eos_id,
+            unk_id,
+            add_bos,
+            add_space_prefix: true,
+        });
+    }
     Ok(TokenizerSpec {
         model: "gpt2".into(),
-        pre: Some(pre.into()),
+        pre: pre.map(str::to_string),
         tokens,
         scores: None,
         token_types: Some(types),
@@ -162,6 +184,50 @@ pub fn spec_from_hf_json(path: &Path) -> Result<TokenizerSpec> {
         add_bos,
         add_space_prefix: false,
     })
+}
+
+/// `Sequence[Prepend("\u{2581}"), Replace(" ", "\u{2581}")]`, the SentencePiece normalizer.
+fn is_sentencepiece_normalizer(n: &Value) -> bool {
+    let parts = n.get("normalizers").and_then(Value::as_array);
+    let Some([prepend, replace]) = parts.map(Vec::as_slice) else { return false };
+    prepend.get("type").and_then(Value::as_str) == Some("Prepend")
+        && prepend.get("prepend").and_then(Value::as_str) == Some("\u{2581}")
+        && replace.get("type").and_then(Value::as_str) == Some("Replace")
+        && replace.get("pattern").and_then(|p| p.get("String")).and_then(Value::as_str) == Some(" ")
+        && replace.get("content").and_then(Value::as_str) == Some("\u{2581}")
+}
+
+/// SentencePiece merges the adjacent pair whose joined piece scores highest; HF's BPE the pair
+/// with the lowest merge rank. Scoring each piece by minus the rank of the merge that makes it
+/// gives the same order; pieces no merge makes rank below every merge.
+fn scores_from_merge_ranks(tokens: &[String], merges: &[String]) -> Vec<f32> {
+    let mut scores = vec![-(merges.len() as f32) - 1.0; tokens.len()];
+    let index: std::collections::HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    for (rank, m) in merges.iter().enumerate() {
+        if let Some(&id) = index.get(m.replacen(' ', "", 1).as_str()) {
+            if scores[id] < -(rank as f32) {
+                scores[id] = -(rank as f32);
+            }
+        }
+    }
+    scores
+}
+
+/// llama.cpp's token types for a SentencePiece vocabulary: `<0xHH>` pieces are bytes (6), the
+/// unknown piece is 2, added tokens keep their type.
+fn sentencepiece_types(tokens: &[String], types: &[i32], unk_id: Option<u32>) -> Vec<i32> {
+    let is_byte = |t: &str| t.len() == 6 && t.starts_with("<0x") && t.ends_with('>') && u8::from_str_radix(&t[3..5], 16).is_ok();
+    tokens
+        .iter()
+        .zip(types)
+        .enumerate()
+        .map(|(id, (t, &ty))| match () {
+            _ if Some(id as u32) == unk_id => 2,
+            _ if ty != 1 => ty,
+            _ if is_byte(t) => 6,
+            _ => 1,
+        })
+        .collect()
 }
 
 fn read_json(path: &Path) -> Result<Value> {
