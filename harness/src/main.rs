@@ -5,6 +5,8 @@
 
 mod generate;
 mod inspect;
+mod live;
+mod suite;
 mod threads;
 
 use clap::{Parser, Subcommand};

@@ -1,0 +1,160 @@
+//! Running a reference dumper (`references/<name>/dump.py`) in the reference environment, with a
+//! timeout, keeping its stderr.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why a reference could not produce a dump. The harness exits 3 for these, never 1: a broken
+/// reference is not a numerical mismatch.
+#[derive(Debug, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("{reference}: reference environment not found at {python}; run scripts/setup-references.sh")]
+    NotInstalled { reference: String, python: PathBuf },
+    #[error("{reference}: no dumper at {path}")]
+    NoDumper { reference: String, path: PathBuf },
+    #[error("{reference}: timed out after {seconds} s (killed); stderr kept in {log}")]
+    Timeout { reference: String, seconds: u64, log: PathBuf },
+    #[error("{reference}: exited with {status}: {last_line} (stderr in {log})")]
+    Failed { reference: String, status: String, last_line: String, log: PathBuf },
+    #[error("{reference}: could not start {python}: {source}")]
+    Spawn { reference: String, python: PathBuf, source: std::io::Error },
+}
+
+/// What every dumper is asked for.
+pub struct DumpRequest<'a> {
+    pub model: &'a Path,
+    pub prompt: &'a str,
+    pub n_generate: usize,
+    pub temperature: f32,
+    pub threads: usize,
+    pub out: &'a Path,
+}
+
+pub struct Dumpers {
+    pub root: PathBuf,
+    pub python: PathBuf,
+    pub timeout: Duration,
+}
+
+impl Dumpers {
+    /// The environment `scripts/setup-references.sh` made: `$PARITY_CACHE/venv` (default
+    /// `~/.cache/parity/venv`).
+    pub fn from_env(root: &Path, timeout: Duration) -> Dumpers {
+        let cache = std::env::var_os("PARITY_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".cache/parity"));
+        Dumpers { root: root.to_path_buf(), python: cache.join("venv/bin/python"), timeout }
+    }
+
+    /// Runs one dumper; its stderr goes to `log`. The dump folder appears only when the dumper
+    /// finished (it writes to a temporary folder and renames).
+    pub fn run(&self, reference: &str, req: &DumpRequest, log: &Path) -> Result<(), ReferenceError> {
+        let script = self.root.join("references").join(reference).join("dump.py");
+        if !self.python.exists() {
+            return Err(ReferenceError::NotInstalled { reference: reference.into(), python: self.python.clone() });
+        }
+        if !script.exists() {
+            return Err(ReferenceError::NoDumper { reference: reference.into(), path: script });
+        }
+        if let Some(dir) = log.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let stderr = std::fs::File::create(log)
+            .map_err(|source| ReferenceError::Spawn { reference: reference.into(), python: self.python.clone(), source })?;
+        let mut child = Command::new(&self.python)
+            .arg(&script)
+            .arg("--model")
+            .arg(req.model)
+            .args(["--prompt", req.prompt])
+            .args(["--n-generate", &req.n_generate.to_string()])
+            .args(["--temperature", &req.temperature.to_string()])
+            .args(["--threads", &req.threads.to_string()])
+            .arg("--out")
+            .arg(req.out)
+            .env("DEV", "CPU")
+            .env("HALF", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|source| ReferenceError::Spawn { reference: reference.into(), python: self.python.clone(), source })?;
+        let started = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if started.elapsed() > self.timeout => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(ReferenceError::Timeout { reference: reference.into(), seconds: self.timeout.as_secs(), log: log.into() });
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(source) => return Err(ReferenceError::Spawn { reference: reference.into(), python: self.python.clone(), source }),
+            }
+        };
+        if status.success() {
+            return Ok(());
+        }
+        Err(ReferenceError::Failed {
+            reference: reference.into(),
+            status: status.code().map_or_else(|| "a signal (crashed)".to_string(), |c| format!("exit code {c}")),
+            last_line: last_line(log),
+            log: log.into(),
+        })
+    }
+}
+
+fn last_line(log: &Path) -> String {
+    let mut text = String::new();
+    let _ = std::fs::File::open(log).and_then(|mut f| f.read_to_string(&mut text));
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no stderr)").trim().chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_root(tag: &str, script: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("parity-live-{}-{tag}", std::process::id()));
+        let dir = root.join("references/fake");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("dump.py"), script).unwrap();
+        root
+    }
+
+    fn request<'a>(out: &'a Path) -> DumpRequest<'a> {
+        DumpRequest { model: Path::new("m.gguf"), prompt: "hi", n_generate: 1, temperature: 1.0, threads: 1, out }
+    }
+
+    fn dumpers(root: &Path, timeout_ms: u64) -> Option<Dumpers> {
+        // Any python3 runs these stand-in scripts; they test the process handling, not a reference.
+        let python = ["/usr/bin/python3", "/usr/local/bin/python3"].into_iter().map(PathBuf::from).find(|p| p.exists())?;
+        Some(Dumpers { root: root.to_path_buf(), python, timeout: Duration::from_millis(timeout_ms) })
+    }
+
+    #[test]
+    fn a_crashing_reference_reports_its_last_stderr_line() {
+        let root = fake_root("crash", "import sys\nsys.stderr.write('loading\\nboom: bad tensor\\n')\nsys.exit(3)\n");
+        let Some(d) = dumpers(&root, 20_000) else { return eprintln!("skipped: no python3 on this machine") };
+        let err = d.run("fake", &request(&root.join("out")), &root.join("fake.log")).unwrap_err().to_string();
+        assert!(err.contains("exit code 3") && err.contains("boom: bad tensor"), "{err}");
+    }
+
+    #[test]
+    fn a_hanging_reference_is_killed_at_the_timeout() {
+        let root = fake_root("hang", "import time\ntime.sleep(60)\n");
+        let Some(d) = dumpers(&root, 300) else { return eprintln!("skipped: no python3 on this machine") };
+        let started = Instant::now();
+        let err = d.run("fake", &request(&root.join("out")), &root.join("fake.log")).unwrap_err();
+        assert!(matches!(err, ReferenceError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_missing_environment_says_how_to_install_it() {
+        let d = Dumpers { root: PathBuf::from("/nonexistent"), python: PathBuf::from("/nonexistent/python"), timeout: Duration::from_secs(1) };
+        let err = d.run("pytorch", &request(Path::new("/tmp/x")), Path::new("/tmp/x.log")).unwrap_err().to_string();
+        assert!(err.contains("setup-references.sh"), "{err}");
+    }
+}

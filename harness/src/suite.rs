@@ -1,0 +1,144 @@
+//! The suite: a matrix of models x prompts x references (`checkpoints/suite.toml`), and how it is
+//! split into shards for a CI matrix.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suite {
+    /// Where the committed reference dumps live, relative to the project root.
+    pub dumps: PathBuf,
+    pub n_generate: usize,
+    pub temperature: f32,
+    pub threads: usize,
+    #[serde(rename = "model")]
+    pub models: Vec<SuiteModel>,
+    #[serde(rename = "prompt")]
+    pub prompts: Vec<SuitePrompt>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuiteModel {
+    pub id: String,
+    /// A .gguf file or an HF folder, relative to the project root (or absolute; `~/` expands).
+    pub path: String,
+    pub refs: Vec<String>,
+    /// The tolerance class its comparisons are judged with (`checkpoints/tolerances.toml`).
+    #[serde(default = "default_class")]
+    pub class: String,
+    /// Why this class: shown in reports (e.g. "llama.cpp rounds activations to 8 bits").
+    #[serde(default)]
+    pub about: Option<String>,
+}
+
+fn default_class() -> String {
+    "f32".into()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuitePrompt {
+    pub id: String,
+    pub text: String,
+}
+
+/// One model x prompt, with the references to compare it against.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub model: SuiteModel,
+    pub prompt: SuitePrompt,
+    pub refs: Vec<String>,
+}
+
+impl Suite {
+    pub fn load(path: &Path) -> Result<Suite> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading suite {}", path.display()))?;
+        let suite: Suite = toml::from_str(&text).with_context(|| format!("parsing suite {}", path.display()))?;
+        if suite.models.is_empty() || suite.prompts.is_empty() {
+            bail!("suite {} lists no models or no prompts", path.display());
+        }
+        Ok(suite)
+    }
+
+    /// Every model x prompt, in file order.
+    pub fn cases(&self) -> Vec<Case> {
+        let mut cases = Vec::new();
+        for model in &self.models {
+            for prompt in &self.prompts {
+                cases.push(Case { model: model.clone(), prompt: prompt.clone(), refs: model.refs.clone() });
+            }
+        }
+        cases
+    }
+
+    /// The folder holding one reference's dump of one case.
+    pub fn dump_dir(&self, root: &Path, case: &Case, reference: &str) -> PathBuf {
+        root.join(&self.dumps).join(&case.model.id).join(&case.prompt.id).join(reference)
+    }
+}
+
+/// `K/N`: the K-th (1-based) of N shards.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Shard, String> {
+        let (k, n) = s.split_once('/').ok_or_else(|| format!("--shard {s:?}: expected K/N, e.g. 2/4"))?;
+        let (index, count): (usize, usize) = match (k.parse(), n.parse()) {
+            (Ok(k), Ok(n)) => (k, n),
+            _ => return Err(format!("--shard {s:?}: K and N must be whole numbers")),
+        };
+        if count == 0 || index == 0 || index > count {
+            return Err(format!("--shard {s:?}: need 1 <= K <= N"));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    /// Round-robin over the case list, so every shard gets a mix of models.
+    pub fn select<T>(&self, items: Vec<T>) -> Vec<T> {
+        items.into_iter().enumerate().filter(|(i, _)| i % self.count == self.index - 1).map(|(_, t)| t).collect()
+    }
+}
+
+/// `~/x` and relative paths (against `root`) made absolute.
+pub fn resolve(root: &Path, path: &str) -> PathBuf {
+    match path.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(rest),
+        None => root.join(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_partition_the_cases_without_overlap() {
+        let parts: Vec<Vec<usize>> = (1..=3).map(|k| Shard { index: k, count: 3 }.select((0..8).collect())).collect();
+        assert_eq!(parts, [vec![0, 3, 6], vec![1, 4, 7], vec![2, 5]]);
+    }
+
+    #[test]
+    fn shard_syntax_errors_say_what_is_expected() {
+        assert_eq!("2/4".parse::<Shard>(), Ok(Shard { index: 2, count: 4 }));
+        assert!("0/4".parse::<Shard>().unwrap_err().contains("1 <= K <= N"));
+        assert!("5/4".parse::<Shard>().is_err());
+        assert!("x".parse::<Shard>().unwrap_err().contains("K/N"));
+    }
+
+    #[test]
+    fn the_committed_default_suite_parses() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let suite = Suite::load(&root.join("checkpoints/suite.toml")).unwrap();
+        assert!(suite.cases().len() >= 2);
+    }
+}
