@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod gguf;
 pub mod gpt2;
+pub mod kernels;
 pub mod llama;
 pub mod loader;
 pub mod model;

@@ -5,6 +5,7 @@
 //! so each row is one output feature and quantization blocks run along a row.
 
 use crate::error::{Error, Result};
+use crate::kernels;
 use half::f16;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -173,9 +174,8 @@ impl QTensor {
         assert_eq!(out.len(), n * rows, "matmul {}: output is not [{n}, {rows}]", self.name);
         if n == 1 {
             out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(chunk, o)| {
-                let mut buf = Vec::new();
                 for (i, y) in o.iter_mut().enumerate() {
-                    *y = self.dot_row(chunk * ROWS_PER_TASK + i, x, &mut buf);
+                    *y = self.dot_row(chunk * ROWS_PER_TASK + i, x);
                 }
             });
             return;
@@ -187,7 +187,7 @@ impl QTensor {
             for (i, ys) in o.chunks_exact_mut(n).enumerate() {
                 self.dequantize_row(chunk * ROWS_PER_TASK + i, &mut w);
                 for (y, xt) in ys.iter_mut().zip(x.chunks_exact(cols)) {
-                    *y = dot(&w, xt);
+                    *y = kernels::dot_f32(&w, xt);
                 }
             }
         });
@@ -198,42 +198,9 @@ impl QTensor {
         }
     }
 
-    /// One output of a matrix-vector product, dequantizing block by block without a row buffer
-    /// for the block types.
-    fn dot_row(&self, r: usize, x: &[f32], buf: &mut Vec<f32>) -> f32 {
-        let row = self.row(r);
-        match self.dtype {
-            DType::F32 | DType::F16 | DType::BF16 => {
-                buf.resize(x.len(), 0.0);
-                dequantize(self.dtype, row, buf);
-                dot(buf, x)
-            }
-            DType::Q8_0 => blocks(row, 34, x, |b, xs| {
-                let d = f16_at(b, 0);
-                let mut acc = 0.0f32;
-                for (q, v) in b[2..].iter().zip(xs) {
-                    acc += (*q as i8) as f32 * v;
-                }
-                d * acc
-            }),
-            DType::Q4_0 => blocks(row, 18, x, |b, xs| {
-                let d = f16_at(b, 0);
-                let mut acc = 0.0f32;
-                for (j, q) in b[2..].iter().enumerate() {
-                    acc += ((q & 0x0f) as i32 - 8) as f32 * xs[j] + ((q >> 4) as i32 - 8) as f32 * xs[j + 16];
-                }
-                d * acc
-            }),
-            DType::Q4_1 => blocks(row, 20, x, |b, xs| {
-                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-                let (mut acc, mut sum) = (0.0f32, 0.0f32);
-                for (j, q) in b[4..].iter().enumerate() {
-                    acc += (q & 0x0f) as f32 * xs[j] + (q >> 4) as f32 * xs[j + 16];
-                    sum += xs[j] + xs[j + 16];
-                }
-                d * acc + m * sum
-            }),
-        }
+    /// One output of a matrix-vector product, dequantizing in registers.
+    fn dot_row(&self, r: usize, x: &[f32]) -> f32 {
+        kernels::dot(self.dtype, self.row(r), x)
     }
 
     /// The `[cols, rows]` transpose of a 2-D unquantized tensor (HF Conv1D weights are stored
@@ -259,12 +226,6 @@ impl QTensor {
         }
         QTensor::new(&self.name, self.dtype, vec![cols, rows], Bytes::Owned(Arc::new(dst)))
     }
-}
-
-/// Sums `f(block, x_slice)` over a row of 32-value blocks of `block_bytes` each.
-#[inline]
-fn blocks(row: &[u8], block_bytes: usize, x: &[f32], f: impl Fn(&[u8], &[f32]) -> f32) -> f32 {
-    row.chunks_exact(block_bytes).zip(x.chunks_exact(32)).map(|(b, xs)| f(b, xs)).sum()
 }
 
 #[inline]
@@ -317,25 +278,6 @@ fn dequantize(dtype: DType, row: &[u8], out: &mut [f32]) {
             }
         }
     }
-}
-
-/// A dot product with eight independent accumulators, so the compiler can keep them in vector
-/// registers. The summation order is fixed, so results do not depend on the thread count.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut tail = 0.0f32;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 #[cfg(test)]
@@ -410,7 +352,7 @@ mod tests {
         let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin()).collect();
         let mut fused = [0.0];
         t.matmul(&x, 1, &mut fused);
-        let expected = dot(&t.to_f32(), &x);
+        let expected = kernels::dot_f32(&t.to_f32(), &x);
         assert!((fused[0] - expected).abs() < 1e-5, "{} vs {expected}", fused[0]);
     }
 
