@@ -95,10 +95,16 @@ pub struct TensorInfo {
     pub n_bytes: usize,
 }
 
+/// Where the file's bytes are: mapped (models) or in memory (fuzzing, tests).
+enum Backing {
+    Map(Arc<memmap2::Mmap>),
+    Memory(Arc<Vec<u8>>),
+}
+
 /// An open GGUF file.
 pub struct GgufFile {
     path: PathBuf,
-    map: Arc<memmap2::Mmap>,
+    backing: Backing,
     pub version: u32,
     metadata: Vec<(String, Value)>,
     tensors: Vec<TensorInfo>,
@@ -110,10 +116,23 @@ impl GgufFile {
         // SAFETY: the map is read-only; a file truncated under us by another process is outside
         // what any mmap-based reader can defend against.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let fail = |reason: String| Error::Format { path: path.to_path_buf(), format: "GGUF", reason };
-        let mut r = Reader { bytes: &map, at: 0 };
-        let (version, metadata, tensors) = parse(&mut r).map_err(fail)?;
-        Ok(GgufFile { path: path.to_path_buf(), map: Arc::new(map), version, metadata, tensors })
+        GgufFile::parse(path, Backing::Map(Arc::new(map)))
+    }
+
+    /// A GGUF image already in memory; `name` stands for its path in messages.
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<GgufFile> {
+        GgufFile::parse(Path::new(name), Backing::Memory(Arc::new(bytes)))
+    }
+
+    fn parse(path: &Path, backing: Backing) -> Result<GgufFile> {
+        let bytes: &[u8] = match &backing {
+            Backing::Map(m) => m,
+            Backing::Memory(v) => v,
+        };
+        let mut r = Reader { bytes, at: 0 };
+        let (version, metadata, tensors) =
+            parse(&mut r).map_err(|reason| Error::Format { path: path.to_path_buf(), format: "GGUF", reason })?;
+        Ok(GgufFile { path: path.to_path_buf(), backing, version, metadata, tensors })
     }
 
     pub fn path(&self) -> &Path {
@@ -198,7 +217,10 @@ impl GgufFile {
         })?;
         let dtype = supported_dtype(info.type_id)
             .ok_or_else(|| Error::UnsupportedType { tensor: name.to_string(), dtype: info.type_name.clone() })?;
-        let bytes = Bytes::Mapped { map: self.map.clone(), start: info.offset, len: info.n_bytes };
+        let bytes = match &self.backing {
+            Backing::Map(map) => Bytes::Mapped { map: map.clone(), start: info.offset, len: info.n_bytes },
+            Backing::Memory(v) => Bytes::Owned(Arc::new(v[info.offset..info.offset + info.n_bytes].to_vec())),
+        };
         QTensor::new(name, dtype, info.shape.clone(), bytes)
     }
 }

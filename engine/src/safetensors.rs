@@ -30,9 +30,24 @@ struct Located {
     len: usize,
 }
 
+/// Where a file's bytes are: mapped (models) or in memory (fuzzing, tests).
+enum Backing {
+    Map(Arc<memmap2::Mmap>),
+    Memory(Arc<Vec<u8>>),
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Map(m) => m,
+            Backing::Memory(v) => v,
+        }
+    }
+}
+
 /// The tensors of one or more safetensors files.
 pub struct SafeTensors {
-    maps: Vec<(PathBuf, Arc<memmap2::Mmap>)>,
+    maps: Vec<(PathBuf, Backing)>,
     tensors: BTreeMap<String, Located>,
 }
 
@@ -52,11 +67,23 @@ impl SafeTensors {
         Ok(st)
     }
 
+    /// One safetensors image already in memory; `name` stands for its path in messages.
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<SafeTensors> {
+        let mut st = SafeTensors { maps: Vec::new(), tensors: BTreeMap::new() };
+        st.add_backing(Path::new(name), Backing::Memory(Arc::new(bytes)))?;
+        Ok(st)
+    }
+
     fn add(&mut self, path: &Path) -> Result<()> {
-        let bad = |reason: String| Error::Format { path: path.to_path_buf(), format: "safetensors", reason };
         let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
         // SAFETY: read-only map; see GgufFile::open.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        self.add_backing(path, Backing::Map(Arc::new(map)))
+    }
+
+    fn add_backing(&mut self, path: &Path, backing: Backing) -> Result<()> {
+        let bad = |reason: String| Error::Format { path: path.to_path_buf(), format: "safetensors", reason };
+        let map = backing.bytes();
         if map.len() < 8 {
             return Err(bad("shorter than its 8-byte header length; the file is truncated".into()));
         }
@@ -103,7 +130,7 @@ impl SafeTensors {
                 return Err(bad(format!("tensors {} and {} overlap", pair[0].2, pair[1].2)));
             }
         }
-        self.maps.push((path.to_path_buf(), Arc::new(map)));
+        self.maps.push((path.to_path_buf(), backing));
         Ok(())
     }
 
@@ -132,7 +159,10 @@ impl SafeTensors {
         };
         // A scalar is stored as one value; the kernels treat it as a 1-vector.
         let shape = if t.shape.is_empty() { vec![1] } else { t.shape.clone() };
-        let bytes = Bytes::Mapped { map: self.maps[t.file].1.clone(), start: t.start, len: t.len };
+        let bytes = match &self.maps[t.file].1 {
+            Backing::Map(map) => Bytes::Mapped { map: map.clone(), start: t.start, len: t.len },
+            Backing::Memory(v) => Bytes::Owned(Arc::new(v[t.start..t.start + t.len].to_vec())),
+        };
         QTensor::new(name, dtype, shape, bytes)
     }
 }
