@@ -31,12 +31,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "common"))
 
-from dumpkit import EXIT_REFERENCE, EXIT_USAGE, Dump, DumpError, main  # noqa: E402
+try:
+    import numpy as np
+    from dumpkit import EXIT_REFERENCE, EXIT_USAGE, Dump, DumpError, main
+except ImportError as e:  # outside the reference environment: the documented exit code, in one line
+    print(f"llamacpp: reference not installed ({e}); run scripts/setup-references.sh", file=sys.stderr)
+    sys.exit(3)
 
 # Catalog key (with {L} for the layer) -> [graph node name, ggml op] in llama.cpp's graph. A name
 # can label several nodes (Qcur-L is the projection, its reshape and its RoPE), so the op picks one.
