@@ -129,7 +129,7 @@ class Session:
     def sizes(self):
         L, m = self.L, self.model
         return dict(
-            arch=self.arch, n_layers=self.n_layers, d=L.llama_model_n_embd(m), H=L.llama_model_n_head(m),
+            version=L.__version__, arch=self.arch, n_layers=self.n_layers, d=L.llama_model_n_embd(m), H=L.llama_model_n_head(m),
             KV=L.llama_model_n_head_kv(m), V=self.n_vocab, rope_type=L.llama_model_rope_type(m), n_ctx_train=L.llama_model_n_ctx_train(m),
         )
 

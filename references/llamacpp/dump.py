@@ -144,10 +144,8 @@ def run(args):
         raise DumpError(f"PARITY_LLAMACPP_KV_TYPE must be f32 or f16, not {kv_type!r}", EXIT_USAGE)
     meta, g = capture(args, kv_type)
 
-    import llama_cpp
-
     arch, n_layers, d, H, KV, V = (meta[k] for k in ("arch", "n_layers", "d", "H", "KV", "V"))
-    dump = Dump("llamacpp", f"llama-cpp-python {llama_cpp.__version__}, kv cache {kv_type}", args, arch, n_layers)
+    dump = Dump("llamacpp", f"llama-cpp-python {meta['version']}, kv cache {kv_type}", args, arch, n_layers)
     dump.started = started
     tokens = meta["tokens"]
     T = len(tokens)

@@ -248,6 +248,26 @@ def np_isfinite_all(a):
     return np.isfinite(a).all()
 
 
+class FloatCache(unittest.TestCase):
+    def test_f32_kv_type_keeps_the_cache_equal_to_the_keys_and_values(self):
+        import numpy as np
+
+        fx = FIXTURES["tiny-llama"]
+        T, KV, hd = len(fx["tokens"]), fx["KV"], fx["hd"]
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "out"
+            result = run_dumper(MODELS / "tiny-llama" / "model-f32.gguf", out, env=dict(os.environ, PARITY_LLAMACPP_KV_TYPE="f32"))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            with open(out / "manifest.toml", "rb") as f:
+                self.assertIn("kv cache f32", tomllib.load(f)["version"])
+            for layer in range(fx["n_layers"]):
+                k = np.load(out / f"blk.{layer}.k_rope.npy").reshape(T, KV, hd).transpose(1, 0, 2)
+                v = np.load(out / f"blk.{layer}.v.npy").reshape(T, KV, hd).transpose(1, 0, 2)
+                np.testing.assert_array_equal(np.load(out / f"blk.{layer}.k_cache.npy"), k)
+                np.testing.assert_array_equal(np.load(out / f"blk.{layer}.v_cache.npy"), v)
+                self.assertFalse(np.array_equal(k, half(k)), "keys that float16 represents exactly cannot tell the cache types apart")
+
+
 @unittest.skipUnless(SMOLLM2.is_file(), f"{SMOLLM2} not downloaded (scripts/fetch-models.sh)")
 class SmolLM2(unittest.TestCase):
     def test_greedy_continuation_of_the_capital_of_france(self):
