@@ -1,0 +1,196 @@
+"""The llama.cpp reference: llama-cpp-python's low-level API with ggml's graph eval callback.
+
+    ~/.cache/parity/venv/bin/python references/llamacpp/dump.py --model FILE.gguf \
+        --prompt TEXT --n-generate N --temperature T --out DIR [--threads 2]
+
+capture.py (run as a child process, so a crash in llama.cpp is an exit status here) decodes the
+prompt once and copies out the named graph nodes listed in GRAPH below; this file turns them into
+the catalog's row-major layouts:
+
+- ggml's axes are reversed (ne[0] is the fastest), so a node arrives as numpy `[..., ne1, ne0]`.
+- llama GGUF files store the Q and K projection rows permuted within each head so that RoPE rotates
+  adjacent pairs (llama.cpp's "norm" RoPE); HF rotates the halves. q, k, q_rope, k_rope and k_cache
+  are put back into HF order: a head's dims [0, 2, 4, ..., 1, 3, 5, ...] are HF's [0, 1, 2, ...].
+- k_cache and v_cache are read from llama.cpp's KV cache itself (the views the attention reads,
+  after the prompt's keys and values are stored), cells [0, T). The cache has llama.cpp's default
+  type, float16, so they are k_rope/v rounded to half precision; PARITY_LLAMACPP_KV_TYPE=f32 asks
+  for a float32 cache (then llama.cpp's attention has no rounding step the other references lack,
+  and on SmolLM2 the greedy continuation follows PyTorch's rather than llama.cpp's default one).
+- attn_probs is the SOFT_MAX node `[H, T, n_kv cells]`, cut to the T prompt cells after checking
+  that no probability falls on the cells beyond them.
+- logits are llama_get_logits over every position; probs = softmax(last_logits / temperature) in
+  numpy; generated is greedy decoding one token at a time through llama.cpp's KV cache.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "common"))
+
+try:
+    import numpy as np
+    from dumpkit import EXIT_REFERENCE, EXIT_USAGE, Dump, DumpError, main
+except ImportError as e:  # outside the reference environment: the documented exit code, in one line
+    print(f"llamacpp: reference not installed ({e}); run scripts/setup-references.sh", file=sys.stderr)
+    sys.exit(3)
+
+# Catalog key (with {L} for the layer) -> [graph node name, ggml op] in llama.cpp's graph. A name
+# can label several nodes (Qcur-L is the projection, its reshape and its RoPE), so the op picks one.
+# GPT-2's attention output projection has a bias and llama.cpp names neither node; it is found by
+# what it computes (ggml_tensor.Ggml.label).
+GRAPH = {
+    "llama": {
+        "embed": ["embd", "GET_ROWS"],
+        "blk.{L}.attn_norm": ["attn_norm-{L}", "MUL"],
+        "blk.{L}.q": ["Qcur-{L}", "MUL_MAT"],
+        "blk.{L}.k": ["Kcur-{L}", "MUL_MAT"],
+        "blk.{L}.v": ["Vcur-{L}", "MUL_MAT"],
+        "blk.{L}.q_rope": ["Qcur-{L}", "ROPE"],
+        "blk.{L}.k_rope": ["Kcur-{L}", "ROPE"],
+        "blk.{L}.k_cache": ["cache_k_l{L} (view) (permuted)", "PERMUTE"],
+        "blk.{L}.v_cache": ["cache_v_l{L} (view) (permuted)", "PERMUTE"],
+        "blk.{L}.attn_probs": ["kq_soft_max-{L}", "SOFT_MAX"],
+        "blk.{L}.attn_out": ["attn_out-{L}", "MUL_MAT"],
+        "blk.{L}.ffn_norm": ["ffn_norm-{L}", "MUL"],
+        "blk.{L}.ffn_out": ["ffn_out-{L}", "MUL_MAT"],
+        "blk.{L}.block_out": ["l_out-{L}", "ADD"],
+        "final_norm": ["result_norm", "MUL"],
+    },
+    "gpt2": {
+        "embed": ["inpL", "ADD"],
+        "blk.{L}.attn_norm": ["attn_norm-{L}", "ADD"],
+        "blk.{L}.q": ["Qcur-{L}", "VIEW"],
+        "blk.{L}.k": ["Kcur-{L}", "VIEW"],
+        "blk.{L}.v": ["Vcur-{L}", "VIEW"],
+        "blk.{L}.k_cache": ["cache_k_l{L} (view) (permuted)", "PERMUTE"],
+        "blk.{L}.v_cache": ["cache_v_l{L} (view) (permuted)", "PERMUTE"],
+        "blk.{L}.attn_probs": ["kq_soft_max-{L}", "SOFT_MAX"],
+        "blk.{L}.attn_out": ["ADD(MUL_MAT(blk.{L}.attn_output.weight, kqv_out-{L}), blk.{L}.attn_output.bias)", "ADD"],
+        "blk.{L}.ffn_norm": ["ffn_norm-{L}", "ADD"],
+        "blk.{L}.ffn_out": ["ffn_out-{L}", "ADD"],
+        "blk.{L}.block_out": ["l_out-{L}", "ADD"],
+        "final_norm": ["result_norm", "ADD"],
+    },
+}
+
+LLAMA_ROPE_TYPE_NORM = 0
+
+
+def capture(args, kv_type):
+    """Runs capture.py on the request; returns (meta, tensors) or raises a one-line DumpError."""
+    with tempfile.TemporaryDirectory(prefix="parity-llamacpp-") as tmp:
+        request = dict(model=str(args.model), prompt=args.prompt, n_generate=args.n_generate, threads=args.threads, kv_type=kv_type, graph=GRAPH)
+        (Path(tmp) / "request.json").write_text(json.dumps(request))
+        out = Path(tmp) / "out"
+        result = subprocess.run([sys.executable, str(HERE / "capture.py"), str(Path(tmp) / "request.json"), str(out)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise DumpError(failure_line(result.returncode, result.stderr), EXIT_USAGE if result.returncode == EXIT_USAGE else EXIT_REFERENCE)
+        meta = json.loads((out / "meta.json").read_text())
+        with np.load(out / "tensors.npz") as npz:
+            tensors = {k: npz[k] for k in npz.files}
+    return meta, tensors
+
+
+def failure_line(returncode, stderr):
+    """One line for a failed capture: its own message, or for a crash what llama.cpp said last."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if returncode > 0:
+        return lines[-1] if lines else f"capture.py exited {returncode} without a message"
+    try:
+        how = signal.Signals(-returncode).name
+    except ValueError:
+        how = f"signal {-returncode}"
+    said = [line for line in lines if "GGML_ASSERT" in line or "error" in line.lower()] or lines
+    return f"llama.cpp crashed ({how})" + (f": {said[-1]}" if said else "")
+
+
+def check_gguf(path):
+    path = Path(path)
+    if path.is_dir():
+        raise DumpError(f"{path} is a folder; the llama.cpp reference reads GGUF files", EXIT_USAGE)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise DumpError(f"cannot read {path}: {e.strerror}", EXIT_USAGE)
+    if magic != b"GGUF":
+        raise DumpError(f"{path} is not a GGUF file (magic {magic!r})", EXIT_USAGE)
+
+
+def hf_head_order(x, head_dim):
+    """Undo the GGUF converter's Q/K row permutation along the last axis (heads of `head_dim`):
+    within each head, GGUF dims [0, 2, 4, ...] are HF's first half and [1, 3, 5, ...] its second."""
+    heads = x.reshape(x.shape[:-1] + (-1, head_dim))
+    return np.concatenate([heads[..., 0::2], heads[..., 1::2]], axis=-1).reshape(x.shape)
+
+
+def rows(a, n_cols):
+    """A [.., T, n_cols]-shaped graph node (trailing ggml axes of size 1 dropped) as [T, n_cols]."""
+    return a.reshape(-1, n_cols)
+
+
+def run(args):
+    started = time.time()
+    check_gguf(args.model)
+    kv_type = os.environ.get("PARITY_LLAMACPP_KV_TYPE", "f16")
+    if kv_type not in ("f32", "f16"):
+        raise DumpError(f"PARITY_LLAMACPP_KV_TYPE must be f32 or f16, not {kv_type!r}", EXIT_USAGE)
+    meta, g = capture(args, kv_type)
+
+    arch, n_layers, d, H, KV, V = (meta[k] for k in ("arch", "n_layers", "d", "H", "KV", "V"))
+    dump = Dump("llamacpp", f"llama-cpp-python {meta['version']}, kv cache {kv_type}", args, arch, n_layers)
+    dump.started = started
+    tokens = meta["tokens"]
+    T = len(tokens)
+    permuted = arch == "llama"
+    if permuted and meta["rope_type"] != LLAMA_ROPE_TYPE_NORM:
+        raise DumpError(f"llama model with RoPE type {meta['rope_type']}: its Q/K row order is not the one this dumper undoes")
+    hd = g["blk.0.k_cache"].shape[-1]
+    unpermute = (lambda x: hf_head_order(x, hd)) if permuted else (lambda x: x)
+
+    dump.put("tokens", np.array(tokens, dtype=np.int64))
+    dump.put("embed", rows(g["embed"], d))
+    for layer in range(n_layers):
+        def key(name):
+            return f"blk.{layer}.{name}"
+
+        for name in ("attn_norm", "attn_out", "ffn_norm", "ffn_out", "block_out"):
+            dump.put(key(name), rows(g[key(name)], d))
+        dump.put(key("q"), unpermute(rows(g[key("q")], H * hd)))
+        dump.put(key("k"), unpermute(rows(g[key("k")], KV * hd)))
+        dump.put(key("v"), rows(g[key("v")], KV * hd))
+        if arch == "llama":
+            dump.put(key("q_rope"), unpermute(rows(g[key("q_rope")], H * hd)))
+            dump.put(key("k_rope"), unpermute(rows(g[key("k_rope")], KV * hd)))
+        # The cache views: keys [KV, cells, hd], values transposed [KV, hd, cells]; the prompt fills cells [0, T).
+        k_cells = g[key("k_cache")].reshape(KV, -1, hd)
+        v_cells = g[key("v_cache")].reshape(KV, hd, -1).transpose(0, 2, 1)
+        dump.put(key("k_cache"), unpermute(k_cells[:, :T]))
+        dump.put(key("v_cache"), v_cells[:, :T])
+        probs = g[key("attn_probs")].reshape(H, T, -1)
+        if np.any(probs[:, :, T:] != 0):
+            raise DumpError(f"layer {layer}: llama.cpp put attention on KV cells beyond the prompt's {T}; the cache layout is not the expected one")
+        dump.put(key("attn_probs"), probs[:, :, :T])
+    dump.put("final_norm", rows(g["final_norm"], d))
+
+    logits = g["logits"].reshape(T, V)
+    dump.put("logits", logits)
+    dump.put("last_logits", logits[-1])
+    dump.put("argmax", np.int64(np.argmax(logits[-1])))
+    scaled = logits[-1].astype(np.float64) / args.temperature
+    e = np.exp(scaled - scaled.max())
+    dump.put("probs", e / e.sum())
+    dump.put("generated", np.array(meta["generated"], dtype=np.int64))
+    print(f"llamacpp: {T} prompt tokens, generated {meta['text']!r}", file=sys.stderr)
+    return dump
+
+
+if __name__ == "__main__":
+    main("llamacpp", run)

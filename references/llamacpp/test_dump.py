@@ -1,0 +1,330 @@
+"""Tests of the llama.cpp reference dumper on the tiny fixture models (and SmolLM2 when downloaded).
+
+    ~/.cache/parity/venv/bin/python references/llamacpp/test_dump.py
+
+Runs dump.py on fixtures/models/tiny-llama (f32, f16, q8_0 GGUF) and tiny-gpt2 (f32, f16 GGUF) into a
+temporary folder and checks the dumps against checkpoints/catalog.toml and against values computed
+here independently of llama.cpp: the f32 fixtures' HF safetensors (HF head/dim order, written by
+scripts/make-fixtures.py from the same weights) give q/k/v, RoPE, attention and logits with numpy.
+Prompt ids are llama.cpp's, as pinned by references/pytorch/test_dump.py. Skips (exit 0) when
+llama_cpp is not importable.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+import tomllib
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DUMPER = ROOT / "references" / "llamacpp" / "dump.py"
+MODELS = ROOT / "fixtures" / "models"
+SMOLLM2 = Path(os.environ.get("PARITY_CACHE", Path.home() / ".cache" / "parity")) / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+PROMPT = "  The capital of France is"
+N_GENERATE = 4
+
+# Sizes from scripts/make-fixtures.py, and llama.cpp's ids for PROMPT.
+FIXTURES = {
+    "tiny-llama": dict(arch="llama", n_layers=2, d=64, H=4, KV=2, hd=16, V=449, eps=1e-5, theta=10000.0, formats=("f32", "f16", "q8_0"),
+                       tokens=[1, 448, 448, 289, 333, 277, 448, 389, 303]),
+    "tiny-gpt2": dict(arch="gpt2", n_layers=2, d=64, H=4, KV=4, hd=16, V=407, eps=1e-5, formats=("f32", "f16"),
+                      tokens=[220, 290, 328, 273, 220, 385, 300]),
+}
+
+
+def run_dumper(model, out, prompt=PROMPT, n_generate=N_GENERATE, env=None):
+    cmd = [sys.executable, str(DUMPER), "--model", str(model), "--prompt", prompt, "--n-generate", str(n_generate), "--threads", "2", "--out", str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+def catalog_shape(shape, sizes):
+    """A catalog shape (["T", "H*hd"], ...) with the model's sizes substituted."""
+    dims = []
+    for dim in shape:
+        value = 1
+        for factor in dim.split("*"):
+            value *= sizes[factor]
+        dims.append(value)
+    return tuple(dims)
+
+
+def half(a):
+    """Rounded to float16 and back, as llama.cpp's default KV cache stores it."""
+    import numpy as np
+
+    return a.astype(np.float16).astype(np.float32)
+
+
+def softmax_rows(x):
+    import numpy as np
+
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class TinyFixtureDumps(unittest.TestCase):
+    """One dump per fixture model and GGUF type, made once for all tests."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="parity-llamacpp-test-")
+        cls.dumps = {}
+        for name, fx in FIXTURES.items():
+            for fmt in fx["formats"]:
+                model = MODELS / name / f"model-{fmt}.gguf"
+                out = Path(cls.tmp.name) / f"{name}-{fmt}"
+                result = run_dumper(model, out)
+                if result.returncode != 0:
+                    raise AssertionError(f"dump.py on {model} exited {result.returncode}: {result.stderr.strip()}")
+                cls.dumps[name, fmt] = out
+        with open(ROOT / "checkpoints" / "catalog.toml", "rb") as f:
+            cls.catalog = tomllib.load(f)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def load(self, name, fmt, key):
+        import numpy as np
+
+        return np.load(self.dumps[name, fmt] / f"{key}.npy")
+
+    def manifest(self, name, fmt):
+        with open(self.dumps[name, fmt] / "manifest.toml", "rb") as f:
+            return tomllib.load(f)
+
+    def each_dump(self):
+        for name, fmt in self.dumps:
+            with self.subTest(model=name, format=fmt):
+                yield name, fmt, FIXTURES[name]
+
+    def hf_weights(self, name):
+        from safetensors.numpy import load_file
+
+        return load_file(MODELS / name / "hf" / "model.safetensors")
+
+    def test_every_catalog_tensor_of_the_arch_is_dumped_with_its_catalog_shape_and_dtype(self):
+        for name, fmt, fx in self.each_dump():
+            sizes = dict(fx, T=len(fx["tokens"]), N=N_GENERATE)
+            tensors = self.manifest(name, fmt)["tensors"]
+            for entry in self.catalog["tensor"]:
+                keys = [f"blk.{i}.{entry['name']}" for i in range(fx["n_layers"])] if entry["scope"] == "layer" else [entry["name"]]
+                for key in keys:
+                    if fx["arch"] not in entry.get("arch", [fx["arch"]]):
+                        self.assertIn("unavailable", tensors[key], key)
+                        self.assertFalse((self.dumps[name, fmt] / f"{key}.npy").exists(), key)
+                        continue
+                    a = self.load(name, fmt, key)
+                    self.assertEqual(a.shape, catalog_shape(entry["shape"], sizes), key)
+                    self.assertEqual(a.dtype.str, "<i8" if entry.get("dtype") == "id" else "<f4", key)
+                    self.assertTrue(a.dtype.kind == "i" or bool(np_isfinite_all(a)), f"{key} has non-finite values")
+
+    def test_prompt_ids_are_the_pinned_llama_cpp_ids(self):
+        for name, fmt, fx in self.each_dump():
+            self.assertEqual(self.load(name, fmt, "tokens").tolist(), fx["tokens"])
+            self.assertEqual(self.manifest(name, fmt)["token_ids"], fx["tokens"])
+
+    def test_attention_probabilities_are_causal_rows_that_sum_to_one(self):
+        import numpy as np
+
+        for name, fmt, fx in self.each_dump():
+            for layer in range(fx["n_layers"]):
+                p = self.load(name, fmt, f"blk.{layer}.attn_probs")
+                np.testing.assert_allclose(p.sum(axis=-1), 1.0, atol=1e-5)
+                future = np.triu(np.ones(p.shape[-2:], dtype=bool), k=1)
+                self.assertTrue((p[:, future] == 0).all(), f"layer {layer} attends to later positions")
+                self.assertTrue((p[:, ~future] > 0).all(), f"layer {layer} masks an earlier position")
+
+    def test_kv_cache_holds_the_keys_after_rope_and_the_values_in_half_precision(self):
+        import numpy as np
+
+        for name, fmt, fx in self.each_dump():
+            T, KV, hd = len(fx["tokens"]), fx["KV"], fx["hd"]
+            k_name = "k_rope" if fx["arch"] == "llama" else "k"
+            for layer in range(fx["n_layers"]):
+                k = self.load(name, fmt, f"blk.{layer}.{k_name}").reshape(T, KV, hd).transpose(1, 0, 2)
+                v = self.load(name, fmt, f"blk.{layer}.v").reshape(T, KV, hd).transpose(1, 0, 2)
+                np.testing.assert_array_equal(self.load(name, fmt, f"blk.{layer}.k_cache"), half(k))
+                np.testing.assert_array_equal(self.load(name, fmt, f"blk.{layer}.v_cache"), half(v))
+
+    def test_last_position_checkpoints_follow_from_the_logits(self):
+        import numpy as np
+
+        for name, fmt, fx in self.each_dump():
+            logits = self.load(name, fmt, "logits")
+            last = self.load(name, fmt, "last_logits")
+            np.testing.assert_array_equal(last, logits[-1])
+            self.assertEqual(self.load(name, fmt, "argmax").shape, ())
+            self.assertEqual(int(self.load(name, fmt, "argmax")), int(np.argmax(last)))
+            np.testing.assert_allclose(self.load(name, fmt, "probs"), softmax_rows(last.astype(np.float64)), rtol=1e-5, atol=1e-7)
+            self.assertEqual(int(self.load(name, fmt, "generated")[0]), int(np.argmax(last)))
+
+    def test_llama_projections_and_rope_match_numpy_on_the_hf_weights(self):
+        """Pins the GGUF Q/K un-permutation: HF-order weights and HF's rotate-half RoPE, no llama.cpp layout."""
+        import numpy as np
+
+        fx, w = FIXTURES["tiny-llama"], self.hf_weights("tiny-llama")
+        T, hd = len(fx["tokens"]), fx["hd"]
+        pos = np.arange(T, dtype=np.float64)[:, None]
+        inv_freq = fx["theta"] ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+        cos, sin = np.cos(pos * inv_freq), np.sin(pos * inv_freq)
+
+        def rope(x):
+            heads = x.reshape(T, -1, hd).astype(np.float64)
+            a, b = heads[..., : hd // 2], heads[..., hd // 2 :]
+            c, s = cos[:, None, :], sin[:, None, :]
+            return np.concatenate([a * c - b * s, b * c + a * s], axis=-1).reshape(T, -1)
+
+        load = lambda key: self.load("tiny-llama", "f32", key)  # noqa: E731
+        np.testing.assert_array_equal(load("embed"), w["model.embed_tokens.weight"][fx["tokens"]])
+        for layer in range(fx["n_layers"]):
+            p = f"model.layers.{layer}.self_attn."
+            x = load(f"blk.{layer}.attn_norm")
+            for short, proj in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj")):
+                np.testing.assert_allclose(load(f"blk.{layer}.{short}"), x @ w[p + proj + ".weight"].T, rtol=1e-5, atol=1e-5, err_msg=f"layer {layer} {short}")
+            np.testing.assert_allclose(load(f"blk.{layer}.q_rope"), rope(load(f"blk.{layer}.q")), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(load(f"blk.{layer}.k_rope"), rope(load(f"blk.{layer}.k")), rtol=1e-5, atol=1e-5)
+        h = load("blk.0.block_out")
+        normed = h / np.sqrt((h.astype(np.float64) ** 2).mean(-1, keepdims=True) + fx["eps"]) * w["model.layers.1.input_layernorm.weight"]
+        np.testing.assert_allclose(load("blk.1.attn_norm"), normed, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(load("logits"), load("final_norm") @ w["lm_head.weight"].T, rtol=1e-5, atol=1e-4)
+
+    def test_attention_probs_and_output_match_numpy_on_the_dumped_queries_and_cache(self):
+        """Pins the [H, T, T] layout, the query-head -> KV-head grouping and the value transpose."""
+        import numpy as np
+
+        for name, o_key, o_bias in (("tiny-llama", "model.layers.{L}.self_attn.o_proj.weight", None),
+                                    ("tiny-gpt2", "transformer.h.{L}.attn.c_proj.weight", "transformer.h.{L}.attn.c_proj.bias")):
+            fx, w = FIXTURES[name], self.hf_weights(name)
+            T, H, KV, hd = len(fx["tokens"]), fx["H"], fx["KV"], fx["hd"]
+            q_name = "q_rope" if fx["arch"] == "llama" else "q"
+            for layer in range(fx["n_layers"]):
+                with self.subTest(model=name, layer=layer):
+                    load = lambda key: self.load(name, "f32", f"blk.{layer}.{key}")  # noqa: E731
+                    # With a float16 cache, ggml multiplies K by the queries rounded to float16 too.
+                    q = half(load(q_name)).reshape(T, H, hd).transpose(1, 0, 2).astype(np.float64)
+                    group = np.arange(H) // (H // KV)
+                    k, v = load("k_cache")[group], load("v_cache")[group]
+                    scores = q @ k.transpose(0, 2, 1) / np.sqrt(hd)
+                    scores[:, np.triu(np.ones((T, T), dtype=bool), k=1)] = -np.inf
+                    probs = softmax_rows(scores)
+                    np.testing.assert_allclose(load("attn_probs"), probs, rtol=1e-4, atol=1e-6)
+                    ctx = (probs @ v).transpose(1, 0, 2).reshape(T, H * hd)
+                    o = w[o_key.replace("{L}", str(layer))]
+                    expected = ctx @ o.T if o_bias is None else ctx @ o + w[o_bias.replace("{L}", str(layer))]
+                    # V is float16 in the cache and llama.cpp rounds the probabilities to float16 to multiply it.
+                    np.testing.assert_allclose(load("attn_out"), expected, rtol=0, atol=5e-3)
+
+    def test_gpt2_embeddings_and_projections_match_numpy_on_the_hf_weights(self):
+        import numpy as np
+
+        fx, w = FIXTURES["tiny-gpt2"], self.hf_weights("tiny-gpt2")
+        T, d = len(fx["tokens"]), fx["d"]
+        load = lambda key: self.load("tiny-gpt2", "f32", key)  # noqa: E731
+        np.testing.assert_allclose(load("embed"), w["transformer.wte.weight"][fx["tokens"]] + w["transformer.wpe.weight"][:T], rtol=1e-6, atol=1e-6)
+        for layer in range(fx["n_layers"]):
+            qkv = load(f"blk.{layer}.attn_norm") @ w[f"transformer.h.{layer}.attn.c_attn.weight"] + w[f"transformer.h.{layer}.attn.c_attn.bias"]
+            for i, short in enumerate(("q", "k", "v")):
+                np.testing.assert_allclose(load(f"blk.{layer}.{short}"), qkv[:, i * d : (i + 1) * d], rtol=1e-5, atol=1e-5, err_msg=f"layer {layer} {short}")
+        np.testing.assert_allclose(load("logits"), load("final_norm") @ w["transformer.wte.weight"].T, rtol=1e-5, atol=1e-4)
+
+    def test_quantized_weights_stay_close_to_f32(self):
+        import numpy as np
+
+        for name, fx in FIXTURES.items():
+            for fmt in fx["formats"][1:]:
+                with self.subTest(model=name, format=fmt):
+                    ref, got = self.load(name, "f32", "logits"), self.load(name, fmt, "logits")
+                    self.assertLess(np.abs(got - ref).max(), 0.05 * np.abs(ref).max())
+                    self.assertGreater(np.abs(got - ref).max(), 0, "a lower-precision GGUF gave bit-identical logits")
+
+
+def np_isfinite_all(a):
+    import numpy as np
+
+    return np.isfinite(a).all()
+
+
+class FloatCache(unittest.TestCase):
+    def test_f32_kv_type_keeps_the_cache_equal_to_the_keys_and_values(self):
+        import numpy as np
+
+        fx = FIXTURES["tiny-llama"]
+        T, KV, hd = len(fx["tokens"]), fx["KV"], fx["hd"]
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "out"
+            result = run_dumper(MODELS / "tiny-llama" / "model-f32.gguf", out, env=dict(os.environ, PARITY_LLAMACPP_KV_TYPE="f32"))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            with open(out / "manifest.toml", "rb") as f:
+                self.assertIn("kv cache f32", tomllib.load(f)["version"])
+            for layer in range(fx["n_layers"]):
+                k = np.load(out / f"blk.{layer}.k_rope.npy").reshape(T, KV, hd).transpose(1, 0, 2)
+                v = np.load(out / f"blk.{layer}.v.npy").reshape(T, KV, hd).transpose(1, 0, 2)
+                np.testing.assert_array_equal(np.load(out / f"blk.{layer}.k_cache.npy"), k)
+                np.testing.assert_array_equal(np.load(out / f"blk.{layer}.v_cache.npy"), v)
+                self.assertFalse(np.array_equal(k, half(k)), "keys that float16 represents exactly cannot tell the cache types apart")
+
+
+@unittest.skipUnless(SMOLLM2.is_file(), f"{SMOLLM2} not downloaded (scripts/fetch-models.sh)")
+class SmolLM2(unittest.TestCase):
+    def test_greedy_continuation_of_the_capital_of_france(self):
+        import numpy as np
+
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_dumper(SMOLLM2, Path(tmp) / "out", prompt="The capital of France is", n_generate=7)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(np.load(Path(tmp) / "out" / "tokens.npy").tolist(), [504, 3575, 282, 4649, 314])
+            # " Paris.\n\nThe United States", llama.cpp's own greedy decode with its default float16 KV cache.
+            self.assertEqual(np.load(Path(tmp) / "out" / "generated.npy").tolist(), [7042, 30, 198, 198, 504, 1797, 1918])
+            self.assertIn("' Paris.\\n\\nThe United States'", result.stderr)
+
+
+class Failures(unittest.TestCase):
+    def test_missing_model_file_exits_2(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_dumper(Path(tmp) / "no-such-model.gguf", Path(tmp) / "out")
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertIn("model not found", result.stderr)
+            self.assertFalse((Path(tmp) / "out").exists())
+
+    def test_file_that_is_not_gguf_exits_2(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "model.gguf").write_text("hello")
+            result = run_dumper(Path(tmp) / "model.gguf", Path(tmp) / "out")
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertIn("not a GGUF file", result.stderr)
+
+    def test_truncated_gguf_is_a_reference_failure_in_one_line(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            data = (MODELS / "tiny-llama" / "model-f32.gguf").read_bytes()
+            (Path(tmp) / "model.gguf").write_bytes(data[: len(data) // 2])
+            result = run_dumper(Path(tmp) / "model.gguf", Path(tmp) / "out")
+            self.assertEqual(result.returncode, 3, result.stderr)
+            self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+            self.assertIn("not within the file bounds", result.stderr)
+            self.assertFalse((Path(tmp) / "out").exists())
+
+    def test_a_crashed_child_is_reported_with_the_signal_and_what_ggml_said(self):
+        sys.path.insert(0, str(DUMPER.parent))
+        import dump
+
+        child = subprocess.run(
+            [sys.executable, "-c", "import os, sys; print('info line', file=sys.stderr); "
+             "print('ggml.c:42: GGML_ASSERT(n > 0) failed', file=sys.stderr); print('backtrace frame', file=sys.stderr); os.abort()"],
+            capture_output=True, text=True,
+        )
+        self.assertEqual(dump.failure_line(child.returncode, child.stderr), "llama.cpp crashed (SIGABRT): ggml.c:42: GGML_ASSERT(n > 0) failed")
+
+
+if __name__ == "__main__":
+    try:
+        import llama_cpp  # noqa: F401
+        import numpy  # noqa: F401
+        import safetensors  # noqa: F401
+    except ImportError as e:
+        print(f"test_dump.py: skipped, llama_cpp is not importable: {e} (run with ~/.cache/parity/venv/bin/python after scripts/setup-references.sh)")
+        sys.exit(0)
+    unittest.main()
