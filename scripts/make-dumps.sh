@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 PY="${PARITY_CACHE:-$HOME/.cache/parity}/venv/bin/python"
 [ -x "$PY" ] || { echo "make-dumps: no reference environment at $PY; run scripts/setup-references.sh" >&2; exit 3; }
 only="${1:-}"
+# The same environment `parity run --live` gives the dumpers: every reference in f32.
+export DEV=CPU HALF=0 PARITY_LLAMACPP_KV_TYPE=f32
 
 "$PY" - "$only" <<'PYEOF'
 import subprocess, sys, tomllib, time

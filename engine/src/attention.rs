@@ -115,7 +115,7 @@ pub fn attend(q: &[f32], cache: &KvCache, layer: usize, pos0: usize, heads: Head
                 let p = &mut probs[t * n_ctx..t * n_ctx + visible];
                 for (j, s) in p.iter_mut().enumerate() {
                     let kj = &keys[j * hd..(j + 1) * hd];
-                    *s = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    *s = crate::kernels::dot_f32(qh, kj) * scale;
                 }
                 crate::ops::softmax_in_place(p);
                 let o = &mut out[t * hd..(t + 1) * hd];

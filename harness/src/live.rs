@@ -42,10 +42,7 @@ impl Dumpers {
     /// The environment `scripts/setup-references.sh` made: `$PARITY_CACHE/venv` (default
     /// `~/.cache/parity/venv`).
     pub fn from_env(root: &Path, timeout: Duration) -> Dumpers {
-        let cache = std::env::var_os("PARITY_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".cache/parity"));
-        Dumpers { root: root.to_path_buf(), python: cache.join("venv/bin/python"), timeout }
+        Dumpers { root: root.to_path_buf(), python: crate::suite::parity_cache().join("venv/bin/python"), timeout }
     }
 
     /// Runs one dumper; its stderr goes to `log`. The dump folder appears only when the dumper
@@ -75,6 +72,9 @@ impl Dumpers {
             .arg(req.out)
             .env("DEV", "CPU")
             .env("HALF", "0")
+            // Every reference computes in f32 for the tight comparison: llama.cpp's default KV
+            // cache is f16, which alone flips SmolLM2's greedy continuation (see README).
+            .env("PARITY_LLAMACPP_KV_TYPE", "f32")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

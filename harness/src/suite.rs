@@ -32,6 +32,16 @@ pub struct SuiteModel {
     /// Why this class: shown in reports (e.g. "llama.cpp rounds activations to 8 bits").
     #[serde(default)]
     pub about: Option<String>,
+    /// What a reference loads instead of `path`, when it cannot read that format: the same
+    /// weights written as a file it reads (an HF folder's F32 GGUF twin for llama.cpp).
+    #[serde(default)]
+    pub ref_paths: std::collections::BTreeMap<String, String>,
+}
+
+impl SuiteModel {
+    pub fn reference_path(&self, reference: &str) -> &str {
+        self.ref_paths.get(reference).map_or(&self.path, String::as_str)
+    }
 }
 
 fn default_class() -> String {
@@ -109,12 +119,25 @@ impl Shard {
     }
 }
 
-/// `~/x` and relative paths (against `root`) made absolute.
+/// `cache:x` (under the parity cache folder), `~/x` and relative paths (against `root`) made
+/// absolute.
 pub fn resolve(root: &Path, path: &str) -> PathBuf {
+    if let Some(rest) = path.strip_prefix("cache:") {
+        return parity_cache().join(rest);
+    }
     match path.strip_prefix("~/") {
-        Some(rest) => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(rest),
+        Some(rest) => home().join(rest),
         None => root.join(path),
     }
+}
+
+/// Where setup puts what git does not hold: `$PARITY_CACHE`, default `~/.cache/parity`.
+pub fn parity_cache() -> PathBuf {
+    std::env::var_os("PARITY_CACHE").map(PathBuf::from).unwrap_or_else(|| home().join(".cache/parity"))
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,0 +1,144 @@
+//! One pass over a suite: for each model x prompt, the engine's traced run, each reference's dump
+//! (read from disk or produced live), and their comparison. `run`, `diff`, `bisect` and
+//! `calibrate` are views of what this collects.
+
+use crate::catalog::Catalog;
+use crate::compare;
+use crate::dumps::Dump;
+use crate::engine_run;
+use crate::live::{DumpRequest, Dumpers, ReferenceError};
+use crate::spec::Spec;
+use crate::suite::{resolve, Case, Suite};
+use crate::tensor::Tensor;
+use anyhow::{Context, Result};
+use engine::Model;
+use reports::results::{CaseResult, RunResults};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where reference dumps come from.
+pub enum Source {
+    /// Existing dumps under `<root>/<model id>/<prompt id>/<reference>/`.
+    Dumps(PathBuf),
+    /// Run the dumpers now, into `<out>/<model id>/<prompt id>/<reference>/`, stderr beside them.
+    Live { dumpers: Dumpers, out: PathBuf },
+}
+
+/// Everything the suite pass needs besides the cases.
+pub struct Context<'a> {
+    pub root: &'a Path,
+    pub suite: &'a Suite,
+    pub catalog: &'a Catalog,
+    pub spec: &'a Spec,
+    pub source: &'a Source,
+    /// Plants a bug in every model loaded (harness self-tests only).
+    #[cfg(feature = "fault-injection")]
+    pub fault: Option<engine::config::Fault>,
+}
+
+/// One case's inputs and outputs, kept for drill-down.
+pub struct CaseRun {
+    pub case: Case,
+    pub model_path: PathBuf,
+    pub engine: BTreeMap<String, Tensor>,
+    /// Each reference's dump, or why it could not be had.
+    pub dumps: Vec<(String, std::result::Result<Dump, String>)>,
+    pub results: Vec<CaseResult>,
+}
+
+/// Runs every case; a reference that cannot run is recorded in `reference_errors`, not fatal.
+pub fn run(ctx: &Context, cases: Vec<Case>, run_id: &str) -> Result<(RunResults, Vec<CaseRun>)> {
+    let mut results = RunResults {
+        run_id: run_id.to_string(),
+        engine_version: env!("CARGO_PKG_VERSION").to_string(),
+        cases: Vec::new(),
+        reference_errors: BTreeMap::new(),
+    };
+    let mut runs = Vec::new();
+    let mut loaded: Option<(String, Model)> = None;
+    for case in cases {
+        let model_path = resolve(ctx.root, &case.model.path);
+        if loaded.as_ref().map(|(id, _)| id) != Some(&case.model.id) {
+            #[allow(unused_mut)]
+            let mut model = Model::load(&model_path).with_context(|| format!("loading model {} ({})", case.model.id, model_path.display()))?;
+            #[cfg(feature = "fault-injection")]
+            if let Some(fault) = ctx.fault {
+                model.inject_fault(fault);
+            }
+            loaded = Some((case.model.id.clone(), model));
+        }
+        let model = &loaded.as_ref().expect("loaded just above").1;
+        let run = run_case(ctx, case, model_path, model, &mut results.reference_errors)?;
+        results.cases.extend(run.results.iter().cloned());
+        runs.push(run);
+    }
+    Ok((results, runs))
+}
+
+fn run_case(ctx: &Context, case: Case, model_path: PathBuf, model: &Model, errors: &mut BTreeMap<String, String>) -> Result<CaseRun> {
+    let engine = engine_run::trace(model, &case.prompt.text, ctx.suite.n_generate, ctx.suite.temperature)
+        .with_context(|| format!("engine on {} / {}", case.model.id, case.prompt.id))?;
+    let sha = engine_sha(&model_path)?;
+    let arch = model.config().arch.name();
+    let entries = ctx.catalog.entries(arch, model.config().n_layers);
+    let mut dumps = Vec::new();
+    let mut results = Vec::new();
+    for reference in &case.refs {
+        let dump = fetch_dump(ctx, &case, reference).map_err(|e| e.to_string());
+        match &dump {
+            Ok(dump) => {
+                let gap = |step: usize| {
+                    // The reference's own prefix up to the flip: prompt ids, then its first `step` tokens.
+                    let mut ids: Vec<u32> = dump.manifest.token_ids.iter().map(|&t| t as u32).collect();
+                    let generated = dump.ids("generated").ok()?;
+                    ids.extend(generated.iter().take(step).map(|&t| t as u32));
+                    engine_run::top2_gap(model, &ids)
+                };
+                let checks = compare::compare_case(&engine, dump, &entries, ctx.spec, &case.model.class, &gap);
+                results.push(CaseResult {
+                    model: case.model.id.clone(),
+                    model_sha256: sha.clone(),
+                    prompt: case.prompt.id.clone(),
+                    reference: reference.clone(),
+                    reference_version: dump.manifest.version.clone(),
+                    dtype: case.model.class.clone(),
+                    checks,
+                });
+            }
+            Err(e) => {
+                errors.insert(format!("{}/{}/{}", case.model.id, case.prompt.id, reference), e.clone());
+            }
+        }
+        dumps.push((reference.clone(), dump));
+    }
+    Ok(CaseRun { case, model_path, engine, dumps, results })
+}
+
+fn fetch_dump(ctx: &Context, case: &Case, reference: &str) -> Result<Dump> {
+    match ctx.source {
+        Source::Dumps(root) => {
+            let dir = root.join(&case.model.id).join(&case.prompt.id).join(reference);
+            Dump::open(&dir).with_context(|| format!("{reference} dump for {}/{}", case.model.id, case.prompt.id))
+        }
+        Source::Live { dumpers, out } => {
+            let dir = out.join(&case.model.id).join(&case.prompt.id).join(reference);
+            let model = resolve(ctx.root, case.model.reference_path(reference));
+            let req = DumpRequest {
+                model: &model,
+                prompt: &case.prompt.text,
+                n_generate: ctx.suite.n_generate,
+                temperature: ctx.suite.temperature,
+                threads: ctx.suite.threads,
+                out: &dir,
+            };
+            let log = dir.with_extension("stderr.log");
+            dumpers.run(reference, &req, &log).map_err(|e: ReferenceError| anyhow::anyhow!(e))?;
+            Dump::open(&dir).with_context(|| format!("reading the {reference} dump it just wrote"))
+        }
+    }
+}
+
+/// The sha256 the dumpers record for the same model (a file, or every file of a folder in order).
+fn engine_sha(path: &Path) -> Result<String> {
+    crate::hash::sha256_of_path(path).with_context(|| format!("hashing {}", path.display()))
+}
