@@ -62,9 +62,10 @@ class Model:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(self.where, **self.gguf_kw)
-        if self.gguf_meta is not None:
-            match_llama_cpp_pipeline(self.tokenizer, self.gguf_meta)
+        if self.gguf_meta is None:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.where)
+        else:
+            self.tokenizer = gguf_tokenizer(self.where, self.gguf_kw["gguf_file"], self.gguf_meta)
         self.model = AutoModelForCausalLM.from_pretrained(
             self.where, config=self.config, dtype=torch.float32, attn_implementation="eager", **self.gguf_kw
         ).eval()
@@ -73,14 +74,7 @@ class Model:
         """Prompt ids. Special-token text in the prompt stays text, as with llama.cpp's parse_special=false."""
         if self.gguf_meta is None:
             return self.tokenizer(text, split_special_tokens=True)["input_ids"]
-        ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        meta = self.gguf_meta
-        # llama.cpp adds BOS/EOS as the GGUF says; without the key, SentencePiece vocabularies get BOS.
-        if meta.get("tokenizer.ggml.add_bos_token", meta.get("tokenizer.ggml.model") == "llama"):
-            ids = [int(meta["tokenizer.ggml.bos_token_id"])] + ids
-        if meta.get("tokenizer.ggml.add_eos_token", False):
-            ids = ids + [int(meta["tokenizer.ggml.eos_token_id"])]
-        return ids
+        return encode_like_llama_cpp(self.tokenizer, self.gguf_meta, text)
 
 
 def read_gguf_metadata(path):
@@ -95,18 +89,20 @@ def read_gguf_metadata(path):
     return {k: f.contents() for k, f in reader.fields.items() if k not in big and not k.startswith("GGUF.")}
 
 
-def match_llama_cpp_pipeline(tokenizer, meta):
-    """Corrects the tokenizer transformers rebuilds from GGUF metadata where it differs from llama.cpp.
+def gguf_tokenizer(folder, name, meta):
+    """transformers' tokenizer rebuilt from a GGUF's metadata, corrected where it differs from llama.cpp.
 
     SentencePiece (`llama`): its Metaspace pre-tokenizer prepends the space marker only when the text
     does not already start with one, so a leading run of spaces loses a space; llama.cpp (like
     sentencepiece) always prepends one and turns every space into the marker.
     `smollm` pre-tokenizer: llama.cpp splits digits one by one before the GPT-2 split; transformers
     builds a plain ByteLevel pre-tokenizer, which differs when spaces precede a number.
-    Checked against llama.cpp's ids for the strings in fixtures/tokenizer/expected.json.
+    Checked against llama.cpp's ids for the strings in fixtures/tokenizer/expected.json (test_dump.py).
     """
     from tokenizers import normalizers, pre_tokenizers
+    from transformers import AutoTokenizer
 
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     backend = tokenizer.backend_tokenizer
     model, pre = meta.get("tokenizer.ggml.model"), meta.get("tokenizer.ggml.pre", "default")
     if model == "llama":
@@ -119,6 +115,18 @@ def match_llama_cpp_pipeline(tokenizer, meta):
         backend.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
         )
+    return tokenizer
+
+
+def encode_like_llama_cpp(tokenizer, meta, text):
+    """The ids llama.cpp gives `text` (add_bos=true, parse_special=false) with the GGUF's metadata."""
+    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    # llama.cpp adds BOS/EOS as the GGUF says; without the key, SentencePiece vocabularies get BOS.
+    if meta.get("tokenizer.ggml.add_bos_token", meta.get("tokenizer.ggml.model") == "llama"):
+        ids = [int(meta["tokenizer.ggml.bos_token_id"])] + ids
+    if meta.get("tokenizer.ggml.add_eos_token", False):
+        ids = ids + [int(meta["tokenizer.ggml.eos_token_id"])]
+    return ids
 
 
 class Recorder:
