@@ -39,9 +39,9 @@ class Model:
         if path.is_dir():
             if not (path / "config.json").is_file():
                 raise DumpError(f"{path} has no config.json: pass a GGUF file or an HF model folder", EXIT_USAGE)
-            self.where, self.gguf_kw, self.gguf_meta = str(path), {}, None
+            self.path, self.where, self.gguf_kw, self.gguf_meta = path, str(path), {}, None
         else:
-            self.where, self.gguf_kw, self.gguf_meta = str(path.parent), {"gguf_file": path.name}, read_gguf_metadata(path)
+            self.path, self.where, self.gguf_kw, self.gguf_meta = path, str(path.parent), {"gguf_file": path.name}, read_gguf_metadata(path)
             arch = self.gguf_meta.get("general.architecture")
             if arch not in ARCHS:
                 raise DumpError(f"unsupported GGUF architecture {arch!r} in {path} (the PyTorch dumper knows {sorted(ARCHS)})")
@@ -66,9 +66,14 @@ class Model:
             self.tokenizer = AutoTokenizer.from_pretrained(self.where)
         else:
             self.tokenizer = gguf_tokenizer(self.where, self.gguf_kw["gguf_file"], self.gguf_meta)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            self.where, config=self.config, dtype=torch.float32, attn_implementation="eager", **self.gguf_kw
-        ).eval()
+        model, info = AutoModelForCausalLM.from_pretrained(
+            self.where, config=self.config, dtype=torch.float32, attn_implementation="eager", output_loading_info=True, **self.gguf_kw
+        )
+        # transformers fills weights the file lacks with random ones and only logs it; a reference must not.
+        bad = sorted(info["missing_keys"]) + sorted(str(k) for k in info["mismatched_keys"])
+        if bad:
+            raise DumpError(f"{self.path} lacks {len(bad)} weights the {self.arch} model needs (e.g. {', '.join(bad[:3])}): is it a vocab-only or partial file?", EXIT_USAGE)
+        self.model = model.eval()
 
     def encode(self, text):
         """Prompt ids. Special-token text in the prompt stays text, as with llama.cpp's parse_special=false."""

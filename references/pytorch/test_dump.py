@@ -95,82 +95,123 @@ class TinyFixtureDumps(unittest.TestCase):
             return tomllib.load(f)
 
     def each_dump(self):
-        for (name, fmt) in self.dumps:
-            with self.subTest(model=name, format=fmt):
-                yield name, fmt, FIXTURES[name]
+        return [(name, fmt, FIXTURES[name]) for name, fmt in self.dumps]
+
+    def prompt_length(self, name, fmt):
+        """T of a dump, from its own tokens, so a tokenizer fault fails the token test only."""
+        return len(self.load(name, fmt, "tokens"))
 
     def test_every_catalog_tensor_of_the_arch_is_dumped_with_its_catalog_shape_and_dtype(self):
         for name, fmt, fx in self.each_dump():
-            sizes = dict(fx, T=len(fx["tokens"]), N=N_GENERATE)
-            tensors = self.manifest(name, fmt)["tensors"]
-            for entry in self.catalog["tensor"]:
-                keys = [f"blk.{i}.{entry['name']}" for i in range(fx["n_layers"])] if entry["scope"] == "layer" else [entry["name"]]
-                for key in keys:
-                    if fx["arch"] not in entry.get("arch", [fx["arch"]]):
-                        self.assertIn("unavailable", tensors[key], key)
-                        self.assertFalse((self.dumps[name, fmt] / f"{key}.npy").exists(), key)
-                        continue
-                    a = self.load(name, fmt, key)
-                    self.assertEqual(a.shape, catalog_shape(entry["shape"], sizes), key)
-                    self.assertEqual(a.dtype.str, "<i8" if entry.get("dtype") == "id" else "<f4", key)
+            with self.subTest(model=name, format=fmt):
+                sizes = dict(fx, T=self.prompt_length(name, fmt), N=N_GENERATE)
+                tensors = self.manifest(name, fmt)["tensors"]
+                for entry in self.catalog["tensor"]:
+                    keys = [f"blk.{i}.{entry['name']}" for i in range(fx["n_layers"])] if entry["scope"] == "layer" else [entry["name"]]
+                    for key in keys:
+                        if fx["arch"] not in entry.get("arch", [fx["arch"]]):
+                            self.assertIn("unavailable", tensors[key], key)
+                            self.assertFalse((self.dumps[name, fmt] / f"{key}.npy").exists(), key)
+                            continue
+                        a = self.load(name, fmt, key)
+                        self.assertEqual(a.shape, catalog_shape(entry["shape"], sizes), key)
+                        self.assertEqual(a.dtype.str, "<i8" if entry.get("dtype") == "id" else "<f4", key)
 
     def test_prompt_ids_are_llama_cpps(self):
         for name, fmt, fx in self.each_dump():
-            self.assertEqual(self.load(name, fmt, "tokens").tolist(), fx["tokens"])
-            self.assertEqual(self.manifest(name, fmt)["token_ids"], fx["tokens"])
+            with self.subTest(model=name, format=fmt):
+                self.assertEqual(self.load(name, fmt, "tokens").tolist(), fx["tokens"])
+                self.assertEqual(self.manifest(name, fmt)["token_ids"], fx["tokens"])
 
     def test_attention_probabilities_are_causal_rows_that_sum_to_one(self):
         import numpy as np
 
         for name, fmt, fx in self.each_dump():
-            for layer in range(fx["n_layers"]):
-                p = self.load(name, fmt, f"blk.{layer}.attn_probs")
-                np.testing.assert_allclose(p.sum(axis=-1), 1.0, atol=1e-5)
-                self.assertTrue((p >= 0).all())
-                future = np.triu(np.ones(p.shape[-2:], dtype=bool), k=1)
-                self.assertTrue((p[:, future] == 0).all(), f"layer {layer} attends to later positions")
-                self.assertTrue((p[:, ~future] > 0).all(), f"layer {layer} masks an earlier position")
+            with self.subTest(model=name, format=fmt):
+                for layer in range(fx["n_layers"]):
+                    p = self.load(name, fmt, f"blk.{layer}.attn_probs")
+                    np.testing.assert_allclose(p.sum(axis=-1), 1.0, atol=1e-5)
+                    self.assertTrue((p >= 0).all())
+                    future = np.triu(np.ones(p.shape[-2:], dtype=bool), k=1)
+                    self.assertTrue((p[:, future] == 0).all(), f"layer {layer} attends to later positions")
+                    self.assertTrue((p[:, ~future] > 0).all(), f"layer {layer} masks an earlier position")
 
     def test_kv_cache_holds_the_projected_keys_and_values_per_kv_head(self):
         import numpy as np
 
         for name, fmt, fx in self.each_dump():
-            T, KV, hd = len(fx["tokens"]), fx["KV"], fx["hd"]
-            # Llama caches keys after RoPE, GPT-2 the projections themselves.
-            k_name = "k_rope" if fx["arch"] == "llama" else "k"
-            for layer in range(fx["n_layers"]):
-                k = self.load(name, fmt, f"blk.{layer}.{k_name}").reshape(T, KV, hd).transpose(1, 0, 2)
-                v = self.load(name, fmt, f"blk.{layer}.v").reshape(T, KV, hd).transpose(1, 0, 2)
-                np.testing.assert_array_equal(self.load(name, fmt, f"blk.{layer}.k_cache"), k)
-                np.testing.assert_array_equal(self.load(name, fmt, f"blk.{layer}.v_cache"), v)
+            with self.subTest(model=name, format=fmt):
+                T, KV, hd = self.prompt_length(name, fmt), fx["KV"], fx["hd"]
+                # Llama caches keys after RoPE, GPT-2 the projections themselves.
+                k_name = "k_rope" if fx["arch"] == "llama" else "k"
+                for layer in range(fx["n_layers"]):
+                    k = self.load(name, fmt, f"blk.{layer}.{k_name}").reshape(T, KV, hd).transpose(1, 0, 2)
+                    v = self.load(name, fmt, f"blk.{layer}.v").reshape(T, KV, hd).transpose(1, 0, 2)
+                    np.testing.assert_array_equal(self.load(name, fmt, f"blk.{layer}.k_cache"), k)
+                    np.testing.assert_array_equal(self.load(name, fmt, f"blk.{layer}.v_cache"), v)
 
     def test_rope_leaves_position_zero_unrotated_and_rotates_the_others(self):
         import numpy as np
 
         for name, fmt, fx in self.each_dump():
-            if fx["arch"] != "llama":
-                continue
-            for layer in range(fx["n_layers"]):
-                for raw, rotated in (("q", "q_rope"), ("k", "k_rope")):
-                    a, b = self.load(name, fmt, f"blk.{layer}.{raw}"), self.load(name, fmt, f"blk.{layer}.{rotated}")
-                    np.testing.assert_allclose(b[0], a[0], rtol=1e-6, atol=1e-6)
-                    # A rotation keeps the norm of every (i, i + hd/2) pair within a head.
-                    half = fx["hd"] // 2
-                    pa, pb = a.reshape(len(a), -1, 2, half), b.reshape(len(b), -1, 2, half)
-                    np.testing.assert_allclose(np.hypot(pb[:, :, 0], pb[:, :, 1]), np.hypot(pa[:, :, 0], pa[:, :, 1]), rtol=1e-4, atol=1e-5)
-                    self.assertGreater(np.abs(b[1:] - a[1:]).max(), 1e-3)
+            with self.subTest(model=name, format=fmt):
+                if fx["arch"] != "llama":
+                    continue
+                for layer in range(fx["n_layers"]):
+                    for raw, rotated in (("q", "q_rope"), ("k", "k_rope")):
+                        a, b = self.load(name, fmt, f"blk.{layer}.{raw}"), self.load(name, fmt, f"blk.{layer}.{rotated}")
+                        np.testing.assert_allclose(b[0], a[0], rtol=1e-6, atol=1e-6)
+                        # A rotation keeps the norm of every (i, i + hd/2) pair within a head.
+                        half = fx["hd"] // 2
+                        pa, pb = a.reshape(len(a), -1, 2, half), b.reshape(len(b), -1, 2, half)
+                        np.testing.assert_allclose(np.hypot(pb[:, :, 0], pb[:, :, 1]), np.hypot(pa[:, :, 0], pa[:, :, 1]), rtol=1e-4, atol=1e-5)
+                        self.assertGreater(np.abs(b[1:] - a[1:]).max(), 1e-3)
+
+    def test_attention_probabilities_recompute_from_the_dumped_queries_and_keys(self):
+        import numpy as np
+
+        for name, fmt, fx in self.each_dump():
+            with self.subTest(model=name, format=fmt):
+                T, H, KV, hd = self.prompt_length(name, fmt), fx["H"], fx["KV"], fx["hd"]
+                for layer in range(fx["n_layers"]):
+                    q = self.load(name, fmt, f"blk.{layer}.{'q_rope' if fx['arch'] == 'llama' else 'q'}").reshape(T, H, hd).transpose(1, 0, 2)
+                    k = self.load(name, fmt, f"blk.{layer}.k_cache")
+                    # Query head h reads key/value head h // (H / KV).
+                    k = np.repeat(k, H // KV, axis=0).astype(np.float64)
+                    scores = q @ k.transpose(0, 2, 1) / np.sqrt(hd)
+                    scores[:, np.triu(np.ones((T, T), dtype=bool), k=1)] = -np.inf
+                    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+                    np.testing.assert_allclose(self.load(name, fmt, f"blk.{layer}.attn_probs"), e / e.sum(-1, keepdims=True), atol=1e-5)
+
+    def test_projections_are_the_normalised_input_times_the_checkpoint_weights(self):
+        import numpy as np
+        from safetensors.numpy import load_file
+
+        for name, fx in FIXTURES.items():
+            with self.subTest(model=name):
+                w = load_file(MODELS / name / "hf" / "model.safetensors")
+                x = self.load(name, "hf", "blk.1.attn_norm").astype(np.float64)
+                if fx["arch"] == "llama":
+                    expected = {t: x @ w[f"model.layers.1.self_attn.{t}_proj.weight"].T for t in ("q", "k", "v")}
+                else:
+                    # GPT-2's Conv1D stores [in, out] and fuses q | k | v along out.
+                    qkv = x @ w["transformer.h.1.attn.c_attn.weight"] + w["transformer.h.1.attn.c_attn.bias"]
+                    expected = dict(zip(("q", "k", "v"), np.split(qkv, 3, axis=-1)))
+                for t, e in expected.items():
+                    np.testing.assert_allclose(self.load(name, "hf", f"blk.1.{t}"), e, rtol=1e-4, atol=1e-4, err_msg=t)
 
     def test_last_position_checkpoints_follow_from_the_logits(self):
         import numpy as np
 
         for name, fmt, fx in self.each_dump():
-            logits = self.load(name, fmt, "logits")
-            last = self.load(name, fmt, "last_logits")
-            np.testing.assert_array_equal(last, logits[-1])
-            self.assertEqual(int(self.load(name, fmt, "argmax")), int(np.argmax(last)))
-            e = np.exp(last.astype(np.float64) - last.max())
-            np.testing.assert_allclose(self.load(name, fmt, "probs"), e / e.sum(), rtol=1e-5, atol=1e-7)
-            self.assertEqual(int(self.load(name, fmt, "generated")[0]), int(np.argmax(last)))
+            with self.subTest(model=name, format=fmt):
+                logits = self.load(name, fmt, "logits")
+                last = self.load(name, fmt, "last_logits")
+                np.testing.assert_array_equal(last, logits[-1])
+                self.assertEqual(int(self.load(name, fmt, "argmax")), int(np.argmax(last)))
+                e = np.exp(last.astype(np.float64) - last.max())
+                np.testing.assert_allclose(self.load(name, fmt, "probs"), e / e.sum(), rtol=1e-5, atol=1e-7)
+                self.assertEqual(int(self.load(name, fmt, "generated")[0]), int(np.argmax(last)))
 
     def test_gguf_and_hf_folder_of_one_model_give_the_same_tensors(self):
         import numpy as np
@@ -189,6 +230,12 @@ class Usage(unittest.TestCase):
             self.assertEqual(result.returncode, 2, result.stderr)
             self.assertIn("model not found", result.stderr)
             self.assertFalse((Path(tmp) / "out").exists())
+
+    def test_gguf_without_weights_exits_2_instead_of_running_random_ones(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_dumper(ROOT / "fixtures" / "tokenizer" / "spm-tiny" / "spm-tiny.gguf", Path(tmp) / "out")
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertIn("lacks", result.stderr)
 
     def test_folder_without_config_exits_2(self):
         with tempfile.TemporaryDirectory() as tmp:
