@@ -183,6 +183,20 @@ class TinyFixtureDumps(unittest.TestCase):
                     e = np.exp(scores - scores.max(axis=-1, keepdims=True))
                     np.testing.assert_allclose(self.load(name, fmt, f"blk.{layer}.attn_probs"), e / e.sum(-1, keepdims=True), atol=1e-5)
 
+    def test_embed_is_the_token_rows_plus_learned_positions_for_gpt2(self):
+        import numpy as np
+        from safetensors.numpy import load_file
+
+        for name, fx in FIXTURES.items():
+            with self.subTest(model=name):
+                w = load_file(MODELS / name / "hf" / "model.safetensors")
+                ids = self.load(name, "hf", "tokens")
+                if fx["arch"] == "llama":
+                    expected = w["model.embed_tokens.weight"][ids]
+                else:
+                    expected = w["transformer.wte.weight"][ids] + w["transformer.wpe.weight"][: len(ids)]
+                np.testing.assert_array_equal(self.load(name, "hf", "embed"), expected)
+
     def test_projections_are_the_normalised_input_times_the_checkpoint_weights(self):
         import numpy as np
         from safetensors.numpy import load_file
@@ -199,6 +213,50 @@ class TinyFixtureDumps(unittest.TestCase):
                     expected = dict(zip(("q", "k", "v"), np.split(qkv, 3, axis=-1)))
                 for t, e in expected.items():
                     np.testing.assert_allclose(self.load(name, "hf", f"blk.1.{t}"), e, rtol=1e-4, atol=1e-4, err_msg=t)
+
+    def test_residual_stream_adds_the_attention_and_ffn_outputs(self):
+        import numpy as np
+
+        for name, fmt, fx in self.each_dump():
+            with self.subTest(model=name, format=fmt):
+                entering = self.load(name, fmt, "embed").astype(np.float64)
+                for layer in range(fx["n_layers"]):
+                    p = f"blk.{layer}."
+                    added = entering + self.load(name, fmt, p + "attn_out") + self.load(name, fmt, p + "ffn_out")
+                    leaving = self.load(name, fmt, p + "block_out")
+                    np.testing.assert_allclose(leaving, added, rtol=1e-5, atol=1e-4, err_msg=p + "block_out")
+                    entering = leaving.astype(np.float64)
+
+    def test_norm_checkpoints_normalise_the_residual_stream_with_the_checkpoint_weights(self):
+        import numpy as np
+        from safetensors.numpy import load_file
+
+        eps = 1e-5  # both fixtures, scripts/make-fixtures.py
+        modules = {
+            "llama": dict(attn="model.layers.{i}.input_layernorm", ffn="model.layers.{i}.post_attention_layernorm", final="model.norm"),
+            "gpt2": dict(attn="transformer.h.{i}.ln_1", ffn="transformer.h.{i}.ln_2", final="transformer.ln_f"),
+        }
+
+        for name, fx in FIXTURES.items():
+            with self.subTest(model=name):
+                w = load_file(MODELS / name / "hf" / "model.safetensors")
+
+                def norm(x, which, i=None):
+                    prefix = modules[fx["arch"]][which].format(i=i)
+                    if fx["arch"] == "llama":  # RMSNorm
+                        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w[prefix + ".weight"]
+                    c = x - x.mean(-1, keepdims=True)  # LayerNorm
+                    return c / np.sqrt((c * c).mean(-1, keepdims=True) + eps) * w[prefix + ".weight"] + w[prefix + ".bias"]
+
+                entering = self.load(name, "hf", "embed").astype(np.float64)
+                for i in range(fx["n_layers"]):
+                    got = self.load(name, "hf", f"blk.{i}.attn_norm")
+                    np.testing.assert_allclose(got, norm(entering, "attn", i), rtol=1e-4, atol=1e-5, err_msg=f"blk.{i}.attn_norm")
+                    mid = entering + self.load(name, "hf", f"blk.{i}.attn_out")
+                    got = self.load(name, "hf", f"blk.{i}.ffn_norm")
+                    np.testing.assert_allclose(got, norm(mid, "ffn", i), rtol=1e-4, atol=1e-5, err_msg=f"blk.{i}.ffn_norm")
+                    entering = self.load(name, "hf", f"blk.{i}.block_out").astype(np.float64)
+                np.testing.assert_allclose(self.load(name, "hf", "final_norm"), norm(entering, "final"), rtol=1e-4, atol=1e-5, err_msg="final_norm")
 
     def test_last_position_checkpoints_follow_from_the_logits(self):
         import numpy as np
