@@ -39,6 +39,8 @@ class Model:
         if path.is_dir():
             if not (path / "config.json").is_file():
                 raise DumpError(f"{path} has no config.json: pass a GGUF file or an HF model folder", EXIT_USAGE)
+            if not any(path.glob("*.safetensors")):
+                raise DumpError(f"{path} has no *.safetensors weights: pass a GGUF file or an HF model folder", EXIT_USAGE)
             self.path, self.where, self.gguf_kw, self.gguf_meta = path, str(path), {}, None
         else:
             self.path, self.where, self.gguf_kw, self.gguf_meta = path, str(path.parent), {"gguf_file": path.name}, read_gguf_metadata(path)

@@ -301,6 +301,13 @@ class Usage(unittest.TestCase):
             self.assertEqual(result.returncode, 2, result.stderr)
             self.assertIn("no config.json", result.stderr)
 
+    def test_folder_without_safetensors_exits_2(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "config.json").write_text((MODELS / "tiny-llama" / "hf" / "config.json").read_text())
+            result = run_dumper(Path(tmp), Path(tmp) / "out")
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertIn("no *.safetensors", result.stderr)
+
 
 class GgufTokenizer(unittest.TestCase):
     """The corrected GGUF tokenizer against llama.cpp's ids in fixtures/tokenizer/expected.json."""
