@@ -4,9 +4,11 @@
 
 Runs dump.py on fixtures/models/tiny-llama and tiny-gpt2 (GGUF and HF folder) into a temporary
 folder and checks the dumps against checkpoints/catalog.toml and against values fixed elsewhere:
-the prompt ids are llama.cpp's (llama-cpp-python 0.3.36, add_bos=True, special=False), and the model
-sizes are those scripts/make-fixtures.py builds. Skips (exit 0) when the reference environment is
-not importable.
+the prompt ids are llama.cpp's (llama-cpp-python 0.3.36, add_bos=True, special=False), the model
+sizes are those scripts/make-fixtures.py builds, and embed, norms, projections, attention and the
+residual stream are recomputed with numpy from the dumped inputs and the HF checkpoint's weights.
+Also checks the GGUF tokenizer correction against fixtures/tokenizer/expected.json and the usage
+exit codes. Skips (exit 0) when the reference environment is not importable.
 """
 
 import json
@@ -70,6 +72,7 @@ class TinyFixtureDumps(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory(prefix="parity-pytorch-test-")
+        cls.addClassCleanup(cls.tmp.cleanup)
         cls.dumps = {}
         for name in FIXTURES:
             for fmt, model in (("gguf", MODELS / name / "model-f32.gguf"), ("hf", MODELS / name / "hf")):
@@ -80,10 +83,6 @@ class TinyFixtureDumps(unittest.TestCase):
                 cls.dumps[name, fmt] = out
         with open(ROOT / "checkpoints" / "catalog.toml", "rb") as f:
             cls.catalog = tomllib.load(f)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
 
     def load(self, name, fmt, key):
         import numpy as np
