@@ -1,0 +1,328 @@
+"""The PyTorch reference: HF transformers' own Llama and GPT-2 classes, instrumented with hooks.
+
+    ~/.cache/parity/venv/bin/python references/pytorch/dump.py --model FILE_OR_HF_DIR \
+        --prompt TEXT --n-generate N --temperature T --out DIR [--threads 2]
+
+A GGUF file is loaded through transformers' GGUF support (weights dequantized to float32, tokenizer
+rebuilt from the file's metadata, then corrected where it tokenizes differently from llama.cpp, so the
+prompt ids are llama.cpp's); a folder is loaded as an HF checkpoint with its own tokenizer. The model
+runs in float32, eval mode, with eager attention so the attention probabilities exist.
+
+Tensors come from one forward over the prompt: forward hooks on the norms, projections, attention,
+MLP and decoder layers; a pre-hook on layer 0 for the residual stream entering it; the attention
+probabilities from `output_attentions`; the KV cache from the model's own `past_key_values`. RoPE
+is a plain function in transformers' Llama, not a module, so `q_rope`/`k_rope` come from wrapping
+that function for the duration of the prompt forward. `generated` is a greedy loop that feeds one
+token at a time with the cache (not `generate()`), so the incremental path is what gets exercised.
+"""
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
+
+from dumpkit import EXIT_USAGE, Dump, DumpError, main  # noqa: E402
+
+ARCHS = {"llama": "llama", "gpt2": "gpt2"}  # transformers model_type -> catalog arch
+
+
+class Model:
+    """A loaded reference: the transformers model, its config, and a tokenizer that gives the
+    same ids as llama.cpp for a GGUF file (or the checkpoint's own tokenizer for an HF folder)."""
+
+    def __init__(self, model_path):
+        from transformers import AutoConfig
+
+        path = Path(model_path)
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise DumpError(f"{path} has no config.json: pass a GGUF file or an HF model folder", EXIT_USAGE)
+            if not any(path.glob("*.safetensors")):
+                raise DumpError(f"{path} has no *.safetensors weights: pass a GGUF file or an HF model folder", EXIT_USAGE)
+            self.path, self.where, self.gguf_kw, self.gguf_meta = path, str(path), {}, None
+        else:
+            self.path, self.where, self.gguf_kw, self.gguf_meta = path, str(path.parent), {"gguf_file": path.name}, read_gguf_metadata(path)
+            arch = self.gguf_meta.get("general.architecture")
+            if arch not in ARCHS:
+                raise DumpError(f"unsupported GGUF architecture {arch!r} in {path} (the PyTorch dumper knows {sorted(ARCHS)})")
+        self.config = AutoConfig.from_pretrained(self.where, **self.gguf_kw)
+        if self.config.model_type not in ARCHS:
+            raise DumpError(f"unsupported model type {self.config.model_type!r} (the PyTorch dumper knows {sorted(ARCHS)})")
+        if self.gguf_meta is not None and self.config.model_type == "gpt2":
+            # transformers maps gpt2.context_length to n_ctx only, not to n_positions (the size of the
+            # learned position table), so a GPT-2 file whose context is not 1024 would not load.
+            self.config.n_positions = int(self.gguf_meta["gpt2.context_length"])
+        self.arch = ARCHS[self.config.model_type]
+        self.n_layers = self.config.num_hidden_layers
+        self.model = None
+        self.tokenizer = None
+
+    def load(self):
+        """The weights (float32, eval, eager attention) and the tokenizer: the slow part."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.gguf_meta is None:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.where)
+        else:
+            self.tokenizer = gguf_tokenizer(self.where, self.gguf_kw["gguf_file"], self.gguf_meta)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            self.where, config=self.config, dtype=torch.float32, attn_implementation="eager", output_loading_info=True, **self.gguf_kw
+        )
+        # transformers fills weights the file lacks with random ones and only logs it; a reference must not.
+        bad = sorted(info["missing_keys"]) + sorted(str(k) for k in info["mismatched_keys"])
+        if bad:
+            raise DumpError(f"{self.path} lacks {len(bad)} weights the {self.arch} model needs (e.g. {', '.join(bad[:3])}): is it a vocab-only or partial file?", EXIT_USAGE)
+        self.model = model.eval()
+
+    def encode(self, text):
+        """Prompt ids. Special-token text in the prompt stays text, as with llama.cpp's parse_special=false."""
+        if self.gguf_meta is None:
+            return self.tokenizer(text, split_special_tokens=True)["input_ids"]
+        return encode_like_llama_cpp(self.tokenizer, self.gguf_meta, text)
+
+
+def read_gguf_metadata(path):
+    """The scalar metadata of a GGUF file (the token tables are left out)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:
+        raise DumpError(f"cannot read GGUF {path}: {e}", EXIT_USAGE) from e
+    big = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.scores", "tokenizer.ggml.token_type")
+    return {k: f.contents() for k, f in reader.fields.items() if k not in big and not k.startswith("GGUF.")}
+
+
+def gguf_tokenizer(folder, name, meta):
+    """transformers' tokenizer rebuilt from a GGUF's metadata, corrected where it differs from llama.cpp.
+
+    SentencePiece (`llama`): its Metaspace pre-tokenizer prepends the space marker only when the text
+    does not already start with one, so a leading run of spaces loses a space; llama.cpp (like
+    sentencepiece) always prepends one and turns every space into the marker.
+    `smollm` pre-tokenizer: llama.cpp splits digits one by one before the GPT-2 split; transformers
+    builds a plain ByteLevel pre-tokenizer, which differs when spaces precede a number.
+    Checked against llama.cpp's ids for the strings in fixtures/tokenizer/expected.json (test_dump.py).
+    """
+    from tokenizers import normalizers, pre_tokenizers
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    backend = tokenizer.backend_tokenizer
+    model, pre = meta.get("tokenizer.ggml.model"), meta.get("tokenizer.ggml.pre", "default")
+    if model == "llama":
+        steps = [normalizers.Replace(" ", "\u2581")]
+        if meta.get("tokenizer.ggml.add_space_prefix", True):
+            steps.insert(0, normalizers.Prepend("\u2581"))
+        backend.normalizer = normalizers.Sequence(steps)
+        backend.pre_tokenizer = None
+    elif model == "gpt2" and pre == "smollm":
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+        )
+    return tokenizer
+
+
+def encode_like_llama_cpp(tokenizer, meta, text):
+    """The ids llama.cpp gives `text` (add_bos=true, parse_special=false) with the GGUF's metadata."""
+    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    # llama.cpp adds BOS/EOS as the GGUF says; without the key, SentencePiece vocabularies get BOS.
+    if meta.get("tokenizer.ggml.add_bos_token", meta.get("tokenizer.ggml.model") == "llama"):
+        ids = [int(meta["tokenizer.ggml.bos_token_id"])] + ids
+    if meta.get("tokenizer.ggml.add_eos_token", False):
+        ids = ids + [int(meta["tokenizer.ggml.eos_token_id"])]
+    return ids
+
+
+class Recorder:
+    """Forward hooks that copy module outputs of one forward pass into `self.out`."""
+
+    def __init__(self):
+        self.out = {}
+        self.handles = []
+        self.active = False
+
+    def keep(self, key, tensor):
+        if self.active:
+            if key in self.out:
+                raise DumpError(f"internal: {key} captured twice in one forward")
+            self.out[key] = tensor.detach().clone()
+
+    def output(self, module, key, pick=lambda o: o):
+        def hook(_module, _inputs, output):
+            self.keep(key, pick(output[0] if isinstance(output, tuple) else output))
+
+        self.handles.append(module.register_forward_hook(hook))
+
+    def input(self, module, key):
+        def hook(_module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            self.keep(key, hidden)
+
+        self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+@contextmanager
+def rope_recorder(recorder, attention_modules):
+    """Wraps transformers' Llama `apply_rotary_pos_emb` to record its outputs per layer.
+
+    The function knows no layer, so a pre-hook on each attention module says which one is running.
+    """
+    from transformers.models.llama import modeling_llama
+
+    original = modeling_llama.apply_rotary_pos_emb
+    current = {"layer": None}
+
+    def wrapped(q, k, *args, **kwargs):
+        q_rot, k_rot = original(q, k, *args, **kwargs)
+        layer = current["layer"]
+        # [1, heads, T, hd] -> [T, heads*hd], the HF head/dim order of q and k.
+        recorder.keep(f"blk.{layer}.q_rope", q_rot[0].transpose(0, 1).reshape(q_rot.shape[2], -1))
+        recorder.keep(f"blk.{layer}.k_rope", k_rot[0].transpose(0, 1).reshape(k_rot.shape[2], -1))
+        return q_rot, k_rot
+
+    handles = []
+    for i, attn in enumerate(attention_modules):
+        handles.append(attn.register_forward_pre_hook(lambda _m, _a, i=i: current.__setitem__("layer", i)))
+    modeling_llama.apply_rotary_pos_emb = wrapped
+    try:
+        yield
+    finally:
+        modeling_llama.apply_rotary_pos_emb = original
+        for h in handles:
+            h.remove()
+
+
+def hook_llama(rec, model):
+    for i, layer in enumerate(model.model.layers):
+        p = f"blk.{i}."
+        rec.output(layer.input_layernorm, p + "attn_norm")
+        rec.output(layer.self_attn.q_proj, p + "q", lambda t: t[0])
+        rec.output(layer.self_attn.k_proj, p + "k", lambda t: t[0])
+        rec.output(layer.self_attn.v_proj, p + "v", lambda t: t[0])
+        rec.output(layer.self_attn, p + "attn_out")
+        rec.output(layer.post_attention_layernorm, p + "ffn_norm")
+        rec.output(layer.mlp, p + "ffn_out")
+        rec.output(layer, p + "block_out")
+    rec.input(model.model.layers[0], "embed")
+    rec.output(model.model.norm, "final_norm")
+    return [layer.self_attn for layer in model.model.layers]
+
+
+def hook_gpt2(rec, model):
+    d = model.config.n_embd
+    for i, block in enumerate(model.transformer.h):
+        p = f"blk.{i}."
+        rec.output(block.ln_1, p + "attn_norm")
+        # c_attn is fused: [.., 3d] = q | k | v.
+        rec.output(block.attn.c_attn, p + "q", lambda t: t[0, :, :d])
+        rec.output(block.attn.c_attn, p + "k", lambda t: t[0, :, d : 2 * d])
+        rec.output(block.attn.c_attn, p + "v", lambda t: t[0, :, 2 * d :])
+        rec.output(block.attn, p + "attn_out")
+        rec.output(block.ln_2, p + "ffn_norm")
+        rec.output(block.mlp, p + "ffn_out")
+        rec.output(block, p + "block_out")
+    rec.input(model.transformer.h[0], "embed")
+    rec.output(model.transformer.ln_f, "final_norm")
+    return []
+
+
+def cache_layer(cache, i):
+    """(keys, values) of layer i, each [1, KV, T, hd], across the cache APIs transformers has had."""
+    if hasattr(cache, "layers"):
+        return cache.layers[i].keys, cache.layers[i].values
+    if hasattr(cache, "key_cache"):
+        return cache.key_cache[i], cache.value_cache[i]
+    return cache[i][0], cache[i][1]
+
+
+def squeeze_batch(t):
+    """[1, T, X] -> [T, X]; leaves already-squeezed tensors alone."""
+    return t[0] if t.dim() == 3 else t
+
+
+def run(args):
+    import torch
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+    ref = Model(args.model)
+    # Made before the weights load so the manifest's wall time includes loading.
+    dump = Dump("pytorch", f"transformers {transformers.__version__}, torch {torch.__version__}", args, ref.arch, ref.n_layers)
+    ref.load()
+    model, n_layers = ref.model, ref.n_layers
+
+    ids = ref.encode(args.prompt)
+    if not ids:
+        raise DumpError("the prompt tokenizes to nothing", EXIT_USAGE)
+    if len(ids) + args.n_generate > ref.config.max_position_embeddings:
+        raise DumpError(
+            f"{len(ids)} prompt tokens + {args.n_generate} generated exceed the model's context of "
+            f"{ref.config.max_position_embeddings}: shorten the prompt or --n-generate",
+            EXIT_USAGE,
+        )
+    dump.put("tokens", ids)
+
+    rec = Recorder()
+    attention_modules = hook_llama(rec, model) if ref.arch == "llama" else hook_gpt2(rec, model)
+    with torch.no_grad():
+        rec.active = True
+        if ref.arch == "llama":
+            with rope_recorder(rec, attention_modules):
+                out = model(torch.tensor([ids]), use_cache=True, output_attentions=True)
+        else:
+            out = model(torch.tensor([ids]), use_cache=True, output_attentions=True)
+        rec.active = False
+        rec.remove()
+
+        for key, t in rec.out.items():
+            dump.put(key, squeeze_batch(t).numpy())
+        if ref.arch == "llama" and not any(k.endswith("q_rope") for k in rec.out):
+            for i in range(n_layers):
+                for name in ("q_rope", "k_rope"):
+                    dump.mark_unavailable(f"blk.{i}.{name}", "transformers did not call modeling_llama.apply_rotary_pos_emb (kernelized RoPE?)")
+
+        cache = out.past_key_values
+        for i in range(n_layers):
+            # [1, KV, T, hd] -> [KV, T, hd]; Dump.put copies, so the loop below cannot change them.
+            keys, values = cache_layer(cache, i)
+            dump.put(f"blk.{i}.k_cache", keys[0].numpy())
+            dump.put(f"blk.{i}.v_cache", values[0].numpy())
+            if out.attentions is not None and out.attentions[i] is not None:
+                dump.put(f"blk.{i}.attn_probs", out.attentions[i][0].numpy())
+            else:
+                dump.mark_unavailable(f"blk.{i}.attn_probs", "output_attentions returned nothing")
+
+        logits = out.logits[0].float()
+        last = logits[-1]
+        dump.put("logits", logits.numpy())
+        dump.put("last_logits", last.numpy())
+        dump.put("argmax", int(torch.argmax(last)))  # torch.argmax returns the first maximum
+        dump.put("probs", torch.softmax(last / args.temperature, dim=-1).numpy())
+
+        # One token at a time through the cache (not generate()), so the incremental path is exercised.
+        generated = []
+        if args.n_generate > 0:
+            generated.append(int(torch.argmax(last)))
+            while len(generated) < args.n_generate:
+                step = model(torch.tensor([[generated[-1]]]), past_key_values=cache, use_cache=True)
+                cache = step.past_key_values
+                generated.append(int(torch.argmax(step.logits[0, -1])))
+        dump.put("generated", torch.tensor(generated, dtype=torch.int64).numpy())
+    print(f"pytorch: {len(ids)} prompt tokens, generated {ref.tokenizer.decode(generated)!r}", file=sys.stderr)
+    return dump
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader has its own progress bar
+    main("pytorch", run)

@@ -1,0 +1,343 @@
+"""Tests of the PyTorch reference dumper on the tiny fixture models.
+
+    ~/.cache/parity/venv/bin/python references/pytorch/test_dump.py
+
+Runs dump.py on fixtures/models/tiny-llama and tiny-gpt2 (GGUF and HF folder) into a temporary
+folder and checks the dumps against checkpoints/catalog.toml and against values fixed elsewhere:
+the prompt ids are llama.cpp's (llama-cpp-python 0.3.36, add_bos=True, special=False), the model
+sizes are those scripts/make-fixtures.py builds, and embed, norms, projections, attention and the
+residual stream are recomputed with numpy from the dumped inputs and the HF checkpoint's weights.
+Also checks the GGUF tokenizer correction against fixtures/tokenizer/expected.json and the usage
+exit codes. Skips (exit 0) when the reference environment is not importable.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import tomllib
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DUMPER = ROOT / "references" / "pytorch" / "dump.py"
+MODELS = ROOT / "fixtures" / "models"
+SMOLLM2 = Path(os.environ.get("PARITY_CACHE", Path.home() / ".cache" / "parity")) / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Two leading spaces: transformers' own GGUF SentencePiece tokenizer drops one of them, llama.cpp does not.
+PROMPT = "  The capital of France is"
+N_GENERATE = 4
+
+# Sizes from scripts/make-fixtures.py (LLAMA, GPT2, the vocabularies it builds), and llama.cpp's ids for PROMPT.
+FIXTURES = {
+    "tiny-llama": dict(arch="llama", n_layers=2, d=64, H=4, KV=2, hd=16, V=449, tokens=[1, 448, 448, 289, 333, 277, 448, 389, 303]),
+    "tiny-gpt2": dict(arch="gpt2", n_layers=2, d=64, H=4, KV=4, hd=16, V=407, tokens=[220, 290, 328, 273, 220, 385, 300]),
+}
+
+
+def import_problem():
+    """Why the reference environment cannot run here, or None."""
+    try:
+        import accelerate  # noqa: F401
+        import gguf  # noqa: F401
+        import numpy  # noqa: F401
+        import tokenizers  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        return f"{e} (run with ~/.cache/parity/venv/bin/python after scripts/setup-references.sh)"
+    return None
+
+
+def run_dumper(model, out, prompt=PROMPT, n_generate=N_GENERATE):
+    cmd = [sys.executable, str(DUMPER), "--model", str(model), "--prompt", prompt, "--n-generate", str(n_generate), "--out", str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def catalog_shape(shape, sizes):
+    """A catalog shape (["T", "H*hd"], ...) with the model's sizes substituted."""
+    dims = []
+    for dim in shape:
+        value = 1
+        for factor in dim.split("*"):
+            value *= sizes[factor]
+        dims.append(value)
+    return tuple(dims)
+
+
+class TinyFixtureDumps(unittest.TestCase):
+    """One dump per fixture model and format, made once for all tests."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="parity-pytorch-test-")
+        cls.addClassCleanup(cls.tmp.cleanup)
+        cls.dumps = {}
+        for name in FIXTURES:
+            for fmt, model in (("gguf", MODELS / name / "model-f32.gguf"), ("hf", MODELS / name / "hf")):
+                out = Path(cls.tmp.name) / f"{name}-{fmt}"
+                result = run_dumper(model, out)
+                if result.returncode != 0:
+                    raise AssertionError(f"dump.py on {model} exited {result.returncode}: {result.stderr.strip()}")
+                cls.dumps[name, fmt] = out
+        with open(ROOT / "checkpoints" / "catalog.toml", "rb") as f:
+            cls.catalog = tomllib.load(f)
+
+    def load(self, name, fmt, key):
+        import numpy as np
+
+        return np.load(self.dumps[name, fmt] / f"{key}.npy")
+
+    def manifest(self, name, fmt):
+        with open(self.dumps[name, fmt] / "manifest.toml", "rb") as f:
+            return tomllib.load(f)
+
+    def each_dump(self):
+        return [(name, fmt, FIXTURES[name]) for name, fmt in self.dumps]
+
+    def prompt_length(self, name, fmt):
+        """T of a dump, from its own tokens, so a tokenizer fault fails the token test only."""
+        return len(self.load(name, fmt, "tokens"))
+
+    def test_every_catalog_tensor_of_the_arch_is_dumped_with_its_catalog_shape_and_dtype(self):
+        for name, fmt, fx in self.each_dump():
+            with self.subTest(model=name, format=fmt):
+                sizes = dict(fx, T=self.prompt_length(name, fmt), N=N_GENERATE)
+                tensors = self.manifest(name, fmt)["tensors"]
+                for entry in self.catalog["tensor"]:
+                    keys = [f"blk.{i}.{entry['name']}" for i in range(fx["n_layers"])] if entry["scope"] == "layer" else [entry["name"]]
+                    for key in keys:
+                        if fx["arch"] not in entry.get("arch", [fx["arch"]]):
+                            self.assertIn("unavailable", tensors[key], key)
+                            self.assertFalse((self.dumps[name, fmt] / f"{key}.npy").exists(), key)
+                            continue
+                        a = self.load(name, fmt, key)
+                        self.assertEqual(a.shape, catalog_shape(entry["shape"], sizes), key)
+                        self.assertEqual(a.dtype.str, "<i8" if entry.get("dtype") == "id" else "<f4", key)
+
+    def test_prompt_ids_are_llama_cpps(self):
+        for name, fmt, fx in self.each_dump():
+            with self.subTest(model=name, format=fmt):
+                self.assertEqual(self.load(name, fmt, "tokens").tolist(), fx["tokens"])
+                self.assertEqual(self.manifest(name, fmt)["token_ids"], fx["tokens"])
+
+    def test_attention_probabilities_are_causal_rows_that_sum_to_one(self):
+        import numpy as np
+
+        for name, fmt, fx in self.each_dump():
+            with self.subTest(model=name, format=fmt):
+                for layer in range(fx["n_layers"]):
+                    p = self.load(name, fmt, f"blk.{layer}.attn_probs")
+                    np.testing.assert_allclose(p.sum(axis=-1), 1.0, atol=1e-5)
+                    self.assertTrue((p >= 0).all())
+                    future = np.triu(np.ones(p.shape[-2:], dtype=bool), k=1)
+                    self.assertTrue((p[:, future] == 0).all(), f"layer {layer} attends to later positions")
+                    self.assertTrue((p[:, ~future] > 0).all(), f"layer {layer} masks an earlier position")
+
+    def test_kv_cache_holds_the_projected_keys_and_values_per_kv_head(self):
+        import numpy as np
+
+        for name, fmt, fx in self.each_dump():
+            with self.subTest(model=name, format=fmt):
+                T, KV, hd = self.prompt_length(name, fmt), fx["KV"], fx["hd"]
+                # Llama caches keys after RoPE, GPT-2 the projections themselves.
+                k_name = "k_rope" if fx["arch"] == "llama" else "k"
+                for layer in range(fx["n_layers"]):
+                    k = self.load(name, fmt, f"blk.{layer}.{k_name}").reshape(T, KV, hd).transpose(1, 0, 2)
+                    v = self.load(name, fmt, f"blk.{layer}.v").reshape(T, KV, hd).transpose(1, 0, 2)
+                    np.testing.assert_array_equal(self.load(name, fmt, f"blk.{layer}.k_cache"), k)
+                    np.testing.assert_array_equal(self.load(name, fmt, f"blk.{layer}.v_cache"), v)
+
+    def test_rope_leaves_position_zero_unrotated_and_rotates_the_others(self):
+        import numpy as np
+
+        for name, fmt, fx in self.each_dump():
+            with self.subTest(model=name, format=fmt):
+                if fx["arch"] != "llama":
+                    continue
+                for layer in range(fx["n_layers"]):
+                    for raw, rotated in (("q", "q_rope"), ("k", "k_rope")):
+                        a, b = self.load(name, fmt, f"blk.{layer}.{raw}"), self.load(name, fmt, f"blk.{layer}.{rotated}")
+                        np.testing.assert_allclose(b[0], a[0], rtol=1e-6, atol=1e-6)
+                        # A rotation keeps the norm of every (i, i + hd/2) pair within a head.
+                        half = fx["hd"] // 2
+                        pa, pb = a.reshape(len(a), -1, 2, half), b.reshape(len(b), -1, 2, half)
+                        np.testing.assert_allclose(np.hypot(pb[:, :, 0], pb[:, :, 1]), np.hypot(pa[:, :, 0], pa[:, :, 1]), rtol=1e-4, atol=1e-5)
+                        self.assertGreater(np.abs(b[1:] - a[1:]).max(), 1e-3)
+
+    def test_attention_probabilities_recompute_from_the_dumped_queries_and_keys(self):
+        import numpy as np
+
+        for name, fmt, fx in self.each_dump():
+            with self.subTest(model=name, format=fmt):
+                T, H, KV, hd = self.prompt_length(name, fmt), fx["H"], fx["KV"], fx["hd"]
+                for layer in range(fx["n_layers"]):
+                    q = self.load(name, fmt, f"blk.{layer}.{'q_rope' if fx['arch'] == 'llama' else 'q'}").reshape(T, H, hd).transpose(1, 0, 2)
+                    k = self.load(name, fmt, f"blk.{layer}.k_cache")
+                    # Query head h reads key/value head h // (H / KV).
+                    k = np.repeat(k, H // KV, axis=0).astype(np.float64)
+                    scores = q @ k.transpose(0, 2, 1) / np.sqrt(hd)
+                    scores[:, np.triu(np.ones((T, T), dtype=bool), k=1)] = -np.inf
+                    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+                    np.testing.assert_allclose(self.load(name, fmt, f"blk.{layer}.attn_probs"), e / e.sum(-1, keepdims=True), atol=1e-5)
+
+    def test_embed_is_the_token_rows_plus_learned_positions_for_gpt2(self):
+        import numpy as np
+        from safetensors.numpy import load_file
+
+        for name, fx in FIXTURES.items():
+            with self.subTest(model=name):
+                w = load_file(MODELS / name / "hf" / "model.safetensors")
+                ids = self.load(name, "hf", "tokens")
+                if fx["arch"] == "llama":
+                    expected = w["model.embed_tokens.weight"][ids]
+                else:
+                    expected = w["transformer.wte.weight"][ids] + w["transformer.wpe.weight"][: len(ids)]
+                np.testing.assert_array_equal(self.load(name, "hf", "embed"), expected)
+
+    def test_projections_are_the_normalised_input_times_the_checkpoint_weights(self):
+        import numpy as np
+        from safetensors.numpy import load_file
+
+        for name, fx in FIXTURES.items():
+            with self.subTest(model=name):
+                w = load_file(MODELS / name / "hf" / "model.safetensors")
+                x = self.load(name, "hf", "blk.1.attn_norm").astype(np.float64)
+                if fx["arch"] == "llama":
+                    expected = {t: x @ w[f"model.layers.1.self_attn.{t}_proj.weight"].T for t in ("q", "k", "v")}
+                else:
+                    # GPT-2's Conv1D stores [in, out] and fuses q | k | v along out.
+                    qkv = x @ w["transformer.h.1.attn.c_attn.weight"] + w["transformer.h.1.attn.c_attn.bias"]
+                    expected = dict(zip(("q", "k", "v"), np.split(qkv, 3, axis=-1)))
+                for t, e in expected.items():
+                    np.testing.assert_allclose(self.load(name, "hf", f"blk.1.{t}"), e, rtol=1e-4, atol=1e-4, err_msg=t)
+
+    def test_residual_stream_adds_the_attention_and_ffn_outputs(self):
+        import numpy as np
+
+        for name, fmt, fx in self.each_dump():
+            with self.subTest(model=name, format=fmt):
+                entering = self.load(name, fmt, "embed").astype(np.float64)
+                for layer in range(fx["n_layers"]):
+                    p = f"blk.{layer}."
+                    added = entering + self.load(name, fmt, p + "attn_out") + self.load(name, fmt, p + "ffn_out")
+                    leaving = self.load(name, fmt, p + "block_out")
+                    np.testing.assert_allclose(leaving, added, rtol=1e-5, atol=1e-4, err_msg=p + "block_out")
+                    entering = leaving.astype(np.float64)
+
+    def test_norm_checkpoints_normalise_the_residual_stream_with_the_checkpoint_weights(self):
+        import numpy as np
+        from safetensors.numpy import load_file
+
+        eps = 1e-5  # both fixtures, scripts/make-fixtures.py
+        modules = {
+            "llama": dict(attn="model.layers.{i}.input_layernorm", ffn="model.layers.{i}.post_attention_layernorm", final="model.norm"),
+            "gpt2": dict(attn="transformer.h.{i}.ln_1", ffn="transformer.h.{i}.ln_2", final="transformer.ln_f"),
+        }
+
+        for name, fx in FIXTURES.items():
+            with self.subTest(model=name):
+                w = load_file(MODELS / name / "hf" / "model.safetensors")
+
+                def norm(x, which, i=None):
+                    prefix = modules[fx["arch"]][which].format(i=i)
+                    if fx["arch"] == "llama":  # RMSNorm
+                        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w[prefix + ".weight"]
+                    c = x - x.mean(-1, keepdims=True)  # LayerNorm
+                    return c / np.sqrt((c * c).mean(-1, keepdims=True) + eps) * w[prefix + ".weight"] + w[prefix + ".bias"]
+
+                entering = self.load(name, "hf", "embed").astype(np.float64)
+                for i in range(fx["n_layers"]):
+                    got = self.load(name, "hf", f"blk.{i}.attn_norm")
+                    np.testing.assert_allclose(got, norm(entering, "attn", i), rtol=1e-4, atol=1e-5, err_msg=f"blk.{i}.attn_norm")
+                    mid = entering + self.load(name, "hf", f"blk.{i}.attn_out")
+                    got = self.load(name, "hf", f"blk.{i}.ffn_norm")
+                    np.testing.assert_allclose(got, norm(mid, "ffn", i), rtol=1e-4, atol=1e-5, err_msg=f"blk.{i}.ffn_norm")
+                    entering = self.load(name, "hf", f"blk.{i}.block_out").astype(np.float64)
+                np.testing.assert_allclose(self.load(name, "hf", "final_norm"), norm(entering, "final"), rtol=1e-4, atol=1e-5, err_msg="final_norm")
+
+    def test_last_position_checkpoints_follow_from_the_logits(self):
+        import numpy as np
+
+        for name, fmt, fx in self.each_dump():
+            with self.subTest(model=name, format=fmt):
+                logits = self.load(name, fmt, "logits")
+                last = self.load(name, fmt, "last_logits")
+                np.testing.assert_array_equal(last, logits[-1])
+                self.assertEqual(int(self.load(name, fmt, "argmax")), int(np.argmax(last)))
+                e = np.exp(last.astype(np.float64) - last.max())
+                np.testing.assert_allclose(self.load(name, fmt, "probs"), e / e.sum(), rtol=1e-5, atol=1e-7)
+                self.assertEqual(int(self.load(name, fmt, "generated")[0]), int(np.argmax(last)))
+
+    def test_gguf_and_hf_folder_of_one_model_give_the_same_tensors(self):
+        import numpy as np
+
+        for name, fx in FIXTURES.items():
+            with self.subTest(model=name):
+                for key in ("blk.0.q", "blk.0.k", "blk.1.attn_probs", "logits"):
+                    np.testing.assert_allclose(self.load(name, "gguf", key), self.load(name, "hf", key), rtol=1e-4, atol=1e-4, err_msg=key)
+                np.testing.assert_array_equal(self.load(name, "gguf", "generated"), self.load(name, "hf", "generated"))
+
+
+class Usage(unittest.TestCase):
+    def test_missing_model_file_exits_2(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_dumper(Path(tmp) / "no-such-model.gguf", Path(tmp) / "out")
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertIn("model not found", result.stderr)
+            self.assertFalse((Path(tmp) / "out").exists())
+
+    def test_gguf_without_weights_exits_2_instead_of_running_random_ones(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_dumper(ROOT / "fixtures" / "tokenizer" / "spm-tiny" / "spm-tiny.gguf", Path(tmp) / "out")
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertIn("lacks", result.stderr)
+
+    def test_folder_without_config_exits_2(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_dumper(Path(tmp), Path(tmp) / "out")
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertIn("no config.json", result.stderr)
+
+    def test_folder_without_safetensors_exits_2(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "config.json").write_text((MODELS / "tiny-llama" / "hf" / "config.json").read_text())
+            result = run_dumper(Path(tmp), Path(tmp) / "out")
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertIn("no *.safetensors", result.stderr)
+
+
+class GgufTokenizer(unittest.TestCase):
+    """The corrected GGUF tokenizer against llama.cpp's ids in fixtures/tokenizer/expected.json."""
+
+    def check_vocab(self, vocab, gguf_path):
+        sys.path.insert(0, str(DUMPER.parent))
+        import dump
+
+        meta = dump.read_gguf_metadata(gguf_path)
+        tokenizer = dump.gguf_tokenizer(str(gguf_path.parent), gguf_path.name, meta)
+        cases = [c for c in json.loads((ROOT / "fixtures" / "tokenizer" / "expected.json").read_text())["cases"] if c["vocab"] == vocab]
+        self.assertTrue(cases)
+        for case in cases:
+            with self.subTest(vocab=vocab, text=case["text"]):
+                self.assertEqual(dump.encode_like_llama_cpp(tokenizer, meta, case["text"]), case["llama_cpp"])
+
+    def test_sentencepiece_vocabulary_matches_llama_cpp(self):
+        self.check_vocab("spm-tiny", ROOT / "fixtures" / "tokenizer" / "spm-tiny" / "spm-tiny.gguf")
+
+    def test_gpt2_byte_level_vocabulary_matches_llama_cpp(self):
+        self.check_vocab("bpe-tiny", ROOT / "fixtures" / "tokenizer" / "bpe-tiny" / "bpe-tiny.gguf")
+
+    @unittest.skipUnless(SMOLLM2.is_file(), f"{SMOLLM2} not downloaded (scripts/fetch-models.sh)")
+    def test_smollm2_vocabulary_matches_llama_cpp(self):
+        self.check_vocab("smollm2", SMOLLM2)
+
+
+if __name__ == "__main__":
+    problem = import_problem()
+    if problem:
+        print(f"test_dump.py: skipped, the reference environment is not importable: {problem}")
+        sys.exit(0)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    unittest.main()
