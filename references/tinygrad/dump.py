@@ -1,0 +1,111 @@
+"""Dumps the checkpoint catalog from tinygrad, on its CPU device, in float32.
+
+    ~/.cache/parity/venv/bin/python references/tinygrad/dump.py --model M.gguf --prompt TEXT --out DIR
+
+GGUF only. Llama runs through tinygrad's own `tinygrad.llm.model.Transformer` (llama.py), GPT-2
+through our forward pass on tinygrad Tensors (gpt2.py). Prompt ids come from the GGUF vocabulary
+(gguf_tokenizer.py), matching llama.cpp. The contract is references/common/dumpkit.py.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+# Before tinygrad is imported: its CPU device, and the GGUF weights kept in their own types
+# (tinygrad's loader casts them to float16 unless HALF=0).
+os.environ.setdefault("DEV", "CPU")
+os.environ["HALF"] = "0"
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "common"))
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+
+from dumpkit import EXIT_USAGE, Dump, DumpError, main  # noqa: E402
+
+GGUF_MAGIC = b"GGUF"
+
+
+def gguf_architecture(path):
+    """Reads `general.architecture` from the GGUF header without loading the tensors."""
+    from tinygrad.llm.gguf import read_int32, read_int64, read_str, readers
+
+    with open(path, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise DumpError(f"{path} is not a GGUF file (tinygrad's dumper reads GGUF only)", EXIT_USAGE)
+        read_int32(f)
+        read_int64(f)
+        for _ in range(read_int64(f)):
+            key, typ = read_str(f), read_int32(f)
+            value = readers[typ](f)
+            if key == "general.architecture":
+                return value
+    raise DumpError(f"{path} has no general.architecture", EXIT_USAGE)
+
+
+def load_model(path, arch):
+    if arch == "llama":
+        from llama import Llama
+
+        return Llama(path)
+    if arch == "gpt2":
+        from gpt2 import Gpt2
+
+        return Gpt2(path)
+    raise DumpError(f"architecture {arch!r} is not supported (llama, gpt2)")
+
+
+def run(args):
+    from importlib.metadata import version
+
+    from tinygrad import Tensor
+
+    from gguf_tokenizer import Tokenizer, TokenizerError
+
+    model_path = Path(args.model)
+    if model_path.is_dir():
+        raise DumpError(f"{model_path} is a folder; tinygrad's dumper reads GGUF files only", EXIT_USAGE)
+    try:
+        arch = gguf_architecture(model_path)
+    except (OSError, UnicodeDecodeError, KeyError, ValueError) as e:
+        raise DumpError(f"cannot read {model_path}: {e}", EXIT_USAGE)
+    model = load_model(str(model_path), arch)
+    try:
+        ids = Tokenizer(model.kv).encode(args.prompt)
+    except TokenizerError as e:
+        raise DumpError(str(e))
+    if not ids:
+        raise DumpError("the prompt gives no tokens", EXIT_USAGE)
+    context = model.kv[f"{arch}.context_length"]
+    if len(ids) + args.n_generate > context:
+        raise DumpError(f"{len(ids)} prompt + {args.n_generate} generated tokens exceed the context of {context}", EXIT_USAGE)
+
+    dump = Dump("tinygrad", version("tinygrad"), args, arch, model.n_layers)
+    dump.put("tokens", np.array(ids))
+
+    taps = {}
+    logits = model.forward(ids, lambda name, t: taps.__setitem__(name, t))
+    Tensor.realize(logits, *taps.values())
+    for name, t in taps.items():
+        dump.put(name, t.numpy())
+    logits_np = logits.numpy()
+    dump.put("logits", logits_np)
+    last = logits_np[-1]
+    dump.put("last_logits", last)
+    first = int(np.argmax(last))  # the first maximum: ties go to the lowest id
+    dump.put("argmax", np.array(first))
+    dump.put("probs", (Tensor(last) / args.temperature).softmax().numpy())
+
+    generated = [first] if args.n_generate > 0 else []
+    while len(generated) < args.n_generate:
+        step = model.forward([generated[-1]])
+        step.realize()
+        model.cache.realize()
+        generated.append(int(np.argmax(step.numpy()[-1])))
+    dump.put("generated", np.array(generated, dtype=np.int64))
+    return dump
+
+
+if __name__ == "__main__":
+    main("tinygrad", run)

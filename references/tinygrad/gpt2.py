@@ -1,0 +1,75 @@
+"""GPT-2 as our own forward pass on tinygrad Tensors (tinygrad's llm package has no GPT-2 model).
+
+Weights come from `tinygrad.llm.gguf.gguf_load` (GGUF stores every matrix [out, in]): token_embd
+(tied with the output), learned position_embd, per block a fused attn_qkv with bias, attn_output,
+LayerNorms with bias, ffn_up/ffn_down with bias and GELU (tanh form); output_norm at the end.
+"""
+
+import math
+
+from tinygrad import Tensor, dtypes
+from tinygrad.llm.gguf import gguf_load
+
+from attention import KVCache, as_f32, causal_attention
+
+
+def layer_norm(x, weight, bias, eps):
+    mean = x.mean(-1, keepdim=True)
+    centred = x - mean
+    var = (centred * centred).mean(-1, keepdim=True)
+    return centred * (var + eps).rsqrt() * weight + bias
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1.0 + (math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)).tanh())
+
+
+class Gpt2:
+    def __init__(self, path):
+        self.kv, sd = gguf_load(path)
+        self.w = {name: as_f32(t).contiguous() for name, t in sd.items()}
+        Tensor.realize(*self.w.values())
+        kv = self.kv
+        self.n_layers = kv["gpt2.block_count"]
+        self.n_heads = kv["gpt2.attention.head_count"]
+        self.d = kv["gpt2.embedding_length"]
+        self.hd = self.d // self.n_heads
+        self.eps = kv["gpt2.attention.layer_norm_epsilon"]
+        self.context = kv["gpt2.context_length"]
+        self.out_w = self.w.get("output.weight", self.w["token_embd.weight"])
+        self.cache = KVCache(self.n_layers)
+
+    def _linear(self, x, name):
+        return x @ self.w[f"{name}.weight"].T + self.w[f"{name}.bias"]
+
+    def _norm(self, x, name):
+        return layer_norm(x, self.w[f"{name}.weight"], self.w[f"{name}.bias"], self.eps)
+
+    def forward(self, ids, tap=None):
+        """Runs tokens `ids` after the cached ones; returns logits [T, V] (lazy). `tap(name, tensor)` sees the checkpoints."""
+        tap = tap or (lambda name, t: None)
+        start, t = self.cache.length(), len(ids)
+        if start + t > self.context:
+            raise ValueError(f"{start + t} positions exceed the model's context of {self.context}")
+        x = self.w["token_embd.weight"][Tensor(ids, dtype=dtypes.int32)] + self.w["position_embd.weight"][start : start + t]
+        tap("embed", x)
+        for i in range(self.n_layers):
+            p = f"blk.{i}"
+            xn = self._norm(x, f"{p}.attn_norm")
+            qkv = self._linear(xn, f"{p}.attn_qkv")
+            q, k, v = qkv[:, : self.d], qkv[:, self.d : 2 * self.d], qkv[:, 2 * self.d :]
+            heads = lambda m: m.reshape(t, self.n_heads, self.hd).transpose(0, 1)  # noqa: E731
+            k_all, v_all = self.cache.append(i, heads(k), heads(v))
+            ctx, probs = causal_attention(heads(q), k_all, v_all, start)
+            attn_out = self._linear(ctx, f"{p}.attn_output")
+            h = x + attn_out
+            fn = self._norm(h, f"{p}.ffn_norm")
+            ffn_out = self._linear(gelu_tanh(self._linear(fn, f"{p}.ffn_up")), f"{p}.ffn_down")
+            x = h + ffn_out
+            for name, val in (("attn_norm", xn), ("q", q), ("k", k), ("v", v), ("k_cache", k_all), ("v_cache", v_all),
+                              ("attn_probs", probs), ("attn_out", attn_out), ("ffn_norm", fn), ("ffn_out", ffn_out),
+                              ("block_out", x)):
+                tap(f"{p}.{name}", val)
+        final = self._norm(x, "output_norm")
+        tap("final_norm", final)
+        return final @ self.out_w.T

@@ -1,0 +1,98 @@
+"""Llama through tinygrad's own model, `tinygrad.llm.model.Transformer`, opened up block by block.
+
+From tinygrad: GGUF loading and dequantisation (`Transformer.from_gguf` / `gguf_load`), its un-permuting
+of the attn_q/attn_k rows into the half-split (HF) RoPE order, the token embedding, every RMSNorm, the
+q/k/v/output projections, RoPE (`precompute_freqs_cis`, `apply_rope`), the SwiGLU FFN
+(`_feed_forward`), the output norm and the output head.
+
+Ours: the block wiring around them (the residual adds, as in `FFNBlock.__call__`, which runs the block
+as one opaque compiled function) and the attention core and KV cache (attention.py), because tinygrad's
+`_attention` hides the probabilities inside `scaled_dot_product_attention` and stores K/V in float16.
+"""
+
+import sys
+import types
+
+from tinygrad import Tensor, dtypes, nn
+
+from attention import KVCache, as_f32, causal_attention
+
+
+def _import_model():
+    """Imports tinygrad.llm.model, filling in `tinygrad.llm.kernels.amd` when the wheel lacks it.
+
+    The tinygrad 0.14.0 wheel ships tinygrad/llm/model.py but not the tinygrad/llm/kernels package it
+    imports. That module's `Linear` is `nn.Linear` everywhere but on RDNA3 GPUs (its custom kernels are
+    gated by `amd_custom_kernels_supported`), so on the CPU device plain `nn.Linear` with the check
+    answering False is the same computation.
+    """
+    try:
+        import tinygrad.llm.kernels.amd  # noqa: F401
+    except ModuleNotFoundError:
+        def _amd_only(*_args, **_kwargs):
+            raise RuntimeError("tinygrad.llm.kernels.amd is missing from this tinygrad install; its AMD kernels cannot run")
+
+        kernels = types.ModuleType("tinygrad.llm.kernels")
+        amd = types.ModuleType("tinygrad.llm.kernels.amd")
+        amd.Linear = nn.Linear
+        amd.amd_custom_kernels_supported = lambda device: False
+        amd.gated_delta_prefill = amd.flash_attention = _amd_only
+        kernels.amd = amd
+        sys.modules["tinygrad.llm.kernels"] = kernels
+        sys.modules["tinygrad.llm.kernels.amd"] = amd
+    import tinygrad.llm.model as model
+
+    return model
+
+
+class Llama:
+    def __init__(self, path):
+        self.tg = _import_model()
+        # HALF=0 (set by dump.py) keeps the GGUF's own types; everything is then widened to float32 once.
+        self.model, self.kv = self.tg.Transformer.from_gguf(path, realize=False)
+        for t in nn.state.get_parameters(self.model):
+            t.replace(as_f32(t).contiguous())
+        Tensor.realize(*nn.state.get_parameters(self.model))
+        cfg = self.model.blk[0].config
+        if type(self.model.blk[0]) is not self.tg.TransformerBlock or cfg.qk_norm or cfg.num_experts or cfg.attn_output_gate:
+            raise ValueError("only plain Llama blocks (no MLA, SSM, MoE, QK-norm or gated attention) are supported")
+        self.n_layers, self.n_heads, self.n_kv, self.hd = cfg.num_blocks, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.freqs = self.tg.precompute_freqs_cis(cfg.rope_dim, cfg.max_context, cfg.rope_theta)
+        self.rope_dim = cfg.rope_dim
+        self.cache = KVCache(self.n_layers)
+
+    def _rope(self, x, start):
+        """x [heads, T, hd] at positions start..; RoPE on the first rope_dim dims, as tinygrad's block does."""
+        t = x.shape[1]
+        rot = self.tg.apply_rope(x[None, :, :, : self.rope_dim], self.freqs[start : start + t])[0]
+        return rot.cat(x[:, :, self.rope_dim :], dim=-1) if self.rope_dim < self.hd else rot
+
+    def forward(self, ids, tap=None):
+        """Runs tokens `ids` after the cached ones; returns logits [T, V] (lazy). `tap(name, tensor)` sees the checkpoints."""
+        tap = tap or (lambda name, t: None)
+        start, t = self.cache.length(), len(ids)
+        m = self.model
+        x = as_f32(m.token_embd(Tensor([ids], dtype=dtypes.int32)))  # [1, T, d]
+        tap("embed", x[0])
+        for i, blk in enumerate(m.blk):
+            xn = blk.attn_norm(x)
+            q, k, v = blk.attn_q(xn)[0], blk.attn_k(xn)[0], blk.attn_v(xn)[0]  # [T, heads*hd], HF order
+            qh = q.reshape(t, self.n_heads, self.hd).transpose(0, 1)
+            kh = k.reshape(t, self.n_kv, self.hd).transpose(0, 1)
+            vh = v.reshape(t, self.n_kv, self.hd).transpose(0, 1)
+            qr, kr = self._rope(qh, start), self._rope(kh, start)
+            k_all, v_all = self.cache.append(i, kr, vh)
+            ctx, probs = causal_attention(qr, k_all, v_all, start)
+            attn_out = blk.attn_output(ctx[None])
+            h = x + attn_out
+            fn = blk.ffn_norm(h)
+            ffn_out = blk._feed_forward(fn)
+            x = h + ffn_out
+            for name, val in (("attn_norm", xn[0]), ("q", q), ("k", k), ("v", v),
+                              ("q_rope", qr.transpose(0, 1).reshape(t, -1)), ("k_rope", kr.transpose(0, 1).reshape(t, -1)),
+                              ("k_cache", k_all), ("v_cache", v_all), ("attn_probs", probs), ("attn_out", attn_out[0]),
+                              ("ffn_norm", fn[0]), ("ffn_out", ffn_out[0]), ("block_out", x[0])):
+                tap(f"blk.{i}.{name}", val)
+        final = m.output_norm(x)
+        tap("final_norm", final[0])
+        return m.output(final)[0]
