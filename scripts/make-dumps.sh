@@ -4,6 +4,7 @@
 #
 #   scripts/make-dumps.sh            # every model x prompt x reference of the suite
 #   scripts/make-dumps.sh pytorch    # only one reference
+#   scripts/make-dumps.sh "" missing # only the dumps not there yet
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PARITY_CACHE:-$HOME/.cache/parity}/venv/bin/python"
@@ -12,8 +13,9 @@ only="${1:-}"
 # The same environment `parity run --live` gives the dumpers: every reference in f32.
 export DEV=CPU HALF=0 PARITY_LLAMACPP_KV_TYPE=f32
 
-"$PY" - "$only" <<'PYEOF'
+"$PY" - "$only" "${2:-}" <<'PYEOF'
 import subprocess, sys, tomllib, time
+from pathlib import Path
 only = sys.argv[1]
 suite = tomllib.load(open("checkpoints/suite.toml", "rb"))
 for model in suite["model"]:
@@ -22,7 +24,10 @@ for model in suite["model"]:
             if only and ref != only:
                 continue
             out = f"{suite['dumps']}/{model['id']}/{prompt['id']}/{ref}"
-            cmd = [sys.executable, f"references/{ref}/dump.py", "--model", model["path"], "--prompt", prompt["text"],
+            if len(sys.argv) > 2 and sys.argv[2] == "missing" and Path(out, "manifest.toml").exists():
+                continue
+            path = model.get("ref_paths", {}).get(ref, model["path"])
+            cmd = [sys.executable, f"references/{ref}/dump.py", "--model", path, "--prompt", prompt["text"],
                    "--n-generate", str(suite["n_generate"]), "--temperature", str(suite["temperature"]),
                    "--threads", str(suite["threads"]), "--out", out]
             t0 = time.time()
