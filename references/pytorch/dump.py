@@ -23,7 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
 
-from dumpkit import EXIT_USAGE, Dump, DumpError, main  # noqa: E402
+try:
+    from dumpkit import EXIT_USAGE, Dump, DumpError, main
+except ImportError as e:  # dumpkit needs numpy: without it, still fail the documented way (exit 3, one line)
+    print(f"pytorch: reference not installed ({e}); run scripts/setup-references.sh", file=sys.stderr)
+    sys.exit(3)
 
 ARCHS = {"llama": "llama", "gpt2": "gpt2"}  # transformers model_type -> catalog arch
 

@@ -307,6 +307,15 @@ class Usage(unittest.TestCase):
             self.assertEqual(result.returncode, 2, result.stderr)
             self.assertIn("no *.safetensors", result.stderr)
 
+    def test_missing_packages_exit_3_with_one_line(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            # -S leaves site-packages (numpy, torch, transformers) off the path.
+            cmd = [sys.executable, "-S", str(DUMPER), "--model", str(MODELS / "tiny-llama" / "hf"), "--prompt", PROMPT, "--out", str(Path(tmp) / "out")]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            self.assertEqual(result.returncode, 3, result.stderr)
+            self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+            self.assertIn("not installed", result.stderr)
+
 
 class GgufTokenizer(unittest.TestCase):
     """The corrected GGUF tokenizer against llama.cpp's ids in fixtures/tokenizer/expected.json."""
