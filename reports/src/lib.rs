@@ -6,6 +6,7 @@
 
 pub mod results;
 pub mod confidence;
+pub mod markdown;
 pub mod summary;
 
 #[cfg(test)]
