@@ -6,6 +6,8 @@
 
 pub mod results;
 pub mod confidence;
+pub mod json;
+pub mod junit;
 pub mod markdown;
 pub mod summary;
 
