@@ -5,6 +5,7 @@
 //! rule; [`markdown`], [`html`], [`junit`] and [`json`] render it; [`bundle`] writes a proof bundle.
 
 pub mod results;
+pub mod bundle;
 pub mod confidence;
 pub mod json;
 pub mod junit;
