@@ -1,5 +1,16 @@
 //! What a parity run found, and the reports rendered from it.
 //!
-//! [`results`] is the data model comparison produces and every report reads.
+//! [`results`] is the data model comparison produces and every report reads; [`summary`] regroups it
+//! into the checkpoint x reference grid and the verdict; [`confidence`] grades the run by a documented
+//! rule; [`markdown`], [`html`], [`junit`] and [`json`] render it; [`bundle`] writes a proof bundle.
 
 pub mod results;
+pub mod bundle;
+pub mod confidence;
+pub mod json;
+pub mod junit;
+pub mod markdown;
+pub mod summary;
+
+#[cfg(test)]
+pub(crate) mod fixture;

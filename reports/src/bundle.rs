@@ -1,0 +1,379 @@
+//! Proof bundles: a directory per run holding its reports, results and a manifest that pins every
+//! input and output by SHA-256, so a reader can check later that nothing was swapped or edited.
+//!
+//! Layout: `<root>/<kind>/<run_id>/`. `root` is `LLORCH_PROOF_DIR` if set, else `.proof_bundle/`
+//! under the project root. A bundle is written into `<run_id>.tmp-<pid>` and renamed into place by
+//! [`Bundle::finish`], so a bundle directory is either complete or absent; an interrupted run leaves
+//! its `.tmp-<pid>` directory behind for inspection. An existing bundle is never overwritten.
+//!
+//! Every text file starts with a generated-file header (run id, time, command line, engine commit)
+//! in its format's comment syntax; JSON carries it in a top-level `"_generated"` field.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+/// The file every bundle lists its inputs and outputs in.
+pub const MANIFEST: &str = "manifest.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("proof bundle {0} already exists; bundles are never overwritten: set another LLORCH_RUN_ID or move it away")]
+    Exists(PathBuf),
+    #[error("{action} {path}: {source}")]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("bundle file name {0:?} must be a relative path that stays inside the bundle")]
+    BadName(String),
+    #[error("no generated-file header syntax for {0:?}: use write_bytes for binary files")]
+    UnknownFormat(String),
+    #[error("{0}: JSON written to a bundle must be an object, to carry the \"_generated\" field")]
+    JsonNotObject(String),
+    #[error("manifest {path}: {message}")]
+    Manifest { path: PathBuf, message: String },
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BundleError {
+    let path = path.to_path_buf();
+    move |source| BundleError::Io { action, path, source }
+}
+
+/// Who made the bundle: written into every file's header and the manifest. The caller supplies
+/// the command line and the engine's git commit; [`Provenance::now`] fills in id and time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub run_id: String,
+    /// UTC, RFC 3339.
+    pub created: String,
+    pub command: String,
+    pub engine_commit: String,
+}
+
+impl Provenance {
+    /// Stamps the current time; the run id is `LLORCH_RUN_ID` if set, else generated.
+    pub fn now(command: &str, engine_commit: &str) -> Provenance {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (compact, iso) = utc(secs);
+        let run_id = std::env::var("LLORCH_RUN_ID").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
+            format!("{compact}-{:06x}", random_u64() & 0xff_ffff)
+        });
+        Provenance { run_id, created: iso, command: command.into(), engine_commit: engine_commit.into() }
+    }
+}
+
+/// `LLORCH_PROOF_DIR` if set, else `<project_root>/.proof_bundle`.
+pub fn default_root(project_root: &Path) -> PathBuf {
+    match std::env::var_os("LLORCH_PROOF_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => project_root.join(".proof_bundle"),
+    }
+}
+
+/// The environment a run happened in, recorded in the manifest (versions, host, threads, replay).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Component name to version: engine, each reference, rustc, python...
+    pub versions: BTreeMap<String, String>,
+    pub host: String,
+    pub threads: usize,
+    /// The command that reproduces this run.
+    pub replay: String,
+}
+
+/// One hashed file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileHash {
+    /// Inputs: what the file is (`model`, `tokenizer`, `dumps`, `spec`). Outputs: empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role: String,
+    /// Inputs: the path as given (absolute if given so). Outputs: relative to the bundle.
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Manifest {
+    bundle: BundleSection,
+    run: RunInfo,
+    #[serde(default)]
+    input: Vec<FileHash>,
+    #[serde(default)]
+    output: Vec<FileHash>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct BundleSection {
+    kind: String,
+    #[serde(flatten)]
+    provenance: Provenance,
+}
+
+/// A bundle being written. Nothing is visible under its final name until [`Bundle::finish`].
+#[derive(Debug)]
+pub struct Bundle {
+    kind: String,
+    provenance: Provenance,
+    tmp_dir: PathBuf,
+    final_dir: PathBuf,
+    inputs: Vec<FileHash>,
+    outputs: BTreeSet<String>,
+}
+
+impl Bundle {
+    /// Starts `<root>/<kind>/<provenance.run_id>`; fails if that bundle already exists.
+    pub fn create(root: &Path, kind: &str, provenance: Provenance) -> Result<Bundle, BundleError> {
+        for part in [kind, provenance.run_id.as_str()] {
+            if part.is_empty() || part.contains(['/', '\\']) || part.starts_with('.') {
+                return Err(BundleError::BadName(part.to_string()));
+            }
+        }
+        let parent = root.join(kind);
+        let final_dir = parent.join(&provenance.run_id);
+        if final_dir.exists() {
+            return Err(BundleError::Exists(final_dir));
+        }
+        let tmp_dir = parent.join(format!("{}.tmp-{}", provenance.run_id, std::process::id()));
+        fs::create_dir_all(&tmp_dir).map_err(io("creating", &tmp_dir))?;
+        Ok(Bundle { kind: kind.into(), provenance, tmp_dir, final_dir, inputs: Vec::new(), outputs: BTreeSet::new() })
+    }
+
+    /// Where the bundle will be once finished.
+    pub fn final_dir(&self) -> &Path {
+        &self.final_dir
+    }
+
+    pub fn provenance(&self) -> &Provenance {
+        &self.provenance
+    }
+
+    /// Writes a text file with the generated-file header for its extension (md, html, xml, svg,
+    /// toml, txt, csv, log, json). Returns the file's path in the temporary directory.
+    pub fn write_text(&mut self, name: &str, body: &str) -> Result<PathBuf, BundleError> {
+        let text = with_header(name, body, &self.provenance)?;
+        self.write_bytes(name, text.as_bytes())
+    }
+
+    /// Writes a file as-is (for binary outputs such as `.npy` dumps).
+    pub fn write_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<PathBuf, BundleError> {
+        check_name(name)?;
+        let path = self.tmp_dir.join(name);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+        fs::write(&path, bytes).map_err(io("writing", &path))?;
+        self.outputs.insert(name.to_string());
+        Ok(path)
+    }
+
+    /// Hashes an input now (a directory: every file under it, each listed separately).
+    pub fn add_input(&mut self, role: &str, path: &Path) -> Result<(), BundleError> {
+        let mut files = Vec::new();
+        collect_files(path, &mut files)?;
+        for file in files {
+            let (sha256, bytes) = hash_file(&file)?;
+            self.inputs.push(FileHash { role: role.into(), path: file.display().to_string(), sha256, bytes });
+        }
+        Ok(())
+    }
+
+    /// Hashes every output, writes the manifest and renames the bundle into place.
+    pub fn finish(self, run: RunInfo) -> Result<PathBuf, BundleError> {
+        let mut output = Vec::new();
+        for name in &self.outputs {
+            let (sha256, bytes) = hash_file(&self.tmp_dir.join(name))?;
+            output.push(FileHash { role: String::new(), path: name.clone(), sha256, bytes });
+        }
+        let manifest = Manifest {
+            bundle: BundleSection { kind: self.kind.clone(), provenance: self.provenance.clone() },
+            run,
+            input: self.inputs.clone(),
+            output,
+        };
+        let body = toml::to_string(&manifest).map_err(|e| BundleError::Manifest {
+            path: self.tmp_dir.join(MANIFEST),
+            message: e.to_string(),
+        })?;
+        let path = self.tmp_dir.join(MANIFEST);
+        fs::write(&path, with_header(MANIFEST, &body, &self.provenance)?).map_err(io("writing", &path))?;
+        // rename(2) would happily replace an empty directory; refuse any existing one.
+        if self.final_dir.exists() {
+            return Err(BundleError::Exists(self.final_dir));
+        }
+        fs::rename(&self.tmp_dir, &self.final_dir).map_err(io("renaming the bundle into", &self.final_dir))?;
+        Ok(self.final_dir)
+    }
+}
+
+/// What [`verify`] found; clean when all three lists are empty.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Verification {
+    /// Listed files whose SHA-256 differs (outputs relative to the bundle, inputs as recorded).
+    pub changed: Vec<String>,
+    pub missing: Vec<String>,
+    /// Files in the bundle the manifest does not list.
+    pub extra: Vec<String>,
+}
+
+impl Verification {
+    pub fn is_clean(&self) -> bool {
+        self.changed.is_empty() && self.missing.is_empty() && self.extra.is_empty()
+    }
+}
+
+/// Re-hashes every input and output the bundle's manifest lists.
+pub fn verify(bundle_dir: &Path) -> Result<Verification, BundleError> {
+    let path = bundle_dir.join(MANIFEST);
+    let text = fs::read_to_string(&path).map_err(io("reading", &path))?;
+    let manifest: Manifest =
+        toml::from_str(&text).map_err(|e| BundleError::Manifest { path: path.clone(), message: e.to_string() })?;
+    let mut report = Verification::default();
+    let inputs = manifest.input.iter().map(|f| (f, PathBuf::from(&f.path)));
+    let outputs = manifest.output.iter().map(|f| (f, bundle_dir.join(&f.path)));
+    for (listed, file) in inputs.chain(outputs) {
+        if !file.is_file() {
+            report.missing.push(listed.path.clone());
+        } else if hash_file(&file)?.0 != listed.sha256 {
+            report.changed.push(listed.path.clone());
+        }
+    }
+    let listed: BTreeSet<&str> = manifest.output.iter().map(|f| f.path.as_str()).collect();
+    let mut present = Vec::new();
+    collect_files(bundle_dir, &mut present)?;
+    for file in present {
+        let rel = file.strip_prefix(bundle_dir).unwrap_or(&file).to_string_lossy().replace('\\', "/");
+        if rel != MANIFEST && !listed.contains(rel.as_str()) {
+            report.extra.push(rel);
+        }
+    }
+    Ok(report)
+}
+
+/// Prepends the generated-file header in the comment syntax of `name`'s extension.
+fn with_header(name: &str, body: &str, p: &Provenance) -> Result<String, BundleError> {
+    let lines = [
+        format!("generated by parity; do not edit (run {})", p.run_id),
+        format!("created: {}", p.created),
+        format!("command: {}", p.command),
+        format!("engine commit: {}", p.engine_commit),
+    ];
+    let ext = Path::new(name).extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "md" | "html" | "xml" | "svg" => {
+            // `--` may not occur inside an XML/HTML comment, and command lines are full of it.
+            let inner: Vec<String> = lines.iter().map(|l| one_line(l).replace("--", "- -")).collect();
+            let comment = format!("<!--\n{}\n-->\n", inner.join("\n"));
+            // An XML declaration must stay the very first thing in the document.
+            if body.starts_with("<?xml") {
+                let split = body.find('\n').map_or(body.len(), |i| i + 1);
+                let (decl, rest) = body.split_at(split);
+                let decl = if decl.ends_with('\n') { decl.to_string() } else { format!("{decl}\n") };
+                return Ok(format!("{decl}{comment}{rest}"));
+            }
+            Ok(format!("{comment}{body}"))
+        }
+        "toml" | "txt" | "csv" | "log" => {
+            let comment: String = lines.iter().map(|l| format!("# {}\n", one_line(l))).collect();
+            Ok(format!("{comment}{body}"))
+        }
+        "json" => {
+            let generated = serde_json::json!({
+                "note": "generated by parity; do not edit",
+                "run_id": p.run_id, "created": p.created, "command": p.command, "engine_commit": p.engine_commit,
+            });
+            let trimmed = body.trim_start();
+            let Some(after) = trimmed.strip_prefix('{') else { return Err(BundleError::JsonNotObject(name.into())) };
+            // Textual insertion keeps the body's own key order.
+            let sep = if after.trim_start().starts_with('}') { "" } else { "," };
+            Ok(format!("{{\n  \"_generated\": {generated}{sep}{after}"))
+        }
+        _ => Err(BundleError::UnknownFormat(name.into())),
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.replace(['\n', '\r'], " ")
+}
+
+fn check_name(name: &str) -> Result<(), BundleError> {
+    let path = Path::new(name);
+    let inside = path.components().all(|c| matches!(c, Component::Normal(_)));
+    if name.is_empty() || !inside || name == MANIFEST {
+        return Err(BundleError::BadName(name.to_string()));
+    }
+    Ok(())
+}
+
+/// `path` itself if a file, else every file under it, sorted.
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), BundleError> {
+    let meta = fs::metadata(path).map_err(io("reading", path))?;
+    if meta.is_file() {
+        out.push(path.to_path_buf());
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = fs::read_dir(path)
+        .map_err(io("listing", path))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(io("listing", path))?;
+    entries.sort();
+    for entry in entries {
+        collect_files(&entry, out)?;
+    }
+    Ok(())
+}
+
+/// SHA-256 (lowercase hex) and length of a file, streamed.
+pub fn hash_file(path: &Path) -> Result<(String, u64), BundleError> {
+    let mut file = fs::File::open(path).map_err(io("opening", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io("reading", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    let hex = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((hex, total))
+}
+
+/// Entropy for run ids without a dependency: std's per-process random hasher keys, mixed with time.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Seconds since the epoch as (`20261122T212400Z`, `2026-11-22T21:24:00Z`), proleptic Gregorian UTC.
+fn utc(secs: u64) -> (String, String) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil date from a day count, counting in 400-year eras that start on March 1st.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    (
+        format!("{y:04}{mo:02}{d:02}T{h:02}{m:02}{s:02}Z"),
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z"),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,207 @@
+//! How much a run's agreement is worth: a level from 0 to 4, derived only from the results.
+//!
+//! The rule (also rendered verbatim in every report, see [`RULE`]):
+//!
+//! - **0 none**: any check failed (fail, missing, layout, non-finite), or nothing was compared.
+//! - Otherwise, for every model/prompt/dtype and every checkpoint compared anywhere in the run, count
+//!   the distinct references whose checks at that checkpoint all pass (a near-tie counts as agreeing).
+//!   The smallest such count over the whole run, capped at 3, gives **+1 per independent reference**.
+//!   A checkpoint some model/prompt did not compare at all counts zero references there.
+//! - **+1 generation**: checkpoint 12 (`generated`) was compared for every model/prompt against
+//!   every reference and every greedy continuation matched exactly, on top of at least one agreeing
+//!   reference (a matching continuation alone, with some checkpoint unconfirmed, earns nothing). Near-ties earn no point: they
+//!   are counted and named separately.
+//!
+//! Levels: 0 none, 1 low, 2 moderate, 3 high, 4 full.
+
+use crate::results::{RunResults, Status};
+use crate::summary::{self, Subject};
+use serde::Serialize;
+
+/// The checkpoint whose exact match earns the generation point.
+pub const GENERATED_CHECKPOINT: u32 = 12;
+
+/// The rule, as shown to readers of every report.
+pub const RULE: &[&str] = &[
+    "0 (none): any check failed (fail, missing, layout, non-finite), or nothing was compared.",
+    "+1 for each independent reference (up to 3) that agrees on every checkpoint compared in the run, \
+     for every model/prompt: the level counts the smallest number of agreeing references found anywhere \
+     (a near-tie counts as agreeing).",
+    "+1 when the greedy continuation (checkpoint 12, generated) matches exactly against every reference \
+     for every model/prompt, given at least one agreeing reference; near-ties earn no point and are listed.",
+    "Levels: 0 none, 1 low, 2 moderate, 3 high, 4 full.",
+];
+
+/// How many references agree on one checkpoint of one model/prompt.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Agreement {
+    pub subject: String,
+    pub checkpoint_id: u32,
+    pub checkpoint: String,
+    pub agreeing: Vec<String>,
+    pub disagreeing: Vec<String>,
+}
+
+/// The graded run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Confidence {
+    pub level: u8,
+    pub name: &'static str,
+    /// Checks that failed; any makes the level 0.
+    pub failures: usize,
+    pub checks: usize,
+    /// The smallest number of references agreeing on any checkpoint (uncapped).
+    pub min_agreeing_references: usize,
+    /// Every continuation compared matched exactly.
+    pub generation_matches: bool,
+    /// `subject checkpoint reference: note` for every near-tie in the run.
+    pub near_ties: Vec<String>,
+    pub agreement: Vec<Agreement>,
+}
+
+impl Confidence {
+    pub fn of(run: &RunResults) -> Confidence {
+        let all = run.cases.iter().flat_map(|c| &c.checks);
+        let checks = all.clone().count();
+        let failures = all.filter(|k| k.status.is_failure()).count();
+        let subjects = summary::subjects(run);
+        let agreement: Vec<Agreement> = subjects.iter().flat_map(agreement_of).collect();
+        let min_agreeing_references = agreement.iter().map(|a| a.agreeing.len()).min().unwrap_or(0);
+        let generation_matches = !subjects.is_empty() && subjects.iter().all(generation_matches);
+        let near_ties = near_ties(&subjects);
+
+        let level = if failures > 0 || checks == 0 {
+            0
+        } else {
+            let references = min_agreeing_references.min(3) as u8;
+            references + u8::from(generation_matches && references > 0)
+        };
+        let name = ["none", "low", "moderate", "high", "full"][level as usize];
+        Confidence { level, name, failures, checks, min_agreeing_references, generation_matches, near_ties, agreement }
+    }
+
+    /// `3/4 (high)`.
+    pub fn label(&self) -> String {
+        format!("{}/4 ({})", self.level, self.name)
+    }
+}
+
+fn agreement_of(subject: &Subject) -> Vec<Agreement> {
+    subject
+        .checkpoints
+        .iter()
+        .map(|(id, name)| {
+            let (mut agreeing, mut disagreeing) = (Vec::new(), Vec::new());
+            for (reference, _) in &subject.references {
+                match subject.cells.get(&(*id, reference.clone())) {
+                    Some(cell) if cell.failed == 0 => agreeing.push(reference.clone()),
+                    Some(_) => disagreeing.push(reference.clone()),
+                    None => {}
+                }
+            }
+            Agreement { subject: subject.title(), checkpoint_id: *id, checkpoint: name.clone(), agreeing, disagreeing }
+        })
+        .collect()
+}
+
+fn generation_matches(subject: &Subject) -> bool {
+    subject.references.iter().all(|(reference, _)| {
+        subject
+            .cells
+            .get(&(GENERATED_CHECKPOINT, reference.clone()))
+            .is_some_and(|cell| cell.raw.iter().all(|k| k.status == Status::Pass))
+    })
+}
+
+fn near_ties(subjects: &[Subject]) -> Vec<String> {
+    let mut out = Vec::new();
+    for subject in subjects {
+        for ((id, reference), cell) in &subject.cells {
+            for check in cell.raw.iter().filter(|k| k.status == Status::NearTie) {
+                let note = check.note.as_deref().unwrap_or("no note");
+                out.push(format!("{} {id:02} {} against {reference}: {note}", subject.title(), check.key));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture;
+
+    #[test]
+    fn any_failure_makes_the_level_zero() {
+        let c = Confidence::of(&fixture::run());
+        assert_eq!((c.level, c.name), (0, "none"));
+        // Fixture: 2 missing tinygrad k_cache layers and 1 failing tinygrad logits.
+        assert_eq!(c.failures, 3);
+    }
+
+    #[test]
+    fn three_agreeing_references_with_a_near_tie_in_generation_is_level_three() {
+        let c = Confidence::of(&fixture::all_pass_run());
+        assert_eq!(c.min_agreeing_references, 3);
+        assert!(!c.generation_matches);
+        assert_eq!(c.level, 3);
+        assert_eq!(c.near_ties.len(), 1);
+        assert!(c.near_ties[0].contains("against pytorch"), "{}", c.near_ties[0]);
+    }
+
+    #[test]
+    fn exact_generation_against_every_reference_adds_one() {
+        let mut run = fixture::all_pass_run();
+        for check in run.cases.iter_mut().flat_map(|c| &mut c.checks) {
+            if check.status == Status::NearTie {
+                check.status = Status::Pass;
+            }
+        }
+        let c = Confidence::of(&run);
+        assert_eq!((c.level, c.name), (4, "full"));
+    }
+
+    #[test]
+    fn the_least_covered_model_sets_the_reference_count() {
+        let mut run = fixture::all_pass_run();
+        let mut single = run.cases[0].clone();
+        single.model = "tiny-gpt2-hf".into();
+        run.cases.push(single);
+        let c = Confidence::of(&run);
+        assert_eq!(c.min_agreeing_references, 1);
+        // One reference, and generation is not exact everywhere (the llama pytorch near-tie).
+        assert_eq!(c.level, 1);
+    }
+
+    #[test]
+    fn a_checkpoint_one_model_never_compared_counts_zero_references() {
+        let mut run = fixture::all_pass_run();
+        let mut partial = run.cases[0].clone();
+        partial.model = "tiny-gpt2-hf".into();
+        partial.checks.retain(|k| k.checkpoint_id != 2);
+        run.cases.push(partial);
+        let c = Confidence::of(&run);
+        assert_eq!(c.min_agreeing_references, 0);
+        assert_eq!(c.level, 0);
+    }
+
+    #[test]
+    fn matching_generation_alone_earns_nothing() {
+        let mut run = fixture::all_pass_run();
+        run.cases.truncate(1);
+        let mut partial = run.cases[0].clone();
+        partial.model = "tiny-gpt2-hf".into();
+        partial.checks.retain(|k| k.checkpoint_id != 2);
+        run.cases.push(partial);
+        let c = Confidence::of(&run);
+        assert!(c.generation_matches);
+        assert_eq!(c.level, 0);
+    }
+
+    #[test]
+    fn nothing_compared_is_level_zero() {
+        let mut run = fixture::all_pass_run();
+        run.cases.clear();
+        assert_eq!(Confidence::of(&run).level, 0);
+    }
+}

@@ -1,0 +1,148 @@
+//! report.md: one page for a stakeholder. Verdict and confidence first, then per model/prompt a
+//! checkpoint x reference table (status, worst margin and where), then everything that did not pass.
+
+use crate::confidence::{Confidence, RULE};
+use crate::results::RunResults;
+use crate::summary::{self, keys_summary, margin_text, status_name, Cell, Subject, Verdict};
+use std::fmt::Write;
+
+/// Renders the whole report. The bundle adds the generated-file header.
+pub fn render(run: &RunResults) -> String {
+    let verdict = Verdict::of(run);
+    let confidence = Confidence::of(run);
+    let mut out = String::new();
+    let w = &mut out;
+    line(w, format!("# parity report: run `{}`", run.run_id));
+    line(w, String::new());
+    line(w, format!("Engine: `{}`", run.engine_version));
+    line(w, String::new());
+    line(w, format!("**Verdict: {}** (exit code {})  ", verdict.label(), verdict.exit_code()));
+    line(w, format!("**Confidence: {}**", confidence.label()));
+    line(w, String::new());
+    confidence_section(w, &confidence);
+    if !run.reference_errors.is_empty() {
+        line(w, "## Reference errors".into());
+        line(w, String::new());
+        for (reference, error) in &run.reference_errors {
+            line(w, format!("- **{}**: {}", cell_text(reference), cell_text(error)));
+        }
+        line(w, String::new());
+    }
+    for subject in summary::subjects(run) {
+        subject_section(w, &subject);
+    }
+    out
+}
+
+fn line(out: &mut String, text: String) {
+    let _ = writeln!(out, "{text}");
+}
+
+fn confidence_section(w: &mut String, c: &Confidence) {
+    line(w, "## Confidence".into());
+    line(w, String::new());
+    line(w, format!(
+        "{} checks, {} failed; the least-covered checkpoint agrees with {} reference(s); generation {}.",
+        c.checks,
+        c.failures,
+        c.min_agreeing_references,
+        if c.generation_matches { "matches exactly everywhere" } else { "does not match exactly everywhere" }
+    ));
+    line(w, String::new());
+    line(w, "Rule:".into());
+    line(w, String::new());
+    for rule in RULE {
+        line(w, format!("- {rule}"));
+    }
+    line(w, String::new());
+    if !c.near_ties.is_empty() {
+        line(w, format!("Near-ties ({}), not failures:", c.near_ties.len()));
+        line(w, String::new());
+        for tie in &c.near_ties {
+            line(w, format!("- {}", cell_text(tie)));
+        }
+        line(w, String::new());
+    }
+}
+
+fn subject_section(w: &mut String, s: &Subject) {
+    line(w, format!("## {}", cell_text(&s.title())));
+    line(w, String::new());
+    let refs: Vec<String> = s.references.iter().map(|(r, v)| format!("{r} {v}")).collect();
+    line(w, format!("References: {}", cell_text(&refs.join(", "))));
+    line(w, String::new());
+    let mut header = "| # | checkpoint | agreeing |".to_string();
+    let mut rule = "|---|---|---|".to_string();
+    for (reference, _) in &s.references {
+        header += &format!(" {} |", cell_text(reference));
+        rule += "---|";
+    }
+    line(w, header);
+    line(w, rule);
+    for (id, name) in &s.checkpoints {
+        let mut row = format!("| {id:02} | {name} | {} |", agreeing_text(s, *id));
+        for (reference, _) in &s.references {
+            row += &format!(" {} |", cell_summary(s.cells.get(&(*id, reference.clone()))));
+        }
+        line(w, row);
+    }
+    line(w, String::new());
+    let mut findings = Vec::new();
+    for ((id, reference), cell) in &s.cells {
+        for f in &cell.findings {
+            findings.push(format!(
+                "- {id:02} against {}: **{}** {} ({}){}",
+                cell_text(reference),
+                status_name(f.status),
+                cell_text(&keys_summary(&f.keys)),
+                f.keys.len(),
+                if f.note.is_empty() { String::new() } else { format!(": {}", cell_text(&f.note)) }
+            ));
+        }
+    }
+    if !findings.is_empty() {
+        line(w, "Not passing (missing, failing, near-ties):".into());
+        line(w, String::new());
+        for f in findings {
+            line(w, f);
+        }
+        line(w, String::new());
+    }
+}
+
+/// `2/3`: references whose checks at this checkpoint all pass or near-tie, of those in the subject.
+pub(crate) fn agreeing_text(s: &Subject, id: u32) -> String {
+    let agreeing = s.references.iter().filter(|(r, _)| s.cells.get(&(id, r.clone())).is_some_and(|c| c.failed == 0)).count();
+    format!("{agreeing}/{}", s.references.len())
+}
+
+/// `pass, +90.0% at blk.1.k (max_abs)`; `not compared` when the reference has no checks there.
+pub(crate) fn cell_summary(cell: Option<&Cell>) -> String {
+    let Some(cell) = cell else { return "not compared".into() };
+    let status = status_name(cell.status);
+    match &cell.worst {
+        Some(worst) => format!("{status}, {} at {} ({})", margin_text(worst.margin), worst.key, worst.metric),
+        None => status.to_string(),
+    }
+}
+
+/// Keeps text from breaking a table row or turning into markup.
+fn cell_text(text: &str) -> String {
+    text.replace('|', "\\|").replace('<', "&lt;").replace('>', "&gt;").replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture;
+
+    #[test]
+    fn report_md_matches_snapshot() {
+        insta::assert_snapshot!(render(&fixture::run()));
+    }
+
+    #[test]
+    fn a_pipe_in_a_note_does_not_split_the_table_row() {
+        assert_eq!(cell_text("a|b"), "a\\|b");
+    }
+}
