@@ -1,0 +1,308 @@
+//! Error metrics between a reference tensor and the engine's, accumulated in f64.
+//!
+//! Every function takes `(reference, engine)` in that order; the error is `engine - reference`.
+//! NaN never hides: any NaN in the inputs makes the metric NaN (Rust's `f64::max` would drop it),
+//! and a NaN metric fails any threshold. The comparison screens non-finite tensors before measuring;
+//! these rules are the second line of defence. Empty inputs: error metrics are 0 (no element differs),
+//! similarity metrics are their ideal value (two empty vectors are equal). Slices of unequal length
+//! are a caller bug and panic, because zipping them would silently measure a prefix.
+
+/// `p_engine` is floored at this before `ln`, so a probability the engine rounds to 0 where the
+/// reference has mass costs `p_ref * ln(p_ref / 1e-12)` instead of +inf.
+pub const KL_FLOOR: f64 = 1e-12;
+
+fn check_lengths(reference: &[f32], engine: &[f32]) {
+    assert_eq!(reference.len(), engine.len(), "metrics need equal lengths (the caller checks shapes first)");
+}
+
+/// A max that propagates NaN instead of ignoring it.
+fn nan_max(acc: f64, x: f64) -> f64 {
+    if acc.is_nan() || x.is_nan() {
+        f64::NAN
+    } else {
+        acc.max(x)
+    }
+}
+
+pub fn all_finite(values: &[f32]) -> bool {
+    values.iter().all(|x| x.is_finite())
+}
+
+/// Largest absolute error.
+pub fn max_abs(reference: &[f32], engine: &[f32]) -> f64 {
+    check_lengths(reference, engine);
+    reference.iter().zip(engine).fold(0.0, |acc, (&r, &e)| nan_max(acc, (e as f64 - r as f64).abs()))
+}
+
+/// Largest `|error| / max(|reference|, floor)`: the floor keeps near-zero reference values from
+/// turning rounding noise into huge ratios.
+pub fn max_rel(reference: &[f32], engine: &[f32], floor: f64) -> f64 {
+    check_lengths(reference, engine);
+    reference.iter().zip(engine).fold(0.0, |acc, (&r, &e)| nan_max(acc, (e as f64 - r as f64).abs() / (r as f64).abs().max(floor)))
+}
+
+/// Largest absolute error as a fraction of the reference's largest magnitude: a scale-free
+/// max error, so one threshold serves logits (~10) and attention probabilities (<= 1) alike.
+/// 0 when both are all zeros, +inf when only the reference is.
+pub fn max_abs_scaled(reference: &[f32], engine: &[f32]) -> f64 {
+    let err = max_abs(reference, engine);
+    let peak = reference.iter().fold(0.0, |acc, &r| nan_max(acc, (r as f64).abs()));
+    ratio(err, peak)
+}
+
+pub fn mean_abs(reference: &[f32], engine: &[f32]) -> f64 {
+    check_lengths(reference, engine);
+    if reference.is_empty() {
+        return 0.0;
+    }
+    reference.iter().zip(engine).map(|(&r, &e)| (e as f64 - r as f64).abs()).sum::<f64>() / reference.len() as f64
+}
+
+pub fn rmse(reference: &[f32], engine: &[f32]) -> f64 {
+    check_lengths(reference, engine);
+    if reference.is_empty() {
+        return 0.0;
+    }
+    (error_energy(reference, engine) / reference.len() as f64).sqrt()
+}
+
+/// Normalised mean squared error: `sum (e - r)^2 / sum r^2`. 0 when both are zero, +inf when only
+/// the reference is.
+pub fn nmse(reference: &[f32], engine: &[f32]) -> f64 {
+    ratio(error_energy(reference, engine), energy(reference))
+}
+
+/// Cosine similarity. Two all-zero (or empty) vectors are identical: 1. One all-zero vector against
+/// a non-zero one has no direction to agree with: 0.
+pub fn cosine(reference: &[f32], engine: &[f32]) -> f64 {
+    check_lengths(reference, engine);
+    let dot: f64 = reference.iter().zip(engine).map(|(&r, &e)| r as f64 * e as f64).sum();
+    let (nr, ne) = (energy(reference), energy(engine));
+    if nr.is_nan() || ne.is_nan() || dot.is_nan() {
+        return f64::NAN;
+    }
+    match (nr == 0.0, ne == 0.0) {
+        (true, true) => 1.0,
+        (true, false) | (false, true) => 0.0,
+        _ => dot / (nr.sqrt() * ne.sqrt()),
+    }
+}
+
+/// Signal to quantisation-noise ratio in dB: `10 log10(sum r^2 / sum (e - r)^2)`; +inf when exact.
+pub fn sqnr_db(reference: &[f32], engine: &[f32]) -> f64 {
+    let (signal, noise) = (energy(reference), error_energy(reference, engine));
+    if signal.is_nan() || noise.is_nan() {
+        return f64::NAN;
+    }
+    if noise == 0.0 {
+        return f64::INFINITY;
+    }
+    10.0 * (signal / noise).log10()
+}
+
+/// KL(p_ref || p_engine) in nats, for two probability vectors. Terms where the reference has no
+/// mass contribute 0; the engine's probabilities are floored at [`KL_FLOOR`].
+pub fn kl_divergence(p_ref: &[f32], p_engine: &[f32]) -> f64 {
+    check_lengths(p_ref, p_engine);
+    let mut kl = 0.0;
+    for (&p, &q) in p_ref.iter().zip(p_engine) {
+        let (p, q) = (p as f64, q as f64);
+        if p.is_nan() || q.is_nan() {
+            return f64::NAN;
+        }
+        if p > 0.0 {
+            kl += p * (p / q.max(KL_FLOOR)).ln();
+        }
+    }
+    // Rounding can make the sum of two near-identical distributions a hair negative.
+    kl.max(0.0)
+}
+
+/// The ids of the `k` largest values, largest first; ties go to the lower id.
+pub fn top_k(values: &[f32], k: usize) -> Vec<usize> {
+    let mut ids: Vec<usize> = (0..values.len()).collect();
+    ids.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    ids.truncate(k);
+    ids
+}
+
+/// Fraction of the reference's top-k ids that are also in the engine's top-k (k capped at the
+/// length). 1 for empty inputs or k = 0; NaN if either side holds a NaN.
+pub fn topk_overlap(reference: &[f32], engine: &[f32], k: usize) -> f64 {
+    check_lengths(reference, engine);
+    if reference.iter().chain(engine).any(|x| x.is_nan()) {
+        return f64::NAN;
+    }
+    let k = k.min(reference.len());
+    if k == 0 {
+        return 1.0;
+    }
+    let (r, e) = (top_k(reference, k), top_k(engine, k));
+    r.iter().filter(|id| e.contains(id)).count() as f64 / k as f64
+}
+
+/// Number of positions where two id sequences of equal length differ.
+pub fn id_mismatches(reference: &[i64], engine: &[i64]) -> usize {
+    assert_eq!(reference.len(), engine.len(), "id comparison needs equal lengths");
+    reference.iter().zip(engine).filter(|(r, e)| r != e).count()
+}
+
+/// The first step at which two token sequences differ; a length difference counts as a mismatch
+/// at the shorter length. `None` when identical.
+pub fn first_mismatch(reference: &[i64], engine: &[i64]) -> Option<usize> {
+    match reference.iter().zip(engine).position(|(r, e)| r != e) {
+        Some(i) => Some(i),
+        None if reference.len() != engine.len() => Some(reference.len().min(engine.len())),
+        None => None,
+    }
+}
+
+fn energy(values: &[f32]) -> f64 {
+    values.iter().map(|&x| x as f64 * x as f64).sum()
+}
+
+fn error_energy(reference: &[f32], engine: &[f32]) -> f64 {
+    check_lengths(reference, engine);
+    reference.iter().zip(engine).map(|(&r, &e)| (e as f64 - r as f64).powi(2)).sum()
+}
+
+/// `num / den` with 0/0 = 0 (nothing to measure, nothing wrong) and x/0 = +inf.
+fn ratio(num: f64, den: f64) -> f64 {
+    if num.is_nan() || den.is_nan() {
+        f64::NAN
+    } else if den == 0.0 {
+        if num == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        num / den
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R: [f32; 4] = [1.0, -2.0, 0.0, 4.0];
+    const E: [f32; 4] = [1.5, -2.0, 0.25, 3.0];
+    // errors: 0.5, 0, 0.25, -1 ; |e| sum 1.75 ; e^2 sum 0.25+0+0.0625+1 = 1.3125 ; r^2 sum 21
+
+    fn close(a: f64, b: f64) {
+        assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{a} vs {b}");
+    }
+
+    #[test]
+    fn absolute_and_mean_errors_match_hand_arithmetic() {
+        close(max_abs(&R, &E), 1.0);
+        close(mean_abs(&R, &E), 1.75 / 4.0);
+        close(rmse(&R, &E), (1.3125f64 / 4.0).sqrt());
+        close(nmse(&R, &E), 1.3125 / 21.0);
+        close(max_abs_scaled(&R, &E), 1.0 / 4.0);
+    }
+
+    #[test]
+    fn max_rel_uses_the_floor_for_small_references() {
+        // |e|/max(|r|, 0.5): 0.5/1, 0, 0.25/0.5, 1/4 -> 0.5
+        close(max_rel(&R, &E, 0.5), 0.5);
+        // floor 0.01: the zero reference gives 0.25 / 0.01 = 25
+        close(max_rel(&R, &E, 0.01), 25.0);
+    }
+
+    #[test]
+    fn cosine_and_sqnr_match_hand_arithmetic() {
+        // dot = 1.5 + 4 + 0 + 12 = 17.5 ; |r|^2 = 21 ; |e|^2 = 2.25 + 4 + 0.0625 + 9 = 15.3125
+        close(cosine(&R, &E), 17.5 / (21f64.sqrt() * 15.3125f64.sqrt()));
+        close(sqnr_db(&R, &E), 10.0 * (21.0f64 / 1.3125).log10());
+        assert_eq!(sqnr_db(&R, &R), f64::INFINITY);
+        close(cosine(&R, &R), 1.0);
+        close(cosine(&[1.0, 0.0], &[-1.0, 0.0]), -1.0);
+    }
+
+    #[test]
+    fn nan_in_either_input_makes_every_metric_nan() {
+        let n = [1.0, f32::NAN, 0.0, 4.0];
+        for (r, e) in [(&R, &n), (&n, &R)] {
+            assert!(max_abs(r, e).is_nan());
+            assert!(max_rel(r, e, 1e-3).is_nan());
+            assert!(max_abs_scaled(r, e).is_nan());
+            assert!(mean_abs(r, e).is_nan());
+            assert!(rmse(r, e).is_nan());
+            assert!(nmse(r, e).is_nan());
+            assert!(cosine(r, e).is_nan());
+            assert!(sqnr_db(r, e).is_nan());
+            assert!(kl_divergence(r, e).is_nan());
+            assert!(topk_overlap(r, e, 2).is_nan());
+        }
+        // A NaN after a large error must not be dropped by max().
+        assert!(max_abs(&[0.0, 0.0], &[100.0, f32::NAN]).is_nan());
+    }
+
+    #[test]
+    fn infinities_give_infinite_errors_not_passes() {
+        let inf = [1.0, f32::INFINITY, 0.0, 4.0];
+        assert_eq!(max_abs(&R, &inf), f64::INFINITY);
+        assert_eq!(nmse(&R, &inf), f64::INFINITY);
+        assert!(!all_finite(&inf));
+        assert!(!all_finite(&[f32::NAN]));
+        assert!(all_finite(&R) && all_finite(&[]));
+        // inf - inf is NaN: the same infinity on both sides is not "exact".
+        assert!(max_abs(&inf, &inf).is_nan());
+    }
+
+    #[test]
+    fn zero_vectors_have_defined_values() {
+        let z = [0.0f32; 3];
+        let x = [0.0, 1.0, 0.0];
+        assert_eq!((nmse(&z, &z), cosine(&z, &z), sqnr_db(&z, &z), max_abs_scaled(&z, &z)), (0.0, 1.0, f64::INFINITY, 0.0));
+        assert_eq!((nmse(&z, &x), cosine(&z, &x), sqnr_db(&z, &x), max_abs_scaled(&z, &x)), (f64::INFINITY, 0.0, f64::NEG_INFINITY, f64::INFINITY));
+        assert_eq!(cosine(&x, &z), 0.0);
+    }
+
+    #[test]
+    fn empty_inputs_have_defined_values() {
+        let e: [f32; 0] = [];
+        assert_eq!((max_abs(&e, &e), mean_abs(&e, &e), rmse(&e, &e), nmse(&e, &e)), (0.0, 0.0, 0.0, 0.0));
+        assert_eq!((cosine(&e, &e), sqnr_db(&e, &e), kl_divergence(&e, &e), topk_overlap(&e, &e, 5)), (1.0, f64::INFINITY, 0.0, 1.0));
+        assert_eq!(first_mismatch(&[], &[]), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "equal lengths")]
+    fn unequal_lengths_are_refused_not_truncated() {
+        max_abs(&[1.0, 2.0], &[1.0]);
+    }
+
+    #[test]
+    fn kl_divergence_matches_hand_arithmetic_and_floors_zeros() {
+        let p = [0.5, 0.5, 0.0];
+        let q = [0.25, 0.75, 0.0];
+        close(kl_divergence(&p, &q), 0.5 * (2.0f64).ln() + 0.5 * (0.5f64 / 0.75).ln());
+        close(kl_divergence(&p, &p), 0.0);
+        // The engine puts no mass where the reference has 0.5: floored, finite, large.
+        close(kl_divergence(&p, &[1.0, 0.0, 0.0]), 0.5 * (0.5f64).ln() + 0.5 * (0.5f64 / KL_FLOOR).ln());
+        // Mass where the reference has none costs nothing directly (KL is asymmetric).
+        close(kl_divergence(&[1.0, 0.0], &[0.5, 0.5]), (2.0f64).ln());
+    }
+
+    #[test]
+    fn topk_overlap_counts_shared_ids_and_breaks_ties_by_lower_id() {
+        let r = [0.1, 0.4, 0.3, 0.2];
+        let e = [0.4, 0.1, 0.3, 0.2];
+        assert_eq!(top_k(&r, 2), vec![1, 2]);
+        close(topk_overlap(&r, &e, 2), 0.5);
+        close(topk_overlap(&r, &e, 3), 2.0 / 3.0);
+        close(topk_overlap(&r, &e, 10), 1.0);
+        assert_eq!(top_k(&[1.0, 1.0, 1.0], 2), vec![0, 1]);
+    }
+
+    #[test]
+    fn token_sequences_report_their_first_divergence() {
+        assert_eq!(first_mismatch(&[1, 2, 3], &[1, 2, 3]), None);
+        assert_eq!(first_mismatch(&[1, 2, 3], &[1, 5, 3]), Some(1));
+        assert_eq!(first_mismatch(&[1, 2, 3], &[1, 2]), Some(2));
+        assert_eq!(first_mismatch(&[], &[4]), Some(0));
+        assert_eq!(id_mismatches(&[1, 2, 3], &[1, 5, 4]), 2);
+    }
+}

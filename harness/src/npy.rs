@@ -1,0 +1,360 @@
+//! A hardened reader and a writer for the .npy files reference dumps are made of.
+//!
+//! Only what the dump contract allows is accepted: little-endian f32 (`<f4`) or i64 (`<i8`), C order,
+//! header versions 1 to 3. The file is memory-mapped and its length checked against the header's
+//! shape before anything is allocated, so a lying header cannot make us allocate or read past the end.
+
+use crate::tensor::{Tensor, Values};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8] = b"\x93NUMPY";
+/// numpy itself refuses larger headers without `allow_pickle`-style opt-ins; ours are ~100 bytes.
+const MAX_HEADER: usize = 64 * 1024;
+
+/// A .npy file we will not read, with the file named.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem}", path.display())]
+pub struct NpyError {
+    pub path: PathBuf,
+    pub problem: Problem,
+}
+
+/// What is wrong with a .npy file.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a .npy file (bad magic bytes or shorter than its preamble)")]
+    NotNpy,
+    #[error("unsupported .npy format version {0}.{1} (expected 1.0, 2.0 or 3.0)")]
+    Version(u8, u8),
+    #[error("header of {0} bytes exceeds the 64 KiB limit")]
+    HeaderTooLarge(usize),
+    #[error("file ends inside the header")]
+    TruncatedHeader,
+    #[error("malformed header: {0}")]
+    Header(String),
+    #[error("dtype {0:?} refused: only '<f4' (f32) and '<i8' (i64) are accepted; object/pickle and big-endian data never are")]
+    Dtype(String),
+    #[error("fortran_order = True refused: dumps are C order")]
+    FortranOrder,
+    #[error("shape {0:?} has more elements than fit in memory")]
+    ShapeOverflow(Vec<usize>),
+    #[error("shape {shape:?} needs {expected} data bytes but the file holds {actual}")]
+    DataLength { shape: Vec<usize>, expected: usize, actual: usize },
+}
+
+/// Reads one .npy file as a [`Tensor`].
+pub fn read(path: &Path) -> Result<Tensor, NpyError> {
+    let err = |problem: Problem| NpyError { path: path.to_path_buf(), problem };
+    let file = File::open(path).map_err(|e| err(Problem::Io(e)))?;
+    let len = file.metadata().map_err(|e| err(Problem::Io(e)))?.len();
+    // mmap of an empty file fails on Linux; anything this short is not a .npy anyway.
+    if len < (MAGIC.len() + 4) as u64 {
+        return Err(err(Problem::NotNpy));
+    }
+    // SAFETY: the map is read-only and dropped before we return; a dump being rewritten under us
+    // is prevented by the dumpers' atomic rename (they never write into a published folder).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(Problem::Io(e)))?;
+    parse(&map).map_err(err)
+}
+
+/// Parses a whole .npy image held in memory.
+pub fn parse(bytes: &[u8]) -> Result<Tensor, Problem> {
+    if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(Problem::NotNpy);
+    }
+    let (major, minor) = (bytes[6], bytes[7]);
+    let (header_len, header_start) = match (major, minor) {
+        (1, 0) => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        (2, 0) | (3, 0) => {
+            if bytes.len() < 12 {
+                return Err(Problem::TruncatedHeader);
+            }
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        }
+        _ => return Err(Problem::Version(major, minor)),
+    };
+    if header_len > MAX_HEADER {
+        return Err(Problem::HeaderTooLarge(header_len));
+    }
+    let data_start = header_start + header_len;
+    if bytes.len() < data_start {
+        return Err(Problem::TruncatedHeader);
+    }
+    // Version 3 allows UTF-8; our keys and values are ASCII either way.
+    let header = std::str::from_utf8(&bytes[header_start..data_start]).map_err(|_| Problem::Header("not UTF-8".into()))?;
+    let header = Header::parse(header)?;
+    let count = header.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| Problem::ShapeOverflow(header.shape.clone()))?;
+    let expected = count.checked_mul(header.item_size()).ok_or_else(|| Problem::ShapeOverflow(header.shape.clone()))?;
+    let data = &bytes[data_start..];
+    if data.len() != expected {
+        return Err(Problem::DataLength { shape: header.shape, expected, actual: data.len() });
+    }
+    // Only now, with the length proven, allocate.
+    let values = match header.kind {
+        Kind::F32 => Values::F32(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        Kind::I64 => Values::Ids(data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("chunks of 8"))).collect()),
+    };
+    Ok(Tensor { shape: header.shape, values })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    F32,
+    I64,
+}
+
+#[derive(Debug)]
+struct Header {
+    kind: Kind,
+    shape: Vec<usize>,
+}
+
+impl Header {
+    fn item_size(&self) -> usize {
+        match self.kind {
+            Kind::F32 => 4,
+            Kind::I64 => 8,
+        }
+    }
+
+    /// Parses the Python dict literal numpy writes: `{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }`.
+    /// A small parser of exactly that grammar; nothing is evaluated.
+    fn parse(text: &str) -> Result<Header, Problem> {
+        let bad = |what: &str| Problem::Header(format!("{what} in {:?}", truncate(text)));
+        let body = text.trim_end_matches(['\n', ' ', '\0']).trim();
+        let body = body.strip_prefix('{').and_then(|b| b.strip_suffix('}')).ok_or_else(|| bad("not a dict"))?;
+        let (mut descr, mut fortran, mut shape) = (None, None, None);
+        let mut rest = body.trim();
+        while !rest.is_empty() {
+            let (key, after) = quoted(rest).ok_or_else(|| bad("expected a quoted key"))?;
+            let after = after.trim_start().strip_prefix(':').ok_or_else(|| bad("expected ':'"))?.trim_start();
+            let after = match key {
+                "descr" => {
+                    let (v, a) = quoted(after).ok_or_else(|| Problem::Dtype(after.chars().take(20).collect()))?;
+                    descr = Some(v.to_string());
+                    a
+                }
+                "fortran_order" => {
+                    if let Some(a) = after.strip_prefix("False") {
+                        fortran = Some(false);
+                        a
+                    } else if let Some(a) = after.strip_prefix("True") {
+                        fortran = Some(true);
+                        a
+                    } else {
+                        return Err(bad("fortran_order is not True or False"));
+                    }
+                }
+                "shape" => {
+                    let inner = after.strip_prefix('(').ok_or_else(|| bad("shape is not a tuple"))?;
+                    let close = inner.find(')').ok_or_else(|| bad("unclosed shape tuple"))?;
+                    let mut dims = Vec::new();
+                    for part in inner[..close].split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                        dims.push(part.trim_end_matches('L').parse::<usize>().map_err(|_| bad("shape holds a non-integer"))?);
+                    }
+                    shape = Some(dims);
+                    &inner[close + 1..]
+                }
+                _ => return Err(bad(&format!("unexpected key {key:?}"))),
+            };
+            let after = after.trim_start();
+            rest = after.strip_prefix(',').unwrap_or(after).trim_start();
+            if !rest.is_empty() && !after.starts_with(',') {
+                return Err(bad("expected ','"));
+            }
+        }
+        let descr = descr.ok_or_else(|| bad("no descr"))?;
+        let kind = match descr.as_str() {
+            "<f4" => Kind::F32,
+            "<i8" => Kind::I64,
+            _ => return Err(Problem::Dtype(descr)),
+        };
+        if fortran.ok_or_else(|| bad("no fortran_order"))? {
+            return Err(Problem::FortranOrder);
+        }
+        Ok(Header { kind, shape: shape.ok_or_else(|| bad("no shape"))? })
+    }
+}
+
+/// A single- or double-quoted Python string at the start of `s` (no escapes: our keys need none),
+/// and what follows it.
+fn quoted(s: &str) -> Option<(&str, &str)> {
+    let q = s.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+    let end = s[1..].find(q)? + 1;
+    Some((&s[1..end], &s[end + 1..]))
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(120).collect()
+}
+
+/// Writes a tensor as a version 1.0 .npy file (header padded to 64 bytes, as numpy does).
+pub fn write(path: &Path, tensor: &Tensor) -> Result<(), NpyError> {
+    let err = |e: std::io::Error| NpyError { path: path.to_path_buf(), problem: Problem::Io(e) };
+    let mut file = File::create(path).map_err(err)?;
+    file.write_all(&encode(tensor)).map_err(err)?;
+    file.sync_all().map_err(err)
+}
+
+/// The bytes of a .npy file holding `tensor`.
+pub fn encode(tensor: &Tensor) -> Vec<u8> {
+    let descr = if tensor.is_ids() { "<i8" } else { "<f4" };
+    let dims: Vec<String> = tensor.shape.iter().map(|d| d.to_string()).collect();
+    let shape = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    let unpadded = MAGIC.len() + 4 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + tensor.len() * 8);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[1, 0]);
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    match &tensor.values {
+        Values::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Values::Ids(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A .npy image with the given version and header text, then `data`.
+    fn image(major: u8, header: &str, data: &[u8]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&[major, 0]);
+        if major == 1 {
+            out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        } else {
+            out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        }
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn reads_the_header_numpy_writes() {
+        // np.save of np.arange(6, dtype='<f4').reshape(2, 3), header as numpy 1.x/2.x spells it.
+        let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }          \n";
+        let t = parse(&image(1, h, &f32_bytes(&[0., 1., 2., 3., 4., 5.]))).unwrap();
+        assert_eq!(t, Tensor::f32(vec![2, 3], vec![0., 1., 2., 3., 4., 5.]));
+    }
+
+    #[test]
+    fn reads_versions_2_and_3_and_0_d_and_1_d_shapes() {
+        let ids: Vec<u8> = 42i64.to_le_bytes().to_vec();
+        let t = parse(&image(2, "{'descr': '<i8', 'fortran_order': False, 'shape': (), }\n", &ids)).unwrap();
+        assert_eq!(t, Tensor::ids(vec![], vec![42]));
+        let t = parse(&image(3, "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }\n", &f32_bytes(&[1.5, -2.0]))).unwrap();
+        assert_eq!(t, Tensor::f32(vec![2], vec![1.5, -2.0]));
+    }
+
+    #[test]
+    fn round_trips_what_it_writes() {
+        for t in [
+            Tensor::f32(vec![2, 3], vec![1.0, f32::NAN, f32::INFINITY, -0.0, 1e-30, 3.5]),
+            Tensor::ids(vec![4], vec![1, -1, i64::MAX, 0]),
+            Tensor::ids(vec![], vec![9]),
+            Tensor::f32(vec![0, 5], vec![]),
+        ] {
+            let bytes = encode(&t);
+            assert_eq!((bytes.len() - t.len() * if t.is_ids() { 8 } else { 4 }) % 64, 0, "header padded to 64");
+            let back = parse(&bytes).unwrap();
+            assert_eq!(back.shape, t.shape);
+            match (&back.values, &t.values) {
+                (Values::F32(a), Values::F32(b)) => assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())),
+                (a, b) => assert_eq!(a, b),
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_object_big_endian_and_other_dtypes() {
+        for descr in ["|O", "O", "<O", ">f4", ">i8", "<f8", "|u1", "<f2"] {
+            let h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (1,), }}\n");
+            assert!(matches!(parse(&image(1, &h, &[0; 8])), Err(Problem::Dtype(d)) if d == descr), "{descr}");
+        }
+        // A structured dtype (a list) is not a quoted string either.
+        let h = "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }\n";
+        assert!(matches!(parse(&image(1, h, &[0; 4])), Err(Problem::Dtype(_))));
+    }
+
+    #[test]
+    fn refuses_fortran_order() {
+        let h = "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }\n";
+        assert!(matches!(parse(&image(1, h, &[0; 16])), Err(Problem::FortranOrder)));
+    }
+
+    #[test]
+    fn refuses_a_header_over_64_kib_before_reading_it() {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&[2, 0]);
+        bytes.extend_from_slice(&(70_000u32).to_le_bytes());
+        assert!(matches!(parse(&bytes), Err(Problem::HeaderTooLarge(70_000))));
+    }
+
+    #[test]
+    fn refuses_a_shape_whose_element_count_overflows() {
+        let h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}\n", usize::MAX / 2, 3);
+        assert!(matches!(parse(&image(1, &h, &[])), Err(Problem::ShapeOverflow(_))));
+        // Fits in elements but not in bytes.
+        let h = format!("{{'descr': '<i8', 'fortran_order': False, 'shape': ({},), }}\n", usize::MAX / 4);
+        assert!(matches!(parse(&image(1, &h, &[])), Err(Problem::ShapeOverflow(_))));
+    }
+
+    #[test]
+    fn refuses_data_shorter_or_longer_than_the_shape() {
+        let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000,), }\n";
+        assert!(matches!(parse(&image(1, h, &[0; 8])), Err(Problem::DataLength { expected: 4_000_000_000, actual: 8, .. })));
+        let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }\n";
+        assert!(matches!(parse(&image(1, h, &[0; 8])), Err(Problem::DataLength { expected: 4, actual: 8, .. })));
+    }
+
+    #[test]
+    fn refuses_bad_magic_versions_and_truncation() {
+        assert!(matches!(parse(b"PK\x03\x04 not npy at all"), Err(Problem::NotNpy)));
+        let mut v = image(1, "{}", &[]);
+        v[6] = 4;
+        assert!(matches!(parse(&v), Err(Problem::Version(4, 0))));
+        let mut v = image(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }\n", &[]);
+        v.truncate(20);
+        assert!(matches!(parse(&v), Err(Problem::TruncatedHeader)));
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_missing_keys() {
+        let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'evil': 1}\n";
+        assert!(matches!(parse(&image(1, h, &[0; 4])), Err(Problem::Header(_))));
+        let h = "{'descr': '<f4', 'shape': (1,), }\n";
+        assert!(matches!(parse(&image(1, h, &[0; 4])), Err(Problem::Header(_))));
+    }
+
+    #[test]
+    fn reading_a_file_names_it_in_the_error() {
+        let dir = std::env::temp_dir().join(format!("parity-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.npy");
+        write(&good, &Tensor::f32(vec![2], vec![1.0, 2.0])).unwrap();
+        assert_eq!(read(&good).unwrap(), Tensor::f32(vec![2], vec![1.0, 2.0]));
+        let empty = dir.join("empty.npy");
+        std::fs::write(&empty, b"").unwrap();
+        let e = read(&empty).unwrap_err();
+        assert!(matches!(e.problem, Problem::NotNpy));
+        assert!(e.to_string().contains("empty.npy"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
