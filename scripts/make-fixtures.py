@@ -309,6 +309,28 @@ def rope_permute(w, n_heads):
     return np.ascontiguousarray(w.reshape(n_heads, 2, hd // 2, cols).swapaxes(1, 2).reshape(rows, cols))
 
 
+def gpt2_gguf_tensors(w, n_layers):
+    """HF GPT-2 weights -> GGUF names; Conv1D [in, out] weights transposed to [out, in]."""
+    g = {"token_embd.weight": w["transformer.wte.weight"], "position_embd.weight": w["transformer.wpe.weight"]}
+    for i in range(n_layers):
+        p, b = f"transformer.h.{i}.", f"blk.{i}."
+        g[b + "attn_norm.weight"] = w[p + "ln_1.weight"]
+        g[b + "attn_norm.bias"] = w[p + "ln_1.bias"]
+        g[b + "attn_qkv.weight"] = np.ascontiguousarray(w[p + "attn.c_attn.weight"].T)
+        g[b + "attn_qkv.bias"] = w[p + "attn.c_attn.bias"]
+        g[b + "attn_output.weight"] = np.ascontiguousarray(w[p + "attn.c_proj.weight"].T)
+        g[b + "attn_output.bias"] = w[p + "attn.c_proj.bias"]
+        g[b + "ffn_norm.weight"] = w[p + "ln_2.weight"]
+        g[b + "ffn_norm.bias"] = w[p + "ln_2.bias"]
+        g[b + "ffn_up.weight"] = np.ascontiguousarray(w[p + "mlp.c_fc.weight"].T)
+        g[b + "ffn_up.bias"] = w[p + "mlp.c_fc.bias"]
+        g[b + "ffn_down.weight"] = np.ascontiguousarray(w[p + "mlp.c_proj.weight"].T)
+        g[b + "ffn_down.bias"] = w[p + "mlp.c_proj.bias"]
+    g["output_norm.weight"] = w["transformer.ln_f.weight"]
+    g["output_norm.bias"] = w["transformer.ln_f.bias"]
+    return g
+
+
 # ---- writers ----------------------------------------------------------------------------------------
 
 
@@ -468,23 +490,7 @@ def build_gpt2(folder):
         writer.add_add_bos_token(False)
         writer.add_add_eos_token(False)
 
-    g = {"token_embd.weight": w["transformer.wte.weight"], "position_embd.weight": w["transformer.wpe.weight"]}
-    for i in range(c["n_layers"]):
-        p, b = f"transformer.h.{i}.", f"blk.{i}."
-        g[b + "attn_norm.weight"] = w[p + "ln_1.weight"]
-        g[b + "attn_norm.bias"] = w[p + "ln_1.bias"]
-        g[b + "attn_qkv.weight"] = np.ascontiguousarray(w[p + "attn.c_attn.weight"].T)
-        g[b + "attn_qkv.bias"] = w[p + "attn.c_attn.bias"]
-        g[b + "attn_output.weight"] = np.ascontiguousarray(w[p + "attn.c_proj.weight"].T)
-        g[b + "attn_output.bias"] = w[p + "attn.c_proj.bias"]
-        g[b + "ffn_norm.weight"] = w[p + "ln_2.weight"]
-        g[b + "ffn_norm.bias"] = w[p + "ln_2.bias"]
-        g[b + "ffn_up.weight"] = np.ascontiguousarray(w[p + "mlp.c_fc.weight"].T)
-        g[b + "ffn_up.bias"] = w[p + "mlp.c_fc.bias"]
-        g[b + "ffn_down.weight"] = np.ascontiguousarray(w[p + "mlp.c_proj.weight"].T)
-        g[b + "ffn_down.bias"] = w[p + "mlp.c_proj.bias"]
-    g["output_norm.weight"] = w["transformer.ln_f.weight"]
-    g["output_norm.bias"] = w["transformer.ln_f.bias"]
+    g = gpt2_gguf_tensors(w, c["n_layers"])
     for kind in ("f32", "f16"):
         write_gguf(folder / f"model-{kind}.gguf", "gpt2", kind, metadata, g)
 
