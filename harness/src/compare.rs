@@ -1,1 +1,473 @@
-//! placeholder
+//! Judging one engine run against one reference dump, checkpoint by checkpoint, and the drill-down
+//! helpers `parity diff` and `parity bisect` use.
+//!
+//! No check passes by default: a tensor missing on either side, unreadable, of another shape or
+//! dtype, non-finite, or with no tolerance to judge it, fails with a note saying which.
+//! Comparing a dump with itself (the same file on both sides) would pass trivially; making sure the
+//! two sides come from different runs is the caller's concern.
+
+use crate::catalog::Entry;
+use crate::dumps::{Dump, Lookup};
+use crate::metrics;
+use crate::spec::Spec;
+use crate::tensor::{unravel, Tensor, Values};
+use reports::results::{CheckResult, Judgement, Status};
+use std::collections::BTreeMap;
+
+/// `topk_overlap` compares the ten most likely next tokens.
+pub const TOPK: usize = 10;
+
+/// `max_rel`'s floor, as a fraction of the reference's RMS: below it a reference value counts as
+/// "about zero" and the error is measured against the floor instead.
+pub const MAX_REL_FLOOR_OF_RMS: f64 = 1e-3;
+
+/// Tensors holding probability vectors, judged also by KL divergence and top-k overlap.
+const PROBABILITY_TENSORS: [&str; 1] = ["probs"];
+
+/// Every entry of `entries`, the engine's tensor (by key) against the dump's. `near_tie(step)` is the
+/// reference's top-two logit gap before generated step `step` (step 0 is `argmax`), or `None` if
+/// unknown; `class` picks the tolerance class in `spec`.
+pub fn compare_case(
+    engine: &BTreeMap<String, Tensor>,
+    dump: &Dump,
+    entries: &[Entry],
+    spec: &Spec,
+    class: &str,
+    near_tie: &dyn Fn(usize) -> Option<f64>,
+) -> Vec<CheckResult> {
+    entries
+        .iter()
+        .map(|entry| match dump.get(&entry.key) {
+            Ok(reference) => check(entry, engine.get(&entry.key), &reference, spec, class, near_tie),
+            Err(e) => result(entry, Status::Missing, Some(format!("reference tensor unreadable: {e}")), BTreeMap::new(), vec![]),
+        })
+        .collect()
+}
+
+/// One entry: the engine's tensor (if it produced one) against what the reference dump holds.
+pub fn check(
+    entry: &Entry,
+    engine: Option<&Tensor>,
+    reference: &Lookup,
+    spec: &Spec,
+    class: &str,
+    near_tie: &dyn Fn(usize) -> Option<f64>,
+) -> CheckResult {
+    let missing = |note: String| result(entry, Status::Missing, Some(note), BTreeMap::new(), vec![]);
+    let reference = match (engine, reference) {
+        (None, Lookup::Tensor(_)) => return missing("the engine did not produce it".into()),
+        (None, Lookup::Unavailable(why)) => return missing(format!("on neither side: the engine did not produce it; reference unavailable: {why}")),
+        (None, Lookup::NotListed) => return missing("on neither side: the engine did not produce it and the reference manifest does not list it".into()),
+        (Some(_), Lookup::Unavailable(why)) => return missing(format!("reference unavailable: {why}")),
+        (Some(_), Lookup::NotListed) => return missing("not in the reference's manifest".into()),
+        (Some(_), Lookup::Tensor(r)) => r,
+    };
+    let engine = engine.expect("matched Some above");
+    let layout = |note: String| result(entry, Status::Layout, Some(note), BTreeMap::new(), vec![]);
+    if engine.dtype_name() != reference.dtype_name() {
+        return layout(format!("dtype {} (engine) vs {} (reference)", engine.dtype_name(), reference.dtype_name()));
+    }
+    for (side, t) in [("engine", engine), ("reference", reference)] {
+        let expected: usize = t.shape.iter().product();
+        if expected != t.len() {
+            return layout(format!("{side} holds {} values for shape {:?}", t.len(), t.shape));
+        }
+    }
+    match (&engine.values, &reference.values) {
+        (Values::Ids(e), Values::Ids(r)) => check_ids(entry, engine, reference, e, r, spec, class, near_tie),
+        (Values::F32(e), Values::F32(r)) => check_f32(entry, engine, reference, e, r, spec, class),
+        _ => unreachable!("dtype names compared equal above"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_ids(
+    entry: &Entry,
+    engine: &Tensor,
+    reference: &Tensor,
+    e: &[i64],
+    r: &[i64],
+    spec: &Spec,
+    class: &str,
+    near_tie: &dyn Fn(usize) -> Option<f64>,
+) -> CheckResult {
+    // A generated sequence of another length diverged (one side stopped early): a token mismatch,
+    // not a layout error. Every other id tensor must match its shape exactly.
+    let sequence = entry.checkpoint == "generated";
+    if !(sequence && engine.shape.len() == 1 && reference.shape.len() == 1) && engine.shape != reference.shape {
+        return result(entry, Status::Layout, Some(shape_note(engine, reference)), BTreeMap::new(), vec![]);
+    }
+    let mismatches = r.iter().zip(e).filter(|(a, b)| a != b).count() + r.len().abs_diff(e.len());
+    let mut values = BTreeMap::from([("mismatches".to_string(), mismatches as f64)]);
+    let first = metrics::first_mismatch(r, e);
+    if let Some(k) = first {
+        values.insert("first_mismatch".into(), k as f64);
+    }
+    let judgement = judge("mismatches", mismatches as f64, crate::spec::Op::Le, 0.0);
+    let Some(k) = first else {
+        return result(entry, Status::Pass, None, values, vec![judgement]);
+    };
+    let shown = |s: &[i64]| s.get(k).map_or("(end)".to_string(), |id| id.to_string());
+    let divergence = format!("differs at position {k}: engine {} vs reference {}", shown(e), shown(r));
+    // argmax is the token before generated step 0; a flip there or in `generated` may be a near-tie.
+    let step = match entry.checkpoint.as_str() {
+        "argmax" => Some(0),
+        "generated" => Some(k),
+        _ => None,
+    };
+    let Some(step) = step else {
+        return result(entry, Status::Fail, Some(divergence), values, vec![judgement]);
+    };
+    let gap = near_tie(step);
+    let tie = spec.near_tie_gap(&entry.checkpoint, class);
+    if let Some(g) = gap {
+        values.insert("reference_top2_gap".into(), g);
+    }
+    match (gap, tie) {
+        (Some(g), Some(t)) if g < t => {
+            let note = format!("{divergence}; the reference's top-two logit gap there is {g:.3e}, under the near-tie gap {t:e}: a near-tie (later steps not compared)");
+            result(entry, Status::NearTie, Some(note), values, vec![judgement])
+        }
+        (Some(g), Some(t)) => result(entry, Status::Fail, Some(format!("{divergence}; reference top-two gap {g:.3e} >= near-tie gap {t:e}")), values, vec![judgement]),
+        (None, _) => result(entry, Status::Fail, Some(format!("{divergence}; reference top-two gap unknown, so not excused as a near-tie")), values, vec![judgement]),
+        (Some(_), None) => result(entry, Status::Fail, Some(format!("{divergence}; no near_tie_gap for {} in class {class}", entry.checkpoint)), values, vec![judgement]),
+    }
+}
+
+fn check_f32(entry: &Entry, engine: &Tensor, reference: &Tensor, e: &[f32], r: &[f32], spec: &Spec, class: &str) -> CheckResult {
+    if engine.shape != reference.shape {
+        return result(entry, Status::Layout, Some(shape_note(engine, reference)), BTreeMap::new(), vec![]);
+    }
+    // Equal shapes with no elements are equal tensors: nothing can differ, nothing is measured.
+    if r.is_empty() {
+        return result(entry, Status::Pass, Some(format!("empty on both sides (shape {:?}): nothing to measure", r.len())), BTreeMap::new(), vec![]);
+    }
+    let bad: Vec<String> = [("engine", engine, e), ("reference", reference, r)].iter().filter_map(|(side, t, v)| non_finite_note(side, &t.shape, v)).collect();
+    if !bad.is_empty() {
+        return result(entry, Status::NonFinite, Some(bad.join("; ")), BTreeMap::new(), vec![]);
+    }
+    let all = f32_metrics(r, e, PROBABILITY_TENSORS.contains(&entry.tensor.as_str()));
+    let Some(thresholds) = spec.thresholds(&entry.checkpoint, class) else {
+        let note = format!("no {class} tolerances for checkpoint {} in the spec: not judged, so not passed", entry.checkpoint);
+        return result(entry, Status::Fail, Some(note), finite_only(&all), vec![]);
+    };
+    let judgements: Vec<Judgement> = thresholds.iter().map(|(m, t)| judge(m, all.get(m).copied().unwrap_or(f64::NAN), t.op, t.threshold)).collect();
+    let status = if judgements.iter().all(|j| j.pass) { Status::Pass } else { Status::Fail };
+    let note = judgements.iter().filter(|j| !all.contains_key(&j.metric)).map(|j| format!("metric {} is not computed for this tensor", j.metric)).collect::<Vec<_>>();
+    result(entry, status, (!note.is_empty()).then(|| note.join("; ")), finite_only(&all), judgements)
+}
+
+/// Every metric of an f32 comparison (both finite, same length). KL and top-k only for probabilities.
+pub fn f32_metrics(reference: &[f32], engine: &[f32], probabilities: bool) -> BTreeMap<String, f64> {
+    let rms = (reference.iter().map(|&x| x as f64 * x as f64).sum::<f64>() / reference.len().max(1) as f64).sqrt();
+    let floor = (rms * MAX_REL_FLOOR_OF_RMS).max(f32::MIN_POSITIVE as f64);
+    let mut m = BTreeMap::from([
+        ("max_abs".to_string(), metrics::max_abs(reference, engine)),
+        ("max_rel".to_string(), metrics::max_rel(reference, engine, floor)),
+        ("max_abs_scaled".to_string(), metrics::max_abs_scaled(reference, engine)),
+        ("mean_abs".to_string(), metrics::mean_abs(reference, engine)),
+        ("rmse".to_string(), metrics::rmse(reference, engine)),
+        ("nmse".to_string(), metrics::nmse(reference, engine)),
+        ("cosine".to_string(), metrics::cosine(reference, engine)),
+        ("sqnr_db".to_string(), metrics::sqnr_db(reference, engine)),
+    ]);
+    if probabilities {
+        m.insert("kl_divergence".into(), metrics::kl_divergence(reference, engine));
+        m.insert("topk_overlap".into(), metrics::topk_overlap(reference, engine, TOPK));
+    }
+    m
+}
+
+/// The results JSON cannot hold inf (serde_json writes null): an exact match's `sqnr_db = inf` is
+/// left out of the stored metrics rather than stored as something it is not.
+fn finite_only(m: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    m.iter().filter(|(_, v)| v.is_finite()).map(|(k, v)| (k.clone(), *v)).collect()
+}
+
+fn judge(metric: &str, value: f64, op: crate::spec::Op, threshold: f64) -> Judgement {
+    Judgement { metric: metric.to_string(), value, op: op.as_str().to_string(), threshold, margin: op.margin(value, threshold), pass: op.holds(value, threshold) }
+}
+
+fn shape_note(engine: &Tensor, reference: &Tensor) -> String {
+    format!("shape {:?} (engine) vs {:?} (reference); never broadcast or reshaped", engine.shape, reference.shape)
+}
+
+fn non_finite_note(side: &str, shape: &[usize], v: &[f32]) -> Option<String> {
+    let first = v.iter().position(|x| !x.is_finite())?;
+    let nan = v.iter().filter(|x| x.is_nan()).count();
+    let inf = v.iter().filter(|x| x.is_infinite()).count();
+    Some(format!("{side} has {nan} NaN and {inf} Inf, first at {:?}", unravel(first, shape)))
+}
+
+fn result(entry: &Entry, status: Status, note: Option<String>, metrics: BTreeMap<String, f64>, judgements: Vec<Judgement>) -> CheckResult {
+    CheckResult {
+        checkpoint_id: entry.checkpoint_id,
+        checkpoint: entry.checkpoint.clone(),
+        tensor: entry.tensor.clone(),
+        layer: entry.layer,
+        key: entry.key.clone(),
+        status,
+        metrics,
+        judgements,
+        note,
+    }
+}
+
+/// One element of a drill-down: where, both values, and the absolute error.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorstElement {
+    pub index: Vec<usize>,
+    pub reference: f32,
+    pub engine: f32,
+    pub abs_error: f64,
+}
+
+/// The `n` elements with the largest absolute error, largest first (NaN errors count as largest;
+/// ties go to the earlier element).
+pub fn worst_elements(reference: &[f32], engine: &[f32], shape: &[usize], n: usize) -> Vec<WorstElement> {
+    assert_eq!(reference.len(), engine.len(), "worst_elements needs equal lengths");
+    let err = |i: usize| (engine[i] as f64 - reference[i] as f64).abs();
+    // NaN sorts above every number under total_cmp of the absolute value.
+    let mut order: Vec<usize> = (0..reference.len()).collect();
+    order.sort_by(|&a, &b| err(b).total_cmp(&err(a)).then(a.cmp(&b)));
+    order.truncate(n);
+    order.into_iter().map(|i| WorstElement { index: unravel(i, shape), reference: reference[i], engine: engine[i], abs_error: err(i) }).collect()
+}
+
+/// How many absolute errors fall in each decade, for `parity diff`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Histogram {
+    /// Errors of exactly 0.
+    pub exact: usize,
+    /// Decade `e` counts errors in `[10^e, 10^(e+1))`.
+    pub decades: BTreeMap<i32, usize>,
+    pub non_finite: usize,
+}
+
+pub fn histogram(errors: &[f64]) -> Histogram {
+    let mut h = Histogram::default();
+    for &x in errors {
+        let x = x.abs();
+        if !x.is_finite() {
+            h.non_finite += 1;
+        } else if x == 0.0 {
+            h.exact += 1;
+        } else {
+            *h.decades.entry(x.log10().floor() as i32).or_default() += 1;
+        }
+    }
+    h
+}
+
+/// Whether a checkpoint's error was made there or carried in from its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// No error here.
+    Clean,
+    /// No larger than the input's error times [`INHERIT_GROWTH`]: the op propagated it.
+    Inherited,
+    /// Clean input, or an error more than [`INHERIT_GROWTH`] times the input's: the op added its own.
+    Introduced,
+}
+
+/// How much an op may amplify a relative error it was handed before we say it added its own.
+pub const INHERIT_GROWTH: f64 = 10.0;
+
+/// Classifies a checkpoint for bisect from two scale-free error measures of the same kind (e.g.
+/// nmse here and nmse of the checkpoint feeding it). A NaN here is introduced unless the input was
+/// NaN too.
+pub fn inherited(error_here: f64, error_of_input: f64) -> Origin {
+    if error_here.is_nan() {
+        return if error_of_input.is_nan() { Origin::Inherited } else { Origin::Introduced };
+    }
+    if error_here == 0.0 {
+        Origin::Clean
+    } else if error_of_input.is_nan() || (error_of_input > 0.0 && error_here <= error_of_input * INHERIT_GROWTH) {
+        Origin::Inherited
+    } else {
+        Origin::Introduced
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+
+    fn spec() -> Spec {
+        Spec::parse(include_str!("../../checkpoints/tolerances.toml"), "tolerances").unwrap()
+    }
+
+    fn entry(key: &str) -> Entry {
+        let catalog = Catalog::parse(include_str!("../../checkpoints/catalog.toml"), "catalog").unwrap();
+        catalog.entries("llama", 1).into_iter().find(|e| e.key == key).unwrap()
+    }
+
+    fn no_gap(_: usize) -> Option<f64> {
+        None
+    }
+
+    fn run(key: &str, engine: Option<Tensor>, reference: Lookup) -> CheckResult {
+        check(&entry(key), engine.as_ref(), &reference, &spec(), "f32", &no_gap)
+    }
+
+    fn t(shape: &[usize], v: &[f32]) -> Tensor {
+        Tensor::f32(shape.to_vec(), v.to_vec())
+    }
+
+    #[test]
+    fn identical_tensors_pass_with_every_judgement_recorded() {
+        let x = t(&[2, 2], &[1.0, -2.0, 3.0, 0.5]);
+        let r = run("blk.0.attn_out", Some(x.clone()), Lookup::Tensor(x));
+        assert_eq!(r.status, Status::Pass, "{r:?}");
+        assert_eq!(r.judgements.len(), 3);
+        assert!(r.judgements.iter().all(|j| j.pass));
+        assert_eq!(r.metrics["max_abs"], 0.0);
+        assert!(!r.metrics.contains_key("sqnr_db"), "inf is not stored");
+        assert_eq!((r.key.as_str(), r.layer, r.checkpoint_id), ("blk.0.attn_out", Some(0), 5));
+    }
+
+    #[test]
+    fn an_error_beyond_tolerance_fails_with_a_negative_margin() {
+        let r = run("blk.0.attn_out", Some(t(&[4], &[1.0, 2.0, 3.0, 4.1])), Lookup::Tensor(t(&[4], &[1.0, 2.0, 3.0, 4.0])));
+        assert_eq!(r.status, Status::Fail);
+        let j = r.judgements.iter().find(|j| j.metric == "max_abs_scaled").unwrap();
+        // |0.1| / 4 = 0.025 against 1e-3
+        assert!((j.value - 0.025).abs() < 1e-6 && !j.pass);
+        assert!((j.margin - (1e-3 - j.value) / 1e-3).abs() < 1e-9);
+    }
+
+    #[test]
+    fn nan_never_passes_even_against_a_ge_threshold() {
+        let r = run("blk.0.attn_out", Some(t(&[2], &[f32::NAN, 1.0])), Lookup::Tensor(t(&[2], &[1.0, 1.0])));
+        assert_eq!(r.status, Status::NonFinite);
+        assert!(r.note.unwrap().contains("engine has 1 NaN"));
+        let r = run("blk.0.attn_out", Some(t(&[2], &[1.0, 1.0])), Lookup::Tensor(t(&[2], &[1.0, f32::INFINITY])));
+        assert_eq!(r.status, Status::NonFinite);
+        // The judging step itself, had a NaN got through: `>=` is false for NaN.
+        assert!(!judge("cosine", f64::NAN, crate::spec::Op::Ge, 0.9).pass);
+    }
+
+    #[test]
+    fn transposed_and_flattened_shapes_are_layout_errors_never_broadcast() {
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let r = run("blk.0.attn_out", Some(t(&[2, 3], &v)), Lookup::Tensor(t(&[3, 2], &v)));
+        assert_eq!(r.status, Status::Layout);
+        let r = run("blk.0.attn_out", Some(t(&[6], &v)), Lookup::Tensor(t(&[1, 6], &v)));
+        assert_eq!(r.status, Status::Layout);
+        assert!(r.note.unwrap().contains("[6] (engine) vs [1, 6] (reference)"));
+        let r = run("tokens", Some(Tensor::ids(vec![2], vec![1, 2])), Lookup::Tensor(t(&[2], &[1.0, 2.0])));
+        assert_eq!(r.status, Status::Layout);
+        // A tensor whose values do not fill its shape is refused before any metric runs.
+        let r = run("blk.0.attn_out", Some(t(&[2, 2], &[1.0])), Lookup::Tensor(t(&[2, 2], &[1.0, 1.0, 1.0, 1.0])));
+        assert_eq!(r.status, Status::Layout);
+    }
+
+    #[test]
+    fn missing_or_unavailable_on_either_side_is_missing_never_pass() {
+        let x = t(&[1], &[1.0]);
+        let r = run("blk.0.attn_out", None, Lookup::Tensor(x.clone()));
+        assert_eq!(r.status, Status::Missing);
+        let r = run("blk.0.q_rope", Some(x.clone()), Lookup::Unavailable("not part of gpt2".into()));
+        assert_eq!(r.status, Status::Missing);
+        assert!(r.note.unwrap().contains("not part of gpt2"));
+        let r = run("blk.0.attn_out", Some(x), Lookup::NotListed);
+        assert_eq!(r.status, Status::Missing);
+        let r = run("blk.0.attn_out", None, Lookup::NotListed);
+        assert!(r.status.is_failure());
+    }
+
+    #[test]
+    fn empty_tensors_of_equal_shape_pass_unmeasured_and_otherwise_are_layout() {
+        let r = run("blk.0.attn_out", Some(t(&[0, 4], &[])), Lookup::Tensor(t(&[0, 4], &[])));
+        assert_eq!(r.status, Status::Pass);
+        assert!(r.metrics.is_empty() && r.note.unwrap().contains("empty"));
+        let r = run("blk.0.attn_out", Some(t(&[0, 4], &[])), Lookup::Tensor(t(&[4, 0], &[])));
+        assert_eq!(r.status, Status::Layout);
+        let r = run("blk.0.attn_out", Some(t(&[0], &[])), Lookup::Tensor(t(&[1], &[1.0])));
+        assert_eq!(r.status, Status::Layout);
+    }
+
+    #[test]
+    fn ids_must_match_exactly() {
+        let r = run("tokens", Some(Tensor::ids(vec![3], vec![1, 2, 3])), Lookup::Tensor(Tensor::ids(vec![3], vec![1, 9, 3])));
+        assert_eq!(r.status, Status::Fail);
+        assert!(r.note.unwrap().contains("position 1: engine 2 vs reference 9"));
+        let r = run("tokens", Some(Tensor::ids(vec![3], vec![1, 2, 3])), Lookup::Tensor(Tensor::ids(vec![3], vec![1, 2, 3])));
+        assert_eq!(r.status, Status::Pass);
+    }
+
+    #[test]
+    fn a_generated_flip_is_a_near_tie_only_under_the_gap() {
+        let e = Some(Tensor::ids(vec![3], vec![5, 6, 7]));
+        let reference = Lookup::Tensor(Tensor::ids(vec![3], vec![5, 6, 8]));
+        let tight = |step: usize| if step == 2 { Some(1e-4) } else { Some(5.0) };
+        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", &tight);
+        assert_eq!(r.status, Status::NearTie, "{r:?}");
+        assert_eq!(r.metrics["first_mismatch"], 2.0);
+        let wide = |_: usize| Some(0.5);
+        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", &wide);
+        assert_eq!(r.status, Status::Fail);
+        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", &no_gap);
+        assert_eq!(r.status, Status::Fail);
+        // A shorter sequence diverges where it ends; not a layout error.
+        let r = run("generated", Some(Tensor::ids(vec![2], vec![5, 6])), Lookup::Tensor(Tensor::ids(vec![3], vec![5, 6, 8])));
+        assert_eq!((r.status, r.metrics["first_mismatch"]), (Status::Fail, 2.0));
+    }
+
+    #[test]
+    fn an_argmax_flip_asks_for_the_gap_at_step_0() {
+        let asked = std::cell::Cell::new(usize::MAX);
+        let gap = |step: usize| {
+            asked.set(step);
+            Some(1e-5)
+        };
+        let r = check(&entry("argmax"), Some(&Tensor::ids(vec![], vec![3])), &Lookup::Tensor(Tensor::ids(vec![], vec![4])), &spec(), "f32", &gap);
+        assert_eq!((r.status, asked.get()), (Status::NearTie, 0));
+    }
+
+    #[test]
+    fn probabilities_are_judged_by_kl_and_topk() {
+        let p = t(&[4], &[0.1, 0.2, 0.3, 0.4]);
+        let r = run("probs", Some(p.clone()), Lookup::Tensor(p));
+        assert_eq!(r.status, Status::Pass);
+        let judged: Vec<&str> = r.judgements.iter().map(|j| j.metric.as_str()).collect();
+        assert_eq!(judged, vec!["kl_divergence", "topk_overlap"]);
+    }
+
+    #[test]
+    fn a_checkpoint_without_tolerances_fails_rather_than_passing_unjudged() {
+        let x = t(&[1], &[1.0]);
+        let r = check(&entry("blk.0.attn_out"), Some(&x), &Lookup::Tensor(x.clone()), &Spec::default(), "f32", &no_gap);
+        assert_eq!(r.status, Status::Fail);
+        let r = check(&entry("blk.0.attn_out"), Some(&x), &Lookup::Tensor(x.clone()), &spec(), "bf16", &no_gap);
+        assert_eq!(r.status, Status::Fail);
+    }
+
+    #[test]
+    fn worst_elements_are_ranked_with_nan_first_and_indexed_by_shape() {
+        let r = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let e = [0.1, 0.0, -3.0, f32::NAN, 0.5, 0.0];
+        let w = worst_elements(&r, &e, &[2, 3], 3);
+        let idx: Vec<Vec<usize>> = w.iter().map(|x| x.index.clone()).collect();
+        assert_eq!(idx, vec![vec![1, 0], vec![0, 2], vec![1, 1]]);
+        assert_eq!(w[1].abs_error, 3.0);
+    }
+
+    #[test]
+    fn histogram_buckets_by_decade() {
+        let h = histogram(&[0.0, 0.05, 0.01, -0.5, 2.0, f64::NAN, f64::INFINITY]);
+        assert_eq!((h.exact, h.non_finite), (1, 2));
+        assert_eq!(h.decades, BTreeMap::from([(-2, 2), (-1, 1), (0, 1)]));
+    }
+
+    #[test]
+    fn inheritance_separates_propagated_from_new_error() {
+        assert_eq!(inherited(0.0, 1e-6), Origin::Clean);
+        assert_eq!(inherited(1e-6, 0.0), Origin::Introduced);
+        assert_eq!(inherited(5e-6, 1e-6), Origin::Inherited);
+        assert_eq!(inherited(1e-4, 1e-6), Origin::Introduced);
+        assert_eq!(inherited(f64::NAN, 1e-6), Origin::Introduced);
+        assert_eq!(inherited(f64::NAN, f64::NAN), Origin::Inherited);
+    }
+}

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use engine::tap::{Recorder, TapValue};
 use engine::{Model, Taps};
-use harness::tensor::{Tensor, Values};
+use crate::tensor::{Tensor, Values};
 use std::collections::BTreeMap;
 
 /// Every tap of one traced run, by dump key (`blk.3.attn_probs`).

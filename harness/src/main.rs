@@ -1,36 +1,48 @@
 //! `parity`: runs the engine beside its references and judges every checkpoint.
 //!
 //! Exit codes: 0 everything passed; 1 a checkpoint failed; 2 usage or input error; 3 a reference
-//! could not run.
+//! could not run (and nothing failed).
 
-mod bench;
-mod generate;
-mod inspect;
-mod live;
-mod suite;
-mod threads;
+mod cli;
 
 use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(name = "parity", version, about = "A checkpoint oracle for LLM inference engines")]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Compare the engine with the references at every checkpoint and write a proof bundle
+    /// (with no options: the embedded default suite against its committed dumps).
+    Run(cli::run::RunArgs),
+    /// One checkpoint in depth: every metric, the worst elements, a histogram, made here or inherited.
+    Diff(cli::diff::DiffArgs),
+    /// The first checkpoint, in forward order, that fails, and the last that passes.
+    Bisect(cli::bisect::BisectArgs),
+    /// Measure the spread between the references and propose tolerances from it.
+    Calibrate(cli::calibrate::CalibrateArgs),
+    /// Re-hash a proof bundle and say whether it is intact.
+    Verify {
+        /// The bundle folder (.proof_bundle/run/<run id>).
+        bundle: PathBuf,
+    },
+    /// Join the results of several shard bundles into one bundle and report.
+    Merge(cli::merge::MergeArgs),
     /// Run the engine alone and stream generated text to stdout.
-    Generate(generate::GenerateArgs),
+    Generate(cli::generate::GenerateArgs),
     /// Print a model file's architecture, hyperparameters and tensors.
-    /// Engine speed beside llama.cpp's on the same files, ids and threads.
-    Bench(bench::BenchArgs),
     Inspect {
         /// A .gguf file or an HF folder.
-        path: std::path::PathBuf,
+        path: PathBuf,
     },
+    /// Engine speed beside llama.cpp's on the same files, ids and threads.
+    Bench(cli::bench::BenchArgs),
 }
 
 /// Usage or input error (bad arguments, unreadable or corrupt files).
@@ -44,16 +56,31 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
-    let result = match cli.command {
-        Command::Generate(args) => generate::run(args),
-        Command::Inspect { path } => inspect::run(&path),
+    let root = project_root();
+    // No subcommand: the embedded default suite, exactly as `parity run`.
+    let command = match cli.command {
+        Some(c) => c,
+        None => match Cli::parse_from(["parity", "run"]).command {
+            Some(c) => c,
+            None => unreachable!("`parity run` always parses to the run command"),
+        },
+    };
+    let result = match command {
+        Command::Run(args) => cli::run::run(args, &root),
+        Command::Diff(args) => cli::diff::run(args, &root),
+        Command::Bisect(args) => cli::bisect::run(args, &root),
+        Command::Calibrate(args) => cli::calibrate::run(args, &root),
+        Command::Verify { bundle } => cli::merge::verify(&bundle),
+        Command::Merge(args) => cli::merge::run(args, &root),
+        Command::Generate(args) => cli::generate::run(args).map(|()| 0),
+        Command::Inspect { path } => cli::inspect::run(&path).map(|()| 0),
         Command::Bench(args) => {
-            let root = project_root();
-            bench::run(args, &live::Dumpers::from_env(&root, std::time::Duration::from_secs(600)).python, &root)
+            let python = harness::live::Dumpers::from_env(&root, std::time::Duration::from_secs(600)).python;
+            cli::bench::run(args, &python, &root).map(|()| 0)
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("parity: {e:#}");
             ExitCode::from(EXIT_USAGE)
@@ -63,10 +90,10 @@ fn main() -> ExitCode {
 
 /// The project folder (holding `checkpoints/catalog.toml`): the current folder or one above it,
 /// else the one this binary was built from.
-fn project_root() -> std::path::PathBuf {
+fn project_root() -> PathBuf {
     let cwd = std::env::current_dir().unwrap_or_default();
     cwd.ancestors()
         .find(|d| d.join("checkpoints/catalog.toml").is_file())
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
 }

@@ -4,12 +4,12 @@
 
 use crate::catalog::Catalog;
 use crate::compare;
-use crate::dumps::Dump;
+use crate::dumps::{Dump, Lookup};
 use crate::engine_run;
 use crate::live::{DumpRequest, Dumpers, ReferenceError};
 use crate::spec::Spec;
 use crate::suite::{resolve, Case, Suite};
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, Values};
 use anyhow::{Context, Result};
 use engine::Model;
 use reports::results::{CaseResult, RunResults};
@@ -25,15 +25,14 @@ pub enum Source {
 }
 
 /// Everything the suite pass needs besides the cases.
-pub struct Context<'a> {
+pub struct Setup<'a> {
     pub root: &'a Path,
     pub suite: &'a Suite,
     pub catalog: &'a Catalog,
     pub spec: &'a Spec,
     pub source: &'a Source,
-    /// Plants a bug in every model loaded (harness self-tests only).
-    #[cfg(feature = "fault-injection")]
-    pub fault: Option<engine::config::Fault>,
+    /// Called on every model after loading (the harness's own tests plant bugs with it).
+    pub prepare: Option<&'a dyn Fn(&mut Model)>,
 }
 
 /// One case's inputs and outputs, kept for drill-down.
@@ -47,7 +46,7 @@ pub struct CaseRun {
 }
 
 /// Runs every case; a reference that cannot run is recorded in `reference_errors`, not fatal.
-pub fn run(ctx: &Context, cases: Vec<Case>, run_id: &str) -> Result<(RunResults, Vec<CaseRun>)> {
+pub fn run(ctx: &Setup, cases: Vec<Case>, run_id: &str) -> Result<(RunResults, Vec<CaseRun>)> {
     let mut results = RunResults {
         run_id: run_id.to_string(),
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -59,11 +58,9 @@ pub fn run(ctx: &Context, cases: Vec<Case>, run_id: &str) -> Result<(RunResults,
     for case in cases {
         let model_path = resolve(ctx.root, &case.model.path);
         if loaded.as_ref().map(|(id, _)| id) != Some(&case.model.id) {
-            #[allow(unused_mut)]
             let mut model = Model::load(&model_path).with_context(|| format!("loading model {} ({})", case.model.id, model_path.display()))?;
-            #[cfg(feature = "fault-injection")]
-            if let Some(fault) = ctx.fault {
-                model.inject_fault(fault);
+            if let Some(prepare) = ctx.prepare {
+                prepare(&mut model);
             }
             loaded = Some((case.model.id.clone(), model));
         }
@@ -75,7 +72,7 @@ pub fn run(ctx: &Context, cases: Vec<Case>, run_id: &str) -> Result<(RunResults,
     Ok((results, runs))
 }
 
-fn run_case(ctx: &Context, case: Case, model_path: PathBuf, model: &Model, errors: &mut BTreeMap<String, String>) -> Result<CaseRun> {
+fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, errors: &mut BTreeMap<String, String>) -> Result<CaseRun> {
     let engine = engine_run::trace(model, &case.prompt.text, ctx.suite.n_generate, ctx.suite.temperature)
         .with_context(|| format!("engine on {} / {}", case.model.id, case.prompt.id))?;
     let sha = engine_sha(&model_path)?;
@@ -84,14 +81,15 @@ fn run_case(ctx: &Context, case: Case, model_path: PathBuf, model: &Model, error
     let mut dumps = Vec::new();
     let mut results = Vec::new();
     for reference in &case.refs {
-        let dump = fetch_dump(ctx, &case, reference).map_err(|e| e.to_string());
+        let dump = fetch_dump(ctx, &case, reference).map_err(|e| format!("{e:#}"));
         match &dump {
             Ok(dump) => {
                 let gap = |step: usize| {
                     // The reference's own prefix up to the flip: prompt ids, then its first `step` tokens.
                     let mut ids: Vec<u32> = dump.manifest.token_ids.iter().map(|&t| t as u32).collect();
-                    let generated = dump.ids("generated").ok()?;
-                    ids.extend(generated.iter().take(step).map(|&t| t as u32));
+                    if let Ok(Lookup::Tensor(Tensor { values: Values::Ids(generated), .. })) = dump.get("generated") {
+                        ids.extend(generated.iter().take(step).map(|&t| t as u32));
+                    }
                     engine_run::top2_gap(model, &ids)
                 };
                 let checks = compare::compare_case(&engine, dump, &entries, ctx.spec, &case.model.class, &gap);
@@ -114,7 +112,8 @@ fn run_case(ctx: &Context, case: Case, model_path: PathBuf, model: &Model, error
     Ok(CaseRun { case, model_path, engine, dumps, results })
 }
 
-fn fetch_dump(ctx: &Context, case: &Case, reference: &str) -> Result<Dump> {
+/// One reference's dump of one case: read from the dumps folder, or produced now.
+pub fn fetch_dump(ctx: &Setup, case: &Case, reference: &str) -> Result<Dump> {
     match ctx.source {
         Source::Dumps(root) => {
             let dir = root.join(&case.model.id).join(&case.prompt.id).join(reference);
@@ -138,7 +137,28 @@ fn fetch_dump(ctx: &Context, case: &Case, reference: &str) -> Result<Dump> {
     }
 }
 
-/// The sha256 the dumpers record for the same model (a file, or every file of a folder in order).
-fn engine_sha(path: &Path) -> Result<String> {
-    crate::hash::sha256_of_path(path).with_context(|| format!("hashing {}", path.display()))
+/// The sha256 the dumpers record for the same model: of the file, or of every file of a folder
+/// concatenated in path order.
+pub fn engine_sha(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut files = Vec::new();
+    collect_files(path, &mut files).with_context(|| format!("listing {}", path.display()))?;
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        let mut file = std::fs::File::open(&f).with_context(|| format!("reading {}", f.display()))?;
+        std::io::copy(&mut file, &mut h).with_context(|| format!("reading {}", f.display()))?;
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            collect_files(&entry?.path(), out)?;
+        }
+    } else {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@
 pub mod results;
 pub mod bundle;
 pub mod confidence;
+pub mod html;
 pub mod json;
 pub mod junit;
 pub mod markdown;

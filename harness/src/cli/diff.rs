@@ -1,0 +1,133 @@
+//! `parity diff`: one checkpoint in depth, for the engineer chasing where the engine goes wrong.
+
+use super::select::Selection;
+use anyhow::{bail, Context, Result};
+use harness::catalog::Entry;
+use harness::compare::{self, Origin};
+use harness::dumps::{Dump, Lookup};
+use harness::pipeline::CaseRun;
+use harness::tensor::{Tensor, Values};
+use std::path::Path;
+
+#[derive(clap::Args, Debug)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// A checkpoint name (`attn_probs`, `qkv`) or tensor name (`q`, `k_cache`).
+    #[arg(long)]
+    pub checkpoint: String,
+    /// The layer, for per-layer checkpoints (default 0).
+    #[arg(long, default_value_t = 0)]
+    pub layer: usize,
+    /// The reference to compare with (default: the case's first).
+    #[arg(long = "ref")]
+    pub reference: Option<String>,
+    /// How many of the worst elements to list.
+    #[arg(long, default_value_t = 10)]
+    pub worst: usize,
+}
+
+pub fn run(args: DiffArgs, root: &Path) -> Result<i32> {
+    let live_out = std::env::temp_dir().join(format!("parity-diff-{}", std::process::id()));
+    let mut loaded = args.selection.load(root, &live_out)?;
+    // One case: the first the selection names (pick others with --model/--prompt or --shard).
+    loaded.cases.truncate(1);
+    let (results, runs) = loaded.run("diff", None)?;
+    let _ = std::fs::remove_dir_all(&live_out);
+    let run = runs.first().context("the selection holds no case")?;
+    let reference = args.reference.clone().or_else(|| run.case.refs.first().cloned()).context("the case has no reference")?;
+    let dump = match run.dumps.iter().find(|(r, _)| *r == reference) {
+        Some((_, Ok(d))) => d,
+        Some((_, Err(e))) => bail!("{reference}: {e}"),
+        None => bail!("{reference} is not a reference of {} (it has {:?})", run.case.model.id, run.case.refs),
+    };
+    let model = engine::Model::load(&run.model_path)?;
+    let entries = loaded.catalog.entries(model.config().arch.name(), model.config().n_layers);
+    let wanted: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| (e.checkpoint == args.checkpoint || e.tensor == args.checkpoint) && e.layer.is_none_or(|l| l == args.layer))
+        .collect();
+    if wanted.is_empty() {
+        bail!("no checkpoint or tensor {:?} at layer {} (names are in checkpoints/catalog.toml)", args.checkpoint, args.layer);
+    }
+    println!("{} / {} against {} ({})", run.case.model.id, run.case.prompt.id, reference, dump.manifest.version);
+    let checks = results.cases.iter().filter(|c| c.reference == reference).flat_map(|c| &c.checks);
+    for entry in wanted {
+        println!();
+        println!("== checkpoint {} {}: {}", entry.checkpoint_id, entry.checkpoint, entry.key);
+        if let Some(check) = checks.clone().find(|c| c.key == entry.key) {
+            println!("status: {}{}", reports::summary::status_name(check.status), check.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default());
+            for j in &check.judgements {
+                println!("  judged  {:<15} {:>12.4e} {} {:.4e}  margin {}", j.metric, j.value, j.op, j.threshold, reports::summary::margin_text(j.margin));
+            }
+        }
+        let Some((eng, refv, shape)) = f32_pair(run, dump, &entry.key) else {
+            println!("(ids or missing on one side: see the status above)");
+            continue;
+        };
+        let metrics = compare::f32_metrics(&refv, eng, entry.tensor == "probs");
+        for (name, value) in &metrics {
+            println!("  metric  {name:<15} {value:>12.4e}");
+        }
+        let axes = axis_names(&loaded.catalog, &entry.tensor);
+        println!("worst elements:");
+        for w in compare::worst_elements(&refv, eng, &shape, args.worst) {
+            let at: Vec<String> = w.index.iter().zip(&axes).map(|(i, a)| format!("{a} {i}")).collect();
+            println!("  [{}] reference {:>12.6} engine {:>12.6} |error| {:.3e}", at.join(", "), w.reference, w.engine, w.abs_error);
+        }
+        let errors: Vec<f64> = refv.iter().zip(eng).map(|(r, e)| (*e as f64 - *r as f64).abs()).collect();
+        let h = compare::histogram(&errors);
+        println!("|error| histogram: exact {}{}", h.exact, if h.non_finite > 0 { format!(", non-finite {}", h.non_finite) } else { String::new() });
+        for (decade, count) in &h.decades {
+            println!("  [1e{decade}, 1e{}) {count:>8} {}", decade + 1, "#".repeat(((*count as f64).log2().max(0.0) as usize) + 1));
+        }
+        match input_of(&entries, entry).and_then(|input| f32_pair(run, dump, &input.key).map(|p| (input, p))) {
+            Some((input, (ie, ir, _))) => {
+                let (here, before) = (metrics.get("nmse").copied().unwrap_or(f64::NAN), compare::f32_metrics(&ir, ie, false)["nmse"]);
+                let verdict = match compare::inherited(here, before) {
+                    Origin::Clean => "no error here",
+                    Origin::Inherited => "inherited: no larger than its input's error allows",
+                    Origin::Introduced => "made here: larger than its input's error explains",
+                };
+                println!("origin: {verdict} (nmse {here:.3e} here, {before:.3e} at its input {})", input.key);
+            }
+            None => println!("origin: no f32 input checkpoint before it"),
+        }
+    }
+    Ok(0)
+}
+
+/// Both sides' values of an f32 tensor with equal shapes.
+fn f32_pair<'a>(run: &'a CaseRun, dump: &Dump, key: &str) -> Option<(&'a [f32], Vec<f32>, Vec<usize>)> {
+    let eng = run.engine.get(key)?;
+    let Ok(Lookup::Tensor(Tensor { shape, values: Values::F32(r) })) = dump.get(key) else { return None };
+    match &eng.values {
+        Values::F32(e) if eng.shape == shape && !e.is_empty() => Some((e, r, shape)),
+        _ => None,
+    }
+}
+
+/// The checkpoint feeding `entry`: the nearest earlier entry of another checkpoint.
+fn input_of<'a>(entries: &'a [Entry], entry: &Entry) -> Option<&'a Entry> {
+    let at = entries.iter().position(|e| e.key == entry.key)?;
+    entries[..at].iter().rev().find(|e| e.checkpoint_id != entry.checkpoint_id && !e.is_ids)
+}
+
+/// Readable names of a catalog tensor's axes, from its shape symbols.
+fn axis_names(catalog: &harness::catalog::Catalog, tensor: &str) -> Vec<String> {
+    let Some(spec) = catalog.tensor(tensor) else { return Vec::new() };
+    spec.shape
+        .iter()
+        .map(|s| match s.as_str() {
+            "T" => "token",
+            "d" | "H*hd" | "KV*hd" => "channel",
+            "H" => "head",
+            "KV" => "kv head",
+            "hd" => "dim",
+            "V" => "vocab id",
+            "N" => "step",
+            other => other,
+        }
+        .to_string())
+        .collect()
+}

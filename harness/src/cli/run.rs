@@ -1,0 +1,263 @@
+//! `parity run`: the suite (or one model and prompt) through engine, references and comparison,
+//! printed as a table (or JSON) and written as a proof bundle.
+
+use super::select::{Loaded, Selection};
+use anyhow::{Context, Result};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Color, Table};
+use harness::dumps::Lookup;
+use harness::engine_run;
+use harness::npy;
+use harness::pipeline::CaseRun;
+use harness::tensor::{Tensor, Values};
+use reports::bundle::{self, Bundle, Provenance, RunInfo};
+use reports::results::{CaseResult, CheckResult, RunResults, Status};
+use reports::summary::{self, Verdict};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// `table` for people, `json` for machines (the summary on stdout).
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    pub format: String,
+    /// Run the engine this many times per case and report any difference between runs.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Failing tensors saved into the bundle per case and reference (engine and reference side).
+    #[arg(long, default_value_t = 20)]
+    pub keep_failed: usize,
+}
+
+pub fn run(args: RunArgs, root: &Path) -> Result<i32> {
+    let provenance = Provenance::now(&command_line(), &git_commit(root));
+    let live_out = std::env::temp_dir().join(format!("parity-live-{}-{}", provenance.run_id, std::process::id()));
+    let loaded = args.selection.load(root, &live_out)?;
+    let mut bundle = Bundle::create(&bundle::default_root(root), "run", provenance.clone())?;
+    let (mut results, runs) = loaded.run(&provenance.run_id, None)?;
+    if args.repeat > 1 {
+        results.cases.extend(repeat_checks(&loaded, &runs, args.repeat)?);
+    }
+
+    write_bundle(&mut bundle, &loaded, &results, &runs, args.keep_failed)?;
+    let info = run_info(&loaded, &runs);
+    let dir = bundle.finish(info)?;
+    let _ = std::fs::remove_dir_all(&live_out);
+
+    let verdict = Verdict::of(&results);
+    match args.format.as_str() {
+        "json" => println!("{}", reports::json::render(&results)),
+        _ => print_table(&results, &dir),
+    }
+    Ok(verdict.exit_code())
+}
+
+/// `--repeat N`: the engine's runs 2..N against run 1, bit for bit. A difference is its own
+/// finding (reference `engine-repeat-K`), never hidden inside a tolerance.
+fn repeat_checks(loaded: &Loaded, runs: &[CaseRun], repeat: usize) -> Result<Vec<CaseResult>> {
+    let mut out = Vec::new();
+    for run in runs {
+        let model = engine::Model::load(&run.model_path).with_context(|| format!("reloading {}", run.model_path.display()))?;
+        for k in 2..=repeat {
+            let again = engine_run::trace(&model, &run.case.prompt.text, loaded.suite.n_generate, loaded.suite.temperature)?;
+            let checks = loaded
+                .catalog
+                .entries(model.config().arch.name(), model.config().n_layers)
+                .iter()
+                .map(|e| {
+                    let (status, note) = match (run.engine.get(&e.key), again.get(&e.key)) {
+                        (Some(a), Some(b)) if bit_identical(a, b) => (Status::Pass, None),
+                        (Some(_), Some(_)) => (Status::Fail, Some(format!("non-deterministic: run {k} differs from run 1 with the same threads"))),
+                        _ => (Status::Missing, Some("the engine did not produce it".to_string())),
+                    };
+                    CheckResult {
+                        checkpoint_id: e.checkpoint_id,
+                        checkpoint: e.checkpoint.clone(),
+                        tensor: e.tensor.clone(),
+                        layer: e.layer,
+                        key: e.key.clone(),
+                        status,
+                        metrics: BTreeMap::new(),
+                        judgements: Vec::new(),
+                        note,
+                    }
+                })
+                .collect();
+            out.push(CaseResult {
+                model: run.case.model.id.clone(),
+                model_sha256: String::new(),
+                prompt: run.case.prompt.id.clone(),
+                reference: format!("engine-repeat-{k}"),
+                reference_version: format!("engine {}", env!("CARGO_PKG_VERSION")),
+                dtype: "bit-exact".into(),
+                checks,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn bit_identical(a: &Tensor, b: &Tensor) -> bool {
+    a.shape == b.shape
+        && match (&a.values, &b.values) {
+            (Values::F32(x), Values::F32(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            (Values::Ids(x), Values::Ids(y)) => x == y,
+            _ => false,
+        }
+}
+
+fn write_bundle(bundle: &mut Bundle, loaded: &Loaded, results: &RunResults, runs: &[CaseRun], keep_failed: usize) -> Result<()> {
+    bundle.write_text("results.json", &serde_json::to_string_pretty(results)?)?;
+    bundle.write_text("summary.json", &reports::json::render(results))?;
+    bundle.write_text("report.md", &reports::markdown::render(results))?;
+    bundle.write_text("report.html", &reports::html::render(results))?;
+    bundle.write_text("junit.xml", &reports::junit::render(results))?;
+
+    bundle.add_input("catalog", &loaded.catalog_path)?;
+    bundle.add_input("spec", &loaded.spec_path)?;
+    bundle.add_input("suite", &loaded.suite_path)?;
+    for run in runs {
+        add_inputs_under(bundle, "model", &run.model_path)?;
+        for (reference, dump) in &run.dumps {
+            let base = format!("{}/{}/{}", run.case.model.id, run.case.prompt.id, reference);
+            match dump {
+                Ok(dump) => {
+                    add_inputs_under(bundle, "dump", &dump.dir)?;
+                    save_failed(bundle, run, reference, dump, &base, results, keep_failed)?;
+                }
+                Err(_) => {}
+            }
+            // A live dumper's stderr, kept whether it succeeded or not.
+            if let harness::pipeline::Source::Live { out, .. } = &loaded.source {
+                let log = out.join(&run.case.model.id).join(&run.case.prompt.id).join(format!("{reference}.stderr.log"));
+                if let Ok(bytes) = std::fs::read(&log) {
+                    bundle.write_bytes(&format!("references/{base}.stderr.log"), &bytes)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The engine's and the reference's tensors for the first `keep` failing checks of a case.
+fn save_failed(bundle: &mut Bundle, run: &CaseRun, reference: &str, dump: &harness::dumps::Dump, base: &str, results: &RunResults, keep: usize) -> Result<()> {
+    let failing = results
+        .cases
+        .iter()
+        .filter(|c| c.model == run.case.model.id && c.prompt == run.case.prompt.id && c.reference == reference)
+        .flat_map(|c| &c.checks)
+        .filter(|k| matches!(k.status, Status::Fail | Status::NonFinite | Status::Layout))
+        .take(keep);
+    for check in failing {
+        if let Some(t) = run.engine.get(&check.key) {
+            bundle.write_bytes(&format!("failed/{base}/{}.engine.npy", check.key), &npy::encode(t))?;
+        }
+        if let Ok(Lookup::Tensor(t)) = dump.get(&check.key) {
+            bundle.write_bytes(&format!("failed/{base}/{}.reference.npy", check.key), &npy::encode(&t))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every file at `path` (a file, or a folder's files) as an input of `role`.
+fn add_inputs_under(bundle: &mut Bundle, role: &str, path: &Path) -> Result<()> {
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for e in entries {
+            add_inputs_under(bundle, role, &e)?;
+        }
+        Ok(())
+    } else {
+        Ok(bundle.add_input(role, path)?)
+    }
+}
+
+fn run_info(loaded: &Loaded, runs: &[CaseRun]) -> RunInfo {
+    let mut versions = BTreeMap::new();
+    versions.insert("engine".to_string(), env!("CARGO_PKG_VERSION").to_string());
+    for run in runs {
+        for (reference, dump) in &run.dumps {
+            if let Ok(d) = dump {
+                versions.insert(reference.clone(), d.manifest.version.clone());
+            }
+        }
+    }
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".into());
+    RunInfo { versions, host, threads: loaded.suite.threads, replay: command_line() }
+}
+
+fn command_line() -> String {
+    std::env::args().map(|a| if a.contains(char::is_whitespace) { format!("{a:?}") } else { a }).collect::<Vec<_>>().join(" ")
+}
+
+/// The engine's git commit, if the project is a git checkout.
+fn git_commit(root: &Path) -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// One table per model/prompt: checkpoints down, references across, each cell its status and the
+/// smallest margin to a threshold. Color only on a terminal, and never with NO_COLOR set.
+fn print_table(results: &RunResults, bundle_dir: &Path) {
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    for subject in summary::subjects(results) {
+        let mut table = Table::new();
+        let mut header = vec![Cell::new("checkpoint")];
+        header.extend(subject.references.iter().map(|(r, _)| Cell::new(r)));
+        table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+        for (id, name) in &subject.checkpoints {
+            let mut row = vec![Cell::new(format!("{id:>2} {name}"))];
+            for (reference, _) in &subject.references {
+                let cell = match subject.cells.get(&(*id, reference.clone())) {
+                    None => Cell::new("-"),
+                    Some(c) => {
+                        let margin = c.worst.as_ref().map(|w| format!(" {}", summary::margin_text(w.margin))).unwrap_or_default();
+                        let text = format!("{}{margin}", summary::status_name(c.status));
+                        let tint = match c.status {
+                            Status::Pass => Color::Green,
+                            Status::NearTie => Color::Yellow,
+                            _ => Color::Red,
+                        };
+                        if color { Cell::new(text).fg(tint) } else { Cell::new(text) }
+                    }
+                };
+                row.push(cell);
+            }
+            table.add_row(row);
+        }
+        println!("{}", subject.title());
+        println!("{table}");
+    }
+    for (what, err) in &results.reference_errors {
+        println!("reference error: {what}: {err}");
+    }
+    let verdict = Verdict::of(results);
+    let confidence = reports::confidence::Confidence::of(results);
+    println!("{}  confidence: {}", verdict.label(), confidence.label());
+    println!("bundle: {}", bundle_dir.display());
+    println!("report: {}", bundle_dir.join("report.md").display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bit_identity_tells_apart_values_that_compare_equal() {
+        let a = Tensor::f32(vec![2], vec![0.0, 1.0]);
+        let b = Tensor::f32(vec![2], vec![-0.0, 1.0]);
+        assert!(bit_identical(&a, &a.clone()));
+        assert!(!bit_identical(&a, &b), "0.0 and -0.0 are equal as numbers, not as bits");
+        let nan = Tensor::f32(vec![1], vec![f32::NAN]);
+        assert!(bit_identical(&nan, &nan.clone()), "the same NaN bits twice are deterministic");
+    }
+}

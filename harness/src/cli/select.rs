@@ -1,0 +1,122 @@
+//! What `run`, `diff`, `bisect` and `calibrate` compare: the command-line options that pick the
+//! cases and where their reference dumps come from, shared by all four.
+
+use anyhow::{bail, Context, Result};
+use harness::catalog::Catalog;
+use harness::live::Dumpers;
+use harness::pipeline::{self, CaseRun, Setup, Source};
+use harness::spec::Spec;
+use harness::suite::{Case, Shard, Suite, SuiteModel, SuitePrompt};
+use reports::results::RunResults;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Selection {
+    /// The suite to run (models x prompts x references).
+    #[arg(long, default_value = "checkpoints/suite.toml")]
+    pub suite: PathBuf,
+    /// One model (a .gguf file or an HF folder) instead of the suite's models.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// One prompt instead of the suite's prompts.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// References to compare against, comma-separated (default: each model's list in the suite;
+    /// with --model: all three).
+    #[arg(long, value_delimiter = ',')]
+    pub refs: Option<Vec<String>>,
+    /// Tolerance class for --model (f32, f16, quantized).
+    #[arg(long, default_value = "f32")]
+    pub class: String,
+    /// Run the reference dumpers now (needs scripts/setup-references.sh) instead of reading dumps.
+    #[arg(long, conflicts_with = "dumps")]
+    pub live: bool,
+    /// Read dumps from DIR/<model id>/<prompt id>/<reference>/ (default: the suite's `dumps`).
+    #[arg(long)]
+    pub dumps: Option<PathBuf>,
+    /// Run only the K-th of N parts of the case list (1-based), for a CI matrix.
+    #[arg(long)]
+    pub shard: Option<Shard>,
+    /// Seconds each reference dumper may take (--live).
+    #[arg(long, default_value_t = 900)]
+    pub timeout: u64,
+    /// Worker threads for the engine (default: the suite's `threads`).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// The checkpoint catalog.
+    #[arg(long, default_value = "checkpoints/catalog.toml")]
+    pub catalog: PathBuf,
+    /// The tolerance spec.
+    #[arg(long, default_value = "checkpoints/tolerances.toml")]
+    pub tolerances: PathBuf,
+}
+
+/// The loaded inputs of a selection.
+pub struct Loaded {
+    pub root: PathBuf,
+    pub suite: Suite,
+    pub suite_path: PathBuf,
+    pub catalog: Catalog,
+    pub catalog_path: PathBuf,
+    pub spec: Spec,
+    pub spec_path: PathBuf,
+    pub cases: Vec<Case>,
+    pub source: Source,
+}
+
+impl Selection {
+    /// Reads suite, catalog and spec, and lists the cases. `live_out` is where live dumps go.
+    pub fn load(&self, root: &Path, live_out: &Path) -> Result<Loaded> {
+        let at = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { root.join(p) };
+        let (suite_path, catalog_path, spec_path) = (at(&self.suite), at(&self.catalog), at(&self.tolerances));
+        let mut suite = Suite::load(&suite_path)?;
+        let catalog = Catalog::load(&catalog_path).with_context(|| format!("reading the catalog {}", catalog_path.display()))?;
+        let spec = Spec::load(&spec_path).with_context(|| format!("reading the tolerances {}", spec_path.display()))?;
+        spec.validate(&catalog).with_context(|| format!("checking {} against the catalog", spec_path.display()))?;
+        if let Some(t) = self.threads {
+            if t == 0 {
+                bail!("--threads must be at least 1");
+            }
+            suite.threads = t;
+        }
+        if let Some(model) = &self.model {
+            let id = model.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
+            let refs = self.refs.clone().unwrap_or_else(|| vec!["llamacpp".into(), "pytorch".into(), "tinygrad".into()]);
+            let path = std::fs::canonicalize(model).with_context(|| format!("model {} not found", model.display()))?;
+            suite.models = vec![SuiteModel { id, path: path.display().to_string(), refs, class: self.class.clone(), about: None, ref_paths: Default::default() }];
+        }
+        if let Some(prompt) = &self.prompt {
+            suite.prompts = vec![SuitePrompt { id: "prompt".into(), text: prompt.clone() }];
+        }
+        let mut cases = suite.cases();
+        if let Some(refs) = &self.refs {
+            for r in refs {
+                if !["llamacpp", "pytorch", "tinygrad"].contains(&r.as_str()) {
+                    bail!("--refs: unknown reference {r:?} (llamacpp, pytorch, tinygrad)");
+                }
+            }
+            for case in &mut cases {
+                case.refs.retain(|r| refs.contains(r));
+            }
+        }
+        if let Some(shard) = self.shard {
+            cases = shard.select(cases);
+        }
+        let source = match (self.live, &self.dumps) {
+            (true, _) => Source::Live { dumpers: Dumpers::from_env(root, Duration::from_secs(self.timeout)), out: live_out.to_path_buf() },
+            (false, Some(dir)) => Source::Dumps(at(dir)),
+            (false, None) => Source::Dumps(root.join(&suite.dumps)),
+        };
+        Ok(Loaded { root: root.to_path_buf(), suite, suite_path, catalog, catalog_path, spec, spec_path, cases, source })
+    }
+}
+
+impl Loaded {
+    /// Runs engine, references and comparison over every case.
+    pub fn run(&self, run_id: &str, prepare: Option<&dyn Fn(&mut engine::Model)>) -> Result<(RunResults, Vec<CaseRun>)> {
+        super::threads::init(Some(self.suite.threads))?;
+        let setup = Setup { root: &self.root, suite: &self.suite, catalog: &self.catalog, spec: &self.spec, source: &self.source, prepare };
+        pipeline::run(&setup, self.cases.clone(), run_id)
+    }
+}
