@@ -1,32 +1,41 @@
 #!/usr/bin/env bash
-# Regenerates the committed reference dumps of the default suite (checkpoints/suite.toml) by
-# running the real dumpers. Needs the reference environment (scripts/setup-references.sh).
+# Writes the reference dumps of a suite (default: checkpoints/suite.toml, whose dumps are committed)
+# by running the real dumpers, into the suite's `dumps` folder. Needs the reference environment
+# (scripts/setup-references.sh).
 #
-#   scripts/make-dumps.sh            # every model x prompt x reference of the suite
-#   scripts/make-dumps.sh pytorch    # only one reference
-#   scripts/make-dumps.sh "" missing # only the dumps not there yet
+#   scripts/make-dumps.sh                                     # every model x prompt x reference
+#   scripts/make-dumps.sh checkpoints/suite.toml pytorch      # only one reference
+#   scripts/make-dumps.sh checkpoints/suite-real.toml "" missing  # only the dumps not there yet
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PARITY_CACHE:-$HOME/.cache/parity}/venv/bin/python"
 [ -x "$PY" ] || { echo "make-dumps: no reference environment at $PY; run scripts/setup-references.sh" >&2; exit 3; }
-only="${1:-}"
+suite="${1:-checkpoints/suite.toml}"
+only="${2:-}"
 # The same environment `parity run --live` gives the dumpers: every reference in f32.
 export DEV=CPU HALF=0 PARITY_LLAMACPP_KV_TYPE=f32
 
-"$PY" - "$only" "${2:-}" <<'PYEOF'
-import subprocess, sys, tomllib, time
+"$PY" - "$suite" "$only" "${3:-}" <<'PYEOF'
+import os, subprocess, sys, tomllib, time
 from pathlib import Path
-only = sys.argv[1]
-suite = tomllib.load(open("checkpoints/suite.toml", "rb"))
+suite_path, only, missing = sys.argv[1], sys.argv[2], sys.argv[3] == "missing"
+suite = tomllib.load(open(suite_path, "rb"))
+cache = Path(os.environ.get("PARITY_CACHE", Path.home() / ".cache/parity"))
+
+def resolve(path):  # as harness::suite::resolve
+    return str(cache / path[len("cache:"):]) if path.startswith("cache:") else os.path.expanduser(path)
+
 for model in suite["model"]:
     for prompt in suite["prompt"]:
+        if "prompts" in model and prompt["id"] not in model["prompts"]:
+            continue
         for ref in model["refs"]:
             if only and ref != only:
                 continue
-            out = f"{suite['dumps']}/{model['id']}/{prompt['id']}/{ref}"
-            if len(sys.argv) > 2 and sys.argv[2] == "missing" and Path(out, "manifest.toml").exists():
+            out = f"{resolve(suite['dumps'])}/{model['id']}/{prompt['id']}/{ref}"
+            if missing and Path(out, "manifest.toml").exists():
                 continue
-            path = model.get("ref_paths", {}).get(ref, model["path"])
+            path = resolve(model.get("ref_paths", {}).get(ref, model["path"]))
             cmd = [sys.executable, f"references/{ref}/dump.py", "--model", path, "--prompt", prompt["text"],
                    "--n-generate", str(suite["n_generate"]), "--temperature", str(suite["temperature"]),
                    "--threads", str(suite["threads"]), "--out", out]

@@ -185,7 +185,7 @@ fn finite_only(m: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
 }
 
 fn judge(metric: &str, value: f64, op: crate::spec::Op, threshold: f64) -> Judgement {
-    Judgement { metric: metric.to_string(), value, op: op.as_str().to_string(), threshold, margin: op.margin(value, threshold), pass: op.holds(value, threshold) }
+    Judgement { metric: metric.to_string(), value, op: op.as_str().to_string(), threshold, margin: crate::spec::margin(metric, op, value, threshold), pass: op.holds(value, threshold) }
 }
 
 fn shape_note(engine: &Tensor, reference: &Tensor) -> String {

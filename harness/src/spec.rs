@@ -53,15 +53,6 @@ impl Op {
         }
     }
 
-    /// Room to spare as a fraction of the threshold (negative when failed); a threshold of 0 is
-    /// measured in absolute units instead.
-    pub fn margin(self, value: f64, threshold: f64) -> f64 {
-        let room = match self {
-            Op::Le => threshold - value,
-            Op::Ge => value - threshold,
-        };
-        room / if threshold == 0.0 { 1.0 } else { threshold.abs() }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -216,6 +207,30 @@ fn rule(metric: &str) -> Option<Rule> {
     })
 }
 
+/// Room to spare, as the fraction of the allowed error still unused (negative when failed), so
+/// every metric reads the same way: +100% is an exact match, +0% is right at the threshold.
+/// - error metrics (`<=`): (threshold - value) / threshold;
+/// - similarities bounded by 1 (cosine, top-k overlap): the same on their distance from 1, so
+///   cosine 0.9999999 against 0.99999 has +99% left, not +0.0001%;
+/// - decibels (`>=`): (value - threshold) / threshold;
+/// - a threshold of 0 (exact equality of ids): +100% when the value is 0, otherwise minus the
+///   value itself (the count of mismatches), since no fraction of zero exists.
+pub fn margin(metric: &str, op: Op, value: f64, threshold: f64) -> f64 {
+    if threshold == 0.0 {
+        return if value == 0.0 { 1.0 } else { -value.abs() };
+    }
+    if let (Some(Rule::Similarity { .. }), Op::Ge) = (rule(metric), op) {
+        if threshold < 1.0 {
+            return (value - threshold) / (1.0 - threshold);
+        }
+    }
+    let room = match op {
+        Op::Le => threshold - value,
+        Op::Ge => value - threshold,
+    };
+    room / threshold.abs()
+}
+
 /// The threshold proposed for `metric` given the spread between references.
 pub fn propose(metric: &str, spread: f64) -> Option<f64> {
     if spread.is_nan() {
@@ -328,13 +343,31 @@ mod tests {
     }
 
     #[test]
-    fn ops_never_pass_nan_and_margins_are_fractions_of_the_threshold() {
+    fn ops_never_pass_nan() {
         assert!(!Op::Le.holds(f64::NAN, 1.0) && !Op::Ge.holds(f64::NAN, 1.0));
         assert!(Op::Ge.holds(f64::INFINITY, 40.0));
-        assert_eq!(Op::Le.margin(0.5, 2.0), 0.75);
-        assert_eq!(Op::Le.margin(3.0, 2.0), -0.5);
-        assert_eq!(Op::Ge.margin(0.9, 1.0), -0.09999999999999998);
-        assert_eq!(Op::Le.margin(2.0, 0.0), -2.0);
+        assert!(margin("nmse", Op::Le, f64::NAN, 1.0).is_nan());
+    }
+
+    #[test]
+    fn error_margins_are_the_unused_fraction_of_the_threshold() {
+        assert_eq!(margin("max_abs", Op::Le, 0.5, 2.0), 0.75);
+        assert_eq!(margin("max_abs", Op::Le, 3.0, 2.0), -0.5);
+        assert_eq!(margin("sqnr_db", Op::Ge, 60.0, 40.0), 0.5);
+    }
+
+    #[test]
+    fn similarity_margins_are_measured_on_the_distance_from_one() {
+        // 1 - 0.9999999 = 1e-7 of an allowed 1e-5: 99% unused.
+        assert!((margin("cosine", Op::Ge, 0.9999999, 0.99999) - 0.99).abs() < 1e-6);
+        assert!((margin("cosine", Op::Ge, 0.99998, 0.99999) + 1.0).abs() < 1e-6);
+        assert_eq!(margin("topk_overlap", Op::Ge, 1.0, 0.9), 1.0);
+    }
+
+    #[test]
+    fn exact_match_margins_are_full_or_minus_the_mismatch_count() {
+        assert_eq!(margin("mismatches", Op::Le, 0.0, 0.0), 1.0);
+        assert_eq!(margin("mismatches", Op::Le, 2.0, 0.0), -2.0);
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Suite {
-    /// Where the committed reference dumps live, relative to the project root.
-    pub dumps: PathBuf,
+    /// Where the reference dumps live: relative to the project root, or `cache:x` under the
+    /// parity cache folder (dumps of real models are not committed).
+    pub dumps: String,
     pub n_generate: usize,
     pub temperature: f32,
     pub threads: usize,
@@ -36,6 +37,10 @@ pub struct SuiteModel {
     /// weights written as a file it reads (an HF folder's F32 GGUF twin for llama.cpp).
     #[serde(default)]
     pub ref_paths: std::collections::BTreeMap<String, String>,
+    /// Prompt ids this model runs (default: every prompt of the suite), to keep a large matrix
+    /// inside the CI time budget.
+    #[serde(default)]
+    pub prompts: Option<Vec<String>>,
 }
 
 impl SuiteModel {
@@ -70,6 +75,13 @@ impl Suite {
         if suite.models.is_empty() || suite.prompts.is_empty() {
             bail!("suite {} lists no models or no prompts", path.display());
         }
+        for model in &suite.models {
+            for id in model.prompts.iter().flatten() {
+                if !suite.prompts.iter().any(|p| &p.id == id) {
+                    bail!("suite {}: model {} lists prompt {id:?}, which the suite does not define", path.display(), model.id);
+                }
+            }
+        }
         Ok(suite)
     }
 
@@ -78,6 +90,9 @@ impl Suite {
         let mut cases = Vec::new();
         for model in &self.models {
             for prompt in &self.prompts {
+                if model.prompts.as_ref().is_some_and(|ids| !ids.contains(&prompt.id)) {
+                    continue;
+                }
                 cases.push(Case { model: model.clone(), prompt: prompt.clone(), refs: model.refs.clone() });
             }
         }
@@ -86,7 +101,7 @@ impl Suite {
 
     /// The folder holding one reference's dump of one case.
     pub fn dump_dir(&self, root: &Path, case: &Case, reference: &str) -> PathBuf {
-        root.join(&self.dumps).join(&case.model.id).join(&case.prompt.id).join(reference)
+        resolve(root, &self.dumps).join(&case.model.id).join(&case.prompt.id).join(reference)
     }
 }
 
@@ -163,5 +178,53 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let suite = Suite::load(&root.join("checkpoints/suite.toml")).unwrap();
         assert!(suite.cases().len() >= 2);
+    }
+
+    #[test]
+    fn the_committed_real_suite_parses_and_restricts_prompts_per_model() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let suite = Suite::load(&root.join("checkpoints/suite-real.toml")).unwrap();
+        for case in suite.cases() {
+            if let Some(ids) = &case.model.prompts {
+                assert!(ids.contains(&case.prompt.id), "{} ran prompt {}", case.model.id, case.prompt.id);
+            }
+        }
+    }
+
+    fn suite_with(model_prompts: &str) -> Result<Suite> {
+        let dir = std::env::temp_dir().join(format!("parity-suite-test-{}-{}", std::process::id(), model_prompts.len()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("suite.toml");
+        let text = format!(
+            "dumps = \"d\"\nn_generate = 1\ntemperature = 1.0\nthreads = 1\n\
+             [[model]]\nid = \"m\"\npath = \"m.gguf\"\nrefs = [\"pytorch\"]\n{model_prompts}\n\
+             [[prompt]]\nid = \"a\"\ntext = \"A\"\n[[prompt]]\nid = \"b\"\ntext = \"B\"\n"
+        );
+        std::fs::write(&path, text)?;
+        let suite = Suite::load(&path);
+        std::fs::remove_dir_all(&dir)?;
+        suite
+    }
+
+    #[test]
+    fn a_model_runs_only_the_prompts_it_lists() {
+        let all = suite_with("").unwrap();
+        assert_eq!(all.cases().len(), 2);
+        let one = suite_with("prompts = [\"b\"]").unwrap();
+        let ids: Vec<_> = one.cases().iter().map(|c| c.prompt.id.clone()).collect();
+        assert_eq!(ids, ["b"]);
+    }
+
+    #[test]
+    fn a_model_listing_an_unknown_prompt_is_an_error() {
+        let err = suite_with("prompts = [\"zz\"]").unwrap_err();
+        assert!(format!("{err:#}").contains("\"zz\""), "{err:#}");
+    }
+
+    #[test]
+    fn cache_dumps_resolve_under_the_parity_cache() {
+        let root = Path::new("/project");
+        assert_eq!(resolve(root, "fixtures/dumps"), root.join("fixtures/dumps"));
+        assert_eq!(resolve(root, "cache:dumps/real"), parity_cache().join("dumps/real"));
     }
 }

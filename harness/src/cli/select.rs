@@ -84,7 +84,7 @@ impl Selection {
             let id = model.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
             let refs = self.refs.clone().unwrap_or_else(|| vec!["llamacpp".into(), "pytorch".into(), "tinygrad".into()]);
             let path = std::fs::canonicalize(model).with_context(|| format!("model {} not found", model.display()))?;
-            suite.models = vec![SuiteModel { id, path: path.display().to_string(), refs, class: self.class.clone(), about: None, ref_paths: Default::default() }];
+            suite.models = vec![SuiteModel { id, path: path.display().to_string(), refs, class: self.class.clone(), about: None, ref_paths: Default::default(), prompts: None }];
         }
         if let Some(prompt) = &self.prompt {
             suite.prompts = vec![SuitePrompt { id: "prompt".into(), text: prompt.clone() }];
@@ -106,7 +106,7 @@ impl Selection {
         let source = match (self.live, &self.dumps) {
             (true, _) => Source::Live { dumpers: Dumpers::from_env(root, Duration::from_secs(self.timeout)), out: live_out.to_path_buf() },
             (false, Some(dir)) => Source::Dumps(at(dir)),
-            (false, None) => Source::Dumps(root.join(&suite.dumps)),
+            (false, None) => Source::Dumps(harness::suite::resolve(root, &suite.dumps)),
         };
         Ok(Loaded { root: root.to_path_buf(), suite, suite_path, catalog, catalog_path, spec, spec_path, cases, source })
     }
