@@ -81,6 +81,7 @@ def run(args):
     if len(ids) + args.n_generate > context:
         raise DumpError(f"{len(ids)} prompt + {args.n_generate} generated tokens exceed the context of {context}", EXIT_USAGE)
 
+    model.reset_cache(len(ids) + args.n_generate)
     dump = Dump("tinygrad", version("tinygrad"), args, arch, model.n_layers)
     dump.put("tokens", np.array(ids))
 

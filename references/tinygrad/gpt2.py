@@ -7,7 +7,7 @@ LayerNorms with bias, ffn_up/ffn_down with bias and GELU (tanh form); output_nor
 
 import math
 
-from tinygrad import Tensor, dtypes
+from tinygrad import Tensor, TinyJit, dtypes
 from tinygrad.llm.gguf import gguf_load
 
 from attention import KVCache, as_f32, causal_attention
@@ -37,7 +37,12 @@ class Gpt2:
         self.eps = kv["gpt2.attention.layer_norm_epsilon"]
         self.context = kv["gpt2.context_length"]
         self.out_w = self.w.get("output.weight", self.w["token_embd.weight"])
-        self.cache = KVCache(self.n_layers)
+        self.cache = None
+
+    def reset_cache(self, capacity):
+        """An empty KV cache for `capacity` positions (prompt + generated tokens)."""
+        self.cache = KVCache(self.n_layers, self.n_heads, self.hd, capacity)
+        self._decode = TinyJit(lambda *inputs: self._forward(*inputs).realize())
 
     def _linear(self, x, name):
         return x @ self.w[f"{name}.weight"].T + self.w[f"{name}.bias"]
@@ -46,12 +51,22 @@ class Gpt2:
         return layer_norm(x, self.w[f"{name}.weight"], self.w[f"{name}.bias"], self.eps)
 
     def forward(self, ids, tap=None):
-        """Runs tokens `ids` after the cached ones; returns logits [T, V] (lazy). `tap(name, tensor)` sees the checkpoints."""
-        tap = tap or (lambda name, t: None)
+        """Runs tokens `ids` after the cached ones; returns logits [T, V]. `tap(name, tensor)` sees
+        the checkpoints (lazy tensors). A single token without taps is a TinyJit-replayed decode step."""
         start, t = self.cache.length(), len(ids)
         if start + t > self.context:
             raise ValueError(f"{start + t} positions exceed the model's context of {self.context}")
-        x = self.w["token_embd.weight"][Tensor(ids, dtype=dtypes.int32)] + self.w["position_embd.weight"][start : start + t]
+        mask, row = self.cache.step(t)
+        # positions as data, not a slice offset, so every decode step is the same computation
+        inputs = (Tensor(ids, dtype=dtypes.int32), Tensor(list(range(start, start + t)), dtype=dtypes.int32), mask, row)
+        logits = self._decode(*inputs) if row is not None and tap is None else self._forward(*inputs, tap=tap)
+        self.cache.pos = start + t
+        return logits
+
+    def _forward(self, tokens, positions, mask, row, tap=None):
+        tap = tap or (lambda name, t: None)
+        t = tokens.shape[0]
+        x = self.w["token_embd.weight"][tokens] + self.w["position_embd.weight"][positions]
         tap("embed", x)
         for i in range(self.n_layers):
             p = f"blk.{i}"
@@ -59,15 +74,15 @@ class Gpt2:
             qkv = self._linear(xn, f"{p}.attn_qkv")
             q, k, v = qkv[:, : self.d], qkv[:, self.d : 2 * self.d], qkv[:, 2 * self.d :]
             heads = lambda m: m.reshape(t, self.n_heads, self.hd).transpose(0, 1)  # noqa: E731
-            k_all, v_all = self.cache.append(i, heads(k), heads(v))
-            ctx, probs = causal_attention(heads(q), k_all, v_all, start)
+            k_all, v_all = self.cache.write(i, heads(k), heads(v), row)
+            ctx, probs = causal_attention(heads(q), k_all, v_all, mask)
             attn_out = self._linear(ctx, f"{p}.attn_output")
             h = x + attn_out
             fn = self._norm(h, f"{p}.ffn_norm")
             ffn_out = self._linear(gelu_tanh(self._linear(fn, f"{p}.ffn_up")), f"{p}.ffn_down")
             x = h + ffn_out
-            for name, val in (("attn_norm", xn), ("q", q), ("k", k), ("v", v), ("k_cache", k_all), ("v_cache", v_all),
-                              ("attn_probs", probs), ("attn_out", attn_out), ("ffn_norm", fn), ("ffn_out", ffn_out),
+            for name, val in (("attn_norm", xn), ("q", q), ("k", k), ("v", v), ("k_cache", k_all[:, :t]), ("v_cache", v_all[:, :t]),
+                              ("attn_probs", probs[:, :, :t]), ("attn_out", attn_out), ("ffn_norm", fn), ("ffn_out", ffn_out),
                               ("block_out", x)):
                 tap(f"{p}.{name}", val)
         final = self._norm(x, "output_norm")

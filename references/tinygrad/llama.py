@@ -13,7 +13,7 @@ as one opaque compiled function) and the attention core and KV cache (attention.
 import sys
 import types
 
-from tinygrad import Tensor, dtypes, nn
+from tinygrad import Tensor, TinyJit, dtypes, nn
 
 from attention import KVCache, as_f32, causal_attention
 
@@ -57,22 +57,38 @@ class Llama:
         if type(self.model.blk[0]) is not self.tg.TransformerBlock or cfg.qk_norm or cfg.num_experts or cfg.attn_output_gate:
             raise ValueError("only plain Llama blocks (no MLA, SSM, MoE, QK-norm or gated attention) are supported")
         self.n_layers, self.n_heads, self.n_kv, self.hd = cfg.num_blocks, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.freqs = self.tg.precompute_freqs_cis(cfg.rope_dim, cfg.max_context, cfg.rope_theta)
+        # tinygrad's table, read back once: each step takes its rows as data (see attention.py)
+        self.freqs = self.tg.precompute_freqs_cis(cfg.rope_dim, cfg.max_context, cfg.rope_theta).numpy()
         self.rope_dim = cfg.rope_dim
-        self.cache = KVCache(self.n_layers)
+        self.context = cfg.max_context
+        self.cache = None
 
-    def _rope(self, x, start):
-        """x [heads, T, hd] at positions start..; RoPE on the first rope_dim dims, as tinygrad's block does."""
-        t = x.shape[1]
-        rot = self.tg.apply_rope(x[None, :, :, : self.rope_dim], self.freqs[start : start + t])[0]
+    def reset_cache(self, capacity):
+        """An empty KV cache for `capacity` positions (prompt + generated tokens)."""
+        self.cache = KVCache(self.n_layers, self.n_kv, self.hd, capacity)
+        self._decode = TinyJit(lambda *inputs: self._forward(*inputs).realize())
+
+    def _rope(self, x, freqs):
+        """x [heads, T, hd]; RoPE on the first rope_dim dims, as tinygrad's block does."""
+        rot = self.tg.apply_rope(x[None, :, :, : self.rope_dim], freqs)[0]
         return rot.cat(x[:, :, self.rope_dim :], dim=-1) if self.rope_dim < self.hd else rot
 
     def forward(self, ids, tap=None):
-        """Runs tokens `ids` after the cached ones; returns logits [T, V] (lazy). `tap(name, tensor)` sees the checkpoints."""
-        tap = tap or (lambda name, t: None)
+        """Runs tokens `ids` after the cached ones; returns logits [T, V]. `tap(name, tensor)` sees
+        the checkpoints (lazy tensors). A single token without taps is a TinyJit-replayed decode step."""
         start, t = self.cache.length(), len(ids)
+        mask, row = self.cache.step(t)
+        # the rows of tinygrad's RoPE table for these positions, as data (see attention.py)
+        inputs = (Tensor([ids], dtype=dtypes.int32), Tensor(self.freqs[start : start + t]), mask, row)
+        logits = self._decode(*inputs) if row is not None and tap is None else self._forward(*inputs, tap=tap)
+        self.cache.pos = start + t
+        return logits
+
+    def _forward(self, tokens, freqs, mask, row, tap=None):
+        tap = tap or (lambda name, t: None)
+        t = tokens.shape[1]
         m = self.model
-        x = as_f32(m.token_embd(Tensor([ids], dtype=dtypes.int32)))  # [1, T, d]
+        x = as_f32(m.token_embd(tokens))  # [1, T, d]
         tap("embed", x[0])
         for i, blk in enumerate(m.blk):
             xn = blk.attn_norm(x)
@@ -80,9 +96,9 @@ class Llama:
             qh = q.reshape(t, self.n_heads, self.hd).transpose(0, 1)
             kh = k.reshape(t, self.n_kv, self.hd).transpose(0, 1)
             vh = v.reshape(t, self.n_kv, self.hd).transpose(0, 1)
-            qr, kr = self._rope(qh, start), self._rope(kh, start)
-            k_all, v_all = self.cache.append(i, kr, vh)
-            ctx, probs = causal_attention(qr, k_all, v_all, start)
+            qr, kr = self._rope(qh, freqs), self._rope(kh, freqs)
+            k_all, v_all = self.cache.write(i, kr, vh, row)
+            ctx, probs = causal_attention(qr, k_all, v_all, mask)
             attn_out = blk.attn_output(ctx[None])
             h = x + attn_out
             fn = blk.ffn_norm(h)
@@ -90,7 +106,7 @@ class Llama:
             x = h + ffn_out
             for name, val in (("attn_norm", xn[0]), ("q", q), ("k", k), ("v", v),
                               ("q_rope", qr.transpose(0, 1).reshape(t, -1)), ("k_rope", kr.transpose(0, 1).reshape(t, -1)),
-                              ("k_cache", k_all), ("v_cache", v_all), ("attn_probs", probs), ("attn_out", attn_out[0]),
+                              ("k_cache", k_all[:, :t]), ("v_cache", v_all[:, :t]), ("attn_probs", probs[:, :, :t]), ("attn_out", attn_out[0]),
                               ("ffn_norm", fn[0]), ("ffn_out", ffn_out[0]), ("block_out", x[0])):
                 tap(f"blk.{i}.{name}", val)
         final = m.output_norm(x)
