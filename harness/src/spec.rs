@@ -72,6 +72,10 @@ pub struct Threshold {
 #[serde(deny_unknown_fields)]
 pub struct NearTie {
     pub gap: f64,
+    /// The largest last-token logit difference (max abs) measured between references when this
+    /// was calibrated.
+    #[serde(default)]
+    pub spread: Option<f64>,
     pub source: String,
 }
 
@@ -213,11 +217,11 @@ fn rule(metric: &str) -> Option<Rule> {
 /// - similarities bounded by 1 (cosine, top-k overlap): the same on their distance from 1, so
 ///   cosine 0.9999999 against 0.99999 has +99% left, not +0.0001%;
 /// - decibels (`>=`): (value - threshold) / threshold;
-/// - a threshold of 0 (exact equality of ids): +100% when the value is 0, otherwise minus the
-///   value itself (the count of mismatches), since no fraction of zero exists.
+/// - a threshold of 0 (exact equality of ids): +100% when the value is 0, otherwise -100%; no
+///   fraction of zero exists, and the note says where the ids first differ.
 pub fn margin(metric: &str, op: Op, value: f64, threshold: f64) -> f64 {
     if threshold == 0.0 {
-        return if value == 0.0 { 1.0 } else { -value.abs() };
+        return if value == 0.0 { 1.0 } else if value.is_nan() { f64::NAN } else { -1.0 };
     }
     if let (Some(Rule::Similarity { .. }), Op::Ge) = (rule(metric), op) {
         if threshold < 1.0 {
@@ -245,22 +249,57 @@ pub fn propose(metric: &str, spread: f64) -> Option<f64> {
 
 /// A copy of `current` whose `class` thresholds are replaced, wherever a spread was measured, by
 /// the proposed threshold with the spread kept beside it and `provenance` (date, models, references)
-/// in its source. Thresholds without a measured spread are kept as they were.
-pub fn calibrate(current: &Spec, class: &str, spreads: &Spreads, provenance: &str) -> Result<Spec, SpecError> {
+/// in its source. Thresholds without a measured spread are kept as they were. With `accumulate`,
+/// a spread already recorded in `current` that is worse than the new one wins, so calibrating on
+/// several suites one after another keeps the evidence of all of them.
+pub fn calibrate(current: &Spec, class: &str, spreads: &Spreads, accumulate: bool, provenance: &str) -> Result<Spec, SpecError> {
     if !CLASSES.contains(&class) {
         return Err(SpecError::Invalid(format!("unknown class {class:?}")));
     }
     let mut out = current.clone();
     for (checkpoint, metrics) in spreads {
         let Some(thresholds) = out.checkpoints.get_mut(checkpoint).and_then(|t| t.class_mut(class)) else { continue };
-        for (metric, &spread) in metrics {
-            let (Some(t), Some(proposed)) = (thresholds.get_mut(metric), propose(metric, spread)) else { continue };
+        for (metric, &measured) in metrics {
+            let Some(t) = thresholds.get_mut(metric) else { continue };
+            let spread = match (accumulate, t.spread) {
+                (true, Some(old)) => worse(t.op, old, measured),
+                _ => measured,
+            };
+            let Some(proposed) = propose(metric, spread) else { continue };
             t.threshold = proposed;
             t.spread = Some(spread);
             t.source = format!("calibrated {provenance}, spread {spread:e}, safety factor {SAFETY_FACTOR}");
         }
     }
     Ok(out)
+}
+
+/// Between the near-tie gap and the largest logit difference measured between references: noise
+/// of `e` on every logit can close a top-two gap of `2e`, and the engine's own noise may be as
+/// large again, so a flip inside `4e` is explained by the noise the references themselves show.
+pub const NEAR_TIE_FACTOR: f64 = 4.0;
+
+/// A copy of `current` whose `class` near-tie gaps (every checkpoint that has one) are
+/// `NEAR_TIE_FACTOR x logit_spread`, the spread kept beside them. With `accumulate`, a spread
+/// already recorded there that is larger wins.
+pub fn calibrate_near_tie(current: &Spec, class: &str, logit_spread: f64, accumulate: bool, provenance: &str) -> Spec {
+    let mut out = current.clone();
+    for tol in out.checkpoints.values_mut() {
+        let Some(nt) = tol.near_tie_gap.get_mut(class) else { continue };
+        let spread = if accumulate { nt.spread.map_or(logit_spread, |s| s.max(logit_spread)) } else { logit_spread };
+        nt.gap = spread * NEAR_TIE_FACTOR;
+        nt.spread = Some(spread);
+        nt.source = format!("calibrated {provenance}: largest last_logits max_abs between references {spread:e} x {NEAR_TIE_FACTOR}");
+    }
+    out
+}
+
+/// The worse of two spreads: the larger error, or the smaller similarity.
+fn worse(op: Op, a: f64, b: f64) -> f64 {
+    match op {
+        Op::Le => a.max(b),
+        Op::Ge => a.min(b),
+    }
 }
 
 /// The spec as TOML, checkpoints in catalog order, one line per threshold.
@@ -281,7 +320,8 @@ pub fn to_toml(spec: &Spec, catalog: &Catalog) -> String {
         if !tol.near_tie_gap.is_empty() {
             out.push_str(&format!("\n[checkpoint.{}.near_tie_gap]\n", key(name)));
             for (class, nt) in &tol.near_tie_gap {
-                out.push_str(&format!("{} = {{ gap = {}, source = {} }}\n", key(class), float(nt.gap), string(&nt.source)));
+                let spread = nt.spread.map(|s| format!(", spread = {}", float(s))).unwrap_or_default();
+                out.push_str(&format!("{} = {{ gap = {}{spread}, source = {} }}\n", key(class), float(nt.gap), string(&nt.source)));
             }
         }
         for class in CLASSES {
@@ -365,9 +405,9 @@ mod tests {
     }
 
     #[test]
-    fn exact_match_margins_are_full_or_minus_the_mismatch_count() {
+    fn exact_match_margins_are_all_or_nothing() {
         assert_eq!(margin("mismatches", Op::Le, 0.0, 0.0), 1.0);
-        assert_eq!(margin("mismatches", Op::Le, 2.0, 0.0), -2.0);
+        assert_eq!(margin("mismatches", Op::Le, 2.0, 0.0), -1.0);
     }
 
     #[test]
@@ -408,7 +448,7 @@ mod tests {
         let spec = project_spec();
         let mut spreads = Spreads::new();
         spreads.entry("logits".into()).or_default().insert("nmse".into(), 3e-9);
-        let out = calibrate(&spec, "f32", &spreads, "2026-11-22 on tiny-llama-f32 x fox").unwrap();
+        let out = calibrate(&spec, "f32", &spreads, false, "2026-11-22 on tiny-llama-f32 x fox").unwrap();
         let t = &out.thresholds("logits", "f32").unwrap()["nmse"];
         assert!((t.threshold - 3e-7).abs() < 1e-20);
         assert_eq!(t.spread, Some(3e-9));
@@ -419,6 +459,37 @@ mod tests {
         let text = to_toml(&out, &catalog());
         assert_eq!(Spec::parse(&text, "written").unwrap(), out);
         assert!(text.find("[checkpoint.embeddings.f32]").unwrap() < text.find("[checkpoint.probs.f32]").unwrap());
-        assert!(calibrate(&spec, "bf16", &spreads, "x").is_err());
+        assert!(calibrate(&spec, "bf16", &spreads, false, "x").is_err());
+    }
+
+    #[test]
+    fn accumulating_calibrations_keep_the_worse_spread() {
+        let spec = project_spec();
+        let spreads = |nmse: f64, cosine: f64| {
+            let mut s = Spreads::new();
+            let m = s.entry("logits".into()).or_default();
+            m.insert("nmse".into(), nmse);
+            m.insert("cosine".into(), cosine);
+            s
+        };
+        let first = calibrate(&spec, "f32", &spreads(3e-9, 0.999999), false, "a").unwrap();
+        let both = calibrate(&first, "f32", &spreads(1e-9, 0.99999), true, "b").unwrap();
+        let t = both.thresholds("logits", "f32").unwrap();
+        assert_eq!(t["nmse"].spread, Some(3e-9));
+        assert_eq!(t["cosine"].spread, Some(0.99999));
+        let replaced = calibrate(&first, "f32", &spreads(1e-9, 0.99999), false, "b").unwrap();
+        assert_eq!(replaced.thresholds("logits", "f32").unwrap()["nmse"].spread, Some(1e-9));
+    }
+
+    #[test]
+    fn near_tie_gaps_are_four_times_the_logit_spread_and_round_trip() {
+        let spec = project_spec();
+        let out = calibrate_near_tie(&spec, "quantized", 0.5, false, "2026-11-23 on smollm2");
+        assert_eq!(out.near_tie_gap("generated", "quantized"), Some(2.0));
+        assert_eq!(out.near_tie_gap("argmax", "quantized"), Some(2.0));
+        assert_eq!(out.near_tie_gap("generated", "f32"), spec.near_tie_gap("generated", "f32"));
+        let kept = calibrate_near_tie(&out, "quantized", 0.1, true, "later");
+        assert_eq!(kept.near_tie_gap("generated", "quantized"), Some(2.0));
+        assert_eq!(Spec::parse(&to_toml(&out, &catalog()), "written").unwrap(), out);
     }
 }

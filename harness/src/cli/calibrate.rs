@@ -24,6 +24,10 @@ pub struct CalibrateArgs {
     /// Replace the tolerance spec itself (the --tolerances file) with the proposal.
     #[arg(long)]
     pub write: bool,
+    /// Keep a calibrated spread already in the spec when it is worse than the one measured now, so
+    /// calibrating on several suites in turn keeps the evidence of each.
+    #[arg(long)]
+    pub accumulate: bool,
 }
 
 pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
@@ -32,6 +36,8 @@ pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
     let setup = Setup { root: &loaded.root, suite: &loaded.suite, catalog: &loaded.catalog, spec: &loaded.spec, source: &loaded.source, prepare: None };
     // class -> spreads, and what they were measured on.
     let mut spreads: BTreeMap<String, Spreads> = BTreeMap::new();
+    // class -> largest last_logits max_abs between references, for the near-tie gaps.
+    let mut logit_spreads: BTreeMap<String, f64> = BTreeMap::new();
     let mut measured_on = Vec::new();
     for case in &loaded.cases {
         let dumps: Vec<Dump> = case
@@ -55,6 +61,10 @@ pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
                     }
                     let Some(thresholds) = loaded.spec.thresholds(&entry.checkpoint, &case.model.class) else { continue };
                     let values = compare::f32_metrics(&x, &y, entry.tensor == "probs");
+                    if entry.tensor == "last_logits" {
+                        let e = logit_spreads.entry(case.model.class.clone()).or_insert(0.0);
+                        *e = e.max(values["max_abs"]);
+                    }
                     let slot = class.entry(entry.checkpoint.clone()).or_default();
                     for (metric, t) in thresholds {
                         let Some(&v) = values.get(metric) else { continue };
@@ -70,9 +80,12 @@ pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
     let provenance = format!("{date} on {} ({} cases)", loaded.cases.iter().map(|c| c.refs.join("+")).next().unwrap_or_default(), measured_on.len());
     let mut proposed = loaded.spec.clone();
     for (class, s) in &spreads {
-        proposed = spec::calibrate(&proposed, class, s, &provenance)?;
+        proposed = spec::calibrate(&proposed, class, s, args.accumulate, &provenance)?;
     }
-    print_table(&loaded.spec, &proposed, &spreads);
+    for (class, &spread) in &logit_spreads {
+        proposed = spec::calibrate_near_tie(&proposed, class, spread, args.accumulate, &provenance);
+    }
+    print_table(&loaded.spec, &proposed, &spreads, &logit_spreads);
     let out = match (args.write, &args.out) {
         (true, _) => loaded.spec_path.clone(),
         (false, Some(p)) => p.clone(),
@@ -94,7 +107,7 @@ fn f32_values(dump: &Dump, key: &str) -> Option<Vec<f32>> {
     }
 }
 
-fn print_table(current: &spec::Spec, proposed: &spec::Spec, spreads: &BTreeMap<String, Spreads>) {
+fn print_table(current: &spec::Spec, proposed: &spec::Spec, spreads: &BTreeMap<String, Spreads>, logit_spreads: &BTreeMap<String, f64>) {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(vec!["class", "checkpoint", "metric", "spread between references", "current", "proposed"]);
     for (class, s) in spreads {
@@ -104,6 +117,10 @@ fn print_table(current: &spec::Spec, proposed: &spec::Spec, spreads: &BTreeMap<S
                 table.add_row(vec![class.clone(), checkpoint.clone(), metric.clone(), format!("{spread:.3e}"), get(current), get(proposed)]);
             }
         }
+    }
+    for (class, spread) in logit_spreads {
+        let gap = |sp: &spec::Spec| sp.near_tie_gap("generated", class).map(|g| format!("gap {g:.3e}")).unwrap_or_default();
+        table.add_row(vec![class.clone(), "argmax, generated".into(), "near-tie gap (last_logits max_abs)".into(), format!("{spread:.3e}"), gap(current), gap(proposed)]);
     }
     println!("{table}");
 }

@@ -16,10 +16,11 @@ pub struct Selection {
     /// The suite to run (models x prompts x references).
     #[arg(long, default_value = "checkpoints/suite.toml")]
     pub suite: PathBuf,
-    /// One model (a .gguf file or an HF folder) instead of the suite's models.
+    /// One of the suite's models, by id; or any model (a .gguf file or an HF folder) in place of
+    /// the suite's models.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// One prompt instead of the suite's prompts.
+    /// One of the suite's prompts, by id; or any text in place of the suite's prompts.
     #[arg(long)]
     pub prompt: Option<String>,
     /// References to compare against, comma-separated (default: each model's list in the suite;
@@ -80,14 +81,26 @@ impl Selection {
             }
             suite.threads = t;
         }
-        if let Some(model) = &self.model {
+        let suite_model = self.model.as_ref().and_then(|m| m.to_str()).and_then(|m| suite.models.iter().find(|x| x.id == m)).cloned();
+        let suite_prompt = self.prompt.as_ref().and_then(|p| suite.prompts.iter().find(|x| &x.id == p)).cloned();
+        if let Some(model) = suite_model {
+            suite.models = vec![model];
+        } else if let Some(model) = &self.model {
             let id = model.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
             let refs = self.refs.clone().unwrap_or_else(|| vec!["llamacpp".into(), "pytorch".into(), "tinygrad".into()]);
             let path = std::fs::canonicalize(model).with_context(|| format!("model {} not found", model.display()))?;
             suite.models = vec![SuiteModel { id, path: path.display().to_string(), refs, class: self.class.clone(), about: None, ref_paths: Default::default(), prompts: None }];
         }
-        if let Some(prompt) = &self.prompt {
+        if let Some(prompt) = suite_prompt {
+            for model in &mut suite.models {
+                if model.prompts.as_ref().is_some_and(|ids| !ids.contains(&prompt.id)) {
+                    bail!("model {} does not run prompt {} in {}", model.id, prompt.id, suite_path.display());
+                }
+            }
+            suite.prompts = vec![prompt];
+        } else if let Some(prompt) = &self.prompt {
             suite.prompts = vec![SuitePrompt { id: "prompt".into(), text: prompt.clone() }];
+            suite.models.iter_mut().for_each(|m| m.prompts = None);
         }
         let mut cases = suite.cases();
         if let Some(refs) = &self.refs {
