@@ -92,7 +92,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, errors:
                     }
                     engine_run::top2_gap(model, &ids)
                 };
-                let checks = compare::compare_case(&engine, dump, &entries, ctx.spec, &case.model.class, &gap);
+                let checks = compare::compare_case(&engine, dump, &entries, ctx.spec, case.model.class_for(reference), &gap);
                 results.push(CaseResult {
                     model: case.model.id.clone(),
                     model_sha256: sha.clone(),

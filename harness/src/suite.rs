@@ -27,9 +27,15 @@ pub struct SuiteModel {
     /// A .gguf file or an HF folder, relative to the project root (or absolute; `~/` expands).
     pub path: String,
     pub refs: Vec<String>,
-    /// The tolerance class its comparisons are judged with (`checkpoints/tolerances.toml`).
+    /// The tolerance class its comparisons are judged with (`checkpoints/tolerances.toml`), and
+    /// the label its results carry.
     #[serde(default = "default_class")]
     pub class: String,
+    /// The class per reference where it differs from `class`: a reference that computes in
+    /// another precision than the file's type suggests (PyTorch and tinygrad dequantize Q4_1 or
+    /// F16 weights and compute in f32, as the engine does; llama.cpp rounds activations too).
+    #[serde(default)]
+    pub ref_class: std::collections::BTreeMap<String, String>,
     /// Why this class: shown in reports (e.g. "llama.cpp rounds activations to 8 bits").
     #[serde(default)]
     pub about: Option<String>,
@@ -44,6 +50,11 @@ pub struct SuiteModel {
 }
 
 impl SuiteModel {
+    /// The tolerance class comparisons against `reference` are judged with.
+    pub fn class_for(&self, reference: &str) -> &str {
+        self.ref_class.get(reference).map_or(&self.class, String::as_str)
+    }
+
     pub fn reference_path(&self, reference: &str) -> &str {
         self.ref_paths.get(reference).map_or(&self.path, String::as_str)
     }
@@ -76,6 +87,11 @@ impl Suite {
             bail!("suite {} lists no models or no prompts", path.display());
         }
         for model in &suite.models {
+            for class in std::iter::once(&model.class).chain(model.ref_class.values()) {
+                if !crate::spec::CLASSES.contains(&class.as_str()) {
+                    bail!("suite {}: model {} names tolerance class {class:?} (known: {})", path.display(), model.id, crate::spec::CLASSES.join(", "));
+                }
+            }
             for id in model.prompts.iter().flatten() {
                 if !suite.prompts.iter().any(|p| &p.id == id) {
                     bail!("suite {}: model {} lists prompt {id:?}, which the suite does not define", path.display(), model.id);
@@ -219,6 +235,15 @@ mod tests {
     fn a_model_listing_an_unknown_prompt_is_an_error() {
         let err = suite_with("prompts = [\"zz\"]").unwrap_err();
         assert!(format!("{err:#}").contains("\"zz\""), "{err:#}");
+    }
+
+    #[test]
+    fn a_reference_may_be_judged_in_its_own_class() {
+        let suite = suite_with("class = \"quantized\"\nref_class = { pytorch = \"f32\" }").unwrap();
+        let model = &suite.models[0];
+        assert_eq!((model.class_for("pytorch"), model.class_for("llamacpp")), ("f32", "quantized"));
+        let err = suite_with("ref_class = { pytorch = \"fp8\" }").unwrap_err();
+        assert!(format!("{err:#}").contains("\"fp8\""), "{err:#}");
     }
 
     #[test]

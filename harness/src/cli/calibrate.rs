@@ -51,21 +51,22 @@ pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
         measured_on.push(format!("{}/{}", case.model.id, case.prompt.id));
         let first = &dumps[0].manifest;
         let entries = loaded.catalog.entries(&first.arch, first.n_layers);
-        let class = spreads.entry(case.model.class.clone()).or_default();
         for (i, a) in dumps.iter().enumerate() {
-            for b in &dumps[i + 1..] {
+            for (j, b) in dumps.iter().enumerate().skip(i + 1) {
+                // A pair is measured in the looser of its two references' classes.
+                let class = spec::looser(case.model.class_for(&case.refs[i]), case.model.class_for(&case.refs[j])).to_string();
                 for entry in &entries {
                     let (Some(x), Some(y)) = (f32_values(a, &entry.key), f32_values(b, &entry.key)) else { continue };
                     if x.len() != y.len() || x.is_empty() {
                         continue;
                     }
-                    let Some(thresholds) = loaded.spec.thresholds(&entry.checkpoint, &case.model.class) else { continue };
+                    let Some(thresholds) = loaded.spec.thresholds(&entry.checkpoint, &class) else { continue };
                     let values = compare::f32_metrics(&x, &y, entry.tensor == "probs");
                     if entry.tensor == "last_logits" {
-                        let e = logit_spreads.entry(case.model.class.clone()).or_insert(0.0);
+                        let e = logit_spreads.entry(class.clone()).or_insert(0.0);
                         *e = e.max(values["max_abs"]);
                     }
-                    let slot = class.entry(entry.checkpoint.clone()).or_default();
+                    let slot = spreads.entry(class.clone()).or_default().entry(entry.checkpoint.clone()).or_default();
                     for (metric, t) in thresholds {
                         let Some(&v) = values.get(metric) else { continue };
                         let e = slot.entry(metric.clone()).or_insert(v);

@@ -220,7 +220,8 @@ fn print_table(results: &RunResults, bundle_dir: &Path) {
                 let cell = match subject.cells.get(&(*id, reference.clone())) {
                     None => Cell::new("-"),
                     Some(c) => {
-                        let margin = c.worst.as_ref().map(|w| format!(" {}", summary::margin_text(w.margin))).unwrap_or_default();
+                        // A near-tie's exact-match margin (-100%) says nothing the status does not.
+                        let margin = c.worst.as_ref().filter(|_| c.status != Status::NearTie).map(|w| format!(" {}", summary::margin_text(w.margin))).unwrap_or_default();
                         let text = format!("{}{margin}", summary::status_name(c.status));
                         let tint = match c.status {
                             Status::Pass => Color::Green,

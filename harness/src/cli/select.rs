@@ -89,7 +89,7 @@ impl Selection {
             let id = model.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
             let refs = self.refs.clone().unwrap_or_else(|| vec!["llamacpp".into(), "pytorch".into(), "tinygrad".into()]);
             let path = std::fs::canonicalize(model).with_context(|| format!("model {} not found", model.display()))?;
-            suite.models = vec![SuiteModel { id, path: path.display().to_string(), refs, class: self.class.clone(), about: None, ref_paths: Default::default(), prompts: None }];
+            suite.models = vec![SuiteModel { id, path: path.display().to_string(), refs, class: self.class.clone(), ref_class: Default::default(), about: None, ref_paths: Default::default(), prompts: None }];
         }
         if let Some(prompt) = suite_prompt {
             for model in &mut suite.models {
