@@ -407,7 +407,22 @@ mod tests {
         assert!(spec.near_tie_gap("argmax", "f32").is_some());
         let cos = &spec.thresholds("logits", "f32").unwrap()["cosine"];
         assert_eq!(cos.op, Op::Ge);
-        assert!(cos.source.contains("uncalibrated"));
+    }
+
+    #[test]
+    fn every_committed_threshold_cites_the_spread_it_was_calibrated_from() {
+        let spec = project_spec();
+        for (name, tol) in &spec.checkpoints {
+            for class in CLASSES {
+                for (metric, t) in tol.class(class).into_iter().flatten() {
+                    let what = format!("{name}.{class}.{metric}: {}", t.source);
+                    assert!(t.spread.is_some() && t.source.starts_with("calibrated"), "{what}");
+                }
+            }
+            for (class, nt) in &tol.near_tie_gap {
+                assert!(nt.spread.is_some() && nt.source.starts_with("calibrated"), "{name}.near_tie_gap.{class}: {}", nt.source);
+            }
+        }
     }
 
     #[test]
