@@ -1,0 +1,86 @@
+//! The references, checked against each other and by their own tests.
+//!
+//! Agreement between references runs on the committed default-suite dumps, always: the same prompt
+//! ids from all three, last-token logits within cosine 0.999 of each other, the same argmax. Each
+//! dumper's own end-to-end test (`references/<name>/test_dump.py`) runs when the reference
+//! environment of `scripts/setup-references.sh` is present, and is skipped with a printed reason
+//! when it is not.
+
+use harness::dumps::{Dump, Lookup};
+use harness::metrics::cosine;
+use harness::suite::{parity_cache, resolve, Suite};
+use harness::tensor::{Tensor, Values};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const REFERENCES: [&str; 3] = ["llamacpp", "pytorch", "tinygrad"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn f32s(dump: &Dump, key: &str) -> Vec<f32> {
+    match dump.get(key) {
+        Ok(Lookup::Tensor(Tensor { values: Values::F32(v), .. })) => v,
+        other => panic!("{key}: expected f32 values, got {other:?}"),
+    }
+}
+
+fn ids(dump: &Dump, key: &str) -> Vec<i64> {
+    match dump.get(key) {
+        Ok(Lookup::Tensor(Tensor { values: Values::Ids(v), .. })) => v,
+        other => panic!("{key}: expected ids, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_three_references_agree_on_tokens_last_logits_and_argmax_for_every_fixture() {
+    let root = root();
+    let suite = Suite::load(&root.join("checkpoints/suite.toml")).unwrap();
+    let mut compared = 0;
+    for case in suite.cases() {
+        let dumps: Vec<Dump> = REFERENCES.iter().map(|r| Dump::open(&suite.dump_dir(&root, &case, r)).unwrap()).collect();
+        let label = format!("{}/{}", case.model.id, case.prompt.id);
+        for (r, d) in REFERENCES.iter().zip(&dumps).skip(1) {
+            assert_eq!(ids(d, "tokens"), ids(&dumps[0], "tokens"), "{label}: {r} prompt ids differ from llamacpp's");
+            assert_eq!(ids(d, "argmax"), ids(&dumps[0], "argmax"), "{label}: {r} argmax differs from llamacpp's");
+            let c = cosine(&f32s(&dumps[0], "last_logits"), &f32s(d, "last_logits"));
+            assert!(c > 0.999, "{label}: last_logits cosine {c} between llamacpp and {r}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 2 * 12, "compared only {compared} reference pairs");
+}
+
+/// The reference environment's Python, if setup has made it.
+fn reference_python() -> Option<PathBuf> {
+    let py = parity_cache().join("venv/bin/python");
+    py.exists().then_some(py)
+}
+
+fn run_dumper_test(reference: &str) {
+    let Some(py) = reference_python() else {
+        println!("skipped: no reference environment at {}; run scripts/setup-references.sh", parity_cache().join("venv").display());
+        return;
+    };
+    let script = resolve(&root(), &format!("references/{reference}/test_dump.py"));
+    let out = Command::new(&py).arg(&script).env("DEV", "CPU").output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success(), "{} exited {:?}:\n{text}", script.display(), out.status.code());
+}
+
+#[test]
+fn the_llamacpp_dumper_passes_its_own_test() {
+    run_dumper_test("llamacpp");
+}
+
+#[test]
+fn the_pytorch_dumper_passes_its_own_test() {
+    run_dumper_test("pytorch");
+}
+
+#[test]
+fn the_tinygrad_dumper_passes_its_own_test() {
+    run_dumper_test("tinygrad");
+}
