@@ -9,6 +9,7 @@ use crate::engine_run;
 use crate::live::{DumpRequest, Dumpers, ReferenceError};
 use crate::spec::Spec;
 use crate::suite::{resolve, Case, Suite};
+use std::time::{Duration, Instant};
 use crate::tensor::{Tensor, Values};
 use anyhow::{Context, Result};
 use engine::Model;
@@ -35,10 +36,35 @@ pub struct Setup<'a> {
     pub prepare: Option<&'a dyn Fn(&mut Model)>,
 }
 
+/// Where a run's time went, summed over its cases: what `parity run` costs beyond the engine and
+/// the references themselves.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    /// Loading the model and the engine's traced forward passes.
+    pub engine: Duration,
+    /// The dumpers' runs (live) or reading their dumps (from disk).
+    pub references: Duration,
+    /// Comparing and judging every checkpoint.
+    pub compare: Duration,
+    /// sha256 of the model files, for the results and the bundle.
+    pub hashing: Duration,
+}
+
+impl std::ops::AddAssign for Timings {
+    fn add_assign(&mut self, o: Timings) {
+        self.engine += o.engine;
+        self.references += o.references;
+        self.compare += o.compare;
+        self.hashing += o.hashing;
+    }
+}
+
 /// One case's inputs and outputs, kept for drill-down.
 pub struct CaseRun {
     pub case: Case,
     pub model_path: PathBuf,
+    pub model_sha256: String,
+    pub timings: Timings,
     pub engine: BTreeMap<String, Tensor>,
     /// Each reference's dump, or why it could not be had.
     pub dumps: Vec<(String, std::result::Result<Dump, String>)>,
@@ -54,34 +80,47 @@ pub fn run(ctx: &Setup, cases: Vec<Case>, run_id: &str) -> Result<(RunResults, V
         reference_errors: BTreeMap::new(),
     };
     let mut runs = Vec::new();
-    let mut loaded: Option<(String, Model)> = None;
+    // The model of the previous case, kept while the next case uses it too: (id, model, sha256).
+    let mut loaded: Option<(String, Model, String)> = None;
     for case in cases {
         let model_path = resolve(ctx.root, &case.model.path);
-        if loaded.as_ref().map(|(id, _)| id) != Some(&case.model.id) {
+        let mut timings = Timings::default();
+        if loaded.as_ref().map(|(id, _, _)| id) != Some(&case.model.id) {
+            let t = Instant::now();
             let mut model = Model::load(&model_path).with_context(|| format!("loading model {} ({})", case.model.id, model_path.display()))?;
             if let Some(prepare) = ctx.prepare {
                 prepare(&mut model);
             }
-            loaded = Some((case.model.id.clone(), model));
+            timings.engine += t.elapsed();
+            let t = Instant::now();
+            let sha = engine_sha(&model_path)?;
+            timings.hashing += t.elapsed();
+            loaded = Some((case.model.id.clone(), model, sha));
         }
-        let model = &loaded.as_ref().expect("loaded just above").1;
-        let run = run_case(ctx, case, model_path, model, &mut results.reference_errors)?;
+        let (_, model, sha) = loaded.as_ref().expect("loaded just above");
+        let mut run = run_case(ctx, case, model_path, model, sha, &mut results.reference_errors)?;
+        run.timings += timings;
         results.cases.extend(run.results.iter().cloned());
         runs.push(run);
     }
     Ok((results, runs))
 }
 
-fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, errors: &mut BTreeMap<String, String>) -> Result<CaseRun> {
+fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &str, errors: &mut BTreeMap<String, String>) -> Result<CaseRun> {
+    let mut timings = Timings::default();
+    let t = Instant::now();
     let engine = engine_run::trace(model, &case.prompt.text, ctx.suite.n_generate, ctx.suite.temperature)
         .with_context(|| format!("engine on {} / {}", case.model.id, case.prompt.id))?;
-    let sha = engine_sha(&model_path)?;
+    timings.engine += t.elapsed();
     let arch = model.config().arch.name();
     let entries = ctx.catalog.entries(arch, model.config().n_layers);
     let mut dumps = Vec::new();
     let mut results = Vec::new();
     for reference in &case.refs {
+        let t = Instant::now();
         let dump = fetch_dump(ctx, &case, reference).map_err(|e| format!("{e:#}"));
+        timings.references += t.elapsed();
+        let t = Instant::now();
         match &dump {
             Ok(dump) => {
                 let gap = |step: usize| {
@@ -95,7 +134,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, errors:
                 let checks = compare::compare_case(&engine, dump, &entries, ctx.spec, case.model.class_for(reference), &gap);
                 results.push(CaseResult {
                     model: case.model.id.clone(),
-                    model_sha256: sha.clone(),
+                    model_sha256: sha.to_string(),
                     prompt: case.prompt.id.clone(),
                     reference: reference.clone(),
                     reference_version: dump.manifest.version.clone(),
@@ -107,9 +146,10 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, errors:
                 errors.insert(format!("{}/{}/{}", case.model.id, case.prompt.id, reference), e.clone());
             }
         }
+        timings.compare += t.elapsed();
         dumps.push((reference.clone(), dump));
     }
-    Ok(CaseRun { case, model_path, engine, dumps, results })
+    Ok(CaseRun { case, model_path, model_sha256: sha.to_string(), timings, engine, dumps, results })
 }
 
 /// One reference's dump of one case: read from the dumps folder, or produced now.

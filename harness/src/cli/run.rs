@@ -32,6 +32,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs, root: &Path) -> Result<i32> {
+    let started = std::time::Instant::now();
     let provenance = Provenance::now(&command_line(), &git_commit(root));
     let live_out = std::env::temp_dir().join(format!("parity-live-{}-{}", provenance.run_id, std::process::id()));
     let loaded = args.selection.load(root, &live_out)?;
@@ -49,7 +50,10 @@ pub fn run(args: RunArgs, root: &Path) -> Result<i32> {
     let verdict = Verdict::of(&results);
     match args.format.as_str() {
         "json" => println!("{}", reports::json::render(&results)),
-        _ => print_table(&results, &dir),
+        _ => {
+            print_table(&results, &dir);
+            print_timings(&runs, started.elapsed());
+        }
     }
     Ok(verdict.exit_code())
 }
@@ -118,8 +122,11 @@ fn write_bundle(bundle: &mut Bundle, loaded: &Loaded, results: &RunResults, runs
     bundle.add_input("catalog", &loaded.catalog_path)?;
     bundle.add_input("spec", &loaded.spec_path)?;
     bundle.add_input("suite", &loaded.suite_path)?;
+    let mut models_added = std::collections::BTreeSet::new();
     for run in runs {
-        add_inputs_under(bundle, "model", &run.model_path)?;
+        if models_added.insert(run.model_path.clone()) {
+            add_inputs_under(bundle, "model", &run.model_path)?;
+        }
         for (reference, dump) in &run.dumps {
             let base = format!("{}/{}/{}", run.case.model.id, run.case.prompt.id, reference);
             match dump {
@@ -191,6 +198,25 @@ fn run_info(loaded: &Loaded, runs: &[CaseRun]) -> RunInfo {
 
 fn command_line() -> String {
     std::env::args().map(|a| if a.contains(char::is_whitespace) { format!("{a:?}") } else { a }).collect::<Vec<_>>().join(" ")
+}
+
+/// Where the time went: the harness's own cost is everything but the engine and the references.
+fn print_timings(runs: &[CaseRun], total: std::time::Duration) {
+    let mut t = harness::pipeline::Timings::default();
+    for run in runs {
+        t += run.timings;
+    }
+    let own = total.saturating_sub(t.engine + t.references);
+    println!(
+        "time: {:.1} s = engine {:.1} s + references {:.1} s + harness {:.1} s (comparison {:.1} s, hashing {:.1} s, reports and bundle {:.1} s)",
+        total.as_secs_f64(),
+        t.engine.as_secs_f64(),
+        t.references.as_secs_f64(),
+        own.as_secs_f64(),
+        t.compare.as_secs_f64(),
+        t.hashing.as_secs_f64(),
+        own.saturating_sub(t.compare + t.hashing).as_secs_f64()
+    );
 }
 
 /// The engine's git commit, if the project is a git checkout.
