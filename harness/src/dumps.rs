@@ -76,6 +76,13 @@ pub struct Dump {
     pub manifest: Manifest,
 }
 
+impl Manifest {
+    /// A manifest from the text of `manifest.toml`.
+    pub fn parse(text: &str) -> Result<Manifest, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
 impl Dump {
     pub fn open(dir: &Path) -> Result<Dump, DumpError> {
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -92,7 +99,7 @@ impl Dump {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(DumpError::NoManifest { dir: dir.to_path_buf() }),
             Err(source) => return Err(DumpError::Io { path, source }),
         };
-        let manifest: Manifest = toml::from_str(&text).map_err(|source| DumpError::Manifest { path: path.clone(), source })?;
+        let manifest = Manifest::parse(&text).map_err(|source| DumpError::Manifest { path: path.clone(), source })?;
         Ok(Dump { dir: dir.to_path_buf(), manifest })
     }
 
