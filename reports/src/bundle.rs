@@ -94,6 +94,10 @@ pub struct FileHash {
     pub path: String,
     pub sha256: String,
     pub bytes: u64,
+    /// An input deleted after the run by design (a live reference dump): its hash is the record,
+    /// and `verify` reports it as gone rather than missing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transient: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -172,11 +176,20 @@ impl Bundle {
 
     /// Hashes an input now (a directory: every file under it, each listed separately).
     pub fn add_input(&mut self, role: &str, path: &Path) -> Result<(), BundleError> {
+        self.add_inputs(role, path, false)
+    }
+
+    /// Hashes an input that will be deleted after the run (a live reference dump).
+    pub fn add_transient_input(&mut self, role: &str, path: &Path) -> Result<(), BundleError> {
+        self.add_inputs(role, path, true)
+    }
+
+    fn add_inputs(&mut self, role: &str, path: &Path, transient: bool) -> Result<(), BundleError> {
         let mut files = Vec::new();
         collect_files(path, &mut files)?;
         for file in files {
             let (sha256, bytes) = hash_file(&file)?;
-            self.inputs.push(FileHash { role: role.into(), path: file.display().to_string(), sha256, bytes });
+            self.inputs.push(FileHash { role: role.into(), path: file.display().to_string(), sha256, bytes, transient });
         }
         Ok(())
     }
@@ -186,7 +199,7 @@ impl Bundle {
         let mut output = Vec::new();
         for name in &self.outputs {
             let (sha256, bytes) = hash_file(&self.tmp_dir.join(name))?;
-            output.push(FileHash { role: String::new(), path: name.clone(), sha256, bytes });
+            output.push(FileHash { role: String::new(), path: name.clone(), sha256, bytes, transient: false });
         }
         let manifest = Manifest {
             bundle: BundleSection { kind: self.kind.clone(), provenance: self.provenance.clone() },
@@ -209,7 +222,7 @@ impl Bundle {
     }
 }
 
-/// What [`verify`] found; clean when all three lists are empty.
+/// What [`verify`] found; clean when `changed`, `missing` and `extra` are empty.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Verification {
     /// Listed files whose SHA-256 differs (outputs relative to the bundle, inputs as recorded).
@@ -217,6 +230,8 @@ pub struct Verification {
     pub missing: Vec<String>,
     /// Files in the bundle the manifest does not list.
     pub extra: Vec<String>,
+    /// Transient inputs no longer on disk, as the run intended (live dumps): not re-hashable.
+    pub gone: Vec<String>,
 }
 
 impl Verification {
@@ -235,7 +250,9 @@ pub fn verify(bundle_dir: &Path) -> Result<Verification, BundleError> {
     let inputs = manifest.input.iter().map(|f| (f, PathBuf::from(&f.path)));
     let outputs = manifest.output.iter().map(|f| (f, bundle_dir.join(&f.path)));
     for (listed, file) in inputs.chain(outputs) {
-        if !file.is_file() {
+        if !file.is_file() && listed.transient {
+            report.gone.push(listed.path.clone());
+        } else if !file.is_file() {
             report.missing.push(listed.path.clone());
         } else if hash_file(&file)?.0 != listed.sha256 {
             report.changed.push(listed.path.clone());

@@ -130,6 +130,11 @@ fn write_bundle(bundle: &mut Bundle, loaded: &Loaded, results: &RunResults, runs
         for (reference, dump) in &run.dumps {
             let base = format!("{}/{}/{}", run.case.model.id, run.case.prompt.id, reference);
             match dump {
+                Ok(dump) if matches!(loaded.source, harness::pipeline::Source::Live { .. }) => {
+                    // Live dumps are deleted after the run: their hashes are the record.
+                    bundle.add_transient_input("dump (live, removed after the run)", &dump.dir)?;
+                    save_failed(bundle, run, reference, dump, &base, results, keep_failed)?;
+                }
                 Ok(dump) => {
                     add_inputs_under(bundle, "dump", &dump.dir)?;
                     save_failed(bundle, run, reference, dump, &base, results, keep_failed)?;

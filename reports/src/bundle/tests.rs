@@ -171,3 +171,23 @@ fn environment_picks_root_and_run_id() {
     assert_eq!(generated.len(), 23, "{generated}");
     assert!(generated[17..].chars().all(|c| c.is_ascii_hexdigit()), "{generated}");
 }
+
+#[test]
+fn a_transient_input_deleted_after_the_run_is_gone_not_missing_but_still_checked_while_present() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dump = tmp.path().join("live/pytorch");
+    fs::create_dir_all(&dump).expect("dump dir");
+    fs::write(dump.join("logits.npy"), b"logits").expect("write dump");
+    let mut bundle = Bundle::create(&tmp.path().join("proof"), "run", provenance("r2")).expect("create");
+    bundle.write_text("report.md", "# report\n").expect("md");
+    bundle.add_transient_input("dump", &dump).expect("input");
+    let dir = bundle.finish(info()).expect("finish");
+
+    fs::write(dump.join("logits.npy"), b"logitz").expect("change dump");
+    assert_eq!(verify(&dir).expect("verify").changed, [dump.join("logits.npy").display().to_string()]);
+
+    fs::remove_dir_all(tmp.path().join("live")).expect("remove live dumps");
+    let v = verify(&dir).expect("verify");
+    assert!(v.is_clean(), "{v:?}");
+    assert_eq!(v.gone, [dump.join("logits.npy").display().to_string()]);
+}
