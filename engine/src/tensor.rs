@@ -187,13 +187,40 @@ impl QTensor {
             return;
         }
         // Row-major [rows, n] so each task owns whole weight rows, then transposed into `out`.
+        // Four rows are dequantized once and multiplied with the tokens two at a time.
         let mut by_row = vec![0.0f32; rows * n];
         by_row.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(chunk, o)| {
-            let mut w = vec![0.0f32; cols];
-            for (i, ys) in o.chunks_exact_mut(n).enumerate() {
-                self.dequantize_row(chunk * ROWS_PER_TASK + i, &mut w);
+            let mut w = vec![0.0f32; 4 * cols];
+            let first = chunk * ROWS_PER_TASK;
+            let done = o.len() / n / 4 * 4;
+            let mut quads = o.chunks_exact_mut(4 * n);
+            for (q, ys) in (&mut quads).enumerate() {
+                for (k, wk) in w.chunks_exact_mut(cols).enumerate() {
+                    self.dequantize_row(first + 4 * q + k, wk);
+                }
+                let wr: Vec<&[f32]> = w.chunks_exact(cols).collect();
+                let wr = [wr[0], wr[1], wr[2], wr[3]];
+                let mut t = 0;
+                while t + 2 <= n {
+                    let block = kernels::dot_f32_4x2(wr, [&x[t * cols..(t + 1) * cols], &x[(t + 1) * cols..(t + 2) * cols]]);
+                    for (k, pair) in block.iter().enumerate() {
+                        ys[k * n + t] = pair[0];
+                        ys[k * n + t + 1] = pair[1];
+                    }
+                    t += 2;
+                }
+                if t < n {
+                    for (k, wk) in wr.iter().enumerate() {
+                        ys[k * n + t] = kernels::dot_f32(wk, &x[t * cols..(t + 1) * cols]);
+                    }
+                }
+            }
+            let rest = quads.into_remainder();
+            for (i, ys) in rest.chunks_exact_mut(n).enumerate() {
+                let wk = &mut w[..cols];
+                self.dequantize_row(first + done + i, wk);
                 for (y, xt) in ys.iter_mut().zip(x.chunks_exact(cols)) {
-                    *y = kernels::dot_f32(&w, xt);
+                    *y = kernels::dot_f32(wk, xt);
                 }
             }
         });
