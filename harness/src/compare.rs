@@ -33,10 +33,12 @@ pub fn compare_case(
     entries: &[Entry],
     spec: &Spec,
     class: &str,
-    near_tie: &dyn Fn(usize) -> Option<f64>,
+    near_tie: &(dyn Fn(usize) -> Option<f64> + Sync),
 ) -> Vec<CheckResult> {
+    use rayon::prelude::*;
+    // Entries are independent (each reads its own tensor file); the order of `entries` is kept.
     entries
-        .iter()
+        .par_iter()
         .map(|entry| match dump.get(&entry.key) {
             Ok(reference) => check(entry, engine.get(&entry.key), &reference, spec, class, near_tie),
             Err(e) => result(entry, Status::Missing, Some(format!("reference tensor unreadable: {e}")), BTreeMap::new(), vec![]),
