@@ -161,17 +161,17 @@ fn check_f32(entry: &Entry, engine: &Tensor, reference: &Tensor, e: &[f32], r: &
 
 /// Every metric of an f32 comparison (both finite, same length). KL and top-k only for probabilities.
 pub fn f32_metrics(reference: &[f32], engine: &[f32], probabilities: bool) -> BTreeMap<String, f64> {
-    let rms = (reference.iter().map(|&x| x as f64 * x as f64).sum::<f64>() / reference.len().max(1) as f64).sqrt();
-    let floor = (rms * MAX_REL_FLOOR_OF_RMS).max(f32::MIN_POSITIVE as f64);
+    let sums = metrics::Sums::of(reference, engine);
+    let floor = (sums.ref_rms() * MAX_REL_FLOOR_OF_RMS).max(f32::MIN_POSITIVE as f64);
     let mut m = BTreeMap::from([
-        ("max_abs".to_string(), metrics::max_abs(reference, engine)),
+        ("max_abs".to_string(), sums.max_abs),
         ("max_rel".to_string(), metrics::max_rel(reference, engine, floor)),
-        ("max_abs_scaled".to_string(), metrics::max_abs_scaled(reference, engine)),
-        ("mean_abs".to_string(), metrics::mean_abs(reference, engine)),
-        ("rmse".to_string(), metrics::rmse(reference, engine)),
-        ("nmse".to_string(), metrics::nmse(reference, engine)),
-        ("cosine".to_string(), metrics::cosine(reference, engine)),
-        ("sqnr_db".to_string(), metrics::sqnr_db(reference, engine)),
+        ("max_abs_scaled".to_string(), sums.max_abs_scaled()),
+        ("mean_abs".to_string(), sums.mean_abs()),
+        ("rmse".to_string(), sums.rmse()),
+        ("nmse".to_string(), sums.nmse()),
+        ("cosine".to_string(), sums.cosine()),
+        ("sqnr_db".to_string(), sums.sqnr_db()),
     ]);
     if probabilities {
         m.insert("kl_divergence".into(), metrics::kl_divergence(reference, engine));

@@ -7,7 +7,7 @@
 //! when it is not.
 
 use harness::dumps::{Dump, Lookup};
-use harness::metrics::cosine;
+use harness::metrics::Sums;
 use harness::suite::{parity_cache, resolve, Suite};
 use harness::tensor::{Tensor, Values};
 use std::path::{Path, PathBuf};
@@ -44,7 +44,7 @@ fn the_three_references_agree_on_tokens_last_logits_and_argmax_for_every_fixture
         for (r, d) in REFERENCES.iter().zip(&dumps).skip(1) {
             assert_eq!(ids(d, "tokens"), ids(&dumps[0], "tokens"), "{label}: {r} prompt ids differ from llamacpp's");
             assert_eq!(ids(d, "argmax"), ids(&dumps[0], "argmax"), "{label}: {r} argmax differs from llamacpp's");
-            let c = cosine(&f32s(&dumps[0], "last_logits"), &f32s(d, "last_logits"));
+            let c = Sums::of(&f32s(&dumps[0], "last_logits"), &f32s(d, "last_logits")).cosine();
             assert!(c > 0.999, "{label}: last_logits cosine {c} between llamacpp and {r}");
             compared += 1;
         }
