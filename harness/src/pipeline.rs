@@ -93,7 +93,7 @@ pub fn run(ctx: &Setup, cases: Vec<Case>, run_id: &str) -> Result<(RunResults, V
             }
             timings.engine += t.elapsed();
             let t = Instant::now();
-            let sha = engine_sha(&model_path)?;
+            let sha = model_sha(&model_path)?;
             timings.hashing += t.elapsed();
             loaded = Some((case.model.id.clone(), model, sha));
         }
@@ -152,16 +152,17 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     Ok(CaseRun { case, model_path, model_sha256: sha.to_string(), timings, engine, dumps, results })
 }
 
-/// One reference's dump of one case: read from the dumps folder, or produced now.
+/// One reference's dump of one case: read from the dumps folder, or produced now. Either way it
+/// must be this case's dump (see [`check_provenance`]).
 pub fn fetch_dump(ctx: &Setup, case: &Case, reference: &str) -> Result<Dump> {
-    match ctx.source {
+    let model = resolve(ctx.root, case.model.reference_path(reference));
+    let dump = match ctx.source {
         Source::Dumps(root) => {
             let dir = root.join(&case.model.id).join(&case.prompt.id).join(reference);
-            Dump::open(&dir).with_context(|| format!("{reference} dump for {}/{}", case.model.id, case.prompt.id))
+            Dump::open(&dir).with_context(|| format!("{reference} dump for {}/{}", case.model.id, case.prompt.id))?
         }
         Source::Live { dumpers, out } => {
             let dir = out.join(&case.model.id).join(&case.prompt.id).join(reference);
-            let model = resolve(ctx.root, case.model.reference_path(reference));
             let req = DumpRequest {
                 model: &model,
                 prompt: &case.prompt.text,
@@ -172,9 +173,48 @@ pub fn fetch_dump(ctx: &Setup, case: &Case, reference: &str) -> Result<Dump> {
             };
             let log = dir.with_extension("stderr.log");
             dumpers.run(reference, &req, &log).map_err(|e: ReferenceError| anyhow::anyhow!(e))?;
-            Dump::open(&dir).with_context(|| format!("reading the {reference} dump it just wrote"))
+            Dump::open(&dir).with_context(|| format!("reading the {reference} dump it just wrote"))?
         }
+    };
+    check_provenance(&dump, reference, &case.prompt.text, &model_sha(&model)?)?;
+    Ok(dump)
+}
+
+/// A dump is evidence only for the case it was made for. A stale dump (of an older model file or
+/// prompt) or a misplaced one (another reference's, copied into this reference's folder) would
+/// otherwise be compared as if it were this reference's view of this case, and a copy would count
+/// as one more independent reference agreeing.
+pub fn check_provenance(dump: &Dump, reference: &str, prompt: &str, model_sha256: &str) -> Result<()> {
+    let m = &dump.manifest;
+    let at = dump.dir.display();
+    if m.reference != reference {
+        anyhow::bail!("{at}: expected a {reference} dump, but its manifest says it is {}'s", m.reference);
     }
+    if m.model_sha256 != model_sha256 {
+        anyhow::bail!("{at}: a dump of another model file (sha256 {}, this case's model is {}); remake it (scripts/make-dumps.sh) or run --live", short(&m.model_sha256), short(model_sha256));
+    }
+    if m.prompt != prompt {
+        anyhow::bail!("{at}: a dump of another prompt ({:?}, this case's is {prompt:?}); remake it (scripts/make-dumps.sh) or run --live", m.prompt);
+    }
+    Ok(())
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+/// [`engine_sha`], computed once per path in a process: a suite names the same file for several
+/// cases and references, and a model does not change during a run.
+pub fn model_sha(path: &Path) -> Result<String> {
+    use std::sync::{Mutex, OnceLock};
+    static KNOWN: OnceLock<Mutex<BTreeMap<PathBuf, String>>> = OnceLock::new();
+    let known = KNOWN.get_or_init(Default::default);
+    if let Some(sha) = known.lock().map_err(|_| anyhow::anyhow!("model hash cache poisoned"))?.get(path) {
+        return Ok(sha.clone());
+    }
+    let sha = engine_sha(path)?;
+    known.lock().map_err(|_| anyhow::anyhow!("model hash cache poisoned"))?.insert(path.to_path_buf(), sha.clone());
+    Ok(sha)
 }
 
 /// The sha256 the dumpers record for the same model: of the file, or of every file of a folder
@@ -201,4 +241,28 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         out.push(path.to_path_buf());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dumps::Manifest;
+
+    fn dump(reference: &str, sha: &str, prompt: &str) -> Dump {
+        let text = format!(
+            "reference = {reference:?}\nversion = \"1\"\narch = \"llama\"\nn_layers = 1\nmodel = \"m.gguf\"\nmodel_sha256 = {sha:?}\nprompt = {prompt:?}\ntoken_ids = [1]\ndtype = \"float32\"\nthreads = 1\nn_generate = 1\ntemperature = 1.0\nwall_time_s = 0.1\ncommand = \"dump\"\n"
+        );
+        Dump { dir: PathBuf::from("dumps/m/p").join(reference), manifest: Manifest::parse(&text).unwrap() }
+    }
+
+    #[test]
+    fn a_dump_counts_only_for_its_own_reference_model_and_prompt() {
+        assert!(check_provenance(&dump("pytorch", "aa", "hi"), "pytorch", "hi", "aa").is_ok());
+        let copied = check_provenance(&dump("pytorch", "aa", "hi"), "tinygrad", "hi", "aa").unwrap_err().to_string();
+        assert!(copied.contains("expected a tinygrad dump") && copied.contains("pytorch"), "{copied}");
+        let stale_model = check_provenance(&dump("pytorch", "bb", "hi"), "pytorch", "hi", "aa").unwrap_err().to_string();
+        assert!(stale_model.contains("another model file"), "{stale_model}");
+        let stale_prompt = check_provenance(&dump("pytorch", "aa", "hi"), "pytorch", "hi!", "aa").unwrap_err().to_string();
+        assert!(stale_prompt.contains("another prompt"), "{stale_prompt}");
+    }
 }

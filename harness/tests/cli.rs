@@ -113,3 +113,32 @@ fn an_empty_prompt_and_one_longer_than_the_context_are_refused() {
     assert_one_line_error(&out, "context");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_reference_dump_copied_into_another_references_folder_is_refused_not_counted() {
+    let proof = scratch("copied-dump");
+    let dumps = proof.join("dumps");
+    copy_dir(&root().join("fixtures/dumps/tiny-llama-f32"), &dumps.join("tiny-llama-f32"));
+    for prompt in std::fs::read_dir(dumps.join("tiny-llama-f32")).unwrap() {
+        let prompt = prompt.unwrap().path();
+        std::fs::remove_dir_all(prompt.join("tinygrad")).unwrap();
+        copy_dir(&prompt.join("pytorch"), &prompt.join("tinygrad"));
+    }
+    let out = parity(&["run", "--model", "tiny-llama-f32", "--dumps", dumps.to_str().unwrap()], &proof, "copied");
+    let report = std::fs::read_to_string(proof.join("run/copied/report.md")).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(report.contains("expected a tinygrad dump, but its manifest says it is pytorch's"), "{report}");
+}
