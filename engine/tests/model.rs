@@ -132,6 +132,20 @@ fn traces_are_bit_identical_across_runs() {
 }
 
 #[test]
+fn traces_are_bit_identical_across_thread_counts() {
+    // Rows are split into fixed chunks of 16 whatever the pool size, and each chunk sums in one
+    // order, so the number of threads cannot change a bit (the fixture's 64-wide layers and
+    // 449-token vocabulary span several chunks).
+    let model = load("tiny-llama/model-f32.gguf");
+    let on = |threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| trace(&model, 4).tensors);
+    let (one, three) = (on(1), on(3));
+    assert_eq!(one.len(), three.len());
+    for (key, a) in &one {
+        assert_eq!(format!("{:?}", a), format!("{:?}", three[key]), "{key} differs between 1 and 3 threads");
+    }
+}
+
+#[test]
 fn a_prompt_longer_than_the_context_is_refused() {
     let model = load("tiny-gpt2/model-f32.gguf");
     let long = "word ".repeat(model.config().context * 2);
