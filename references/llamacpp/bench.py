@@ -5,7 +5,7 @@
 
 Measures, per run, a prefill of the given prompt tokens in one batch and then a decode of one token
 at a time through the KV cache (feeding the given ids, so no sampling cost is timed), in a fresh
-context each run. Prints one JSON object: {"version", "prefill_s": [...], "decode_s": [...]}.
+context each run. Prints one JSON object: {"version", "load_s", "prefill_s": [...], "decode_s": [...]}.
 Exit codes: 0 measured; 2 usage error; 3 llama.cpp failed.
 """
 import argparse
@@ -34,12 +34,14 @@ def main():
         return 3
     lc.llama_backend_init()
     mp = lc.llama_model_default_params()
+    t0 = time.perf_counter()
     model = lc.llama_model_load_from_file(args.model.encode(), mp)
+    load_s = time.perf_counter() - t0
     if not model:
         print(f"bench.py: llama.cpp could not load {args.model}", file=sys.stderr)
         return 3
     prompt, rest = ids[: args.prompt_tokens], ids[args.prompt_tokens:]
-    result = {"version": lc.__version__, "prefill_s": [], "decode_s": []}
+    result = {"version": lc.__version__, "load_s": load_s, "prefill_s": [], "decode_s": []}
     for _ in range(args.runs):
         cp = lc.llama_context_default_params()
         cp.n_ctx = len(ids) + 16

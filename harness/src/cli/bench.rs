@@ -35,6 +35,8 @@ pub struct BenchArgs {
 /// Seconds per run of one phase.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Timings {
+    /// Opening the model until it can run (the engine maps the file; llama.cpp loads it).
+    pub load_s: f64,
     pub prefill_s: Vec<f64>,
     pub decode_s: Vec<f64>,
 }
@@ -54,10 +56,12 @@ pub fn run(args: BenchArgs, dumpers_python: &Path, root: &Path) -> Result<()> {
     }
     let mut rows = Vec::new();
     for path in &args.models {
+        let start = Instant::now();
         let model = Model::load(path).with_context(|| format!("loading {}", path.display()))?;
+        let load_s = start.elapsed().as_secs_f64();
         let ids = token_ids(model.config().vocab_size, args.prompt_tokens + args.gen_tokens);
         for &threads in &args.threads {
-            let engine = measure_engine(&model, &ids, args.prompt_tokens, threads, args.runs)?;
+            let engine = Timings { load_s, ..measure_engine(&model, &ids, args.prompt_tokens, threads, args.runs)? };
             let (llamacpp, version) = match args.no_reference {
                 true => (None, None),
                 false => {
@@ -130,11 +134,12 @@ fn measure_llamacpp(python: &Path, root: &Path, model: &Path, ids: &[u32], n_pro
     #[derive(Deserialize)]
     struct Out {
         version: String,
+        load_s: f64,
         prefill_s: Vec<f64>,
         decode_s: Vec<f64>,
     }
     let parsed: Out = serde_json::from_slice(&out.stdout).context("reading llama.cpp bench output")?;
-    Ok((Timings { prefill_s: parsed.prefill_s, decode_s: parsed.decode_s }, parsed.version))
+    Ok((Timings { load_s: parsed.load_s, prefill_s: parsed.prefill_s, decode_s: parsed.decode_s }, parsed.version))
 }
 
 /// Median, min and max of tokens per second over the runs.
@@ -179,6 +184,10 @@ fn print_table(rows: &[Row], n_prompt: usize, n_gen: usize) {
     }
     println!("{table}");
     println!("median (min-max) over the runs; ratio = engine / llama.cpp medians, same file, ids and threads");
+    for row in rows.iter().filter(|r| r.threads == rows[0].threads) {
+        let llamacpp = row.llamacpp.as_ref().map_or(String::new(), |t| format!(", llama.cpp {:.2} s", t.load_s));
+        println!("load {}: engine {:.2} s{llamacpp}", row.model, row.engine.load_s);
+    }
 }
 
 #[cfg(test)]
