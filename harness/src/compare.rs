@@ -24,9 +24,11 @@ pub const MAX_REL_FLOOR_OF_RMS: f64 = 1e-3;
 /// Tensors holding probability vectors, judged also by KL divergence and top-k overlap.
 const PROBABILITY_TENSORS: [&str; 1] = ["probs"];
 
-/// Every entry of `entries`, the engine's tensor (by key) against the dump's. `near_tie(step)` is the
-/// reference's top-two logit gap before generated step `step` (step 0 is `argmax`), or `None` if
-/// unknown; `class` picks the tolerance class in `spec`.
+/// Every entry of `entries`, the engine's tensor (by key) against the dump's. `near_tie(step)` is
+/// the top-two logit gap for generated step `step` (step 0 is `argmax`) after the reference's own
+/// tokens up to it, or `None` if unknown: dumps hold logits for the prompt only, so the caller
+/// measures it with the engine, whose logits have matched the reference's up to there or the
+/// logits checkpoints fail. `class` picks the tolerance class in `spec`.
 pub fn compare_case(
     engine: &BTreeMap<String, Tensor>,
     dump: &Dump,
@@ -127,11 +129,11 @@ fn check_ids(
     }
     match (gap, tie) {
         (Some(g), Some(t)) if g < t => {
-            let note = format!("{divergence}; the reference's top-two logit gap there is {g:.3e}, under the near-tie gap {t:e}: a near-tie (later steps not compared)");
+            let note = format!("{divergence}; after the reference's tokens up to there, the top-two logit gap is {g:.3e}, under the near-tie gap {t:.3e}: a near-tie (later steps not compared)");
             result(entry, Status::NearTie, Some(note), values, vec![judgement])
         }
-        (Some(g), Some(t)) => result(entry, Status::Fail, Some(format!("{divergence}; reference top-two gap {g:.3e} >= near-tie gap {t:e}")), values, vec![judgement]),
-        (None, _) => result(entry, Status::Fail, Some(format!("{divergence}; reference top-two gap unknown, so not excused as a near-tie")), values, vec![judgement]),
+        (Some(g), Some(t)) => result(entry, Status::Fail, Some(format!("{divergence}; after the reference's tokens up to there, the top-two logit gap is {g:.3e} >= near-tie gap {t:.3e}")), values, vec![judgement]),
+        (None, _) => result(entry, Status::Fail, Some(format!("{divergence}; top-two logit gap there unknown, so not excused as a near-tie")), values, vec![judgement]),
         (Some(_), None) => result(entry, Status::Fail, Some(format!("{divergence}; no near_tie_gap for {} in class {class}", entry.checkpoint)), values, vec![judgement]),
     }
 }

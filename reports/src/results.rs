@@ -18,8 +18,8 @@ pub enum Status {
     Layout,
     /// NaN or Inf on either side.
     NonFinite,
-    /// Token sequences diverge, but at a step where the reference's top-two logit gap is within the
-    /// near-tie threshold: reported, not hidden, and not counted as a failure.
+    /// Token sequences diverge, but at a step where the top-two logit gap (after the reference's
+    /// tokens up to it) is within the near-tie threshold: reported, not hidden, and not counted as a failure.
     NearTie,
 }
 
