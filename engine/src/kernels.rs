@@ -42,16 +42,39 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     portable::dot_f32(a, b)
 }
 
-/// Four f32 rows against two f32 vectors, all of one length: `out[r][t] = dot(w[r], x[t])`. The
-/// prefill product's inner block: each loaded value feeds two or four multiply-adds instead of one.
+/// Four f32 rows of length `cols` against the `n` token rows of `x` (`[n, cols]`, `n = out.len() / 4`):
+/// `out[r * n + t] = dot(w[r], x[t])`. The prefill product's inner block. Columns are walked in
+/// slices small enough that the four weight slices stay in L1 while every token passes over them,
+/// two tokens at a time so each loaded value feeds two or four multiply-adds.
 #[inline]
-pub fn dot_f32_4x2(w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
+pub fn dot_f32_4xn(w: [&[f32]; 4], x: &[f32], out: &mut [f32]) {
+    let (n, cols) = (out.len() / 4, w[0].len());
+    assert!(out.len() == 4 * n && x.len() == n * cols && w.iter().all(|r| r.len() == cols), "dot_f32_4xn: shapes do not agree");
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
-        // SAFETY: as in `dot`.
-        return unsafe { avx2::dot_f32_4x2(w, x) };
+        // SAFETY: as in `dot`; the shapes agree (asserted above).
+        return unsafe { avx2::dot_f32_4xn(w, x, out) };
     }
-    w.map(|row| x.map(|v| portable::dot_f32(row, v)))
+    for (r, row) in w.iter().enumerate() {
+        for (t, xt) in x.chunks_exact(cols.max(1)).take(n).enumerate() {
+            out[r * n + t] = portable::dot_f32(row, xt);
+        }
+    }
+}
+
+/// Little-endian f16 values in `src` widened to f32 in `out` (`src.len() == 2 * out.len()`): the
+/// F16 prefill path converts each weight row once and reuses it for every token.
+#[inline]
+pub fn f16_to_f32(src: &[u8], out: &mut [f32]) {
+    assert_eq!(src.len(), 2 * out.len(), "f16_to_f32: {} bytes for {} values", src.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: as in `dot`; the lengths match (asserted above).
+        return unsafe { avx2::f16_to_f32(src, out) };
+    }
+    for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
+        *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
+    }
 }
 
 #[inline]
@@ -154,6 +177,21 @@ mod avx2 {
             i += 1;
         }
         hsum(_mm256_add_ps(acc0, acc1)) + tail
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn f16_to_f32(src: &[u8], out: &mut [f32]) {
+        let n = out.len();
+        let mut i = 0;
+        while i + 8 <= n {
+            let h = _mm_loadu_si128(src.as_ptr().add(2 * i) as *const __m128i);
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            i += 8;
+        }
+        while i < n {
+            out[i] = f16_at(src, 2 * i);
+            i += 1;
+        }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -286,28 +324,70 @@ mod avx2 {
         acc.map(|a| hsum(a))
     }
 
+    /// Columns per slice: four weight slices of 1 KB each, plus two token slices, sit in L1.
+    const SLICE: usize = 256;
+
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f32_4x2(w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
-        let n = x[0].len();
-        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-        let mut i = 0;
-        while i + 8 <= n {
-            let x0 = _mm256_loadu_ps(x[0].as_ptr().add(i));
-            let x1 = _mm256_loadu_ps(x[1].as_ptr().add(i));
+    pub unsafe fn dot_f32_4xn(w: [&[f32]; 4], x: &[f32], out: &mut [f32]) {
+        let (n, cols) = (out.len() / 4, w[0].len());
+        let main = cols / 8 * 8;
+        // One 8-lane accumulator per (row, token), kept across slices: each lane sums its columns
+        // in column order, so the result does not depend on the slice size or the token grouping.
+        let mut acc = vec![_mm256_setzero_ps(); 4 * n];
+        let mut c0 = 0;
+        while c0 < main {
+            let c1 = (c0 + SLICE).min(main);
+            let mut t = 0;
+            while t + 3 <= n {
+                slice_pass::<3>(w, x, cols, t, c0, c1, n, &mut acc);
+                t += 3;
+            }
+            while t < n {
+                slice_pass::<1>(w, x, cols, t, c0, c1, n, &mut acc);
+                t += 1;
+            }
+            c0 = c1;
+        }
+        for r in 0..4 {
+            for t in 0..n {
+                out[r * n + t] = hsum(acc[r * n + t]) + portable::dot_f32(&w[r][main..], &x[t * cols + main..(t + 1) * cols]);
+            }
+        }
+    }
+
+    /// Columns `c0..c1` of tokens `t..t + T` against the four rows, added to their accumulators.
+    /// T = 3 keeps 12 accumulators, 3 token vectors and one weight vector in the 16 registers.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn slice_pass<const T: usize>(w: [&[f32]; 4], x: &[f32], cols: usize, t: usize, c0: usize, c1: usize, n: usize, acc: &mut [__m256]) {
+        let mut a = [[_mm256_setzero_ps(); T]; 4];
+        let mut p = [x.as_ptr(); T];
+        for k in 0..T {
+            p[k] = x.as_ptr().add((t + k) * cols);
+            for r in 0..4 {
+                a[r][k] = acc[r * n + t + k];
+            }
+        }
+        let mut i = c0;
+        while i < c1 {
+            let mut xv = [_mm256_setzero_ps(); T];
+            for k in 0..T {
+                xv[k] = _mm256_loadu_ps(p[k].add(i));
+            }
             for r in 0..4 {
                 let wv = _mm256_loadu_ps(w[r].as_ptr().add(i));
-                acc[r][0] = _mm256_fmadd_ps(wv, x0, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(wv, x1, acc[r][1]);
+                for k in 0..T {
+                    a[r][k] = _mm256_fmadd_ps(wv, xv[k], a[r][k]);
+                }
             }
             i += 8;
         }
-        let mut out = [[0.0f32; 2]; 4];
-        for r in 0..4 {
-            for t in 0..2 {
-                out[r][t] = hsum(acc[r][t]) + portable::dot_f32(&w[r][i..], &x[t][i..]);
+        for k in 0..T {
+            for r in 0..4 {
+                acc[r * n + t + k] = a[r][k];
             }
         }
-        out
     }
 
     /// F32 weights straight from a (possibly unaligned) byte row.
@@ -403,16 +483,20 @@ mod tests {
     }
 
     #[test]
-    fn a_four_by_two_block_equals_eight_single_dots() {
-        let len = 37; // not a multiple of 8: the tail path too
-        let v = |k: usize| (0..len).map(|i| ((i * 7 + k * 13) % 11) as f32 * 0.25 - 1.0).collect::<Vec<f32>>();
-        let (w, x): (Vec<_>, Vec<_>) = ((0..4).map(v).collect(), (4..6).map(v).collect());
-        let block = dot_f32_4x2([&w[0], &w[1], &w[2], &w[3]], [&x[0], &x[1]]);
-        for r in 0..4 {
-            for t in 0..2 {
-                // Values are multiples of 1/4 below 3 in size: every sum is exact in f32.
-                let exact: f32 = w[r].iter().zip(&x[t]).map(|(a, b)| a * b).sum();
-                assert_eq!(block[r][t], exact, "row {r} token {t}");
+    fn a_four_row_block_equals_single_dots_for_any_token_count() {
+        let cols = 605; // three column slices, the last one short, and a tail that is not a multiple of 8
+        let v = |k: usize| (0..cols).map(|i| ((i * 7 + k * 13) % 11) as f32 * 0.25 - 1.0).collect::<Vec<f32>>();
+        let w: Vec<Vec<f32>> = (0..4).map(v).collect();
+        for n in [1, 2, 5] {
+            let xs: Vec<Vec<f32>> = (4..4 + n).map(v).collect();
+            let mut out = vec![0.0; 4 * n];
+            dot_f32_4xn([&w[0], &w[1], &w[2], &w[3]], &xs.concat(), &mut out);
+            for r in 0..4 {
+                for t in 0..n {
+                    // Values are multiples of 1/4 below 1.5 in size: every sum is exact in f32.
+                    let exact: f32 = w[r].iter().zip(&xs[t]).map(|(a, b)| a * b).sum();
+                    assert_eq!(out[r * n + t], exact, "{n} tokens: row {r} token {t}");
+                }
             }
         }
     }
@@ -424,6 +508,20 @@ mod tests {
             let want: f32 = (0..n).map(|i| (i * i) as f32).sum();
             assert_eq!(dot_f32(&a, &a), want, "n = {n}");
             assert_eq!(portable::dot_f32(&a, &a), want, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn f16_widening_gives_the_ieee_values_of_every_bit_pattern_including_tails() {
+        // Bit patterns chosen by hand: 1.0, -2.0, 0.5, the smallest subnormal (2^-24), the
+        // largest finite (65504), +inf, -0.0, a quiet NaN, then 1.5 and -0.25 in the scalar tail.
+        let bits: [u16; 10] = [0x3c00, 0xc000, 0x3800, 0x0001, 0x7bff, 0x7c00, 0x8000, 0x7e00, 0x3e00, 0xb400];
+        let want = [1.0, -2.0, 0.5, 2f32.powi(-24), 65504.0, f32::INFINITY, -0.0, f32::NAN, 1.5, -0.25];
+        let src: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let mut out = [0.0f32; 10];
+        f16_to_f32(&src, &mut out);
+        for (i, (got, want)) in out.iter().zip(want).enumerate() {
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "value {i}: {got} vs {want}");
         }
     }
 }

@@ -187,7 +187,7 @@ impl QTensor {
             return;
         }
         // Row-major [rows, n] so each task owns whole weight rows, then transposed into `out`.
-        // Four rows are dequantized once and multiplied with the tokens two at a time.
+        // Four rows are dequantized once and multiplied with every token.
         let mut by_row = vec![0.0f32; rows * n];
         by_row.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(chunk, o)| {
             let mut w = vec![0.0f32; 4 * cols];
@@ -199,21 +199,7 @@ impl QTensor {
                     self.dequantize_row(first + 4 * q + k, wk);
                 }
                 let wr: Vec<&[f32]> = w.chunks_exact(cols).collect();
-                let wr = [wr[0], wr[1], wr[2], wr[3]];
-                let mut t = 0;
-                while t + 2 <= n {
-                    let block = kernels::dot_f32_4x2(wr, [&x[t * cols..(t + 1) * cols], &x[(t + 1) * cols..(t + 2) * cols]]);
-                    for (k, pair) in block.iter().enumerate() {
-                        ys[k * n + t] = pair[0];
-                        ys[k * n + t + 1] = pair[1];
-                    }
-                    t += 2;
-                }
-                if t < n {
-                    for (k, wk) in wr.iter().enumerate() {
-                        ys[k * n + t] = kernels::dot_f32(wk, &x[t * cols..(t + 1) * cols]);
-                    }
-                }
+                kernels::dot_f32_4xn([wr[0], wr[1], wr[2], wr[3]], x, ys);
             }
             let rest = quads.into_remainder();
             for (i, ys) in rest.chunks_exact_mut(n).enumerate() {
@@ -274,11 +260,7 @@ fn dequantize(dtype: DType, row: &[u8], out: &mut [f32]) {
                 *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
             }
         }
-        DType::F16 => {
-            for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
-                *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
-            }
-        }
+        DType::F16 => kernels::f16_to_f32(row, out),
         DType::BF16 => {
             for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
                 *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
