@@ -210,11 +210,11 @@ impl QTensor {
                 }
             }
         });
-        for (r, ys) in by_row.chunks_exact(n).enumerate() {
-            for (t, y) in ys.iter().enumerate() {
-                out[t * rows + r] = *y;
+        out.par_chunks_mut(rows).enumerate().for_each(|(t, o)| {
+            for (r, y) in o.iter_mut().enumerate() {
+                *y = by_row[r * n + t];
             }
-        }
+        });
     }
 
     /// One output of a matrix-vector product, dequantizing in registers.
