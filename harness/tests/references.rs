@@ -4,7 +4,8 @@
 //! ids from all three, last-token logits within cosine 0.999 of each other, the same argmax. Each
 //! dumper's own end-to-end test (`references/<name>/test_dump.py`) runs when the reference
 //! environment of `scripts/setup-references.sh` is present, and is skipped with a printed reason
-//! when it is not.
+//! when it is not, unless `PARITY_REQUIRE_REFERENCES` is set (CI sets it: there a missing
+//! environment is a failure, not a skip).
 
 use harness::dumps::{Dump, Lookup};
 use harness::metrics::Sums;
@@ -60,6 +61,11 @@ fn reference_python() -> Option<PathBuf> {
 
 fn run_dumper_test(reference: &str) {
     let Some(py) = reference_python() else {
+        assert!(
+            std::env::var_os("PARITY_REQUIRE_REFERENCES").is_none(),
+            "PARITY_REQUIRE_REFERENCES is set but there is no reference environment at {}; run scripts/setup-references.sh",
+            parity_cache().join("venv").display()
+        );
         println!("skipped: no reference environment at {}; run scripts/setup-references.sh", parity_cache().join("venv").display());
         return;
     };
