@@ -9,6 +9,7 @@
 //! Every text file starts with a generated-file header (run id, time, command line, engine commit)
 //! in its format's comment syntax; JSON carries it in a top-level `"_generated"` field.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -179,6 +180,14 @@ impl Bundle {
         self.add_inputs(role, path, false)
     }
 
+    /// Records a single-file input whose sha256 this run has already computed (a model file the
+    /// pipeline hashed to check the dumps' provenance), so it is not read a second time.
+    pub fn add_hashed_input(&mut self, role: &str, path: &Path, sha256: &str) -> Result<(), BundleError> {
+        let bytes = fs::metadata(path).map_err(io("reading", path))?.len();
+        self.inputs.push(FileHash { role: role.into(), path: path.display().to_string(), sha256: sha256.into(), bytes, transient: false });
+        Ok(())
+    }
+
     /// Hashes an input that will be deleted after the run (a live reference dump).
     pub fn add_transient_input(&mut self, role: &str, path: &Path) -> Result<(), BundleError> {
         self.add_inputs(role, path, true)
@@ -187,8 +196,10 @@ impl Bundle {
     fn add_inputs(&mut self, role: &str, path: &Path, transient: bool) -> Result<(), BundleError> {
         let mut files = Vec::new();
         collect_files(path, &mut files)?;
-        for file in files {
-            let (sha256, bytes) = hash_file(&file)?;
+        // A dump folder holds hundreds of tensors: hashed on every core, listed in path order.
+        let hashes: Vec<_> = files.par_iter().map(|file| hash_file(file)).collect();
+        for (file, hash) in files.iter().zip(hashes) {
+            let (sha256, bytes) = hash?;
             self.inputs.push(FileHash { role: role.into(), path: file.display().to_string(), sha256, bytes, transient });
         }
         Ok(())
@@ -196,9 +207,11 @@ impl Bundle {
 
     /// Hashes every output, writes the manifest and renames the bundle into place.
     pub fn finish(self, run: RunInfo) -> Result<PathBuf, BundleError> {
+        let names: Vec<&String> = self.outputs.iter().collect();
+        let hashes: Vec<_> = names.par_iter().map(|name| hash_file(&self.tmp_dir.join(name))).collect();
         let mut output = Vec::new();
-        for name in &self.outputs {
-            let (sha256, bytes) = hash_file(&self.tmp_dir.join(name))?;
+        for (name, hash) in names.into_iter().zip(hashes) {
+            let (sha256, bytes) = hash?;
             output.push(FileHash { role: String::new(), path: name.clone(), sha256, bytes, transient: false });
         }
         let manifest = Manifest {

@@ -14,7 +14,7 @@ use reports::results::{CaseResult, CheckResult, RunResults, Status};
 use reports::summary::{self, Verdict};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -125,7 +125,12 @@ fn write_bundle(bundle: &mut Bundle, loaded: &Loaded, results: &RunResults, runs
     let mut models_added = std::collections::BTreeSet::new();
     for run in runs {
         if models_added.insert(run.model_path.clone()) {
-            add_inputs_under(bundle, "model", &run.model_path)?;
+            if run.model_path.is_file() {
+                // The pipeline hashed this file already (a folder's hash there is of its files concatenated).
+                bundle.add_hashed_input("model", &run.model_path, &run.model_sha256)?;
+            } else {
+                bundle.add_input("model", &run.model_path)?;
+            }
         }
         for (reference, dump) in &run.dumps {
             let base = format!("{}/{}/{}", run.case.model.id, run.case.prompt.id, reference);
@@ -136,7 +141,7 @@ fn write_bundle(bundle: &mut Bundle, loaded: &Loaded, results: &RunResults, runs
                     save_failed(bundle, run, reference, dump, &base, results, keep_failed)?;
                 }
                 Ok(dump) => {
-                    add_inputs_under(bundle, "dump", &dump.dir)?;
+                    bundle.add_input("dump", &dump.dir)?;
                     save_failed(bundle, run, reference, dump, &base, results, keep_failed)?;
                 }
                 Err(_) => {}
@@ -171,20 +176,6 @@ fn save_failed(bundle: &mut Bundle, run: &CaseRun, reference: &str, dump: &harne
         }
     }
     Ok(())
-}
-
-/// Every file at `path` (a file, or a folder's files) as an input of `role`.
-fn add_inputs_under(bundle: &mut Bundle, role: &str, path: &Path) -> Result<()> {
-    if path.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        entries.sort();
-        for e in entries {
-            add_inputs_under(bundle, role, &e)?;
-        }
-        Ok(())
-    } else {
-        Ok(bundle.add_input(role, path)?)
-    }
 }
 
 fn run_info(loaded: &Loaded, runs: &[CaseRun]) -> RunInfo {
