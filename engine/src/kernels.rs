@@ -19,18 +19,6 @@ pub fn dot(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
     portable::dot(dtype, w, x)
 }
 
-/// Four rows against the same `x` at once: each block of `x` is loaded once for all four, and
-/// the four sums are independent chains. Same results as four calls of [`dot`] up to f32 rounding.
-#[inline]
-pub fn dot4(dtype: DType, w: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
-        // SAFETY: as in `dot`.
-        return unsafe { avx2::dot4(dtype, w, x) };
-    }
-    w.map(|row| portable::dot(dtype, row, x))
-}
-
 /// `sum_i a[i] * b[i]`.
 #[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -131,12 +119,14 @@ mod avx2 {
         *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"))
     }
 
-    /// The f16 scale at `p` as an f32 in all lanes.
+    /// The two f16 values at `p` (a Q4_1 block's scale and minimum) as f32 in all lanes, from one
+    /// broadcast load and one conversion. For a type with a scale only, the second is garbage.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn scale(p: *const u8) -> __m256 {
-        let bits = std::ptr::read_unaligned(p as *const u16);
-        _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))))
+    unsafe fn scale_pair(p: *const u8) -> (__m256, __m256) {
+        let both = _mm_set1_epi32(std::ptr::read_unaligned(p as *const i32));
+        let lanes = _mm256_cvtph_ps(both);
+        (_mm256_moveldup_ps(lanes), _mm256_movehdup_ps(lanes))
     }
 
     #[inline]
@@ -146,13 +136,6 @@ mod avx2 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
-    }
-
-    /// Eight bytes as eight f32 lanes, signed or not.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn u8x8(v: __m128i) -> __m256 {
-        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
     }
 
     #[inline]
@@ -202,14 +185,23 @@ mod avx2 {
         match dtype {
             DType::F32 => dot_f32_unaligned(wp, xp, n),
             DType::F16 => {
-                let mut acc = _mm256_setzero_ps();
+                // Four independent chains, one cache line of weights per step.
+                let mut acc = [_mm256_setzero_ps(); 4];
                 let mut i = 0;
+                while i + 32 <= n {
+                    _mm_prefetch(wp.wrapping_add(2 * i + PREFETCH_BYTES) as *const i8, _MM_HINT_T0);
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        let h = _mm_loadu_si128(wp.add(2 * (i + 8 * k)) as *const __m128i);
+                        *a = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xp.add(i + 8 * k)), *a);
+                    }
+                    i += 32;
+                }
                 while i + 8 <= n {
                     let h = _mm_loadu_si128(wp.add(2 * i) as *const __m128i);
-                    acc = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xp.add(i)), acc);
+                    acc[0] = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xp.add(i)), acc[0]);
                     i += 8;
                 }
-                hsum(acc) + portable::dot(dtype, &w[2 * i..], &x[i..])
+                hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) + portable::dot(dtype, &w[2 * i..], &x[i..])
             }
             DType::BF16 => {
                 let mut acc = _mm256_setzero_ps();
@@ -223,106 +215,75 @@ mod avx2 {
                 hsum(acc) + portable::dot(dtype, &w[2 * i..], &x[i..])
             }
             DType::Q8_0 => {
-                let mut acc = _mm256_setzero_ps();
-                for (blk, b) in w.chunks_exact(34).enumerate() {
-                    let (q, xs) = (b.as_ptr().add(2), xp.add(blk * 32));
-                    let mut s = _mm256_mul_ps(i8x8(q), _mm256_loadu_ps(xs));
-                    s = _mm256_fmadd_ps(i8x8(q.add(8)), _mm256_loadu_ps(xs.add(8)), s);
-                    s = _mm256_fmadd_ps(i8x8(q.add(16)), _mm256_loadu_ps(xs.add(16)), s);
-                    s = _mm256_fmadd_ps(i8x8(q.add(24)), _mm256_loadu_ps(xs.add(24)), s);
-                    acc = _mm256_fmadd_ps(scale(b.as_ptr()), s, acc);
+                let mut acc = [_mm256_setzero_ps(); 2];
+                let blocks = n / 32;
+                let mut blk = 0;
+                while blk + 2 <= blocks {
+                    acc[0] = q8_0_block(wp.add(blk * 34), xp.add(blk * 32), acc[0]);
+                    acc[1] = q8_0_block(wp.add((blk + 1) * 34), xp.add((blk + 1) * 32), acc[1]);
+                    blk += 2;
                 }
-                hsum(acc)
+                if blk < blocks {
+                    acc[0] = q8_0_block(wp.add(blk * 34), xp.add(blk * 32), acc[0]);
+                }
+                hsum(_mm256_add_ps(acc[0], acc[1]))
             }
             DType::Q4_0 | DType::Q4_1 => {
-                let (quants_at, offset) = if dtype == DType::Q4_0 { (2, -8.0) } else { (4, 0.0) };
-                let block_bytes = quants_at + 16;
-                let mask = _mm_set1_epi8(0x0f);
-                let off = _mm256_set1_ps(offset);
-                let (mut acc, mut mins) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                for (blk, b) in w.chunks_exact(block_bytes).enumerate() {
-                    let q = _mm_loadu_si128(b.as_ptr().add(quants_at) as *const __m128i);
-                    let lo = _mm_and_si128(q, mask);
-                    let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-                    let xs = xp.add(blk * 32);
-                    let (x0, x1, x2, x3) = (_mm256_loadu_ps(xs), _mm256_loadu_ps(xs.add(8)), _mm256_loadu_ps(xs.add(16)), _mm256_loadu_ps(xs.add(24)));
-                    let mut s = _mm256_mul_ps(_mm256_add_ps(u8x8(lo), off), x0);
-                    s = _mm256_fmadd_ps(_mm256_add_ps(u8x8(_mm_srli_si128(lo, 8)), off), x1, s);
-                    s = _mm256_fmadd_ps(_mm256_add_ps(u8x8(hi), off), x2, s);
-                    s = _mm256_fmadd_ps(_mm256_add_ps(u8x8(_mm_srli_si128(hi, 8)), off), x3, s);
-                    acc = _mm256_fmadd_ps(scale(b.as_ptr()), s, acc);
-                    if dtype == DType::Q4_1 {
-                        let sx = _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3));
-                        mins = _mm256_fmadd_ps(scale(b.as_ptr().add(2)), sx, mins);
-                    }
+                let block_bytes = if dtype == DType::Q4_0 { 18 } else { 20 };
+                let mut acc = [_mm256_setzero_ps(); 2];
+                let blocks = n / 32;
+                let mut blk = 0;
+                while blk + 2 <= blocks {
+                    acc[0] = q4_block(dtype, wp.add(blk * block_bytes), xp.add(blk * 32), acc[0]);
+                    acc[1] = q4_block(dtype, wp.add((blk + 1) * block_bytes), xp.add((blk + 1) * 32), acc[1]);
+                    blk += 2;
                 }
-                hsum(_mm256_add_ps(acc, mins))
+                if blk < blocks {
+                    acc[0] = q4_block(dtype, wp.add(blk * block_bytes), xp.add(blk * 32), acc[0]);
+                }
+                hsum(_mm256_add_ps(acc[0], acc[1]))
             }
         }
     }
 
+    /// `acc` plus one Q8_0 block (at `b`) times 32 values of x (at `xs`), lane-wise.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot4(dtype: DType, w: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
-        let xp = x.as_ptr();
-        let mut acc = [_mm256_setzero_ps(); 4];
-        match dtype {
-            DType::Q4_0 | DType::Q4_1 => {
-                // A 4-bit value is d * q + m (Q4_0: m = -8 d), so a block's dot is
-                // d * sum(q x) + m * sum(x), and sum(x) is shared by the four rows.
-                let (quants_at, block_bytes) = if dtype == DType::Q4_0 { (2, 18) } else { (4, 20) };
-                let mask = _mm_set1_epi8(0x0f);
-                let mut mins = [_mm256_setzero_ps(); 4];
-                for blk in 0..x.len() / 32 {
-                    let xs = xp.add(blk * 32);
-                    let (x0, x1, x2, x3) = (_mm256_loadu_ps(xs), _mm256_loadu_ps(xs.add(8)), _mm256_loadu_ps(xs.add(16)), _mm256_loadu_ps(xs.add(24)));
-                    let sx = _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3));
-                    for r in 0..4 {
-                        let b = w[r].as_ptr().add(blk * block_bytes);
-                        let q = _mm_loadu_si128(b.add(quants_at) as *const __m128i);
-                        let lo = _mm_and_si128(q, mask);
-                        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-                        let mut s = _mm256_mul_ps(u8x8(lo), x0);
-                        s = _mm256_fmadd_ps(u8x8(_mm_srli_si128(lo, 8)), x1, s);
-                        s = _mm256_fmadd_ps(u8x8(hi), x2, s);
-                        s = _mm256_fmadd_ps(u8x8(_mm_srli_si128(hi, 8)), x3, s);
-                        let d = scale(b);
-                        acc[r] = _mm256_fmadd_ps(d, s, acc[r]);
-                        let m = if dtype == DType::Q4_0 { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) } else { scale(b.add(2)) };
-                        mins[r] = _mm256_fmadd_ps(m, sx, mins[r]);
-                    }
-                }
-                for r in 0..4 {
-                    acc[r] = _mm256_add_ps(acc[r], mins[r]);
-                }
-            }
-            DType::Q8_0 => {
-                for blk in 0..x.len() / 32 {
-                    let xs = xp.add(blk * 32);
-                    let (x0, x1, x2, x3) = (_mm256_loadu_ps(xs), _mm256_loadu_ps(xs.add(8)), _mm256_loadu_ps(xs.add(16)), _mm256_loadu_ps(xs.add(24)));
-                    for r in 0..4 {
-                        let b = w[r].as_ptr().add(blk * 34);
-                        let q = b.add(2);
-                        let mut s = _mm256_mul_ps(i8x8(q), x0);
-                        s = _mm256_fmadd_ps(i8x8(q.add(8)), x1, s);
-                        s = _mm256_fmadd_ps(i8x8(q.add(16)), x2, s);
-                        s = _mm256_fmadd_ps(i8x8(q.add(24)), x3, s);
-                        acc[r] = _mm256_fmadd_ps(scale(b), s, acc[r]);
-                    }
-                }
-            }
-            DType::F16 if x.len() % 8 == 0 => {
-                for i in (0..x.len()).step_by(8) {
-                    let xv = _mm256_loadu_ps(xp.add(i));
-                    for r in 0..4 {
-                        let h = _mm_loadu_si128(w[r].as_ptr().add(2 * i) as *const __m128i);
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtph_ps(h), xv, acc[r]);
-                    }
-                }
-            }
-            _ => return w.map(|row| dot(dtype, row, x)),
-        }
-        acc.map(|a| hsum(a))
+    unsafe fn q8_0_block(b: *const u8, xs: *const f32, acc: __m256) -> __m256 {
+        _mm_prefetch(b.wrapping_add(PREFETCH_BYTES) as *const i8, _MM_HINT_T0);
+        let q = b.add(2);
+        let mut s = _mm256_mul_ps(i8x8(q), _mm256_loadu_ps(xs));
+        s = _mm256_fmadd_ps(i8x8(q.add(8)), _mm256_loadu_ps(xs.add(8)), s);
+        s = _mm256_fmadd_ps(i8x8(q.add(16)), _mm256_loadu_ps(xs.add(16)), s);
+        s = _mm256_fmadd_ps(i8x8(q.add(24)), _mm256_loadu_ps(xs.add(24)), s);
+        _mm256_fmadd_ps(scale_pair(b).0, s, acc)
     }
+
+    /// `acc` plus one Q4_0 or Q4_1 block times 32 values of x. A 4-bit value is d * q + m (Q4_0:
+    /// m = -8 d), so the block's dot is d * sum(q x) + m * sum(x). Each half of the 16 quant bytes
+    /// is widened to eight 32-bit lanes once; a mask gives values 0..8 (then 8..16) of the block,
+    /// a shift values 16..24 (then 24..32).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_block(dtype: DType, b: *const u8, xs: *const f32, acc: __m256) -> __m256 {
+        _mm_prefetch(b.wrapping_add(PREFETCH_BYTES) as *const i8, _MM_HINT_T0);
+        let q = b.add(if dtype == DType::Q4_0 { 2 } else { 4 });
+        let nibble = _mm256_set1_epi32(0x0f);
+        let (x0, x1, x2, x3) = (_mm256_loadu_ps(xs), _mm256_loadu_ps(xs.add(8)), _mm256_loadu_ps(xs.add(16)), _mm256_loadu_ps(xs.add(24)));
+        let b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(q as *const __m128i));
+        let b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(q.add(8) as *const __m128i));
+        let mut s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b0, nibble)), x0);
+        s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b1, nibble)), x1, s);
+        s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4)), x2, s);
+        s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4)), x3, s);
+        let sx = _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3));
+        let (d, m) = scale_pair(b);
+        let m = if dtype == DType::Q4_0 { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) } else { m };
+        _mm256_fmadd_ps(d, s, _mm256_fmadd_ps(m, sx, acc))
+    }
+
+    /// How far ahead of its reads a decode product prefetches a weight row.
+    const PREFETCH_BYTES: usize = 512;
 
     /// Columns per slice: four weight slices of 1 KB each, plus two token slices, sit in L1.
     const SLICE: usize = 256;
@@ -467,22 +428,6 @@ mod tests {
     }
 
     #[test]
-    fn four_rows_at_once_equal_four_single_dots() {
-        let x: Vec<f32> = (0..96).map(|i| ((i % 13) as f32 - 6.0) * 0.1).collect();
-        for (dtype, bytes, _) in rows(3) {
-            let n = bytes.len();
-            // Four different rows: the same bytes rotated by whole blocks.
-            let block = n / 3;
-            let rotated: Vec<Vec<u8>> = (0..4).map(|k| [&bytes[(k % 3) * block..], &bytes[..(k % 3) * block]].concat()).collect();
-            let got = dot4(dtype, [&rotated[0], &rotated[1], &rotated[2], &rotated[3]], &x);
-            for r in 0..4 {
-                let want = dot(dtype, &rotated[r], &x);
-                assert!((got[r] - want).abs() < 1e-4 * want.abs().max(1.0), "{dtype:?} row {r}: {} vs {want}", got[r]);
-            }
-        }
-    }
-
-    #[test]
     fn a_four_row_block_equals_single_dots_for_any_token_count() {
         let cols = 605; // three column slices, the last one short, and a tail that is not a multiple of 8
         let v = |k: usize| (0..cols).map(|i| ((i * 7 + k * 13) % 11) as f32 * 0.25 - 1.0).collect::<Vec<f32>>();
@@ -498,6 +443,19 @@ mod tests {
                     assert_eq!(out[r * n + t], exact, "{n} tokens: row {r} token {t}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn f16_rows_of_any_length_dot_exactly() {
+        // Multiples of 1/4 below 4 in size: every product and partial sum is exact in f32, so
+        // the unrolled, vector-tail and scalar-tail parts must all give the exact value.
+        for n in [1, 7, 8, 31, 32, 33, 40, 65, 77] {
+            let w: Vec<f32> = (0..n).map(|i| ((i * 5) % 13) as f32 * 0.25 - 1.5).collect();
+            let x: Vec<f32> = (0..n).map(|i| ((i * 3) % 7) as f32 * 0.5 - 1.0).collect();
+            let bytes: Vec<u8> = w.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect();
+            let exact: f32 = w.iter().zip(&x).map(|(a, b)| a * b).sum();
+            assert_eq!(dot(DType::F16, &bytes, &x), exact, "n = {n}");
         }
     }
 
