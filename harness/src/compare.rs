@@ -197,6 +197,9 @@ fn shape_note(engine: &Tensor, reference: &Tensor) -> String {
 }
 
 fn non_finite_note(side: &str, shape: &[usize], v: &[f32]) -> Option<String> {
+    if metrics::all_finite(v) {
+        return None;
+    }
     let first = v.iter().position(|x| !x.is_finite())?;
     let nan = v.iter().filter(|x| x.is_nan()).count();
     let inf = v.iter().filter(|x| x.is_infinite()).count();

@@ -4,6 +4,7 @@
 use super::select::{Loaded, Selection};
 use anyhow::{Context, Result};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Color, Table};
+use rayon::prelude::*;
 use harness::dumps::Lookup;
 use harness::engine_run;
 use harness::npy;
@@ -113,11 +114,19 @@ fn bit_identical(a: &Tensor, b: &Tensor) -> bool {
 }
 
 fn write_bundle(bundle: &mut Bundle, loaded: &Loaded, results: &RunResults, runs: &[CaseRun], keep_failed: usize) -> Result<()> {
-    bundle.write_text("results.json", &serde_json::to_string_pretty(results)?)?;
-    bundle.write_text("summary.json", &reports::json::render(results))?;
-    bundle.write_text("report.md", &reports::markdown::render(results))?;
-    bundle.write_text("report.html", &reports::html::render(results))?;
-    bundle.write_text("junit.xml", &reports::junit::render(results))?;
+    // The five renderings are independent: made on the pool, written in a fixed order.
+    type Render = fn(&RunResults) -> Result<String>;
+    let renders: [(&str, Render); 5] = [
+        ("results.json", |r| Ok(serde_json::to_string_pretty(r)?)),
+        ("summary.json", |r| Ok(reports::json::render(r))),
+        ("report.md", |r| Ok(reports::markdown::render(r))),
+        ("report.html", |r| Ok(reports::html::render(r))),
+        ("junit.xml", |r| Ok(reports::junit::render(r))),
+    ];
+    let rendered: Vec<(&str, Result<String>)> = renders.par_iter().map(|(name, render)| (*name, render(results))).collect();
+    for (name, body) in rendered {
+        bundle.write_text(name, &body.with_context(|| format!("rendering {name}"))?)?;
+    }
 
     bundle.add_input("catalog", &loaded.catalog_path)?;
     bundle.add_input("spec", &loaded.spec_path)?;
