@@ -191,11 +191,17 @@ impl QTensor {
             let done = o.len() / n / 4 * 4;
             let mut quads = o.chunks_exact_mut(4 * n);
             for (q, ys) in (&mut quads).enumerate() {
-                for (k, wk) in w.chunks_exact_mut(cols).enumerate() {
-                    self.dequantize_row(first + 4 * q + k, wk);
-                }
-                let wr: Vec<&[f32]> = w.chunks_exact(cols).collect();
-                kernels::dot_f32_4xn([wr[0], wr[1], wr[2], wr[3]], x, ys);
+                let r = first + 4 * q;
+                let wr: [&[f32]; 4] = match self.as_f32() {
+                    Some(all) => std::array::from_fn(|k| &all[(r + k) * cols..(r + k + 1) * cols]),
+                    None => {
+                        for (k, wk) in w.chunks_exact_mut(cols).enumerate() {
+                            self.dequantize_row(r + k, wk);
+                        }
+                        std::array::from_fn(|k| &w[k * cols..(k + 1) * cols])
+                    }
+                };
+                kernels::dot_f32_4xn(wr, x, ys);
             }
             let rest = quads.into_remainder();
             for (i, ys) in rest.chunks_exact_mut(n).enumerate() {
@@ -211,6 +217,17 @@ impl QTensor {
                 *y = by_row[r * n + t];
             }
         });
+    }
+
+    /// An F32 tensor's values in place, when its bytes are 4-aligned (GGUF aligns tensor data to
+    /// 32 bytes) and the target is little-endian: prefill then reads the map without a copy.
+    fn as_f32(&self) -> Option<&[f32]> {
+        if self.dtype != DType::F32 || cfg!(target_endian = "big") {
+            return None;
+        }
+        // SAFETY: every bit pattern is a valid f32; align_to only hands out the aligned middle.
+        let (head, values, tail) = unsafe { self.bytes.as_slice().align_to::<f32>() };
+        (head.is_empty() && tail.is_empty()).then_some(values)
     }
 
     /// One output of a matrix-vector product, dequantizing in registers.
