@@ -12,6 +12,7 @@ use crate::suite::{resolve, Case, Suite};
 use std::time::{Duration, Instant};
 use crate::tensor::{Tensor, Values};
 use anyhow::{Context, Result};
+use rayon::prelude::*;
 use engine::Model;
 use reports::results::{CaseResult, RunResults};
 use std::collections::BTreeMap;
@@ -115,47 +116,52 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     let arch = model.config().arch.name();
     let entries = ctx.catalog.entries(arch, model.config().n_layers);
     let mut dumps = Vec::new();
-    let mut results = Vec::new();
     for reference in &case.refs {
         let t = Instant::now();
         let dump = fetch_dump(ctx, &case, reference).map_err(|e| format!("{e:#}"));
         timings.references += t.elapsed();
-        let t = Instant::now();
-        // A near-tie gap is an engine forward pass: its time is the engine's, not the comparison's.
-        let gap_time = std::sync::Mutex::new(Duration::ZERO);
-        match &dump {
-            Ok(dump) => {
-                let gap = |step: usize| {
-                    let t = Instant::now();
-                    // The reference's own prefix up to the flip: prompt ids, then its first `step` tokens.
-                    let mut ids: Vec<u32> = dump.manifest.token_ids.iter().map(|&t| t as u32).collect();
-                    if let Ok(Lookup::Tensor(Tensor { values: Values::Ids(generated), .. })) = dump.get("generated") {
-                        ids.extend(generated.iter().take(step).map(|&t| t as u32));
-                    }
-                    let gap = engine_run::top2_gap(model, &ids);
-                    *gap_time.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) += t.elapsed();
-                    gap
-                };
-                let checks = compare::compare_case(&engine, dump, &entries, ctx.spec, case.model.class_for(reference), &gap);
-                results.push(CaseResult {
-                    model: case.model.id.clone(),
-                    model_sha256: sha.to_string(),
-                    prompt: case.prompt.id.clone(),
-                    reference: reference.clone(),
-                    reference_version: dump.manifest.version.clone(),
-                    dtype: case.model.class.clone(),
-                    checks,
-                });
-            }
-            Err(e) => {
-                errors.insert(format!("{}/{}/{}", case.model.id, case.prompt.id, reference), e.clone());
-            }
+        if let Err(e) = &dump {
+            errors.insert(format!("{}/{}/{}", case.model.id, case.prompt.id, reference), e.clone());
         }
-        let in_engine = gap_time.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
-        timings.engine += in_engine;
-        timings.compare += t.elapsed().saturating_sub(in_engine);
         dumps.push((reference.clone(), dump));
     }
+    let t = Instant::now();
+    // A near-tie gap is an engine forward pass: its time is the engine's, not the comparison's.
+    // (Not locked while it runs: a pool thread waiting inside one pass may start another. Two
+    // passes at once, rare, are both billed whole to the engine.)
+    let gap_time = std::sync::Mutex::new(Duration::ZERO);
+    // The references' comparisons are independent: all on the pool at once, so one reference's
+    // largest tensor does not leave the other cores idle. Results keep the order of `case.refs`.
+    let results: Vec<CaseResult> = dumps
+        .par_iter()
+        .filter_map(|(reference, dump)| {
+            let dump = dump.as_ref().ok()?;
+            let gap = |step: usize| {
+                let t = Instant::now();
+                // The reference's own prefix up to the flip: prompt ids, then its first `step` tokens.
+                let mut ids: Vec<u32> = dump.manifest.token_ids.iter().map(|&t| t as u32).collect();
+                if let Ok(Lookup::Tensor(Tensor { values: Values::Ids(generated), .. })) = dump.get("generated") {
+                    ids.extend(generated.iter().take(step).map(|&t| t as u32));
+                }
+                let gap = engine_run::top2_gap(model, &ids);
+                *gap_time.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) += t.elapsed();
+                gap
+            };
+            let checks = compare::compare_case(&engine, dump, &entries, ctx.spec, case.model.class_for(reference), &gap);
+            Some(CaseResult {
+                model: case.model.id.clone(),
+                model_sha256: sha.to_string(),
+                prompt: case.prompt.id.clone(),
+                reference: reference.clone(),
+                reference_version: dump.manifest.version.clone(),
+                dtype: case.model.class.clone(),
+                checks,
+            })
+        })
+        .collect();
+    let in_engine = gap_time.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+    timings.engine += in_engine;
+    timings.compare += t.elapsed().saturating_sub(in_engine);
     Ok(CaseRun { case, model_path, model_sha256: sha.to_string(), timings, engine, dumps, results })
 }
 
