@@ -16,7 +16,7 @@ pub fn trace(model: &Model, prompt: &str, n_generate: usize, temperature: f32) -
 
 fn to_tensor(value: TapValue) -> Tensor {
     match value {
-        TapValue::F32 { shape, data } => Tensor { shape, values: Values::F32(data) },
+        TapValue::F32 { shape, data } => Tensor::f32(shape, data),
         TapValue::Ids(ids) => Tensor { shape: vec![ids.len()], values: Values::Ids(ids.into_iter().map(i64::from).collect()) },
         TapValue::Id(id) => Tensor { shape: vec![], values: Values::Ids(vec![id.into()]) },
     }

@@ -4,7 +4,8 @@
 //! header versions 1 to 3. The file is memory-mapped and its length checked against the header's
 //! shape before anything is allocated, so a lying header cannot make us allocate or read past the end.
 
-use crate::tensor::{Tensor, Values};
+use crate::tensor::{F32Data, Tensor, Values};
+use std::sync::Arc;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -55,14 +56,38 @@ pub fn read(path: &Path) -> Result<Tensor, NpyError> {
     if len < (MAGIC.len() + 4) as u64 {
         return Err(err(Problem::NotNpy));
     }
-    // SAFETY: the map is read-only and dropped before we return; a dump being rewritten under us
-    // is prevented by the dumpers' atomic rename (they never write into a published folder).
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(Problem::Io(e)))?;
-    parse(&map).map_err(err)
+    // SAFETY: the map is read-only and lives as long as the tensor read from it (one check); a
+    // dump being rewritten under us is prevented by the dumpers' atomic rename (they never write
+    // into a published folder).
+    let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(Problem::Io(e)))?);
+    let (header, data) = validate(&map).map_err(err)?;
+    // f32 data is compared in place (numpy pads the header so data starts 64-aligned); anything
+    // that cannot be read in place is copied.
+    let values = match header.kind {
+        Kind::F32 => F32Data::mapped(Arc::clone(&map), data.clone()).map(Values::F32),
+        Kind::I64 => None,
+    };
+    let values = values.unwrap_or_else(|| decode(header.kind, &map[data]));
+    Ok(Tensor { shape: header.shape, values })
 }
 
-/// Parses a whole .npy image held in memory.
+/// Parses a whole .npy image held in memory (its values are copied out).
 pub fn parse(bytes: &[u8]) -> Result<Tensor, Problem> {
+    let (header, data) = validate(bytes)?;
+    let values = decode(header.kind, &bytes[data]);
+    Ok(Tensor { shape: header.shape, values })
+}
+
+fn decode(kind: Kind, data: &[u8]) -> Values {
+    match kind {
+        Kind::F32 => Values::F32(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<f32>>().into()),
+        Kind::I64 => Values::Ids(data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("chunks of 8"))).collect()),
+    }
+}
+
+/// The header of a .npy image and the byte range of its data, whose length is proven to match
+/// the header's shape before anything is allocated.
+fn validate(bytes: &[u8]) -> Result<(Header, std::ops::Range<usize>), Problem> {
     if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
         return Err(Problem::NotNpy);
     }
@@ -89,16 +114,11 @@ pub fn parse(bytes: &[u8]) -> Result<Tensor, Problem> {
     let header = Header::parse(header)?;
     let count = header.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| Problem::ShapeOverflow(header.shape.clone()))?;
     let expected = count.checked_mul(header.item_size()).ok_or_else(|| Problem::ShapeOverflow(header.shape.clone()))?;
-    let data = &bytes[data_start..];
-    if data.len() != expected {
-        return Err(Problem::DataLength { shape: header.shape, expected, actual: data.len() });
+    let actual = bytes.len() - data_start;
+    if actual != expected {
+        return Err(Problem::DataLength { shape: header.shape, expected, actual });
     }
-    // Only now, with the length proven, allocate.
-    let values = match header.kind {
-        Kind::F32 => Values::F32(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-        Kind::I64 => Values::Ids(data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("chunks of 8"))).collect()),
-    };
-    Ok(Tensor { shape: header.shape, values })
+    Ok((header, data_start..bytes.len()))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -276,7 +296,7 @@ mod tests {
             let back = parse(&bytes).unwrap();
             assert_eq!(back.shape, t.shape);
             match (&back.values, &t.values) {
-                (Values::F32(a), Values::F32(b)) => assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())),
+                (Values::F32(a), Values::F32(b)) => assert!(a.iter().zip(b.iter()).all(|(x, y)| x.to_bits() == y.to_bits())),
                 (a, b) => assert_eq!(a, b),
             }
         }
@@ -341,6 +361,31 @@ mod tests {
         assert!(matches!(parse(&image(1, h, &[0; 4])), Err(Problem::Header(_))));
         let h = "{'descr': '<f4', 'shape': (1,), }\n";
         assert!(matches!(parse(&image(1, h, &[0; 4])), Err(Problem::Header(_))));
+    }
+
+    #[test]
+    fn f32_data_is_read_in_place_when_aligned_and_copied_when_not() {
+        let dir = std::env::temp_dir().join(format!("parity-npy-map-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let values = vec![1.5f32, -0.0, f32::MIN_POSITIVE, 3e38];
+        let aligned = dir.join("aligned.npy");
+        write(&aligned, &Tensor::f32(vec![2, 2], values.clone())).unwrap();
+        // The same values behind a header padded so the data starts one byte past a multiple of 4.
+        let odd = dir.join("odd.npy");
+        let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }".to_string();
+        while (10 + header.len() + 1) % 4 != 1 {
+            header.push(' ');
+        }
+        header.push('\n');
+        std::fs::write(&odd, image(1, &header, &f32_bytes(&values))).unwrap();
+        for (path, in_place) in [(&aligned, true), (&odd, false)] {
+            let t = read(path).unwrap();
+            let Values::F32(got) = &t.values else { panic!("f32 expected") };
+            assert_eq!(got.is_mapped(), in_place, "{}", path.display());
+            assert!(got.iter().zip(&values).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: {got:?}", path.display());
+            assert_eq!(t.shape, vec![2, 2]);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

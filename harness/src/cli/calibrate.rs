@@ -10,7 +10,7 @@ use harness::compare;
 use harness::dumps::{Dump, Lookup};
 use harness::pipeline::{fetch_dump, Setup};
 use harness::spec::{self, Spreads};
-use harness::tensor::{Tensor, Values};
+use harness::tensor::{F32Data, Tensor, Values};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -101,7 +101,7 @@ pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
     Ok(0)
 }
 
-fn f32_values(dump: &Dump, key: &str) -> Option<Vec<f32>> {
+fn f32_values(dump: &Dump, key: &str) -> Option<F32Data> {
     match dump.get(key) {
         Ok(Lookup::Tensor(Tensor { values: Values::F32(v), .. })) if v.iter().all(|x| x.is_finite()) => Some(v),
         _ => None,
