@@ -214,35 +214,38 @@ mod avx2 {
                 }
                 hsum(acc) + portable::dot(dtype, &w[2 * i..], &x[i..])
             }
-            DType::Q8_0 => {
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
+                // Two chains over alternate blocks, so a block's multiply-adds need not wait for
+                // the previous block's.
+                let block_bytes = dtype.block().1;
+                let at = |blk: usize| (wp.add(blk * block_bytes), xp.add(blk * 32));
                 let mut acc = [_mm256_setzero_ps(); 2];
                 let blocks = n / 32;
                 let mut blk = 0;
                 while blk + 2 <= blocks {
-                    acc[0] = q8_0_block(wp.add(blk * 34), xp.add(blk * 32), acc[0]);
-                    acc[1] = q8_0_block(wp.add((blk + 1) * 34), xp.add((blk + 1) * 32), acc[1]);
+                    let ((b0, x0), (b1, x1)) = (at(blk), at(blk + 1));
+                    acc[0] = quant_block(dtype, b0, x0, acc[0]);
+                    acc[1] = quant_block(dtype, b1, x1, acc[1]);
                     blk += 2;
                 }
                 if blk < blocks {
-                    acc[0] = q8_0_block(wp.add(blk * 34), xp.add(blk * 32), acc[0]);
+                    let (b0, x0) = at(blk);
+                    acc[0] = quant_block(dtype, b0, x0, acc[0]);
                 }
                 hsum(_mm256_add_ps(acc[0], acc[1]))
             }
-            DType::Q4_0 | DType::Q4_1 => {
-                let block_bytes = if dtype == DType::Q4_0 { 18 } else { 20 };
-                let mut acc = [_mm256_setzero_ps(); 2];
-                let blocks = n / 32;
-                let mut blk = 0;
-                while blk + 2 <= blocks {
-                    acc[0] = q4_block(dtype, wp.add(blk * block_bytes), xp.add(blk * 32), acc[0]);
-                    acc[1] = q4_block(dtype, wp.add((blk + 1) * block_bytes), xp.add((blk + 1) * 32), acc[1]);
-                    blk += 2;
-                }
-                if blk < blocks {
-                    acc[0] = q4_block(dtype, wp.add(blk * block_bytes), xp.add(blk * 32), acc[0]);
-                }
-                hsum(_mm256_add_ps(acc[0], acc[1]))
-            }
+        }
+    }
+
+    /// `acc` plus one block of a quantized type (at `b`) times 32 values of x (at `xs`), lane-wise.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn quant_block(dtype: DType, b: *const u8, xs: *const f32, acc: __m256) -> __m256 {
+        _mm_prefetch(b.wrapping_add(PREFETCH_BYTES) as *const i8, _MM_HINT_T0);
+        if dtype == DType::Q8_0 {
+            q8_0_block(b, xs, acc)
+        } else {
+            q4_block(dtype, b, xs, acc)
         }
     }
 
@@ -250,7 +253,6 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q8_0_block(b: *const u8, xs: *const f32, acc: __m256) -> __m256 {
-        _mm_prefetch(b.wrapping_add(PREFETCH_BYTES) as *const i8, _MM_HINT_T0);
         let q = b.add(2);
         let mut s = _mm256_mul_ps(i8x8(q), _mm256_loadu_ps(xs));
         s = _mm256_fmadd_ps(i8x8(q.add(8)), _mm256_loadu_ps(xs.add(8)), s);
@@ -266,7 +268,6 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q4_block(dtype: DType, b: *const u8, xs: *const f32, acc: __m256) -> __m256 {
-        _mm_prefetch(b.wrapping_add(PREFETCH_BYTES) as *const i8, _MM_HINT_T0);
         let q = b.add(if dtype == DType::Q4_0 { 2 } else { 4 });
         let nibble = _mm256_set1_epi32(0x0f);
         let (x0, x1, x2, x3) = (_mm256_loadu_ps(xs), _mm256_loadu_ps(xs.add(8)), _mm256_loadu_ps(xs.add(16)), _mm256_loadu_ps(xs.add(24)));
