@@ -49,29 +49,11 @@ impl Sums {
         let tail = rc.remainder().iter().zip(ec.remainder());
         for (r, e) in rc.zip(ec) {
             for i in 0..LANES {
-                let (r, e) = (r[i] as f64, e[i] as f64);
-                let err = e - r;
-                let [max_abs, peak, abs_err, err_energy, ref_energy, engine_energy, dot] = &mut lanes;
-                max_abs[i] = if err.abs() > max_abs[i] { err.abs() } else { max_abs[i] };
-                peak[i] = if r.abs() > peak[i] { r.abs() } else { peak[i] };
-                abs_err[i] += err.abs();
-                err_energy[i] += err * err;
-                ref_energy[i] += r * r;
-                engine_energy[i] += e * e;
-                dot[i] += r * e;
+                accumulate(&mut lanes, i, r[i], e[i]);
             }
         }
         for (&r, &e) in tail {
-            let (r, e) = (r as f64, e as f64);
-            let err = e - r;
-            let [max_abs, peak, abs_err, err_energy, ref_energy, engine_energy, dot] = &mut lanes;
-            max_abs[0] = max_abs[0].max(err.abs());
-            peak[0] = peak[0].max(r.abs());
-            abs_err[0] += err.abs();
-            err_energy[0] += err * err;
-            ref_energy[0] += r * r;
-            engine_energy[0] += e * e;
-            dot[0] += r * e;
+            accumulate(&mut lanes, 0, r, e);
         }
         let max = |l: &[f64; LANES]| l.iter().fold(0.0f64, |a, &b| a.max(b));
         let sum = |l: &[f64; LANES]| l.iter().sum::<f64>();
@@ -143,6 +125,23 @@ impl Sums {
     pub fn ref_rms(&self) -> f64 {
         (self.ref_energy / self.n.max(1) as f64).sqrt()
     }
+}
+
+/// One element into lane `i` of `Sums::of`'s accumulators (max |err|, max |r|, sum |err|, sum
+/// err^2, sum r^2, sum e^2, sum r e). A comparison with NaN is false, so the maxima skip NaN here
+/// and `Sums::of` restores it from the energies.
+#[inline(always)]
+fn accumulate(lanes: &mut [[f64; LANES]; 7], i: usize, r: f32, e: f32) {
+    let (r, e) = (r as f64, e as f64);
+    let err = e - r;
+    let [max_abs, peak, abs_err, err_energy, ref_energy, engine_energy, dot] = lanes;
+    max_abs[i] = if err.abs() > max_abs[i] { err.abs() } else { max_abs[i] };
+    peak[i] = if r.abs() > peak[i] { r.abs() } else { peak[i] };
+    abs_err[i] += err.abs();
+    err_energy[i] += err * err;
+    ref_energy[i] += r * r;
+    engine_energy[i] += e * e;
+    dot[i] += r * e;
 }
 
 /// Largest `|error| / max(|reference|, floor)`: the floor keeps near-zero reference values from

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use harness::compare;
 use harness::dumps::{Dump, Lookup};
+use harness::metrics;
 use harness::pipeline::{fetch_dump, Setup};
 use harness::spec::{self, Spreads};
 use harness::tensor::{F32Data, Tensor, Values};
@@ -103,7 +104,7 @@ pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
 
 fn f32_values(dump: &Dump, key: &str) -> Option<F32Data> {
     match dump.get(key) {
-        Ok(Lookup::Tensor(Tensor { values: Values::F32(v), .. })) if v.iter().all(|x| x.is_finite()) => Some(v),
+        Ok(Lookup::Tensor(Tensor { values: Values::F32(v), .. })) if metrics::all_finite(&v) => Some(v),
         _ => None,
     }
 }
