@@ -33,9 +33,7 @@ impl F32Data {
         }
         Some(F32Data(Storage::Mapped { map, start: bytes.start, len: bytes.len() / 4 }))
     }
-}
 
-impl F32Data {
     /// Whether the values are read in place from a map (else they are owned).
     pub fn is_mapped(&self) -> bool {
         matches!(self.0, Storage::Mapped { .. })
