@@ -184,6 +184,7 @@ impl QTensor {
         }
         // Row-major [rows, n] so each task owns whole weight rows, then transposed into `out`.
         // Four rows are dequantized once and multiplied with every token.
+        let in_place = self.as_f32();
         let mut by_row = vec![0.0f32; rows * n];
         by_row.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(chunk, o)| {
             let mut w = vec![0.0f32; 4 * cols];
@@ -192,7 +193,7 @@ impl QTensor {
             let mut quads = o.chunks_exact_mut(4 * n);
             for (q, ys) in (&mut quads).enumerate() {
                 let r = first + 4 * q;
-                let wr: [&[f32]; 4] = match self.as_f32() {
+                let wr: [&[f32]; 4] = match in_place {
                     Some(all) => std::array::from_fn(|k| &all[(r + k) * cols..(r + k + 1) * cols]),
                     None => {
                         for (k, wk) in w.chunks_exact_mut(cols).enumerate() {
