@@ -146,11 +146,18 @@ fn check_f32(entry: &Entry, engine: &Tensor, reference: &Tensor, e: &[f32], r: &
     if r.is_empty() {
         return result(entry, Status::Pass, Some(format!("empty on both sides (shape {:?}): nothing to measure", r.len())), BTreeMap::new(), vec![]);
     }
-    let bad: Vec<String> = [("engine", engine, e), ("reference", reference, r)].iter().filter_map(|(side, t, v)| non_finite_note(side, &t.shape, v)).collect();
+    // One pass gathers the sums and tells whether either side holds NaN or Inf; only then is a
+    // non-finite tensor searched for its counts.
+    let sums = metrics::Sums::of(r, e);
+    let bad: Vec<String> = [("engine", engine, e, sums.engine_finite()), ("reference", reference, r, sums.reference_finite())]
+        .iter()
+        .filter(|(_, _, _, finite)| !finite)
+        .filter_map(|(side, t, v, _)| non_finite_note(side, &t.shape, v))
+        .collect();
     if !bad.is_empty() {
         return result(entry, Status::NonFinite, Some(bad.join("; ")), BTreeMap::new(), vec![]);
     }
-    let all = f32_metrics(r, e, PROBABILITY_TENSORS.contains(&entry.tensor.as_str()));
+    let all = metrics_of(&sums, r, e, PROBABILITY_TENSORS.contains(&entry.tensor.as_str()));
     let Some(thresholds) = spec.thresholds(&entry.checkpoint, class) else {
         let note = format!("no {class} tolerances for checkpoint {} in the spec: not judged, so not passed", entry.checkpoint);
         return result(entry, Status::Fail, Some(note), finite_only(&all), vec![]);
@@ -163,7 +170,11 @@ fn check_f32(entry: &Entry, engine: &Tensor, reference: &Tensor, e: &[f32], r: &
 
 /// Every metric of an f32 comparison (both finite, same length). KL and top-k only for probabilities.
 pub fn f32_metrics(reference: &[f32], engine: &[f32], probabilities: bool) -> BTreeMap<String, f64> {
-    let sums = metrics::Sums::of(reference, engine);
+    metrics_of(&metrics::Sums::of(reference, engine), reference, engine, probabilities)
+}
+
+/// [`f32_metrics`] from the sums already gathered over the same two tensors.
+fn metrics_of(sums: &metrics::Sums, reference: &[f32], engine: &[f32], probabilities: bool) -> BTreeMap<String, f64> {
     let floor = (sums.ref_rms() * MAX_REL_FLOOR_OF_RMS).max(f32::MIN_POSITIVE as f64);
     let mut m = BTreeMap::from([
         ("max_abs".to_string(), sums.max_abs),
@@ -196,10 +207,8 @@ fn shape_note(engine: &Tensor, reference: &Tensor) -> String {
     format!("shape {:?} (engine) vs {:?} (reference); never broadcast or reshaped", engine.shape, reference.shape)
 }
 
+/// What is not finite in `v` and where, or `None` if every value is finite.
 fn non_finite_note(side: &str, shape: &[usize], v: &[f32]) -> Option<String> {
-    if metrics::all_finite(v) {
-        return None;
-    }
     let first = v.iter().position(|x| !x.is_finite())?;
     let nan = v.iter().filter(|x| x.is_nan()).count();
     let inf = v.iter().filter(|x| x.is_infinite()).count();
