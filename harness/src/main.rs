@@ -65,6 +65,8 @@ fn main() -> ExitCode {
             None => unreachable!("`parity run` always parses to the run command"),
         },
     };
+    // Input hashes are remembered between runs while the files stay unchanged (reports::hashes).
+    reports::hashes::keep_in(harness::suite::parity_cache().join("sha256.tsv"));
     let result = match command {
         Command::Run(args) => cli::run::run(args, &root),
         Command::Diff(args) => cli::diff::run(args, &root),
@@ -79,6 +81,9 @@ fn main() -> ExitCode {
             cli::bench::run(args, &python, &root).map(|()| 0)
         }
     };
+    if let Err(e) = reports::hashes::cache().save() {
+        eprintln!("parity: warning: the input hashes of this run were not remembered: {e}");
+    }
     match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {

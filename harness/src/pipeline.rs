@@ -126,16 +126,15 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
         dumps.push((reference.clone(), dump));
     }
     let t = Instant::now();
-    // A near-tie gap is an engine forward pass: its time is the engine's, not the comparison's.
-    // (Not locked while it runs: a pool thread waiting inside one pass may start another. Two
-    // passes at once, rare, are both billed whole to the engine.)
+    let readable: Vec<(&String, &Dump)> = dumps.iter().filter_map(|(reference, dump)| Some((reference, dump.as_ref().ok()?))).collect();
+    let class = |reference: &str| case.model.class_for(reference);
+    // Token checks may measure a near-tie's gap, which is an engine forward pass: they go first,
+    // one reference at a time, so that pass has the pool to itself and its time is the engine's.
+    let (token_entries, tensor_entries): (Vec<_>, Vec<_>) = entries.iter().cloned().partition(|e| e.is_ids);
     let gap_time = std::sync::Mutex::new(Duration::ZERO);
-    // The references' comparisons are independent: all on the pool at once, so one reference's
-    // largest tensor does not leave the other cores idle. Results keep the order of `case.refs`.
-    let results: Vec<CaseResult> = dumps
-        .par_iter()
-        .filter_map(|(reference, dump)| {
-            let dump = dump.as_ref().ok()?;
+    let token_checks: Vec<_> = readable
+        .iter()
+        .map(|&(reference, dump)| {
             let gap = |step: usize| {
                 let t = Instant::now();
                 // The reference's own prefix up to the flip: prompt ids, then its first `step` tokens.
@@ -147,8 +146,24 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
                 *gap_time.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) += t.elapsed();
                 gap
             };
-            let checks = compare::compare_case(&engine, dump, &entries, ctx.spec, case.model.class_for(reference), &gap);
-            Some(CaseResult {
+            compare::compare_case(&engine, dump, &token_entries, ctx.spec, class(reference), &gap)
+        })
+        .collect();
+    // Every other checkpoint, all references at once, so one reference's largest tensor does not
+    // leave the other cores idle.
+    let tensor_checks: Vec<_> = readable
+        .par_iter()
+        .map(|&(reference, dump)| compare::compare_case(&engine, dump, &tensor_entries, ctx.spec, class(reference), &|_| None))
+        .collect();
+    // Results keep the order of `case.refs`, checks the catalog's.
+    let order: BTreeMap<&str, usize> = entries.iter().enumerate().map(|(i, e)| (e.key.as_str(), i)).collect();
+    let results: Vec<CaseResult> = readable
+        .iter()
+        .zip(token_checks.into_iter().zip(tensor_checks))
+        .map(|(&(reference, dump), (mut checks, tensors))| {
+            checks.extend(tensors);
+            checks.sort_by_key(|c| order.get(c.key.as_str()).copied());
+            CaseResult {
                 model: case.model.id.clone(),
                 model_sha256: sha.to_string(),
                 prompt: case.prompt.id.clone(),
@@ -156,7 +171,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
                 reference_version: dump.manifest.version.clone(),
                 dtype: case.model.class.clone(),
                 checks,
-            })
+            }
         })
         .collect();
     let in_engine = gap_time.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -216,44 +231,12 @@ fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
 
-/// [`engine_sha`], computed once per path in a process: a suite names the same file for several
-/// cases and references, and a model does not change during a run.
+/// The sha256 the dumpers record for a model: of the file, or of every file of a folder
+/// concatenated in path order. Remembered while the files do not change ([`reports::hashes`]):
+/// a suite names the same file for several cases and references.
 pub fn model_sha(path: &Path) -> Result<String> {
-    use std::sync::{Mutex, OnceLock};
-    static KNOWN: OnceLock<Mutex<BTreeMap<PathBuf, String>>> = OnceLock::new();
-    let known = KNOWN.get_or_init(Default::default);
-    if let Some(sha) = known.lock().map_err(|_| anyhow::anyhow!("model hash cache poisoned"))?.get(path) {
-        return Ok(sha.clone());
-    }
-    let sha = engine_sha(path)?;
-    known.lock().map_err(|_| anyhow::anyhow!("model hash cache poisoned"))?.insert(path.to_path_buf(), sha.clone());
-    Ok(sha)
-}
-
-/// The sha256 the dumpers record for the same model: of the file, or of every file of a folder
-/// concatenated in path order.
-pub fn engine_sha(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut files = Vec::new();
-    collect_files(path, &mut files).with_context(|| format!("listing {}", path.display()))?;
-    files.sort();
-    let mut h = Sha256::new();
-    for f in files {
-        let mut file = std::fs::File::open(&f).with_context(|| format!("reading {}", f.display()))?;
-        std::io::copy(&mut file, &mut h).with_context(|| format!("reading {}", f.display()))?;
-    }
-    Ok(format!("{:x}", h.finalize()))
-}
-
-fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            collect_files(&entry?.path(), out)?;
-        }
-    } else {
-        out.push(path.to_path_buf());
-    }
-    Ok(())
+    let files = reports::hashes::files_under(path)?;
+    Ok(reports::hashes::cache().sha256(path, &files)?.0)
 }
 
 #[cfg(test)]

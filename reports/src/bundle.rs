@@ -11,10 +11,9 @@
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use crate::hashes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 /// The file every bundle lists its inputs and outputs in.
@@ -36,7 +35,7 @@ pub enum BundleError {
     Manifest { path: PathBuf, message: String },
 }
 
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BundleError {
+pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BundleError {
     let path = path.to_path_buf();
     move |source| BundleError::Io { action, path, source }
 }
@@ -175,17 +174,10 @@ impl Bundle {
         Ok(path)
     }
 
-    /// Hashes an input now (a directory: every file under it, each listed separately).
+    /// Hashes an input (a directory: every file under it, each listed separately), or takes its
+    /// hash from [`hashes::cache`] if the file has not changed since it was last hashed.
     pub fn add_input(&mut self, role: &str, path: &Path) -> Result<(), BundleError> {
         self.add_inputs(role, path, false)
-    }
-
-    /// Records a single-file input whose sha256 this run has already computed (a model file the
-    /// pipeline hashed to check the dumps' provenance), so it is not read a second time.
-    pub fn add_hashed_input(&mut self, role: &str, path: &Path, sha256: &str) -> Result<(), BundleError> {
-        let bytes = fs::metadata(path).map_err(io("reading", path))?.len();
-        self.inputs.push(FileHash { role: role.into(), path: path.display().to_string(), sha256: sha256.into(), bytes, transient: false });
-        Ok(())
     }
 
     /// Hashes an input that will be deleted after the run (a live reference dump).
@@ -194,10 +186,9 @@ impl Bundle {
     }
 
     fn add_inputs(&mut self, role: &str, path: &Path, transient: bool) -> Result<(), BundleError> {
-        let mut files = Vec::new();
-        collect_files(path, &mut files)?;
+        let files = hashes::files_under(path)?;
         // A dump folder holds hundreds of tensors: hashed on every core, listed in path order.
-        let hashes: Vec<_> = files.par_iter().map(|file| hash_file(file)).collect();
+        let hashes: Vec<_> = files.par_iter().map(|file| hashes::cache().sha256(file, std::slice::from_ref(file))).collect();
         for (file, hash) in files.iter().zip(hashes) {
             let (sha256, bytes) = hash?;
             self.inputs.push(FileHash { role: role.into(), path: file.display().to_string(), sha256, bytes, transient });
@@ -272,9 +263,7 @@ pub fn verify(bundle_dir: &Path) -> Result<Verification, BundleError> {
         }
     }
     let listed: BTreeSet<&str> = manifest.output.iter().map(|f| f.path.as_str()).collect();
-    let mut present = Vec::new();
-    collect_files(bundle_dir, &mut present)?;
-    for file in present {
+    for file in hashes::files_under(bundle_dir)? {
         let rel = file.strip_prefix(bundle_dir).unwrap_or(&file).to_string_lossy().replace('\\', "/");
         if rel != MANIFEST && !listed.contains(rel.as_str()) {
             report.extra.push(rel);
@@ -338,41 +327,9 @@ fn check_name(name: &str) -> Result<(), BundleError> {
     Ok(())
 }
 
-/// `path` itself if a file, else every file under it, sorted.
-fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), BundleError> {
-    let meta = fs::metadata(path).map_err(io("reading", path))?;
-    if meta.is_file() {
-        out.push(path.to_path_buf());
-        return Ok(());
-    }
-    let mut entries: Vec<PathBuf> = fs::read_dir(path)
-        .map_err(io("listing", path))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()
-        .map_err(io("listing", path))?;
-    entries.sort();
-    for entry in entries {
-        collect_files(&entry, out)?;
-    }
-    Ok(())
-}
-
-/// SHA-256 (lowercase hex) and length of a file, streamed.
+/// SHA-256 (lowercase hex) and length of a file, read now (never from [`hashes::cache`]).
 pub fn hash_file(path: &Path) -> Result<(String, u64), BundleError> {
-    let mut file = fs::File::open(path).map_err(io("opening", path))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(io("reading", path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    let hex = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok((hex, total))
+    hashes::sha256_files(&[path.to_path_buf()])
 }
 
 /// Entropy for run ids without a dependency: std's per-process random hasher keys, mixed with time.

@@ -2,10 +2,12 @@
 //!
 //! [`results`] is the data model comparison produces and every report reads; [`summary`] regroups it
 //! into the checkpoint x reference grid and the verdict; [`confidence`] grades the run by a documented
-//! rule; [`markdown`], [`html`], [`junit`] and [`json`] render it; [`bundle`] writes a proof bundle.
+//! rule; [`markdown`], [`html`], [`junit`] and [`json`] render it; [`bundle`] writes a proof bundle,
+//! whose input hashes [`hashes`] remembers between runs.
 
 pub mod results;
 pub mod bundle;
+pub mod hashes;
 pub mod confidence;
 pub mod html;
 pub mod json;

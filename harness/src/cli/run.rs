@@ -134,12 +134,7 @@ fn write_bundle(bundle: &mut Bundle, loaded: &Loaded, results: &RunResults, runs
     let mut models_added = std::collections::BTreeSet::new();
     for run in runs {
         if models_added.insert(run.model_path.clone()) {
-            if run.model_path.is_file() {
-                // The pipeline hashed this file already (a folder's hash there is of its files concatenated).
-                bundle.add_hashed_input("model", &run.model_path, &run.model_sha256)?;
-            } else {
-                bundle.add_input("model", &run.model_path)?;
-            }
+            bundle.add_input("model", &run.model_path)?;
         }
         for (reference, dump) in &run.dumps {
             let base = format!("{}/{}/{}", run.case.model.id, run.case.prompt.id, reference);
@@ -213,7 +208,7 @@ fn print_timings(runs: &[CaseRun], total: std::time::Duration) {
     }
     let own = total.saturating_sub(t.engine + t.references);
     println!(
-        "time: {:.1} s = engine {:.1} s + references {:.1} s + harness {:.1} s (comparison {:.1} s, hashing {:.1} s, reports and bundle {:.1} s)",
+        "time: {:.2} s = engine {:.2} s + references {:.2} s + harness {:.2} s (comparison {:.2} s, hashing {:.2} s, reports and bundle {:.2} s)",
         total.as_secs_f64(),
         t.engine.as_secs_f64(),
         t.references.as_secs_f64(),

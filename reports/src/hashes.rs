@@ -1,0 +1,312 @@
+//! SHA-256 of input files, remembered between runs.
+//!
+//! A run hashes every input it reads (models, reference dumps) into its proof bundle, and on an
+//! engineer's repeated runs over the same files that hashing was most of the harness's own time.
+//! So a hash is remembered with its file's `stat` signature (device, inode, size, and modification
+//! and change times to the nanosecond) and reused only while the file still has exactly that
+//! signature. Writing a file, replacing it by rename, or restoring its modification time with
+//! `touch -d` all move its change time, which no program can set back. A file changed less than
+//! [`SETTLE`] ago is never remembered: timestamps move in clock ticks, and two writes within one
+//! tick could leave the same signature.
+//!
+//! The memory lasts for the process, and across runs when the binary calls [`keep_in`] (`parity`
+//! keeps it in `$PARITY_CACHE/sha256.tsv`; delete the file to forget). `parity verify` never uses
+//! it: verifying a bundle re-reads every byte.
+
+use crate::bundle::{io, BundleError};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+/// How long a file must have been left alone before its hash is remembered.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// First line of the store; a store without it (another format) is ignored.
+const STORE_HEADER: &str = "# parity sha256 cache v1: sha256, bytes, stat signature, path (tab-separated)";
+
+/// Hashes remembered by the key they were asked for (a file, or a folder hashed as the
+/// concatenation of its files).
+pub struct HashCache {
+    store: Option<PathBuf>,
+    known: Mutex<HashMap<String, Known>>,
+    added: AtomicBool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Known {
+    signature: String,
+    sha256: String,
+    bytes: u64,
+}
+
+static CACHE: OnceLock<HashCache> = OnceLock::new();
+
+/// Makes the process's cache persistent in `store` (loaded now, written by [`HashCache::save`]).
+/// Call it before anything is hashed: once the cache is in use, it stays in memory only.
+pub fn keep_in(store: PathBuf) {
+    CACHE.get_or_init(|| HashCache::load(store));
+}
+
+/// The process's cache: in memory only unless [`keep_in`] was called first.
+pub fn cache() -> &'static HashCache {
+    CACHE.get_or_init(|| HashCache { store: None, known: Mutex::default(), added: AtomicBool::new(false) })
+}
+
+impl HashCache {
+    /// The cache saved in `store`; a missing, unreadable or foreign store starts empty.
+    pub fn load(store: PathBuf) -> HashCache {
+        let known = fs::read_to_string(&store).map(|text| parse_store(&text)).unwrap_or_default();
+        HashCache { store: Some(store), known: Mutex::new(known), added: AtomicBool::new(false) }
+    }
+
+    /// SHA-256 (lowercase hex) and total length of `files` read one after another, remembered
+    /// under `key`; a single file is `sha256(path, &[path])`.
+    pub fn sha256(&self, key: &Path, files: &[PathBuf]) -> Result<(String, u64), BundleError> {
+        let name = key.display().to_string();
+        let before = signature(files);
+        if let Some(sig) = &before {
+            if let Some(k) = self.lock().get(&name).filter(|k| &k.signature == sig) {
+                return Ok((k.sha256.clone(), k.bytes));
+            }
+        }
+        let (sha256, bytes) = sha256_files(files)?;
+        // Remembered only if the files were settled and did not change while being read.
+        let settled = before.filter(|sig| signature(files).as_ref() == Some(sig) && settled(files));
+        if let Some(signature) = settled.filter(|_| !name.contains(['\n', '\t'])) {
+            self.lock().insert(name, Known { signature, sha256: sha256.clone(), bytes });
+            self.added.store(true, Ordering::Relaxed);
+        }
+        Ok((sha256, bytes))
+    }
+
+    /// Writes what this process learned into the store, merged with what other processes wrote
+    /// there meanwhile; entries whose file is gone are dropped. Written to a temporary file and
+    /// renamed, so a reader never sees half a store. Nothing to do in memory-only mode.
+    pub fn save(&self) -> Result<(), BundleError> {
+        let Some(store) = &self.store else { return Ok(()) };
+        if !self.added.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut merged = fs::read_to_string(store).map(|text| parse_store(&text)).unwrap_or_default();
+        merged.extend(self.lock().iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut lines: Vec<String> = merged
+            .into_iter()
+            .filter(|(key, _)| Path::new(key).exists())
+            .map(|(key, k)| format!("{}\t{}\t{}\t{key}\n", k.sha256, k.bytes, k.signature))
+            .collect();
+        lines.sort();
+        if let Some(dir) = store.parent() {
+            fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+        let tmp = store.with_extension(format!("tmp-{}", std::process::id()));
+        fs::write(&tmp, format!("{STORE_HEADER}\n{}", lines.concat())).map_err(io("writing", &tmp))?;
+        fs::rename(&tmp, store).map_err(io("renaming into", store))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
+        // The map is only ever inserted into whole entries: usable after a panic elsewhere.
+        self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// SHA-256 (lowercase hex) and total length of `files` read one after another, streamed.
+pub fn sha256_files(files: &[PathBuf]) -> Result<(String, u64), BundleError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    for path in files {
+        let mut file = fs::File::open(path).map_err(io("opening", path))?;
+        loop {
+            let n = file.read(&mut buf).map_err(io("reading", path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            total += n as u64;
+        }
+    }
+    Ok((hasher.finalize().iter().map(|b| format!("{b:02x}")).collect(), total))
+}
+
+/// `path` itself if a file, else every file under it in path order.
+pub fn files_under(path: &Path) -> Result<Vec<PathBuf>, BundleError> {
+    let mut out = Vec::new();
+    walk(path, &mut out)?;
+    Ok(out)
+}
+
+fn walk(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), BundleError> {
+    let meta = fs::metadata(path).map_err(io("reading", path))?;
+    if meta.is_file() {
+        out.push(path.to_path_buf());
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = fs::read_dir(path)
+        .map_err(io("listing", path))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(io("listing", path))?;
+    entries.sort();
+    for entry in entries {
+        walk(&entry, out)?;
+    }
+    Ok(())
+}
+
+/// Every file's device, inode, size, and modification and change times; `None` if one cannot be
+/// read (then nothing is remembered or reused) or off Unix.
+fn signature(files: &[PathBuf]) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let parts: Option<Vec<String>> = files
+            .iter()
+            .map(|f| {
+                let m = fs::metadata(f).ok()?;
+                Some(format!("{}:{}:{}:{}.{:09}:{}.{:09}", m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
+            })
+            .collect();
+        parts.map(|p| p.join(","))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = files;
+        None
+    }
+}
+
+/// Whether every file was last changed at least [`SETTLE`] ago.
+fn settled(files: &[PathBuf]) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(now) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) else { return false };
+        files.iter().all(|f| {
+            fs::metadata(f).is_ok_and(|m| {
+                let at = |secs: i64, nsec: i64| Duration::new(secs.max(0) as u64, nsec.clamp(0, 999_999_999) as u32);
+                let changed = at(m.mtime(), m.mtime_nsec()).max(at(m.ctime(), m.ctime_nsec()));
+                now.saturating_sub(changed) >= SETTLE
+            })
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = files;
+        false
+    }
+}
+
+fn parse_store(text: &str) -> HashMap<String, Known> {
+    let mut lines = text.lines();
+    if lines.next() != Some(STORE_HEADER) {
+        return HashMap::new();
+    }
+    lines
+        .filter_map(|line| {
+            let mut f = line.splitn(4, '\t');
+            let (sha256, bytes, signature, key) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            let bytes = bytes.parse().ok()?;
+            let valid = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            valid.then(|| (key.to_string(), Known { signature: signature.into(), sha256: sha256.into(), bytes }))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sha256 of "abc", FIPS 180-2 appendix B.1.
+    const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn age(path: &Path, secs: u64) {
+        // Back-dating the modification time is what `touch -d` does; the change time still moves
+        // to now, so this file stays unsettled: tests that need a settled file use `settle`.
+        let f = fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(secs)).unwrap();
+    }
+
+    #[test]
+    fn files_read_one_after_another_hash_as_their_concatenation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&a, "a").unwrap();
+        fs::write(&b, "bc").unwrap();
+        assert_eq!(sha256_files(&[a.clone(), b.clone()]).unwrap(), (ABC.to_string(), 3));
+        assert!(sha256_files(&[dir.path().join("missing")]).unwrap_err().to_string().contains("missing"));
+    }
+
+    #[test]
+    fn a_file_changed_just_now_is_hashed_every_time_and_never_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x");
+        fs::write(&f, "abc").unwrap();
+        let cache = HashCache::load(dir.path().join("store.tsv"));
+        assert_eq!(cache.sha256(&f, &[f.clone()]).unwrap().0, ABC);
+        // Same size, same second: only re-reading can tell.
+        fs::write(&f, "abd").unwrap();
+        assert_ne!(cache.sha256(&f, &[f.clone()]).unwrap().0, ABC);
+        age(&f, 3600);
+        assert!(!settled(&[f.clone()]), "touch -d moves the change time to now");
+        cache.save().unwrap();
+        assert!(!dir.path().join("store.tsv").exists(), "nothing was remembered, nothing is written");
+    }
+
+    #[test]
+    fn a_remembered_hash_is_reused_only_while_the_signature_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x");
+        fs::write(&f, "abc").unwrap();
+        let store = dir.path().join("store.tsv");
+        // A settled file's entry, as an earlier run would have saved it.
+        let sig = signature(&[f.clone()]).unwrap();
+        let key = f.display().to_string();
+        fs::write(&store, format!("{STORE_HEADER}\n{}\t3\t{sig}\t{key}\n", "0".repeat(64))).unwrap();
+        let cache = HashCache::load(store.clone());
+        // The stored (deliberately wrong) hash is believed while the file keeps its signature...
+        assert_eq!(cache.sha256(&f, &[f.clone()]).unwrap().0, "0".repeat(64));
+        // ...and dropped the moment the file is touched in any way.
+        fs::write(&f, "abc").unwrap();
+        assert_eq!(cache.sha256(&f, &[f.clone()]).unwrap().0, ABC);
+    }
+
+    #[test]
+    fn a_settled_file_is_remembered_across_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x");
+        fs::write(&f, "abc").unwrap();
+        std::thread::sleep(SETTLE + Duration::from_millis(100));
+        let store = dir.path().join("store.tsv");
+        let first = HashCache::load(store.clone());
+        assert_eq!(first.sha256(&f, &[f.clone()]).unwrap(), (ABC.to_string(), 3));
+        first.save().unwrap();
+        let second = HashCache::load(store);
+        let known = second.lock().get(&f.display().to_string()).cloned().expect("saved by the first");
+        assert_eq!((known.sha256.as_str(), known.bytes), (ABC, 3));
+        assert_eq!(Some(known.signature), signature(&[f]));
+    }
+
+    #[test]
+    fn the_store_survives_garbage_and_keeps_only_files_that_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store.tsv");
+        fs::write(&store, "not a store\n").unwrap();
+        assert!(HashCache::load(store.clone()).lock().is_empty());
+        let gone = dir.path().join("gone").display().to_string();
+        let kept = dir.path().join("kept");
+        fs::write(&kept, "abc").unwrap();
+        let line = |key: &str| format!("{ABC}\t3\t1:2:3:4.000000000:5.000000000\t{key}\n");
+        fs::write(&store, format!("{STORE_HEADER}\n{}{}short\tline\n{}\tx\ty\tz\n", line(&gone), line(&kept.display().to_string()), "g".repeat(64))).unwrap();
+        let cache = HashCache::load(store.clone());
+        assert_eq!(cache.lock().len(), 2, "the two well-formed lines");
+        cache.added.store(true, Ordering::Relaxed);
+        cache.save().unwrap();
+        let saved = fs::read_to_string(&store).unwrap();
+        assert_eq!(saved, format!("{STORE_HEADER}\n{}", line(&kept.display().to_string())));
+    }
+}
