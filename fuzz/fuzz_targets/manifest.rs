@@ -12,7 +12,7 @@ fn folder() -> &'static PathBuf {
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("parity-fuzz-manifest-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp folder");
-        let t = harness::tensor::Tensor { shape: vec![2], values: harness::tensor::Values::F32(vec![1.0, 2.0].into()) };
+        let t = harness::tensor::Tensor { shape: vec![2], values: harness::tensor::Values::F32(vec![1.0, 2.0]) };
         std::fs::write(dir.join("a.npy"), harness::npy::encode(&t)).expect("seed tensor");
         dir
     })

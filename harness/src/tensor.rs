@@ -1,75 +1,10 @@
 //! A checkpoint tensor as the harness sees it: a row-major shape and its values.
 
-use std::sync::Arc;
-
 /// The two element types the dump contract allows: f32 activations and i64 token ids.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Values {
-    F32(F32Data),
+    F32(Vec<f32>),
     Ids(Vec<i64>),
-}
-
-/// f32 values held in memory (the engine's taps) or read in place from a memory-mapped .npy
-/// file (reference dumps: hundreds of megabytes per run, compared without a copy).
-#[derive(Clone)]
-pub struct F32Data(Storage);
-
-#[derive(Clone)]
-enum Storage {
-    Owned(Vec<f32>),
-    /// `len` values at byte `start` of `map`; 4-aligned and on a little-endian host (checked by
-    /// [`F32Data::mapped`], the only constructor).
-    Mapped { map: Arc<memmap2::Mmap>, start: usize, len: usize },
-}
-
-impl F32Data {
-    /// The little-endian f32 values in `map[bytes]`, in place, or `None` when they cannot be read
-    /// in place (unaligned, a length that is not whole values, a big-endian host).
-    pub fn mapped(map: Arc<memmap2::Mmap>, bytes: std::ops::Range<usize>) -> Option<F32Data> {
-        let in_map = bytes.end <= map.len() && bytes.start <= bytes.end;
-        let aligned = (map.as_ptr() as usize).wrapping_add(bytes.start) % std::mem::align_of::<f32>() == 0;
-        if !in_map || !aligned || bytes.len() % 4 != 0 || cfg!(target_endian = "big") {
-            return None;
-        }
-        Some(F32Data(Storage::Mapped { map, start: bytes.start, len: bytes.len() / 4 }))
-    }
-
-    /// Whether the values are read in place from a map (else they are owned).
-    pub fn is_mapped(&self) -> bool {
-        matches!(self.0, Storage::Mapped { .. })
-    }
-}
-
-impl From<Vec<f32>> for F32Data {
-    fn from(values: Vec<f32>) -> F32Data {
-        F32Data(Storage::Owned(values))
-    }
-}
-
-impl std::ops::Deref for F32Data {
-    type Target = [f32];
-
-    fn deref(&self) -> &[f32] {
-        match &self.0 {
-            Storage::Owned(v) => v,
-            // SAFETY: `mapped` checked that the range lies in the map, is 4-aligned and holds
-            // `len` whole values, and every bit pattern is a valid f32. The map lives as long as
-            // `self` (the Arc).
-            Storage::Mapped { map, start, len } => unsafe { std::slice::from_raw_parts(map.as_ptr().add(*start) as *const f32, *len) },
-        }
-    }
-}
-
-impl PartialEq for F32Data {
-    fn eq(&self, other: &F32Data) -> bool {
-        **self == **other
-    }
-}
-
-impl std::fmt::Debug for F32Data {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        (**self).fmt(f)
-    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -80,7 +15,7 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
-        Tensor { shape, values: Values::F32(data.into()) }
+        Tensor { shape, values: Values::F32(data) }
     }
 
     pub fn ids(shape: Vec<usize>, data: Vec<i64>) -> Tensor {
@@ -113,7 +48,7 @@ impl Tensor {
 
     pub fn as_f32(&self) -> Option<&[f32]> {
         match &self.values {
-            Values::F32(v) => Some(&**v),
+            Values::F32(v) => Some(v),
             Values::Ids(_) => None,
         }
     }

@@ -22,7 +22,7 @@ fn root() -> PathBuf {
 
 fn f32s(dump: &Dump, key: &str) -> Vec<f32> {
     match dump.get(key) {
-        Ok(Lookup::Tensor(Tensor { values: Values::F32(v), .. })) => v.to_vec(),
+        Ok(Lookup::Tensor(Tensor { values: Values::F32(v), .. })) => v,
         other => panic!("{key}: expected f32 values, got {other:?}"),
     }
 }

@@ -11,7 +11,7 @@ use harness::dumps::{Dump, Lookup};
 use harness::metrics;
 use harness::pipeline::{fetch_dump, Setup};
 use harness::spec::{self, Spreads};
-use harness::tensor::{F32Data, Tensor, Values};
+use harness::tensor::{Tensor, Values};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -102,7 +102,7 @@ pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
     Ok(0)
 }
 
-fn f32_values(dump: &Dump, key: &str) -> Option<F32Data> {
+fn f32_values(dump: &Dump, key: &str) -> Option<Vec<f32>> {
     match dump.get(key) {
         Ok(Lookup::Tensor(Tensor { values: Values::F32(v), .. })) if metrics::all_finite(&v) => Some(v),
         _ => None,

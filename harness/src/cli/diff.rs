@@ -6,7 +6,7 @@ use harness::catalog::Entry;
 use harness::compare::{self, Origin};
 use harness::dumps::{Dump, Lookup};
 use harness::pipeline::CaseRun;
-use harness::tensor::{F32Data, Tensor, Values};
+use harness::tensor::{Tensor, Values};
 use std::path::Path;
 
 #[derive(clap::Args, Debug)]
@@ -98,7 +98,7 @@ pub fn run(args: DiffArgs, root: &Path) -> Result<i32> {
 }
 
 /// Both sides' values of an f32 tensor with equal shapes.
-fn f32_pair<'a>(run: &'a CaseRun, dump: &Dump, key: &str) -> Option<(&'a [f32], F32Data, Vec<usize>)> {
+fn f32_pair<'a>(run: &'a CaseRun, dump: &Dump, key: &str) -> Option<(&'a [f32], Vec<f32>, Vec<usize>)> {
     let eng = run.engine.get(key)?;
     let Ok(Lookup::Tensor(Tensor { shape, values: Values::F32(r) })) = dump.get(key) else { return None };
     match &eng.values {

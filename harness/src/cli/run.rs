@@ -107,7 +107,7 @@ fn repeat_checks(loaded: &Loaded, runs: &[CaseRun], repeat: usize) -> Result<Vec
 fn bit_identical(a: &Tensor, b: &Tensor) -> bool {
     a.shape == b.shape
         && match (&a.values, &b.values) {
-            (Values::F32(x), Values::F32(y)) => x.len() == y.len() && x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits()),
+            (Values::F32(x), Values::F32(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),
             (Values::Ids(x), Values::Ids(y)) => x == y,
             _ => false,
         }
