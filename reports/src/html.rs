@@ -117,10 +117,10 @@ fn error_of(check: &CheckResult) -> Option<(String, f64, f64)> {
 /// A line per tensor of the first judged metric against layer, with the threshold dashed when all
 /// lines share one; `None` unless some tensor has two or more judged layers (model-scope
 /// checkpoints have nothing to plot).
-fn chart(checks: &[CheckResult]) -> Option<String> {
+fn chart(checks: &[&CheckResult]) -> Option<String> {
     let mut series: BTreeMap<(String, String), Vec<(usize, f64)>> = BTreeMap::new();
     let mut thresholds = Vec::new();
-    for check in checks {
+    for &check in checks {
         if let (Some(layer), Some((metric, err, threshold))) = (check.layer, error_of(check)) {
             if err.is_finite() {
                 series.entry((check.tensor.clone(), metric.clone())).or_default().push((layer, err));
@@ -212,7 +212,7 @@ mod tests {
     #[test]
     fn error_growing_tenfold_per_layer_climbs_one_decade_per_layer() {
         let checks: Vec<_> = (0..3).map(|l| fixture::judged(2, "qkv", "q", Some(l), 1e-6 * 10f64.powi(l as i32))).collect();
-        let svg = chart(&checks).expect("three layers");
+        let svg = chart(&checks.iter().collect::<Vec<_>>()).expect("three layers");
         // The 1e-4 threshold is the top of the range: 132 px over decades 1e-6..1e-4, so 66 px per
         // decade, layer 0 at the bottom, the threshold line along the top.
         assert!(svg.contains("points=\"46.0,142.0 158.0,76.0 270.0,10.0\""), "{svg}");

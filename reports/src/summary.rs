@@ -98,19 +98,19 @@ pub struct Finding {
 
 /// One checkpoint of one subject against one reference.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Cell {
+pub struct Cell<'a> {
     pub status: Status,
     pub checks: usize,
     pub failed: usize,
     pub worst: Option<Worst>,
     pub findings: Vec<Finding>,
     /// Every check, in the order comparison produced them (for charts and JUnit details).
-    pub raw: Vec<CheckResult>,
+    pub raw: Vec<&'a CheckResult>,
 }
 
 /// One model, prompt and tolerance class, against all its references.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Subject {
+pub struct Subject<'a> {
     pub model: String,
     pub prompt: String,
     pub dtype: String,
@@ -119,10 +119,10 @@ pub struct Subject {
     /// Checkpoint ids and names compared anywhere in the run, so a checkpoint this subject lacks shows.
     pub checkpoints: Vec<(u32, String)>,
     /// Keyed by (checkpoint id, reference name); absent = that reference compared nothing there.
-    pub cells: BTreeMap<(u32, String), Cell>,
+    pub cells: BTreeMap<(u32, String), Cell<'a>>,
 }
 
-impl Subject {
+impl Subject<'_> {
     pub fn title(&self) -> String {
         format!("{} / {} ({})", self.model, self.prompt, self.dtype)
     }
@@ -140,7 +140,7 @@ pub fn checkpoints_in(run: &RunResults) -> Vec<(u32, String)> {
 }
 
 /// Regroups the run into subjects, sorted by model, prompt and dtype.
-pub fn subjects(run: &RunResults) -> Vec<Subject> {
+pub fn subjects(run: &RunResults) -> Vec<Subject<'_>> {
     let checkpoints = checkpoints_in(run);
     let mut by_key: BTreeMap<(String, String, String), Subject> = BTreeMap::new();
     for case in &run.cases {
@@ -166,11 +166,11 @@ pub fn subjects(run: &RunResults) -> Vec<Subject> {
     by_key.into_values().collect()
 }
 
-fn empty_cell() -> Cell {
+fn empty_cell<'a>() -> Cell<'a> {
     Cell { status: Status::Pass, checks: 0, failed: 0, worst: None, findings: Vec::new(), raw: Vec::new() }
 }
 
-fn add_check(cell: &mut Cell, check: &CheckResult) {
+fn add_check<'a>(cell: &mut Cell<'a>, check: &'a CheckResult) {
     cell.checks += 1;
     if check.status.is_failure() {
         cell.failed += 1;
@@ -197,7 +197,7 @@ fn add_check(cell: &mut Cell, check: &CheckResult) {
             None => cell.findings.push(Finding { status: check.status, note, keys: vec![check.key.clone()] }),
         }
     }
-    cell.raw.push(check.clone());
+    cell.raw.push(check);
 }
 
 /// `blk.0.q` .. `blk.29.q` style summary of a finding's keys: the first, and how many.
@@ -249,7 +249,8 @@ mod tests {
 
     #[test]
     fn a_cell_keeps_its_smallest_margin_and_where_it_was() {
-        let subjects = subjects(&fixture::run());
+        let run = fixture::run();
+        let subjects = subjects(&run);
         let llama = subjects.iter().find(|s| s.model == "tiny-llama-f32").expect("fixture subject");
         let cell = &llama.cells[&(2, "llamacpp".to_string())];
         let worst = cell.worst.as_ref().expect("judged");
@@ -261,7 +262,8 @@ mod tests {
 
     #[test]
     fn subjects_sort_by_model_and_show_checkpoints_they_lack() {
-        let subjects = subjects(&fixture::run());
+        let run = fixture::run();
+        let subjects = subjects(&run);
         assert_eq!(subjects[0].model, "tiny-gpt2-hf");
         assert!(subjects[0].checkpoints.iter().any(|(id, _)| *id == 3));
         assert!(!subjects[0].cells.contains_key(&(3, "pytorch".to_string())));
@@ -269,7 +271,8 @@ mod tests {
 
     #[test]
     fn identical_missing_layers_group_into_one_finding() {
-        let subjects = subjects(&fixture::run());
+        let run = fixture::run();
+        let subjects = subjects(&run);
         let llama = subjects.iter().find(|s| s.model == "tiny-llama-f32").expect("fixture subject");
         let cell = &llama.cells[&(3, "tinygrad".to_string())];
         assert_eq!(cell.status, Status::Missing);
