@@ -181,7 +181,9 @@ pub fn max_rel(reference: &[f32], engine: &[f32], floor: f64) -> f64 {
 
 #[inline(always)]
 fn max_rel_pass(reference: &[f32], engine: &[f32], floor: f64) -> f64 {
-    // Lane maxima as in `Sums::of`, with NaN tracked apart so the loop stays branch-free.
+    // Lane maxima as in `Sums::of`, with NaN tracked apart so the loop stays branch-free. (Keeping
+    // each lane's ratio as a fraction and comparing cross products, to divide once, was slower:
+    // it chains every element on the previous one, while these divisions are independent.)
     let (mut lanes, mut nan) = ([0.0f64; LANES], [false; LANES]);
     let step = |lane: &mut f64, nan: &mut bool, r: f32, e: f32| {
         let rel = (e as f64 - r as f64).abs() / (r as f64).abs().max(floor);
@@ -385,6 +387,11 @@ mod tests {
         close(max_rel(&R, &E, 0.5), 0.5);
         // floor 0.01: the zero reference gives 0.25 / 0.01 = 25
         close(max_rel(&R, &E, 0.01), 25.0);
+        // An infinite engine value is an infinite error; an infinite reference value has no
+        // ratio (inf/inf), so NaN.
+        assert_eq!(max_rel(&[1.0, 2.0], &[1.0, f32::INFINITY], 0.5), f64::INFINITY);
+        assert!(max_rel(&[1.0, f32::INFINITY], &[1.0, 2.0], 0.5).is_nan());
+        assert!(max_rel(&[1.0, f32::INFINITY], &[1.0, f32::INFINITY], 0.5).is_nan());
     }
 
     #[test]
