@@ -115,8 +115,8 @@ impl Dump {
             (None, Some(reason)) => Ok(Lookup::Unavailable(reason.clone())),
             (None, None) => Err(problem("has neither a file nor an unavailable reason".into())),
             (Some(file), None) => {
-                let path = self.safe_path(key, file)?;
-                let tensor = npy::read(&path)?;
+                let (opened, path) = self.open_tensor(key, file)?;
+                let tensor = npy::read_from(opened, &path)?;
                 if let Some(shape) = &record.shape {
                     if *shape != tensor.shape {
                         return Err(problem(format!("manifest says shape {shape:?}, {file} holds {:?}", tensor.shape)));
@@ -132,24 +132,33 @@ impl Dump {
         }
     }
 
-    /// The path of a manifest `file`, if it is a plain regular file inside the dump folder.
-    fn safe_path(&self, key: &str, file: &str) -> Result<PathBuf, DumpError> {
+    /// Opens a manifest `file`, if it is a plain regular file inside the dump folder.
+    fn open_tensor(&self, key: &str, file: &str) -> Result<(std::fs::File, PathBuf), DumpError> {
         let problem = |why: &str| DumpError::Entry { dir: self.dir.clone(), key: key.to_string(), problem: format!("file {file:?} refused: {why}") };
         if file.is_empty() || file == "." || file == ".." || file.contains(['/', '\\', '\0']) || file.contains("..") || Path::new(file).is_absolute() {
             return Err(problem("must be a plain file name inside the dump folder"));
         }
+        // A plain name that is not a symlink is an entry of the folder itself. The open refuses a
+        // symlink itself (no window between a check and the open) and does not wait on a FIFO.
         let path = self.dir.join(file);
-        let meta = std::fs::symlink_metadata(&path).map_err(|source| DumpError::Io { path: path.clone(), source })?;
-        if meta.file_type().is_symlink() {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW | libc::O_NONBLOCK);
+        #[cfg(not(unix))]
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
             return Err(problem("is a symlink"));
         }
+        let opened = match options.open(&path) {
+            #[cfg(unix)]
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(problem("is a symlink")),
+            other => other.map_err(|source| DumpError::Io { path: path.clone(), source })?,
+        };
+        let meta = opened.metadata().map_err(|source| DumpError::Io { path: path.clone(), source })?;
         if !meta.is_file() {
             return Err(problem("is not a regular file"));
         }
-        // A plain name that is not a symlink names an entry of the folder itself: nothing is left
-        // to resolve (canonicalizing both paths per tensor, as this once did, cost a dozen system
-        // calls per tensor and could only agree).
-        Ok(path)
+        Ok((opened, path))
     }
 }
 
@@ -228,6 +237,21 @@ command = "python dump.py"
         std::os::unix::fs::symlink(dir.join("real.npy"), dir.join("embed.npy")).unwrap();
         let e = Dump::open(&dir).unwrap().get("embed").unwrap_err();
         assert!(e.to_string().contains("symlink"), "{e}");
+    }
+
+    #[test]
+    fn refuses_a_fifo_or_folder_as_a_tensor_file_without_waiting_on_it() {
+        let m = "[tensors.\"embed\"]\nfile = \"embed.npy\"\n[tensors.\"q\"]\nfile = \"q.npy\"\n";
+        let dir = dump_dir("f", m, &[]);
+        let fifo = std::ffi::CString::new(dir.join("embed.npy").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        std::fs::create_dir(dir.join("q.npy")).unwrap();
+        let dump = Dump::open(&dir).unwrap();
+        for key in ["embed", "q"] {
+            let e = dump.get(key).unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{key}: {e}");
+        }
     }
 
     #[test]

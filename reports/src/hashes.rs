@@ -141,19 +141,25 @@ pub fn files_under(path: &Path) -> Result<Vec<PathBuf>, BundleError> {
 }
 
 fn walk(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), BundleError> {
-    let meta = fs::metadata(path).map_err(io("reading", path))?;
-    if meta.is_file() {
+    if fs::metadata(path).map_err(io("reading", path))?.is_file() {
         out.push(path.to_path_buf());
         return Ok(());
     }
-    let mut entries: Vec<PathBuf> = fs::read_dir(path)
-        .map_err(io("listing", path))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()
-        .map_err(io("listing", path))?;
+    // The entries' types come with the listing: no stat per file, except to follow a symlink.
+    let mut entries: Vec<(PathBuf, bool)> = Vec::new();
+    for entry in fs::read_dir(path).map_err(io("listing", path))? {
+        let entry = entry.map_err(io("listing", path))?;
+        let kind = entry.file_type().map_err(io("reading", &entry.path()))?;
+        let is_file = if kind.is_symlink() { fs::metadata(entry.path()).map_err(io("reading", &entry.path()))?.is_file() } else { kind.is_file() };
+        entries.push((entry.path(), is_file));
+    }
     entries.sort();
-    for entry in entries {
-        walk(&entry, out)?;
+    for (entry, is_file) in entries {
+        if is_file {
+            out.push(entry);
+        } else {
+            walk(&entry, out)?;
+        }
     }
     Ok(())
 }
