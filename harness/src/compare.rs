@@ -17,10 +17,6 @@ use std::collections::BTreeMap;
 /// `topk_overlap` compares the ten most likely next tokens.
 pub const TOPK: usize = 10;
 
-/// `max_rel`'s floor, as a fraction of the reference's RMS: below it a reference value counts as
-/// "about zero" and the error is measured against the floor instead.
-pub const MAX_REL_FLOOR_OF_RMS: f64 = 1e-3;
-
 /// Tensors holding probability vectors, judged also by KL divergence and top-k overlap.
 const PROBABILITY_TENSORS: [&str; 1] = ["probs"];
 
@@ -175,10 +171,9 @@ pub fn f32_metrics(reference: &[f32], engine: &[f32], probabilities: bool) -> BT
 
 /// [`f32_metrics`] from the sums already gathered over the same two tensors.
 fn metrics_of(sums: &metrics::Sums, reference: &[f32], engine: &[f32], probabilities: bool) -> BTreeMap<String, f64> {
-    let floor = (sums.ref_rms() * MAX_REL_FLOOR_OF_RMS).max(f32::MIN_POSITIVE as f64);
     let mut m = BTreeMap::from([
         ("max_abs".to_string(), sums.max_abs),
-        ("max_rel".to_string(), metrics::max_rel(reference, engine, floor)),
+        ("max_rel".to_string(), sums.max_rel),
         ("max_abs_scaled".to_string(), sums.max_abs_scaled()),
         ("mean_abs".to_string(), sums.mean_abs()),
         ("rmse".to_string(), sums.rmse()),

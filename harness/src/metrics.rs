@@ -23,11 +23,19 @@ pub fn all_finite(values: &[f32]) -> bool {
     values.chunks(256).all(|c| c.iter().fold(true, |ok, x| ok & x.is_finite()))
 }
 
-/// Every sum the error metrics need, gathered in one pass over both tensors (the comparison
-/// measures gigabytes per run; one pass instead of one per metric is most of its speed).
+/// `max_rel`'s floor, as a fraction of the reference's RMS: below it a reference value counts as
+/// "about zero" and the error is measured against the floor instead.
+pub const MAX_REL_FLOOR_OF_RMS: f64 = 1e-3;
+
+/// Every sum the error metrics need, and the largest relative error, gathered in one pass over
+/// both tensors after one over the reference alone for its RMS (the comparison measures
+/// gigabytes per run; two passes instead of one per metric are most of its speed).
 #[derive(Clone, Copy, Debug)]
 pub struct Sums {
     pub n: usize,
+    /// [`max_rel`] with its floor at [`MAX_REL_FLOOR_OF_RMS`] times the reference's RMS (at least
+    /// the smallest normal f32).
+    pub max_rel: f64,
     /// Largest `|e - r|`, NaN if any input is NaN.
     pub max_abs: f64,
     /// Largest `|r|`, NaN if any reference value is NaN.
@@ -45,9 +53,9 @@ impl Sums {
         #[cfg(target_arch = "x86_64")]
         if simd::available() {
             // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { simd::sums(reference, engine) };
+            return unsafe { simd::sums(reference, engine, None) };
         }
-        sums(reference, engine)
+        sums(reference, engine, None)
     }
 
     /// Whether every reference value is finite. A finite f32 squared in f64 is at most 1.2e77, so
@@ -115,31 +123,38 @@ impl Sums {
     }
 }
 
-/// [`Sums::of`]'s pass, inlined into each instruction set's version.
+/// [`Sums::of`]'s passes, inlined into each instruction set's version; `floor` for `max_rel`
+/// if given, else [`MAX_REL_FLOOR_OF_RMS`] of the reference's RMS.
 #[inline(always)]
-fn sums(reference: &[f32], engine: &[f32]) -> Sums {
+fn sums(reference: &[f32], engine: &[f32], floor: Option<f64>) -> Sums {
+    let n = reference.len();
+    let ref_energy = energy(reference);
+    let floor = floor.unwrap_or_else(|| ((ref_energy / n.max(1) as f64).sqrt() * MAX_REL_FLOOR_OF_RMS).max(f32::MIN_POSITIVE as f64));
     // Eight independent lanes per sum, so the f64 adds are not one serial chain and the compiler
-    // can use vector registers; lanes are combined at the end.
+    // can use vector registers; lanes are combined at the end. The divisions of max_rel are
+    // independent of the sums and overlap them.
     let mut lanes = [[0.0f64; LANES]; 7];
+    let mut nan = [false; LANES];
     let (rc, ec) = (reference.chunks_exact(LANES), engine.chunks_exact(LANES));
     let tail = rc.remainder().iter().zip(ec.remainder());
     for (r, e) in rc.zip(ec) {
         for i in 0..LANES {
-            accumulate(&mut lanes, i, r[i], e[i]);
+            accumulate(&mut lanes, &mut nan, i, r[i], e[i], floor);
         }
     }
     for (&r, &e) in tail {
-        accumulate(&mut lanes, 0, r, e);
+        accumulate(&mut lanes, &mut nan, 0, r, e, floor);
     }
     let max = |l: &[f64; LANES]| l.iter().fold(0.0f64, |a, &b| a.max(b));
     let sum = |l: &[f64; LANES]| l.iter().sum::<f64>();
-    let [max_abs, peak, abs_err, err_energy, ref_energy, engine_energy, dot] = &lanes;
-    let (err_energy, ref_energy) = (sum(err_energy), sum(ref_energy));
+    let [max_abs, peak, max_rel, abs_err, err_energy, engine_energy, dot] = &lanes;
+    let err_energy = sum(err_energy);
     // A comparison with NaN is false, so the lane maxima skip NaN; the energies cannot (NaN
     // propagates through +, and squares are never -inf): any NaN error or reference value
     // makes its maximum NaN here.
     Sums {
-        n: reference.len(),
+        n,
+        max_rel: if nan.contains(&true) { f64::NAN } else { max(max_rel) },
         max_abs: if err_energy.is_nan() { f64::NAN } else { max(max_abs) },
         peak: if ref_energy.is_nan() { f64::NAN } else { max(peak) },
         abs_err: sum(abs_err),
@@ -150,60 +165,57 @@ fn sums(reference: &[f32], engine: &[f32]) -> Sums {
     }
 }
 
-/// One element into lane `i` of `Sums::of`'s accumulators (max |err|, max |r|, sum |err|, sum
-/// err^2, sum r^2, sum e^2, sum r e). A comparison with NaN is false, so the maxima skip NaN here
-/// and `Sums::of` restores it from the energies.
+/// `sum x^2` in the lanes and order [`sums`] would use.
 #[inline(always)]
-fn accumulate(lanes: &mut [[f64; LANES]; 7], i: usize, r: f32, e: f32) {
+fn energy(values: &[f32]) -> f64 {
+    let mut lanes = [0.0f64; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            lanes[i] += c[i] as f64 * c[i] as f64;
+        }
+    }
+    for &x in tail {
+        lanes[0] += x as f64 * x as f64;
+    }
+    lanes.iter().sum()
+}
+
+/// One element into lane `i` of the accumulators (max |err|, max |r|, max_rel, sum |err|, sum
+/// err^2, sum e^2, sum r e). A comparison with NaN is false, so the maxima skip NaN here and
+/// [`sums`] restores it from the energies (and for max_rel from `nan`, which also catches an
+/// infinite reference: its ratio is inf/inf or NaN/inf).
+#[inline(always)]
+fn accumulate(lanes: &mut [[f64; LANES]; 7], nan: &mut [bool; LANES], i: usize, r: f32, e: f32, floor: f64) {
     let (r, e) = (r as f64, e as f64);
     let err = e - r;
-    let [max_abs, peak, abs_err, err_energy, ref_energy, engine_energy, dot] = lanes;
+    let [max_abs, peak, max_rel, abs_err, err_energy, engine_energy, dot] = lanes;
+    let rel = err.abs() / r.abs().max(floor);
+    nan[i] |= rel.is_nan();
     max_abs[i] = if err.abs() > max_abs[i] { err.abs() } else { max_abs[i] };
     peak[i] = if r.abs() > peak[i] { r.abs() } else { peak[i] };
+    max_rel[i] = if rel > max_rel[i] { rel } else { max_rel[i] };
     abs_err[i] += err.abs();
     err_energy[i] += err * err;
-    ref_energy[i] += r * r;
     engine_energy[i] += e * e;
     dot[i] += r * e;
 }
 
 /// Largest `|error| / max(|reference|, floor)`: the floor keeps near-zero reference values from
-/// turning rounding noise into huge ratios.
+/// turning rounding noise into huge ratios. ([`Sums::of`] measures it with the floor the
+/// comparison uses.)
 pub fn max_rel(reference: &[f32], engine: &[f32], floor: f64) -> f64 {
     check_lengths(reference, engine);
     #[cfg(target_arch = "x86_64")]
     if simd::available() {
         // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { simd::max_rel(reference, engine, floor) };
+        return unsafe { simd::sums(reference, engine, Some(floor)) }.max_rel;
     }
-    max_rel_pass(reference, engine, floor)
+    sums(reference, engine, Some(floor)).max_rel
 }
 
-#[inline(always)]
-fn max_rel_pass(reference: &[f32], engine: &[f32], floor: f64) -> f64 {
-    // Lane maxima as in `Sums::of`, with NaN tracked apart so the loop stays branch-free. (Keeping
-    // each lane's ratio as a fraction and comparing cross products, to divide once, was slower:
-    // it chains every element on the previous one, while these divisions are independent.)
-    let (mut lanes, mut nan) = ([0.0f64; LANES], [false; LANES]);
-    let step = |lane: &mut f64, nan: &mut bool, r: f32, e: f32| {
-        let rel = (e as f64 - r as f64).abs() / (r as f64).abs().max(floor);
-        *nan |= rel.is_nan();
-        *lane = if rel > *lane { rel } else { *lane };
-    };
-    let (rc, ec) = (reference.chunks_exact(LANES), engine.chunks_exact(LANES));
-    let tail = rc.remainder().iter().zip(ec.remainder());
-    for (r, e) in rc.zip(ec) {
-        for i in 0..LANES {
-            step(&mut lanes[i], &mut nan[i], r[i], e[i]);
-        }
-    }
-    for (&r, &e) in tail {
-        step(&mut lanes[0], &mut nan[0], r, e);
-    }
-    if nan.contains(&true) { f64::NAN } else { lanes.iter().fold(0.0, |a: f64, &b| a.max(b)) }
-}
-
-/// The one-pass loops compiled for AVX2 (four f64 per register instead of two), chosen at run
+/// The passes compiled for AVX2 (four f64 per register instead of two), chosen at run
 /// time. No FMA: Rust never fuses a multiply and an add it was not asked to, so these return the
 /// same bits as the portable build.
 #[cfg(target_arch = "x86_64")]
@@ -214,13 +226,8 @@ mod simd {
     }
 
     #[target_feature(enable = "avx2")]
-    pub unsafe fn sums(reference: &[f32], engine: &[f32]) -> super::Sums {
-        super::sums(reference, engine)
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn max_rel(reference: &[f32], engine: &[f32], floor: f64) -> f64 {
-        super::max_rel_pass(reference, engine, floor)
+    pub unsafe fn sums(reference: &[f32], engine: &[f32], floor: Option<f64>) -> super::Sums {
+        super::sums(reference, engine, floor)
     }
 }
 
@@ -374,10 +381,9 @@ mod tests {
         for n in [0, 1, 7, 8, 9, 15, 16, 17, 100, 1001] {
             let r: Vec<f32> = (0..n).map(|_| next()).collect();
             let e: Vec<f32> = r.iter().map(|x| x + next() * 1e-3).collect();
-            let (fast, portable) = (Sums::of(&r, &e), sums(&r, &e));
-            let bits = |s: &Sums| [s.max_abs, s.peak, s.abs_err, s.err_energy, s.ref_energy, s.engine_energy, s.dot].map(f64::to_bits);
+            let (fast, portable) = (Sums::of(&r, &e), sums(&r, &e, None));
+            let bits = |s: &Sums| [s.max_rel, s.max_abs, s.peak, s.abs_err, s.err_energy, s.ref_energy, s.engine_energy, s.dot].map(f64::to_bits);
             assert_eq!(bits(&fast), bits(&portable), "sums of {n}");
-            assert_eq!(max_rel(&r, &e, 1e-3).to_bits(), max_rel_pass(&r, &e, 1e-3).to_bits(), "max_rel of {n}");
         }
     }
 
