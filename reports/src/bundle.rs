@@ -104,9 +104,10 @@ pub struct FileHash {
 struct Manifest {
     bundle: BundleSection,
     run: RunInfo,
-    #[serde(default)]
+    /// Written by [`file_tables`], read back by the toml crate.
+    #[serde(default, skip_serializing)]
     input: Vec<FileHash>,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     output: Vec<FileHash>,
 }
 
@@ -211,10 +212,12 @@ impl Bundle {
             input: self.inputs.clone(),
             output,
         };
-        let body = toml::to_string(&manifest).map_err(|e| BundleError::Manifest {
+        let mut body = toml::to_string(&manifest).map_err(|e| BundleError::Manifest {
             path: self.tmp_dir.join(MANIFEST),
             message: e.to_string(),
         })?;
+        file_tables("input", &manifest.input, &mut body);
+        file_tables("output", &manifest.output, &mut body);
         let path = self.tmp_dir.join(MANIFEST);
         fs::write(&path, with_header(MANIFEST, &body, &self.provenance)?).map_err(io("writing", &path))?;
         // rename(2) would happily replace an empty directory; refuse any existing one.
@@ -224,6 +227,38 @@ impl Bundle {
         fs::rename(&self.tmp_dir, &self.final_dir).map_err(io("renaming the bundle into", &self.final_dir))?;
         Ok(self.final_dir)
     }
+}
+
+/// Appends one `[[kind]]` table per file. Written directly: the toml crate took 17 ms for the
+/// 3,600 entries of a SmolLM2 run (a twentieth of the harness's time), this takes about one.
+fn file_tables(kind: &str, files: &[FileHash], out: &mut String) {
+    use std::fmt::Write;
+    for f in files {
+        let _ = write!(out, "\n[[{kind}]]\n");
+        if !f.role.is_empty() {
+            let _ = writeln!(out, "role = {}", toml_string(&f.role));
+        }
+        let _ = writeln!(out, "path = {}\nsha256 = {}\nbytes = {}", toml_string(&f.path), toml_string(&f.sha256), f.bytes);
+        if f.transient {
+            out.push_str("transient = true\n");
+        }
+    }
+}
+
+/// A TOML basic string: quotes, backslashes and control characters escaped, the rest as is.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// What [`verify`] found; clean when `changed`, `missing` and `extra` are empty.

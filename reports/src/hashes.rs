@@ -20,7 +20,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 /// How long a file must have been left alone before its hash is remembered.
@@ -33,7 +33,7 @@ const STORE_HEADER: &str = "# parity sha256 cache v1: sha256, bytes, stat signat
 /// concatenation of its files).
 pub struct HashCache {
     store: Option<PathBuf>,
-    known: Mutex<HashMap<String, Known>>,
+    known: RwLock<HashMap<String, Known>>,
     added: AtomicBool,
 }
 
@@ -54,14 +54,14 @@ pub fn keep_in(store: PathBuf) {
 
 /// The process's cache: in memory only unless [`keep_in`] was called first.
 pub fn cache() -> &'static HashCache {
-    CACHE.get_or_init(|| HashCache { store: None, known: Mutex::default(), added: AtomicBool::new(false) })
+    CACHE.get_or_init(|| HashCache { store: None, known: RwLock::default(), added: AtomicBool::new(false) })
 }
 
 impl HashCache {
     /// The cache saved in `store`; a missing, unreadable or foreign store starts empty.
     pub fn load(store: PathBuf) -> HashCache {
         let known = fs::read_to_string(&store).map(|text| parse_store(&text)).unwrap_or_default();
-        HashCache { store: Some(store), known: Mutex::new(known), added: AtomicBool::new(false) }
+        HashCache { store: Some(store), known: RwLock::new(known), added: AtomicBool::new(false) }
     }
 
     /// SHA-256 (lowercase hex) and total length of `files` read one after another, remembered
@@ -70,7 +70,7 @@ impl HashCache {
         let name = key.display().to_string();
         let before = signature(files);
         if let Some(sig) = &before {
-            if let Some(k) = self.lock().get(&name).filter(|k| &k.signature == sig) {
+            if let Some(k) = self.read().get(&name).filter(|k| &k.signature == sig) {
                 return Ok((k.sha256.clone(), k.bytes));
             }
         }
@@ -78,7 +78,7 @@ impl HashCache {
         // Remembered only if the files were settled and did not change while being read.
         let settled = before.filter(|sig| signature(files).as_ref() == Some(sig) && settled(files));
         if let Some(signature) = settled.filter(|_| !name.contains(['\n', '\t'])) {
-            self.lock().insert(name, Known { signature, sha256: sha256.clone(), bytes });
+            self.write().insert(name, Known { signature, sha256: sha256.clone(), bytes });
             self.added.store(true, Ordering::Relaxed);
         }
         Ok((sha256, bytes))
@@ -93,7 +93,7 @@ impl HashCache {
             return Ok(());
         }
         let mut merged = fs::read_to_string(store).map(|text| parse_store(&text)).unwrap_or_default();
-        merged.extend(self.lock().iter().map(|(k, v)| (k.clone(), v.clone())));
+        merged.extend(self.read().iter().map(|(k, v)| (k.clone(), v.clone())));
         let mut lines: Vec<String> = merged
             .into_iter()
             .filter(|(key, _)| Path::new(key).exists())
@@ -108,9 +108,14 @@ impl HashCache {
         fs::rename(&tmp, store).map_err(io("renaming into", store))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
-        // The map is only ever inserted into whole entries: usable after a panic elsewhere.
-        self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    // The map only ever gains whole entries: usable after a panic elsewhere. Lookups (every
+    // input file of every run) share the lock; only a newly hashed file takes it alone.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Known>> {
+        self.known.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Known>> {
+        self.known.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -292,7 +297,7 @@ mod tests {
         assert_eq!(first.sha256(&f, &[f.clone()]).unwrap(), (ABC.to_string(), 3));
         first.save().unwrap();
         let second = HashCache::load(store);
-        let known = second.lock().get(&f.display().to_string()).cloned().expect("saved by the first");
+        let known = second.read().get(&f.display().to_string()).cloned().expect("saved by the first");
         assert_eq!((known.sha256.as_str(), known.bytes), (ABC, 3));
         assert_eq!(Some(known.signature), signature(&[f]));
     }
@@ -302,14 +307,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store.tsv");
         fs::write(&store, "not a store\n").unwrap();
-        assert!(HashCache::load(store.clone()).lock().is_empty());
+        assert!(HashCache::load(store.clone()).read().is_empty());
         let gone = dir.path().join("gone").display().to_string();
         let kept = dir.path().join("kept");
         fs::write(&kept, "abc").unwrap();
         let line = |key: &str| format!("{ABC}\t3\t1:2:3:4.000000000:5.000000000\t{key}\n");
         fs::write(&store, format!("{STORE_HEADER}\n{}{}short\tline\n{}\tx\ty\tz\n", line(&gone), line(&kept.display().to_string()), "g".repeat(64))).unwrap();
         let cache = HashCache::load(store.clone());
-        assert_eq!(cache.lock().len(), 2, "the two well-formed lines");
+        assert_eq!(cache.read().len(), 2, "the two well-formed lines");
         cache.added.store(true, Ordering::Relaxed);
         cache.save().unwrap();
         let saved = fs::read_to_string(&store).unwrap();

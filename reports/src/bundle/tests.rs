@@ -191,3 +191,22 @@ fn a_transient_input_deleted_after_the_run_is_gone_not_missing_but_still_checked
     assert!(v.is_clean(), "{v:?}");
     assert_eq!(v.gone, [dump.join("logits.npy").display().to_string()]);
 }
+
+#[test]
+fn file_tables_read_back_as_written_whatever_the_path() {
+    let files = vec![
+        FileHash { role: "dump".into(), path: "/d/a \"quoted\" \\ back\tslash\u{1}\u{7f}\u{85} ü 日本.npy".into(), sha256: "ab".repeat(32), bytes: 7, transient: true },
+        FileHash { role: String::new(), path: "report.md".into(), sha256: "cd".repeat(32), bytes: 0, transient: false },
+    ];
+    let manifest = Manifest {
+        bundle: BundleSection { kind: "run".into(), provenance: provenance("r1") },
+        run: info(),
+        input: files.clone(),
+        output: files.clone(),
+    };
+    let mut text = toml::to_string(&manifest).expect("head");
+    file_tables("input", &manifest.input, &mut text);
+    file_tables("output", &manifest.output, &mut text);
+    let back: Manifest = toml::from_str(&text).expect("parses");
+    assert_eq!(back, manifest);
+}
