@@ -123,11 +123,20 @@ fn write_bundle(bundle: &mut Bundle, loaded: &Loaded, results: &RunResults, runs
         ("report.html", |r| Ok(reports::html::render(r))),
         ("junit.xml", |r| Ok(reports::junit::render(r))),
     ];
-    let rendered: Vec<(&str, Result<String>)> = renders.par_iter().map(|(name, render)| (*name, render(results))).collect();
+    // Rendering does not wait for the inputs' hashes (mostly file lookups): both at once.
+    let (rendered, inputs) = rayon::join(
+        || renders.par_iter().map(|(name, render)| (*name, render(results))).collect::<Vec<_>>(),
+        || add_inputs(bundle, loaded, results, runs, keep_failed),
+    );
+    inputs?;
     for (name, body) in rendered {
         bundle.write_text(name, &body.with_context(|| format!("rendering {name}"))?)?;
     }
+    Ok(())
+}
 
+/// Every input of the run into the bundle (hashed), and the tensors of the first failing checks.
+fn add_inputs(bundle: &mut Bundle, loaded: &Loaded, results: &RunResults, runs: &[CaseRun], keep_failed: usize) -> Result<()> {
     bundle.add_input("catalog", &loaded.catalog_path)?;
     bundle.add_input("spec", &loaded.spec_path)?;
     bundle.add_input("suite", &loaded.suite_path)?;
