@@ -120,26 +120,27 @@ impl Model {
             TapValue::f32(&[vocab], p)
         });
 
-        let generated = self.decode_greedy(last, n_generate, &mut cache)?;
+        // n greedy tokens, each shown with the logits it was chosen from.
+        let mut sampler = Sampler::new(SamplerConfig::default());
+        let mut step = 0;
+        let generated = self.decode(last, n_generate, &mut cache, &mut sampler, |_, logits| {
+            taps.step_logits(step, logits);
+            step += 1;
+            true
+        })?;
         taps.record(Tap::Generated, None, || TapValue::Ids(generated));
         Ok(())
     }
 
-    /// `n` greedy tokens after a prefill whose last logits are `last`.
-    fn decode_greedy(&self, last: &[f32], n: usize, cache: &mut KvCache) -> Result<Vec<u32>> {
-        let mut sampler = Sampler::new(SamplerConfig::default());
-        self.decode(last, n, cache, &mut sampler, |_| true)
-    }
-
-    /// Samples up to `n` tokens, decoding each through the cache; `on_token` sees each one and
-    /// returns false to stop early.
-    fn decode(&self, last: &[f32], n: usize, cache: &mut KvCache, sampler: &mut Sampler, mut on_token: impl FnMut(u32) -> bool) -> Result<Vec<u32>> {
+    /// Samples up to `n` tokens, decoding each through the cache; `on_token` sees each one with
+    /// the logits it was chosen from, and returns false to stop early.
+    fn decode(&self, last: &[f32], n: usize, cache: &mut KvCache, sampler: &mut Sampler, mut on_token: impl FnMut(u32, &[f32]) -> bool) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(n);
         let mut logits = last.to_vec();
         for i in 0..n {
             let next = sampler.sample(&logits);
             out.push(next);
-            if !on_token(next) {
+            if !on_token(next, &logits) {
                 break;
             }
             if i + 1 < n {
@@ -157,7 +158,7 @@ impl Model {
         let last = self.forward(&tokens, &mut cache, &mut Taps::none(), false)?;
         let eos = self.tokenizer.eos_id();
         let mut sampler = Sampler::new(sampling);
-        self.decode(&last, n, &mut cache, &mut sampler, |t| {
+        self.decode(&last, n, &mut cache, &mut sampler, |t, _| {
             on_token(t);
             Some(t) != eos
         })

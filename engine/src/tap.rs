@@ -49,6 +49,11 @@ impl TapValue {
 /// Receives every checkpoint tensor of a forward pass.
 pub trait Observer {
     fn observe(&mut self, tap: Tap, layer: Option<usize>, value: TapValue);
+
+    /// The next-token logits generated token `step` was chosen from (step 0: the prompt's last
+    /// position), during [`crate::Model::trace`]. Not a checkpoint: it lets an observer judge how
+    /// close each choice was without running the model again.
+    fn step_logits(&mut self, _step: usize, _logits: &[f32]) {}
 }
 
 /// An observer that keeps everything it sees, keyed by [`Tap::key`].
@@ -86,6 +91,14 @@ impl<'a> Taps<'a> {
     pub fn record(&mut self, tap: Tap, layer: Option<usize>, value: impl FnOnce() -> TapValue) {
         if let Some(obs) = self.observer.as_deref_mut() {
             obs.observe(tap, layer, value());
+        }
+    }
+
+    /// Shows the observer the logits generated token `step` is chosen from.
+    #[inline]
+    pub fn step_logits(&mut self, step: usize, logits: &[f32]) {
+        if let Some(obs) = self.observer.as_deref_mut() {
+            obs.step_logits(step, logits);
         }
     }
 }

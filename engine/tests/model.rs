@@ -160,3 +160,33 @@ fn an_empty_prompt_without_bos_is_refused() {
     let model = load("tiny-gpt2/model-f32.gguf");
     assert!(matches!(model.trace("", 1, 1.0, &mut Recorder::default()), Err(Error::EmptyPrompt)));
 }
+
+/// Keeps the step logits a trace shows, beside its taps.
+#[derive(Default)]
+struct StepLogits {
+    taps: Recorder,
+    steps: Vec<(usize, Vec<f32>)>,
+}
+
+impl engine::Observer for StepLogits {
+    fn observe(&mut self, tap: Tap, layer: Option<usize>, value: TapValue) {
+        engine::Observer::observe(&mut self.taps, tap, layer, value);
+    }
+
+    fn step_logits(&mut self, step: usize, logits: &[f32]) {
+        self.steps.push((step, logits.to_vec()));
+    }
+}
+
+#[test]
+fn a_trace_shows_the_logits_each_generated_token_was_chosen_from() {
+    let model = load("tiny-llama/model-f32.gguf");
+    let mut obs = StepLogits::default();
+    model.trace(PROMPT, 5, 1.0, &mut obs).expect("trace");
+    assert_eq!(obs.steps.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+    // Step 0 is the prompt's last position; every step's greedy choice is the generated token.
+    assert_eq!(obs.steps[0].1, f32_tensor(&obs.taps, "last_logits").1);
+    let Some(TapValue::Ids(generated)) = obs.taps.tensors.get("generated") else { panic!("generated tap") };
+    let argmax = |l: &[f32]| l.iter().enumerate().fold(0, |best, (i, v)| if *v > l[best] { i } else { best }) as u32;
+    assert_eq!(obs.steps.iter().map(|(_, l)| argmax(l)).collect::<Vec<_>>(), *generated);
+}

@@ -1,17 +1,61 @@
 //! The engine's side of a comparison: a traced run turned into the harness's tensors, and the
-//! top-two logit gap used to classify a token flip as a near-tie.
+//! top-two logit gap used to classify a token flip as a near-tie (recorded during the trace when
+//! the flip comes after the engine's own tokens, else measured with one more forward pass).
 
 use anyhow::{Context, Result};
-use engine::tap::{Recorder, TapValue};
+use engine::tap::{Observer, Recorder, Tap, TapValue};
 use engine::{Model, Taps};
 use crate::tensor::{Tensor, Values};
 use std::collections::BTreeMap;
 
-/// Every tap of one traced run, by dump key (`blk.3.attn_probs`).
-pub fn trace(model: &Model, prompt: &str, n_generate: usize, temperature: f32) -> Result<BTreeMap<String, Tensor>> {
-    let mut rec = Recorder::default();
-    model.trace(prompt, n_generate, temperature, &mut rec).context("running the engine")?;
-    Ok(rec.tensors.into_iter().map(|(key, value)| (key, to_tensor(value))).collect())
+/// The engine's traced run.
+pub struct Trace {
+    /// Every tap, by dump key (`blk.3.attn_probs`).
+    pub tensors: BTreeMap<String, Tensor>,
+    /// The top-two logit gap of each generated token's choice (step 0: after the prompt).
+    pub step_gaps: Vec<f64>,
+}
+
+impl Trace {
+    /// The gap recorded during the trace after exactly `ids` (the prompt's tokens, then the first
+    /// generated ones), if those are the tokens the engine itself ran.
+    pub fn gap_after(&self, ids: &[u32]) -> Option<f64> {
+        let ids_of = |tap: Tap| match self.tensors.get(&tap.key(None)).map(|t| &t.values) {
+            Some(Values::Ids(v)) => Some(v.as_slice()),
+            _ => None,
+        };
+        let (prompt, generated) = (ids_of(Tap::Tokens)?, ids_of(Tap::Generated)?);
+        let step = ids.len().checked_sub(prompt.len())?;
+        // As long as `ids` by construction: the prompt, then `step` generated tokens.
+        let ran = prompt.iter().chain(generated.get(..step)?);
+        let same = ran.zip(ids).all(|(&a, &b)| a == i64::from(b));
+        if same { self.step_gaps.get(step).copied() } else { None }
+    }
+}
+
+/// The taps, and the gap of each step's logits, of one traced run.
+#[derive(Default)]
+struct Observed {
+    taps: Recorder,
+    step_gaps: Vec<f64>,
+}
+
+impl Observer for Observed {
+    fn observe(&mut self, tap: Tap, layer: Option<usize>, value: TapValue) {
+        self.taps.observe(tap, layer, value);
+    }
+
+    fn step_logits(&mut self, _step: usize, logits: &[f32]) {
+        self.step_gaps.push(top2(logits));
+    }
+}
+
+/// Runs the engine over `prompt` with every tap recorded.
+pub fn trace(model: &Model, prompt: &str, n_generate: usize, temperature: f32) -> Result<Trace> {
+    let mut observed = Observed::default();
+    model.trace(prompt, n_generate, temperature, &mut observed).context("running the engine")?;
+    let tensors = observed.taps.tensors.into_iter().map(|(key, value)| (key, to_tensor(value))).collect();
+    Ok(Trace { tensors, step_gaps: observed.step_gaps })
 }
 
 fn to_tensor(value: TapValue) -> Tensor {
@@ -31,8 +75,13 @@ pub fn top2_gap(model: &Model, tokens: &[u32]) -> Option<f64> {
     }
     let mut cache = model.new_cache(tokens.len());
     let logits = model.forward(tokens, &mut cache, &mut Taps::none(), false).ok()?;
+    Some(top2(&logits))
+}
+
+/// The gap between the two largest values.
+fn top2(logits: &[f32]) -> f64 {
     let (mut first, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-    for &v in &logits {
+    for &v in logits {
         if v > first {
             second = first;
             first = v;
@@ -40,5 +89,33 @@ pub fn top2_gap(model: &Model, tokens: &[u32]) -> Option<f64> {
             second = v;
         }
     }
-    Some((first - second) as f64)
+    (first - second) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_gap_answers_only_for_the_tokens_the_engine_ran() {
+        let trace = Trace {
+            tensors: BTreeMap::from([
+                ("tokens".to_string(), Tensor::ids(vec![2], vec![1, 2])),
+                ("generated".to_string(), Tensor::ids(vec![3], vec![3, 4, 5])),
+            ]),
+            step_gaps: vec![0.1, 0.2, 0.3],
+        };
+        assert_eq!(trace.gap_after(&[1, 2]), Some(0.1));
+        assert_eq!(trace.gap_after(&[1, 2, 3]), Some(0.2));
+        assert_eq!(trace.gap_after(&[1, 2, 3, 4]), Some(0.3));
+        for other in [&[1, 2, 9][..], &[1, 9], &[1], &[1, 2, 3, 4, 5], &[]] {
+            assert_eq!(trace.gap_after(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn top2_is_the_gap_between_the_two_largest_values() {
+        assert_eq!(top2(&[1.0, 5.0, 3.5, -2.0]), 1.5);
+        assert_eq!(top2(&[4.0, 4.0]), 0.0);
+    }
 }

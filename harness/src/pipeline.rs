@@ -110,8 +110,9 @@ pub fn run(ctx: &Setup, cases: Vec<Case>, run_id: &str) -> Result<(RunResults, V
 fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &str, errors: &mut BTreeMap<String, String>) -> Result<CaseRun> {
     let mut timings = Timings::default();
     let t = Instant::now();
-    let engine = engine_run::trace(model, &case.prompt.text, ctx.suite.n_generate, ctx.suite.temperature)
+    let trace = engine_run::trace(model, &case.prompt.text, ctx.suite.n_generate, ctx.suite.temperature)
         .with_context(|| format!("engine on {} / {}", case.model.id, case.prompt.id))?;
+    let engine = &trace.tensors;
     timings.engine += t.elapsed();
     let arch = model.config().arch.name();
     let entries = ctx.catalog.entries(arch, model.config().n_layers);
@@ -142,18 +143,20 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
                 if let Ok(Lookup::Tensor(Tensor { values: Values::Ids(generated), .. })) = dump.get("generated") {
                     ids.extend(generated.iter().take(step).map(|&t| t as u32));
                 }
-                let gap = engine_run::top2_gap(model, &ids);
+                // Up to a flip both sides chose the same tokens, so the engine usually recorded
+                // this gap itself while tracing; a forward pass only if the prompts' tokens differ.
+                let gap = trace.gap_after(&ids).or_else(|| engine_run::top2_gap(model, &ids));
                 *gap_time.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) += t.elapsed();
                 gap
             };
-            compare::compare_case(&engine, dump, &token_entries, ctx.spec, class(reference), &gap)
+            compare::compare_case(engine, dump, &token_entries, ctx.spec, class(reference), &gap)
         })
         .collect();
     // Every other checkpoint, all references at once, so one reference's largest tensor does not
     // leave the other cores idle.
     let tensor_checks: Vec<_> = readable
         .par_iter()
-        .map(|&(reference, dump)| compare::compare_case(&engine, dump, &tensor_entries, ctx.spec, class(reference), &|_| None))
+        .map(|&(reference, dump)| compare::compare_case(engine, dump, &tensor_entries, ctx.spec, class(reference), &|_| None))
         .collect();
     // Results keep the order of `case.refs`, checks the catalog's.
     let order: BTreeMap<&str, usize> = entries.iter().enumerate().map(|(i, e)| (e.key.as_str(), i)).collect();
@@ -177,7 +180,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     let in_engine = gap_time.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     timings.engine += in_engine;
     timings.compare += t.elapsed().saturating_sub(in_engine);
-    Ok(CaseRun { case, model_path, model_sha256: sha.to_string(), timings, engine, dumps, results })
+    Ok(CaseRun { case, model_path, model_sha256: sha.to_string(), timings, engine: trace.tensors, dumps, results })
 }
 
 /// One reference's dump of one case: read from the dumps folder, or produced now. Either way it

@@ -66,7 +66,7 @@ fn repeat_checks(loaded: &Loaded, runs: &[CaseRun], repeat: usize) -> Result<Vec
     for run in runs {
         let model = engine::Model::load(&run.model_path).with_context(|| format!("reloading {}", run.model_path.display()))?;
         for k in 2..=repeat {
-            let again = engine_run::trace(&model, &run.case.prompt.text, loaded.suite.n_generate, loaded.suite.temperature)?;
+            let again = engine_run::trace(&model, &run.case.prompt.text, loaded.suite.n_generate, loaded.suite.temperature)?.tensors;
             let checks = loaded
                 .catalog
                 .entries(model.config().arch.name(), model.config().n_layers)
