@@ -68,16 +68,17 @@ impl HashCache {
     /// under `key`; a single file is `sha256(path, &[path])`.
     pub fn sha256(&self, key: &Path, files: &[PathBuf]) -> Result<(String, u64), BundleError> {
         let name = key.display().to_string();
-        let before = signature(files);
-        if let Some(sig) = &before {
-            if let Some(k) = self.read().get(&name).filter(|k| &k.signature == sig) {
+        let before = stamp(files);
+        if let Some(b) = &before {
+            if let Some(k) = self.read().get(&name).filter(|k| k.signature == b.signature) {
                 return Ok((k.sha256.clone(), k.bytes));
             }
         }
         let (sha256, bytes) = sha256_files(files)?;
         // Remembered only if the files were settled and did not change while being read.
-        let settled = before.filter(|sig| signature(files).as_ref() == Some(sig) && settled(files));
-        if let Some(signature) = settled.filter(|_| !name.contains(['\n', '\t'])) {
+        let after = stamp(files);
+        let remembered = before.filter(|b| after.as_ref() == Some(b) && b.settled() && !name.contains(['\n', '\t']));
+        if let Some(Stamp { signature, .. }) = remembered {
             self.write().insert(name, Known { signature, sha256: sha256.clone(), bytes });
             self.added.store(true, Ordering::Relaxed);
         }
@@ -169,20 +170,29 @@ fn walk(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), BundleError> {
     Ok(())
 }
 
-/// Every file's device, inode, size, and modification and change times; `None` if one cannot be
-/// read (then nothing is remembered or reused) or off Unix.
-fn signature(files: &[PathBuf]) -> Option<String> {
+/// What `stat` says about some files, as far as the cache cares.
+#[derive(Debug, PartialEq)]
+struct Stamp {
+    /// Every file's device, inode, size, and modification and change times.
+    signature: String,
+    /// The latest modification or change time among them, since the epoch.
+    changed: Duration,
+}
+
+/// The files' [`Stamp`]; `None` if one cannot be read (then nothing is remembered or reused) or
+/// off Unix.
+fn stamp(files: &[PathBuf]) -> Option<Stamp> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let parts: Option<Vec<String>> = files
-            .iter()
-            .map(|f| {
-                let m = fs::metadata(f).ok()?;
-                Some(format!("{}:{}:{}:{}.{:09}:{}.{:09}", m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
-            })
-            .collect();
-        parts.map(|p| p.join(","))
+        let at = |secs: i64, nsec: i64| Duration::new(secs.max(0) as u64, nsec.clamp(0, 999_999_999) as u32);
+        let (mut parts, mut changed) = (Vec::with_capacity(files.len()), Duration::ZERO);
+        for f in files {
+            let m = fs::metadata(f).ok()?;
+            parts.push(format!("{}:{}:{}:{}.{:09}:{}.{:09}", m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()));
+            changed = changed.max(at(m.mtime(), m.mtime_nsec())).max(at(m.ctime(), m.ctime_nsec()));
+        }
+        Some(Stamp { signature: parts.join(","), changed })
     }
     #[cfg(not(unix))]
     {
@@ -191,24 +201,10 @@ fn signature(files: &[PathBuf]) -> Option<String> {
     }
 }
 
-/// Whether every file was last changed at least [`SETTLE`] ago.
-fn settled(files: &[PathBuf]) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(now) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) else { return false };
-        files.iter().all(|f| {
-            fs::metadata(f).is_ok_and(|m| {
-                let at = |secs: i64, nsec: i64| Duration::new(secs.max(0) as u64, nsec.clamp(0, 999_999_999) as u32);
-                let changed = at(m.mtime(), m.mtime_nsec()).max(at(m.ctime(), m.ctime_nsec()));
-                now.saturating_sub(changed) >= SETTLE
-            })
-        })
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = files;
-        false
+impl Stamp {
+    /// Whether every file was last changed at least [`SETTLE`] ago.
+    fn settled(&self) -> bool {
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).is_ok_and(|now| now.saturating_sub(self.changed) >= SETTLE)
     }
 }
 
@@ -263,7 +259,7 @@ mod tests {
         fs::write(&f, "abd").unwrap();
         assert_ne!(cache.sha256(&f, &[f.clone()]).unwrap().0, ABC);
         age(&f, 3600);
-        assert!(!settled(&[f.clone()]), "touch -d moves the change time to now");
+        assert!(!stamp(&[f.clone()]).unwrap().settled(), "touch -d moves the change time to now");
         cache.save().unwrap();
         assert!(!dir.path().join("store.tsv").exists(), "nothing was remembered, nothing is written");
     }
@@ -275,7 +271,7 @@ mod tests {
         fs::write(&f, "abc").unwrap();
         let store = dir.path().join("store.tsv");
         // A settled file's entry, as an earlier run would have saved it.
-        let sig = signature(&[f.clone()]).unwrap();
+        let sig = stamp(&[f.clone()]).unwrap().signature;
         let key = f.display().to_string();
         fs::write(&store, format!("{STORE_HEADER}\n{}\t3\t{sig}\t{key}\n", "0".repeat(64))).unwrap();
         let cache = HashCache::load(store.clone());
@@ -299,7 +295,7 @@ mod tests {
         let second = HashCache::load(store);
         let known = second.read().get(&f.display().to_string()).cloned().expect("saved by the first");
         assert_eq!((known.sha256.as_str(), known.bytes), (ABC, 3));
-        assert_eq!(Some(known.signature), signature(&[f]));
+        assert_eq!(Some(known.signature), stamp(&[f]).map(|s| s.signature));
     }
 
     #[test]
