@@ -116,11 +116,6 @@ impl Sums {
         }
         10.0 * (signal / noise).log10()
     }
-
-    /// The reference's root mean square (0 when empty).
-    pub fn ref_rms(&self) -> f64 {
-        (self.ref_energy / self.n.max(1) as f64).sqrt()
-    }
 }
 
 /// [`Sums::of`]'s passes, inlined into each instruction set's version; `floor` for `max_rel`
