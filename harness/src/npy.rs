@@ -66,33 +66,43 @@ pub fn read_from(mut file: File, path: &Path) -> Result<Tensor, NpyError> {
     let count = (len - data_start) / header.item_size();
     let already = &head[data_start..];
     let values = match header.kind {
-        Kind::F32 => {
-            let mut v = vec![0f32; count];
-            // SAFETY: every bit pattern is a valid f32, and bytes have no alignment to respect.
-            let bytes = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), count * 4) };
-            fill(bytes, already, &mut file).map_err(|e| err(Problem::Io(e)))?;
-            if cfg!(target_endian = "big") {
-                v.iter_mut().for_each(|x| *x = f32::from_bits(u32::from_le(x.to_bits())));
-            }
-            Values::F32(v)
-        }
-        Kind::I64 => {
-            let mut v = vec![0i64; count];
-            // SAFETY: as above, for i64.
-            let bytes = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), count * 8) };
-            fill(bytes, already, &mut file).map_err(|e| err(Problem::Io(e)))?;
-            v.iter_mut().for_each(|x| *x = i64::from_le(*x));
-            Values::Ids(v)
-        }
+        Kind::F32 => Values::F32(read_values(count, already, &mut file).map_err(|e| err(Problem::Io(e)))?),
+        Kind::I64 => Values::Ids(read_values(count, already, &mut file).map_err(|e| err(Problem::Io(e)))?),
     };
     Ok(Tensor { shape: header.shape, values })
 }
 
-/// The data bytes into `out`: those read with the header, then the rest of the file (a file cut
-/// short since its length was read is an error here, not a short tensor).
-fn fill(out: &mut [u8], already: &[u8], file: &mut File) -> std::io::Result<()> {
-    out[..already.len()].copy_from_slice(already);
-    file.read_exact(&mut out[already.len()..])
+/// The element types a dump holds (private, so only these two: see [`read_values`]).
+trait Element: Copy + Default {
+    /// The value whose little-endian bytes `self` holds.
+    fn from_le(self) -> Self;
+}
+
+impl Element for f32 {
+    fn from_le(self) -> f32 {
+        f32::from_bits(u32::from_le(self.to_bits()))
+    }
+}
+
+impl Element for i64 {
+    fn from_le(self) -> i64 {
+        i64::from_le(self)
+    }
+}
+
+/// `count` values read straight into their vector: the data bytes read with the header, then the
+/// rest of the file (a file cut short since its length was read is an error, not a short tensor).
+fn read_values<T: Element>(count: usize, already: &[u8], file: &mut File) -> std::io::Result<Vec<T>> {
+    let mut v = vec![T::default(); count];
+    // SAFETY: T is f32 or i64, whose every bit pattern is a valid value, and bytes have no
+    // alignment to respect.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), count * std::mem::size_of::<T>()) };
+    bytes[..already.len()].copy_from_slice(already);
+    file.read_exact(&mut bytes[already.len()..])?;
+    if cfg!(target_endian = "big") {
+        v.iter_mut().for_each(|x| *x = x.from_le());
+    }
+    Ok(v)
 }
 
 /// Parses a whole .npy image held in memory (its values are copied out).
@@ -272,6 +282,13 @@ pub fn encode(tensor: &Tensor) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// A fresh folder for one test's files (the test removes it when it passes).
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("parity-npy-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     /// A .npy image with the given version and header text, then `data`.
     fn image(major: u8, header: &str, data: &[u8]) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
@@ -389,8 +406,7 @@ mod tests {
 
     #[test]
     fn a_file_reads_the_same_values_as_its_image_whatever_the_padding() {
-        let dir = std::env::temp_dir().join(format!("parity-npy-pad-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("pad");
         let values = vec![1.5f32, -0.0, f32::MIN_POSITIVE, 3e38, f32::NAN, -7.25];
         // Headers padded so the data starts at every offset modulo 8, and a version 2 header.
         for pad in 0..8 {
@@ -419,8 +435,7 @@ mod tests {
 
     #[test]
     fn a_file_with_less_data_than_its_header_says_is_refused_on_read() {
-        let dir = std::env::temp_dir().join(format!("parity-npy-short-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("short");
         let path = dir.join("short.npy");
         let mut bytes = encode(&Tensor::f32(vec![4], vec![1.0; 4]));
         bytes.truncate(bytes.len() - 1);
@@ -432,8 +447,7 @@ mod tests {
 
     #[test]
     fn reading_a_file_names_it_in_the_error() {
-        let dir = std::env::temp_dir().join(format!("parity-npy-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("read");
         let good = dir.join("good.npy");
         write(&good, &Tensor::f32(vec![2], vec![1.0, 2.0])).unwrap();
         assert_eq!(read(&good).unwrap(), Tensor::f32(vec![2], vec![1.0, 2.0]));
