@@ -64,7 +64,6 @@ impl std::ops::AddAssign for Timings {
 pub struct CaseRun {
     pub case: Case,
     pub model_path: PathBuf,
-    pub model_sha256: String,
     pub timings: Timings,
     pub engine: BTreeMap<String, Tensor>,
     /// Each reference's dump, or why it could not be had.
@@ -180,7 +179,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     let in_engine = gap_time.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     timings.engine += in_engine;
     timings.compare += t.elapsed().saturating_sub(in_engine);
-    Ok(CaseRun { case, model_path, model_sha256: sha.to_string(), timings, engine: trace.tensors, dumps, results })
+    Ok(CaseRun { case, model_path, timings, engine: trace.tensors, dumps, results })
 }
 
 /// One reference's dump of one case: read from the dumps folder, or produced now. Either way it
