@@ -123,78 +123,123 @@ impl Sums {
 #[inline(always)]
 fn sums(reference: &[f32], engine: &[f32], floor: Option<f64>) -> Sums {
     let n = reference.len();
-    let ref_energy = energy(reference);
+    let (ref_energy, peak) = energy_and_peak(reference);
     let floor = floor.unwrap_or_else(|| ((ref_energy / n.max(1) as f64).sqrt() * MAX_REL_FLOOR_OF_RMS).max(f32::MIN_POSITIVE as f64));
     // Eight independent lanes per sum, so the f64 adds are not one serial chain and the compiler
-    // can use vector registers; lanes are combined at the end. The divisions of max_rel are
-    // independent of the sums and overlap them.
-    let mut lanes = [[0.0f64; LANES]; 7];
-    let mut nan = [false; LANES];
-    let (rc, ec) = (reference.chunks_exact(LANES), engine.chunks_exact(LANES));
-    let tail = rc.remainder().iter().zip(ec.remainder());
-    for (r, e) in rc.zip(ec) {
-        for i in 0..LANES {
-            accumulate(&mut lanes, &mut nan, i, r[i], e[i], floor);
+    // can use vector registers; lanes are combined at the end.
+    let mut lanes = [[0.0f64; LANES]; 5];
+    // max_rel without a division per element: a block is divided out only when some error in it
+    // exceeds the maximum so far times its denominator. `bar` is that maximum lowered by 2^-45 of
+    // itself, more than the product's rounding can move, so no element whose quotient would raise
+    // the maximum is skipped and the result has the bits of dividing everywhere. On real tensors
+    // the maximum settles within a few blocks and divisions become rare.
+    let (mut max_rel, mut bar) = (0.0f64, 0.0f64);
+    for (r, e) in reference.chunks(BLOCK).zip(engine.chunks(BLOCK)) {
+        if accumulate_block(&mut lanes, r, e, floor, bar) {
+            max_rel = r.iter().zip(e).fold(max_rel, |m, (&r, &e)| m.max(relative_error(r, e, floor)));
+            bar = max_rel * (1.0 - f64::EPSILON * 128.0);
         }
-    }
-    for (&r, &e) in tail {
-        accumulate(&mut lanes, &mut nan, 0, r, e, floor);
     }
     let max = |l: &[f64; LANES]| l.iter().fold(0.0f64, |a, &b| a.max(b));
     let sum = |l: &[f64; LANES]| l.iter().sum::<f64>();
-    let [max_abs, peak, max_rel, abs_err, err_energy, engine_energy, dot] = &lanes;
-    let err_energy = sum(err_energy);
-    // A comparison with NaN is false, so the lane maxima skip NaN; the energies cannot (NaN
+    let [max_abs, abs_err, err_energy, engine_energy, dot] = &lanes;
+    let (err_energy, engine_energy) = (sum(err_energy), sum(engine_energy));
+    // A comparison with NaN is false, so the maxima skip NaN; the energies cannot (NaN
     // propagates through +, and squares are never -inf): any NaN error or reference value
-    // makes its maximum NaN here.
+    // makes its maximum NaN here. A non-finite input can also hide from the bar (NaN compares
+    // false), so max_rel is then measured again, dividing every element.
+    let finite = ref_energy.is_finite() && engine_energy.is_finite();
     Sums {
         n,
-        max_rel: if nan.contains(&true) { f64::NAN } else { max(max_rel) },
+        max_rel: if finite { max_rel } else { max_rel_dividing(reference, engine, floor) },
         max_abs: if err_energy.is_nan() { f64::NAN } else { max(max_abs) },
-        peak: if ref_energy.is_nan() { f64::NAN } else { max(peak) },
+        peak: if ref_energy.is_nan() { f64::NAN } else { peak as f64 },
         abs_err: sum(abs_err),
         err_energy,
         ref_energy,
-        engine_energy: sum(engine_energy),
+        engine_energy,
         dot: sum(dot),
     }
 }
 
-/// `sum x^2` in the lanes and order [`sums`] would use.
+/// `sum x^2` (in the lanes and order [`sums`] always used) and the largest `|x|` (skipping NaN),
+/// the reference's pre-pass.
 #[inline(always)]
-fn energy(values: &[f32]) -> f64 {
+fn energy_and_peak(values: &[f32]) -> (f64, f32) {
     let mut lanes = [0.0f64; LANES];
+    let mut peak = [0.0f32; LANES];
     let chunks = values.chunks_exact(LANES);
     let tail = chunks.remainder();
     for c in chunks {
         for i in 0..LANES {
             lanes[i] += c[i] as f64 * c[i] as f64;
+            peak[i] = if c[i].abs() > peak[i] { c[i].abs() } else { peak[i] };
         }
     }
     for &x in tail {
         lanes[0] += x as f64 * x as f64;
+        peak[0] = if x.abs() > peak[0] { x.abs() } else { peak[0] };
     }
-    lanes.iter().sum()
+    (lanes.iter().sum(), peak.iter().fold(0.0f32, |a, &b| a.max(b)))
 }
 
-/// One element into lane `i` of the accumulators (max |err|, max |r|, max_rel, sum |err|, sum
-/// err^2, sum e^2, sum r e). A comparison with NaN is false, so the maxima skip NaN here and
-/// [`sums`] restores it from the energies (and for max_rel from `nan`, which also catches an
-/// infinite reference: its ratio is inf/inf or NaN/inf).
+/// Elements per check of max_rel's bar in [`sums`] (a multiple of [`LANES`], so every element
+/// lands in the same lane as without blocks).
+const BLOCK: usize = 8 * LANES;
+
+/// A block into the accumulators (max |err|, sum |err|, sum err^2, sum e^2, sum r e), element
+/// `j` of a chunk into lane `j`, a tail shorter than a chunk into lane 0. Returns whether some
+/// `|err|` exceeds `bar` times its max_rel denominator. A comparison with NaN is false, so the
+/// maximum (and the bar) skip NaN here and [`sums`] restores it from the energies.
 #[inline(always)]
-fn accumulate(lanes: &mut [[f64; LANES]; 7], nan: &mut [bool; LANES], i: usize, r: f32, e: f32, floor: f64) {
+fn accumulate_block(lanes: &mut [[f64; LANES]; 5], reference: &[f32], engine: &[f32], floor: f64, bar: f64) -> bool {
+    // err - bar * den is positive exactly when err > bar * den (with gradual underflow a
+    // difference is zero only between equals), so a running maximum of it is the test.
+    let mut excess = [0.0f64; LANES];
+    let mut one = |i: usize, r: f32, e: f32| {
+        let (r, e) = (r as f64, e as f64);
+        let err = (e - r).abs();
+        let [max_abs, abs_err, err_energy, engine_energy, dot] = &mut *lanes;
+        max_abs[i] = if err > max_abs[i] { err } else { max_abs[i] };
+        abs_err[i] += err;
+        err_energy[i] += err * err;
+        engine_energy[i] += e * e;
+        dot[i] += r * e;
+        let den = if r.abs() > floor { r.abs() } else { floor };
+        let over = err - bar * den;
+        excess[i] = if over > excess[i] { over } else { excess[i] };
+    };
+    let (rc, ec) = (reference.chunks_exact(LANES), engine.chunks_exact(LANES));
+    let tail = rc.remainder().iter().zip(ec.remainder());
+    for (r, e) in rc.zip(ec) {
+        for i in 0..LANES {
+            one(i, r[i], e[i]);
+        }
+    }
+    for (&r, &e) in tail {
+        one(0, r, e);
+    }
+    excess.iter().any(|&x| x > 0.0)
+}
+
+#[inline(always)]
+fn relative_error(r: f32, e: f32, floor: f64) -> f64 {
     let (r, e) = (r as f64, e as f64);
-    let err = e - r;
-    let [max_abs, peak, max_rel, abs_err, err_energy, engine_energy, dot] = lanes;
-    let rel = err.abs() / r.abs().max(floor);
-    nan[i] |= rel.is_nan();
-    max_abs[i] = if err.abs() > max_abs[i] { err.abs() } else { max_abs[i] };
-    peak[i] = if r.abs() > peak[i] { r.abs() } else { peak[i] };
-    max_rel[i] = if rel > max_rel[i] { rel } else { max_rel[i] };
-    abs_err[i] += err.abs();
-    err_energy[i] += err * err;
-    engine_energy[i] += e * e;
-    dot[i] += r * e;
+    (e - r).abs() / r.abs().max(floor)
+}
+
+/// max_rel by dividing every element; NaN if any quotient is (a NaN input, or an infinite
+/// reference value: inf/inf).
+fn max_rel_dividing(reference: &[f32], engine: &[f32], floor: f64) -> f64 {
+    let mut max = 0.0f64;
+    for (&r, &e) in reference.iter().zip(engine) {
+        let rel = relative_error(r, e, floor);
+        if rel.is_nan() {
+            return f64::NAN;
+        }
+        max = max.max(rel);
+    }
+    max
 }
 
 /// Largest `|error| / max(|reference|, floor)`: the floor keeps near-zero reference values from
@@ -379,6 +424,24 @@ mod tests {
             let (fast, portable) = (Sums::of(&r, &e), sums(&r, &e, None));
             let bits = |s: &Sums| [s.max_rel, s.max_abs, s.peak, s.abs_err, s.err_energy, s.ref_energy, s.engine_energy, s.dot].map(f64::to_bits);
             assert_eq!(bits(&fast), bits(&portable), "sums of {n}");
+        }
+    }
+
+    #[test]
+    fn max_rel_without_divisions_has_the_bits_of_dividing_every_element() {
+        // Ratios that rise through the tensor (the bar is passed block after block), fall, beat
+        // an early maximum by two f32 ulps many blocks later, or hide among near-zero references.
+        let n = 1000;
+        let rising: Vec<(f32, f32)> = (0..n).map(|i| (1.0, 1.0 + i as f32 * 1e-4)).collect();
+        let falling: Vec<(f32, f32)> = (0..n).map(|i| (1.0, 1.0 + (n - i) as f32 * 1e-4)).collect();
+        let hair_above = |e: f32| f32::from_bits(e.to_bits() + 2);
+        let late: Vec<(f32, f32)> = (0..n).map(|i| (3.0, [4.5, hair_above(4.5), 3.001][match i { 3 => 0, 700 => 1, _ => 2 }])).collect();
+        let tiny: Vec<(f32, f32)> = (0..n).map(|i| if i % 97 == 0 { (1e-30, 2e-7) } else { (100.0 + i as f32, 100.0 + i as f32 + 0.01) }).collect();
+        for (name, pairs) in [("rising", rising), ("falling", falling), ("late", late), ("tiny", tiny)] {
+            let (r, e): (Vec<f32>, Vec<f32>) = pairs.into_iter().unzip();
+            let floor = ((energy_and_peak(&r).0 / n as f64).sqrt() * MAX_REL_FLOOR_OF_RMS).max(f32::MIN_POSITIVE as f64);
+            assert_eq!(Sums::of(&r, &e).max_rel.to_bits(), max_rel_dividing(&r, &e, floor).to_bits(), "{name}");
+            assert_eq!(sums(&r, &e, None).max_rel.to_bits(), max_rel_dividing(&r, &e, floor).to_bits(), "{name}, portable");
         }
     }
 
