@@ -35,13 +35,40 @@ pub fn compare_case(
 ) -> Vec<CheckResult> {
     use rayon::prelude::*;
     // Entries are independent (each reads its own tensor file); the order of `entries` is kept.
-    entries
+    entries.par_iter().map(|entry| compare_entry(engine, dump, entry, spec, class, near_tie)).collect()
+}
+
+/// One entry of [`compare_case`]: the dump's tensor read, then [`check`]ed.
+fn compare_entry(engine: &BTreeMap<String, Tensor>, dump: &Dump, entry: &Entry, spec: &Spec, class: &str, near_tie: &dyn Fn(usize) -> Option<f64>) -> CheckResult {
+    match dump.get(&entry.key) {
+        Ok(reference) => check(entry, engine.get(&entry.key), &reference, spec, class, near_tie),
+        Err(e) => result(entry, Status::Missing, Some(format!("reference tensor unreadable: {e}")), BTreeMap::new(), vec![]),
+    }
+}
+
+/// [`compare_case`] against several references at once (each with its tolerance class), without
+/// near-tie gaps: every (reference, entry) pair on the pool, the largest engine tensors first, so
+/// what is left when a core runs out of work is small and no core waits on one large tensor at
+/// the end. Results per reference, in the order of `entries`.
+pub fn compare_all(engine: &BTreeMap<String, Tensor>, dumps: &[(&Dump, &str)], entries: &[Entry], spec: &Spec) -> Vec<Vec<CheckResult>> {
+    use rayon::prelude::*;
+    let sizes: Vec<usize> = entries.iter().map(|e| engine.get(&e.key).map_or(0, Tensor::len)).collect();
+    let mut jobs: Vec<(usize, usize)> = (0..dumps.len()).flat_map(|d| (0..entries.len()).map(move |i| (d, i))).collect();
+    jobs.sort_by_key(|&(_, i)| std::cmp::Reverse(sizes[i]));
+    let mut checks: Vec<((usize, usize), CheckResult)> = jobs
         .par_iter()
-        .map(|entry| match dump.get(&entry.key) {
-            Ok(reference) => check(entry, engine.get(&entry.key), &reference, spec, class, near_tie),
-            Err(e) => result(entry, Status::Missing, Some(format!("reference tensor unreadable: {e}")), BTreeMap::new(), vec![]),
+        .with_max_len(1)
+        .map(|&(d, i)| {
+            let (dump, class) = dumps[d];
+            ((d, i), compare_entry(engine, dump, &entries[i], spec, class, &|_| None))
         })
-        .collect()
+        .collect();
+    checks.sort_by_key(|(at, _)| *at);
+    let mut per_dump: Vec<Vec<CheckResult>> = (0..dumps.len()).map(|_| Vec::with_capacity(entries.len())).collect();
+    for ((d, _), check) in checks {
+        per_dump[d].push(check);
+    }
+    per_dump
 }
 
 /// One entry: the engine's tensor (if it produced one) against what the reference dump holds.
@@ -324,6 +351,37 @@ mod tests {
 
     fn t(shape: &[usize], v: &[f32]) -> Tensor {
         Tensor::f32(shape.to_vec(), v.to_vec())
+    }
+
+    #[test]
+    fn all_references_at_once_give_each_reference_its_own_checks_in_entry_order() {
+        // Two dumps whose tensors differ in size (so the largest-first schedule reorders the
+        // work), one with a tensor missing and one judged in another class.
+        let dir = std::env::temp_dir().join(format!("parity-compare-all-{}", std::process::id()));
+        let keys = ["blk.0.attn_norm", "blk.0.attn_out", "blk.0.ffn_out", "logits"];
+        let sizes = [3, 40, 7, 100];
+        let engine: BTreeMap<String, Tensor> = keys.iter().zip(sizes).map(|(k, n)| (k.to_string(), t(&[n], &(0..n).map(|i| i as f32).collect::<Vec<_>>()))).collect();
+        let mut dumps = Vec::new();
+        for (name, skew, skip) in [("a", 1e-6f32, None), ("b", 1e-2, Some("blk.0.ffn_out"))] {
+            let at = dir.join(name);
+            std::fs::create_dir_all(&at).unwrap();
+            let mut manifest = format!("reference = {name:?}\nversion = \"1\"\narch = \"llama\"\nn_layers = 1\nmodel = \"m\"\nmodel_sha256 = \"00\"\nprompt = \"p\"\ntoken_ids = [1]\ndtype = \"float32\"\nthreads = 1\nn_generate = 1\ntemperature = 1.0\nwall_time_s = 0.1\ncommand = \"test\"\n");
+            for (key, tensor) in engine.iter().filter(|(k, _)| Some(k.as_str()) != skip) {
+                let Values::F32(v) = &tensor.values else { unreachable!() };
+                crate::npy::write(&at.join(format!("{key}.npy")), &t(&tensor.shape, &v.iter().map(|x| x * (1.0 + skew)).collect::<Vec<_>>())).unwrap();
+                manifest.push_str(&format!("[tensors.{key:?}]\nfile = \"{key}.npy\"\n"));
+            }
+            std::fs::write(at.join("manifest.toml"), manifest).unwrap();
+            dumps.push(Dump::open(&at).unwrap());
+        }
+        let entries: Vec<Entry> = keys.iter().map(|k| entry(k)).collect();
+        let classes = ["f32", "quantized"];
+        let all = compare_all(&engine, &[(&dumps[0], classes[0]), (&dumps[1], classes[1])], &entries, &spec());
+        for (d, dump) in dumps.iter().enumerate() {
+            assert_eq!(all[d], compare_case(&engine, dump, &entries, &spec(), classes[d], &no_gap), "reference {d}");
+        }
+        assert_eq!(all[1][2].status, Status::Missing);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -12,7 +12,6 @@ use crate::suite::{resolve, Case, Suite};
 use std::time::{Duration, Instant};
 use crate::tensor::{Tensor, Values};
 use anyhow::{Context, Result};
-use rayon::prelude::*;
 use engine::Model;
 use reports::results::{CaseResult, RunResults};
 use std::collections::BTreeMap;
@@ -151,12 +150,9 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
             compare::compare_case(engine, dump, &token_entries, ctx.spec, class(reference), &gap)
         })
         .collect();
-    // Every other checkpoint, all references at once, so one reference's largest tensor does not
-    // leave the other cores idle.
-    let tensor_checks: Vec<_> = readable
-        .par_iter()
-        .map(|&(reference, dump)| compare::compare_case(engine, dump, &tensor_entries, ctx.spec, class(reference), &|_| None))
-        .collect();
+    // Every other checkpoint, all references at once.
+    let with_class: Vec<(&Dump, &str)> = readable.iter().map(|&(reference, dump)| (dump, class(reference))).collect();
+    let tensor_checks = compare::compare_all(engine, &with_class, &tensor_entries, ctx.spec);
     // Results keep the order of `case.refs`, checks the catalog's.
     let order: BTreeMap<&str, usize> = entries.iter().enumerate().map(|(i, e)| (e.key.as_str(), i)).collect();
     let results: Vec<CaseResult> = readable
