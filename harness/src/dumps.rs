@@ -115,8 +115,8 @@ impl Dump {
             (None, Some(reason)) => Ok(Lookup::Unavailable(reason.clone())),
             (None, None) => Err(problem("has neither a file nor an unavailable reason".into())),
             (Some(file), None) => {
-                let (opened, path) = self.open_tensor(key, file)?;
-                let tensor = npy::read_from(opened, &path)?;
+                let (opened, len, path) = self.open_tensor(key, file)?;
+                let tensor = npy::read_from(opened, len, &path)?;
                 if let Some(shape) = &record.shape {
                     if *shape != tensor.shape {
                         return Err(problem(format!("manifest says shape {shape:?}, {file} holds {:?}", tensor.shape)));
@@ -132,8 +132,9 @@ impl Dump {
         }
     }
 
-    /// Opens a manifest `file`, if it is a plain regular file inside the dump folder.
-    fn open_tensor(&self, key: &str, file: &str) -> Result<(std::fs::File, PathBuf), DumpError> {
+    /// Opens a manifest `file`, if it is a plain regular file inside the dump folder, with its
+    /// length (from the same fstat).
+    fn open_tensor(&self, key: &str, file: &str) -> Result<(std::fs::File, u64, PathBuf), DumpError> {
         let problem = |why: &str| DumpError::Entry { dir: self.dir.clone(), key: key.to_string(), problem: format!("file {file:?} refused: {why}") };
         if file.is_empty() || file == "." || file == ".." || file.contains(['/', '\\', '\0']) || file.contains("..") || Path::new(file).is_absolute() {
             return Err(problem("must be a plain file name inside the dump folder"));
@@ -158,7 +159,7 @@ impl Dump {
         if !meta.is_file() {
             return Err(problem("is not a regular file"));
         }
-        Ok((opened, path))
+        Ok((opened, meta.len(), path))
     }
 }
 

@@ -53,14 +53,15 @@ pub enum Problem {
 /// then the data straight into the tensor's values (one copy out of the page cache; a memory map
 /// was slower here, its page faults and unmaps costing more than the copy on 3,600 tensors a run).
 pub fn read(path: &Path) -> Result<Tensor, NpyError> {
-    let file = File::open(path).map_err(|e| NpyError { path: path.to_path_buf(), problem: Problem::Io(e) })?;
-    read_from(file, path)
+    let io = |e| NpyError { path: path.to_path_buf(), problem: Problem::Io(e) };
+    let file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    read_from(file, len, path)
 }
 
-/// [`read`] of a file the caller opened (`path` names it in errors).
-pub fn read_from(mut file: File, path: &Path) -> Result<Tensor, NpyError> {
+/// [`read`] of a file the caller opened and measured (`len` bytes; `path` names it in errors).
+pub fn read_from(mut file: File, len: u64, path: &Path) -> Result<Tensor, NpyError> {
     let err = |problem: Problem| NpyError { path: path.to_path_buf(), problem };
-    let len = file.metadata().map_err(|e| err(Problem::Io(e)))?.len();
     // A length past usize fails the data length check below.
     let len = usize::try_from(len).unwrap_or(usize::MAX);
     // Headers are 128 bytes as numpy writes them: read a little first, and up to the most a
