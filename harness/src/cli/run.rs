@@ -32,8 +32,8 @@ pub struct RunArgs {
     pub keep_failed: usize,
 }
 
-pub fn run(args: RunArgs, root: &Path) -> Result<i32> {
-    let started = std::time::Instant::now();
+/// `started`: when the process started, the timing line's zero.
+pub fn run(args: RunArgs, root: &Path, started: std::time::Instant) -> Result<i32> {
     let provenance = Provenance::now(&command_line(), &git_commit(root));
     let live_out = std::env::temp_dir().join(format!("parity-live-{}-{}", provenance.run_id, std::process::id()));
     let loaded = args.selection.load(root, &live_out)?;
