@@ -3,7 +3,7 @@
 //! last pass before it.
 
 use crate::pipeline::CaseRun;
-use reports::results::{CheckResult, Status};
+use reports::results::{CheckResult, RunResults, Status};
 
 /// The first failing and the last passing check of one case against one reference.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,12 +15,13 @@ pub struct Bisection {
     pub last_pass: Option<CheckResult>,
 }
 
-/// Bisects every case of `runs` against `reference` (or each case's first reference).
-pub fn bisect(runs: &[CaseRun], reference: Option<&str>) -> Vec<Bisection> {
+/// Bisects every case of `runs` (whose checks are in `results`) against `reference` (or each
+/// case's first reference).
+pub fn bisect(runs: &[CaseRun], results: &RunResults, reference: Option<&str>) -> Vec<Bisection> {
     let mut out = Vec::new();
     for run in runs {
         let wanted = reference.unwrap_or_else(|| run.case.refs.first().map_or("", String::as_str));
-        for case in run.results.iter().filter(|c| c.reference == wanted) {
+        for case in results.cases[run.results.clone()].iter().filter(|c| c.reference == wanted) {
             let (mut first_failure, mut last_pass) = (None, None);
             // `checks` are in catalog forward order (compare keeps `entries` order).
             for check in &case.checks {

@@ -67,7 +67,8 @@ pub struct CaseRun {
     pub engine: BTreeMap<String, Tensor>,
     /// Each reference's dump, or why it could not be had.
     pub dumps: Vec<(String, std::result::Result<Dump, String>)>,
-    pub results: Vec<CaseResult>,
+    /// This case's results: their place in [`RunResults::cases`].
+    pub results: std::ops::Range<usize>,
 }
 
 /// Runs every case; a reference that cannot run is recorded in `reference_errors`, not fatal.
@@ -98,9 +99,8 @@ pub fn run(ctx: &Setup, cases: Vec<Case>, run_id: &str) -> Result<(RunResults, V
             loaded = Some((case.model.id.clone(), model, sha));
         }
         let (_, model, sha) = loaded.as_ref().expect("loaded just above");
-        let mut run = run_case(ctx, case, model_path, model, sha, &mut results.reference_errors)?;
+        let mut run = run_case(ctx, case, model_path, model, sha, &mut results)?;
         run.timings += timings;
-        results.cases.extend(run.results.iter().cloned());
         runs.push(run);
     }
     // Unloading the last model (unmapping its file, freeing its tokenizer: 15 ms for SmolLM2) is
@@ -113,7 +113,8 @@ pub fn run(ctx: &Setup, cases: Vec<Case>, run_id: &str) -> Result<(RunResults, V
     Ok((results, runs))
 }
 
-fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &str, errors: &mut BTreeMap<String, String>) -> Result<CaseRun> {
+/// One case, its results appended to `results`.
+fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &str, results: &mut RunResults) -> Result<CaseRun> {
     let mut timings = Timings::default();
     let t = Instant::now();
     let trace = engine_run::trace(model, &case.prompt.text, ctx.suite.n_generate, ctx.suite.temperature)
@@ -128,7 +129,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
         let dump = fetch_dump(ctx, &case, reference).map_err(|e| format!("{e:#}"));
         timings.references += t.elapsed();
         if let Err(e) = &dump {
-            errors.insert(format!("{}/{}/{}", case.model.id, case.prompt.id, reference), e.clone());
+            results.reference_errors.insert(format!("{}/{}/{}", case.model.id, case.prompt.id, reference), e.clone());
         }
         dumps.push((reference.clone(), dump));
     }
@@ -163,27 +164,24 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     let tensor_checks = compare::compare_all(engine, &with_class, &tensor_entries, ctx.spec);
     // Results keep the order of `case.refs`, checks the catalog's.
     let order: BTreeMap<&str, usize> = entries.iter().enumerate().map(|(i, e)| (e.key.as_str(), i)).collect();
-    let results: Vec<CaseResult> = readable
-        .iter()
-        .zip(token_checks.into_iter().zip(tensor_checks))
-        .map(|(&(reference, dump), (mut checks, tensors))| {
-            checks.extend(tensors);
-            checks.sort_by_key(|c| order.get(c.key.as_str()).copied());
-            CaseResult {
-                model: case.model.id.clone(),
-                model_sha256: sha.to_string(),
-                prompt: case.prompt.id.clone(),
-                reference: reference.clone(),
-                reference_version: dump.manifest.version.clone(),
-                dtype: case.model.class.clone(),
-                checks,
-            }
-        })
-        .collect();
+    let first = results.cases.len();
+    for (&(reference, dump), (mut checks, tensors)) in readable.iter().zip(token_checks.into_iter().zip(tensor_checks)) {
+        checks.extend(tensors);
+        checks.sort_by_key(|c| order.get(c.key.as_str()).copied());
+        results.cases.push(CaseResult {
+            model: case.model.id.clone(),
+            model_sha256: sha.to_string(),
+            prompt: case.prompt.id.clone(),
+            reference: reference.clone(),
+            reference_version: dump.manifest.version.clone(),
+            dtype: case.model.class.clone(),
+            checks,
+        });
+    }
     let in_engine = gap_time.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     timings.engine += in_engine;
     timings.compare += t.elapsed().saturating_sub(in_engine);
-    Ok(CaseRun { case, model_path, timings, engine: trace.tensors, dumps, results })
+    Ok(CaseRun { case, model_path, timings, engine: trace.tensors, dumps, results: first..results.cases.len() })
 }
 
 /// One reference's dump of one case: read from the dumps folder, or produced now. Either way it

@@ -34,8 +34,8 @@ fn first_failure(model_id: &str, fault: Option<Fault>) -> (Option<String>, Optio
     for case in &mut cases {
         case.refs = vec!["pytorch".into()];
     }
-    let (_, runs) = pipeline::run(&setup, cases, "planted").unwrap();
-    let found = bisect(&runs, Some("pytorch"));
+    let (results, runs) = pipeline::run(&setup, cases, "planted").unwrap();
+    let found = bisect(&runs, &results, Some("pytorch"));
     assert_eq!(found.len(), 1);
     let b = &found[0];
     (b.first_failure.as_ref().map(|c| c.key.clone()), b.last_pass.as_ref().map(|c| c.key.clone()))

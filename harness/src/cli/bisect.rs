@@ -25,7 +25,7 @@ pub fn run(args: BisectArgs, root: &Path) -> Result<i32> {
     for (what, err) in &results.reference_errors {
         eprintln!("reference error: {what}: {err}");
     }
-    let found = bisect(&runs, args.reference.as_deref());
+    let found = bisect(&runs, &results, args.reference.as_deref());
     if found.is_empty() {
         bail!("nothing to bisect: no case has the reference {:?}", args.reference.unwrap_or_default());
     }
