@@ -60,11 +60,9 @@ pub fn run(args: MergeArgs, root: &Path) -> Result<i32> {
     for path in &inputs {
         b.add_input("shard results", path)?;
     }
-    b.write_text("results.json", &serde_json::to_string_pretty(&results)?)?;
-    b.write_text("summary.json", &reports::json::render(&results))?;
-    b.write_text("report.md", &reports::markdown::render(&results))?;
-    b.write_text("report.html", &reports::html::render(&results))?;
-    b.write_text("junit.xml", &reports::junit::render(&results))?;
+    for (name, render) in super::run::RENDERS {
+        b.write_text(name, &render(&results).with_context(|| format!("rendering {name}"))?)?;
+    }
     let dir = b.finish(RunInfo { replay: std::env::args().collect::<Vec<_>>().join(" "), ..RunInfo::default() })?;
     let verdict = Verdict::of(&results);
     println!("{}: {} cases merged from {} bundles into {}", verdict.label(), results.cases.len(), args.bundles.len(), dir.display());
