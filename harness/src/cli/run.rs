@@ -129,10 +129,9 @@ pub const RENDERS: [(&str, Render); 5] = [
 
 fn write_bundle(bundle: &mut Bundle, loaded: &Loaded, results: &RunResults, runs: &[CaseRun], keep_failed: usize) -> Result<()> {
     // The five renderings are independent: made on the pool, written in a fixed order.
-    let renders = RENDERS;
     // Rendering does not wait for the inputs' hashes (mostly file lookups): both at once.
     let (rendered, inputs) = rayon::join(
-        || renders.par_iter().map(|(name, render)| (*name, render(results))).collect::<Vec<_>>(),
+        || RENDERS.par_iter().map(|(name, render)| (*name, render(results))).collect::<Vec<_>>(),
         || add_inputs(bundle, loaded, results, runs, keep_failed),
     );
     inputs?;
