@@ -90,7 +90,7 @@ pub fn read_from(mut file: File, len: u64, path: &Path) -> Result<Tensor, NpyErr
 }
 
 /// The element types a dump holds (private, so only these two: see [`read_values`]).
-trait Element: Copy + Default {
+trait Element: Copy {
     /// The value whose little-endian bytes `self` holds.
     fn from_le(self) -> Self;
 }
