@@ -118,7 +118,7 @@ fn read_values<T: Element>(count: usize, already: &[u8], file: &mut File) -> std
     assert!(already.len() <= total, "more data bytes read with the header than the data holds");
     // SAFETY: within the `total` bytes allocated (just above).
     unsafe { std::ptr::copy_nonoverlapping(already.as_ptr(), dst, already.len()) };
-    // SAFETY: as above, `dst + filled` has `total - filled` writable bytes.
+    // SAFETY: as above, `dst + already.len()` has `total - already.len()` writable bytes.
     unsafe { read_into(file, dst.add(already.len()), total - already.len())? };
     // SAFETY: all `total` bytes were written; T is f32 or i64, whose every bit pattern is a value.
     unsafe { v.set_len(count) };
@@ -129,7 +129,7 @@ fn read_values<T: Element>(count: usize, already: &[u8], file: &mut File) -> std
 }
 
 /// Fills `len` bytes at `dst` from the file, straight into memory that was never zeroed (zeroing
-/// 400 MB of tensors a run only to overwrite them cost a tenth of the comparison).
+/// 400 MB of tensors a run only to overwrite them cost about a twentieth of the comparison).
 ///
 /// # Safety
 /// `dst` must be valid for `len` bytes of writes.
