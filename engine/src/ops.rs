@@ -59,10 +59,13 @@ pub fn mul_in_place(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// GELU in GPT-2's tanh form: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+/// GELU in GPT-2's tanh form: `0.5 x (1 + tanh(u))` with `u = sqrt(2/pi) (x + 0.044715 x^3)`,
+/// computed as `x / (1 + exp(-2u))` (the same function: `(1 + tanh u) / 2 = 1 / (1 + e^-2u)`).
+/// libm's `tanhf` was 25 ns a value here and 11% of a GPT-2 prefill; `expf` is 3.5 ns, and
+/// where `tanh u` is near -1 this form also avoids cancelling `1 + tanh u`.
 pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+    x / (1.0 + (-2.0 * SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).exp())
 }
 
 /// SiLU (swish): `x * sigmoid(x)`.
@@ -204,6 +207,16 @@ mod tests {
         assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-6);
         assert!((gelu_tanh(-2.0) - (-0.045_402_3)).abs() < 1e-6);
         assert_eq!(gelu_tanh(0.0), 0.0);
+        // The tanh formula itself in f64, across GPT-2's range of pre-activations and past it.
+        for i in -2000..=2000 {
+            let x = i as f32 / 100.0;
+            let u = (2.0 / std::f64::consts::PI).sqrt() * (x as f64 + 0.044715 * (x as f64).powi(3));
+            let exact = 0.5 * x as f64 * (1.0 + u.tanh());
+            let got = gelu_tanh(x) as f64;
+            assert!((got - exact).abs() <= 2e-6 * exact.abs().max(1e-3), "gelu({x}) = {got}, tanh formula in f64 {exact}");
+        }
+        assert_eq!(gelu_tanh(-1e30), 0.0);
+        assert_eq!(gelu_tanh(1e30), 1e30);
     }
 
     #[test]
