@@ -205,8 +205,7 @@ fn accumulate_block(lanes: &mut [[f64; LANES]; 5], reference: &[f32], engine: &[
         err_energy[i] += err * err;
         engine_energy[i] += e * e;
         dot[i] += r * e;
-        let den = if r.abs() > floor { r.abs() } else { floor };
-        let over = err - bar * den;
+        let over = err - bar * denominator(r, floor);
         excess[i] = if over > excess[i] { over } else { excess[i] };
     };
     let (rc, ec) = (reference.chunks_exact(LANES), engine.chunks_exact(LANES));
@@ -225,7 +224,18 @@ fn accumulate_block(lanes: &mut [[f64; LANES]; 5], reference: &[f32], engine: &[
 #[inline(always)]
 fn relative_error(r: f32, e: f32, floor: f64) -> f64 {
     let (r, e) = (r as f64, e as f64);
-    (e - r).abs() / r.abs().max(floor)
+    (e - r).abs() / denominator(r, floor)
+}
+
+/// max_rel's denominator, `max(|r|, floor)`: one definition for the bar's test and the division,
+/// whose agreement the bar's exactness rests on.
+#[inline(always)]
+fn denominator(r: f64, floor: f64) -> f64 {
+    if r.abs() > floor {
+        r.abs()
+    } else {
+        floor
+    }
 }
 
 /// max_rel by dividing every element; NaN if any quotient is (a NaN input, or an infinite
