@@ -85,6 +85,16 @@ pub struct Heads {
     pub head_dim: usize,
     /// Multiplies the scores before the softmax: 1/sqrt(head_dim).
     pub scale: f32,
+    pub faults: AttnFaults,
+}
+
+/// Bugs planted inside attention (config::Fault, `fault-injection` feature); all off otherwise.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttnFaults {
+    /// SoftmaxOff: probabilities divided by 1.001 times their sum.
+    pub softmax_off: bool,
+    /// DecodeAttendsOneFewer: a one-token step after the prompt skips the oldest cached position.
+    pub decode_skips_oldest: bool,
 }
 
 /// Attention of `n_new` queries (`q`: `[n_new, n_heads*hd]`, already rotated) at positions
@@ -94,8 +104,10 @@ pub struct Heads {
 /// Returns `[n_new, n_heads*hd]` and, when `want_probs`, the probabilities `[n_heads, n_new, pos0+n_new]`
 /// with the causally masked entries exactly 0.
 pub fn attend(q: &[f32], cache: &KvCache, layer: usize, pos0: usize, heads: Heads, want_probs: bool) -> (Vec<f32>, Option<Vec<f32>>) {
-    let Heads { n_heads, n_kv_heads, head_dim: hd, scale } = heads;
+    let Heads { n_heads, n_kv_heads, head_dim: hd, scale, faults } = heads;
     let n_new = q.len() / (n_heads * hd);
+    // One new token after cached ones is a decode step; a prefill starts at position 0.
+    let skip_oldest = faults.decode_skips_oldest && n_new == 1 && pos0 > 0;
     let n_ctx = pos0 + n_new;
     let group = n_heads / n_kv_heads;
     let lc = &cache.layers[layer];
@@ -117,7 +129,13 @@ pub fn attend(q: &[f32], cache: &KvCache, layer: usize, pos0: usize, heads: Head
                     let kj = &keys[j * hd..(j + 1) * hd];
                     *s = crate::kernels::dot_f32(qh, kj) * scale;
                 }
+                if skip_oldest {
+                    p[0] = f32::NEG_INFINITY;
+                }
                 crate::ops::softmax_in_place(p);
+                if faults.softmax_off {
+                    p.iter_mut().for_each(|w| *w /= 1.001);
+                }
                 let o = &mut out[t * hd..(t + 1) * hd];
                 for (j, &w) in p.iter().enumerate() {
                     for (o, v) in o.iter_mut().zip(&vals[j * hd..(j + 1) * hd]) {
@@ -151,7 +169,7 @@ mod tests {
         // token 1, head 0, q = [0, 2]: scores [0, 2/sqrt2 = 1.414214] -> softmax [0.195570, 0.804430]
         //   -> output 0.195570*v0 + 0.804430*v1 = [2.608860, 3.608860].
         // token 1, head 1, q = [1, 1]: scores equal -> [0.5, 0.5] -> output [2, 3].
-        let heads = Heads { n_heads: 2, n_kv_heads: 1, head_dim: 2, scale: 1.0 / 2f32.sqrt() };
+        let heads = Heads { n_heads: 2, n_kv_heads: 1, head_dim: 2, scale: 1.0 / 2f32.sqrt(), faults: AttnFaults::default() };
         let mut cache = KvCache::new(1, 1, 2, 4);
         cache.store(0, &[1.0, 0.0, 0.0, 1.0], &[1.0, 2.0, 3.0, 4.0]);
         let q = [9.0, 9.0, -5.0, 3.0, 0.0, 2.0, 1.0, 1.0];
@@ -171,7 +189,7 @@ mod tests {
     #[test]
     fn decoding_one_token_sees_the_cached_prefix() {
         // The same two tokens, but token 1 attends alone at pos0 = 1 after token 0 was cached.
-        let heads = Heads { n_heads: 2, n_kv_heads: 1, head_dim: 2, scale: 1.0 / 2f32.sqrt() };
+        let heads = Heads { n_heads: 2, n_kv_heads: 1, head_dim: 2, scale: 1.0 / 2f32.sqrt(), faults: AttnFaults::default() };
         let mut cache = KvCache::new(1, 1, 2, 4);
         cache.store(0, &[1.0, 0.0], &[1.0, 2.0]);
         cache.advance(1);
@@ -179,5 +197,31 @@ mod tests {
         let (out, _) = attend(&[0.0, 2.0, 1.0, 1.0], &cache, 0, 1, heads, false);
         assert!((out[0] - 2.608860).abs() < 1e-5 && (out[3] - 3.0).abs() < 1e-5, "{out:?}");
         assert_eq!(cache.prefix(0, 2, true), vec![1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn planted_attention_faults_do_what_they_say() {
+        // As above: token 1 (q = [0, 2] and [1, 1]) decoded after token 0. Skipping the oldest
+        // position leaves token 1 alone: both heads output v1 = [3, 4].
+        let mut heads = Heads { n_heads: 2, n_kv_heads: 1, head_dim: 2, scale: 1.0 / 2f32.sqrt(), faults: AttnFaults::default() };
+        let mut cache = KvCache::new(1, 1, 2, 4);
+        cache.store(0, &[1.0, 0.0], &[1.0, 2.0]);
+        cache.advance(1);
+        cache.store(0, &[0.0, 1.0], &[3.0, 4.0]);
+        heads.faults.decode_skips_oldest = true;
+        let (out, probs) = attend(&[0.0, 2.0, 1.0, 1.0], &cache, 0, 1, heads, true);
+        assert_eq!(out, vec![3.0, 4.0, 3.0, 4.0]);
+        assert_eq!(probs.unwrap(), vec![0.0, 1.0, 0.0, 1.0]);
+        // A prefill of both tokens is untouched by it: token 1, head 1 still weighs both [0.5, 0.5].
+        let (_, probs) = attend(&[9.0, 9.0, -5.0, 3.0, 0.0, 2.0, 1.0, 1.0], &cache, 0, 0, heads, true);
+        assert_eq!(probs.unwrap()[6..8], [0.5, 0.5]);
+        // Softmax off by 0.1%: each row adds up to 1/1.001.
+        heads.faults = AttnFaults { softmax_off: true, decode_skips_oldest: false };
+        let (_, probs) = attend(&[9.0, 9.0, -5.0, 3.0, 0.0, 2.0, 1.0, 1.0], &cache, 0, 0, heads, true);
+        let p = probs.unwrap();
+        for row in p.chunks_exact(2) {
+            assert!((row[0] + row[1] - 1.0 / 1.001).abs() < 1e-7, "{p:?}");
+        }
+        assert!((p[2] - 0.195570 / 1.001).abs() < 1e-6, "{p:?}");
     }
 }

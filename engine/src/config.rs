@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::attention::Heads;
+use crate::attention::{AttnFaults, Heads};
 use crate::ops::{Rope, RopeLayout};
 use serde_json::Value as Json;
 use std::path::Path;
@@ -43,8 +43,10 @@ pub struct Config {
     pub faults: Vec<Fault>,
 }
 
-/// A deliberate, realistic bug the forward pass can be told to make.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A deliberate, realistic bug the forward pass can be told to make. The first four are large;
+/// the rest are small, so the oracle's sharpness can be measured (`Perturb` by how small).
+/// Spelled on the command line as in [`Fault::SPECS`] (`parity run --plant gelu-erf`).
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Fault {
     /// RMSNorm/LayerNorm epsilon 1e-2 instead of the model's.
     NormEpsilon,
@@ -54,6 +56,78 @@ pub enum Fault {
     MissingAttnScale,
     /// The FFN's residual add is dropped.
     DroppedFfnResidual,
+    /// The norm epsilon 100 times the model's (SmolLM2: 1e-3 for 1e-5).
+    NormEpsilonTimes100,
+    /// GPT-2's FFN uses the exact (erf) GELU; the model was trained with the tanh approximation.
+    GeluErf,
+    /// Attention probabilities normalised by their sum times 1.001 (they add up to 0.999).
+    SoftmaxOff,
+    /// Layer 1 alone rotates with RoPE base 10000 (half the model's base if that is 10000).
+    RopeThetaOneLayer,
+    /// F16 weights whose value is subnormal dequantize to 0.
+    F16SubnormalsFlushed,
+    /// Q8_0 block scales rounded through bf16 before use.
+    Q8ScaleBf16,
+    /// Q4_1 block minimums rounded through bf16 before use.
+    Q41MinBf16,
+    /// A token decoded through the KV cache is rotated for the position after its own.
+    DecodeRopeOffByOne,
+    /// A token decoded through the KV cache does not attend to the oldest cached position.
+    DecodeAttendsOneFewer,
+    /// Deterministic noise (zero mean, unit variance per element) times `rel` times each row's
+    /// RMS, added to layer `layer`'s block output in prefill and decode.
+    Perturb { layer: usize, rel: f32 },
+}
+
+impl Fault {
+    /// The command-line names of the faults without parameters; `perturb:LAYER:REL` besides.
+    pub const SPECS: [(&'static str, Fault); 13] = [
+        ("norm-eps", Fault::NormEpsilon),
+        ("rope-pairing", Fault::RopePairing),
+        ("missing-attn-scale", Fault::MissingAttnScale),
+        ("dropped-ffn-residual", Fault::DroppedFfnResidual),
+        ("norm-eps-x100", Fault::NormEpsilonTimes100),
+        ("gelu-erf", Fault::GeluErf),
+        ("softmax-off", Fault::SoftmaxOff),
+        ("rope-theta-one-layer", Fault::RopeThetaOneLayer),
+        ("f16-subnormals-flushed", Fault::F16SubnormalsFlushed),
+        ("q8-scale-bf16", Fault::Q8ScaleBf16),
+        ("q4_1-min-bf16", Fault::Q41MinBf16),
+        ("decode-rope-off-by-one", Fault::DecodeRopeOffByOne),
+        ("decode-attends-one-fewer", Fault::DecodeAttendsOneFewer),
+    ];
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+
+    /// `gelu-erf`, `norm-eps-x100`, ... or `perturb:LAYER:REL` (`perturb:3:1e-4`).
+    fn from_str(spec: &str) -> std::result::Result<Fault, String> {
+        if let Some(&(_, fault)) = Fault::SPECS.iter().find(|(name, _)| *name == spec) {
+            return Ok(fault);
+        }
+        if let Some(args) = spec.strip_prefix("perturb:") {
+            let (layer, rel) = args.split_once(':').ok_or_else(|| format!("plant {spec:?}: perturb needs a layer and a relative size (perturb:3:1e-4)"))?;
+            let layer = layer.parse().map_err(|_| format!("plant {spec:?}: layer {layer:?} is not a whole number"))?;
+            let rel: f32 = rel.parse().map_err(|_| format!("plant {spec:?}: relative size {rel:?} is not a number"))?;
+            if !(rel.is_finite() && rel > 0.0) {
+                return Err(format!("plant {spec:?}: the relative size must be a finite number above 0"));
+            }
+            return Ok(Fault::Perturb { layer, rel });
+        }
+        let known: Vec<&str> = Fault::SPECS.iter().map(|(name, _)| *name).collect();
+        Err(format!("unknown plant {spec:?} (known: {}, perturb:LAYER:REL)", known.join(", ")))
+    }
+}
+
+impl std::fmt::Display for Fault {
+    /// The spelling [`FromStr`](std::str::FromStr) reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Perturb { layer, rel } => write!(f, "perturb:{layer}:{rel:e}"),
+            other => f.write_str(Fault::SPECS.iter().find(|(_, x)| x == other).map_or("?", |(name, _)| name)),
+        }
+    }
 }
 
 impl Config {
@@ -67,6 +141,8 @@ impl Config {
     pub fn eps(&self) -> f32 {
         if self.has_fault(Fault::NormEpsilon) {
             1e-2
+        } else if self.has_fault(Fault::NormEpsilonTimes100) {
+            self.norm_eps * 100.0
         } else {
             self.norm_eps
         }
@@ -82,10 +158,33 @@ impl Config {
         Rope::new(layout, self.head_dim, self.rope_theta)
     }
 
+    /// Layer `l`'s own RoPE where it differs from [`Config::rope`]: only ever with the planted
+    /// RopeThetaOneLayer fault, which gives layer 1 the common default base 10000 (a model
+    /// trained with another base loaded with the default), or half of it if it is the default.
+    pub fn layer_rope(&self, l: usize) -> Option<Rope> {
+        if l != 1 || !self.has_fault(Fault::RopeThetaOneLayer) {
+            return None;
+        }
+        let theta = if self.rope_theta == 10000.0 { 5000.0 } else { 10000.0 };
+        Some(Rope::new(self.rope().layout, self.head_dim, theta))
+    }
+
     /// The attention shape, with the usual 1/sqrt(head_dim) score scale.
     pub fn heads(&self) -> Heads {
         let scale = if self.has_fault(Fault::MissingAttnScale) { 1.0 } else { 1.0 / (self.head_dim as f32).sqrt() };
-        Heads { n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim, scale }
+        let faults = AttnFaults { softmax_off: self.has_fault(Fault::SoftmaxOff), decode_skips_oldest: self.has_fault(Fault::DecodeAttendsOneFewer) };
+        Heads { n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim, scale, faults }
+    }
+
+    /// The relative size of the noise the planted Perturb fault adds to layer `l`'s block output.
+    pub fn perturbation(&self, l: usize) -> Option<f32> {
+        if !cfg!(feature = "fault-injection") {
+            return None;
+        }
+        self.faults.iter().find_map(|f| match *f {
+            Fault::Perturb { layer, rel } if layer == l => Some(rel),
+            _ => None,
+        })
     }
 }
 
@@ -218,5 +317,36 @@ impl Config {
             return bad(format!("norm epsilon {} or rope theta {} is not a finite number", self.norm_eps, self.rope_theta));
         }
         Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_plant_reads_back_from_its_own_spelling() {
+        for (name, fault) in Fault::SPECS {
+            assert_eq!(name.parse::<Fault>(), Ok(fault));
+            assert_eq!(fault.to_string(), name);
+        }
+        let perturb = Fault::Perturb { layer: 3, rel: 1e-4 };
+        assert_eq!("perturb:3:1e-4".parse::<Fault>(), Ok(perturb));
+        assert_eq!("perturb:3:0.0001".parse::<Fault>(), Ok(perturb));
+        assert_eq!(perturb.to_string(), "perturb:3:1e-4");
+        assert_eq!(perturb.to_string().parse::<Fault>(), Ok(perturb));
+    }
+
+    #[test]
+    fn a_bad_plant_spec_is_refused_with_the_reason() {
+        let err = |s: &str| s.parse::<Fault>().unwrap_err();
+        assert!(err("gelu").starts_with("unknown plant \"gelu\" (known: norm-eps, "), "{}", err("gelu"));
+        assert!(err("gelu").ends_with("perturb:LAYER:REL)"));
+        assert!(err("perturb:3").contains("needs a layer and a relative size"));
+        assert!(err("perturb:x:1e-4").contains("not a whole number"));
+        assert!(err("perturb:3:big").contains("not a number"));
+        for bad in ["perturb:3:0", "perturb:3:-1e-3", "perturb:3:inf", "perturb:3:NaN"] {
+            assert!(err(bad).contains("above 0"), "{bad}: {}", err(bad));
+        }
     }
 }

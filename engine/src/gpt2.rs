@@ -5,9 +5,9 @@
 //! the loader transposes HF's Conv1D `[in, out]` weights onto them.
 
 use crate::attention::{attend, KvCache};
-use crate::config::Config;
+use crate::config::{Config, Fault};
 use crate::error::{Error, Result};
-use crate::llama::{matmul, record_cache, residual};
+use crate::llama::{matmul, perturb, record_cache, residual};
 use crate::loader::WeightStore;
 use crate::ops;
 use crate::tap::{Tap, TapValue, Taps};
@@ -93,6 +93,17 @@ impl Gpt2 {
         Ok(Gpt2 { output_norm: Norm::load(store, "output_norm", d)?, config, token_embd, position_embd, blocks, output })
     }
 
+    /// Every weight matrix, for planting a dequantization bug in it. The position table was
+    /// widened to f32 when loaded and is not among them.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn matrices_mut(&mut self) -> Vec<&mut QTensor> {
+        let mut out = vec![&mut self.token_embd, &mut self.output];
+        for b in &mut self.blocks {
+            out.extend([&mut b.qkv.w, &mut b.attn_output.w, &mut b.ffn_up.w, &mut b.ffn_down.w]);
+        }
+        out
+    }
+
     /// Runs `tokens` at positions `cache.len()..`, appending to the cache. Returns logits for
     /// every position when `all_logits`, else for the last one only.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, taps: &mut Taps, all_logits: bool) -> Vec<f32> {
@@ -149,10 +160,16 @@ impl Block {
         let h = self.ffn_norm.forward(x, cfg.eps());
         taps.record(Tap::FfnNorm, layer, || TapValue::f32(&[n, d], h.clone()));
         let mut up = self.ffn_up.forward(&h, n);
-        ops::map_in_place(&mut up, ops::gelu_tanh);
+        // The planted GeluErf fault: the exact GELU where GPT-2 was trained with the tanh form.
+        if cfg.has_fault(Fault::GeluErf) {
+            ops::map_in_place(&mut up, ops::gelu_erf);
+        } else {
+            ops::map_in_place(&mut up, ops::gelu_tanh);
+        }
         let ffn_out = self.ffn_down.forward(&up, n);
         taps.record(Tap::FfnOut, layer, || TapValue::f32(&[n, d], ffn_out.clone()));
         residual(x, &ffn_out, cfg);
+        perturb(x, cfg, l, pos0);
         taps.record(Tap::BlockOut, layer, || TapValue::f32(&[n, d], x.to_vec()));
     }
 }

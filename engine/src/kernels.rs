@@ -5,8 +5,9 @@
 //! else the portable ones do. Both accumulate in f32 in a fixed order, so a result depends only on
 //! the machine, never on the thread count or the run.
 
+use crate::config::Fault;
 use crate::tensor::DType;
-use half::f16;
+use half::{bf16, f16};
 
 /// `sum_i w[i] * x[i]` where `w` is one row of `dtype` bytes covering `x.len()` values.
 #[inline]
@@ -63,6 +64,28 @@ pub fn f16_to_f32(src: &[u8], out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
         *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
     }
+}
+
+/// A weight's bytes as a planted dequantization bug (config::Fault) would read them, or `None`
+/// when the fault does not touch `dtype`. Applied once to the stored bytes, so every kernel here
+/// (AVX2 and portable, prefill and decode) sees the bug without a branch in its inner loop.
+pub fn planted_bytes(dtype: DType, bytes: &[u8], fault: Fault) -> Option<Vec<u8>> {
+    let through_bf16 = |b: &mut [u8]| {
+        let v = bf16::from_f32(f16::from_le_bytes([b[0], b[1]]).to_f32()).to_f32();
+        b.copy_from_slice(&f16::from_f32(v).to_le_bytes());
+    };
+    let mut out = bytes.to_vec();
+    match (fault, dtype) {
+        // Exponent bits 0 and a nonzero mantissa: read as a zero of the same sign.
+        (Fault::F16SubnormalsFlushed, DType::F16) => out.chunks_exact_mut(2).filter(|b| b[1] & 0x7c == 0 && (b[0] != 0 || b[1] & 0x03 != 0)).for_each(|b| {
+            b[0] = 0;
+            b[1] &= 0x80;
+        }),
+        (Fault::Q8ScaleBf16, DType::Q8_0) => out.chunks_exact_mut(34).for_each(|b| through_bf16(&mut b[0..2])),
+        (Fault::Q41MinBf16, DType::Q4_1) => out.chunks_exact_mut(20).for_each(|b| through_bf16(&mut b[2..4])),
+        _ => return None,
+    }
+    Some(out)
 }
 
 #[inline]
@@ -482,5 +505,34 @@ mod tests {
         for (i, (got, want)) in out.iter().zip(want).enumerate() {
             assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "value {i}: {got} vs {want}");
         }
+    }
+
+    #[test]
+    fn planted_dequantization_bugs_change_exactly_what_they_name() {
+        // F16: 1.0, the smallest and largest subnormals (2^-24, 2^-14 - 2^-24, negative), the
+        // smallest normal 2^-14: only the subnormals become (signed) zeros.
+        let bits: [u16; 5] = [0x3c00, 0x0001, 0x83ff, 0x0400, 0x0000];
+        let src: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let out = planted_bytes(DType::F16, &src, Fault::F16SubnormalsFlushed).unwrap();
+        let got: Vec<u16> = out.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        assert_eq!(got, [0x3c00, 0x0000, 0x8000, 0x0400, 0x0000]);
+        assert_eq!(planted_bytes(DType::F32, &src[..8], Fault::F16SubnormalsFlushed), None);
+
+        // Q8_0 scale 0.1 (f16 0.0999755859375) through bf16 (8 significant bits): 0.10009765625 = 205/2048.
+        let mut q8 = f16::from_f32(0.1).to_le_bytes().to_vec();
+        q8.extend((0..32u8).map(|i| i.wrapping_mul(7)));
+        let out = planted_bytes(DType::Q8_0, &q8, Fault::Q8ScaleBf16).unwrap();
+        assert_eq!(f16::from_le_bytes([out[0], out[1]]).to_f32(), 205.0 / 2048.0);
+        assert_eq!(out[2..], q8[2..], "the quants are untouched");
+        assert_eq!(planted_bytes(DType::Q8_0, &q8, Fault::Q41MinBf16), None);
+
+        // Q4_1: scale 0.1 kept, minimum -0.3 (f16 -0.300048828125) becomes -0.30078125 = -77/256.
+        let mut q41 = f16::from_f32(0.1).to_le_bytes().to_vec();
+        q41.extend(f16::from_f32(-0.3).to_le_bytes());
+        q41.extend([0x5a; 16]);
+        let out = planted_bytes(DType::Q4_1, &q41, Fault::Q41MinBf16).unwrap();
+        assert_eq!(out[..2], q41[..2]);
+        assert_eq!(f16::from_le_bytes([out[2], out[3]]).to_f32(), -77.0 / 256.0);
+        assert_eq!(out[4..], q41[4..]);
     }
 }

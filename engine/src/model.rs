@@ -57,13 +57,21 @@ impl Model {
         }
     }
 
-    /// Plants a deliberate bug (see [`Fault`]) for the harness's own tests.
+    /// Plants a deliberate bug (see [`Fault`](crate::config::Fault)) for the harness's own tests
+    /// and `parity run --plant`. Dequantization bugs are planted in the weights' bytes.
     #[cfg(feature = "fault-injection")]
     pub fn inject_fault(&mut self, fault: crate::config::Fault) {
-        match &mut self.net {
-            Net::Llama(m) => m.config.faults.push(fault),
-            Net::Gpt2(m) => m.config.faults.push(fault),
-        }
+        let matrices = match &mut self.net {
+            Net::Llama(m) => {
+                m.config.faults.push(fault);
+                m.matrices_mut()
+            }
+            Net::Gpt2(m) => {
+                m.config.faults.push(fault);
+                m.matrices_mut()
+            }
+        };
+        matrices.into_iter().for_each(|w| w.plant(fault));
     }
 
     pub fn new_cache(&self, capacity: usize) -> KvCache {

@@ -68,6 +68,30 @@ pub fn gelu_tanh(x: f32) -> f32 {
     x / (1.0 + (-2.0 * SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).exp())
 }
 
+/// The exact GELU, `x Phi(x) = 0.5 x (1 + erf(x / sqrt 2))`, evaluated in f64. GPT-2 was trained
+/// with the tanh form: this is only here as the planted GeluErf fault.
+pub fn gelu_erf(x: f32) -> f32 {
+    let x = x as f64;
+    (0.5 * x * (1.0 + erf(x * std::f64::consts::FRAC_1_SQRT_2))) as f32
+}
+
+/// erf to about 1e-15, from the series `erf x = 2/sqrt(pi) e^(-x^2) sum_n 2^n x^(2n+1) / (2n+1)!!`,
+/// whose terms are all positive (nothing cancels) and which converges for every x. Past |x| = 6
+/// erf is +-1 in f64 (erfc(6) = 2e-17), which also bounds the loop to about 150 terms.
+pub fn erf(x: f64) -> f64 {
+    let a = x.abs();
+    if a.is_nan() || a >= 6.0 {
+        return if a.is_nan() { x } else { x.signum() };
+    }
+    let (mut term, mut sum, mut n) = (a, a, 0.0);
+    while term > sum * 1e-17 {
+        n += 1.0;
+        term *= 2.0 * a * a / (2.0 * n + 1.0);
+        sum += term;
+    }
+    x.signum() * std::f64::consts::FRAC_2_SQRT_PI * (-a * a).exp() * sum
+}
+
 /// SiLU (swish): `x * sigmoid(x)`.
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
@@ -217,6 +241,41 @@ mod tests {
         }
         assert_eq!(gelu_tanh(-1e30), 0.0);
         assert_eq!(gelu_tanh(1e30), 1e30);
+    }
+
+    #[test]
+    fn erf_matches_known_values() {
+        // Python's math.erf (libm), to 15 digits.
+        let known = [
+            (0.0, 0.0),
+            (1e-3, 0.001128378790969),
+            (0.1, 0.112462916018285),
+            (0.5, 0.520499877813047),
+            (1.0, 0.842700792949715),
+            (-1.5, -0.966105146475311),
+            (2.0, 0.995322265018953),
+            (3.0, 0.999977909503001),
+            (4.5, 0.999999999803384),
+            (5.9, 1.0),
+            (7.0, 1.0),
+        ];
+        for (x, want) in known {
+            assert!((erf(x) - want).abs() < 1e-14, "erf({x}) = {}, want {want}", erf(x));
+            assert!((erf(-x) + want).abs() < 1e-14, "erf is odd at {x}");
+        }
+        assert!(erf(f64::NAN).is_nan());
+    }
+
+    #[test]
+    fn gelu_erf_is_x_times_the_normal_cdf_and_differs_from_the_tanh_form() {
+        // x * Phi(x) from Python's math.erf: Phi(1) = 0.841344746068543, Phi(-2) = 0.022750131948179.
+        assert!((gelu_erf(1.0) - 0.841_344_7).abs() < 1e-6);
+        assert!((gelu_erf(-2.0) - (-0.045_500_264)).abs() < 1e-7);
+        assert!((gelu_erf(3.0) - 2.995_950_3).abs() < 1e-6);
+        assert_eq!(gelu_erf(0.0), 0.0);
+        // The two forms differ by up to a few 1e-4 (Python: 1.5e-4 at 1, 9.8e-5 at -2).
+        assert!((gelu_erf(1.0) - gelu_tanh(1.0) - 1.53e-4).abs() < 2e-6);
+        assert!((gelu_erf(-2.0) - gelu_tanh(-2.0) - (-9.8e-5)).abs() < 2e-6);
     }
 
     #[test]

@@ -130,6 +130,15 @@ impl QTensor {
         rows.checked_mul(cols / block)?.checked_mul(block_bytes)
     }
 
+    /// Plants a dequantization bug (config::Fault) in this weight, if it touches its type: the
+    /// bytes are copied as the buggy dequantizer would read them.
+    #[cfg(feature = "fault-injection")]
+    pub fn plant(&mut self, fault: crate::config::Fault) {
+        if let Some(bytes) = kernels::planted_bytes(self.dtype, self.bytes.as_slice(), fault) {
+            self.bytes = Bytes::Owned(Arc::new(bytes));
+        }
+    }
+
     /// The product of all but the last dimension.
     pub fn rows(&self) -> usize {
         self.shape[..self.shape.len().saturating_sub(1)].iter().product()
