@@ -9,7 +9,8 @@
 use crate::catalog::Entry;
 use crate::dumps::{Dump, Lookup};
 use crate::metrics;
-use crate::spec::Spec;
+use crate::noise::{Distance, Floor, Scale};
+use crate::spec::{Op, Spec};
 use crate::tensor::{unravel, Tensor, Values};
 use reports::results::{CheckResult, Judgement, Status};
 use std::collections::BTreeMap;
@@ -71,6 +72,95 @@ pub fn compare_all(engine: &BTreeMap<String, Tensor>, dumps: &[(&Dump, &str)], e
     per_dump
 }
 
+/// [`compare_all`] with a ground truth: every f32 entry judged by its noise floor
+/// ([`crate::noise`]). The floor is the largest distance from the truth among the references
+/// judged in the f32 class; the engine's check against the truth allows [`crate::noise::K`] times
+/// it, and its check against each reference that allowance plus the reference's own distance.
+/// Returns the checks per reference (in the order of `entries`) and the checks against the truth.
+/// An entry whose truth tensor is unusable fails against the truth (missing, layout, non-finite)
+/// and is judged against the references by the pooled tolerances.
+pub fn compare_with_truth(engine: &BTreeMap<String, Tensor>, dumps: &[(&Dump, &str)], truth: &Dump, entries: &[Entry], spec: &Spec) -> (Vec<Vec<CheckResult>>, Vec<CheckResult>) {
+    use rayon::prelude::*;
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(engine.get(&entries[i].key).map_or(0, Tensor::len)));
+    let mut checks: Vec<(usize, (Vec<CheckResult>, CheckResult))> =
+        order.par_iter().with_max_len(1).map(|&i| (i, entry_with_truth(engine, dumps, truth, &entries[i], spec))).collect();
+    checks.sort_by_key(|(i, _)| *i);
+    let mut per_dump: Vec<Vec<CheckResult>> = (0..dumps.len()).map(|_| Vec::with_capacity(entries.len())).collect();
+    let mut against_truth = Vec::with_capacity(entries.len());
+    for (_, (by_reference, truth_check)) in checks {
+        for (d, check) in by_reference.into_iter().enumerate() {
+            per_dump[d].push(check);
+        }
+        against_truth.push(truth_check);
+    }
+    (per_dump, against_truth)
+}
+
+/// One entry of [`compare_with_truth`]: (the check against each reference, the check against the truth).
+fn entry_with_truth(engine: &BTreeMap<String, Tensor>, dumps: &[(&Dump, &str)], truth: &Dump, entry: &Entry, spec: &Spec) -> (Vec<CheckResult>, CheckResult) {
+    let unreadable = |e: String| result(entry, Status::Missing, Some(format!("reference tensor unreadable: {e}")), BTreeMap::new(), vec![]);
+    let mine = engine.get(&entry.key);
+    let references: Vec<Result<Lookup, String>> = dumps.iter().map(|(d, _)| d.get(&entry.key).map_err(|e| e.to_string())).collect();
+    let pooled = |why: Option<&str>| -> Vec<CheckResult> {
+        references
+            .iter()
+            .zip(dumps)
+            .map(|(lookup, (_, class))| match lookup {
+                Ok(lookup) => check(entry, mine, lookup, spec, class, &|_| None),
+                Err(e) => unreadable(e.clone()),
+            })
+            .map(|mut c| {
+                if let Some(why) = why.filter(|_| c.status == Status::Pass) {
+                    c.note = Some(format!("judged by the pooled tolerances: {why}"));
+                }
+                c
+            })
+            .collect()
+    };
+    let truth_lookup = match truth.get(&entry.key) {
+        Ok(lookup) => lookup,
+        Err(e) => return (pooled(Some("the truth tensor is unreadable")), result(entry, Status::Missing, Some(format!("truth tensor unreadable: {e}")), BTreeMap::new(), vec![])),
+    };
+    // The truth is usable where it has the engine's shape and is finite; otherwise its own check
+    // says why, and the references are judged as they would be without it.
+    let truth_tensor = match (&truth_lookup, mine) {
+        (Lookup::Tensor(t @ Tensor { values: Values::F32(tv), .. }), Some(Tensor { values: Values::F32(_), shape, .. })) if &t.shape == shape && !tv.is_empty() && metrics::all_finite(tv) => tv,
+        _ => return (pooled(Some("the truth cannot judge this tensor")), check(entry, mine, &truth_lookup, spec, "f32", &|_| None)),
+    };
+    let distance_of = |lookup: &Result<Lookup, String>| -> Option<Distance> {
+        let Ok(Lookup::Tensor(Tensor { values: Values::F32(v), shape, .. })) = lookup else { return None };
+        if shape != &mine?.shape || v.len() != truth_tensor.len() {
+            return None;
+        }
+        let sums = metrics::Sums::of(truth_tensor, v);
+        sums.engine_finite().then(|| Distance::of(&sums, &Scale::of_reference(&sums)))
+    };
+    let distances: Vec<Option<Distance>> = references.iter().map(distance_of).collect();
+    let by: Vec<(String, Distance)> =
+        dumps.iter().zip(&distances).filter(|((_, class), _)| *class == "f32").filter_map(|((d, _), dist)| Some((d.manifest.reference.clone(), (*dist)?))).collect();
+    let Some(floor) = Floor::of(by) else {
+        let note = "no reference judged in the f32 class produced this tensor, so its noise floor is unknown: not judged, so not passed";
+        return (pooled(Some("no f32 reference measured the noise floor")), result(entry, Status::Fail, Some(note.into()), BTreeMap::new(), vec![]));
+    };
+    let scale = {
+        let sums = metrics::Sums::of(truth_tensor, truth_tensor);
+        Scale::of_reference(&sums)
+    };
+    let against_truth = check_with(entry, mine, &truth_lookup, spec, "f32", Some(NoiseBound { floor: &floor, scale, offset: None }), &|_| None);
+    let by_reference = references
+        .iter()
+        .zip(&distances)
+        .zip(dumps)
+        .map(|((lookup, distance), (_, class))| match (lookup, distance) {
+            (Err(e), _) => unreadable(e.clone()),
+            (Ok(lookup), Some(d)) => check_with(entry, mine, lookup, spec, class, Some(NoiseBound { floor: &floor, scale, offset: Some(*d) }), &|_| None),
+            (Ok(lookup), None) => check(entry, mine, lookup, spec, class, &|_| None),
+        })
+        .collect();
+    (by_reference, against_truth)
+}
+
 /// One entry: the engine's tensor (if it produced one) against what the reference dump holds.
 pub fn check(
     entry: &Entry,
@@ -78,6 +168,30 @@ pub fn check(
     reference: &Lookup,
     spec: &Spec,
     class: &str,
+    near_tie: &dyn Fn(usize) -> Option<f64>,
+) -> CheckResult {
+    check_with(entry, engine, reference, spec, class, None, near_tie)
+}
+
+/// A noise-floor bound for one f32 comparison, distances in the truth's scale: against the truth,
+/// the engine's distance may be the floor's allowance; against a reference `offset` from the truth,
+/// the engine's distance beyond that offset (its excess) may be the same allowance.
+#[derive(Clone, Copy, Debug)]
+pub struct NoiseBound<'a> {
+    pub floor: &'a Floor,
+    pub scale: Scale,
+    /// The other side's own distance from the truth (zero when the other side is the truth).
+    pub offset: Option<Distance>,
+}
+
+/// [`check`], with f32 tensors judged by `noise` instead of the pooled tolerances when given.
+pub fn check_with(
+    entry: &Entry,
+    engine: Option<&Tensor>,
+    reference: &Lookup,
+    spec: &Spec,
+    class: &str,
+    noise: Option<NoiseBound>,
     near_tie: &dyn Fn(usize) -> Option<f64>,
 ) -> CheckResult {
     let missing = |note: String| result(entry, Status::Missing, Some(note), BTreeMap::new(), vec![]);
@@ -102,7 +216,7 @@ pub fn check(
     }
     match (&engine.values, &reference.values) {
         (Values::Ids(e), Values::Ids(r)) => check_ids(entry, engine, reference, e, r, spec, class, near_tie),
-        (Values::F32(e), Values::F32(r)) => check_f32(entry, engine, reference, e, r, spec, class),
+        (Values::F32(e), Values::F32(r)) => check_f32(entry, engine, reference, e, r, spec, class, noise),
         _ => unreachable!("dtype names compared equal above"),
     }
 }
@@ -130,7 +244,7 @@ fn check_ids(
     if let Some(k) = first {
         values.insert("first_mismatch".into(), k as f64);
     }
-    let judgement = judge("mismatches", mismatches as f64, crate::spec::Op::Le, 0.0);
+    let judgement = judge("mismatches", mismatches as f64, Op::Le, 0.0);
     let Some(k) = first else {
         return result(entry, Status::Pass, None, values, vec![judgement]);
     };
@@ -161,7 +275,8 @@ fn check_ids(
     }
 }
 
-fn check_f32(entry: &Entry, engine: &Tensor, reference: &Tensor, e: &[f32], r: &[f32], spec: &Spec, class: &str) -> CheckResult {
+#[allow(clippy::too_many_arguments)]
+fn check_f32(entry: &Entry, engine: &Tensor, reference: &Tensor, e: &[f32], r: &[f32], spec: &Spec, class: &str, noise: Option<NoiseBound>) -> CheckResult {
     if engine.shape != reference.shape {
         return result(entry, Status::Layout, Some(shape_note(engine, reference)), BTreeMap::new(), vec![]);
     }
@@ -180,7 +295,29 @@ fn check_f32(entry: &Entry, engine: &Tensor, reference: &Tensor, e: &[f32], r: &
     if !bad.is_empty() {
         return result(entry, Status::NonFinite, Some(bad.join("; ")), BTreeMap::new(), vec![]);
     }
-    let all = metrics_of(&sums, r, e, PROBABILITY_TENSORS.contains(&entry.tensor.as_str()));
+    let mut all = metrics_of(&sums, r, e, PROBABILITY_TENSORS.contains(&entry.tensor.as_str()));
+    if let Some(bound) = noise {
+        let d = Distance::of(&sums, &bound.scale);
+        all.extend([
+            ("rel_rms".to_string(), d.rms),
+            ("rel_max".to_string(), d.max),
+            ("noise_rms".to_string(), bound.floor.noise.rms),
+            ("noise_max".to_string(), bound.floor.noise.max),
+            ("noise_units".to_string(), d.in_units_of(bound.floor.noise)),
+        ]);
+        let allowed = bound.floor.engine_allowance();
+        let judgements = match bound.offset {
+            None => {
+                all.extend(bound.floor.by.iter().flat_map(|(name, d)| [(format!("rel_rms.{name}"), d.rms), (format!("rel_max.{name}"), d.max)]));
+                vec![judge("rel_rms", d.rms, Op::Le, allowed.rms), judge("rel_max", d.max, Op::Le, allowed.max)]
+            }
+            Some(offset) => vec![judge("excess_rms", (d.rms - offset.rms).max(0.0), Op::Le, allowed.rms), judge("excess_max", (d.max - offset.max).max(0.0), Op::Le, allowed.max)],
+        };
+        let status = if judgements.iter().all(|j| j.pass) { Status::Pass } else { Status::Fail };
+        let note = bound.floor.implausible().or_else(|| bound.floor.outlier());
+        let status = if bound.floor.implausible().is_some() { Status::Fail } else { status };
+        return result(entry, status, note, finite_only(&all), judgements);
+    }
     let Some(thresholds) = spec.thresholds(&entry.checkpoint, class) else {
         let note = format!("no {class} tolerances for checkpoint {} in the spec: not judged, so not passed", entry.checkpoint);
         return result(entry, Status::Fail, Some(note), finite_only(&all), vec![]);
@@ -221,7 +358,7 @@ fn finite_only(m: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     m.iter().filter(|(_, v)| v.is_finite()).map(|(k, v)| (k.clone(), *v)).collect()
 }
 
-fn judge(metric: &str, value: f64, op: crate::spec::Op, threshold: f64) -> Judgement {
+fn judge(metric: &str, value: f64, op: Op, threshold: f64) -> Judgement {
     Judgement { metric: metric.to_string(), value, op: op.as_str().to_string(), threshold, margin: crate::spec::margin(metric, op, value, threshold), pass: op.holds(value, threshold) }
 }
 

@@ -11,6 +11,7 @@ pub mod dumps;
 pub mod engine_run;
 pub mod live;
 pub mod metrics;
+pub mod noise;
 pub mod npy;
 pub mod pipeline;
 pub mod spec;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::tensor::{Tensor, Values};
 use anyhow::{Context, Result};
 use engine::Model;
-use reports::results::{CaseResult, RunResults};
+use reports::results::{CaseResult, Role, RunResults};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -67,6 +67,8 @@ pub struct CaseRun {
     pub engine: BTreeMap<String, Tensor>,
     /// Each reference's dump, or why it could not be had.
     pub dumps: Vec<(String, std::result::Result<Dump, String>)>,
+    /// The suite's ground truth for this case, if it has one: its name and dump.
+    pub truth: Option<(String, std::result::Result<Dump, String>)>,
     /// This case's results: their place in [`RunResults::cases`].
     pub results: std::ops::Range<usize>,
 }
@@ -133,6 +135,15 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
         }
         dumps.push((reference.clone(), dump));
     }
+    let truth = ctx.suite.truth.as_ref().map(|name| {
+        let t = Instant::now();
+        let dump = fetch_dump(ctx, &case, name).map_err(|e| format!("{e:#}"));
+        timings.references += t.elapsed();
+        if let Err(e) = &dump {
+            results.reference_errors.insert(format!("{}/{}/{}", case.model.id, case.prompt.id, name), e.clone());
+        }
+        (name.clone(), dump)
+    });
     let t = Instant::now();
     let readable: Vec<(&String, &Dump)> = dumps.iter().filter_map(|(reference, dump)| Some((reference, dump.as_ref().ok()?))).collect();
     let class = |reference: &str| case.model.class_for(reference);
@@ -159,9 +170,16 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
             compare::compare_case(engine, dump, &token_entries, ctx.spec, class(reference), &gap)
         })
         .collect();
-    // Every other checkpoint, all references at once.
+    // Every other checkpoint, all references at once: judged by each tensor's noise floor when
+    // the suite has a truth and its dump could be had, else by the pooled tolerances.
     let with_class: Vec<(&Dump, &str)> = readable.iter().map(|&(reference, dump)| (dump, class(reference))).collect();
-    let tensor_checks = compare::compare_all(engine, &with_class, &tensor_entries, ctx.spec);
+    let (tensor_checks, truth_checks) = match &truth {
+        Some((name, Ok(dump))) => {
+            let (by_reference, against_truth) = compare::compare_with_truth(engine, &with_class, dump, &tensor_entries, ctx.spec);
+            (by_reference, Some((name, dump, against_truth)))
+        }
+        _ => (compare::compare_all(engine, &with_class, &tensor_entries, ctx.spec), None),
+    };
     // Results keep the order of `case.refs`, checks the catalog's.
     let order: BTreeMap<&str, usize> = entries.iter().enumerate().map(|(i, e)| (e.key.as_str(), i)).collect();
     let first = results.cases.len();
@@ -175,13 +193,26 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
             reference: reference.clone(),
             reference_version: dump.manifest.version.clone(),
             dtype: case.model.class.clone(),
+            role: Role::Reference,
+            checks,
+        });
+    }
+    if let Some((name, dump, checks)) = truth_checks {
+        results.cases.push(CaseResult {
+            model: case.model.id.clone(),
+            model_sha256: sha.to_string(),
+            prompt: case.prompt.id.clone(),
+            reference: name.clone(),
+            reference_version: dump.manifest.version.clone(),
+            dtype: case.model.class.clone(),
+            role: Role::Truth,
             checks,
         });
     }
     let in_engine = gap_time.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     timings.engine += in_engine;
     timings.compare += t.elapsed().saturating_sub(in_engine);
-    Ok(CaseRun { case, model_path, timings, engine: trace.tensors, dumps, results: first..results.cases.len() })
+    Ok(CaseRun { case, model_path, timings, engine: trace.tensors, dumps, truth, results: first..results.cases.len() })
 }
 
 /// One reference's dump of one case: read from the dumps folder, or produced now. Either way it

@@ -14,6 +14,11 @@ pub struct Suite {
     pub n_generate: usize,
     pub temperature: f32,
     pub threads: usize,
+    /// The reference every case is also measured against as ground truth (`pytorch-f64`): the
+    /// yardstick of each tensor's noise floor, never a vote in the verdict. Without it, checks are
+    /// judged by the pooled tolerances of `tolerances.toml`.
+    #[serde(default)]
+    pub truth: Option<String>,
     #[serde(rename = "model")]
     pub models: Vec<SuiteModel>,
     #[serde(rename = "prompt")]
@@ -91,6 +96,9 @@ impl Suite {
                 if !crate::spec::CLASSES.contains(&class.as_str()) {
                     bail!("suite {}: model {} names tolerance class {class:?} (known: {})", path.display(), model.id, crate::spec::CLASSES.join(", "));
                 }
+            }
+            if let Some(truth) = suite.truth.as_ref().filter(|t| model.refs.contains(t)) {
+                bail!("suite {}: model {} lists the truth {truth:?} among its references; the truth is a yardstick, not a vote", path.display(), model.id);
             }
             for id in model.prompts.iter().flatten() {
                 if !suite.prompts.iter().any(|p| &p.id == id) {

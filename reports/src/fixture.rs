@@ -1,7 +1,7 @@
 //! Hand-built runs for the report tests: small enough to read, varied enough to reach every branch
 //! (passes, a failure, missing layers, a near-tie, a reference error, text that needs escaping).
 
-use crate::results::{CaseResult, CheckResult, Judgement, RunResults, Status};
+use crate::results::{CaseResult, CheckResult, Judgement, Role, RunResults, Status};
 use std::collections::BTreeMap;
 
 const THRESHOLD: f64 = 1e-4;
@@ -74,6 +74,7 @@ fn case(model: &str, reference: &str, version: &str, checks: Vec<CheckResult>) -
         reference: reference.into(),
         reference_version: version.into(),
         dtype: "f32".into(),
+        role: Role::Reference,
         checks,
     }
 }

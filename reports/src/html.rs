@@ -3,7 +3,7 @@
 //! layer index on a log scale, so error growth through depth is visible. All text is HTML-escaped.
 
 use crate::confidence::{Confidence, RULE};
-use crate::markdown::{agreeing_text, cell_summary};
+use crate::markdown::{agreeing_text, cell_summary, noise_summary};
 use crate::results::{CheckResult, RunResults};
 use crate::summary::{self, keys_summary, status_name, Subject, Verdict};
 use std::collections::BTreeMap;
@@ -69,7 +69,7 @@ fn list(o: &mut String, title: &str, items: &[String]) {
 fn subject_section(o: &mut String, s: &Subject) {
     let refs: Vec<String> = s.references.iter().map(|(r, v)| format!("{r} {v}")).collect();
     let _ = write!(o, "<h2>{}</h2>\n<p>References: {}</p>\n<table>\n<tr><th>#</th><th>checkpoint</th><th>agreeing</th>", esc(&s.title()), esc(&refs.join(", ")));
-    for (reference, _) in &s.references {
+    for (reference, _) in s.references.iter().chain(&s.truth) {
         let _ = write!(o, "<th>{}</th>", esc(reference));
     }
     o.push_str("</tr>\n");
@@ -79,6 +79,11 @@ fn subject_section(o: &mut String, s: &Subject) {
             let cell = s.cells.get(&(*id, reference.clone()));
             let class = cell.map_or("not-compared", |c| status_name(c.status));
             let _ = write!(o, "<td class=\"{class}\">{}</td>", esc(&cell_summary(cell)));
+        }
+        if let Some((truth, _)) = &s.truth {
+            let cell = s.cells.get(&(*id, truth.clone()));
+            let class = cell.map_or("not-compared", |c| status_name(c.status));
+            let _ = write!(o, "<td class=\"{class}\">{}</td>", esc(&noise_summary(cell)));
         }
         o.push_str("</tr>\n");
     }

@@ -71,9 +71,17 @@ fn subject_section(w: &mut String, s: &Subject) {
     let refs: Vec<String> = s.references.iter().map(|(r, v)| format!("{r} {v}")).collect();
     line(w, format!("References: {}", cell_text(&refs.join(", "))));
     line(w, String::new());
+    if let Some((truth, version)) = &s.truth {
+        line(w, format!(
+            "Ground truth: {} {} (not a vote). Its column gives the engine's largest distance from it in units of the noise floor (the largest distance of a reference judged in f32), and where.",
+            cell_text(truth),
+            cell_text(version)
+        ));
+        line(w, String::new());
+    }
     let mut header = "| # | checkpoint | agreeing |".to_string();
     let mut rule = "|---|---|---|".to_string();
-    for (reference, _) in &s.references {
+    for (reference, _) in s.references.iter().chain(&s.truth) {
         header += &format!(" {} |", cell_text(reference));
         rule += "---|";
     }
@@ -83,6 +91,9 @@ fn subject_section(w: &mut String, s: &Subject) {
         let mut row = format!("| {id:02} | {name} | {} |", agreeing_text(s, *id));
         for (reference, _) in &s.references {
             row += &format!(" {} |", cell_summary(s.cells.get(&(*id, reference.clone()))));
+        }
+        if let Some((truth, _)) = &s.truth {
+            row += &format!(" {} |", noise_summary(s.cells.get(&(*id, truth.clone()))));
         }
         line(w, row);
     }
@@ -122,6 +133,16 @@ pub(crate) fn cell_summary(cell: Option<&Cell>) -> String {
     let status = status_name(cell.status);
     match &cell.worst {
         Some(worst) => format!("{status}, {} at {} ({})", margin_text(worst.margin), worst.key, worst.metric),
+        None => status.to_string(),
+    }
+}
+
+/// `pass, 1.3x noise at blk.4.ffn_out`: the truth's cell, by its largest distance in noise units.
+pub(crate) fn noise_summary(cell: Option<&Cell>) -> String {
+    let Some(cell) = cell else { return "not compared".into() };
+    let status = status_name(cell.status);
+    match cell.noisiest() {
+        Some((units, key)) => format!("{status}, {units:.2}x noise at {key}"),
         None => status.to_string(),
     }
 }

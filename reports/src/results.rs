@@ -61,6 +61,18 @@ pub struct CheckResult {
 }
 
 /// The engine against one reference on one model, prompt and compute dtype.
+/// What a case's dump is to the verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// An independent reference: a vote in the confidence level.
+    #[default]
+    Reference,
+    /// The f64 ground truth: the yardstick of the noise floor. Its checks count as checks (a
+    /// failure fails the run) but it is never counted as an agreeing reference.
+    Truth,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CaseResult {
     pub model: String,
@@ -70,6 +82,8 @@ pub struct CaseResult {
     pub reference_version: String,
     /// The tolerance class applied (`f32`, `quantized`, ...), from the spec.
     pub dtype: String,
+    #[serde(default)]
+    pub role: Role,
     pub checks: Vec<CheckResult>,
 }
 

@@ -2,7 +2,7 @@
 //! checkpoints x references, each cell holding its worst status, its smallest margin and where it was.
 //! Also the run's verdict and exit code. Pure functions of [`RunResults`].
 
-use crate::results::{CheckResult, RunResults, Status};
+use crate::results::{CheckResult, Role, RunResults, Status};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The overall outcome of a run and the process exit code that goes with it.
@@ -116,6 +116,9 @@ pub struct Subject<'a> {
     pub dtype: String,
     /// Reference name and version, sorted by name.
     pub references: Vec<(String, String)>,
+    /// The ground truth's name and version, when the subject was judged against one: its cells
+    /// are keyed by its name like a reference's, but it is not one of `references`.
+    pub truth: Option<(String, String)>,
     /// Checkpoint ids and names compared anywhere in the run, so a checkpoint this subject lacks shows.
     pub checkpoints: Vec<(u32, String)>,
     /// Keyed by (checkpoint id, reference name); absent = that reference compared nothing there.
@@ -139,6 +142,14 @@ pub fn checkpoints_in(run: &RunResults) -> Vec<(u32, String)> {
     set.into_iter().collect()
 }
 
+impl Cell<'_> {
+    /// The largest distance from the truth in noise units among the cell's checks, and where
+    /// (`None` for a cell not judged by a noise floor).
+    pub fn noisiest(&self) -> Option<(f64, &str)> {
+        self.raw.iter().filter_map(|k| Some((*k.metrics.get("noise_units")?, k.key.as_str()))).max_by(|a, b| a.0.total_cmp(&b.0))
+    }
+}
+
 /// Regroups the run into subjects, sorted by model, prompt and dtype.
 pub fn subjects(run: &RunResults) -> Vec<Subject<'_>> {
     let checkpoints = checkpoints_in(run);
@@ -150,11 +161,14 @@ pub fn subjects(run: &RunResults) -> Vec<Subject<'_>> {
             prompt: case.prompt.clone(),
             dtype: case.dtype.clone(),
             references: Vec::new(),
+            truth: None,
             checkpoints: checkpoints.clone(),
             cells: BTreeMap::new(),
         });
         let reference = (case.reference.clone(), case.reference_version.clone());
-        if !subject.references.contains(&reference) {
+        if case.role == Role::Truth {
+            subject.truth = Some(reference);
+        } else if !subject.references.contains(&reference) {
             subject.references.push(reference);
             subject.references.sort();
         }

@@ -27,7 +27,8 @@ pub struct Selection {
     /// with --model: all three).
     #[arg(long, value_delimiter = ',')]
     pub refs: Option<Vec<String>>,
-    /// Tolerance class for --model (f32, f16, quantized).
+    /// Tolerance class of llama.cpp for --model (f32, f16, quantized): the one reference that
+    /// rounds activations to the weights' precision. The others compute in f32 and are judged so.
     #[arg(long, default_value = "f32")]
     pub class: String,
     /// Run the reference dumpers now (needs scripts/setup-references.sh) instead of reading dumps.
@@ -89,7 +90,10 @@ impl Selection {
             let id = model.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
             let refs = self.refs.clone().unwrap_or_else(|| vec!["llamacpp".into(), "pytorch".into(), "tinygrad".into()]);
             let path = std::fs::canonicalize(model).with_context(|| format!("model {} not found", model.display()))?;
-            suite.models = vec![SuiteModel { id, path: path.display().to_string(), refs, class: self.class.clone(), ref_class: Default::default(), about: None, ref_paths: Default::default(), prompts: None }];
+            // Only llama.cpp rounds activations to the weights' precision; PyTorch and tinygrad
+            // dequantize and compute in f32 whatever the file holds, so --class is llama.cpp's.
+            let ref_class = refs.iter().filter(|r| r.as_str() != "llamacpp").map(|r| (r.clone(), "f32".to_string())).collect();
+            suite.models = vec![SuiteModel { id, path: path.display().to_string(), refs, class: self.class.clone(), ref_class, about: None, ref_paths: Default::default(), prompts: None }];
         }
         if let Some(prompt) = suite_prompt {
             for model in &mut suite.models {
