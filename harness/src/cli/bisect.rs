@@ -15,12 +15,19 @@ pub struct BisectArgs {
     /// The reference to bisect against (default: each case's first).
     #[arg(long = "ref")]
     pub reference: Option<String>,
+    #[command(flatten)]
+    pub plant: super::plant::PlantArgs,
 }
 
 pub fn run(args: BisectArgs, root: &Path) -> Result<i32> {
+    let faults = args.plant.faults()?;
+    if let Some(line) = super::plant::label(&faults) {
+        eprintln!("{line}");
+    }
     let live_out = std::env::temp_dir().join(format!("parity-bisect-{}", std::process::id()));
     let loaded = args.selection.load(root, &live_out)?;
-    let (results, runs) = loaded.run("bisect", None)?;
+    let plant = |m: &mut engine::Model| super::plant::plant_in(&faults, m);
+    let (results, runs) = loaded.run("bisect", (!faults.is_empty()).then_some(&plant as &dyn Fn(&mut engine::Model)))?;
     let _ = std::fs::remove_dir_all(&live_out);
     for (what, err) in &results.reference_errors {
         eprintln!("reference error: {what}: {err}");

@@ -8,6 +8,7 @@ pub mod diff;
 pub mod generate;
 pub mod inspect;
 pub mod merge;
+pub mod plant;
 pub mod run;
 pub mod select;
 pub mod threads;

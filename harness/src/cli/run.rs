@@ -30,21 +30,33 @@ pub struct RunArgs {
     /// Failing tensors saved into the bundle per case and reference (engine and reference side).
     #[arg(long, default_value_t = 20)]
     pub keep_failed: usize,
+    #[command(flatten)]
+    pub plant: super::plant::PlantArgs,
 }
 
 /// `started`: when the process started, the timing line's zero.
 pub fn run(args: RunArgs, root: &Path, started: std::time::Instant) -> Result<i32> {
+    let faults = args.plant.faults()?;
+    let planted = super::plant::label(&faults);
+    if let Some(line) = &planted {
+        eprintln!("{line}");
+    }
     let provenance = Provenance::now(&command_line(), &git_commit(root));
     let live_out = std::env::temp_dir().join(format!("parity-live-{}-{}", provenance.run_id, std::process::id()));
     let loaded = args.selection.load(root, &live_out)?;
     let mut bundle = Bundle::create(&bundle::default_root(root), "run", provenance.clone())?;
-    let (mut results, runs) = loaded.run(&provenance.run_id, None)?;
+    let plant = |m: &mut engine::Model| super::plant::plant_in(&faults, m);
+    let (mut results, runs) = loaded.run(&provenance.run_id, (!faults.is_empty()).then_some(&plant as &dyn Fn(&mut engine::Model)))?;
     if args.repeat > 1 {
-        results.cases.extend(repeat_checks(&loaded, &runs, args.repeat)?);
+        results.cases.extend(repeat_checks(&loaded, &runs, args.repeat, &faults)?);
     }
 
     write_bundle(&mut bundle, &loaded, &results, &runs, args.keep_failed)?;
-    let info = run_info(&loaded, &runs);
+    let mut info = run_info(&loaded, &runs);
+    // A planted run's manifest says so beside the engine's version.
+    if !faults.is_empty() {
+        info.versions.insert("engine planted".into(), faults.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+    }
     let dir = bundle.finish(info)?;
     let _ = std::fs::remove_dir_all(&live_out);
 
@@ -53,6 +65,9 @@ pub fn run(args: RunArgs, root: &Path, started: std::time::Instant) -> Result<i3
         "json" => println!("{}", reports::json::render(&results)),
         _ => {
             print_table(&results, &dir);
+            if let Some(line) = &planted {
+                println!("{line}");
+            }
             print_timings(&runs, started.elapsed());
         }
     }
@@ -61,10 +76,11 @@ pub fn run(args: RunArgs, root: &Path, started: std::time::Instant) -> Result<i3
 
 /// `--repeat N`: the engine's runs 2..N against run 1, bit for bit. A difference is its own
 /// finding (reference `engine-repeat-K`), never hidden inside a tolerance.
-fn repeat_checks(loaded: &Loaded, runs: &[CaseRun], repeat: usize) -> Result<Vec<CaseResult>> {
+fn repeat_checks(loaded: &Loaded, runs: &[CaseRun], repeat: usize, faults: &[engine::config::Fault]) -> Result<Vec<CaseResult>> {
     let mut out = Vec::new();
     for run in runs {
-        let model = engine::Model::load(&run.model_path).with_context(|| format!("reloading {}", run.model_path.display()))?;
+        let mut model = engine::Model::load(&run.model_path).with_context(|| format!("reloading {}", run.model_path.display()))?;
+        super::plant::plant_in(faults, &mut model);
         for k in 2..=repeat {
             let again = engine_run::trace(&model, &run.case.prompt.text, loaded.suite.n_generate, loaded.suite.temperature)?.tensors;
             let checks = loaded
