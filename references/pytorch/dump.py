@@ -14,6 +14,18 @@ probabilities from `output_attentions`; the KV cache from the model's own `past_
 is a plain function in transformers' Llama, not a module, so `q_rope`/`k_rope` come from wrapping
 that function for the duration of the prompt forward. `generated` is a greedy loop that feeds one
 token at a time with the cache (not `generate()`), so the incremental path is what gets exercised.
+
+`run` computes in a chosen torch dtype: float32 here, float64 for the ground truth
+(references/pytorch-f64/dump.py). Either way the weights are loaded exactly as for float32 (a GGUF
+dequantized to float32 by transformers) and then cast, which is exact, so the float64 truth runs on
+the very weights the engine runs on. In float64 every op is float64: the embedding, norms,
+projections, RoPE, attention, KV cache, the `probs` softmax and the greedy choice. transformers'
+Llama does three things in float32 whatever the model's dtype (RMSNorm upcasts its input to
+float32, RoPE builds inv_freq, the angles and cos/sin in float32, eager attention takes its softmax
+in float32); for float64 those three are replaced, for the run, by float64 code of our own, and the
+whole computation runs under a dispatch guard that fails the dump (exit 3) if any floating-point op
+still reads or writes another dtype. Tensors are written as float32 .npy all the same (dumpkit): the
+truth is rounded once, at the end, and the manifest's `dtype` says what it was computed in.
 """
 
 import os
@@ -30,6 +42,7 @@ except ImportError as e:  # dumpkit needs numpy: without it, still fail the docu
     sys.exit(3)
 
 ARCHS = {"llama": "llama", "gpt2": "gpt2"}  # transformers model_type -> catalog arch
+DTYPES = ("float32", "float64")  # what `run` computes in; the names are torch's and the manifest's
 
 
 class Model:
@@ -63,8 +76,13 @@ class Model:
         self.model = None
         self.tokenizer = None
 
-    def load(self):
-        """The weights (float32, eval, eager attention) and the tokenizer: the slow part."""
+    def load(self, dtype="float32"):
+        """The weights (eval, eager attention) and the tokenizer: the slow part.
+
+        The weights load as float32 whatever `dtype` is, then are cast to it: float32 -> float64 is
+        exact, so a float64 model holds the same values as the float32 one (for a GGUF, transformers'
+        own float32 dequantization, not a float64 one that would round some blocks differently).
+        """
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -79,7 +97,7 @@ class Model:
         bad = sorted(info["missing_keys"]) + sorted(str(k) for k in info["mismatched_keys"])
         if bad:
             raise DumpError(f"{self.path} lacks {len(bad)} weights the {self.arch} model needs (e.g. {', '.join(bad[:3])}): is it a vocab-only or partial file?", EXIT_USAGE)
-        self.model = model.eval()
+        self.model = model.to(getattr(torch, dtype)).eval()
 
     def encode(self, text):
         """Prompt ids. Special-token text in the prompt stays text, as with llama.cpp's parse_special=false."""
@@ -251,18 +269,135 @@ def squeeze_batch(t):
     return t[0] if t.dim() == 3 else t
 
 
-def run(args):
+def float64_rms_norm(norm):
+    """A Llama RMSNorm's forward in its input's dtype (transformers' own upcasts the input to float32)."""
+
+    def forward(x):
+        return norm.weight * (x * (x * x).mean(-1, keepdim=True).add(norm.variance_epsilon).rsqrt())
+
+    return forward
+
+
+def float64_rope(rotary, config):
+    """A Llama rotary embedding's forward with inv_freq, the angles and cos/sin in float64.
+
+    transformers' builds inv_freq in float32 and computes the angles and cos/sin in float32 (then
+    casts them to the model's dtype), so a float64 model would rotate by float32-rounded angles.
+    Only plain RoPE is rebuilt here: a scaled variant (llama3, yarn, ...) is refused rather than
+    silently left in float32.
+    """
+    import torch
+
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    rope_type = params.get("rope_type", "default")
+    if rope_type != "default" or rotary.attention_scaling != 1.0:
+        raise DumpError(f"RoPE type {rope_type!r}: the float64 dumper rebuilds only plain RoPE in float64")
+    if "rope_theta" not in params:
+        raise DumpError("the model config has no rope_parameters.rope_theta: the float64 RoPE does not guess a base")
+    theta = float(params["rope_theta"])
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    # theta^(-2i/hd) for i < hd/2, the frequency of pair (i, i + hd/2) in HF's rotate-half layout.
+    inv_freq = torch.pow(torch.tensor(theta, dtype=torch.float64), -torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+
+    def forward(x, position_ids):
+        angles = position_ids.to(torch.float64)[..., None] * inv_freq  # [B, T, hd/2]
+        angles = torch.cat((angles, angles), dim=-1)
+        return angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+
+    return forward
+
+
+def float64_eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **_kwargs):
+    """Eager attention with the softmax in the scores' dtype (transformers' Llama one takes it in float32).
+
+    query [B, H, T, hd], key/value [B, KV, S, hd]; returns the output [B, T, H, hd] and the probabilities.
+    """
+    import torch
+
+    groups = query.shape[1] // key.shape[1]  # query head h reads key/value head h // groups
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+def dtype_guard(dtype):
+    """A torch dispatch mode that lists every op reading or writing a floating-point tensor of
+    another dtype than `dtype`: the check that nothing inside transformers fell back to float32."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Guard(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.offenders = {}  # op name -> the other dtypes it touched
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten((args, kwargs, out))[0]:
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype:
+                    self.offenders.setdefault(str(func), set()).add(str(t.dtype).removeprefix("torch."))
+            return out
+
+    return Guard()
+
+
+@contextmanager
+def computing_in(model, arch, dtype):
+    """The model's forward passes in `dtype`: as they are for float32; for float64, with Llama's three
+    float32 pieces replaced by our float64 ones and every op checked by `dtype_guard`."""
+    import torch
+
+    if dtype == "float32":
+        yield
+        return
+    from transformers.models.llama import modeling_llama
+
+    patched = []  # (module, attribute, original) to put back
+    if arch == "llama":
+        for m in model.modules():
+            if isinstance(m, modeling_llama.LlamaRMSNorm):
+                patched.append((m, "forward", None))
+                m.forward = float64_rms_norm(m)
+        rotary = model.model.rotary_emb
+        patched.append((rotary, "forward", None))
+        rotary.forward = float64_rope(rotary, model.config)
+        patched.append((modeling_llama, "eager_attention_forward", modeling_llama.eager_attention_forward))
+        modeling_llama.eager_attention_forward = float64_eager_attention
+    guard = dtype_guard(getattr(torch, dtype))
+    try:
+        with guard:
+            yield
+    finally:
+        for owner, name, original in reversed(patched):
+            if original is None:
+                delattr(owner, name)  # the instance attribute goes, the class's forward is back
+            else:
+                setattr(owner, name, original)
+    if guard.offenders:
+        ops = "; ".join(f"{op} ({', '.join(sorted(d))})" for op, d in sorted(guard.offenders.items()))
+        raise DumpError(f"not every op ran in {dtype}: {ops}")
+
+
+def run(args, dtype="float32", reference="pytorch"):
+    """The dump of `args` computed in `dtype` (one of DTYPES), under the reference name `reference`."""
     import torch
     import transformers
 
+    if dtype not in DTYPES:
+        raise DumpError(f"internal: dtype {dtype!r} is not one of {DTYPES}")
     torch.set_num_threads(args.threads)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
     ref = Model(args.model)
     # Made before the weights load so the manifest's wall time includes loading.
-    dump = Dump("pytorch", f"transformers {transformers.__version__}, torch {torch.__version__}", args, ref.arch, ref.n_layers)
-    ref.load()
+    version = f"transformers {transformers.__version__}, torch {torch.__version__}" + ("" if dtype == "float32" else f", {dtype}")
+    dump = Dump(reference, version, args, ref.arch, ref.n_layers, dtype=dtype)
+    ref.load(dtype)
     model, n_layers = ref.model, ref.n_layers
 
     ids = ref.encode(args.prompt)
@@ -278,7 +413,7 @@ def run(args):
 
     rec = Recorder()
     attention_modules = hook_llama(rec, model) if ref.arch == "llama" else hook_gpt2(rec, model)
-    with torch.no_grad():
+    with torch.no_grad(), computing_in(model, ref.arch, dtype):
         rec.active = True
         if ref.arch == "llama":
             with rope_recorder(rec, attention_modules):
@@ -306,7 +441,7 @@ def run(args):
             else:
                 dump.mark_unavailable(f"blk.{i}.attn_probs", "output_attentions returned nothing")
 
-        logits = out.logits[0].float()
+        logits = out.logits[0]  # the model's dtype: the probs softmax and the greedy choice stay in it
         last = logits[-1]
         dump.put("logits", logits.numpy())
         dump.put("last_logits", last.numpy())
@@ -322,11 +457,16 @@ def run(args):
                 cache = step.past_key_values
                 generated.append(int(torch.argmax(step.logits[0, -1])))
         dump.put("generated", torch.tensor(generated, dtype=torch.int64).numpy())
-    print(f"pytorch: {len(ids)} prompt tokens, generated {ref.tokenizer.decode(generated)!r}", file=sys.stderr)
+    print(f"{reference}: {len(ids)} prompt tokens, generated {ref.tokenizer.decode(generated)!r}", file=sys.stderr)
     return dump
 
 
-if __name__ == "__main__":
+def cli(reference="pytorch", dtype="float32"):
+    """The command line (dumpkit's contract and exit codes) of the dumper named `reference`, computing in `dtype`."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader has its own progress bar
-    main("pytorch", run)
+    main(reference, lambda args: run(args, dtype=dtype, reference=reference))
+
+
+if __name__ == "__main__":
+    cli()

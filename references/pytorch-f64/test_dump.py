@@ -1,0 +1,201 @@
+"""Tests of the float64 ground-truth dumper on the tiny fixture models.
+
+    ~/.cache/parity/venv/bin/python references/pytorch-f64/test_dump.py
+
+Dumps fixtures/models/tiny-llama and tiny-gpt2 (F32 GGUF) with both references/pytorch/dump.py and
+references/pytorch-f64/dump.py into a temporary folder and checks that the truth is the same
+computation in another precision: its manifest says so, it has the same prompt ids and tensors, every
+tensor is within float32 rounding noise of the float32 dump without being a copy of it, and layer 0's
+attn_norm, recomputed in numpy float64 from the GGUF's own weights (read with the `gguf` package), is
+what the truth holds to within half a float32 ulp, i.e. correctly rounded, which the float32 dump is
+not. Also the exit codes of the command line. Skips (exit 0) when the reference environment is not
+importable.
+"""
+
+import subprocess
+import sys
+import tempfile
+import tomllib
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DUMPERS = {"pytorch": ROOT / "references" / "pytorch" / "dump.py", "pytorch-f64": ROOT / "references" / "pytorch-f64" / "dump.py"}
+MODELS = {name: ROOT / "fixtures" / "models" / name / "model-f32.gguf" for name in ("tiny-llama", "tiny-gpt2")}
+PROMPT = "The quick brown fox jumps over the lazy dog."
+N_GENERATE = 4
+
+# Relative RMS difference a tensor of the truth may have from the float32 dump: float32 rounding
+# noise through two small layers is ~1e-7..1e-6 (the probs at the end ~2e-6); an error of the
+# float64 path itself (a wrong op, a different weight) is orders of magnitude larger.
+NOISE = 1e-5
+
+
+def import_problem():
+    """Why the reference environment cannot run here, or None."""
+    try:
+        import gguf  # noqa: F401
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        return f"{e} (run with ~/.cache/parity/venv/bin/python after scripts/setup-references.sh)"
+    return None
+
+
+def dumper_command(reference, model, out, python_flags=()):
+    return [
+        sys.executable,
+        *python_flags,
+        str(DUMPERS[reference]),
+        "--model",
+        str(model),
+        "--prompt",
+        PROMPT,
+        "--n-generate",
+        str(N_GENERATE),
+        "--out",
+        str(out),
+    ]
+
+
+class TruthBesideFloat32(unittest.TestCase):
+    """Both dumps of both fixtures, made once (concurrently) for all tests."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="parity-pytorch-f64-test-")
+        cls.addClassCleanup(cls.tmp.cleanup)
+        cls.dumps, running = {}, {}
+        for name, model in MODELS.items():
+            for reference in DUMPERS:
+                out = Path(cls.tmp.name) / f"{name}-{reference}"
+                cls.dumps[name, reference] = out
+                running[name, reference] = subprocess.Popen(
+                    dumper_command(reference, model, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                )
+        for (name, reference), process in running.items():
+            _, stderr = process.communicate()
+            if process.returncode != 0:
+                raise AssertionError(f"{reference} on {MODELS[name]} exited {process.returncode}: {stderr.strip()}")
+
+    def manifest(self, name, reference):
+        with open(self.dumps[name, reference] / "manifest.toml", "rb") as f:
+            return tomllib.load(f)
+
+    def load(self, name, reference, key):
+        import numpy as np
+
+        return np.load(self.dumps[name, reference] / f"{key}.npy")
+
+    def files(self, name, reference):
+        """key -> file of every tensor the dump holds."""
+        return {k: t["file"] for k, t in self.manifest(name, reference)["tensors"].items() if "file" in t}
+
+    def test_manifest_names_the_truth_and_its_float64_computation(self):
+        for name in MODELS:
+            with self.subTest(model=name):
+                truth, f32 = self.manifest(name, "pytorch-f64"), self.manifest(name, "pytorch")
+                self.assertEqual(truth["reference"], "pytorch-f64")
+                self.assertEqual(truth["dtype"], "float64")
+                self.assertTrue(truth["version"].startswith("transformers ") and truth["version"].endswith(", float64"), truth["version"])
+                self.assertEqual(f32["reference"], "pytorch")
+                self.assertEqual(f32["dtype"], "float32")
+                self.assertEqual(truth["version"], f32["version"] + ", float64")
+                self.assertEqual(truth["model_sha256"], f32["model_sha256"])
+
+    def test_same_prompt_ids_and_tensor_set_as_the_float32_dump(self):
+        for name in MODELS:
+            with self.subTest(model=name):
+                truth, f32 = self.manifest(name, "pytorch-f64"), self.manifest(name, "pytorch")
+                self.assertEqual(truth["token_ids"], f32["token_ids"])
+                self.assertEqual(self.files(name, "pytorch-f64"), self.files(name, "pytorch"))
+                self.assertEqual(truth["tensors"].keys(), f32["tensors"].keys())
+                self.assertGreater(len(self.files(name, "pytorch-f64")), 20)
+
+    def test_every_tensor_is_within_float32_noise_of_the_float32_dump_without_being_a_copy(self):
+        import numpy as np
+
+        for name in MODELS:
+            with self.subTest(model=name):
+                identical, floats = [], 0
+                for key in self.files(name, "pytorch"):
+                    truth, f32 = self.load(name, "pytorch-f64", key), self.load(name, "pytorch", key)
+                    self.assertEqual((truth.dtype.str, truth.shape), (f32.dtype.str, f32.shape), key)
+                    if truth.dtype.kind == "i":  # tokens, argmax and the greedy ids: no near-ties on these fixtures
+                        np.testing.assert_array_equal(truth, f32, err_msg=key)
+                        continue
+                    floats += 1
+                    t, f = truth.astype(np.float64), f32.astype(np.float64)
+                    self.assertTrue(np.isfinite(t).all(), key)
+                    rel_rms = np.sqrt(np.mean((t - f) ** 2) / np.mean(t**2))
+                    self.assertLess(rel_rms, NOISE, f"{key}: relative RMS {rel_rms:.3g} from the float32 dump")
+                    if np.array_equal(truth, f32):
+                        identical.append(key)
+                # embed is rows of the weights (GPT-2: plus position rows, a single addition, which float32
+                # already rounds correctly), so it is the same; everything computed after it is not.
+                self.assertEqual(identical, ["embed"])
+                self.assertGreater(floats, 20)
+
+    def test_layer0_attn_norm_is_the_correctly_rounded_norm_of_the_gguf_embedding_rows(self):
+        import gguf
+        import numpy as np
+
+        for name, path in MODELS.items():
+            with self.subTest(model=name):
+                reader = gguf.GGUFReader(str(path))
+                arch = reader.fields["general.architecture"].contents()
+                weights = {t.name: np.asarray(t.data, dtype=np.float64) for t in reader.tensors}  # F32 file: exact
+                ids = self.load(name, "pytorch-f64", "tokens")
+                x = weights["token_embd.weight"][ids]
+                if arch == "llama":
+                    eps = float(reader.fields["llama.attention.layer_norm_rms_epsilon"].contents())
+                    expected = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weights["blk.0.attn_norm.weight"]
+                else:
+                    eps = float(reader.fields["gpt2.attention.layer_norm_epsilon"].contents())
+                    x = x + weights["position_embd.weight"][: len(ids)]
+                    c = x - x.mean(axis=-1, keepdims=True)
+                    expected = (
+                        c / np.sqrt(np.mean(c * c, axis=-1, keepdims=True) + eps) * weights["blk.0.attn_norm.weight"]
+                        + weights["blk.0.attn_norm.bias"]
+                    )
+                # Correct rounding is at most half an ulp away; the slack covers float64's own last bits.
+                self.assertLessEqual(self.worst_ulps(name, "pytorch-f64", "blk.0.attn_norm", expected), 0.5 + 1e-6)
+                # And the bound has teeth here: the float32 computation of the same norm misses it.
+                self.assertGreater(self.worst_ulps(name, "pytorch", "blk.0.attn_norm", expected), 0.5 + 1e-6)
+
+    def worst_ulps(self, name, reference, key, expected):
+        """The largest distance of a dumped tensor from float64 `expected`, in float32 ulps of `expected`."""
+        import numpy as np
+
+        ulp = np.spacing(np.abs(expected).astype(np.float32)).astype(np.float64)
+        return float(np.max(np.abs(self.load(name, reference, key).astype(np.float64) - expected) / ulp))
+
+
+class Usage(unittest.TestCase):
+    def test_missing_model_file_exits_2(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = subprocess.run(
+                dumper_command("pytorch-f64", Path(tmp) / "no-such-model.gguf", Path(tmp) / "out"), check=False, capture_output=True, text=True
+            )
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertIn("pytorch-f64: model not found", result.stderr)
+            self.assertFalse((Path(tmp) / "out").exists())
+
+    def test_missing_packages_exit_3_with_one_line(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            # -S leaves site-packages (numpy, torch, transformers) off the path.
+            result = subprocess.run(
+                dumper_command("pytorch-f64", MODELS["tiny-llama"], Path(tmp) / "out", ["-S"]), check=False, capture_output=True, text=True
+            )
+            self.assertEqual(result.returncode, 3, result.stderr)
+            self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+            self.assertIn("not installed", result.stderr)
+
+
+if __name__ == "__main__":
+    problem = import_problem()
+    if problem:
+        print(f"test_dump.py: skipped, the reference environment is not importable: {problem}")
+        sys.exit(0)
+    unittest.main()
