@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Writes the reference dumps of a suite (default: checkpoints/suite.toml, whose dumps are committed)
 # by running the real dumpers, into the suite's `dumps` folder. Needs the reference environment
-# (scripts/setup-references.sh).
+# (scripts/setup-references.sh). Besides each model's `refs`, every case also gets the dump of the
+# suite's `truth` (the float64 reference), from the model's `ref_paths` entry for it if any.
 #
-#   scripts/make-dumps.sh                                     # every model x prompt x reference
+#   scripts/make-dumps.sh                                     # every model x prompt x reference, and the truth
 #   scripts/make-dumps.sh checkpoints/suite.toml pytorch      # only one reference
+#   scripts/make-dumps.sh checkpoints/suite.toml pytorch-f64  # only the truth
 #   scripts/make-dumps.sh checkpoints/suite-real.toml "" missing  # only the dumps not there yet
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +31,8 @@ for model in suite["model"]:
     for prompt in suite["prompt"]:
         if "prompts" in model and prompt["id"] not in model["prompts"]:
             continue
-        for ref in model["refs"]:
+        truth = [suite["truth"]] if "truth" in suite and suite["truth"] not in model["refs"] else []
+        for ref in model["refs"] + truth:
             if only and ref != only:
                 continue
             out = f"{resolve(suite['dumps'])}/{model['id']}/{prompt['id']}/{ref}"
