@@ -71,9 +71,7 @@ impl KvCache {
         let cache = &self.layers[layer];
         let src = if values { &cache.v } else { &cache.k };
         let hd = self.head_dim;
-        (0..self.n_kv_heads)
-            .flat_map(|h| src[h * self.capacity * hd..(h * self.capacity + n) * hd].iter().copied())
-            .collect()
+        (0..self.n_kv_heads).flat_map(|h| src[h * self.capacity * hd..(h * self.capacity + n) * hd].iter().copied()).collect()
     }
 }
 

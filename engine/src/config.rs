@@ -1,8 +1,8 @@
 //! Model hyperparameters, read from GGUF metadata or an HF `config.json`.
 
+use crate::attention::{AttnFaults, Heads};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::attention::{AttnFaults, Heads};
 use crate::ops::{Rope, RopeLayout};
 use serde_json::Value as Json;
 use std::path::Path;
@@ -107,7 +107,8 @@ impl std::str::FromStr for Fault {
             return Ok(fault);
         }
         if let Some(args) = spec.strip_prefix("perturb:") {
-            let (layer, rel) = args.split_once(':').ok_or_else(|| format!("plant {spec:?}: perturb needs a layer and a relative size (perturb:3:1e-4)"))?;
+            let (layer, rel) =
+                args.split_once(':').ok_or_else(|| format!("plant {spec:?}: perturb needs a layer and a relative size (perturb:3:1e-4)"))?;
             let layer = layer.parse().map_err(|_| format!("plant {spec:?}: layer {layer:?} is not a whole number"))?;
             let rel: f32 = rel.parse().map_err(|_| format!("plant {spec:?}: relative size {rel:?} is not a number"))?;
             if !(rel.is_finite() && rel > 0.0) {
@@ -238,8 +239,8 @@ impl Config {
     /// Reads an HF `config.json` (LlamaForCausalLM or GPT2LMHeadModel).
     pub fn from_hf(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let json: Json = serde_json::from_str(&text)
-            .map_err(|e| Error::Format { path: path.to_path_buf(), format: "config.json", reason: e.to_string() })?;
+        let json: Json =
+            serde_json::from_str(&text).map_err(|e| Error::Format { path: path.to_path_buf(), format: "config.json", reason: e.to_string() })?;
         let get = |k: &str| json.get(k).filter(|v| !v.is_null());
         let usize_of = |k: &str| -> Result<usize> {
             get(k)

@@ -130,8 +130,7 @@ impl GgufFile {
             Backing::Memory(v) => v,
         };
         let mut r = Reader { bytes, at: 0 };
-        let (version, metadata, tensors) =
-            parse(&mut r).map_err(|reason| Error::Format { path: path.to_path_buf(), format: "GGUF", reason })?;
+        let (version, metadata, tensors) = parse(&mut r).map_err(|reason| Error::Format { path: path.to_path_buf(), format: "GGUF", reason })?;
         Ok(GgufFile { path: path.to_path_buf(), backing, version, metadata, tensors })
     }
 
@@ -195,10 +194,7 @@ impl GgufFile {
     }
 
     pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>> {
-        self.array(key)?
-            .iter()
-            .map(|v| v.as_f64().map(|f| f as f32).ok_or_else(|| self.bad(format!("metadata {key} holds a non-float"))))
-            .collect()
+        self.array(key)?.iter().map(|v| v.as_f64().map(|f| f as f32).ok_or_else(|| self.bad(format!("metadata {key} holds a non-float")))).collect()
     }
 
     pub fn get_i32_array(&self, key: &str) -> Result<Vec<i32>> {
@@ -215,8 +211,8 @@ impl GgufFile {
             path: self.path.clone(),
             arch: self.architecture().unwrap_or("unknown").to_string(),
         })?;
-        let dtype = supported_dtype(info.type_id)
-            .ok_or_else(|| Error::UnsupportedType { tensor: name.to_string(), dtype: info.type_name.clone() })?;
+        let dtype =
+            supported_dtype(info.type_id).ok_or_else(|| Error::UnsupportedType { tensor: name.to_string(), dtype: info.type_name.clone() })?;
         let bytes = match &self.backing {
             Backing::Map(map) => Bytes::Mapped { map: map.clone(), start: info.offset, len: info.n_bytes },
             Backing::Memory(v) => Bytes::Owned(Arc::new(v[info.offset..info.offset + info.n_bytes].to_vec())),
@@ -335,8 +331,7 @@ fn parse(r: &mut Reader) -> std::result::Result<Parsed, String> {
     let file_len = r.bytes.len() as u64;
     let mut tensors = Vec::with_capacity(raw.len());
     for (name, ne, type_id, offset) in raw {
-        let (type_name, block, block_bytes) =
-            ggml_type(type_id).ok_or_else(|| format!("tensor {name}: unknown tensor type id {type_id}"))?;
+        let (type_name, block, block_bytes) = ggml_type(type_id).ok_or_else(|| format!("tensor {name}: unknown tensor type id {type_id}"))?;
         let elements = ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| format!("tensor {name}: dimensions {ne:?} overflow"))?;
         if ne[0] % block as u64 != 0 {
             return Err(format!("tensor {name}: row length {} is not a multiple of the {type_name} block size {block}", ne[0]));
@@ -348,7 +343,9 @@ fn parse(r: &mut Reader) -> std::result::Result<Parsed, String> {
         let start = data_start.checked_add(offset).ok_or_else(|| format!("tensor {name}: offset overflows"))?;
         let end = start.checked_add(n_bytes).ok_or_else(|| format!("tensor {name}: offset overflows"))?;
         if end > file_len {
-            return Err(format!("tensor {name}: data [{start}, {end}) runs past the end of the file ({file_len} bytes); the file is truncated or corrupt"));
+            return Err(format!(
+                "tensor {name}: data [{start}, {end}) runs past the end of the file ({file_len} bytes); the file is truncated or corrupt"
+            ));
         }
         tensors.push(TensorInfo {
             name,

@@ -77,10 +77,12 @@ pub fn planted_bytes(dtype: DType, bytes: &[u8], fault: Fault) -> Option<Vec<u8>
     let mut out = bytes.to_vec();
     match (fault, dtype) {
         // Exponent bits 0 and a nonzero mantissa: read as a zero of the same sign.
-        (Fault::F16SubnormalsFlushed, DType::F16) => out.chunks_exact_mut(2).filter(|b| b[1] & 0x7c == 0 && (b[0] != 0 || b[1] & 0x03 != 0)).for_each(|b| {
-            b[0] = 0;
-            b[1] &= 0x80;
-        }),
+        (Fault::F16SubnormalsFlushed, DType::F16) => {
+            out.chunks_exact_mut(2).filter(|b| b[1] & 0x7c == 0 && (b[0] != 0 || b[1] & 0x03 != 0)).for_each(|b| {
+                b[0] = 0;
+                b[1] &= 0x80;
+            })
+        }
         (Fault::Q8ScaleBf16, DType::Q8_0) => out.chunks_exact_mut(34).for_each(|b| through_bf16(&mut b[0..2])),
         (Fault::Q41MinBf16, DType::Q4_1) => out.chunks_exact_mut(20).for_each(|b| through_bf16(&mut b[2..4])),
         _ => return None,
@@ -103,7 +105,8 @@ mod portable {
             DType::BF16 => w.chunks_exact(2).zip(x).map(|(b, v)| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16) * v).sum(),
             DType::Q8_0 => blocks(w, 34, x, |b, xs| f16_at(b, 0) * b[2..].iter().zip(xs).map(|(q, v)| (*q as i8) as f32 * v).sum::<f32>()),
             DType::Q4_0 => blocks(w, 18, x, |b, xs| {
-                let acc: f32 = b[2..].iter().enumerate().map(|(j, q)| ((q & 0x0f) as i32 - 8) as f32 * xs[j] + ((q >> 4) as i32 - 8) as f32 * xs[j + 16]).sum();
+                let acc: f32 =
+                    b[2..].iter().enumerate().map(|(j, q)| ((q & 0x0f) as i32 - 8) as f32 * xs[j] + ((q >> 4) as i32 - 8) as f32 * xs[j + 16]).sum();
                 f16_at(b, 0) * acc
             }),
             DType::Q4_1 => blocks(w, 20, x, |b, xs| {

@@ -142,7 +142,14 @@ impl Model {
 
     /// Samples up to `n` tokens, decoding each through the cache; `on_token` sees each one with
     /// the logits it was chosen from, and returns false to stop early.
-    fn decode(&self, last: &[f32], n: usize, cache: &mut KvCache, sampler: &mut Sampler, mut on_token: impl FnMut(u32, &[f32]) -> bool) -> Result<Vec<u32>> {
+    fn decode(
+        &self,
+        last: &[f32],
+        n: usize,
+        cache: &mut KvCache,
+        sampler: &mut Sampler,
+        mut on_token: impl FnMut(u32, &[f32]) -> bool,
+    ) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(n);
         let mut logits = last.to_vec();
         for i in 0..n {
@@ -181,4 +188,3 @@ impl Net {
         })
     }
 }
-

@@ -141,9 +141,7 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(layout: RopeLayout, head_dim: usize, theta: f32) -> Rope {
-        let inv_freq = (0..head_dim / 2)
-            .map(|i| (1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64)) as f32)
-            .collect();
+        let inv_freq = (0..head_dim / 2).map(|i| (1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64)) as f32).collect();
         Rope { layout, head_dim, inv_freq }
     }
 

@@ -116,13 +116,10 @@ impl SafeTensors {
                 return Err(bad(format!("tensor {name} appears in more than one file")));
             }
             spans.push((begin, end, name.clone()));
-            self.tensors.insert(name, Located {
-                file: index,
-                dtype: entry.dtype,
-                shape: entry.shape,
-                start: data_start + begin as usize,
-                len: (end - begin) as usize,
-            });
+            self.tensors.insert(
+                name,
+                Located { file: index, dtype: entry.dtype, shape: entry.shape, start: data_start + begin as usize, len: (end - begin) as usize },
+            );
         }
         spans.sort();
         for pair in spans.windows(2) {
@@ -183,8 +180,8 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(|source| Error::Io { path: index.clone(), source })?;
-        let parsed: Index = serde_json::from_str(&text)
-            .map_err(|e| Error::Format { path: index.clone(), format: "safetensors index", reason: e.to_string() })?;
+        let parsed: Index =
+            serde_json::from_str(&text).map_err(|e| Error::Format { path: index.clone(), format: "safetensors index", reason: e.to_string() })?;
         let mut names: Vec<String> = parsed.weight_map.into_values().collect();
         names.sort();
         names.dedup();
@@ -194,7 +191,11 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 let plain = Path::new(&n).file_name().is_some_and(|f| f == n.as_str());
                 match plain {
                     true => Ok(dir.join(n)),
-                    false => Err(Error::Format { path: index.clone(), format: "safetensors index", reason: format!("shard {n:?} is not a file name in the folder") }),
+                    false => Err(Error::Format {
+                        path: index.clone(),
+                        format: "safetensors index",
+                        reason: format!("shard {n:?} is not a file name in the folder"),
+                    }),
                 }
             })
             .collect();
@@ -239,7 +240,12 @@ mod tests {
     fn a_sharded_folder_reads_every_shard_through_its_index() {
         let dir = temp_dir("sharded");
         write(&dir, "a.safetensors", r#"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, &f32_bytes(&[1.0, 2.0]));
-        write(&dir, "b.safetensors", r#"{"__metadata__":{"format":"pt"},"y":{"dtype":"F32","shape":[1,1],"data_offsets":[0,4]}}"#, &f32_bytes(&[3.5]));
+        write(
+            &dir,
+            "b.safetensors",
+            r#"{"__metadata__":{"format":"pt"},"y":{"dtype":"F32","shape":[1,1],"data_offsets":[0,4]}}"#,
+            &f32_bytes(&[3.5]),
+        );
         std::fs::write(dir.join("model.safetensors.index.json"), r#"{"weight_map":{"x":"a.safetensors","y":"b.safetensors"}}"#).unwrap();
         let st = SafeTensors::open(&dir).unwrap();
         assert_eq!(st.names(), ["x", "y"]);

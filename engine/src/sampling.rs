@@ -121,8 +121,14 @@ mod tests {
     fn sampling_is_reproducible_from_the_seed_and_follows_the_distribution() {
         let logits = [6f32.ln(), 3f32.ln(), 0.0];
         let cfg = SamplerConfig { temperature: 1.0, seed: 42, ..Default::default() };
-        let a: Vec<u32> = { let mut s = Sampler::new(cfg.clone()); (0..3000).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(cfg); (0..3000).map(|_| s.sample(&logits)).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(cfg.clone());
+            (0..3000).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(cfg);
+            (0..3000).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b);
         // Expected 1800 zeros (p = 0.6); 5 standard deviations is sqrt(3000*0.6*0.4)*5 = 134.
         let zeros = a.iter().filter(|&&t| t == 0).count() as i64;

@@ -24,7 +24,10 @@ impl Tap {
 /// A tensor as shown to an observer: row-major data and its shape.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TapValue {
-    F32 { shape: Vec<usize>, data: Vec<f32> },
+    F32 {
+        shape: Vec<usize>,
+        data: Vec<f32>,
+    },
     /// A sequence of token ids, shape `[len]`.
     Ids(Vec<u32>),
     /// One token id, shape `[]` (the `argmax` checkpoint).

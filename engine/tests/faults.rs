@@ -113,4 +113,5 @@ fn each_small_bug_first_changes_the_tensor_where_it_lives() {
 }
 
 /// A layer's taps in the order the forward pass records them.
-const TAPS: [&str; 13] = ["attn_norm", "q", "k", "v", "q_rope", "k_rope", "k_cache", "v_cache", "attn_probs", "attn_out", "ffn_norm", "ffn_out", "block_out"];
+const TAPS: [&str; 13] =
+    ["attn_norm", "q", "k", "v", "q_rope", "k_rope", "k_cache", "v_cache", "attn_probs", "attn_out", "ffn_norm", "ffn_out", "block_out"];

@@ -33,9 +33,14 @@ pub fn bisect(runs: &[CaseRun], results: &RunResults, reference: Option<&str>) -
                     last_pass = Some(check.clone());
                 }
             }
-            out.push(Bisection { model: case.model.clone(), prompt: case.prompt.clone(), reference: case.reference.clone(), first_failure, last_pass });
+            out.push(Bisection {
+                model: case.model.clone(),
+                prompt: case.prompt.clone(),
+                reference: case.reference.clone(),
+                first_failure,
+                last_pass,
+            });
         }
     }
     out
 }
-

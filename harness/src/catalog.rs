@@ -171,10 +171,9 @@ impl Catalog {
 
     /// The shape the catalog promises for `entry` given the model's dimensions.
     pub fn expected_shape(&self, entry: &Entry, dims: &Dims) -> Result<Vec<usize>, CatalogError> {
-        let spec = self.tensor(&entry.tensor).ok_or_else(|| CatalogError::Invalid {
-            origin: "catalog".into(),
-            problem: format!("no tensor named {:?}", entry.tensor),
-        })?;
+        let spec = self
+            .tensor(&entry.tensor)
+            .ok_or_else(|| CatalogError::Invalid { origin: "catalog".into(), problem: format!("no tensor named {:?}", entry.tensor) })?;
         spec.shape.iter().map(|term| eval_term(term, dims, &entry.key)).collect()
     }
 }

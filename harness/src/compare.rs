@@ -40,7 +40,14 @@ pub fn compare_case(
 }
 
 /// One entry of [`compare_case`]: the dump's tensor read, then [`check`]ed.
-fn compare_entry(engine: &BTreeMap<String, Tensor>, dump: &Dump, entry: &Entry, spec: &Spec, class: &str, near_tie: &dyn Fn(usize) -> Option<f64>) -> CheckResult {
+fn compare_entry(
+    engine: &BTreeMap<String, Tensor>,
+    dump: &Dump,
+    entry: &Entry,
+    spec: &Spec,
+    class: &str,
+    near_tie: &dyn Fn(usize) -> Option<f64>,
+) -> CheckResult {
     match dump.get(&entry.key) {
         Ok(reference) => check(entry, engine.get(&entry.key), &reference, spec, class, near_tie),
         Err(e) => result(entry, Status::Missing, Some(format!("reference tensor unreadable: {e}")), BTreeMap::new(), vec![]),
@@ -79,7 +86,13 @@ pub fn compare_all(engine: &BTreeMap<String, Tensor>, dumps: &[(&Dump, &str)], e
 /// Returns the checks per reference (in the order of `entries`) and the checks against the truth.
 /// An entry whose truth tensor is unusable fails against the truth (missing, layout, non-finite)
 /// and is judged against the references by the pooled tolerances.
-pub fn compare_with_truth(engine: &BTreeMap<String, Tensor>, dumps: &[(&Dump, &str)], truth: &Dump, entries: &[Entry], spec: &Spec) -> (Vec<Vec<CheckResult>>, Vec<CheckResult>) {
+pub fn compare_with_truth(
+    engine: &BTreeMap<String, Tensor>,
+    dumps: &[(&Dump, &str)],
+    truth: &Dump,
+    entries: &[Entry],
+    spec: &Spec,
+) -> (Vec<Vec<CheckResult>>, Vec<CheckResult>) {
     use rayon::prelude::*;
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(engine.get(&entries[i].key).map_or(0, Tensor::len)));
@@ -98,7 +111,13 @@ pub fn compare_with_truth(engine: &BTreeMap<String, Tensor>, dumps: &[(&Dump, &s
 }
 
 /// One entry of [`compare_with_truth`]: (the check against each reference, the check against the truth).
-fn entry_with_truth(engine: &BTreeMap<String, Tensor>, dumps: &[(&Dump, &str)], truth: &Dump, entry: &Entry, spec: &Spec) -> (Vec<CheckResult>, CheckResult) {
+fn entry_with_truth(
+    engine: &BTreeMap<String, Tensor>,
+    dumps: &[(&Dump, &str)],
+    truth: &Dump,
+    entry: &Entry,
+    spec: &Spec,
+) -> (Vec<CheckResult>, CheckResult) {
     let unreadable = |e: String| result(entry, Status::Missing, Some(format!("reference tensor unreadable: {e}")), BTreeMap::new(), vec![]);
     let mine = engine.get(&entry.key);
     let references: Vec<Result<Lookup, String>> = dumps.iter().map(|(d, _)| d.get(&entry.key).map_err(|e| e.to_string())).collect();
@@ -120,16 +139,27 @@ fn entry_with_truth(engine: &BTreeMap<String, Tensor>, dumps: &[(&Dump, &str)], 
     };
     let truth_lookup = match truth.get(&entry.key) {
         Ok(lookup) => lookup,
-        Err(e) => return (pooled(Some("the truth tensor is unreadable")), result(entry, Status::Missing, Some(format!("truth tensor unreadable: {e}")), BTreeMap::new(), vec![])),
+        Err(e) => {
+            return (
+                pooled(Some("the truth tensor is unreadable")),
+                result(entry, Status::Missing, Some(format!("truth tensor unreadable: {e}")), BTreeMap::new(), vec![]),
+            )
+        }
     };
     // The truth is usable where it has the engine's shape and is finite; otherwise its own check
     // says why, and the references are judged as they would be without it.
     let truth_tensor = match (&truth_lookup, mine) {
-        (Lookup::Tensor(t @ Tensor { values: Values::F32(tv), .. }), Some(Tensor { values: Values::F32(_), shape, .. })) if &t.shape == shape && !tv.is_empty() && metrics::all_finite(tv) => tv,
+        (Lookup::Tensor(t @ Tensor { values: Values::F32(tv), .. }), Some(Tensor { values: Values::F32(_), shape, .. }))
+            if &t.shape == shape && !tv.is_empty() && metrics::all_finite(tv) =>
+        {
+            tv
+        }
         _ => return (pooled(Some("the truth cannot judge this tensor")), check(entry, mine, &truth_lookup, spec, "f32", &|_| None)),
     };
     let distance_of = |lookup: &Result<Lookup, String>| -> Option<Distance> {
-        let Ok(Lookup::Tensor(Tensor { values: Values::F32(v), shape, .. })) = lookup else { return None };
+        let Ok(Lookup::Tensor(Tensor { values: Values::F32(v), shape, .. })) = lookup else {
+            return None;
+        };
         if shape != &mine?.shape || v.len() != truth_tensor.len() {
             return None;
         }
@@ -137,8 +167,12 @@ fn entry_with_truth(engine: &BTreeMap<String, Tensor>, dumps: &[(&Dump, &str)], 
         sums.engine_finite().then(|| Distance::of(&sums, &Scale::of_reference(&sums)))
     };
     let distances: Vec<Option<Distance>> = references.iter().map(distance_of).collect();
-    let by: Vec<(String, Distance)> =
-        dumps.iter().zip(&distances).filter(|((_, class), _)| *class == "f32").filter_map(|((d, _), dist)| Some((d.manifest.reference.clone(), (*dist)?))).collect();
+    let by: Vec<(String, Distance)> = dumps
+        .iter()
+        .zip(&distances)
+        .filter(|((_, class), _)| *class == "f32")
+        .filter_map(|((d, _), dist)| Some((d.manifest.reference.clone(), (*dist)?)))
+        .collect();
     let Some(floor) = Floor::of(by) else {
         let note = "no reference judged in the f32 class produced this tensor, so its noise floor is unknown: not judged, so not passed";
         return (pooled(Some("no f32 reference measured the noise floor")), result(entry, Status::Fail, Some(note.into()), BTreeMap::new(), vec![]));
@@ -154,7 +188,9 @@ fn entry_with_truth(engine: &BTreeMap<String, Tensor>, dumps: &[(&Dump, &str)], 
         .zip(dumps)
         .map(|((lookup, distance), (_, class))| match (lookup, distance) {
             (Err(e), _) => unreadable(e.clone()),
-            (Ok(lookup), Some(d)) => check_with(entry, mine, lookup, spec, class, Some(NoiseBound { floor: &floor, scale, offset: Some(*d) }), &|_| None),
+            (Ok(lookup), Some(d)) => {
+                check_with(entry, mine, lookup, spec, class, Some(NoiseBound { floor: &floor, scale, offset: Some(*d) }), &|_| None)
+            }
             (Ok(lookup), None) => check(entry, mine, lookup, spec, class, &|_| None),
         })
         .collect();
@@ -198,7 +234,9 @@ pub fn check_with(
     let reference = match (engine, reference) {
         (None, Lookup::Tensor(_)) => return missing("the engine did not produce it".into()),
         (None, Lookup::Unavailable(why)) => return missing(format!("on neither side: the engine did not produce it; reference unavailable: {why}")),
-        (None, Lookup::NotListed) => return missing("on neither side: the engine did not produce it and the reference manifest does not list it".into()),
+        (None, Lookup::NotListed) => {
+            return missing("on neither side: the engine did not produce it and the reference manifest does not list it".into())
+        }
         (Some(_), Lookup::Unavailable(why)) => return missing(format!("reference unavailable: {why}")),
         (Some(_), Lookup::NotListed) => return missing("not in the reference's manifest".into()),
         (Some(_), Lookup::Tensor(r)) => r,
@@ -269,14 +307,41 @@ fn check_ids(
             let note = format!("{divergence}; after the reference's tokens up to there, the top-two logit gap is {g:.3e}, under the near-tie gap {t:.3e}: a near-tie (later steps not compared)");
             result(entry, Status::NearTie, Some(note), values, vec![judgement])
         }
-        (Some(g), Some(t)) => result(entry, Status::Fail, Some(format!("{divergence}; after the reference's tokens up to there, the top-two logit gap is {g:.3e} >= near-tie gap {t:.3e}")), values, vec![judgement]),
-        (None, _) => result(entry, Status::Fail, Some(format!("{divergence}; top-two logit gap there unknown, so not excused as a near-tie")), values, vec![judgement]),
-        (Some(_), None) => result(entry, Status::Fail, Some(format!("{divergence}; no near_tie_gap for {} in class {class}", entry.checkpoint)), values, vec![judgement]),
+        (Some(g), Some(t)) => result(
+            entry,
+            Status::Fail,
+            Some(format!("{divergence}; after the reference's tokens up to there, the top-two logit gap is {g:.3e} >= near-tie gap {t:.3e}")),
+            values,
+            vec![judgement],
+        ),
+        (None, _) => result(
+            entry,
+            Status::Fail,
+            Some(format!("{divergence}; top-two logit gap there unknown, so not excused as a near-tie")),
+            values,
+            vec![judgement],
+        ),
+        (Some(_), None) => result(
+            entry,
+            Status::Fail,
+            Some(format!("{divergence}; no near_tie_gap for {} in class {class}", entry.checkpoint)),
+            values,
+            vec![judgement],
+        ),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check_f32(entry: &Entry, engine: &Tensor, reference: &Tensor, e: &[f32], r: &[f32], spec: &Spec, class: &str, noise: Option<NoiseBound>) -> CheckResult {
+fn check_f32(
+    entry: &Entry,
+    engine: &Tensor,
+    reference: &Tensor,
+    e: &[f32],
+    r: &[f32],
+    spec: &Spec,
+    class: &str,
+    noise: Option<NoiseBound>,
+) -> CheckResult {
     if engine.shape != reference.shape {
         return result(entry, Status::Layout, Some(shape_note(engine, reference)), BTreeMap::new(), vec![]);
     }
@@ -311,7 +376,10 @@ fn check_f32(entry: &Entry, engine: &Tensor, reference: &Tensor, e: &[f32], r: &
                 all.extend(bound.floor.by.iter().flat_map(|(name, d)| [(format!("rel_rms.{name}"), d.rms), (format!("rel_max.{name}"), d.max)]));
                 vec![judge("rel_rms", d.rms, Op::Le, allowed.rms), judge("rel_max", d.max, Op::Le, allowed.max)]
             }
-            Some(offset) => vec![judge("excess_rms", (d.rms - offset.rms).max(0.0), Op::Le, allowed.rms), judge("excess_max", (d.max - offset.max).max(0.0), Op::Le, allowed.max)],
+            Some(offset) => vec![
+                judge("excess_rms", (d.rms - offset.rms).max(0.0), Op::Le, allowed.rms),
+                judge("excess_max", (d.max - offset.max).max(0.0), Op::Le, allowed.max),
+            ],
         };
         let status = if judgements.iter().all(|j| j.pass) { Status::Pass } else { Status::Fail };
         let note = bound.floor.implausible().or_else(|| bound.floor.outlier());
@@ -324,7 +392,11 @@ fn check_f32(entry: &Entry, engine: &Tensor, reference: &Tensor, e: &[f32], r: &
     };
     let judgements: Vec<Judgement> = thresholds.iter().map(|(m, t)| judge(m, all.get(m).copied().unwrap_or(f64::NAN), t.op, t.threshold)).collect();
     let status = if judgements.iter().all(|j| j.pass) { Status::Pass } else { Status::Fail };
-    let note = judgements.iter().filter(|j| !all.contains_key(&j.metric)).map(|j| format!("metric {} is not computed for this tensor", j.metric)).collect::<Vec<_>>();
+    let note = judgements
+        .iter()
+        .filter(|j| !all.contains_key(&j.metric))
+        .map(|j| format!("metric {} is not computed for this tensor", j.metric))
+        .collect::<Vec<_>>();
     result(entry, status, (!note.is_empty()).then(|| note.join("; ")), finite_only(&all), judgements)
 }
 
@@ -359,7 +431,14 @@ fn finite_only(m: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
 }
 
 fn judge(metric: &str, value: f64, op: Op, threshold: f64) -> Judgement {
-    Judgement { metric: metric.to_string(), value, op: op.as_str().to_string(), threshold, margin: crate::spec::margin(metric, op, value, threshold), pass: op.holds(value, threshold) }
+    Judgement {
+        metric: metric.to_string(),
+        value,
+        op: op.as_str().to_string(),
+        threshold,
+        margin: crate::spec::margin(metric, op, value, threshold),
+        pass: op.holds(value, threshold),
+    }
 }
 
 fn shape_note(engine: &Tensor, reference: &Tensor) -> String {
@@ -497,7 +576,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("parity-compare-all-{}", std::process::id()));
         let keys = ["blk.0.attn_norm", "blk.0.attn_out", "blk.0.ffn_out", "logits"];
         let sizes = [3, 40, 7, 100];
-        let engine: BTreeMap<String, Tensor> = keys.iter().zip(sizes).map(|(k, n)| (k.to_string(), t(&[n], &(0..n).map(|i| i as f32).collect::<Vec<_>>()))).collect();
+        let engine: BTreeMap<String, Tensor> =
+            keys.iter().zip(sizes).map(|(k, n)| (k.to_string(), t(&[n], &(0..n).map(|i| i as f32).collect::<Vec<_>>()))).collect();
         let mut dumps = Vec::new();
         for (name, skew, skip) in [("a", 1e-6f32, None), ("b", 1e-2, Some("blk.0.ffn_out"))] {
             let at = dir.join(name);
@@ -505,7 +585,8 @@ mod tests {
             let mut manifest = format!("reference = {name:?}\nversion = \"1\"\narch = \"llama\"\nn_layers = 1\nmodel = \"m\"\nmodel_sha256 = \"00\"\nprompt = \"p\"\ntoken_ids = [1]\ndtype = \"float32\"\nthreads = 1\nn_generate = 1\ntemperature = 1.0\nwall_time_s = 0.1\ncommand = \"test\"\n");
             for (key, tensor) in engine.iter().filter(|(k, _)| Some(k.as_str()) != skip) {
                 let Values::F32(v) = &tensor.values else { unreachable!() };
-                crate::npy::write(&at.join(format!("{key}.npy")), &t(&tensor.shape, &v.iter().map(|x| x * (1.0 + skew)).collect::<Vec<_>>())).unwrap();
+                crate::npy::write(&at.join(format!("{key}.npy")), &t(&tensor.shape, &v.iter().map(|x| x * (1.0 + skew)).collect::<Vec<_>>()))
+                    .unwrap();
                 manifest.push_str(&format!("[tensors.{key:?}]\nfile = \"{key}.npy\"\n"));
             }
             std::fs::write(at.join("manifest.toml"), manifest).unwrap();

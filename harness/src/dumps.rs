@@ -136,7 +136,8 @@ impl Dump {
     /// length (from the same fstat).
     fn open_tensor(&self, key: &str, file: &str) -> Result<(std::fs::File, u64, PathBuf), DumpError> {
         let problem = |why: &str| DumpError::Entry { dir: self.dir.clone(), key: key.to_string(), problem: format!("file {file:?} refused: {why}") };
-        if file.is_empty() || file == "." || file == ".." || file.contains(['/', '\\', '\0']) || file.contains("..") || Path::new(file).is_absolute() {
+        if file.is_empty() || file == "." || file == ".." || file.contains(['/', '\\', '\0']) || file.contains("..") || Path::new(file).is_absolute()
+        {
             return Err(problem("must be a plain file name inside the dump folder"));
         }
         // A plain name that is not a symlink is an entry of the folder itself. The open refuses a
@@ -225,7 +226,9 @@ command = "python dump.py"
             let m = format!("[tensors.\"embed\"]\nfile = \"{file}\"\n");
             let dump = Dump::open(&dump_dir("d", &m, &[])).unwrap();
             match dump.get("embed") {
-                Err(DumpError::Entry { problem, .. }) => assert!(problem.contains("refused"), "{file}: {problem}"),
+                Err(DumpError::Entry { problem, .. }) => {
+                    assert!(problem.contains("refused"), "{file}: {problem}")
+                }
                 other => panic!("{file}: {other:?}"),
             }
         }

@@ -2,10 +2,10 @@
 //! top-two logit gap used to classify a token flip as a near-tie (recorded during the trace when
 //! the flip comes after the engine's own tokens, else measured with one more forward pass).
 
+use crate::tensor::{Tensor, Values};
 use anyhow::{Context, Result};
 use engine::tap::{Observer, Recorder, Tap, TapValue};
 use engine::{Model, Taps};
-use crate::tensor::{Tensor, Values};
 use std::collections::BTreeMap;
 
 /// The engine's traced run.
@@ -29,7 +29,11 @@ impl Trace {
         // As long as `ids` by construction: the prompt, then `step` generated tokens.
         let ran = prompt.iter().chain(generated.get(..step)?);
         let same = ran.zip(ids).all(|(&a, &b)| a == i64::from(b));
-        if same { self.step_gaps.get(step).copied() } else { None }
+        if same {
+            self.step_gaps.get(step).copied()
+        } else {
+            None
+        }
     }
 }
 

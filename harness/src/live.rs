@@ -58,8 +58,11 @@ impl Dumpers {
         if let Some(dir) = log.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let stderr = std::fs::File::create(log)
-            .map_err(|source| ReferenceError::Spawn { reference: reference.into(), python: self.python.clone(), source })?;
+        let stderr = std::fs::File::create(log).map_err(|source| ReferenceError::Spawn {
+            reference: reference.into(),
+            python: self.python.clone(),
+            source,
+        })?;
         let mut child = Command::new(&self.python)
             .arg(&script)
             .arg("--model")
@@ -136,7 +139,9 @@ mod tests {
     #[test]
     fn a_crashing_reference_reports_its_last_stderr_line() {
         let root = fake_root("crash", "import sys\nsys.stderr.write('loading\\nboom: bad tensor\\n')\nsys.exit(3)\n");
-        let Some(d) = dumpers(&root, 20_000) else { return eprintln!("skipped: no python3 on this machine") };
+        let Some(d) = dumpers(&root, 20_000) else {
+            return eprintln!("skipped: no python3 on this machine");
+        };
         let err = d.run("fake", &request(&root.join("out")), &root.join("fake.log")).unwrap_err().to_string();
         assert!(err.contains("exit code 3") && err.contains("boom: bad tensor"), "{err}");
     }
@@ -144,7 +149,9 @@ mod tests {
     #[test]
     fn a_hanging_reference_is_killed_at_the_timeout() {
         let root = fake_root("hang", "import time\ntime.sleep(60)\n");
-        let Some(d) = dumpers(&root, 300) else { return eprintln!("skipped: no python3 on this machine") };
+        let Some(d) = dumpers(&root, 300) else {
+            return eprintln!("skipped: no python3 on this machine");
+        };
         let started = Instant::now();
         let err = d.run("fake", &request(&root.join("out")), &root.join("fake.log")).unwrap_err();
         assert!(matches!(err, ReferenceError::Timeout { .. }), "{err}");

@@ -78,11 +78,19 @@ impl Sums {
     }
 
     pub fn mean_abs(&self) -> f64 {
-        if self.n == 0 { 0.0 } else { self.abs_err / self.n as f64 }
+        if self.n == 0 {
+            0.0
+        } else {
+            self.abs_err / self.n as f64
+        }
     }
 
     pub fn rmse(&self) -> f64 {
-        if self.n == 0 { 0.0 } else { (self.err_energy / self.n as f64).sqrt() }
+        if self.n == 0 {
+            0.0
+        } else {
+            (self.err_energy / self.n as f64).sqrt()
+        }
     }
 
     /// Normalised mean squared error: `sum (e - r)^2 / sum r^2`. 0 when both are zero, +inf when
@@ -447,7 +455,18 @@ mod tests {
         let rising: Vec<(f32, f32)> = (0..n).map(|i| (1.0, 1.0 + i as f32 * 1e-4)).collect();
         let falling: Vec<(f32, f32)> = (0..n).map(|i| (1.0, 1.0 + (n - i) as f32 * 1e-4)).collect();
         let hair_above = |e: f32| f32::from_bits(e.to_bits() + 2);
-        let late: Vec<(f32, f32)> = (0..n).map(|i| (3.0, [4.5, hair_above(4.5), 3.001][match i { 3 => 0, 700 => 1, _ => 2 }])).collect();
+        let late: Vec<(f32, f32)> = (0..n)
+            .map(|i| {
+                (
+                    3.0,
+                    [4.5, hair_above(4.5), 3.001][match i {
+                        3 => 0,
+                        700 => 1,
+                        _ => 2,
+                    }],
+                )
+            })
+            .collect();
         let tiny: Vec<(f32, f32)> = (0..n).map(|i| if i % 97 == 0 { (1e-30, 2e-7) } else { (100.0 + i as f32, 100.0 + i as f32 + 0.01) }).collect();
         for (name, pairs) in [("rising", rising), ("falling", falling), ("late", late), ("tiny", tiny)] {
             let (r, e): (Vec<f32>, Vec<f32>) = pairs.into_iter().unzip();

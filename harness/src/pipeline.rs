@@ -9,13 +9,13 @@ use crate::engine_run;
 use crate::live::{DumpRequest, Dumpers, ReferenceError};
 use crate::spec::Spec;
 use crate::suite::{resolve, Case, Suite};
-use std::time::{Duration, Instant};
 use crate::tensor::{Tensor, Values};
 use anyhow::{Context, Result};
 use engine::Model;
 use reports::results::{CaseResult, Role, RunResults};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Where reference dumps come from.
 pub enum Source {
@@ -254,7 +254,11 @@ pub fn check_provenance(dump: &Dump, reference: &str, prompt: &str, model_sha256
         anyhow::bail!("{at}: expected a {reference} dump, but its manifest says it is {}'s", m.reference);
     }
     if m.model_sha256 != model_sha256 {
-        anyhow::bail!("{at}: a dump of another model file (sha256 {}, this case's model is {}); remake it (scripts/make-dumps.sh) or run --live", short(&m.model_sha256), short(model_sha256));
+        anyhow::bail!(
+            "{at}: a dump of another model file (sha256 {}, this case's model is {}); remake it (scripts/make-dumps.sh) or run --live",
+            short(&m.model_sha256),
+            short(model_sha256)
+        );
     }
     if m.prompt != prompt {
         anyhow::bail!("{at}: a dump of another prompt ({:?}, this case's is {prompt:?}); remake it (scripts/make-dumps.sh) or run --live", m.prompt);

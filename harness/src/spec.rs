@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 pub const CLASSES: [&str; 3] = ["f32", "f16", "quantized"];
 
 /// Metrics a threshold may name (those [`crate::compare`] computes for f32 tensors).
-pub const METRICS: [&str; 10] = ["max_abs", "max_rel", "max_abs_scaled", "mean_abs", "rmse", "nmse", "cosine", "sqnr_db", "kl_divergence", "topk_overlap"];
+pub const METRICS: [&str; 10] =
+    ["max_abs", "max_rel", "max_abs_scaled", "mean_abs", "rmse", "nmse", "cosine", "sqnr_db", "kl_divergence", "topk_overlap"];
 
 /// The factor between the spread measured between references and the proposed threshold, in the
 /// metric's amplitude: a metric quadratic in the error (nmse, kl_divergence, 1 - cosine) gets its
@@ -77,7 +78,6 @@ impl Op {
             Op::Ge => value >= threshold,
         }
     }
-
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -245,7 +245,13 @@ fn rule(metric: &str, s: f64) -> Option<Rule> {
 ///   fraction of zero exists, and the note says where the ids first differ.
 pub fn margin(metric: &str, op: Op, value: f64, threshold: f64) -> f64 {
     if threshold == 0.0 {
-        return if value == 0.0 { 1.0 } else if value.is_nan() { f64::NAN } else { -1.0 };
+        return if value == 0.0 {
+            1.0
+        } else if value.is_nan() {
+            f64::NAN
+        } else {
+            -1.0
+        };
     }
     if let (Some(Rule::Similarity { .. }), Op::Ge) = (rule(metric, 1.0), op) {
         if threshold < 1.0 {
@@ -282,15 +288,21 @@ pub fn calibrate(current: &Spec, class: &str, spreads: &Spreads, accumulate: boo
     }
     let mut out = current.clone();
     for (checkpoint, metrics) in spreads {
-        let Some(thresholds) = out.checkpoints.get_mut(checkpoint).and_then(|t| t.class_mut(class)) else { continue };
+        let Some(thresholds) = out.checkpoints.get_mut(checkpoint).and_then(|t| t.class_mut(class)) else {
+            continue;
+        };
         for (metric, &measured) in metrics {
-            let Some(t) = thresholds.get_mut(metric) else { continue };
+            let Some(t) = thresholds.get_mut(metric) else {
+                continue;
+            };
             // Accumulating, an older spread at least as bad stays, with the source that measured it.
             if accumulate && t.spread.is_some_and(|old| worse(t.op, old, measured) == old) {
                 continue;
             }
             let spread = measured;
-            let Some(proposed) = propose(metric, spread, class) else { continue };
+            let Some(proposed) = propose(metric, spread, class) else {
+                continue;
+            };
             t.threshold = proposed;
             t.spread = Some(spread);
             t.source = format!("calibrated {provenance}, spread {spread:e}, safety factor {}", safety_factor(class));
@@ -310,7 +322,9 @@ pub const NEAR_TIE_FACTOR: f64 = 4.0;
 pub fn calibrate_near_tie(current: &Spec, class: &str, logit_spread: f64, accumulate: bool, provenance: &str) -> Spec {
     let mut out = current.clone();
     for tol in out.checkpoints.values_mut() {
-        let Some(nt) = tol.near_tie_gap.get_mut(class) else { continue };
+        let Some(nt) = tol.near_tie_gap.get_mut(class) else {
+            continue;
+        };
         if accumulate && nt.spread.is_some_and(|old| old >= logit_spread) {
             continue;
         }
@@ -353,7 +367,9 @@ pub fn to_toml(spec: &Spec, catalog: &Catalog) -> String {
             }
         }
         for class in CLASSES {
-            let Some(thresholds) = tol.class(class).filter(|t| !t.is_empty()) else { continue };
+            let Some(thresholds) = tol.class(class).filter(|t| !t.is_empty()) else {
+                continue;
+            };
             out.push_str(&format!("\n[checkpoint.{}.{class}]\n", key(name)));
             for (metric, t) in thresholds {
                 let spread = t.spread.map(|s| format!(", spread = {}", float(s))).unwrap_or_default();
@@ -456,10 +472,11 @@ mod tests {
     #[test]
     fn validation_refuses_unknown_metrics_and_unjudged_checkpoints() {
         let mut spec = project_spec();
-        spec.checkpoints.get_mut("logits").unwrap().f32.insert(
-            "maxabs".into(),
-            Threshold { op: Op::Le, threshold: 1.0, spread: None, source: "typo".into() },
-        );
+        spec.checkpoints
+            .get_mut("logits")
+            .unwrap()
+            .f32
+            .insert("maxabs".into(), Threshold { op: Op::Le, threshold: 1.0, spread: None, source: "typo".into() });
         assert!(spec.validate(&catalog()).unwrap_err().to_string().contains("maxabs"));
         let mut spec = project_spec();
         spec.checkpoints.get_mut("attn_out").unwrap().f16.clear();

@@ -94,11 +94,20 @@ impl Suite {
         for model in &suite.models {
             for class in std::iter::once(&model.class).chain(model.ref_class.values()) {
                 if !crate::spec::CLASSES.contains(&class.as_str()) {
-                    bail!("suite {}: model {} names tolerance class {class:?} (known: {})", path.display(), model.id, crate::spec::CLASSES.join(", "));
+                    bail!(
+                        "suite {}: model {} names tolerance class {class:?} (known: {})",
+                        path.display(),
+                        model.id,
+                        crate::spec::CLASSES.join(", ")
+                    );
                 }
             }
             if let Some(truth) = suite.truth.as_ref().filter(|t| model.refs.contains(t)) {
-                bail!("suite {}: model {} lists the truth {truth:?} among its references; the truth is a yardstick, not a vote", path.display(), model.id);
+                bail!(
+                    "suite {}: model {} lists the truth {truth:?} among its references; the truth is a yardstick, not a vote",
+                    path.display(),
+                    model.id
+                );
             }
             for id in model.prompts.iter().flatten() {
                 if !suite.prompts.iter().any(|p| &p.id == id) {

@@ -73,7 +73,9 @@ fn every_fixture_has_a_float64_truth_dump_within_f32_noise_of_the_pytorch_dump()
         let mut identical = 0;
         for (key, record) in &f32_dump.manifest.tensors {
             match (record.dtype.as_deref(), truth.manifest.tensors[key].dtype.as_deref()) {
-                (Some("i64"), Some("i64")) => assert_eq!(ids(&truth, key), ids(&f32_dump, key), "{label}: {key}"),
+                (Some("i64"), Some("i64")) => {
+                    assert_eq!(ids(&truth, key), ids(&f32_dump, key), "{label}: {key}")
+                }
                 (Some("f32"), Some("f32")) => {
                     let (t, f) = (f32s(&truth, key), f32s(&f32_dump, key));
                     // Relative RMS < 1e-5: float32 rounding through two small layers, not a different computation.

@@ -9,9 +9,9 @@
 //! Every text file starts with a generated-file header (run id, time, command line, engine commit)
 //! in its format's comment syntax; JSON carries it in a top-level `"_generated"` field.
 
+use crate::hashes;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use crate::hashes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -54,13 +54,10 @@ pub struct Provenance {
 impl Provenance {
     /// Stamps the current time; the run id is `LLORCH_RUN_ID` if set, else generated.
     pub fn now(command: &str, engine_commit: &str) -> Provenance {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let (compact, iso) = utc(secs);
-        let run_id = std::env::var("LLORCH_RUN_ID").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
-            format!("{compact}-{:06x}", random_u64() & 0xff_ffff)
-        });
+        let run_id =
+            std::env::var("LLORCH_RUN_ID").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| format!("{compact}-{:06x}", random_u64() & 0xff_ffff));
         Provenance { run_id, created: iso, command: command.into(), engine_commit: engine_commit.into() }
     }
 }
@@ -212,10 +209,7 @@ impl Bundle {
             input: self.inputs.clone(),
             output,
         };
-        let mut body = toml::to_string(&manifest).map_err(|e| BundleError::Manifest {
-            path: self.tmp_dir.join(MANIFEST),
-            message: e.to_string(),
-        })?;
+        let mut body = toml::to_string(&manifest).map_err(|e| BundleError::Manifest { path: self.tmp_dir.join(MANIFEST), message: e.to_string() })?;
         file_tables("input", &manifest.input, &mut body);
         file_tables("output", &manifest.output, &mut body);
         let path = self.tmp_dir.join(MANIFEST);
@@ -283,8 +277,7 @@ impl Verification {
 pub fn verify(bundle_dir: &Path) -> Result<Verification, BundleError> {
     let path = bundle_dir.join(MANIFEST);
     let text = fs::read_to_string(&path).map_err(io("reading", &path))?;
-    let manifest: Manifest =
-        toml::from_str(&text).map_err(|e| BundleError::Manifest { path: path.clone(), message: e.to_string() })?;
+    let manifest: Manifest = toml::from_str(&text).map_err(|e| BundleError::Manifest { path: path.clone(), message: e.to_string() })?;
     let mut report = Verification::default();
     let inputs = manifest.input.iter().map(|f| (f, PathBuf::from(&f.path)));
     let outputs = manifest.output.iter().map(|f| (f, bundle_dir.join(&f.path)));
@@ -340,7 +333,9 @@ fn with_header(name: &str, body: &str, p: &Provenance) -> Result<String, BundleE
                 "run_id": p.run_id, "created": p.created, "command": p.command, "engine_commit": p.engine_commit,
             });
             let trimmed = body.trim_start();
-            let Some(after) = trimmed.strip_prefix('{') else { return Err(BundleError::JsonNotObject(name.into())) };
+            let Some(after) = trimmed.strip_prefix('{') else {
+                return Err(BundleError::JsonNotObject(name.into()));
+            };
             // Textual insertion keeps the body's own key order.
             let sep = if after.trim_start().starts_with('}') { "" } else { "," };
             Ok(format!("{{\n  \"_generated\": {generated}{sep}{after}"))
@@ -391,10 +386,7 @@ fn utc(secs: u64) -> (String, String) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let mo = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(mo <= 2);
-    (
-        format!("{y:04}{mo:02}{d:02}T{h:02}{m:02}{s:02}Z"),
-        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z"),
-    )
+    (format!("{y:04}{mo:02}{d:02}T{h:02}{m:02}{s:02}Z"), format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z"))
 }
 
 #[cfg(test)]

@@ -106,10 +106,7 @@ fn agreement_of(subject: &Subject) -> Vec<Agreement> {
 
 fn generation_matches(subject: &Subject) -> bool {
     subject.references.iter().all(|(reference, _)| {
-        subject
-            .cells
-            .get(&(GENERATED_CHECKPOINT, reference.clone()))
-            .is_some_and(|cell| cell.raw.iter().all(|k| k.status == Status::Pass))
+        subject.cells.get(&(GENERATED_CHECKPOINT, reference.clone())).is_some_and(|cell| cell.raw.iter().all(|k| k.status == Status::Pass))
     })
 }
 

@@ -50,10 +50,7 @@ fn key(tensor: &str, layer: Option<usize>) -> String {
 
 /// Checkpoints 0, 2, 8 and 12 of a two-layer model, all passing; qkv error grows with depth.
 fn passing_checks(scale: f64, generated: Status) -> Vec<CheckResult> {
-    let mut checks = vec![
-        noted(0, "embeddings", "tokens", None, Status::Pass, None),
-        judged(0, "embeddings", "embed", None, 1e-7 * scale),
-    ];
+    let mut checks = vec![noted(0, "embeddings", "tokens", None, Status::Pass, None), judged(0, "embeddings", "embed", None, 1e-7 * scale)];
     for layer in 0..2 {
         let grow = 10f64.powi(layer as i32);
         checks.push(judged(2, "qkv", "q", Some(layer), 1e-6 * grow * scale));

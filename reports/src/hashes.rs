@@ -101,7 +101,9 @@ impl HashCache {
     /// there meanwhile; entries whose file is gone are dropped. Written to a temporary file and
     /// renamed, so a reader never sees half a store. Nothing to do in memory-only mode.
     pub fn save(&self) -> Result<(), BundleError> {
-        let Some(store) = &self.store else { return Ok(()) };
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
         if !self.added.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -236,7 +238,9 @@ fn index_store(text: &str) -> HashMap<&str, &str> {
     let mut index = HashMap::with_capacity(text.len() / 128);
     for line in lines {
         // sha256 (64 hex digits), bytes, signature, path: the path follows the third tab.
-        let Some(third_tab) = line.get(65..).and_then(|rest| rest.match_indices('\t').nth(1)).map(|(at, _)| 65 + at) else { continue };
+        let Some(third_tab) = line.get(65..).and_then(|rest| rest.match_indices('\t').nth(1)).map(|(at, _)| 65 + at) else {
+            continue;
+        };
         index.insert(&line[third_tab + 1..], &line[..third_tab]);
     }
     index
@@ -335,7 +339,8 @@ mod tests {
         let kept = dir.path().join("kept");
         fs::write(&kept, "abc").unwrap();
         let line = |key: &str| format!("{ABC}\t3\t1:2:3:4.000000000:5.000000000\t{key}\n");
-        fs::write(&store, format!("{STORE_HEADER}\n{}{}short\tline\n{}\tx\ty\tz\n", line(&gone), line(&kept.display().to_string()), "g".repeat(64))).unwrap();
+        fs::write(&store, format!("{STORE_HEADER}\n{}{}short\tline\n{}\tx\ty\tz\n", line(&gone), line(&kept.display().to_string()), "g".repeat(64)))
+            .unwrap();
         let cache = HashCache::load(store.clone());
         let remembered = [gone.as_str(), &kept.display().to_string(), "z", "line"].map(|key| cache.remembered(key).is_some());
         assert_eq!(remembered, [true, true, false, false], "the two well-formed lines");

@@ -10,9 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 const CSS: &str = include_str!("../templates/report.css");
-const COLORS: [&str; 6] = [
-    "#1f6feb", "#d97706", "#15803d", "#9333ea", "#b42318", "#0891b2",
-];
+const COLORS: [&str; 6] = ["#1f6feb", "#d97706", "#15803d", "#9333ea", "#b42318", "#0891b2"];
 
 pub fn render(run: &RunResults) -> String {
     let verdict = Verdict::of(run);
@@ -42,20 +40,11 @@ pub fn render(run: &RunResults) -> String {
         let _ = writeln!(o, "<li>{}</li>", esc(rule));
     }
     o += "</ul>\n";
-    list(
-        &mut o,
-        &format!("Near-ties ({}), not failures:", c.near_ties.len()),
-        &c.near_ties,
-    );
+    list(&mut o, &format!("Near-ties ({}), not failures:", c.near_ties.len()), &c.near_ties);
     if !run.reference_errors.is_empty() {
         o += "<h2>Reference errors</h2>\n<ul>\n";
         for (reference, error) in &run.reference_errors {
-            let _ = writeln!(
-                o,
-                "<li><strong>{}</strong>: {}</li>",
-                esc(reference),
-                esc(error)
-            );
+            let _ = writeln!(o, "<li><strong>{}</strong>: {}</li>", esc(reference), esc(error));
         }
         o += "</ul>\n";
     }
@@ -78,23 +67,19 @@ fn list(o: &mut String, title: &str, items: &[String]) {
 }
 
 fn subject_section(o: &mut String, s: &Subject) {
-    let refs: Vec<String> = s
-        .references
-        .iter()
-        .map(|(r, v)| format!("{r} {v}"))
-        .collect();
-    let _ = write!(o, "<h2>{}</h2>\n<p>References: {}</p>\n<table>\n<tr><th>#</th><th>checkpoint</th><th>agreeing</th>", esc(&s.title()), esc(&refs.join(", ")));
+    let refs: Vec<String> = s.references.iter().map(|(r, v)| format!("{r} {v}")).collect();
+    let _ = write!(
+        o,
+        "<h2>{}</h2>\n<p>References: {}</p>\n<table>\n<tr><th>#</th><th>checkpoint</th><th>agreeing</th>",
+        esc(&s.title()),
+        esc(&refs.join(", "))
+    );
     for (reference, _) in s.references.iter().chain(&s.truth) {
         let _ = write!(o, "<th>{}</th>", esc(reference));
     }
     o.push_str("</tr>\n");
     for (id, name) in &s.checkpoints {
-        let _ = write!(
-            o,
-            "<tr><td>{id:02}</td><td>{}</td><td>{}</td>",
-            esc(name),
-            agreeing_text(s, *id)
-        );
+        let _ = write!(o, "<tr><td>{id:02}</td><td>{}</td><td>{}</td>", esc(name), agreeing_text(s, *id));
         for (reference, _) in &s.references {
             let cell = s.cells.get(&(*id, reference.clone()));
             let class = cell.map_or("not-compared", |c| status_name(c.status));
@@ -103,11 +88,7 @@ fn subject_section(o: &mut String, s: &Subject) {
         if let Some((truth, _)) = &s.truth {
             let cell = s.cells.get(&(*id, truth.clone()));
             let class = cell.map_or("not-compared", |c| status_name(c.status));
-            let _ = write!(
-                o,
-                "<td class=\"{class}\">{}</td>",
-                esc(&noise_summary(cell))
-            );
+            let _ = write!(o, "<td class=\"{class}\">{}</td>", esc(&noise_summary(cell)));
         }
         o.push_str("</tr>\n");
     }
@@ -115,41 +96,20 @@ fn subject_section(o: &mut String, s: &Subject) {
     let mut findings = Vec::new();
     for ((id, reference), cell) in &s.cells {
         for f in &cell.findings {
-            let note = if f.note.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", f.note)
-            };
-            findings.push(format!(
-                "{id:02} against {reference}: {} {} ({}){note}",
-                status_name(f.status),
-                keys_summary(&f.keys),
-                f.keys.len()
-            ));
+            let note = if f.note.is_empty() { String::new() } else { format!(": {}", f.note) };
+            findings.push(format!("{id:02} against {reference}: {} {} ({}){note}", status_name(f.status), keys_summary(&f.keys), f.keys.len()));
         }
     }
     list(o, "Not passing (missing, failing, near-ties):", &findings);
     let mut charts = String::new();
     for ((id, reference), cell) in &s.cells {
-        let name = s
-            .checkpoints
-            .iter()
-            .find(|(c, _)| c == id)
-            .map_or("", |(_, n)| n.as_str());
+        let name = s.checkpoints.iter().find(|(c, _)| c == id).map_or("", |(_, n)| n.as_str());
         if let Some(svg) = chart(&cell.raw) {
-            let _ = write!(
-                charts,
-                "<figure>\n{svg}<figcaption>{id:02} {} against {}</figcaption>\n</figure>\n",
-                esc(name),
-                esc(reference)
-            );
+            let _ = write!(charts, "<figure>\n{svg}<figcaption>{id:02} {} against {}</figcaption>\n</figure>\n", esc(name), esc(reference));
         }
     }
     if !charts.is_empty() {
-        let _ = write!(
-            o,
-            "<h3>Error through depth</h3>\n<div class=\"charts\">\n{charts}</div>\n"
-        );
+        let _ = write!(o, "<h3>Error through depth</h3>\n<div class=\"charts\">\n{charts}</div>\n");
     }
 }
 
@@ -159,11 +119,7 @@ fn subject_section(o: &mut String, s: &Subject) {
 fn error_of(check: &CheckResult) -> Option<(String, f64, f64)> {
     let j = check.judgements.first()?;
     match j.op.as_str() {
-        ">=" => Some((
-            format!("1 - {}", j.metric),
-            1.0 - j.value,
-            1.0 - j.threshold,
-        )),
+        ">=" => Some((format!("1 - {}", j.metric), 1.0 - j.value, 1.0 - j.threshold)),
         _ => Some((j.metric.clone(), j.value, j.threshold)),
     }
 }
@@ -177,10 +133,7 @@ fn chart(checks: &[&CheckResult]) -> Option<String> {
     for &check in checks {
         if let (Some(layer), Some((metric, err, threshold))) = (check.layer, error_of(check)) {
             if err.is_finite() {
-                series
-                    .entry((check.tensor.clone(), metric.clone()))
-                    .or_default()
-                    .push((layer, err));
+                series.entry((check.tensor.clone(), metric.clone())).or_default().push((layer, err));
                 thresholds.push((metric, threshold));
             }
         }
@@ -193,11 +146,7 @@ fn chart(checks: &[&CheckResult]) -> Option<String> {
     // drawn as a shaded band and a dashed line so the engine's line reads against the noise.
     let mut band: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
     for &check in checks {
-        if let (Some(layer), Some(&noise), Some(j)) = (
-            check.layer,
-            check.metrics.get("noise_rms"),
-            check.judgements.first(),
-        ) {
+        if let (Some(layer), Some(&noise), Some(j)) = (check.layer, check.metrics.get("noise_rms"), check.judgements.first()) {
             let entry = band.entry(layer).or_insert((0.0, 0.0));
             *entry = (entry.0.max(noise), entry.1.max(j.threshold));
         }
@@ -211,11 +160,7 @@ fn chart(checks: &[&CheckResult]) -> Option<String> {
     let points = series.values().flatten();
     let max_layer = points.clone().map(|p| p.0).max().unwrap_or(0).max(1) as f64;
     // Errors of exactly zero sit on the floor of the plot, 1e-12.
-    let logs = points
-        .map(|p| p.1)
-        .chain(threshold)
-        .chain(band.values().flat_map(|&(n, a)| [n, a]))
-        .map(|e| e.max(1e-12).log10());
+    let logs = points.map(|p| p.1).chain(threshold).chain(band.values().flat_map(|&(n, a)| [n, a])).map(|e| e.max(1e-12).log10());
     let lo = logs.clone().fold(f64::INFINITY, f64::min).floor();
     let hi = logs.fold(f64::NEG_INFINITY, f64::max).ceil().max(lo + 1.0);
     let x = |layer: usize| left + (w - left - right) * layer as f64 / max_layer;
@@ -234,7 +179,13 @@ fn chart(checks: &[&CheckResult]) -> Option<String> {
         let _ = writeln!(svg, "<line x1=\"{left}\" y1=\"{yy:.1}\" x2=\"{:.1}\" y2=\"{yy:.1}\" stroke=\"#eee\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">1e{decade}</text>", w - right, left - 4.0, yy + 3.0);
         decade += 1.0;
     }
-    let _ = writeln!(svg, "<text x=\"{left}\" y=\"{:.1}\">layer 0</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{max_layer}</text>", h - 8.0, w - right, h - 8.0);
+    let _ = writeln!(
+        svg,
+        "<text x=\"{left}\" y=\"{:.1}\">layer 0</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{max_layer}</text>",
+        h - 8.0,
+        w - right,
+        h - 8.0
+    );
     if let Some(t) = threshold {
         let yy = y(t);
         let _ = writeln!(
@@ -247,44 +198,24 @@ fn chart(checks: &[&CheckResult]) -> Option<String> {
     }
     if band.len() >= 2 {
         let bottom_y = h - bottom;
-        let (first, last) = (
-            *band.keys().next().unwrap_or(&0),
-            *band.keys().last().unwrap_or(&0),
-        );
-        let noise: Vec<String> = band
-            .iter()
-            .map(|(&l, &(n, _))| format!("{:.1},{:.1}", x(l), y(n)))
-            .collect();
-        let allowance: Vec<String> = band
-            .iter()
-            .map(|(&l, &(_, a))| format!("{:.1},{:.1}", x(l), y(a)))
-            .collect();
+        let (first, last) = (*band.keys().next().unwrap_or(&0), *band.keys().last().unwrap_or(&0));
+        let noise: Vec<String> = band.iter().map(|(&l, &(n, _))| format!("{:.1},{:.1}", x(l), y(n))).collect();
+        let allowance: Vec<String> = band.iter().map(|(&l, &(_, a))| format!("{:.1},{:.1}", x(l), y(a))).collect();
+        let _ =
+            writeln!(svg, "<polygon fill=\"#e4e7ec\" points=\"{:.1},{bottom_y:.1} {} {:.1},{bottom_y:.1}\"/>", x(first), noise.join(" "), x(last));
+        let _ = writeln!(svg, "<polyline fill=\"none\" stroke=\"#b42318\" stroke-dasharray=\"4 3\" points=\"{}\"/>", allowance.join(" "));
         let _ = writeln!(
             svg,
-            "<polygon fill=\"#e4e7ec\" points=\"{:.1},{bottom_y:.1} {} {:.1},{bottom_y:.1}\"/>",
-            x(first),
-            noise.join(" "),
-            x(last)
+            "<text x=\"{:.1}\" y=\"{:.1}\" style=\"fill:#667085\">grey: noise floor; dashed: allowed</text>",
+            left + 4.0,
+            bottom_y - 4.0
         );
-        let _ = writeln!(
-            svg,
-            "<polyline fill=\"none\" stroke=\"#b42318\" stroke-dasharray=\"4 3\" points=\"{}\"/>",
-            allowance.join(" ")
-        );
-        let _ = writeln!(svg, "<text x=\"{:.1}\" y=\"{:.1}\" style=\"fill:#667085\">grey: noise floor; dashed: allowed</text>", left + 4.0, bottom_y - 4.0);
     }
     for (i, ((tensor, metric), pts)) in series.iter_mut().enumerate() {
         pts.sort_by_key(|p| p.0);
         let color = COLORS[i % COLORS.len()];
-        let path: Vec<String> = pts
-            .iter()
-            .map(|&(l, e)| format!("{:.1},{:.1}", x(l), y(e)))
-            .collect();
-        let _ = writeln!(
-            svg,
-            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>",
-            path.join(" ")
-        );
+        let path: Vec<String> = pts.iter().map(|&(l, e)| format!("{:.1},{:.1}", x(l), y(e))).collect();
+        let _ = writeln!(svg, "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>", path.join(" "));
         let _ = writeln!(
             svg,
             "<text x=\"{:.1}\" y=\"{:.1}\" style=\"fill:{color}\">{} {}</text>",
@@ -300,11 +231,7 @@ fn chart(checks: &[&CheckResult]) -> Option<String> {
 
 /// Escapes text for HTML element content and double-quoted attributes.
 fn esc(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
 #[cfg(test)]
@@ -348,33 +275,18 @@ mod tests {
             .collect();
         let svg = chart(&checks.iter().collect::<Vec<_>>()).expect("three layers");
         assert!(svg.contains("<polygon fill=\"#e4e7ec\" points=\"46.0,142.0 46.0,76.0 158.0,76.0 270.0,76.0 270.0,142.0\""), "{svg}");
-        assert!(
-            svg.contains("stroke-dasharray=\"4 3\" points=\"46.0,10.0 158.0,10.0 270.0,10.0\""),
-            "{svg}"
-        );
-        let plain: Vec<_> = (0..3)
-            .map(|l| fixture::judged(2, "qkv", "q", Some(l), 1e-6))
-            .collect();
-        assert!(!chart(&plain.iter().collect::<Vec<_>>())
-            .expect("three layers")
-            .contains("<polygon"));
+        assert!(svg.contains("stroke-dasharray=\"4 3\" points=\"46.0,10.0 158.0,10.0 270.0,10.0\""), "{svg}");
+        let plain: Vec<_> = (0..3).map(|l| fixture::judged(2, "qkv", "q", Some(l), 1e-6)).collect();
+        assert!(!chart(&plain.iter().collect::<Vec<_>>()).expect("three layers").contains("<polygon"));
     }
 
     #[test]
     fn error_growing_tenfold_per_layer_climbs_one_decade_per_layer() {
-        let checks: Vec<_> = (0..3)
-            .map(|l| fixture::judged(2, "qkv", "q", Some(l), 1e-6 * 10f64.powi(l as i32)))
-            .collect();
+        let checks: Vec<_> = (0..3).map(|l| fixture::judged(2, "qkv", "q", Some(l), 1e-6 * 10f64.powi(l as i32))).collect();
         let svg = chart(&checks.iter().collect::<Vec<_>>()).expect("three layers");
         // The 1e-4 threshold is the top of the range: 132 px over decades 1e-6..1e-4, so 66 px per
         // decade, layer 0 at the bottom, the threshold line along the top.
-        assert!(
-            svg.contains("points=\"46.0,142.0 158.0,76.0 270.0,10.0\""),
-            "{svg}"
-        );
-        assert!(
-            svg.contains("y1=\"10.0\" x2=\"270.0\" y2=\"10.0\" stroke=\"#b42318\""),
-            "{svg}"
-        );
+        assert!(svg.contains("points=\"46.0,142.0 158.0,76.0 270.0,10.0\""), "{svg}");
+        assert!(svg.contains("y1=\"10.0\" x2=\"270.0\" y2=\"10.0\" stroke=\"#b42318\""), "{svg}");
     }
 }

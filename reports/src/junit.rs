@@ -44,11 +44,8 @@ pub fn render(run: &RunResults) -> String {
 
 fn testcase(out: &mut String, classname: &str, name: &str, cell: &Cell) {
     let _ = writeln!(out, "    <testcase classname=\"{}\" name=\"{}\">", escape(classname), escape(name));
-    let details: Vec<String> = cell
-        .findings
-        .iter()
-        .map(|f| format!("{} {} ({}): {}", status_name(f.status), keys_summary(&f.keys), f.keys.len(), f.note))
-        .collect();
+    let details: Vec<String> =
+        cell.findings.iter().map(|f| format!("{} {} ({}): {}", status_name(f.status), keys_summary(&f.keys), f.keys.len(), f.note)).collect();
     if cell.failed > 0 {
         let message = format!("{}: {} of {} checks failed", status_name(cell.status), cell.failed, cell.checks);
         let _ = writeln!(out, "      <failure message=\"{}\">{}</failure>", escape(&message), escape(&details.join("\n")));

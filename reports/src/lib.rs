@@ -5,14 +5,14 @@
 //! rule; [`markdown`], [`html`], [`junit`] and [`json`] render it; [`bundle`] writes a proof bundle,
 //! whose input hashes [`hashes`] remembers between runs.
 
-pub mod results;
 pub mod bundle;
-pub mod hashes;
 pub mod confidence;
+pub mod hashes;
 pub mod html;
 pub mod json;
 pub mod junit;
 pub mod markdown;
+pub mod results;
 pub mod summary;
 
 #[cfg(test)]

@@ -41,13 +41,16 @@ fn line(out: &mut String, text: String) {
 fn confidence_section(w: &mut String, c: &Confidence) {
     line(w, "## Confidence".into());
     line(w, String::new());
-    line(w, format!(
-        "{} checks, {} failed; the least-covered checkpoint agrees with {} reference(s); generation {}.",
-        c.checks,
-        c.failures,
-        c.min_agreeing_references,
-        if c.generation_matches { "matches exactly everywhere" } else { "does not match exactly everywhere" }
-    ));
+    line(
+        w,
+        format!(
+            "{} checks, {} failed; the least-covered checkpoint agrees with {} reference(s); generation {}.",
+            c.checks,
+            c.failures,
+            c.min_agreeing_references,
+            if c.generation_matches { "matches exactly everywhere" } else { "does not match exactly everywhere" }
+        ),
+    );
     line(w, String::new());
     line(w, "Rule:".into());
     line(w, String::new());
@@ -129,7 +132,9 @@ pub(crate) fn agreeing_text(s: &Subject, id: u32) -> String {
 
 /// `pass, +90.0% at blk.1.k (max_abs)`; `not compared` when the reference has no checks there.
 pub(crate) fn cell_summary(cell: Option<&Cell>) -> String {
-    let Some(cell) = cell else { return "not compared".into() };
+    let Some(cell) = cell else {
+        return "not compared".into();
+    };
     let status = status_name(cell.status);
     match &cell.worst {
         Some(worst) => format!("{status}, {} at {} ({})", margin_text(worst.margin), worst.key, worst.metric),
@@ -139,7 +144,9 @@ pub(crate) fn cell_summary(cell: Option<&Cell>) -> String {
 
 /// `pass, 1.3x noise at blk.4.ffn_out`: the truth's cell, by its largest distance in noise units.
 pub(crate) fn noise_summary(cell: Option<&Cell>) -> String {
-    let Some(cell) = cell else { return "not compared".into() };
+    let Some(cell) = cell else {
+        return "not compared".into();
+    };
     let status = status_name(cell.status);
     match cell.noisiest() {
         Some((units, key)) => format!("{status}, {units:.2}x noise at {key}"),

@@ -133,12 +133,7 @@ impl Subject<'_> {
 
 /// Every checkpoint id and name compared anywhere in the run, by id.
 pub fn checkpoints_in(run: &RunResults) -> Vec<(u32, String)> {
-    let set: BTreeSet<(u32, String)> = run
-        .cases
-        .iter()
-        .flat_map(|c| &c.checks)
-        .map(|k| (k.checkpoint_id, k.checkpoint.clone()))
-        .collect();
+    let set: BTreeSet<(u32, String)> = run.cases.iter().flat_map(|c| &c.checks).map(|k| (k.checkpoint_id, k.checkpoint.clone())).collect();
     set.into_iter().collect()
 }
 

@@ -7,9 +7,7 @@ use std::collections::{BinaryHeap, HashMap};
 /// GPT-2's byte-to-character table: printable Latin-1 bytes stand for themselves, the other 68
 /// bytes take the characters from U+0100 upward in byte order (so a space is 'Ġ', U+0120).
 pub fn byte_to_char_table() -> [char; 256] {
-    let printable = |b: u32| {
-        (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
-    };
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
     let mut table = ['\0'; 256];
     let mut next = 0x100u32;
     for (b, slot) in table.iter_mut().enumerate() {
@@ -28,11 +26,7 @@ pub fn byte_to_char_table() -> [char; 256] {
 
 /// The inverse of [`byte_to_char_table`].
 pub fn char_to_byte_map() -> HashMap<char, u8> {
-    byte_to_char_table()
-        .iter()
-        .enumerate()
-        .map(|(b, &c)| (c, b as u8))
-        .collect()
+    byte_to_char_table().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()
 }
 
 /// Candidate merges: (rank, left index, right index, left id, right id), smallest first.
@@ -63,12 +57,7 @@ impl Merges {
         let mut syms: Vec<Sym> = symbols
             .iter()
             .enumerate()
-            .map(|(i, &id)| Sym {
-                id,
-                prev: i.checked_sub(1),
-                next: if i + 1 < n { Some(i + 1) } else { None },
-                alive: true,
-            })
+            .map(|(i, &id)| Sym { id, prev: i.checked_sub(1), next: if i + 1 < n { Some(i + 1) } else { None }, alive: true })
             .collect();
 
         // Smallest rank first, then smallest left index: the leftmost pair, as indices keep text order.
@@ -130,25 +119,13 @@ mod tests {
         let pairs = HashMap::from([((0, 1), (1, 2)), ((1, 1), (0, 3)), ((2, 1), (2, 4))]);
         let merges = Merges::new(pairs);
         // "abb": (b,b) has rank 0, so "a"+"bb" even though (a,b) is to its left.
-        assert_eq!(
-            merges.apply(&[Some(0), Some(1), Some(1)]),
-            vec![Some(0), Some(3)]
-        );
+        assert_eq!(merges.apply(&[Some(0), Some(1), Some(1)]), vec![Some(0), Some(3)]);
         // "abab": two (a,b) at rank 1; both merge.
-        assert_eq!(
-            merges.apply(&[Some(0), Some(1), Some(0), Some(1)]),
-            vec![Some(2), Some(2)]
-        );
+        assert_eq!(merges.apply(&[Some(0), Some(1), Some(0), Some(1)]), vec![Some(2), Some(2)]);
         // "bbb": leftmost (b,b) merges first.
-        assert_eq!(
-            merges.apply(&[Some(1), Some(1), Some(1)]),
-            vec![Some(3), Some(1)]
-        );
+        assert_eq!(merges.apply(&[Some(1), Some(1), Some(1)]), vec![Some(3), Some(1)]);
         // an unknown symbol blocks merges across it
-        assert_eq!(
-            merges.apply(&[Some(0), None, Some(1)]),
-            vec![Some(0), None, Some(1)]
-        );
+        assert_eq!(merges.apply(&[Some(0), None, Some(1)]), vec![Some(0), None, Some(1)]);
         assert!(merges.apply(&[]).is_empty());
     }
 }

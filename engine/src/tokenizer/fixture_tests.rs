@@ -27,12 +27,7 @@ fn opt_u32(v: &Value) -> Option<u32> {
 fn lines(path: &Path) -> Vec<String> {
     let text = read(path);
     let mut out: Vec<String> = text.split('\n').map(String::from).collect();
-    assert_eq!(
-        out.pop().as_deref(),
-        Some(""),
-        "{} must end with a newline",
-        path.display()
-    );
+    assert_eq!(out.pop().as_deref(), Some(""), "{} must end with a newline", path.display());
     out
 }
 
@@ -62,33 +57,13 @@ fn smollm2() -> Tokenizer {
 
 fn spm_tiny() -> Tokenizer {
     let v = json(&fixtures().join("spm-tiny/vocab.json"));
-    let strings = |k: &str| {
-        v[k].as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().unwrap().to_string())
-            .collect()
-    };
+    let strings = |k: &str| v[k].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
     Tokenizer::from_spec(TokenizerSpec {
         model: v["model"].as_str().unwrap().into(),
         pre: None,
         tokens: strings("tokens"),
-        scores: Some(
-            v["scores"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s.as_f64().unwrap() as f32)
-                .collect(),
-        ),
-        token_types: Some(
-            v["token_types"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t.as_i64().unwrap() as i32)
-                .collect(),
-        ),
+        scores: Some(v["scores"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap() as f32).collect()),
+        token_types: Some(v["token_types"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap() as i32).collect()),
         merges: Vec::new(),
         bos_id: opt_u32(&v["bos_id"]),
         eos_id: opt_u32(&v["eos_id"]),
@@ -112,13 +87,7 @@ struct Case {
 
 fn cases(vocab: &str) -> Vec<Case> {
     let expected = json(&fixtures().join("expected.json"));
-    let ids = |v: &Value| {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let ids = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
     let out: Vec<Case> = expected["cases"]
         .as_array()
         .unwrap()
@@ -131,28 +100,13 @@ fn cases(vocab: &str) -> Vec<Case> {
             hf: ids(&c["hf"]),
         })
         .collect();
-    assert!(
-        out.len() >= 18,
-        "expected.json has only {} cases for {vocab}",
-        out.len()
-    );
+    assert!(out.len() >= 18, "expected.json has only {} cases for {vocab}", out.len());
     out
 }
 
 fn assert_ids(tok: &Tokenizer, vocab: &str, what: &str, text: &str, got: &[u32], want: &[u32]) {
-    let show = |ids: &[u32]| {
-        ids.iter()
-            .map(|&i| format!("{i}:{:?}", tok.token_text(i).unwrap_or("?")))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    assert_eq!(
-        got,
-        want,
-        "{vocab} {what} for {text:?}\n  got:  {}\n  want: {}",
-        show(got),
-        show(want)
-    );
+    let show = |ids: &[u32]| ids.iter().map(|&i| format!("{i}:{:?}", tok.token_text(i).unwrap_or("?"))).collect::<Vec<_>>().join(" ");
+    assert_eq!(got, want, "{vocab} {what} for {text:?}\n  got:  {}\n  want: {}", show(got), show(want));
 }
 
 #[test]
@@ -160,31 +114,10 @@ fn smollm2_ids_equal_llama_cpp_and_hf() {
     let tok = smollm2();
     assert_eq!(tok.vocab_size(), 49152);
     for c in cases("smollm2") {
-        assert_ids(
-            &tok,
-            "smollm2",
-            "llama.cpp",
-            &c.text,
-            &tok.encode(&c.text),
-            &c.llama_cpp,
-        );
-        assert_ids(
-            &tok,
-            "smollm2",
-            "llama.cpp special",
-            &c.text,
-            &tok.encode_with_special(&c.text),
-            &c.llama_cpp_special,
-        );
+        assert_ids(&tok, "smollm2", "llama.cpp", &c.text, &tok.encode(&c.text), &c.llama_cpp);
+        assert_ids(&tok, "smollm2", "llama.cpp special", &c.text, &tok.encode_with_special(&c.text), &c.llama_cpp_special);
         // HF always parses special-token text, so it is the encode_with_special reference.
-        assert_ids(
-            &tok,
-            "smollm2",
-            "HF",
-            &c.text,
-            &tok.encode_with_special(&c.text),
-            &c.hf,
-        );
+        assert_ids(&tok, "smollm2", "HF", &c.text, &tok.encode_with_special(&c.text), &c.hf);
     }
 }
 
@@ -192,114 +125,42 @@ fn smollm2_ids_equal_llama_cpp_and_hf() {
 fn spm_ids_equal_llama_cpp_and_sentencepiece() {
     let tok = spm_tiny();
     for c in cases("spm-tiny") {
-        assert_ids(
-            &tok,
-            "spm-tiny",
-            "llama.cpp",
-            &c.text,
-            &tok.encode(&c.text),
-            &c.llama_cpp,
-        );
-        assert_ids(
-            &tok,
-            "spm-tiny",
-            "llama.cpp special",
-            &c.text,
-            &tok.encode_with_special(&c.text),
-            &c.llama_cpp_special,
-        );
+        assert_ids(&tok, "spm-tiny", "llama.cpp", &c.text, &tok.encode(&c.text), &c.llama_cpp);
+        assert_ids(&tok, "spm-tiny", "llama.cpp special", &c.text, &tok.encode_with_special(&c.text), &c.llama_cpp_special);
         // sentencepiece never parses special-token text
-        assert_ids(
-            &tok,
-            "spm-tiny",
-            "sentencepiece",
-            &c.text,
-            &tok.encode(&c.text),
-            &c.hf,
-        );
+        assert_ids(&tok, "spm-tiny", "sentencepiece", &c.text, &tok.encode(&c.text), &c.hf);
     }
 }
 
 #[test]
 fn hf_json_bpe_ids_equal_llama_cpp_and_hf() {
     let tok = bpe_tiny();
-    assert_eq!(
-        tok.token_type(tok.token_id("<tool>").unwrap()),
-        Some(TokenType::UserDefined)
-    );
-    assert_eq!(
-        tok.token_type(tok.token_id("<|im_start|>").unwrap()),
-        Some(TokenType::Control)
-    );
+    assert_eq!(tok.token_type(tok.token_id("<tool>").unwrap()), Some(TokenType::UserDefined));
+    assert_eq!(tok.token_type(tok.token_id("<|im_start|>").unwrap()), Some(TokenType::Control));
     assert_eq!(tok.bos_id(), tok.token_id("<|endoftext|>"));
     assert!(!tok.add_bos());
     for c in cases("bpe-tiny") {
-        assert_ids(
-            &tok,
-            "bpe-tiny",
-            "llama.cpp",
-            &c.text,
-            &tok.encode(&c.text),
-            &c.llama_cpp,
-        );
-        assert_ids(
-            &tok,
-            "bpe-tiny",
-            "llama.cpp special",
-            &c.text,
-            &tok.encode_with_special(&c.text),
-            &c.llama_cpp_special,
-        );
-        assert_ids(
-            &tok,
-            "bpe-tiny",
-            "HF",
-            &c.text,
-            &tok.encode_with_special(&c.text),
-            &c.hf,
-        );
+        assert_ids(&tok, "bpe-tiny", "llama.cpp", &c.text, &tok.encode(&c.text), &c.llama_cpp);
+        assert_ids(&tok, "bpe-tiny", "llama.cpp special", &c.text, &tok.encode_with_special(&c.text), &c.llama_cpp_special);
+        assert_ids(&tok, "bpe-tiny", "HF", &c.text, &tok.encode_with_special(&c.text), &c.hf);
     }
 }
 
 #[test]
 fn decode_inverts_encode() {
-    for (name, tok) in [
-        ("smollm2", smollm2()),
-        ("spm-tiny", spm_tiny()),
-        ("bpe-tiny", bpe_tiny()),
-    ] {
+    for (name, tok) in [("smollm2", smollm2()), ("spm-tiny", spm_tiny()), ("bpe-tiny", bpe_tiny())] {
         for c in cases(name) {
             let ids = tok.encode(&c.text);
             if name == "smollm2" && c.text.starts_with("ctrl") {
-                assert_eq!(
-                    tok.decode(&ids),
-                    "ctrl bytes",
-                    "SmolLM2 has no tokens for these bytes"
-                );
+                assert_eq!(tok.decode(&ids), "ctrl bytes", "SmolLM2 has no tokens for these bytes");
                 continue;
             }
             assert_eq!(tok.decode(&ids), c.text, "{name}");
-            let bytes: Vec<u8> = tok
-                .encode(&c.text)
-                .iter()
-                .flat_map(|&id| tok.token_bytes(id))
-                .collect();
-            let bos_text = tok
-                .bos_id()
-                .filter(|_| tok.add_bos())
-                .map(|b| tok.token_bytes(b))
-                .unwrap_or_default();
+            let bytes: Vec<u8> = tok.encode(&c.text).iter().flat_map(|&id| tok.token_bytes(id)).collect();
+            let bos_text = tok.bos_id().filter(|_| tok.add_bos()).map(|b| tok.token_bytes(b)).unwrap_or_default();
             // the SentencePiece space prefix goes before any text
-            let space = if name == "spm-tiny" && !c.text.is_empty() {
-                " "
-            } else {
-                ""
-            };
-            assert_eq!(
-                bytes,
-                [bos_text, format!("{space}{}", c.text).into_bytes()].concat(),
-                "{name} token bytes"
-            );
+            let space = if name == "spm-tiny" && !c.text.is_empty() { " " } else { "" };
+            assert_eq!(bytes, [bos_text, format!("{space}{}", c.text).into_bytes()].concat(), "{name} token bytes");
         }
     }
 }
@@ -331,31 +192,10 @@ impl Rng {
 #[test]
 fn encode_never_panics_and_byte_level_bpe_is_lossless_on_arbitrary_input() {
     let (smol, spm, tiny) = (smollm2(), spm_tiny(), bpe_tiny());
-    let pieces: &[&str] = &[
-        " ",
-        "  ",
-        "\n",
-        "\t",
-        "'s",
-        "'",
-        "<|im_start|>",
-        "<s>",
-        "</s>",
-        "<tool>",
-        "1",
-        "½",
-        "é",
-        "日",
-        "🦀",
-        "\u{2581}",
-        "\u{0}",
-        "\r\n",
-    ];
+    let pieces: &[&str] =
+        &[" ", "  ", "\n", "\t", "'s", "'", "<|im_start|>", "<s>", "</s>", "<tool>", "1", "½", "é", "日", "🦀", "\u{2581}", "\u{0}", "\r\n"];
     let table = bpe::byte_to_char_table();
-    let smol_has: Vec<bool> = table
-        .iter()
-        .map(|c| smol.token_id(&c.to_string()).is_some())
-        .collect();
+    let smol_has: Vec<bool> = table.iter().map(|c| smol.token_id(&c.to_string()).is_some()).collect();
     assert_eq!(smol_has.iter().filter(|&&h| !h).count(), 21);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for round in 0..400 {
@@ -363,9 +203,7 @@ fn encode_never_panics_and_byte_level_bpe_is_lossless_on_arbitrary_input() {
         for _ in 0..rng.next() % 40 {
             match rng.next() % 3 {
                 0 => bytes.push((rng.next() % 256) as u8),
-                1 => bytes.extend_from_slice(
-                    pieces[(rng.next() % pieces.len() as u64) as usize].as_bytes(),
-                ),
+                1 => bytes.extend_from_slice(pieces[(rng.next() % pieces.len() as u64) as usize].as_bytes()),
                 _ => bytes.push(b'a' + (rng.next() % 26) as u8),
             }
         }
@@ -373,21 +211,14 @@ fn encode_never_panics_and_byte_level_bpe_is_lossless_on_arbitrary_input() {
         for tok in [&smol, &spm, &tiny] {
             let ids = tok.encode(&text);
             let special = tok.encode_with_special(&text);
-            assert!(ids
-                .iter()
-                .chain(&special)
-                .all(|&id| (id as usize) < tok.vocab_size()));
+            assert!(ids.iter().chain(&special).all(|&id| (id as usize) < tok.vocab_size()));
             let _ = tok.decode(&special);
         }
         // bpe-tiny has a token for every byte, so nothing is lost; SmolLM2 lacks 21 of them,
         // and those bytes are dropped (as llama.cpp and HF do), everything else kept
         assert_eq!(tiny.decode(&tiny.encode(&text)), text, "round {round}");
         let kept: Vec<u8> = text.bytes().filter(|&b| smol_has[b as usize]).collect();
-        let smol_bytes: Vec<u8> = smol
-            .encode(&text)
-            .iter()
-            .flat_map(|&id| smol.token_bytes(id))
-            .collect();
+        let smol_bytes: Vec<u8> = smol.encode(&text).iter().flat_map(|&id| smol.token_bytes(id)).collect();
         assert_eq!(smol_bytes, kept, "round {round}");
         // byte fallback covers every character, so SPM is lossless too, except that a U+2581
         // in the input reads back as the space it stands for

@@ -14,21 +14,12 @@ use crate::{Error, Result};
 
 pub fn spec_from_hf_json(path: &Path) -> Result<TokenizerSpec> {
     let json = read_json(path)?;
-    let bad = |reason: String| Error::Format {
-        path: path.to_path_buf(),
-        format: "HF tokenizer.json",
-        reason,
-    };
+    let bad = |reason: String| Error::Format { path: path.to_path_buf(), format: "HF tokenizer.json", reason };
 
-    let model = json
-        .get("model")
-        .ok_or_else(|| bad("no \"model\" object".into()))?;
+    let model = json.get("model").ok_or_else(|| bad("no \"model\" object".into()))?;
     let model_type = model.get("type").and_then(Value::as_str).unwrap_or("");
     if model_type != "BPE" {
-        return Err(err(format!(
-            "{}: model type '{model_type}' is not supported (only byte-level BPE)",
-            path.display()
-        )));
+        return Err(err(format!("{}: model type '{model_type}' is not supported (only byte-level BPE)", path.display())));
     }
     // SentencePiece models converted to tokenizer.json (Llama, TinyLlama) replace spaces with
     // U+2581 in a normalizer and fall back to byte tokens; byte-level BPE has no normalizer.
@@ -43,44 +34,23 @@ pub fn spec_from_hf_json(path: &Path) -> Result<TokenizerSpec> {
     }
     let pre = match sentencepiece {
         true => None,
-        false => Some(pre_tokenizer_name(json.get("pre_tokenizer").unwrap_or(&Value::Null)).map_err(|found| {
-            err(format!(
-                "{}: pre_tokenizer {found} is not supported (ByteLevel, or Digits then ByteLevel)",
-                path.display()
-            ))
-        })?),
+        false => Some(
+            pre_tokenizer_name(json.get("pre_tokenizer").unwrap_or(&Value::Null))
+                .map_err(|found| err(format!("{}: pre_tokenizer {found} is not supported (ByteLevel, or Digits then ByteLevel)", path.display())))?,
+        ),
     };
 
     // Ids come from the model vocabulary and the added tokens; together they must be 0..n.
-    let vocab = model
-        .get("vocab")
-        .and_then(Value::as_object)
-        .ok_or_else(|| bad("model has no \"vocab\" object".into()))?;
+    let vocab = model.get("vocab").and_then(Value::as_object).ok_or_else(|| bad("model has no \"vocab\" object".into()))?;
     let mut entries: Vec<(u64, String, i32)> = Vec::with_capacity(vocab.len());
     for (text, id) in vocab {
-        let id = id
-            .as_u64()
-            .ok_or_else(|| bad(format!("vocab entry '{text}' has a non-integer id")))?;
+        let id = id.as_u64().ok_or_else(|| bad(format!("vocab entry '{text}' has a non-integer id")))?;
         entries.push((id, text.clone(), 1));
     }
-    for added in json
-        .get("added_tokens")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let id = added
-            .get("id")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| bad("an added token has no integer id".into()))?;
-        let text = added
-            .get("content")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad(format!("added token {id} has no content")))?;
-        let special = added
-            .get("special")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+    for added in json.get("added_tokens").and_then(Value::as_array).into_iter().flatten() {
+        let id = added.get("id").and_then(Value::as_u64).ok_or_else(|| bad("an added token has no integer id".into()))?;
+        let text = added.get("content").and_then(Value::as_str).ok_or_else(|| bad(format!("added token {id} has no content")))?;
+        let special = added.get("special").and_then(Value::as_bool).unwrap_or(false);
         // llama.cpp's converter: special added tokens are control tokens, others user-defined.
         entries.push((id, text.to_string(), if special { 3 } else { 4 }));
     }
@@ -96,29 +66,17 @@ pub fn spec_from_hf_json(path: &Path) -> Result<TokenizerSpec> {
     let mut types = Vec::with_capacity(entries.len());
     for (expected, (id, text, ty)) in entries.into_iter().enumerate() {
         if id != expected as u64 {
-            return Err(bad(format!(
-                "token ids are not contiguous: id {expected} is missing"
-            )));
+            return Err(bad(format!("token ids are not contiguous: id {expected} is missing")));
         }
         tokens.push(text);
         types.push(ty);
     }
 
     let mut merges = Vec::new();
-    for (i, m) in model
-        .get("merges")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, m) in model.get("merges").and_then(Value::as_array).into_iter().flatten().enumerate() {
         let merge = match m {
             Value::String(s) => s.clone(),
-            Value::Array(pair) => match (
-                pair.first().and_then(Value::as_str),
-                pair.get(1).and_then(Value::as_str),
-                pair.len(),
-            ) {
+            Value::Array(pair) => match (pair.first().and_then(Value::as_str), pair.get(1).and_then(Value::as_str), pair.len()) {
                 (Some(a), Some(b), 2) => format!("{a} {b}"),
                 _ => return Err(bad(format!("merge {i} is not a pair of strings"))),
             },
@@ -134,27 +92,17 @@ pub fn spec_from_hf_json(path: &Path) -> Result<TokenizerSpec> {
     };
     let config_token = |key: &str| {
         let v = config.as_ref()?.get(key)?;
-        let text = v
-            .as_str()
-            .or_else(|| v.get("content").and_then(Value::as_str))?;
+        let text = v.as_str().or_else(|| v.get("content").and_then(Value::as_str))?;
         id_of(text)
     };
-    let template_bos = template_first_special(json.get("post_processor").unwrap_or(&Value::Null))
-        .and_then(|t| id_of(&t));
+    let template_bos = template_first_special(json.get("post_processor").unwrap_or(&Value::Null)).and_then(|t| id_of(&t));
     let bos_id = config_token("bos_token").or(template_bos);
     let eos_id = config_token("eos_token");
-    let unk_id = model
-        .get("unk_token")
-        .and_then(Value::as_str)
-        .and_then(id_of);
-    let add_bos = config
-        .as_ref()
-        .and_then(|c| c.get("add_bos_token"))
-        .and_then(Value::as_bool)
-        .unwrap_or_else(|| {
-            let model = if sentencepiece { "llama" } else { "gpt2" };
-            template_bos.is_some() || TokenizerSpec::default_add_bos(model, pre)
-        });
+    let unk_id = model.get("unk_token").and_then(Value::as_str).and_then(id_of);
+    let add_bos = config.as_ref().and_then(|c| c.get("add_bos_token")).and_then(Value::as_bool).unwrap_or_else(|| {
+        let model = if sentencepiece { "llama" } else { "gpt2" };
+        template_bos.is_some() || TokenizerSpec::default_add_bos(model, pre)
+    });
 
     if sentencepiece {
         return Ok(TokenizerSpec {
@@ -231,62 +179,32 @@ fn sentencepiece_types(tokens: &[String], types: &[i32], unk_id: Option<u32>) ->
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| Error::Format {
-        path: path.to_path_buf(),
-        format: "JSON",
-        reason: e.to_string(),
-    })
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    serde_json::from_str(&text).map_err(|e| Error::Format { path: path.to_path_buf(), format: "JSON", reason: e.to_string() })
 }
 
 /// The GGUF pre-tokenizer name for an HF pre_tokenizer, or a description of what was found.
 fn pre_tokenizer_name(pre: &Value) -> std::result::Result<&'static str, String> {
-    let kind = |v: &Value| {
-        v.get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string()
-    };
+    let kind = |v: &Value| v.get("type").and_then(Value::as_str).unwrap_or("?").to_string();
     let is_plain_byte_level = |v: &Value| {
         kind(v) == "ByteLevel"
-            && !v
-                .get("add_prefix_space")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
+            && !v.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(false)
             && v.get("use_regex").and_then(Value::as_bool).unwrap_or(true)
     };
     if is_plain_byte_level(pre) {
         return Ok("gpt-2");
     }
     if kind(pre) == "Sequence" {
-        let parts: Vec<&Value> = pre
-            .get("pretokenizers")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .collect();
+        let parts: Vec<&Value> = pre.get("pretokenizers").and_then(Value::as_array).into_iter().flatten().collect();
         if let [digits, byte_level] = parts[..] {
-            let individual = digits
-                .get("individual_digits")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
+            let individual = digits.get("individual_digits").and_then(Value::as_bool).unwrap_or(false);
             if kind(digits) == "Digits" && individual && is_plain_byte_level(byte_level) {
                 return Ok("smollm");
             }
         }
-        return Err(format!(
-            "Sequence[{}]",
-            parts.iter().map(|p| kind(p)).collect::<Vec<_>>().join(", ")
-        ));
+        return Err(format!("Sequence[{}]", parts.iter().map(|p| kind(p)).collect::<Vec<_>>().join(", ")));
     }
-    Err(if pre.is_null() {
-        "null".into()
-    } else {
-        pre.to_string().chars().take(120).collect()
-    })
+    Err(if pre.is_null() { "null".into() } else { pre.to_string().chars().take(120).collect() })
 }
 
 /// The first special token of a TemplateProcessing `single` template (a BOS the template adds).
@@ -294,11 +212,7 @@ fn template_first_special(post: &Value) -> Option<String> {
     let single = match post.get("type").and_then(Value::as_str)? {
         "TemplateProcessing" => post.get("single")?,
         "Sequence" => {
-            return post
-                .get("processors")?
-                .as_array()?
-                .iter()
-                .find_map(template_first_special);
+            return post.get("processors")?.as_array()?.iter().find_map(template_first_special);
         }
         _ => return None,
     };

@@ -64,18 +64,7 @@ impl TokenizerSpec {
             "llama" => true,
             "gpt2" => matches!(
                 pre,
-                Some(
-                    "llama3"
-                        | "llama-v3"
-                        | "llama-bpe"
-                        | "falcon3"
-                        | "falcon-h1"
-                        | "pixtral"
-                        | "midm-2.0"
-                        | "lfm2"
-                        | "tekken"
-                        | "chameleon"
-                )
+                Some("llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "tekken" | "chameleon")
             ),
             _ => false,
         }
@@ -158,45 +147,27 @@ impl Tokenizer {
     pub fn from_spec(spec: TokenizerSpec) -> Result<Tokenizer> {
         let n = spec.tokens.len();
         if n == 0 {
-            return Err(err(
-                "the vocabulary is empty (tokenizer.ggml.tokens has no entries)",
-            ));
+            return Err(err("the vocabulary is empty (tokenizer.ggml.tokens has no entries)"));
         }
         if u32::try_from(n).is_err() {
-            return Err(err(format!(
-                "the vocabulary has {n} tokens, more than token ids can number"
-            )));
+            return Err(err(format!("the vocabulary has {n} tokens, more than token ids can number")));
         }
         let types: Vec<TokenType> = match &spec.token_types {
             None => vec![TokenType::Normal; n],
             Some(codes) if codes.len() != n => {
-                return Err(err(format!(
-                    "{} token types for {n} tokens; the two lists must have equal length",
-                    codes.len()
-                )))
+                return Err(err(format!("{} token types for {n} tokens; the two lists must have equal length", codes.len())))
             }
             Some(codes) => codes
                 .iter()
                 .enumerate()
                 .map(|(i, &c)| {
-                    TokenType::from_gguf(c).ok_or_else(|| {
-                        err(format!(
-                            "token {i} '{}' has type {c}; known types are 0 to 6",
-                            spec.tokens[i]
-                        ))
-                    })
+                    TokenType::from_gguf(c).ok_or_else(|| err(format!("token {i} '{}' has type {c}; known types are 0 to 6", spec.tokens[i])))
                 })
                 .collect::<Result<_>>()?,
         };
-        for (what, id) in [
-            ("BOS", spec.bos_id),
-            ("EOS", spec.eos_id),
-            ("unknown", spec.unk_id),
-        ] {
+        for (what, id) in [("BOS", spec.bos_id), ("EOS", spec.eos_id), ("unknown", spec.unk_id)] {
             if let Some(id) = id.filter(|&id| id as usize >= n) {
-                return Err(err(format!(
-                    "the {what} token id {id} is outside the vocabulary of {n} tokens"
-                )));
+                return Err(err(format!("the {what} token id {id} is outside the vocabulary of {n} tokens")));
             }
         }
         if spec.add_bos && spec.bos_id.is_none() {
@@ -204,20 +175,12 @@ impl Tokenizer {
         }
 
         // Later duplicates win, as in llama.cpp; empty texts cannot be typed, so they get no entry.
-        let token_to_id: HashMap<String, u32> = spec
-            .tokens
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| !t.is_empty())
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
+        let token_to_id: HashMap<String, u32> =
+            spec.tokens.iter().enumerate().filter(|(_, t)| !t.is_empty()).map(|(i, t)| (t.clone(), i as u32)).collect();
 
         let mut specials: Vec<u32> = (0..n as u32)
             .filter(|&i| {
-                matches!(
-                    types[i as usize],
-                    TokenType::Control | TokenType::UserDefined | TokenType::Unknown
-                ) && !spec.tokens[i as usize].is_empty()
+                matches!(types[i as usize], TokenType::Control | TokenType::UserDefined | TokenType::Unknown) && !spec.tokens[i as usize].is_empty()
             })
             .collect();
         specials.sort_by_key(|&i| std::cmp::Reverse(spec.tokens[i as usize].len()));
@@ -240,9 +203,7 @@ impl Tokenizer {
             }
             "llama" => {
                 let scores = match spec.scores {
-                    Some(s) if s.len() != n => {
-                        return Err(err(format!("{} scores for {n} tokens; the two lists must have equal length", s.len())))
-                    }
+                    Some(s) if s.len() != n => return Err(err(format!("{} scores for {n} tokens; the two lists must have equal length", s.len()))),
                     Some(s) => s,
                     None => vec![0.0; n],
                 };
@@ -257,9 +218,7 @@ impl Tokenizer {
                 Model::Spm { scores, byte_tokens, add_space_prefix: spec.add_space_prefix }
             }
             other => {
-                return Err(err(format!(
-                    "tokenizer model '{other}' is not supported (supported: 'gpt2' byte-level BPE, 'llama' SentencePiece)"
-                )))
+                return Err(err(format!("tokenizer model '{other}' is not supported (supported: 'gpt2' byte-level BPE, 'llama' SentencePiece)")))
             }
         };
 
@@ -300,31 +259,15 @@ impl Tokenizer {
     /// default detokenize); for SentencePiece models with a space prefix, the space the encoder
     /// added before the first word is removed. Invalid UTF-8 becomes U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> String {
-        let strip_first_space = matches!(
-            self.model,
-            Model::Spm {
-                add_space_prefix: true,
-                ..
-            }
-        );
+        let strip_first_space = matches!(self.model, Model::Spm { add_space_prefix: true, .. });
         let mut bytes = Vec::new();
         let mut first = true;
         for &id in ids {
-            if matches!(
-                self.token_type(id),
-                Some(TokenType::Control | TokenType::Unknown)
-            ) {
+            if matches!(self.token_type(id), Some(TokenType::Control | TokenType::Unknown)) {
                 continue;
             }
-            let piece = self
-                .pieces
-                .get(id as usize)
-                .map_or(&[][..], |p| p.as_slice());
-            let piece = if first && strip_first_space {
-                piece.strip_prefix(b" ").unwrap_or(piece)
-            } else {
-                piece
-            };
+            let piece = self.pieces.get(id as usize).map_or(&[][..], |p| p.as_slice());
+            let piece = if first && strip_first_space { piece.strip_prefix(b" ").unwrap_or(piece) } else { piece };
             first = false;
             bytes.extend_from_slice(piece);
         }
@@ -378,24 +321,15 @@ impl Tokenizer {
         if self.add_bos {
             out.extend(self.bos_id);
         }
-        let fragments = if text.is_empty() {
-            Vec::new()
-        } else {
-            self.partition(text, parse_special)
-        };
+        let fragments = if text.is_empty() { Vec::new() } else { self.partition(text, parse_special) };
         match &self.model {
-            Model::Bpe {
-                pre,
-                merges,
-                byte_ids,
-            } => {
+            Model::Bpe { pre, merges, byte_ids } => {
                 for fragment in fragments {
                     match fragment {
                         Fragment::Token(id) => out.push(id),
                         Fragment::Text(text) => {
                             for word in pre.split(text) {
-                                let symbols: Vec<Option<u32>> =
-                                    word.bytes().map(|b| byte_ids[b as usize]).collect();
+                                let symbols: Vec<Option<u32>> = word.bytes().map(|b| byte_ids[b as usize]).collect();
                                 // A byte whose character is missing from the vocabulary is dropped, as in llama.cpp.
                                 out.extend(merges.apply(&symbols).into_iter().flatten());
                             }
@@ -403,17 +337,8 @@ impl Tokenizer {
                     }
                 }
             }
-            Model::Spm {
-                scores,
-                byte_tokens,
-                add_space_prefix,
-            } => {
-                let vocab = spm::SpmVocab {
-                    token_to_id: &self.token_to_id,
-                    scores,
-                    byte_tokens,
-                    unk_id: self.unk_id,
-                };
+            Model::Spm { scores, byte_tokens, add_space_prefix } => {
+                let vocab = spm::SpmVocab { token_to_id: &self.token_to_id, scores, byte_tokens, unk_id: self.unk_id };
                 // llama.cpp puts the space prefix before the first text and after every special token.
                 let mut after_special = true;
                 for fragment in fragments {
@@ -423,11 +348,7 @@ impl Tokenizer {
                             after_special = true;
                         }
                         Fragment::Text(text) => {
-                            let prefix = if *add_space_prefix && after_special {
-                                " "
-                            } else {
-                                ""
-                            };
+                            let prefix = if *add_space_prefix && after_special { " " } else { "" };
                             let escaped = format!("{prefix}{text}").replace(' ', "\u{2581}");
                             spm::encode(&vocab, &escaped, &mut out);
                             after_special = false;
@@ -478,23 +399,13 @@ fn build_merges(merges: &[String], token_to_id: &HashMap<String, u32>) -> Result
     let mut pairs = HashMap::with_capacity(merges.len());
     for (rank, merge) in merges.iter().enumerate() {
         // The separator is the first space after the first character (llama.cpp's rule).
-        let sep = merge
-            .char_indices()
-            .skip(1)
-            .find(|&(_, c)| c == ' ')
-            .map(|(i, _)| i);
+        let sep = merge.char_indices().skip(1).find(|&(_, c)| c == ' ').map(|(i, _)| i);
         let Some(sep) = sep else {
-            return Err(err(format!(
-                "merge {rank} '{merge}' has no space between its two sides"
-            )));
+            return Err(err(format!("merge {rank} '{merge}' has no space between its two sides")));
         };
         let (left, right) = (&merge[..sep], &merge[sep + 1..]);
         let id_of = |text: &str| {
-            token_to_id.get(text).copied().ok_or_else(|| {
-                err(format!(
-                    "merge {rank} '{merge}' names a token not in the vocabulary: '{text}'"
-                ))
-            })
+            token_to_id.get(text).copied().ok_or_else(|| err(format!("merge {rank} '{merge}' names a token not in the vocabulary: '{text}'")))
         };
         let (l, r) = (id_of(left)?, id_of(right)?);
         let joined = id_of(&format!("{left}{right}"))?;
@@ -511,9 +422,7 @@ fn token_pieces(model: &Model, tokens: &[String], types: &[TokenType]) -> Vec<Ve
         .iter()
         .zip(types)
         .map(|(text, ty)| match (ty, model) {
-            (TokenType::Control | TokenType::Unknown | TokenType::UserDefined, _) => {
-                text.as_bytes().to_vec()
-            }
+            (TokenType::Control | TokenType::Unknown | TokenType::UserDefined, _) => text.as_bytes().to_vec(),
             (TokenType::Normal, Model::Bpe { .. }) => {
                 let mut out = Vec::with_capacity(text.len());
                 for c in text.chars() {
@@ -562,9 +471,7 @@ mod tests {
             pre: Some(pre.into()),
             tokens,
             token_types: Some(types),
-            merges: ["h e", "l l", "he ll", "hell o", "Ġ w", "Ġw o"]
-                .map(String::from)
-                .to_vec(),
+            merges: ["h e", "l l", "he ll", "hell o", "Ġ w", "Ġw o"].map(String::from).to_vec(),
             bos_id: Some(0),
             eos_id: Some(0),
             ..Default::default()
@@ -579,10 +486,7 @@ mod tests {
         let plain = tok.encode("<|im_start|>hello");
         assert!(!plain.contains(&1));
         assert_eq!(tok.decode(&plain), "<|im_start|>hello");
-        assert_eq!(
-            tok.encode_with_special("<|im_start|>hello"),
-            vec![1, id("hello")]
-        );
+        assert_eq!(tok.encode_with_special("<|im_start|>hello"), vec![1, id("hello")]);
         assert_eq!(tok.token_bytes(id("Ġwo")), b" wo");
         assert_eq!(tok.token_bytes(1), b"<|im_start|>");
         assert!(tok.token_bytes(100_000).is_empty());
@@ -591,10 +495,7 @@ mod tests {
     #[test]
     fn bos_is_added_only_when_asked() {
         let mut spec = tiny_bpe("gpt-2");
-        assert!(Tokenizer::from_spec(spec.clone())
-            .unwrap()
-            .encode("")
-            .is_empty());
+        assert!(Tokenizer::from_spec(spec.clone()).unwrap().encode("").is_empty());
         spec.add_bos = true;
         let tok = Tokenizer::from_spec(spec).unwrap();
         assert_eq!(tok.encode(""), vec![0]);
@@ -640,11 +541,7 @@ mod tests {
         s.bos_id = None;
         s.add_bos = true;
         assert!(message(s).contains("no BOS"));
-        assert!(message(TokenizerSpec {
-            model: "llama".into(),
-            ..Default::default()
-        })
-        .contains("empty"));
+        assert!(message(TokenizerSpec { model: "llama".into(), ..Default::default() }).contains("empty"));
         let mut s = tiny_bpe("gpt-2");
         s.model = "llama".into();
         s.scores = Some(vec![0.0]);

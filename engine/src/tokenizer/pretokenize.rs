@@ -35,14 +35,10 @@ impl PreTokenizer {
             None | Some("default") => Some(PreTokenizer::Default),
             // llama.cpp spells GPT-2's "gpt-2"; "gpt2" is accepted as the obvious alias.
             Some(
-                "gpt-2" | "gpt2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "exaone4"
-                | "granite-docling" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es"
-                | "jina-v2-de" | "a.x-4.0" | "mellum",
+                "gpt-2" | "gpt2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "exaone4" | "granite-docling" | "jina-es" | "jina-de"
+                | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0" | "mellum",
             ) => Some(PreTokenizer::Gpt2),
-            Some(
-                "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
-                | "minerva-7b",
-            ) => Some(PreTokenizer::DigitsThenGpt2),
+            Some("smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b") => Some(PreTokenizer::DigitsThenGpt2),
             Some(_) => None,
         }
     }
@@ -54,12 +50,7 @@ impl PreTokenizer {
         let passes: &[Pass] = match self {
             PreTokenizer::Gpt2 => &[Pass::Gpt2],
             PreTokenizer::DigitsThenGpt2 => &[Pass::EachNumber, Pass::Gpt2],
-            PreTokenizer::Default => &[
-                Pass::PunctuationRuns,
-                Pass::Gpt2,
-                Pass::NumberRuns,
-                Pass::AsciiDigitTriples,
-            ],
+            PreTokenizer::Default => &[Pass::PunctuationRuns, Pass::Gpt2, Pass::NumberRuns, Pass::AsciiDigitTriples],
         };
         for pass in passes {
             let mut next = Vec::with_capacity(pieces.len());
@@ -74,29 +65,16 @@ impl PreTokenizer {
             pieces = next;
         }
         let byte_at = |i: usize| chars.get(i).map_or(text.len(), |&(b, _)| b);
-        pieces
-            .into_iter()
-            .map(|p| &text[byte_at(p.start)..byte_at(p.end)])
-            .collect()
+        pieces.into_iter().map(|p| &text[byte_at(p.start)..byte_at(p.end)]).collect()
     }
 }
 
 pub(crate) fn is_letter(c: char) -> bool {
-    matches!(
-        get_general_category(c),
-        Gc::UppercaseLetter
-            | Gc::LowercaseLetter
-            | Gc::TitlecaseLetter
-            | Gc::ModifierLetter
-            | Gc::OtherLetter
-    )
+    matches!(get_general_category(c), Gc::UppercaseLetter | Gc::LowercaseLetter | Gc::TitlecaseLetter | Gc::ModifierLetter | Gc::OtherLetter)
 }
 
 pub(crate) fn is_number(c: char) -> bool {
-    matches!(
-        get_general_category(c),
-        Gc::DecimalNumber | Gc::LetterNumber | Gc::OtherNumber
-    )
+    matches!(get_general_category(c), Gc::DecimalNumber | Gc::LetterNumber | Gc::OtherNumber)
 }
 
 fn is_punctuation(c: char) -> bool {
@@ -133,22 +111,14 @@ impl Pass {
             Pass::EachNumber => split_runs(window, is_number, Some(1)),
             Pass::NumberRuns => split_runs(window, is_number, None),
             Pass::AsciiDigitTriples => split_ascii_triples(window),
-            Pass::PunctuationRuns => split_runs(
-                window,
-                |c| is_punctuation(c) || matches!(c, '$' | '+' | '<' | '=' | '>' | '^' | '~' | '|'),
-                None,
-            ),
+            Pass::PunctuationRuns => split_runs(window, |c| is_punctuation(c) || matches!(c, '$' | '+' | '<' | '=' | '>' | '^' | '~' | '|'), None),
             Pass::Gpt2 => split_gpt2(window),
         }
     }
 }
 
 /// Matches of `class+` (or of `class` alone when `max_run` is 1) and the gaps between them.
-fn split_runs(
-    window: &[(usize, char)],
-    class: impl Fn(char) -> bool,
-    max_run: Option<usize>,
-) -> Vec<usize> {
+fn split_runs(window: &[(usize, char)], class: impl Fn(char) -> bool, max_run: Option<usize>) -> Vec<usize> {
     let mut lens = Vec::new();
     let mut i = 0;
     while i < window.len() {
@@ -271,14 +241,8 @@ mod tests {
     #[test]
     fn gpt2_pattern_splits_words_contractions_and_spaces_like_the_regex() {
         // Expected pieces worked out by hand from the GPT-2 regex.
-        assert_eq!(
-            split(PreTokenizer::Gpt2, "Hello world  don't 42!!  "),
-            vec!["Hello", " world", " ", " don", "'t", " 42", "!!", "  "]
-        );
-        assert_eq!(
-            split(PreTokenizer::Gpt2, "a\n\nb"),
-            vec!["a", "\n", "\n", "b"]
-        );
+        assert_eq!(split(PreTokenizer::Gpt2, "Hello world  don't 42!!  "), vec!["Hello", " world", " ", " don", "'t", " 42", "!!", "  "]);
+        assert_eq!(split(PreTokenizer::Gpt2, "a\n\nb"), vec!["a", "\n", "\n", "b"]);
         assert_eq!(split(PreTokenizer::Gpt2, "x\t y"), vec!["x", "\t", " y"]);
         assert_eq!(split(PreTokenizer::Gpt2, " 's"), vec![" '", "s"]);
         assert_eq!(split(PreTokenizer::Gpt2, "I'M"), vec!["I", "'", "M"]);
@@ -286,28 +250,18 @@ mod tests {
 
     #[test]
     fn smollm_pattern_puts_every_digit_alone() {
-        assert_eq!(
-            split(PreTokenizer::DigitsThenGpt2, "in 2024, x3"),
-            vec!["in", " ", "2", "0", "2", "4", ",", " x", "3"]
-        );
+        assert_eq!(split(PreTokenizer::DigitsThenGpt2, "in 2024, x3"), vec!["in", " ", "2", "0", "2", "4", ",", " x", "3"]);
     }
 
     #[test]
     fn default_pattern_groups_punctuation_then_digit_triples() {
-        assert_eq!(
-            split(PreTokenizer::Default, "a+=1234567"),
-            vec!["a", "+=", "123", "456", "7"]
-        );
+        assert_eq!(split(PreTokenizer::Default, "a+=1234567"), vec!["a", "+=", "123", "456", "7"]);
     }
 
     #[test]
     fn pieces_cover_the_text_exactly() {
         let text = "  żółw 日本語 ١٢٣ \u{2028}x\u{a0} ";
-        for pre in [
-            PreTokenizer::Gpt2,
-            PreTokenizer::DigitsThenGpt2,
-            PreTokenizer::Default,
-        ] {
+        for pre in [PreTokenizer::Gpt2, PreTokenizer::DigitsThenGpt2, PreTokenizer::Default] {
             let pieces = pre.split(text);
             assert_eq!(pieces.concat(), text);
             assert!(pieces.iter().all(|p| !p.is_empty()));

@@ -37,9 +37,7 @@ impl PartialOrd for Bigram {
 impl Ord for Bigram {
     /// Max-heap order: higher score first, then the smaller left index.
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score
-            .total_cmp(&other.score)
-            .then_with(|| other.left.cmp(&self.left))
+        self.score.total_cmp(&other.score).then_with(|| other.left.cmp(&self.left))
     }
 }
 
@@ -54,33 +52,22 @@ pub fn encode(vocab: &SpmVocab, text: &str, out: &mut Vec<u32>) {
     let mut syms: Vec<Sym> = Vec::new();
     for (start, c) in text.char_indices() {
         let i = syms.len();
-        syms.push(Sym {
-            start,
-            len: c.len_utf8(),
-            prev: i.checked_sub(1),
-            next: None,
-        });
+        syms.push(Sym { start, len: c.len_utf8(), prev: i.checked_sub(1), next: None });
         if i > 0 {
             syms[i - 1].next = Some(i);
         }
     }
 
     let mut queue = BinaryHeap::new();
-    let try_add =
-        |queue: &mut BinaryHeap<Bigram>, syms: &[Sym], l: Option<usize>, r: Option<usize>| {
-            let (Some(l), Some(r)) = (l, r) else { return };
-            let (start, size) = (syms[l].start, syms[l].len + syms[r].len);
-            let Some(&id) = vocab.token_to_id.get(&text[start..start + size]) else {
-                return;
-            };
-            let score = vocab.scores.get(id as usize).copied().unwrap_or(0.0);
-            queue.push(Bigram {
-                score,
-                left: l,
-                right: r,
-                size,
-            });
+    let try_add = |queue: &mut BinaryHeap<Bigram>, syms: &[Sym], l: Option<usize>, r: Option<usize>| {
+        let (Some(l), Some(r)) = (l, r) else { return };
+        let (start, size) = (syms[l].start, syms[l].len + syms[r].len);
+        let Some(&id) = vocab.token_to_id.get(&text[start..start + size]) else {
+            return;
         };
+        let score = vocab.scores.get(id as usize).copied().unwrap_or(0.0);
+        queue.push(Bigram { score, left: l, right: r, size });
+    };
     for i in 1..syms.len() {
         try_add(&mut queue, &syms, Some(i - 1), Some(i));
     }
@@ -107,10 +94,7 @@ pub fn encode(vocab: &SpmVocab, text: &str, out: &mut Vec<u32>) {
             out.push(id);
         } else {
             // Only single characters can be left outside the vocabulary: merges make tokens.
-            let bytes: Option<Vec<u32>> = piece
-                .bytes()
-                .map(|b| vocab.byte_tokens[b as usize])
-                .collect();
+            let bytes: Option<Vec<u32>> = piece.bytes().map(|b| vocab.byte_tokens[b as usize]).collect();
             match (bytes, vocab.unk_id) {
                 (Some(ids), _) => out.extend(ids),
                 (None, Some(unk)) => out.push(unk),
@@ -129,19 +113,10 @@ mod tests {
     fn highest_scoring_pair_merges_first_and_leftovers_fall_back_to_bytes() {
         let tokens = ["<unk>", "a", "b", "c", "ab", "bc", "<0x64>"];
         let scores = [0.0, -1.0, -1.0, -1.0, -5.0, -2.0, 0.0];
-        let token_to_id: HashMap<String, u32> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.to_string(), i as u32))
-            .collect();
+        let token_to_id: HashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
         let mut byte_tokens = [None; 256];
         byte_tokens[b'd' as usize] = Some(6);
-        let vocab = SpmVocab {
-            token_to_id: &token_to_id,
-            scores: &scores,
-            byte_tokens: &byte_tokens,
-            unk_id: Some(0),
-        };
+        let vocab = SpmVocab { token_to_id: &token_to_id, scores: &scores, byte_tokens: &byte_tokens, unk_id: Some(0) };
         let run = |s: &str| {
             let mut out = Vec::new();
             encode(&vocab, s, &mut out);

@@ -114,7 +114,15 @@ fn measure_engine(model: &Model, ids: &[u32], n_prompt: usize, threads: usize, r
     })
 }
 
-fn measure_llamacpp(python: &Path, root: &Path, model: &Path, ids: &[u32], n_prompt: usize, threads: usize, runs: usize) -> Result<(Timings, String)> {
+fn measure_llamacpp(
+    python: &Path,
+    root: &Path,
+    model: &Path,
+    ids: &[u32],
+    n_prompt: usize,
+    threads: usize,
+    runs: usize,
+) -> Result<(Timings, String)> {
     if !python.exists() {
         bail!("llama.cpp is needed for the comparison but {} is missing: run scripts/setup-references.sh (or pass --no-reference)", python.display());
     }

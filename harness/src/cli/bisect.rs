@@ -43,7 +43,13 @@ pub fn run(args: BisectArgs, root: &Path) -> Result<i32> {
             None => println!("  every checkpoint passes"),
             Some(f) => {
                 any = true;
-                println!("  first failure: checkpoint {} {} at {} ({})", f.checkpoint_id, f.checkpoint, describe(f), reports::summary::status_name(f.status));
+                println!(
+                    "  first failure: checkpoint {} {} at {} ({})",
+                    f.checkpoint_id,
+                    f.checkpoint,
+                    describe(f),
+                    reports::summary::status_name(f.status)
+                );
                 for j in f.judgements.iter().filter(|j| !j.pass) {
                     println!("    {} = {:.4e}, needs {} {:.4e}", j.metric, j.value, j.op, j.threshold);
                 }
@@ -57,7 +63,13 @@ pub fn run(args: BisectArgs, root: &Path) -> Result<i32> {
             }
         }
     }
-    Ok(if any { 1 } else if results.reference_errors.is_empty() { 0 } else { 3 })
+    Ok(if any {
+        1
+    } else if results.reference_errors.is_empty() {
+        0
+    } else {
+        3
+    })
 }
 
 fn describe(c: &CheckResult) -> String {

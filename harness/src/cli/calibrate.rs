@@ -34,7 +34,8 @@ pub struct CalibrateArgs {
 pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
     let live_out = std::env::temp_dir().join(format!("parity-calibrate-{}", std::process::id()));
     let loaded = args.selection.load(root, &live_out)?;
-    let setup = Setup { root: &loaded.root, suite: &loaded.suite, catalog: &loaded.catalog, spec: &loaded.spec, source: &loaded.source, prepare: None };
+    let setup =
+        Setup { root: &loaded.root, suite: &loaded.suite, catalog: &loaded.catalog, spec: &loaded.spec, source: &loaded.source, prepare: None };
     // class -> spreads, and what they were measured on.
     let mut spreads: BTreeMap<String, Spreads> = BTreeMap::new();
     // class -> largest last_logits max_abs between references, for the near-tie gaps.
@@ -57,11 +58,15 @@ pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
                 // A pair is measured in the looser of its two references' classes.
                 let class = spec::looser(case.model.class_for(&case.refs[i]), case.model.class_for(&case.refs[j])).to_string();
                 for entry in &entries {
-                    let (Some(x), Some(y)) = (f32_values(a, &entry.key), f32_values(b, &entry.key)) else { continue };
+                    let (Some(x), Some(y)) = (f32_values(a, &entry.key), f32_values(b, &entry.key)) else {
+                        continue;
+                    };
                     if x.len() != y.len() || x.is_empty() {
                         continue;
                     }
-                    let Some(thresholds) = loaded.spec.thresholds(&entry.checkpoint, &class) else { continue };
+                    let Some(thresholds) = loaded.spec.thresholds(&entry.checkpoint, &class) else {
+                        continue;
+                    };
                     let values = compare::f32_metrics(&x, &y, entry.tensor == "probs");
                     if entry.tensor == "last_logits" {
                         let e = logit_spreads.entry(class.clone()).or_insert(0.0);
@@ -69,7 +74,9 @@ pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
                     }
                     let slot = spreads.entry(class.clone()).or_default().entry(entry.checkpoint.clone()).or_default();
                     for (metric, t) in thresholds {
-                        let Some(&v) = values.get(metric) else { continue };
+                        let Some(&v) = values.get(metric) else {
+                            continue;
+                        };
                         let e = slot.entry(metric.clone()).or_insert(v);
                         // The worst: largest for an error (<=), smallest for a similarity (>=).
                         *e = if t.op.as_str() == "<=" { e.max(v) } else { e.min(v) };
@@ -115,14 +122,26 @@ fn print_table(current: &spec::Spec, proposed: &spec::Spec, spreads: &BTreeMap<S
     for (class, s) in spreads {
         for (checkpoint, metrics) in s {
             for (metric, spread) in metrics {
-                let get = |sp: &spec::Spec| sp.thresholds(checkpoint, class).and_then(|t| t.get(metric)).map(|t| format!("{} {:.3e}", t.op.as_str(), t.threshold)).unwrap_or_default();
+                let get = |sp: &spec::Spec| {
+                    sp.thresholds(checkpoint, class)
+                        .and_then(|t| t.get(metric))
+                        .map(|t| format!("{} {:.3e}", t.op.as_str(), t.threshold))
+                        .unwrap_or_default()
+                };
                 table.add_row(vec![class.clone(), checkpoint.clone(), metric.clone(), format!("{spread:.3e}"), get(current), get(proposed)]);
             }
         }
     }
     for (class, spread) in logit_spreads {
         let gap = |sp: &spec::Spec| sp.near_tie_gap("generated", class).map(|g| format!("gap {g:.3e}")).unwrap_or_default();
-        table.add_row(vec![class.clone(), "argmax, generated".into(), "near-tie gap (last_logits max_abs)".into(), format!("{spread:.3e}"), gap(current), gap(proposed)]);
+        table.add_row(vec![
+            class.clone(),
+            "argmax, generated".into(),
+            "near-tie gap (last_logits max_abs)".into(),
+            format!("{spread:.3e}"),
+            gap(current),
+            gap(proposed),
+        ]);
     }
     println!("{table}");
 }

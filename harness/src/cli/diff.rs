@@ -58,7 +58,14 @@ pub fn run(args: DiffArgs, root: &Path) -> Result<i32> {
         if let Some(check) = checks.clone().find(|c| c.key == entry.key) {
             println!("status: {}{}", reports::summary::status_name(check.status), check.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default());
             for j in &check.judgements {
-                println!("  judged  {:<15} {:>12.4e} {} {:.4e}  margin {}", j.metric, j.value, j.op, j.threshold, reports::summary::margin_text(j.margin));
+                println!(
+                    "  judged  {:<15} {:>12.4e} {} {:.4e}  margin {}",
+                    j.metric,
+                    j.value,
+                    j.op,
+                    j.threshold,
+                    reports::summary::margin_text(j.margin)
+                );
             }
         }
         let Some((eng, refv, shape)) = f32_pair(run, dump, &entry.key) else {
@@ -100,7 +107,9 @@ pub fn run(args: DiffArgs, root: &Path) -> Result<i32> {
 /// Both sides' values of an f32 tensor with equal shapes.
 fn f32_pair<'a>(run: &'a CaseRun, dump: &Dump, key: &str) -> Option<(&'a [f32], Vec<f32>, Vec<usize>)> {
     let eng = run.engine.get(key)?;
-    let Ok(Lookup::Tensor(Tensor { shape, values: Values::F32(r) })) = dump.get(key) else { return None };
+    let Ok(Lookup::Tensor(Tensor { shape, values: Values::F32(r) })) = dump.get(key) else {
+        return None;
+    };
     match &eng.values {
         Values::F32(e) if eng.shape == shape && !e.is_empty() => Some((e, r, shape)),
         _ => None,
@@ -115,19 +124,23 @@ fn input_of<'a>(entries: &'a [Entry], entry: &Entry) -> Option<&'a Entry> {
 
 /// Readable names of a catalog tensor's axes, from its shape symbols.
 fn axis_names(catalog: &harness::catalog::Catalog, tensor: &str) -> Vec<String> {
-    let Some(spec) = catalog.tensor(tensor) else { return Vec::new() };
+    let Some(spec) = catalog.tensor(tensor) else {
+        return Vec::new();
+    };
     spec.shape
         .iter()
-        .map(|s| match s.as_str() {
-            "T" => "token",
-            "d" | "H*hd" | "KV*hd" => "channel",
-            "H" => "head",
-            "KV" => "kv head",
-            "hd" => "dim",
-            "V" => "vocab id",
-            "N" => "step",
-            other => other,
-        }
-        .to_string())
+        .map(|s| {
+            match s.as_str() {
+                "T" => "token",
+                "d" | "H*hd" | "KV*hd" => "channel",
+                "H" => "head",
+                "KV" => "kv head",
+                "hd" => "dim",
+                "V" => "vocab id",
+                "N" => "step",
+                other => other,
+            }
+            .to_string()
+        })
         .collect()
 }

@@ -49,7 +49,17 @@ pub fn run(path: &Path) -> Result<()> {
 fn print_config(c: &Config) {
     println!(
         "architecture: {}  layers: {}  d_model: {}  heads: {} (kv {})  head_dim: {}  ffn: {}  vocab: {}  context: {}  norm_eps: {:e}  rope_theta: {}",
-        c.arch.name(), c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.vocab_size, c.context, c.norm_eps, c.rope_theta
+        c.arch.name(),
+        c.n_layers,
+        c.d_model,
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim,
+        c.ffn_dim,
+        c.vocab_size,
+        c.context,
+        c.norm_eps,
+        c.rope_theta
     );
 }
 

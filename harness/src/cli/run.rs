@@ -4,14 +4,14 @@
 use super::select::{Loaded, Selection};
 use anyhow::{Context, Result};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Color, Table};
-use rayon::prelude::*;
 use harness::dumps::Lookup;
 use harness::engine_run;
 use harness::npy;
 use harness::pipeline::CaseRun;
 use harness::tensor::{Tensor, Values};
+use rayon::prelude::*;
 use reports::bundle::{self, Bundle, Provenance, RunInfo};
-use reports::results::{CaseResult, CheckResult, RunResults, Status};
+use reports::results::{CaseResult, CheckResult, Role, RunResults, Status};
 use reports::summary::{self, Verdict};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -113,6 +113,7 @@ fn repeat_checks(loaded: &Loaded, runs: &[CaseRun], repeat: usize, faults: &[eng
                 reference: format!("engine-repeat-{k}"),
                 reference_version: format!("engine {}", env!("CARGO_PKG_VERSION")),
                 dtype: "bit-exact".into(),
+                role: Role::Reference,
                 checks,
             });
         }
@@ -194,7 +195,15 @@ fn add_inputs(bundle: &mut Bundle, loaded: &Loaded, results: &RunResults, runs: 
 }
 
 /// The engine's and the reference's tensors for the first `keep` failing checks of a case.
-fn save_failed(bundle: &mut Bundle, run: &CaseRun, reference: &str, dump: &harness::dumps::Dump, base: &str, results: &RunResults, keep: usize) -> Result<()> {
+fn save_failed(
+    bundle: &mut Bundle,
+    run: &CaseRun,
+    reference: &str,
+    dump: &harness::dumps::Dump,
+    base: &str,
+    results: &RunResults,
+    keep: usize,
+) -> Result<()> {
     let failing = results
         .cases
         .iter()
@@ -278,14 +287,23 @@ fn print_table(results: &RunResults, bundle_dir: &Path) {
                     None => Cell::new("-"),
                     Some(c) => {
                         // A near-tie's exact-match margin (-100%) says nothing the status does not.
-                        let margin = c.worst.as_ref().filter(|_| c.status != Status::NearTie).map(|w| format!(" {}", summary::margin_text(w.margin))).unwrap_or_default();
+                        let margin = c
+                            .worst
+                            .as_ref()
+                            .filter(|_| c.status != Status::NearTie)
+                            .map(|w| format!(" {}", summary::margin_text(w.margin)))
+                            .unwrap_or_default();
                         let text = format!("{}{margin}", summary::status_name(c.status));
                         let tint = match c.status {
                             Status::Pass => Color::Green,
                             Status::NearTie => Color::Yellow,
                             _ => Color::Red,
                         };
-                        if color { Cell::new(text).fg(tint) } else { Cell::new(text) }
+                        if color {
+                            Cell::new(text).fg(tint)
+                        } else {
+                            Cell::new(text)
+                        }
                     }
                 };
                 row.push(cell);

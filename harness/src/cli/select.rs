@@ -70,7 +70,13 @@ pub struct Loaded {
 impl Selection {
     /// Reads suite, catalog and spec, and lists the cases. `live_out` is where live dumps go.
     pub fn load(&self, root: &Path, live_out: &Path) -> Result<Loaded> {
-        let at = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { root.join(p) };
+        let at = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                root.join(p)
+            }
+        };
         let (suite_path, catalog_path, spec_path) = (at(&self.suite), at(&self.catalog), at(&self.tolerances));
         let mut suite = Suite::load(&suite_path)?;
         let catalog = Catalog::load(&catalog_path).with_context(|| format!("reading the catalog {}", catalog_path.display()))?;
@@ -93,7 +99,16 @@ impl Selection {
             // Only llama.cpp rounds activations to the weights' precision; PyTorch and tinygrad
             // dequantize and compute in f32 whatever the file holds, so --class is llama.cpp's.
             let ref_class = refs.iter().filter(|r| r.as_str() != "llamacpp").map(|r| (r.clone(), "f32".to_string())).collect();
-            suite.models = vec![SuiteModel { id, path: path.display().to_string(), refs, class: self.class.clone(), ref_class, about: None, ref_paths: Default::default(), prompts: None }];
+            suite.models = vec![SuiteModel {
+                id,
+                path: path.display().to_string(),
+                refs,
+                class: self.class.clone(),
+                ref_class,
+                about: None,
+                ref_paths: Default::default(),
+                prompts: None,
+            }];
         }
         if let Some(prompt) = suite_prompt {
             for model in &mut suite.models {
