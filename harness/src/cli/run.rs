@@ -279,6 +279,7 @@ fn print_table(results: &RunResults, bundle_dir: &Path) {
         let mut table = Table::new();
         let mut header = vec![Cell::new("checkpoint")];
         header.extend(subject.references.iter().map(|(r, _)| Cell::new(r)));
+        header.extend(subject.truth.iter().map(|(t, _)| Cell::new(format!("{t} (noise)"))));
         table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
         for (id, name) in &subject.checkpoints {
             let mut row = vec![Cell::new(format!("{id:>2} {name}"))];
@@ -307,6 +308,17 @@ fn print_table(results: &RunResults, bundle_dir: &Path) {
                     }
                 };
                 row.push(cell);
+            }
+            // The truth's column: the engine's largest distance from it, in noise floors.
+            if let Some((truth, _)) = &subject.truth {
+                let text = match subject.cells.get(&(*id, truth.clone())) {
+                    None => "-".to_string(),
+                    Some(c) => match c.noisiest() {
+                        Some((units, _)) => format!("{} {units:.2}x", summary::status_name(c.status)),
+                        None => summary::status_name(c.status).to_string(),
+                    },
+                };
+                row.push(Cell::new(text));
             }
             table.add_row(row);
         }
