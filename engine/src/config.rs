@@ -220,7 +220,7 @@ impl Config {
             d_model,
             n_heads,
             n_kv_heads,
-            head_dim: if n_heads == 0 { 0 } else { d_model / n_heads },
+            head_dim: d_model.checked_div(n_heads).unwrap_or(0),
             ffn_dim: file.get_u32(&key("feed_forward_length"))? as usize,
             vocab_size,
             context: file.get_u32(&key("context_length"))? as usize,
@@ -264,7 +264,7 @@ impl Config {
                     d_model,
                     n_heads,
                     n_kv_heads: usize_of("num_key_value_heads").unwrap_or(n_heads),
-                    head_dim: usize_of("head_dim").unwrap_or(if n_heads == 0 { 0 } else { d_model / n_heads }),
+                    head_dim: usize_of("head_dim").unwrap_or(d_model.checked_div(n_heads).unwrap_or(0)),
                     ffn_dim: usize_of("intermediate_size")?,
                     vocab_size: usize_of("vocab_size")?,
                     context: usize_of("max_position_embeddings")?,
@@ -283,7 +283,7 @@ impl Config {
                     d_model,
                     n_heads,
                     n_kv_heads: n_heads,
-                    head_dim: if n_heads == 0 { 0 } else { d_model / n_heads },
+                    head_dim: d_model.checked_div(n_heads).unwrap_or(0),
                     ffn_dim: usize_of("n_inner").unwrap_or(4 * d_model),
                     vocab_size: usize_of("vocab_size")?,
                     context: usize_of("n_positions")?,
@@ -304,10 +304,10 @@ impl Config {
         if self.n_layers == 0 || self.d_model == 0 || self.n_heads == 0 || self.n_kv_heads == 0 || self.vocab_size == 0 {
             return bad(format!("zero-sized model: {self:?}"));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!("{} query heads cannot share {} KV heads evenly", self.n_heads, self.n_kv_heads));
         }
-        if self.head_dim * self.n_heads != self.d_model || self.head_dim % 2 != 0 {
+        if self.head_dim * self.n_heads != self.d_model || !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dim {} x {} heads does not make d_model {} (or head dim is odd)", self.head_dim, self.n_heads, self.d_model));
         }
         const LIMIT: usize = 1 << 20;

@@ -213,7 +213,7 @@ mod tests {
     fn rms_norm_epsilon_matters_for_small_inputs() {
         // mean(x^2) = 1e-6; with eps 1e-6 the scale is 1/sqrt(2e-6) = 707.107.
         let out = rms_norm(&[1e-3, -1e-3], &[1.0, 1.0], 1e-6);
-        assert_close(&out, &[0.707107, -0.707107], 1e-5);
+        assert_close(&out, &[std::f32::consts::FRAC_1_SQRT_2, -std::f32::consts::FRAC_1_SQRT_2], 1e-5);
     }
 
     #[test]

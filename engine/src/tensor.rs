@@ -343,7 +343,7 @@ mod tests {
     #[test]
     fn q4_0_puts_low_nibbles_first_and_centres_on_eight() {
         let mut b = f16_bytes(2.0).to_vec();
-        b.extend(std::iter::repeat(0x3a).take(16)); // low nibble 10, high nibble 3
+        b.extend(std::iter::repeat_n(0x3a, 16)); // low nibble 10, high nibble 3
         let v = owned(DType::Q4_0, vec![32], b).to_f32();
         assert_eq!(v[0], 4.0); // 2 * (10 - 8)
         assert_eq!(v[16], -10.0); // 2 * (3 - 8)
@@ -353,7 +353,7 @@ mod tests {
     fn q4_1_adds_the_block_minimum() {
         let mut b = f16_bytes(0.25).to_vec();
         b.extend(f16_bytes(-1.0));
-        b.extend(std::iter::repeat(0xf1).take(16)); // low 1, high 15
+        b.extend(std::iter::repeat_n(0xf1, 16)); // low 1, high 15
         let v = owned(DType::Q4_1, vec![32], b).to_f32();
         assert_eq!(v[5], -0.75); // 0.25 * 1 - 1
         assert_eq!(v[20], 2.75); // 0.25 * 15 - 1

@@ -92,17 +92,17 @@ pub fn read_from(mut file: File, len: u64, path: &Path) -> Result<Tensor, NpyErr
 /// The element types a dump holds (private, so only these two: see [`read_values`]).
 trait Element: Copy {
     /// The value whose little-endian bytes `self` holds.
-    fn from_le(self) -> Self;
+    fn le_to_native(self) -> Self;
 }
 
 impl Element for f32 {
-    fn from_le(self) -> f32 {
+    fn le_to_native(self) -> f32 {
         f32::from_bits(u32::from_le(self.to_bits()))
     }
 }
 
 impl Element for i64 {
-    fn from_le(self) -> i64 {
+    fn le_to_native(self) -> i64 {
         i64::from_le(self)
     }
 }
@@ -123,7 +123,7 @@ fn read_values<T: Element>(count: usize, already: &[u8], file: &mut File) -> std
     // SAFETY: all `total` bytes were written; T is f32 or i64, whose every bit pattern is a value.
     unsafe { v.set_len(count) };
     if cfg!(target_endian = "big") {
-        v.iter_mut().for_each(|x| *x = x.from_le());
+        v.iter_mut().for_each(|x| *x = x.le_to_native());
     }
     Ok(v)
 }

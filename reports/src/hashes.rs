@@ -285,12 +285,12 @@ mod tests {
         let f = dir.path().join("x");
         fs::write(&f, "abc").unwrap();
         let cache = HashCache::load(dir.path().join("store.tsv"));
-        assert_eq!(cache.sha256(&f, &[f.clone()]).unwrap().0, ABC);
+        assert_eq!(cache.sha256(&f, std::slice::from_ref(&f)).unwrap().0, ABC);
         // Same size, same second: only re-reading can tell.
         fs::write(&f, "abd").unwrap();
-        assert_ne!(cache.sha256(&f, &[f.clone()]).unwrap().0, ABC);
+        assert_ne!(cache.sha256(&f, std::slice::from_ref(&f)).unwrap().0, ABC);
         age(&f, 3600);
-        assert!(!stamp(&[f.clone()]).unwrap().settled(), "touch -d moves the change time to now");
+        assert!(!stamp(std::slice::from_ref(&f)).unwrap().settled(), "touch -d moves the change time to now");
         cache.save().unwrap();
         assert!(!dir.path().join("store.tsv").exists(), "nothing was remembered, nothing is written");
     }
@@ -302,15 +302,15 @@ mod tests {
         fs::write(&f, "abc").unwrap();
         let store = dir.path().join("store.tsv");
         // A settled file's entry, as an earlier run would have saved it.
-        let sig = stamp(&[f.clone()]).unwrap().signature;
+        let sig = stamp(std::slice::from_ref(&f)).unwrap().signature;
         let key = f.display().to_string();
         fs::write(&store, format!("{STORE_HEADER}\n{}\t3\t{sig}\t{key}\n", "0".repeat(64))).unwrap();
         let cache = HashCache::load(store.clone());
         // The stored (deliberately wrong) hash is believed while the file keeps its signature...
-        assert_eq!(cache.sha256(&f, &[f.clone()]).unwrap().0, "0".repeat(64));
+        assert_eq!(cache.sha256(&f, std::slice::from_ref(&f)).unwrap().0, "0".repeat(64));
         // ...and dropped the moment the file is touched in any way.
         fs::write(&f, "abc").unwrap();
-        assert_eq!(cache.sha256(&f, &[f.clone()]).unwrap().0, ABC);
+        assert_eq!(cache.sha256(&f, std::slice::from_ref(&f)).unwrap().0, ABC);
     }
 
     #[test]
@@ -321,7 +321,7 @@ mod tests {
         std::thread::sleep(SETTLE + Duration::from_millis(100));
         let store = dir.path().join("store.tsv");
         let first = HashCache::load(store.clone());
-        assert_eq!(first.sha256(&f, &[f.clone()]).unwrap(), (ABC.to_string(), 3));
+        assert_eq!(first.sha256(&f, std::slice::from_ref(&f)).unwrap(), (ABC.to_string(), 3));
         first.save().unwrap();
         let second = HashCache::load(store);
         let known = second.remembered(&f.display().to_string()).expect("saved by the first");

@@ -188,7 +188,7 @@ fn add_check<'a>(cell: &mut Cell<'a>, check: &'a CheckResult) {
         cell.status = check.status;
     }
     for j in &check.judgements {
-        if cell.worst.as_ref().map_or(true, |w| j.margin < w.margin) {
+        if cell.worst.as_ref().is_none_or(|w| j.margin < w.margin) {
             cell.worst = Some(Worst {
                 margin: j.margin,
                 key: check.key.clone(),

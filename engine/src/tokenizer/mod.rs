@@ -454,6 +454,30 @@ fn parse_byte_token(text: &str) -> Option<u8> {
     u8::from_str_radix(hex, 16).ok()
 }
 
+impl Tokenizer {
+    /// The tokenizer described by a GGUF file's `tokenizer.ggml.*` keys.
+    pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
+        let opt_u32 = |k: &str| file.get(k).map(|_| file.get_u32(k)).transpose();
+        let opt_bool = |k: &str| file.get(k).and_then(|v| v.as_bool());
+        let model = file.get_str("tokenizer.ggml.model")?.to_string();
+        let spec = TokenizerSpec {
+            pre: file.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).map(str::to_string),
+            tokens: file.get_str_array("tokenizer.ggml.tokens")?,
+            scores: file.get("tokenizer.ggml.scores").map(|_| file.get_f32_array("tokenizer.ggml.scores")).transpose()?,
+            token_types: file.get("tokenizer.ggml.token_type").map(|_| file.get_i32_array("tokenizer.ggml.token_type")).transpose()?,
+            merges: file.get("tokenizer.ggml.merges").map(|_| file.get_str_array("tokenizer.ggml.merges")).transpose()?.unwrap_or_default(),
+            bos_id: opt_u32("tokenizer.ggml.bos_token_id")?,
+            eos_id: opt_u32("tokenizer.ggml.eos_token_id")?,
+            unk_id: opt_u32("tokenizer.ggml.unknown_token_id")?,
+            // llama.cpp's defaults when the key is absent: SentencePiece adds BOS, byte-level BPE does not.
+            add_bos: opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama"),
+            add_space_prefix: opt_bool("tokenizer.ggml.add_space_prefix").unwrap_or(model == "llama"),
+            model,
+        };
+        Tokenizer::from_spec(spec)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,29 +578,5 @@ mod tests {
         assert_eq!(parse_byte_token("<0xff>"), Some(255));
         assert_eq!(parse_byte_token("<0x1>"), None);
         assert_eq!(parse_byte_token("0x41"), None);
-    }
-}
-
-impl Tokenizer {
-    /// The tokenizer described by a GGUF file's `tokenizer.ggml.*` keys.
-    pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
-        let opt_u32 = |k: &str| file.get(k).map(|_| file.get_u32(k)).transpose();
-        let opt_bool = |k: &str| file.get(k).and_then(|v| v.as_bool());
-        let model = file.get_str("tokenizer.ggml.model")?.to_string();
-        let spec = TokenizerSpec {
-            pre: file.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).map(str::to_string),
-            tokens: file.get_str_array("tokenizer.ggml.tokens")?,
-            scores: file.get("tokenizer.ggml.scores").map(|_| file.get_f32_array("tokenizer.ggml.scores")).transpose()?,
-            token_types: file.get("tokenizer.ggml.token_type").map(|_| file.get_i32_array("tokenizer.ggml.token_type")).transpose()?,
-            merges: file.get("tokenizer.ggml.merges").map(|_| file.get_str_array("tokenizer.ggml.merges")).transpose()?.unwrap_or_default(),
-            bos_id: opt_u32("tokenizer.ggml.bos_token_id")?,
-            eos_id: opt_u32("tokenizer.ggml.eos_token_id")?,
-            unk_id: opt_u32("tokenizer.ggml.unknown_token_id")?,
-            // llama.cpp's defaults when the key is absent: SentencePiece adds BOS, byte-level BPE does not.
-            add_bos: opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama"),
-            add_space_prefix: opt_bool("tokenizer.ggml.add_space_prefix").unwrap_or(model == "llama"),
-            model,
-        };
-        Tokenizer::from_spec(spec)
     }
 }
