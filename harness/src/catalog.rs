@@ -77,6 +77,8 @@ pub struct Entry {
     pub checkpoint_id: u32,
     pub checkpoint: String,
     pub is_ids: bool,
+    /// The model family (`arch`) it was listed for, which picks the family's tolerances.
+    pub arch: String,
 }
 
 /// The model's dimensions the catalog's shape symbols stand for.
@@ -160,6 +162,7 @@ impl Catalog {
             checkpoint_id: c.id,
             checkpoint: c.name.clone(),
             is_ids: t.is_ids(),
+            arch: arch.to_string(),
         };
         let mut out: Vec<Entry> = before.iter().map(|(c, t)| entry(c, t, None)).collect();
         for layer in 0..n_layers {
@@ -232,6 +235,8 @@ mod tests {
         assert_eq!(entries.len(), 2 + 11 + 6);
         let probs = entries.iter().find(|e| e.key == "blk.0.attn_probs").unwrap();
         assert_eq!((probs.checkpoint_id, probs.checkpoint.as_str(), probs.layer), (4, "attn_probs", Some(0)));
+        // Each entry names its family, which picks the family's tolerances.
+        assert!(entries.iter().all(|e| e.arch == "gpt2"));
     }
 
     #[test]

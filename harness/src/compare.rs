@@ -386,7 +386,7 @@ fn check_f32(
         let status = if bound.floor.implausible().is_some() { Status::Fail } else { status };
         return result(entry, status, note, finite_only(&all), judgements);
     }
-    let Some(thresholds) = spec.thresholds(&entry.checkpoint, class) else {
+    let Some(thresholds) = spec.thresholds(&entry.checkpoint, class, &entry.arch) else {
         let note = format!("no {class} tolerances for checkpoint {} in the spec: not judged, so not passed", entry.checkpoint);
         return result(entry, Status::Fail, Some(note), finite_only(&all), vec![]);
     };

@@ -1,6 +1,12 @@
 //! Tolerances (`checkpoints/tolerances.toml`): per checkpoint and tolerance class, the metrics that
 //! judge it, each with its operator, threshold and where the threshold came from; and the
 //! calibration that proposes thresholds from the spread measured between references.
+//!
+//! `[checkpoint.<name>.<class>]` is the class default. `[family.<arch>.checkpoint.<name>.<class>]`
+//! overrides it, whole, for the models of one family (`llama`, `gpt2`): the same metrics and
+//! operators with the family's own numbers, so one family's loose references do not become
+//! another's allowance. [`Spec::thresholds`] takes the family's table where there is one and the
+//! class default otherwise (a family never calibrated, an arch the spec does not know).
 
 use crate::catalog::Catalog;
 use serde::Deserialize;
@@ -9,6 +15,9 @@ use std::path::{Path, PathBuf};
 
 /// The tolerance classes a suite model can name, from tightest to loosest.
 pub const CLASSES: [&str; 3] = ["f32", "f16", "quantized"];
+
+/// The model families (the engine's and the dumps' `arch`) a `[family.<arch>]` table may name.
+pub const FAMILIES: [&str; 2] = ["llama", "gpt2"];
 
 /// Metrics a threshold may name (those [`crate::compare`] computes for f32 tensors).
 pub const METRICS: [&str; 10] =
@@ -88,7 +97,11 @@ pub struct Threshold {
     /// The largest disagreement measured between references when this was calibrated.
     #[serde(default)]
     pub spread: Option<f64>,
-    /// Where the number came from: `"calibrated 2026-11-22 on ..., spread ..."` or `"initial, uncalibrated"`.
+    /// What the spread was measured on (`"<suite>, <n> cases #<digest>"`): `--accumulate` keeps an
+    /// older, worse spread only when it was measured on the same cases.
+    #[serde(default)]
+    pub on: Option<String>,
+    /// Where the number came from: `"calibrated 2026-11-22, spread ..."` or `"initial, uncalibrated"`.
     pub source: String,
 }
 
@@ -101,6 +114,9 @@ pub struct NearTie {
     /// was calibrated.
     #[serde(default)]
     pub spread: Option<f64>,
+    /// What the spread was measured on, as in [`Threshold::on`].
+    #[serde(default)]
+    pub on: Option<String>,
     pub source: String,
 }
 
@@ -145,8 +161,20 @@ impl CheckpointTolerance {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
-    /// Checkpoint name -> its tolerances.
+    /// Checkpoint name -> its tolerances: the class defaults.
     #[serde(rename = "checkpoint")]
+    pub checkpoints: BTreeMap<String, CheckpointTolerance>,
+    /// Model family (arch) -> its overrides of the class defaults.
+    #[serde(rename = "family", default)]
+    pub families: BTreeMap<String, Family>,
+}
+
+/// One model family's thresholds (`[family.<arch>.checkpoint.<name>.<class>]`), each table
+/// replacing the class default for that family. Near-tie gaps stay per class.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Family {
+    #[serde(rename = "checkpoint", default)]
     pub checkpoints: BTreeMap<String, CheckpointTolerance>,
 }
 
@@ -160,10 +188,21 @@ impl Spec {
         toml::from_str(text).map_err(|source| SpecError::Parse { origin: origin.to_string(), source })
     }
 
-    /// The thresholds judging `checkpoint` in `class`; `None` if the spec has none (the comparison
-    /// then fails the check rather than passing it unjudged).
-    pub fn thresholds(&self, checkpoint: &str, class: &str) -> Option<&Thresholds> {
+    /// The thresholds judging `checkpoint` in `class` for a model of family `arch`: the family's
+    /// own table when the spec has one, the class default otherwise; `None` if the spec has
+    /// neither (the comparison then fails the check rather than passing it unjudged).
+    pub fn thresholds(&self, checkpoint: &str, class: &str, arch: &str) -> Option<&Thresholds> {
+        self.family_thresholds(checkpoint, class, arch).or_else(|| self.class_default(checkpoint, class))
+    }
+
+    /// The class default of `checkpoint` (`[checkpoint.<name>.<class>]`), ignoring family overrides.
+    pub fn class_default(&self, checkpoint: &str, class: &str) -> Option<&Thresholds> {
         self.checkpoints.get(checkpoint)?.class(class).filter(|t| !t.is_empty())
+    }
+
+    /// The override of `arch` alone (`[family.<arch>.checkpoint.<name>.<class>]`), if it has one.
+    pub fn family_thresholds(&self, checkpoint: &str, class: &str, arch: &str) -> Option<&Thresholds> {
+        self.families.get(arch)?.checkpoints.get(checkpoint)?.class(class).filter(|t| !t.is_empty())
     }
 
     pub fn near_tie_gap(&self, checkpoint: &str, class: &str) -> Option<f64> {
@@ -171,23 +210,54 @@ impl Spec {
     }
 
     /// Checks the spec against the catalog: known checkpoints, classes and metrics, finite
-    /// thresholds, and every checkpoint with an f32 tensor judged in every class.
+    /// thresholds, and every checkpoint with an f32 tensor judged in every class. A family
+    /// override must name a known family, carry no near-tie gap (those are per class), and judge
+    /// with exactly the metrics and operators of the class default it replaces: it moves the
+    /// numbers for one family, never what is judged.
     pub fn validate(&self, catalog: &Catalog) -> Result<(), SpecError> {
         let bad = |s: String| Err(SpecError::Invalid(s));
-        for (name, tol) in &self.checkpoints {
+        let tables = self.checkpoints.iter().map(|(name, tol)| (format!("checkpoint {name}"), name, tol)).chain(
+            self.families
+                .iter()
+                .flat_map(|(arch, f)| f.checkpoints.iter().map(move |(name, tol)| (format!("family {arch} checkpoint {name}"), name, tol))),
+        );
+        for (what, name, tol) in tables {
             if catalog.checkpoint(name).is_none() {
-                return bad(format!("checkpoint {name:?} is not in the catalog"));
+                return bad(format!("{what}: {name:?} is not in the catalog"));
             }
             if let Some(class) = tol.near_tie_gap.keys().find(|c| !CLASSES.contains(&c.as_str())) {
-                return bad(format!("checkpoint {name}: near_tie_gap for unknown class {class:?}"));
+                return bad(format!("{what}: near_tie_gap for unknown class {class:?}"));
             }
             for class in CLASSES {
                 for (metric, t) in tol.class(class).into_iter().flatten() {
                     if !METRICS.contains(&metric.as_str()) {
-                        return bad(format!("checkpoint {name}.{class}: unknown metric {metric:?} (known: {})", METRICS.join(", ")));
+                        return bad(format!("{what}.{class}: unknown metric {metric:?} (known: {})", METRICS.join(", ")));
                     }
                     if t.threshold.is_nan() {
-                        return bad(format!("checkpoint {name}.{class}.{metric}: threshold is NaN"));
+                        return bad(format!("{what}.{class}.{metric}: threshold is NaN"));
+                    }
+                }
+            }
+        }
+        for (arch, family) in &self.families {
+            if !FAMILIES.contains(&arch.as_str()) {
+                return bad(format!("family {arch:?} is not a model family (known: {})", FAMILIES.join(", ")));
+            }
+            for (name, tol) in &family.checkpoints {
+                if !tol.near_tie_gap.is_empty() {
+                    return bad(format!("family {arch} checkpoint {name}: near_tie_gap is per class only, not per family"));
+                }
+                for class in CLASSES {
+                    let Some(own) = self.family_thresholds(name, class, arch) else {
+                        continue;
+                    };
+                    let shape = |t: &Thresholds| t.iter().map(|(m, t)| format!("{m} {}", t.op.as_str())).collect::<Vec<_>>().join(", ");
+                    let default = self.class_default(name, class).map(shape).unwrap_or_default();
+                    if shape(own) != default {
+                        return bad(format!(
+                            "family {arch} checkpoint {name}.{class} judges [{}] but the class default judges [{default}]: an override moves numbers, not metrics",
+                            shape(own)
+                        ));
                     }
                 }
             }
@@ -195,7 +265,7 @@ impl Spec {
         for c in &catalog.checkpoints {
             let has_f32 = c.tensors.iter().filter_map(|t| catalog.tensor(t)).any(|t| !t.is_ids());
             for class in CLASSES {
-                if has_f32 && self.thresholds(&c.name, class).is_none() {
+                if has_f32 && self.class_default(&c.name, class).is_none() {
                     return bad(format!("checkpoint {} has f32 tensors but no {class} thresholds", c.name));
                 }
             }
@@ -204,9 +274,162 @@ impl Spec {
     }
 }
 
-/// Checkpoint name -> metric -> the worst value measured between references in one class
-/// (the largest for a `<=` metric, the smallest for a `>=` one).
+/// Checkpoint name -> metric -> the spread measured between references in one class (and family):
+/// the worst value over the reference pairs kept by [`robust_spread`] (the largest for a `<=`
+/// metric, the smallest for a `>=` one).
 pub type Spreads = BTreeMap<String, BTreeMap<String, f64>>;
+
+/// Which way a metric gets worse: `<=` for an error, `>=` for a similarity or a ratio in dB.
+pub fn direction(metric: &str) -> Op {
+    match rule(metric, 1.0) {
+        Some(Rule::Similarity { .. } | Rule::Decibels { .. }) => Op::Ge,
+        _ => Op::Le,
+    }
+}
+
+/// A pair's spread this many times the median of the other pairs' at the same checkpoint (class,
+/// family) is an outlier: printed, and left out of the threshold. Ten, as for the noise floor's
+/// outlier reference ([`crate::noise::Floor::outlier`]): rounding noise varies by a few times
+/// between summation orders, not by an order of magnitude.
+pub const OUTLIER_RATIO: f64 = 10.0;
+
+/// One pair of reference dumps (one case, two references) at one checkpoint: its worst value of
+/// every metric over the checkpoint's tensors (every layer).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PairSpread {
+    /// Which two dumps: `"<model>/<prompt> <reference>~<reference>"`.
+    pub pair: String,
+    /// The two references.
+    pub refs: [String; 2],
+    /// The pair's relative RMS distance, sqrt(nmse), the worst over the tensors: the one number
+    /// outliers are judged by, in amplitude as the noise floor is (a metric quadratic in the error
+    /// would turn a 10x outlier into 100x).
+    pub rms: f64,
+    /// Metric -> the worst value over the tensors.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl PairSpread {
+    pub fn new(pair: impl Into<String>, a: &str, b: &str) -> PairSpread {
+        PairSpread { pair: pair.into(), refs: [a.to_string(), b.to_string()], rms: 0.0, metrics: BTreeMap::new() }
+    }
+
+    /// Folds in one tensor's metrics (as [`crate::compare::f32_metrics`] gives them).
+    pub fn add(&mut self, values: &BTreeMap<String, f64>) {
+        if let Some(&nmse) = values.get("nmse") {
+            self.rms = self.rms.max(nmse.sqrt());
+        }
+        for (metric, &v) in values {
+            let e = self.metrics.entry(metric.clone()).or_insert(v);
+            *e = worse(direction(metric), *e, v);
+        }
+    }
+
+    fn has(&self, reference: &str) -> bool {
+        self.refs.iter().any(|r| r == reference)
+    }
+}
+
+/// A pair left out of a spread.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outlier {
+    pub pair: String,
+    /// Its relative RMS distance ([`PairSpread::rms`]).
+    pub rms: f64,
+    /// That distance over the median of `against`.
+    pub ratio: f64,
+    /// The pairs it was measured against: `"the other 8 pairs"`, `"the 3 pairs without llamacpp"`.
+    pub against: String,
+}
+
+/// The spread of one checkpoint, class and family, and what it left out.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RobustSpread {
+    /// Metric -> the worst value over the pairs kept.
+    pub metrics: BTreeMap<String, f64>,
+    /// How many pairs it is the worst of.
+    pub kept: usize,
+    pub outliers: Vec<Outlier>,
+}
+
+/// The spread over `pairs` (of one checkpoint, class and family): the worst value of each metric
+/// over every pair except the outliers. A pair is an outlier when its relative RMS distance is at
+/// least [`OUTLIER_RATIO`] times the median of the other pairs' (that median taken as at least
+/// [`crate::noise::FLOOR`], so pairs that agree bit for bit do not make rounding an outlier); and
+/// so is every pair of one reference when each of them is at least that many times the median of
+/// the pairs without it. The second rule is what catches a reference that is off on its own, as
+/// llama.cpp's f16 GELU table is on GPT-2 (its pairs 240x pytorch~tinygrad at ffn_out): with three
+/// references it is in two pairs of every three, so the median of the other pairs is one of its
+/// own and the first rule alone never fires. Only the reference whose pairs stand out most is
+/// dropped, so the references left always keep a pair.
+///
+/// The maximum after dropping outliers, not a high quantile: a threshold judges every tensor of
+/// every case, so a 95th percentile would by construction leave one in twenty of the references'
+/// own comparisons beyond the spread, and with a safety factor of 2 (f16, quantized) an engine as
+/// close to llama.cpp as the other references are could fail. What dragged the old pooled maximum
+/// was not the tail of the tensors but one reference, or one pair of dumps, disagreeing by orders
+/// of magnitude more than the rest; dropping those whole, and saying so, removes the cause while
+/// everything kept is still covered. Medians keep the test itself robust: an outlier cannot raise
+/// the bar it is measured against. Fewer than two pairs: nothing to compare with, nothing dropped.
+pub fn robust_spread(pairs: &[PairSpread]) -> RobustSpread {
+    let floor = crate::noise::FLOOR;
+    let rms_median = |keep: &dyn Fn(&PairSpread) -> bool| {
+        let mut v: Vec<f64> = pairs.iter().filter(|p| keep(p)).map(|p| p.rms).filter(|r| !r.is_nan()).collect();
+        median(&mut v).map(|m| (m.max(floor), v.len()))
+    };
+    // The reference whose pairs all stand out from the pairs without it, the most.
+    let mut refs: Vec<&String> = pairs.iter().flat_map(|p| &p.refs).collect();
+    refs.sort();
+    refs.dedup();
+    let lone = refs
+        .into_iter()
+        .filter_map(|r| {
+            let (m, n) = rms_median(&|p| !p.has(r))?;
+            let least = pairs.iter().filter(|p| p.has(r)).map(|p| p.rms).reduce(f64::min)?;
+            (least / m >= OUTLIER_RATIO).then_some((r, m, n, least / m))
+        })
+        .max_by(|a, b| a.3.total_cmp(&b.3));
+    let mut out = RobustSpread::default();
+    for (i, p) in pairs.iter().enumerate() {
+        let outlier = match lone {
+            Some((r, m, n, _)) if p.has(r) => Some((p.rms / m, format!("the {n} pairs without {r}"))),
+            _ => rms_median(&|q| !std::ptr::eq(q, &pairs[i]))
+                .map(|(m, n)| (p.rms / m, format!("the other {n} pairs")))
+                .filter(|(ratio, _)| *ratio >= OUTLIER_RATIO),
+        };
+        if let Some((ratio, against)) = outlier {
+            out.outliers.push(Outlier { pair: p.pair.clone(), rms: p.rms, ratio, against });
+            continue;
+        }
+        out.kept += 1;
+        for (metric, &v) in &p.metrics {
+            let e = out.metrics.entry(metric.clone()).or_insert(v);
+            *e = worse(direction(metric), *e, v);
+        }
+    }
+    out
+}
+
+/// The median (the mean of the middle two for an even count); `None` for no values.
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// What a calibration measured on and when.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evidence {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    /// The suite and its cases (`"checkpoints/suite.toml, 12 cases #1a2b3c4d"`): kept as
+    /// [`Threshold::on`], compared by `--accumulate`.
+    pub on: String,
+}
 
 /// How a spread becomes a threshold, per metric.
 enum Rule {
@@ -277,35 +500,59 @@ pub fn propose(metric: &str, spread: f64, class: &str) -> Option<f64> {
     })
 }
 
-/// A copy of `current` whose `class` thresholds are replaced, wherever a spread was measured, by
-/// the proposed threshold with the spread kept beside it and `provenance` (date, models, references)
-/// in its source. Thresholds without a measured spread are kept as they were. With `accumulate`,
-/// a spread already recorded in `current` that is worse than the new one wins, so calibrating on
-/// several suites one after another keeps the evidence of all of them.
-pub fn calibrate(current: &Spec, class: &str, spreads: &Spreads, accumulate: bool, provenance: &str) -> Result<Spec, SpecError> {
+/// A copy of `current` whose `class` thresholds (the class default when `family` is `None`, that
+/// family's override otherwise, created from the default's metrics if it has none) are replaced,
+/// wherever a spread was measured, by the proposed threshold with the spread and `evidence.on`
+/// kept beside it. Thresholds without a measured spread are kept as they were.
+///
+/// With `accumulate`, an older spread that is worse than the new one stays only when it was
+/// measured on the same suite and cases (`on` equal): repeated measurements of the same evidence
+/// (live references rerun) keep the worst seen. An older spread measured on anything else, or on
+/// nothing recorded, is replaced, so a stale loose number does not outlive the evidence for it and
+/// calibrating can tighten.
+pub fn calibrate(
+    current: &Spec,
+    class: &str,
+    family: Option<&str>,
+    spreads: &Spreads,
+    accumulate: bool,
+    evidence: &Evidence,
+) -> Result<Spec, SpecError> {
     if !CLASSES.contains(&class) {
         return Err(SpecError::Invalid(format!("unknown class {class:?}")));
     }
+    if let Some(arch) = family.filter(|a| !FAMILIES.contains(a)) {
+        return Err(SpecError::Invalid(format!("unknown family {arch:?} (known: {})", FAMILIES.join(", "))));
+    }
     let mut out = current.clone();
     for (checkpoint, metrics) in spreads {
-        let Some(thresholds) = out.checkpoints.get_mut(checkpoint).and_then(|t| t.class_mut(class)) else {
+        let Some(default) = current.class_default(checkpoint, class) else {
             continue;
         };
+        let tol = match family {
+            None => out.checkpoints.get_mut(checkpoint),
+            Some(arch) => Some(out.families.entry(arch.to_string()).or_default().checkpoints.entry(checkpoint.clone()).or_default()),
+        };
+        let Some(thresholds) = tol.and_then(|t| t.class_mut(class)) else {
+            continue;
+        };
+        if thresholds.is_empty() {
+            thresholds.clone_from(default);
+        }
         for (metric, &measured) in metrics {
             let Some(t) = thresholds.get_mut(metric) else {
                 continue;
             };
-            // Accumulating, an older spread at least as bad stays, with the source that measured it.
-            if accumulate && t.spread.is_some_and(|old| worse(t.op, old, measured) == old) {
+            if accumulate && t.on.as_deref() == Some(evidence.on.as_str()) && t.spread.is_some_and(|old| worse(t.op, old, measured) == old) {
                 continue;
             }
-            let spread = measured;
-            let Some(proposed) = propose(metric, spread, class) else {
+            let Some(proposed) = propose(metric, measured, class) else {
                 continue;
             };
             t.threshold = proposed;
-            t.spread = Some(spread);
-            t.source = format!("calibrated {provenance}, spread {spread:e}, safety factor {}", safety_factor(class));
+            t.spread = Some(measured);
+            t.on = Some(evidence.on.clone());
+            t.source = format!("calibrated {}, spread {measured:e}, safety factor {}", evidence.date, safety_factor(class));
         }
     }
     Ok(out)
@@ -317,21 +564,25 @@ pub fn calibrate(current: &Spec, class: &str, spreads: &Spreads, accumulate: boo
 pub const NEAR_TIE_FACTOR: f64 = 4.0;
 
 /// A copy of `current` whose `class` near-tie gaps (every checkpoint that has one) are
-/// `NEAR_TIE_FACTOR x logit_spread`, the spread kept beside them. With `accumulate`, a spread
-/// already recorded there that is larger wins.
-pub fn calibrate_near_tie(current: &Spec, class: &str, logit_spread: f64, accumulate: bool, provenance: &str) -> Spec {
+/// `NEAR_TIE_FACTOR x logit_spread`, the spread kept beside them. With `accumulate`, a larger
+/// spread already recorded there stays only when measured on the same cases, as in [`calibrate`].
+pub fn calibrate_near_tie(current: &Spec, class: &str, logit_spread: f64, accumulate: bool, evidence: &Evidence) -> Spec {
     let mut out = current.clone();
     for tol in out.checkpoints.values_mut() {
         let Some(nt) = tol.near_tie_gap.get_mut(class) else {
             continue;
         };
-        if accumulate && nt.spread.is_some_and(|old| old >= logit_spread) {
+        if accumulate && nt.on.as_deref() == Some(evidence.on.as_str()) && nt.spread.is_some_and(|old| old >= logit_spread) {
             continue;
         }
         let spread = logit_spread;
         nt.gap = spread * NEAR_TIE_FACTOR;
         nt.spread = Some(spread);
-        nt.source = format!("calibrated {provenance}: largest last_logits max_abs between references {spread:e} x {NEAR_TIE_FACTOR}");
+        nt.on = Some(evidence.on.clone());
+        nt.source = format!(
+            "calibrated {}: largest last_logits max_abs between references (outlier pairs left out) {spread:e} x {NEAR_TIE_FACTOR}",
+            evidence.date
+        );
     }
     out
 }
@@ -344,46 +595,67 @@ fn worse(op: Op, a: f64, b: f64) -> f64 {
     }
 }
 
-/// The spec as TOML, checkpoints in catalog order, one line per threshold.
+/// The spec as TOML, checkpoints in catalog order, one line per threshold; each checkpoint's
+/// family overrides right after its class defaults.
 pub fn to_toml(spec: &Spec, catalog: &Catalog) -> String {
     let mut names: Vec<&String> = Vec::new();
+    let known = spec.checkpoints.keys().chain(spec.families.values().flat_map(|f| f.checkpoints.keys()));
     for c in &catalog.checkpoints {
-        if let Some((name, _)) = spec.checkpoints.get_key_value(&c.name) {
+        if let Some(name) = known.clone().find(|n| **n == c.name) {
             names.push(name);
         }
     }
-    names.extend(spec.checkpoints.keys().filter(|n| catalog.checkpoint(n).is_none()));
+    let mut unknown: Vec<&String> = known.filter(|n| catalog.checkpoint(n).is_none()).collect();
+    unknown.sort();
+    unknown.dedup();
+    names.extend(unknown);
     let mut out = String::from(
         "# Tolerances: per checkpoint and class, the metrics that judge it. Written by `parity calibrate`;\n\
-         # `spread` is the worst disagreement measured between references, `source` where a number came from.\n",
+         # `spread` is the worst disagreement measured between references (outlier pairs left out), `on`\n\
+         # what it was measured on, `source` where a number came from. `[family.<arch>.checkpoint...]`\n\
+         # replaces the class default for that model family.\n",
     );
     for name in names {
-        let tol = &spec.checkpoints[name];
-        if !tol.near_tie_gap.is_empty() {
-            out.push_str(&format!("\n[checkpoint.{}.near_tie_gap]\n", key(name)));
-            for (class, nt) in &tol.near_tie_gap {
-                let spread = nt.spread.map(|s| format!(", spread = {}", float(s))).unwrap_or_default();
-                out.push_str(&format!("{} = {{ gap = {}{spread}, source = {} }}\n", key(class), float(nt.gap), string(&nt.source)));
-            }
+        if let Some(tol) = spec.checkpoints.get(name) {
+            write_checkpoint(&mut out, &format!("checkpoint.{}", key(name)), tol);
         }
-        for class in CLASSES {
-            let Some(thresholds) = tol.class(class).filter(|t| !t.is_empty()) else {
-                continue;
-            };
-            out.push_str(&format!("\n[checkpoint.{}.{class}]\n", key(name)));
-            for (metric, t) in thresholds {
-                let spread = t.spread.map(|s| format!(", spread = {}", float(s))).unwrap_or_default();
-                out.push_str(&format!(
-                    "{} = {{ op = \"{}\", threshold = {}{spread}, source = {} }}\n",
-                    key(metric),
-                    t.op.as_str(),
-                    float(t.threshold),
-                    string(&t.source)
-                ));
+        for (arch, family) in &spec.families {
+            if let Some(tol) = family.checkpoints.get(name) {
+                write_checkpoint(&mut out, &format!("family.{}.checkpoint.{}", key(arch), key(name)), tol);
             }
         }
     }
     out
+}
+
+fn write_checkpoint(out: &mut String, table: &str, tol: &CheckpointTolerance) {
+    let extra = |spread: Option<f64>, on: &Option<String>| {
+        let spread = spread.map(|s| format!(", spread = {}", float(s))).unwrap_or_default();
+        let on = on.as_deref().map(|o| format!(", on = {}", string(o))).unwrap_or_default();
+        format!("{spread}{on}")
+    };
+    if !tol.near_tie_gap.is_empty() {
+        out.push_str(&format!("\n[{table}.near_tie_gap]\n"));
+        for (class, nt) in &tol.near_tie_gap {
+            out.push_str(&format!("{} = {{ gap = {}{}, source = {} }}\n", key(class), float(nt.gap), extra(nt.spread, &nt.on), string(&nt.source)));
+        }
+    }
+    for class in CLASSES {
+        let Some(thresholds) = tol.class(class).filter(|t| !t.is_empty()) else {
+            continue;
+        };
+        out.push_str(&format!("\n[{table}.{class}]\n"));
+        for (metric, t) in thresholds {
+            out.push_str(&format!(
+                "{} = {{ op = \"{}\", threshold = {}{}, source = {} }}\n",
+                key(metric),
+                t.op.as_str(),
+                float(t.threshold),
+                extra(t.spread, &t.on),
+                string(&t.source)
+            ));
+        }
+    }
 }
 
 fn string(s: &str) -> String {
@@ -421,7 +693,7 @@ mod tests {
         spec.validate(&catalog()).unwrap();
         assert!(spec.near_tie_gap("generated", "quantized").is_some());
         assert!(spec.near_tie_gap("argmax", "f32").is_some());
-        let cos = &spec.thresholds("logits", "f32").unwrap()["cosine"];
+        let cos = &spec.thresholds("logits", "f32", "llama").unwrap()["cosine"];
         assert_eq!(cos.op, Op::Ge);
     }
 
@@ -476,7 +748,7 @@ mod tests {
             .get_mut("logits")
             .unwrap()
             .f32
-            .insert("maxabs".into(), Threshold { op: Op::Le, threshold: 1.0, spread: None, source: "typo".into() });
+            .insert("maxabs".into(), Threshold { op: Op::Le, threshold: 1.0, spread: None, on: None, source: "typo".into() });
         assert!(spec.validate(&catalog()).unwrap_err().to_string().contains("maxabs"));
         let mut spec = project_spec();
         spec.checkpoints.get_mut("attn_out").unwrap().f16.clear();
@@ -518,55 +790,211 @@ mod tests {
         assert_eq!(propose("nmse", f64::NAN, "f32"), None);
     }
 
+    fn evidence(on: &str) -> Evidence {
+        Evidence { date: "2026-11-22".into(), on: on.into() }
+    }
+
+    fn one(checkpoint: &str, metrics: &[(&str, f64)]) -> Spreads {
+        Spreads::from([(checkpoint.to_string(), metrics.iter().map(|(m, v)| (m.to_string(), *v)).collect())])
+    }
+
     #[test]
     fn calibration_keeps_the_spread_and_round_trips_through_toml() {
         let spec = project_spec();
-        let mut spreads = Spreads::new();
-        spreads.entry("logits".into()).or_default().insert("nmse".into(), 3e-9);
-        let out = calibrate(&spec, "f32", &spreads, false, "2026-11-22 on tiny-llama-f32 x fox").unwrap();
-        let t = &out.thresholds("logits", "f32").unwrap()["nmse"];
+        let spreads = one("logits", &[("nmse", 3e-9)]);
+        let out = calibrate(&spec, "f32", None, &spreads, false, &evidence("suite.toml, 1 cases #00000001")).unwrap();
+        let t = &out.thresholds("logits", "f32", "llama").unwrap()["nmse"];
         assert!((t.threshold - 3e-7).abs() < 1e-20);
         assert_eq!(t.spread, Some(3e-9));
-        assert!(t.source.starts_with("calibrated 2026-11-22 on tiny-llama-f32 x fox, spread 3e-9"), "{}", t.source);
-        // Other classes and checkpoints untouched.
-        assert_eq!(out.thresholds("logits", "f16"), spec.thresholds("logits", "f16"));
-        assert_eq!(out.thresholds("attn_out", "f32"), spec.thresholds("attn_out", "f32"));
+        assert_eq!(t.on.as_deref(), Some("suite.toml, 1 cases #00000001"));
+        assert_eq!(t.source, "calibrated 2026-11-22, spread 3e-9, safety factor 10");
+        // Other classes and checkpoints untouched, and no family table appears.
+        assert_eq!(out.class_default("logits", "f16"), spec.class_default("logits", "f16"));
+        assert_eq!(out.class_default("attn_out", "f32"), spec.class_default("attn_out", "f32"));
+        assert!(out.families.is_empty());
         let text = to_toml(&out, &catalog());
         assert_eq!(Spec::parse(&text, "written").unwrap(), out);
         assert!(text.find("[checkpoint.embeddings.f32]").unwrap() < text.find("[checkpoint.probs.f32]").unwrap());
-        assert!(calibrate(&spec, "bf16", &spreads, false, "x").is_err());
+        assert!(calibrate(&spec, "bf16", None, &spreads, false, &evidence("x")).is_err());
+        assert!(calibrate(&spec, "f32", Some("gtp2"), &spreads, false, &evidence("x")).is_err());
     }
 
     #[test]
-    fn accumulating_calibrations_keep_the_worse_spread() {
+    fn a_family_override_is_created_from_the_default_and_looked_up_only_for_its_family() {
         let spec = project_spec();
-        let spreads = |nmse: f64, cosine: f64| {
-            let mut s = Spreads::new();
-            let m = s.entry("logits".into()).or_default();
-            m.insert("nmse".into(), nmse);
-            m.insert("cosine".into(), cosine);
-            s
+        let default_nmse = spec.class_default("ffn_out", "f32").unwrap()["nmse"].threshold;
+        let out = calibrate(&spec, "f32", Some("gpt2"), &one("ffn_out", &[("nmse", 2e-10)]), false, &evidence("e")).unwrap();
+        out.validate(&catalog()).unwrap();
+        let gpt2 = out.thresholds("ffn_out", "f32", "gpt2").unwrap();
+        assert!((gpt2["nmse"].threshold - 2e-8).abs() < 1e-22);
+        // The metrics not measured are the default's, copied: the override judges the same metrics.
+        assert_eq!(gpt2.keys().collect::<Vec<_>>(), spec.class_default("ffn_out", "f32").unwrap().keys().collect::<Vec<_>>());
+        assert_eq!(gpt2["cosine"], spec.class_default("ffn_out", "f32").unwrap()["cosine"]);
+        // Llama, an unknown arch and the class default are unchanged; other classes fall back.
+        assert_eq!(out.thresholds("ffn_out", "f32", "llama").unwrap()["nmse"].threshold, default_nmse);
+        assert_eq!(out.thresholds("ffn_out", "f32", "qwen2").unwrap()["nmse"].threshold, default_nmse);
+        assert_eq!(out.class_default("ffn_out", "f32").unwrap()["nmse"].threshold, default_nmse);
+        assert_eq!(out.thresholds("ffn_out", "f16", "gpt2"), spec.class_default("ffn_out", "f16"));
+        let text = to_toml(&out, &catalog());
+        assert!(text.contains("\n[family.gpt2.checkpoint.ffn_out.f32]\n"), "{text}");
+        // Right after ffn_out's own tables, before block_out's.
+        let at = text.find("[family.gpt2.checkpoint.ffn_out.f32]").unwrap();
+        assert!(text.find("[checkpoint.ffn_out.quantized]").unwrap() < at && at < text.find("[checkpoint.block_out.f32]").unwrap());
+        assert_eq!(Spec::parse(&text, "written").unwrap(), out);
+    }
+
+    #[test]
+    fn validation_refuses_unknown_families_and_overrides_that_change_what_is_judged() {
+        let override_of = |arch: &str, table: &str| {
+            let text = format!("{}\n[family.{arch}.checkpoint.ffn_out.f32]\n{table}\n", include_str!("../../checkpoints/tolerances.toml"));
+            Spec::parse(&text, "t").unwrap().validate(&catalog())
         };
-        let first = calibrate(&spec, "f32", &spreads(3e-9, 0.999999), false, "a").unwrap();
-        let both = calibrate(&first, "f32", &spreads(1e-9, 0.99999), true, "b").unwrap();
-        let t = both.thresholds("logits", "f32").unwrap();
-        assert_eq!(t["nmse"].spread, Some(3e-9));
-        assert!(t["nmse"].source.starts_with("calibrated a"), "{}", t["nmse"].source);
-        assert_eq!(t["cosine"].spread, Some(0.99999));
-        assert!(t["cosine"].source.starts_with("calibrated b"), "{}", t["cosine"].source);
-        let replaced = calibrate(&first, "f32", &spreads(1e-9, 0.99999), false, "b").unwrap();
-        assert_eq!(replaced.thresholds("logits", "f32").unwrap()["nmse"].spread, Some(1e-9));
+        let full = r#"cosine = { op = ">=", threshold = 0.99, source = "s" }
+max_abs_scaled = { op = "<=", threshold = 0.1, source = "s" }
+nmse = { op = "<=", threshold = 0.01, source = "s" }"#;
+        override_of("gpt2", full).unwrap();
+        assert!(override_of("gtp2", full).unwrap_err().to_string().contains("\"gtp2\" is not a model family"));
+        let missing = override_of("llama", "nmse = { op = \"<=\", threshold = 0.01, source = \"s\" }").unwrap_err().to_string();
+        assert!(missing.contains("judges [nmse <=] but the class default judges [cosine >=, max_abs_scaled <=, nmse <=]"), "{missing}");
+        let flipped = full.replace("\"<=\", threshold = 0.01", "\">=\", threshold = 0.01");
+        assert!(override_of("gpt2", &flipped).is_err());
+        let nan = full.replace("threshold = 0.01", "threshold = nan");
+        assert!(override_of("gpt2", &nan).unwrap_err().to_string().contains("family gpt2 checkpoint ffn_out.f32.nmse: threshold is NaN"));
+        let text = format!(
+            "{}\n[family.gpt2.checkpoint.argmax.near_tie_gap]\nf32 = {{ gap = 1.0, source = \"s\" }}\n",
+            include_str!("../../checkpoints/tolerances.toml")
+        );
+        assert!(Spec::parse(&text, "t").unwrap().validate(&catalog()).unwrap_err().to_string().contains("per class only"));
+        let text = format!("{}\n[family.gpt2.checkpoint.no_such]\n", include_str!("../../checkpoints/tolerances.toml"));
+        assert!(Spec::parse(&text, "t").unwrap().validate(&catalog()).unwrap_err().to_string().contains("\"no_such\" is not in the catalog"));
+    }
+
+    fn pair(name: &str, nmse: f64, cosine: f64) -> PairSpread {
+        let mut p = PairSpread::new(name, &format!("{name}.a"), &format!("{name}.b"));
+        p.add(&BTreeMap::from([("nmse".to_string(), nmse), ("cosine".to_string(), cosine)]));
+        p
     }
 
     #[test]
-    fn near_tie_gaps_are_four_times_the_logit_spread_and_round_trip() {
+    fn a_pair_spread_is_the_worst_over_its_tensors_and_its_rms_is_sqrt_nmse() {
+        let mut p = pair("a", 4e-10, 0.9999);
+        p.add(&BTreeMap::from([("nmse".to_string(), 1e-10), ("cosine".to_string(), 0.99)]));
+        assert_eq!(p.metrics["nmse"], 4e-10);
+        assert_eq!(p.metrics["cosine"], 0.99);
+        assert!((p.rms - 2e-5).abs() < 1e-18);
+        assert_eq!((direction("cosine"), direction("sqnr_db"), direction("topk_overlap"), direction("nmse")), (Op::Ge, Op::Ge, Op::Ge, Op::Le));
+    }
+
+    #[test]
+    fn a_pair_ten_times_the_median_of_the_others_is_left_out_and_reported() {
+        // rms 1e-5, 2e-5, 3e-5 and 4e-4: the last is 4e-4 / median(1e-5, 2e-5, 3e-5) = 20x.
+        let pairs = [pair("p1", 1e-10, 0.999), pair("p2", 4e-10, 0.998), pair("p3", 9e-10, 0.997), pair("gelu", 1.6e-7, 0.9)];
+        let r = robust_spread(&pairs);
+        assert_eq!(r.kept, 3);
+        assert_eq!(r.metrics["nmse"], 9e-10);
+        assert_eq!(r.metrics["cosine"], 0.997);
+        assert_eq!(r.outliers.len(), 1);
+        assert_eq!(r.outliers[0].pair, "gelu");
+        assert!((r.outliers[0].rms - 4e-4).abs() < 1e-15 && (r.outliers[0].ratio - 20.0).abs() < 1e-9, "{:?}", r.outliers);
+        // 9x the median is kept: the threshold then covers it.
+        let pairs = [pair("p1", 1e-10, 1.0), pair("p2", 1e-10, 1.0), pair("p3", 8.1e-9, 1.0)];
+        let r = robust_spread(&pairs);
+        assert_eq!((r.kept, r.outliers.len(), r.metrics["nmse"]), (3, 0, 8.1e-9));
+        // With an even count of others the median is the mean of the middle two: 1e-5 and 3e-5 -> 2e-5,
+        // and 2e-4 is exactly 10x it (an outlier: at least ten).
+        let pairs = [pair("p1", 1e-10, 1.0), pair("p2", 9e-10, 1.0), pair("p3", 4e-8, 1.0)];
+        assert_eq!(robust_spread(&pairs).outliers.iter().map(|o| o.pair.as_str()).collect::<Vec<_>>(), ["p3"]);
+    }
+
+    #[test]
+    fn exact_agreement_does_not_make_rounding_an_outlier_and_one_pair_is_never_one() {
+        // Others agree bit for bit: the median counts as the noise floor (~9.5e-7), and a pair at
+        // rms 3e-6 (3.1x) stays; one at 1e-4 (105x) does not.
+        let pairs = [pair("a", 0.0, 1.0), pair("b", 0.0, 1.0), pair("c", 9e-12, 1.0)];
+        assert_eq!(robust_spread(&pairs).outliers, vec![]);
+        let pairs = [pair("a", 0.0, 1.0), pair("b", 0.0, 1.0), pair("c", 1e-8, 1.0)];
+        let r = robust_spread(&pairs);
+        assert_eq!(r.outliers.len(), 1);
+        assert!((r.outliers[0].ratio - 1e-4 / crate::noise::FLOOR).abs() < 1e-6);
+        assert_eq!(r.metrics["nmse"], 0.0);
+        let r = robust_spread(&[pair("alone", 1.0, 0.5)]);
+        assert_eq!((r.kept, r.outliers.len(), r.metrics["nmse"]), (1, 0, 1.0));
+        assert_eq!(robust_spread(&[]), RobustSpread::default());
+    }
+
+    #[test]
+    fn a_reference_whose_every_pair_stands_out_is_left_out_whole() {
+        // Two cases of GPT-2, llama.cpp off on its own: its four pairs near rms 5e-4, pytorch~tinygrad
+        // near 2e-6. The pair rule alone cannot see it (the median of the others is a llama.cpp pair).
+        let p = |case: &str, a: &str, b: &str, rms: f64| {
+            let mut p = PairSpread::new(format!("{case} {a}~{b}"), a, b);
+            p.add(&BTreeMap::from([("nmse".to_string(), rms * rms)]));
+            p
+        };
+        let pairs = [
+            p("fox", "llamacpp", "pytorch", 5e-4),
+            p("fox", "llamacpp", "tinygrad", 4e-4),
+            p("fox", "pytorch", "tinygrad", 2e-6),
+            p("dog", "llamacpp", "pytorch", 5e-4),
+            p("dog", "llamacpp", "tinygrad", 5e-4),
+            p("dog", "pytorch", "tinygrad", 3e-6),
+        ];
+        let r = robust_spread(&pairs);
+        assert_eq!(r.kept, 2);
+        assert!((r.metrics["nmse"] - 9e-12).abs() < 1e-24);
+        let dropped: Vec<&str> = r.outliers.iter().map(|o| o.pair.as_str()).collect();
+        assert_eq!(dropped, ["fox llamacpp~pytorch", "fox llamacpp~tinygrad", "dog llamacpp~pytorch", "dog llamacpp~tinygrad"]);
+        // Measured against the median of pytorch~tinygrad, 2.5e-6: 4e-4 is 160x.
+        assert_eq!(r.outliers[1].against, "the 2 pairs without llamacpp");
+        assert!((r.outliers[1].ratio - 160.0).abs() < 1e-9, "{:?}", r.outliers[1]);
+        // One llama.cpp pair within 10x of the others: llama.cpp is not off on its own.
+        let mut close = pairs.clone();
+        close[1] = p("fox", "llamacpp", "tinygrad", 2e-5);
+        let r = robust_spread(&close);
+        assert!(r.outliers.iter().all(|o| o.against.starts_with("the other")), "{:?}", r.outliers);
+    }
+
+    #[test]
+    fn accumulating_on_the_same_cases_keeps_the_worse_spread() {
         let spec = project_spec();
-        let out = calibrate_near_tie(&spec, "quantized", 0.5, false, "2026-11-23 on smollm2");
+        let same = evidence("suite.toml, 12 cases #aaaa");
+        let first = calibrate(&spec, "f32", None, &one("logits", &[("nmse", 3e-9), ("cosine", 0.999999)]), false, &same).unwrap();
+        let both = calibrate(&first, "f32", None, &one("logits", &[("nmse", 1e-9), ("cosine", 0.99999)]), true, &same).unwrap();
+        let t = both.class_default("logits", "f32").unwrap();
+        assert_eq!(t["nmse"].spread, Some(3e-9));
+        assert_eq!(t["cosine"].spread, Some(0.99999));
+        // Without --accumulate the new measurement replaces the old, same cases or not.
+        let replaced = calibrate(&first, "f32", None, &one("logits", &[("nmse", 1e-9)]), false, &same).unwrap();
+        assert_eq!(replaced.class_default("logits", "f32").unwrap()["nmse"].spread, Some(1e-9));
+    }
+
+    #[test]
+    fn accumulating_on_other_cases_replaces_and_so_can_tighten() {
+        let spec = project_spec();
+        let first = calibrate(&spec, "f32", Some("gpt2"), &one("logits", &[("nmse", 3e-9)]), false, &evidence("suite.toml, 12 cases #aaaa")).unwrap();
+        let other = evidence("suite-real.toml, 11 cases #bbbb");
+        let next = calibrate(&first, "f32", Some("gpt2"), &one("logits", &[("nmse", 1e-9)]), true, &other).unwrap();
+        let t = &next.thresholds("logits", "f32", "gpt2").unwrap()["nmse"];
+        assert_eq!((t.spread, t.on.as_deref()), (Some(1e-9), Some("suite-real.toml, 11 cases #bbbb")));
+        assert!((t.threshold - 1e-7).abs() < 1e-21);
+        // The committed entries record no `on`: nothing to match, so they are replaced too.
+        assert_eq!(spec.class_default("logits", "f32").unwrap()["nmse"].on, None);
+        let from_old = calibrate(&spec, "f32", None, &one("logits", &[("nmse", 1e-12)]), true, &other).unwrap();
+        assert_eq!(from_old.class_default("logits", "f32").unwrap()["nmse"].spread, Some(1e-12));
+    }
+
+    #[test]
+    fn near_tie_gaps_are_four_times_the_logit_spread_and_accumulate_like_thresholds() {
+        let spec = project_spec();
+        let on = evidence("smollm2");
+        let out = calibrate_near_tie(&spec, "quantized", 0.5, false, &on);
         assert_eq!(out.near_tie_gap("generated", "quantized"), Some(2.0));
         assert_eq!(out.near_tie_gap("argmax", "quantized"), Some(2.0));
         assert_eq!(out.near_tie_gap("generated", "f32"), spec.near_tie_gap("generated", "f32"));
-        let kept = calibrate_near_tie(&out, "quantized", 0.1, true, "later");
+        let kept = calibrate_near_tie(&out, "quantized", 0.1, true, &on);
         assert_eq!(kept.near_tie_gap("generated", "quantized"), Some(2.0));
+        let tightened = calibrate_near_tie(&out, "quantized", 0.1, true, &evidence("other"));
+        assert_eq!(tightened.near_tie_gap("generated", "quantized"), Some(0.4));
         assert_eq!(Spec::parse(&to_toml(&out, &catalog()), "written").unwrap(), out);
     }
 }
