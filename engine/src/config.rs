@@ -68,8 +68,9 @@ pub enum Fault {
     F16SubnormalsFlushed,
     /// Q8_0 block scales rounded through bf16 before use.
     Q8ScaleBf16,
-    /// Q4_1 block minimums rounded through bf16 before use.
-    Q41MinBf16,
+    /// Q4_1 block scales rounded through bf16 before use. (Not the minimums: a Q4_1 file made
+    /// from bf16 weights stores each block minimum exactly in bf16, so rounding it changes nothing.)
+    Q41ScaleBf16,
     /// A token decoded through the KV cache is rotated for the position after its own.
     DecodeRopeOffByOne,
     /// A token decoded through the KV cache does not attend to the oldest cached position.
@@ -92,7 +93,7 @@ impl Fault {
         ("rope-theta-one-layer", Fault::RopeThetaOneLayer),
         ("f16-subnormals-flushed", Fault::F16SubnormalsFlushed),
         ("q8-scale-bf16", Fault::Q8ScaleBf16),
-        ("q4_1-min-bf16", Fault::Q41MinBf16),
+        ("q4_1-scale-bf16", Fault::Q41ScaleBf16),
         ("decode-rope-off-by-one", Fault::DecodeRopeOffByOne),
         ("decode-attends-one-fewer", Fault::DecodeAttendsOneFewer),
     ];

@@ -84,7 +84,7 @@ pub fn planted_bytes(dtype: DType, bytes: &[u8], fault: Fault) -> Option<Vec<u8>
             })
         }
         (Fault::Q8ScaleBf16, DType::Q8_0) => out.chunks_exact_mut(34).for_each(|b| through_bf16(&mut b[0..2])),
-        (Fault::Q41MinBf16, DType::Q4_1) => out.chunks_exact_mut(20).for_each(|b| through_bf16(&mut b[2..4])),
+        (Fault::Q41ScaleBf16, DType::Q4_1) => out.chunks_exact_mut(20).for_each(|b| through_bf16(&mut b[0..2])),
         _ => return None,
     }
     Some(out)
@@ -527,15 +527,14 @@ mod tests {
         let out = planted_bytes(DType::Q8_0, &q8, Fault::Q8ScaleBf16).unwrap();
         assert_eq!(f16::from_le_bytes([out[0], out[1]]).to_f32(), 205.0 / 2048.0);
         assert_eq!(out[2..], q8[2..], "the quants are untouched");
-        assert_eq!(planted_bytes(DType::Q8_0, &q8, Fault::Q41MinBf16), None);
+        assert_eq!(planted_bytes(DType::Q8_0, &q8, Fault::Q41ScaleBf16), None);
 
-        // Q4_1: scale 0.1 kept, minimum -0.3 (f16 -0.300048828125) becomes -0.30078125 = -77/256.
+        // Q4_1: scale 0.1 becomes 205/2048 as above, the minimum and the quants are kept.
         let mut q41 = f16::from_f32(0.1).to_le_bytes().to_vec();
         q41.extend(f16::from_f32(-0.3).to_le_bytes());
         q41.extend([0x5a; 16]);
-        let out = planted_bytes(DType::Q4_1, &q41, Fault::Q41MinBf16).unwrap();
-        assert_eq!(out[..2], q41[..2]);
-        assert_eq!(f16::from_le_bytes([out[2], out[3]]).to_f32(), -77.0 / 256.0);
-        assert_eq!(out[4..], q41[4..]);
+        let out = planted_bytes(DType::Q4_1, &q41, Fault::Q41ScaleBf16).unwrap();
+        assert_eq!(f16::from_le_bytes([out[0], out[1]]).to_f32(), 205.0 / 2048.0);
+        assert_eq!(out[2..], q41[2..]);
     }
 }

@@ -114,7 +114,7 @@ fn flushed_f16_subnormals_are_caught_where_the_first_one_is_used() {
 #[test]
 fn q8_0_scales_rounded_through_bf16_are_caught_at_the_embedding_lookup() {
     // The token embedding is Q8_0 in this file: its rows are the first quantized weights read.
-    // (No committed fixture has Q4_1 weights, so Q41MinBf16 is checked in the engine only.)
+    // (No committed fixture has Q4_1 weights, so Q41ScaleBf16 is checked in the engine only.)
     let (fail, pass) = first_failure("tiny-llama-q8_0", Some(Fault::Q8ScaleBf16));
     assert_eq!((fail.as_deref(), pass.as_deref()), (Some("embed"), Some("tokens")));
 }

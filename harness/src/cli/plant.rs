@@ -10,7 +10,7 @@ use engine::Model;
 pub struct PlantArgs {
     /// Plant a known bug in the engine (repeatable): norm-eps, rope-pairing, missing-attn-scale,
     /// dropped-ffn-residual, norm-eps-x100, gelu-erf, softmax-off, rope-theta-one-layer,
-    /// f16-subnormals-flushed, q8-scale-bf16, q4_1-min-bf16, decode-rope-off-by-one,
+    /// f16-subnormals-flushed, q8-scale-bf16, q4_1-scale-bf16, decode-rope-off-by-one,
     /// decode-attends-one-fewer, or perturb:LAYER:REL (noise of relative RMS REL on a block output).
     #[cfg_attr(feature = "plant", arg(long = "plant", value_name = "SPEC"))]
     #[cfg_attr(not(feature = "plant"), arg(skip))]

@@ -1,0 +1,128 @@
+//! Small bugs planted in the engine must be caught on real weights, at the checkpoint and layer
+//! where they live, against the f64 truth and against every reference: the sharpness the noise
+//! floor promises, on SmolLM2-135M (Q4_1 as shipped, F32, F16) and GPT-2-small.
+//!
+//! Needs the real-suite dumps in the parity cache (`scripts/make-real-models.sh`, then
+//! `scripts/make-dumps.sh checkpoints/suite-real.toml`); `.ci/run` makes them before running this.
+//! Without them the tests say so and pass, unless `PARITY_REQUIRE_REFERENCES` is set (CI sets it),
+//! where a missing dump is a failure.
+
+use engine::config::Fault;
+use engine::model::Model;
+use harness::bisect::bisect;
+use harness::catalog::Catalog;
+use harness::pipeline::{self, Setup, Source};
+use harness::spec::Spec;
+use harness::suite::{resolve, Suite};
+use reports::summary::Verdict;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Every reference of the case, and the truth, with the first failing check's key against each
+/// (`None`: nothing failed), for `model` x the `short` prompt (or its first) with `fault` planted. `None` when
+/// the dumps are not there and the environment does not require them.
+fn first_failures(model_id: &str, fault: Option<Fault>) -> Option<Vec<(String, Option<String>)>> {
+    let root = root();
+    let mut suite = Suite::load(&root.join("checkpoints/suite-real.toml")).unwrap();
+    suite.models.retain(|m| m.id == model_id);
+    assert_eq!(suite.models.len(), 1, "{model_id} is not in the real suite");
+    // `short`, or the model's first prompt when it does not run that one.
+    let prompt = suite.models[0].prompts.as_ref().map_or("short".to_string(), |p| p[0].clone());
+    suite.prompts.retain(|p| p.id == prompt);
+    let dumps = resolve(&root, &suite.dumps);
+    let case_dir = dumps.join(model_id).join(&prompt);
+    let truth = suite.truth.clone().expect("the real suite has a truth");
+    let wanted: Vec<String> = suite.models[0].refs.iter().cloned().chain([truth.clone()]).collect();
+    if let Some(absent) = wanted.iter().find(|r| !case_dir.join(r).join("manifest.toml").is_file()) {
+        let why = format!("no {absent} dump at {}: run scripts/make-dumps.sh checkpoints/suite-real.toml", case_dir.display());
+        assert!(std::env::var_os("PARITY_REQUIRE_REFERENCES").is_none(), "{why}");
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let catalog = Catalog::load(&root.join("checkpoints/catalog.toml")).unwrap();
+    let spec = Spec::load(&root.join("checkpoints/tolerances.toml")).unwrap();
+    let source = Source::Dumps(dumps);
+    let plant = move |m: &mut Model| {
+        if let Some(f) = fault {
+            m.inject_fault(f)
+        }
+    };
+    let setup = Setup { root: &root, suite: &suite, catalog: &catalog, spec: &spec, source: &source, prepare: Some(&plant) };
+    let cases = suite.cases();
+    assert_eq!(cases.len(), 1, "{model_id} x {prompt}");
+    let (results, runs) = pipeline::run(&setup, cases, "planted-real").unwrap();
+    assert!(results.reference_errors.is_empty(), "{:?}", results.reference_errors);
+    if fault.is_some() {
+        assert_eq!(Verdict::of(&results).exit_code(), 1, "a planted run must fail");
+    }
+    Some(
+        wanted
+            .iter()
+            .map(|r| {
+                let found = bisect(&runs, &results, Some(r));
+                assert_eq!(found.len(), 1, "{r}");
+                (r.clone(), found[0].first_failure.as_ref().map(|c| c.key.clone()))
+            })
+            .collect(),
+    )
+}
+
+/// Asserts the plant is first caught at `key` against the truth, and against every reference
+/// either there or not at all before it (a reference in a looser class may see it later).
+fn caught_at(model_id: &str, fault: Fault, key: &str) {
+    let Some(found) = first_failures(model_id, Some(fault)) else { return };
+    let (truth, at) = found.last().expect("the truth is listed last");
+    assert_eq!(at.as_deref(), Some(key), "{fault} on {model_id} against {truth}: {found:?}");
+    let strict: Vec<_> = found.iter().filter(|(_, at)| at.as_deref() == Some(key)).collect();
+    assert!(strict.len() >= 2, "{fault} on {model_id}: caught at {key} by the truth only: {found:?}");
+}
+
+#[test]
+fn the_clean_engine_passes_every_real_model() {
+    for model in ["smollm2-q4_1", "smollm2-f32", "smollm2-f16", "gpt2-small-f32"] {
+        let Some(found) = first_failures(model, None) else { return };
+        assert!(found.iter().all(|(_, at)| at.is_none()), "{model}: {found:?}");
+    }
+}
+
+#[test]
+fn a_norm_epsilon_100_times_too_large_is_caught_at_the_first_norm() {
+    caught_at("smollm2-f32", Fault::NormEpsilonTimes100, "blk.0.attn_norm");
+}
+
+#[test]
+fn a_softmax_a_tenth_of_a_percent_off_is_caught_at_the_first_attention_probabilities() {
+    caught_at("smollm2-f32", Fault::SoftmaxOff, "blk.0.attn_probs");
+}
+
+#[test]
+fn the_erf_gelu_is_caught_at_gpt2s_first_ffn_output() {
+    caught_at("gpt2-small-f32", Fault::GeluErf, "blk.0.ffn_out");
+}
+
+#[test]
+fn another_rope_base_in_layer_1_is_caught_there() {
+    caught_at("smollm2-f32", Fault::RopeThetaOneLayer, "blk.1.q_rope");
+}
+
+#[test]
+fn q4_1_scales_rounded_through_bf16_are_caught_where_q4_1_weights_are_first_used() {
+    caught_at("smollm2-q4_1", Fault::Q41ScaleBf16, "blk.0.q");
+}
+
+#[test]
+fn flushed_f16_subnormals_are_caught_where_the_first_one_is_used() {
+    // In layer 0 only attn_v holds subnormals that move its output past the noise.
+    caught_at("smollm2-f16", Fault::F16SubnormalsFlushed, "blk.0.v");
+}
+
+#[test]
+fn noise_of_a_ten_thousandth_on_a_middle_block_is_caught_there() {
+    for model in ["smollm2-q4_1", "smollm2-f32", "smollm2-f16"] {
+        caught_at(model, Fault::Perturb { layer: 15, rel: 1e-4 }, "blk.15.block_out");
+    }
+    caught_at("gpt2-small-f32", Fault::Perturb { layer: 6, rel: 1e-4 }, "blk.6.block_out");
+}
