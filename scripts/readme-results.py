@@ -4,8 +4,9 @@
     python3 scripts/readme-results.py .proof_bundle/run/<run id>
 
 One table: per checkpoint (rows) and model (columns), the smallest margin to a threshold over every
-prompt and reference of that model, and the worst status; then the confidence level, the reference
-versions and the near-ties, all as the bundle recorded them.
+prompt and reference of that model, and the worst status; a second, when the run had an f64
+truth: the engine's largest distance from it in noise floors; then the confidence level, the
+reference versions and the near-ties, all as the bundle recorded them.
 """
 
 import json
@@ -24,6 +25,8 @@ def main(bundle):
 
     models, prompts, refs = [], {}, {}
     cells = {}  # (checkpoint_id, name, model) -> [status, margin, where]
+    noise = {}  # (checkpoint_id, name, model) -> (largest noise_units against the truth, where)
+    truth = {}  # model -> the truth's name
     for case in results["cases"]:
         if case["reference"].startswith("engine-repeat"):
             continue
@@ -31,6 +34,14 @@ def main(bundle):
         if model not in models:
             models.append(model)
         prompts.setdefault(model, set()).add(case["prompt"])
+        if case.get("role") == "truth":
+            truth[model] = case["reference"]
+            for check in case["checks"]:
+                units = check["metrics"].get("noise_units")
+                key = (check["checkpoint_id"], check["checkpoint"], model)
+                if units is not None and units >= noise.get(key, (-1.0, ""))[0]:
+                    noise[key] = (units, f'{check["key"]}, {case["prompt"]}')
+            continue
         refs.setdefault(model, set()).add(case["reference"])
         for check in case["checks"]:
             key = (check["checkpoint_id"], check["checkpoint"], model)
@@ -50,7 +61,7 @@ def main(bundle):
     print()
     print("References: " + "; ".join(f"{k} {v}" for k, v in run["versions"].items() if k != "engine") + ".")
     print()
-    print("Cases: " + "; ".join(f'{m}: {len(prompts[m])} prompt(s) x {len(refs[m])} references' for m in models) + ".")
+    print("Cases: " + "; ".join(f'{m}: {len(prompts[m])} prompt(s) x {len(refs[m])} references' + (f" + {truth[m]}" if m in truth else "") for m in models) + ".")
     print()
     print("Worst margin to the threshold per checkpoint and model, over every prompt, reference and layer "
           "(+100% is an exact match, 0% is at the threshold):")
@@ -69,6 +80,16 @@ def main(bundle):
                 margin = "" if c[1] is None else f" {c[1] * 100:+.1f}%"
                 row.append(f"{c[0]}{margin}")
         print(f"| {cid:02d} {name} | " + " | ".join(row) + " |")
+    if noise:
+        print()
+        print("The engine's largest distance from the f64 truth per checkpoint and model, over every prompt and layer, in "
+              "units of the noise floor (the largest distance of a reference computing in f32); it fails above K = 4:")
+        print()
+        print("| checkpoint | " + " | ".join(models) + " |")
+        print("|---|" + "---|" * len(models))
+        for cid, name in sorted({(k[0], k[1]) for k in noise}):
+            row = [f"{noise[(cid, name, m)][0]:.2f}x" if (cid, name, m) in noise else "-" for m in models]
+            print(f"| {cid:02d} {name} | " + " | ".join(row) + " |")
     if conf.get("near_ties"):
         print()
         print("Near-ties (a greedy token flip where the top-two logit gap is inside the calibrated noise):")
