@@ -78,8 +78,13 @@ printf '%-20s %6s  %-16s %-16s\n' model layer "smallest caught" "first missed"
 for entry in "${models[@]}"; do
     id=${entry%%$'\t'*}
     path=${entry#*$'\t'}
-    [[ $path = /* || $path = "~/"* || $path = cache:* ]] || path=$root/$path
-    layers=$("$parity" inspect "$path" 2>/dev/null | sed -n 's/.*layers: \([0-9][0-9]*\).*/\1/p' | head -1)
+    case $path in
+        cache:*) path=${PARITY_CACHE:-$HOME/.cache/parity}/${path#cache:} ;;
+        "~/"*) path=$HOME/${path#"~/"} ;;
+        /*) ;;
+        *) path=$root/$path ;;
+    esac
+    layers=$("$parity" inspect "$path" 2>/dev/null | sed -n 's/.*layers: \([0-9][0-9]*\).*/\1/p' | head -1 || true)
     if [[ -z $layers ]]; then
         printf '%-20s %6s  %s\n' "$id" - "cannot inspect $path"
         continue

@@ -111,8 +111,30 @@ impl Model {
     /// `observer`, then `n_generate` greedy tokens decoded one at a time through the KV cache.
     /// `probs` is `softmax(last_logits / temperature)`.
     pub fn trace(&self, prompt: &str, n_generate: usize, temperature: f32, observer: &mut dyn Observer) -> Result<()> {
-        let tokens = self.prompt_tokens(prompt, n_generate)?;
+        self.trace_forced(prompt, n_generate, temperature, None, observer)
+    }
+
+    /// [`Model::trace`] with the decode history forced: step `t`'s logits come after the prompt
+    /// and `history[..t]` (teacher forcing), and `Generated` holds the greedy choice at each step
+    /// given that history. Implementations fed the same history stay aligned after a token flip.
+    pub fn trace_forced(
+        &self,
+        prompt: &str,
+        n_generate: usize,
+        temperature: f32,
+        history: Option<&[u32]>,
+        observer: &mut dyn Observer,
+    ) -> Result<()> {
         let vocab = self.config().vocab_size;
+        if let Some(h) = history {
+            if h.len() != n_generate {
+                return Err(Error::Config(format!("a forced history of {} tokens for {n_generate} generated steps", h.len())));
+            }
+            if let Some(&bad) = h.iter().find(|&&t| t as usize >= vocab) {
+                return Err(Error::Config(format!("forced token id {bad} is outside the vocabulary of {vocab}")));
+            }
+        }
+        let tokens = self.prompt_tokens(prompt, n_generate)?;
         let mut taps = Taps::new(observer);
         taps.record(Tap::Tokens, None, || TapValue::Ids(tokens.clone()));
 
@@ -131,7 +153,7 @@ impl Model {
         // n greedy tokens, each shown with the logits it was chosen from.
         let mut sampler = Sampler::new(SamplerConfig::default());
         let mut step = 0;
-        let generated = self.decode(last, n_generate, &mut cache, &mut sampler, |_, logits| {
+        let generated = self.decode(last, n_generate, history, &mut cache, &mut sampler, |_, logits| {
             taps.step_logits(step, logits);
             step += 1;
             true
@@ -141,11 +163,13 @@ impl Model {
     }
 
     /// Samples up to `n` tokens, decoding each through the cache; `on_token` sees each one with
-    /// the logits it was chosen from, and returns false to stop early.
+    /// the logits it was chosen from, and returns false to stop early. With `history`, step `i`
+    /// feeds `history[i]` to the cache instead of the token it chose.
     fn decode(
         &self,
         last: &[f32],
         n: usize,
+        history: Option<&[u32]>,
         cache: &mut KvCache,
         sampler: &mut Sampler,
         mut on_token: impl FnMut(u32, &[f32]) -> bool,
@@ -159,7 +183,8 @@ impl Model {
                 break;
             }
             if i + 1 < n {
-                logits = self.forward(&[next], cache, &mut Taps::none(), false)?;
+                let fed = history.and_then(|h| h.get(i).copied()).unwrap_or(next);
+                logits = self.forward(&[fed], cache, &mut Taps::none(), false)?;
             }
         }
         Ok(out)
@@ -173,7 +198,7 @@ impl Model {
         let last = self.forward(&tokens, &mut cache, &mut Taps::none(), false)?;
         let eos = self.tokenizer.eos_id();
         let mut sampler = Sampler::new(sampling);
-        self.decode(&last, n, &mut cache, &mut sampler, |t, _| {
+        self.decode(&last, n, None, &mut cache, &mut sampler, |t, _| {
             on_token(t);
             Some(t) != eos
         })

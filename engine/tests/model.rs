@@ -190,3 +190,34 @@ fn a_trace_shows_the_logits_each_generated_token_was_chosen_from() {
     let argmax = |l: &[f32]| l.iter().enumerate().fold(0, |best, (i, v)| if *v > l[best] { i } else { best }) as u32;
     assert_eq!(obs.steps.iter().map(|(_, l)| argmax(l)).collect::<Vec<_>>(), *generated);
 }
+
+#[test]
+fn a_forced_history_is_fed_instead_of_the_engines_own_choices() {
+    for rel in ["tiny-llama/model-f32.gguf", "tiny-gpt2/model-f32.gguf"] {
+        let model = load(rel);
+        let prompt = model.prompt_tokens(PROMPT, 0).unwrap();
+        // A history the engine would never choose: ids 5, 6, 7, 8.
+        let history = [5u32, 6, 7, 8];
+        let mut obs = StepLogits::default();
+        model.trace_forced(PROMPT, 4, 1.0, Some(&history), &mut obs).expect("trace");
+        for (t, (_, logits)) in obs.steps.iter().enumerate() {
+            // Step t's logits are those of one prefill of the prompt and the history's first t ids.
+            let ids: Vec<u32> = prompt.iter().copied().chain(history[..t].iter().copied()).collect();
+            let mut cache = model.new_cache(ids.len());
+            let want = model.forward(&ids, &mut cache, &mut Taps::none(), false).unwrap();
+            assert!(max_abs_diff(logits, &want) < 1e-4, "{rel} step {t}");
+        }
+        let argmax = |l: &[f32]| l.iter().enumerate().fold(0, |best, (i, v)| if *v > l[best] { i } else { best }) as u32;
+        let Some(TapValue::Ids(generated)) = obs.taps.tensors.get("generated") else { panic!("generated tap") };
+        assert_eq!(obs.steps.iter().map(|(_, l)| argmax(l)).collect::<Vec<_>>(), *generated, "{rel}");
+    }
+}
+
+#[test]
+fn a_forced_history_of_the_wrong_length_or_outside_the_vocabulary_is_refused() {
+    let model = load("tiny-llama/model-f32.gguf");
+    let mut rec = Recorder::default();
+    assert!(matches!(model.trace_forced(PROMPT, 3, 1.0, Some(&[1, 2]), &mut rec), Err(Error::Config(_))));
+    let vocab = model.config().vocab_size as u32;
+    assert!(matches!(model.trace_forced(PROMPT, 2, 1.0, Some(&[1, vocab]), &mut rec), Err(Error::Config(_))));
+}

@@ -207,10 +207,11 @@ mod tests {
     }
 
     #[test]
-    fn the_project_catalog_has_13_checkpoints() {
+    fn the_project_catalog_has_14_checkpoints() {
         let c = project_catalog();
-        assert_eq!(c.checkpoints.len(), 13);
+        assert_eq!(c.checkpoints.len(), 14);
         assert_eq!(c.checkpoints[12].name, "generated");
+        assert_eq!(c.checkpoints[13].name, "step_logits");
         assert!(c.tensor("argmax").unwrap().is_ids());
     }
 
@@ -224,7 +225,7 @@ mod tests {
         let mut expected = vec!["tokens".to_string(), "embed".to_string()];
         expected.extend(layer(0));
         expected.extend(layer(1));
-        expected.extend(["final_norm", "logits", "last_logits", "argmax", "probs", "generated"].map(String::from));
+        expected.extend(["final_norm", "logits", "last_logits", "argmax", "probs", "generated", "step_logits"].map(String::from));
         assert_eq!(keys, expected);
     }
 
@@ -232,7 +233,7 @@ mod tests {
     fn gpt2_entries_leave_out_rope() {
         let entries = project_catalog().entries("gpt2", 1);
         assert!(!entries.iter().any(|e| e.tensor == "q_rope" || e.tensor == "k_rope"));
-        assert_eq!(entries.len(), 2 + 11 + 6);
+        assert_eq!(entries.len(), 2 + 11 + 7);
         let probs = entries.iter().find(|e| e.key == "blk.0.attn_probs").unwrap();
         assert_eq!((probs.checkpoint_id, probs.checkpoint.as_str(), probs.layer), (4, "attn_probs", Some(0)));
         // Each entry names its family, which picks the family's tolerances.

@@ -21,35 +21,55 @@ pub const TOPK: usize = 10;
 /// Tensors holding probability vectors, judged also by KL divergence and top-k overlap.
 const PROBABILITY_TENSORS: [&str; 1] = ["probs"];
 
-/// Every entry of `entries`, the engine's tensor (by key) against the dump's. `near_tie(step)` is
-/// the top-two logit gap for generated step `step` (step 0 is `argmax`) after the reference's own
-/// tokens up to it, or `None` if unknown: dumps hold logits for the prompt only, so the caller
-/// measures it with the engine, whose logits have matched the reference's up to there or the
-/// logits checkpoints fail. `class` picks the tolerance class in `spec`.
-pub fn compare_case(
-    engine: &BTreeMap<String, Tensor>,
-    dump: &Dump,
-    entries: &[Entry],
-    spec: &Spec,
-    class: &str,
-    near_tie: &(dyn Fn(usize) -> Option<f64> + Sync),
-) -> Vec<CheckResult> {
+/// A token flip: at generated step `step` (step 0 is `argmax`, the token after the prompt) the
+/// engine chose `engine` and the reference `reference`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Flip {
+    pub step: usize,
+    pub engine: i64,
+    pub reference: i64,
+}
+
+/// What is known about a flip's closeness.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Tie {
+    /// From the reference's own logits at that step: its logit for its token minus its logit for
+    /// the engine's, and the limit under which noise explains the flip (2x the per-logit noise:
+    /// the reference's own distance from the truth plus an f32 implementation's).
+    ReferenceGap { gap: f64, limit: f64 },
+    /// The engine's top-two gap after the reference's tokens (no truth or step logits to judge
+    /// from), to be held against the spec's near-tie gap of the class; `None` if unknown.
+    EngineGap(Option<f64>),
+}
+
+/// How token checkpoints judge a flip.
+#[derive(Clone, Copy)]
+pub struct Tokens<'a> {
+    /// Every implementation was fed the same decode history, so every step is compared; otherwise
+    /// steps after the first flip follow different histories and are not.
+    pub aligned: bool,
+    pub tie: &'a (dyn Fn(&Flip) -> Tie + Sync),
+}
+
+impl Tokens<'static> {
+    /// For comparisons that hold no token checkpoints (or none that can flip).
+    pub fn unknown() -> Tokens<'static> {
+        Tokens { aligned: false, tie: &|_| Tie::EngineGap(None) }
+    }
+}
+
+/// Every entry of `entries`, the engine's tensor (by key) against the dump's. `tokens` says how a
+/// token flip is judged ([`Tie`]). `class` picks the tolerance class in `spec`.
+pub fn compare_case(engine: &BTreeMap<String, Tensor>, dump: &Dump, entries: &[Entry], spec: &Spec, class: &str, tokens: Tokens) -> Vec<CheckResult> {
     use rayon::prelude::*;
     // Entries are independent (each reads its own tensor file); the order of `entries` is kept.
-    entries.par_iter().map(|entry| compare_entry(engine, dump, entry, spec, class, near_tie)).collect()
+    entries.par_iter().map(|entry| compare_entry(engine, dump, entry, spec, class, tokens)).collect()
 }
 
 /// One entry of [`compare_case`]: the dump's tensor read, then [`check`]ed.
-fn compare_entry(
-    engine: &BTreeMap<String, Tensor>,
-    dump: &Dump,
-    entry: &Entry,
-    spec: &Spec,
-    class: &str,
-    near_tie: &dyn Fn(usize) -> Option<f64>,
-) -> CheckResult {
+fn compare_entry(engine: &BTreeMap<String, Tensor>, dump: &Dump, entry: &Entry, spec: &Spec, class: &str, tokens: Tokens) -> CheckResult {
     match dump.get(&entry.key) {
-        Ok(reference) => check(entry, engine.get(&entry.key), &reference, spec, class, near_tie),
+        Ok(reference) => check(entry, engine.get(&entry.key), &reference, spec, class, tokens),
         Err(e) => result(entry, Status::Missing, Some(format!("reference tensor unreadable: {e}")), BTreeMap::new(), vec![]),
     }
 }
@@ -68,7 +88,7 @@ pub fn compare_all(engine: &BTreeMap<String, Tensor>, dumps: &[(&Dump, &str)], e
         .with_max_len(1)
         .map(|&(d, i)| {
             let (dump, class) = dumps[d];
-            ((d, i), compare_entry(engine, dump, &entries[i], spec, class, &|_| None))
+            ((d, i), compare_entry(engine, dump, &entries[i], spec, class, Tokens::unknown()))
         })
         .collect();
     checks.sort_by_key(|(at, _)| *at);
@@ -126,7 +146,7 @@ fn entry_with_truth(
             .iter()
             .zip(dumps)
             .map(|(lookup, (_, class))| match lookup {
-                Ok(lookup) => check(entry, mine, lookup, spec, class, &|_| None),
+                Ok(lookup) => check(entry, mine, lookup, spec, class, Tokens::unknown()),
                 Err(e) => unreadable(e.clone()),
             })
             .map(|mut c| {
@@ -154,7 +174,7 @@ fn entry_with_truth(
         {
             tv
         }
-        _ => return (pooled(Some("the truth cannot judge this tensor")), check(entry, mine, &truth_lookup, spec, "f32", &|_| None)),
+        _ => return (pooled(Some("the truth cannot judge this tensor")), check(entry, mine, &truth_lookup, spec, "f32", Tokens::unknown())),
     };
     let distance_of = |lookup: &Result<Lookup, String>| -> Option<Distance> {
         let Ok(Lookup::Tensor(Tensor { values: Values::F32(v), shape, .. })) = lookup else {
@@ -181,7 +201,8 @@ fn entry_with_truth(
         let sums = metrics::Sums::of(truth_tensor, truth_tensor);
         Scale::of_reference(&sums)
     };
-    let against_truth = check_with(entry, mine, &truth_lookup, spec, "f32", Some(NoiseBound { floor: &floor, scale, offset: None }), &|_| None);
+    let against_truth =
+        check_with(entry, mine, &truth_lookup, spec, "f32", Some(NoiseBound { floor: &floor, scale, offset: None }), Tokens::unknown());
     let by_reference = references
         .iter()
         .zip(&distances)
@@ -189,24 +210,17 @@ fn entry_with_truth(
         .map(|((lookup, distance), (_, class))| match (lookup, distance) {
             (Err(e), _) => unreadable(e.clone()),
             (Ok(lookup), Some(d)) => {
-                check_with(entry, mine, lookup, spec, class, Some(NoiseBound { floor: &floor, scale, offset: Some(*d) }), &|_| None)
+                check_with(entry, mine, lookup, spec, class, Some(NoiseBound { floor: &floor, scale, offset: Some(*d) }), Tokens::unknown())
             }
-            (Ok(lookup), None) => check(entry, mine, lookup, spec, class, &|_| None),
+            (Ok(lookup), None) => check(entry, mine, lookup, spec, class, Tokens::unknown()),
         })
         .collect();
     (by_reference, against_truth)
 }
 
 /// One entry: the engine's tensor (if it produced one) against what the reference dump holds.
-pub fn check(
-    entry: &Entry,
-    engine: Option<&Tensor>,
-    reference: &Lookup,
-    spec: &Spec,
-    class: &str,
-    near_tie: &dyn Fn(usize) -> Option<f64>,
-) -> CheckResult {
-    check_with(entry, engine, reference, spec, class, None, near_tie)
+pub fn check(entry: &Entry, engine: Option<&Tensor>, reference: &Lookup, spec: &Spec, class: &str, tokens: Tokens) -> CheckResult {
+    check_with(entry, engine, reference, spec, class, None, tokens)
 }
 
 /// A noise-floor bound for one f32 comparison, distances in the truth's scale: against the truth,
@@ -228,7 +242,7 @@ pub fn check_with(
     spec: &Spec,
     class: &str,
     noise: Option<NoiseBound>,
-    near_tie: &dyn Fn(usize) -> Option<f64>,
+    tokens: Tokens,
 ) -> CheckResult {
     let missing = |note: String| result(entry, Status::Missing, Some(note), BTreeMap::new(), vec![]);
     let reference = match (engine, reference) {
@@ -253,23 +267,14 @@ pub fn check_with(
         }
     }
     match (&engine.values, &reference.values) {
-        (Values::Ids(e), Values::Ids(r)) => check_ids(entry, engine, reference, e, r, spec, class, near_tie),
+        (Values::Ids(e), Values::Ids(r)) => check_ids(entry, engine, reference, e, r, spec, class, tokens),
         (Values::F32(e), Values::F32(r)) => check_f32(entry, engine, reference, e, r, spec, class, noise),
         _ => unreachable!("dtype names compared equal above"),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check_ids(
-    entry: &Entry,
-    engine: &Tensor,
-    reference: &Tensor,
-    e: &[i64],
-    r: &[i64],
-    spec: &Spec,
-    class: &str,
-    near_tie: &dyn Fn(usize) -> Option<f64>,
-) -> CheckResult {
+fn check_ids(entry: &Entry, engine: &Tensor, reference: &Tensor, e: &[i64], r: &[i64], spec: &Spec, class: &str, tokens: Tokens) -> CheckResult {
     // A generated sequence of another length diverged (one side stopped early): a token mismatch,
     // not a layout error. Every other id tensor must match its shape exactly.
     let sequence = entry.checkpoint == "generated";
@@ -283,52 +288,56 @@ fn check_ids(
         values.insert("first_mismatch".into(), k as f64);
     }
     let judgement = judge("mismatches", mismatches as f64, Op::Le, 0.0);
-    let Some(k) = first else {
+    let Some(first) = first else {
         return result(entry, Status::Pass, None, values, vec![judgement]);
     };
-    let shown = |s: &[i64]| s.get(k).map_or("(end)".to_string(), |id| id.to_string());
-    let divergence = format!("differs at position {k}: engine {} vs reference {}", shown(e), shown(r));
     // argmax is the token before generated step 0; a flip there or in `generated` may be a near-tie.
-    let step = match entry.checkpoint.as_str() {
+    let step_of = |k: usize| match entry.checkpoint.as_str() {
         "argmax" => Some(0),
         "generated" => Some(k),
         _ => None,
     };
-    let Some(step) = step else {
-        return result(entry, Status::Fail, Some(divergence), values, vec![judgement]);
-    };
-    let gap = near_tie(step);
-    let tie = spec.near_tie_gap(&entry.checkpoint, class);
-    if let Some(g) = gap {
-        values.insert("reference_top2_gap".into(), g);
-    }
-    match (gap, tie) {
-        (Some(g), Some(t)) if g < t => {
-            let note = format!("{divergence}; after the reference's tokens up to there, the top-two logit gap is {g:.3e}, under the near-tie gap {t:.3e}: a near-tie (later steps not compared)");
-            result(entry, Status::NearTie, Some(note), values, vec![judgement])
+    // On one shared history every flip is judged; on diverging ones only the first means anything.
+    let positions: Vec<usize> =
+        if tokens.aligned && sequence { (0..r.len().max(e.len())).filter(|&k| r.get(k) != e.get(k)).collect() } else { vec![first] };
+    let mut ties = Vec::new();
+    for k in positions {
+        let shown = |s: &[i64]| s.get(k).map_or("(end)".to_string(), |id| id.to_string());
+        let divergence = format!("differs at position {k}: engine {} vs reference {}", shown(e), shown(r));
+        let (Some(step), Some(&engine_id), Some(&reference_id)) = (step_of(k), e.get(k), r.get(k)) else {
+            return result(entry, Status::Fail, Some(divergence), values, vec![judgement]);
+        };
+        let flip = Flip { step, engine: engine_id, reference: reference_id };
+        match (tokens.tie)(&flip) {
+            Tie::ReferenceGap { gap, limit } => {
+                values.insert(format!("reference_gap.{k}"), gap);
+                let how = format!("the reference's own logit gap between the two tokens is {gap:.3e}");
+                if gap <= limit {
+                    ties.push(format!("{divergence} ({how}, within 2x the per-logit noise {limit:.3e})"));
+                } else {
+                    let note = format!("{divergence}; {how}, beyond 2x the per-logit noise {limit:.3e}: the reference did not consider it close");
+                    return result(entry, Status::Fail, Some(note), values, vec![judgement]);
+                }
+            }
+            Tie::EngineGap(gap) => {
+                let tie = spec.near_tie_gap(&entry.checkpoint, class);
+                if let Some(g) = gap {
+                    values.insert("reference_top2_gap".into(), g);
+                }
+                let how = |g: f64| format!("after the reference's tokens up to there, the engine's top-two logit gap is {g:.3e}");
+                let fail = |note: String| result(entry, Status::Fail, Some(note), values.clone(), vec![judgement.clone()]);
+                match (gap, tie) {
+                    (Some(g), Some(t)) if g < t => {
+                        ties.push(format!("{divergence}; {}, under the near-tie gap {t:.3e}: a near-tie (later steps not compared)", how(g)))
+                    }
+                    (Some(g), Some(t)) => return fail(format!("{divergence}; {} >= near-tie gap {t:.3e}", how(g))),
+                    (None, _) => return fail(format!("{divergence}; top-two logit gap there unknown, so not excused as a near-tie")),
+                    (Some(_), None) => return fail(format!("{divergence}; no near_tie_gap for {} in class {class}", entry.checkpoint)),
+                }
+            }
         }
-        (Some(g), Some(t)) => result(
-            entry,
-            Status::Fail,
-            Some(format!("{divergence}; after the reference's tokens up to there, the top-two logit gap is {g:.3e} >= near-tie gap {t:.3e}")),
-            values,
-            vec![judgement],
-        ),
-        (None, _) => result(
-            entry,
-            Status::Fail,
-            Some(format!("{divergence}; top-two logit gap there unknown, so not excused as a near-tie")),
-            values,
-            vec![judgement],
-        ),
-        (Some(_), None) => result(
-            entry,
-            Status::Fail,
-            Some(format!("{divergence}; no near_tie_gap for {} in class {class}", entry.checkpoint)),
-            values,
-            vec![judgement],
-        ),
     }
+    result(entry, Status::NearTie, Some(ties.join("; ")), values, vec![judgement])
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -557,12 +566,8 @@ mod tests {
         catalog.entries("llama", 1).into_iter().find(|e| e.key == key).unwrap()
     }
 
-    fn no_gap(_: usize) -> Option<f64> {
-        None
-    }
-
     fn run(key: &str, engine: Option<Tensor>, reference: Lookup) -> CheckResult {
-        check(&entry(key), engine.as_ref(), &reference, &spec(), "f32", &no_gap)
+        check(&entry(key), engine.as_ref(), &reference, &spec(), "f32", Tokens::unknown())
     }
 
     fn t(shape: &[usize], v: &[f32]) -> Tensor {
@@ -596,7 +601,7 @@ mod tests {
         let classes = ["f32", "quantized"];
         let all = compare_all(&engine, &[(&dumps[0], classes[0]), (&dumps[1], classes[1])], &entries, &spec());
         for (d, dump) in dumps.iter().enumerate() {
-            assert_eq!(all[d], compare_case(&engine, dump, &entries, &spec(), classes[d], &no_gap), "reference {d}");
+            assert_eq!(all[d], compare_case(&engine, dump, &entries, &spec(), classes[d], Tokens::unknown()), "reference {d}");
         }
         assert_eq!(all[1][2].status, Status::Missing);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -688,14 +693,14 @@ mod tests {
     fn a_generated_flip_is_a_near_tie_only_under_the_gap() {
         let e = Some(Tensor::ids(vec![3], vec![5, 6, 7]));
         let reference = Lookup::Tensor(Tensor::ids(vec![3], vec![5, 6, 8]));
-        let tight = |step: usize| if step == 2 { Some(1e-4) } else { Some(5.0) };
-        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", &tight);
+        let tight = |f: &Flip| Tie::EngineGap(if f.step == 2 { Some(1e-4) } else { Some(5.0) });
+        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", Tokens { aligned: false, tie: &tight });
         assert_eq!(r.status, Status::NearTie, "{r:?}");
         assert_eq!(r.metrics["first_mismatch"], 2.0);
-        let wide = |_: usize| Some(0.5);
-        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", &wide);
+        let wide = |_: &Flip| Tie::EngineGap(Some(0.5));
+        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", Tokens { aligned: false, tie: &wide });
         assert_eq!(r.status, Status::Fail);
-        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", &no_gap);
+        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", Tokens::unknown());
         assert_eq!(r.status, Status::Fail);
         // A shorter sequence diverges where it ends; not a layout error.
         let r = run("generated", Some(Tensor::ids(vec![2], vec![5, 6])), Lookup::Tensor(Tensor::ids(vec![3], vec![5, 6, 8])));
@@ -704,13 +709,36 @@ mod tests {
 
     #[test]
     fn an_argmax_flip_asks_for_the_gap_at_step_0() {
-        let asked = std::cell::Cell::new(usize::MAX);
-        let gap = |step: usize| {
-            asked.set(step);
-            Some(1e-5)
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let asked = AtomicUsize::new(usize::MAX);
+        let gap = |f: &Flip| {
+            asked.store(f.step, Ordering::Relaxed);
+            Tie::EngineGap(Some(1e-5))
         };
-        let r = check(&entry("argmax"), Some(&Tensor::ids(vec![], vec![3])), &Lookup::Tensor(Tensor::ids(vec![], vec![4])), &spec(), "f32", &gap);
-        assert_eq!((r.status, asked.get()), (Status::NearTie, 0));
+        let tokens = Tokens { aligned: false, tie: &gap };
+        let r = check(&entry("argmax"), Some(&Tensor::ids(vec![], vec![3])), &Lookup::Tensor(Tensor::ids(vec![], vec![4])), &spec(), "f32", tokens);
+        assert_eq!((r.status, asked.load(Ordering::Relaxed)), (Status::NearTie, 0));
+    }
+
+    #[test]
+    fn on_a_shared_history_every_flip_is_judged_by_the_references_own_gap() {
+        let e = Some(Tensor::ids(vec![4], vec![5, 9, 7, 9]));
+        let reference = Lookup::Tensor(Tensor::ids(vec![4], vec![5, 6, 7, 8]));
+        // Step 1 is close on the reference's logits, step 3 is not: the run fails at step 3,
+        // which a first-flip-only comparison would never have looked at.
+        let gaps = |f: &Flip| Tie::ReferenceGap { gap: if f.step == 1 { 0.01 } else { 0.3 }, limit: 0.05 };
+        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", Tokens { aligned: true, tie: &gaps });
+        assert_eq!(r.status, Status::Fail, "{r:?}");
+        assert!(r.note.as_deref().unwrap().contains("position 3") && r.note.as_deref().unwrap().contains("did not consider it close"));
+        assert_eq!((r.metrics["mismatches"], r.metrics["reference_gap.1"]), (2.0, 0.01));
+        let close = |_: &Flip| Tie::ReferenceGap { gap: 0.01, limit: 0.05 };
+        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", Tokens { aligned: true, tie: &close });
+        assert_eq!(r.status, Status::NearTie);
+        assert!(r.note.as_deref().unwrap().contains("position 1") && r.note.as_deref().unwrap().contains("position 3"));
+        // The engine's own gap is never asked for on a shared history.
+        let engine_gap = |_: &Flip| Tie::EngineGap(Some(1e-9));
+        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", Tokens { aligned: true, tie: &engine_gap });
+        assert_eq!(r.status, Status::NearTie, "the legacy evidence still works when it is all there is");
     }
 
     #[test]
@@ -725,9 +753,9 @@ mod tests {
     #[test]
     fn a_checkpoint_without_tolerances_fails_rather_than_passing_unjudged() {
         let x = t(&[1], &[1.0]);
-        let r = check(&entry("blk.0.attn_out"), Some(&x), &Lookup::Tensor(x.clone()), &Spec::default(), "f32", &no_gap);
+        let r = check(&entry("blk.0.attn_out"), Some(&x), &Lookup::Tensor(x.clone()), &Spec::default(), "f32", Tokens::unknown());
         assert_eq!(r.status, Status::Fail);
-        let r = check(&entry("blk.0.attn_out"), Some(&x), &Lookup::Tensor(x.clone()), &spec(), "bf16", &no_gap);
+        let r = check(&entry("blk.0.attn_out"), Some(&x), &Lookup::Tensor(x.clone()), &spec(), "bf16", Tokens::unknown());
         assert_eq!(r.status, Status::Fail);
     }
 

@@ -46,6 +46,9 @@ pub struct Manifest {
     pub temperature: f64,
     pub wall_time_s: f64,
     pub command: String,
+    /// The decode history the dumper was fed (`--force-tokens`), if forced.
+    #[serde(default)]
+    pub force_tokens: Option<Vec<i64>>,
     #[serde(default)]
     pub tensors: BTreeMap<String, TensorRecord>,
 }

@@ -15,5 +15,6 @@ pub mod noise;
 pub mod npy;
 pub mod pipeline;
 pub mod spec;
+pub mod steps;
 pub mod suite;
 pub mod tensor;

@@ -29,6 +29,8 @@ pub struct DumpRequest<'a> {
     pub n_generate: usize,
     pub temperature: f32,
     pub threads: usize,
+    /// A decode history to teacher-force (`--force-tokens`): the truth's greedy tokens.
+    pub force_tokens: Option<&'a [i64]>,
     pub out: &'a Path,
 }
 
@@ -71,6 +73,7 @@ impl Dumpers {
             .args(["--n-generate", &req.n_generate.to_string()])
             .args(["--temperature", &req.temperature.to_string()])
             .args(["--threads", &req.threads.to_string()])
+            .args(req.force_tokens.map(|ids| format!("--force-tokens={}", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","))))
             .arg("--out")
             .arg(req.out)
             .env("DEV", "CPU")
@@ -127,7 +130,7 @@ mod tests {
     }
 
     fn request<'a>(out: &'a Path) -> DumpRequest<'a> {
-        DumpRequest { model: Path::new("m.gguf"), prompt: "hi", n_generate: 1, temperature: 1.0, threads: 1, out }
+        DumpRequest { model: Path::new("m.gguf"), prompt: "hi", n_generate: 1, temperature: 1.0, threads: 1, force_tokens: None, out }
     }
 
     fn dumpers(root: &Path, timeout_ms: u64) -> Option<Dumpers> {

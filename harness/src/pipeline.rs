@@ -8,6 +8,7 @@ use crate::dumps::{Dump, Lookup};
 use crate::engine_run;
 use crate::live::{DumpRequest, Dumpers, ReferenceError};
 use crate::spec::Spec;
+use crate::steps;
 use crate::suite::{resolve, Case, Suite};
 use crate::tensor::{Tensor, Values};
 use anyhow::{Context, Result};
@@ -67,6 +68,8 @@ pub struct CaseRun {
     pub engine: BTreeMap<String, Tensor>,
     /// Each reference's dump, or why it could not be had.
     pub dumps: Vec<(String, std::result::Result<Dump, String>)>,
+    /// The decode history the engine and references were fed (the truth's greedy tokens).
+    pub history: Option<Vec<u32>>,
     /// The suite's ground truth for this case, if it has one: its name and dump.
     pub truth: Option<(String, std::result::Result<Dump, String>)>,
     /// This case's results: their place in [`RunResults::cases`].
@@ -118,35 +121,45 @@ pub fn run(ctx: &Setup, cases: Vec<Case>, run_id: &str) -> Result<(RunResults, V
 /// One case, its results appended to `results`.
 fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &str, results: &mut RunResults) -> Result<CaseRun> {
     let mut timings = Timings::default();
+    let mut fetch = |reference: &str, history: Option<&[i64]>, results: &mut RunResults| {
+        let t = Instant::now();
+        let dump = fetch_dump(ctx, &case, reference, history).map_err(|e| format!("{e:#}"));
+        timings.references += t.elapsed();
+        if let Err(e) = &dump {
+            results.reference_errors.insert(format!("{}/{}/{}", case.model.id, case.prompt.id, reference), e.clone());
+        }
+        (reference.to_string(), dump)
+    };
+    // The truth first: its greedy tokens are the decode history the engine and every reference
+    // are fed, so their steps stay aligned after a flip and every step can be compared.
+    let truth = ctx.suite.truth.as_ref().map(|name| fetch(name, None, results));
+    let history = match &truth {
+        Some((_, Ok(dump))) => history_of(dump, ctx.suite.n_generate),
+        _ => None,
+    };
+    let dumps: Vec<_> = case.refs.iter().map(|reference| fetch(reference, history.as_deref(), results)).collect();
     let t = Instant::now();
-    let trace = engine_run::trace(model, &case.prompt.text, ctx.suite.n_generate, ctx.suite.temperature)
+    let forced: Option<Vec<u32>> = match &history {
+        Some(ids) => Some(ids.iter().map(|&id| u32::try_from(id)).collect::<std::result::Result<_, _>>().context("the truth's generated ids")?),
+        None => None,
+    };
+    let trace = engine_run::trace(model, &case.prompt.text, ctx.suite.n_generate, ctx.suite.temperature, forced.as_deref())
         .with_context(|| format!("engine on {} / {}", case.model.id, case.prompt.id))?;
     let engine = &trace.tensors;
     timings.engine += t.elapsed();
     let arch = model.config().arch.name();
     let entries = ctx.catalog.entries(arch, model.config().n_layers);
-    let mut dumps = Vec::new();
-    for reference in &case.refs {
-        let t = Instant::now();
-        let dump = fetch_dump(ctx, &case, reference).map_err(|e| format!("{e:#}"));
-        timings.references += t.elapsed();
-        if let Err(e) = &dump {
-            results.reference_errors.insert(format!("{}/{}/{}", case.model.id, case.prompt.id, reference), e.clone());
-        }
-        dumps.push((reference.clone(), dump));
-    }
-    let truth = ctx.suite.truth.as_ref().map(|name| {
-        let t = Instant::now();
-        let dump = fetch_dump(ctx, &case, name).map_err(|e| format!("{e:#}"));
-        timings.references += t.elapsed();
-        if let Err(e) = &dump {
-            results.reference_errors.insert(format!("{}/{}/{}", case.model.id, case.prompt.id, name), e.clone());
-        }
-        (name.clone(), dump)
-    });
     let t = Instant::now();
     let readable: Vec<(&String, &Dump)> = dumps.iter().filter_map(|(reference, dump)| Some((reference, dump.as_ref().ok()?))).collect();
     let class = |reference: &str| case.model.class_for(reference);
+    // Flips on the shared history are judged from each reference's own step logits.
+    let evidence = match (&truth, &history) {
+        (Some((_, Ok(truth))), Some(_)) => {
+            let refs: Vec<(&str, &Dump, &str)> = readable.iter().map(|&(r, d)| (r.as_str(), d, class(r))).collect();
+            steps::StepEvidence::new(truth, &refs)
+        }
+        _ => None,
+    };
     // Token checks may measure a near-tie's gap, which is an engine forward pass: they go first,
     // one reference at a time, so that pass has the pool to itself and its time is the engine's.
     let (token_entries, tensor_entries): (Vec<_>, Vec<_>) = entries.iter().cloned().partition(|e| e.is_ids);
@@ -154,20 +167,24 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     let token_checks: Vec<_> = readable
         .iter()
         .map(|&(reference, dump)| {
-            let gap = |step: usize| {
+            let tie = |flip: &compare::Flip| {
+                if let Some(e) = &evidence {
+                    return e.tie(reference, flip).unwrap_or(compare::Tie::EngineGap(None));
+                }
                 let t = Instant::now();
                 // The reference's own prefix up to the flip: prompt ids, then its first `step` tokens.
                 let mut ids: Vec<u32> = dump.manifest.token_ids.iter().map(|&t| t as u32).collect();
                 if let Ok(Lookup::Tensor(Tensor { values: Values::Ids(generated), .. })) = dump.get("generated") {
-                    ids.extend(generated.iter().take(step).map(|&t| t as u32));
+                    ids.extend(generated.iter().take(flip.step).map(|&t| t as u32));
                 }
                 // Up to a flip both sides chose the same tokens, so the engine usually recorded
                 // this gap itself while tracing; a forward pass only if the prompts' tokens differ.
                 let gap = trace.gap_after(&ids).or_else(|| engine_run::top2_gap(model, &ids));
                 *gap_time.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) += t.elapsed();
-                gap
+                compare::Tie::EngineGap(gap)
             };
-            compare::compare_case(engine, dump, &token_entries, ctx.spec, class(reference), &gap)
+            let tokens = compare::Tokens { aligned: history.is_some(), tie: &tie };
+            compare::compare_case(engine, dump, &token_entries, ctx.spec, class(reference), tokens)
         })
         .collect();
     // Every other checkpoint, all references at once: judged by each tensor's noise floor when
@@ -212,12 +229,28 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     let in_engine = gap_time.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     timings.engine += in_engine;
     timings.compare += t.elapsed().saturating_sub(in_engine);
-    Ok(CaseRun { case, model_path, timings, engine: trace.tensors, dumps, truth, results: first..results.cases.len() })
+    Ok(CaseRun { case, model_path, timings, engine: trace.tensors, dumps, truth, history: forced, results: first..results.cases.len() })
+}
+
+/// The decode history a truth's dump sets for its case: its greedy tokens, when it has all of
+/// them (none to force when nothing is generated).
+pub fn history_of(truth: &Dump, n_generate: usize) -> Option<Vec<i64>> {
+    match truth.get("generated") {
+        Ok(Lookup::Tensor(Tensor { values: Values::Ids(ids), .. })) if ids.len() == n_generate && !ids.is_empty() => Some(ids),
+        _ => None,
+    }
+}
+
+/// The decode history of a case: its truth's greedy tokens (the truth's dump fetched for it), or
+/// `None` when the suite has no truth.
+pub fn case_history(ctx: &Setup, case: &Case) -> Result<Option<Vec<i64>>> {
+    let Some(truth) = &ctx.suite.truth else { return Ok(None) };
+    Ok(history_of(&fetch_dump(ctx, case, truth, None)?, ctx.suite.n_generate))
 }
 
 /// One reference's dump of one case: read from the dumps folder, or produced now. Either way it
 /// must be this case's dump (see [`check_provenance`]).
-pub fn fetch_dump(ctx: &Setup, case: &Case, reference: &str) -> Result<Dump> {
+pub fn fetch_dump(ctx: &Setup, case: &Case, reference: &str, history: Option<&[i64]>) -> Result<Dump> {
     let model = resolve(ctx.root, case.model.reference_path(reference));
     let dump = match ctx.source {
         Source::Dumps(root) => {
@@ -232,6 +265,7 @@ pub fn fetch_dump(ctx: &Setup, case: &Case, reference: &str) -> Result<Dump> {
                 n_generate: ctx.suite.n_generate,
                 temperature: ctx.suite.temperature,
                 threads: ctx.suite.threads,
+                force_tokens: history,
                 out: &dir,
             };
             let log = dir.with_extension("stderr.log");
@@ -240,6 +274,14 @@ pub fn fetch_dump(ctx: &Setup, case: &Case, reference: &str) -> Result<Dump> {
         }
     };
     check_provenance(&dump, reference, &case.prompt.text, &model_sha(&model)?)?;
+    if dump.manifest.force_tokens.as_deref() != history {
+        anyhow::bail!(
+            "{}: its decode history ({}) is not the one this case feeds ({}); remake it (scripts/make-dumps.sh) or run --live",
+            dump.dir.display(),
+            history_text(dump.manifest.force_tokens.as_deref()),
+            history_text(history)
+        );
+    }
     Ok(dump)
 }
 
@@ -264,6 +306,10 @@ pub fn check_provenance(dump: &Dump, reference: &str, prompt: &str, model_sha256
         anyhow::bail!("{at}: a dump of another prompt ({:?}, this case's is {prompt:?}); remake it (scripts/make-dumps.sh) or run --live", m.prompt);
     }
     Ok(())
+}
+
+fn history_text(ids: Option<&[i64]>) -> String {
+    ids.map_or("its own greedy tokens".into(), |ids| format!("forced on {} tokens of the truth", ids.len()))
 }
 
 fn short(sha: &str) -> &str {

@@ -82,7 +82,8 @@ fn repeat_checks(loaded: &Loaded, runs: &[CaseRun], repeat: usize, faults: &[eng
         let mut model = engine::Model::load(&run.model_path).with_context(|| format!("reloading {}", run.model_path.display()))?;
         super::plant::plant_in(faults, &mut model);
         for k in 2..=repeat {
-            let again = engine_run::trace(&model, &run.case.prompt.text, loaded.suite.n_generate, loaded.suite.temperature)?.tensors;
+            let again =
+                engine_run::trace(&model, &run.case.prompt.text, loaded.suite.n_generate, loaded.suite.temperature, run.history.as_deref())?.tensors;
             let checks = loaded
                 .catalog
                 .entries(model.config().arch.name(), model.config().n_layers)
