@@ -68,6 +68,18 @@ pub fn trace(model: &Model, prompt: &str, n_generate: usize, temperature: f32, h
     Ok(Trace { tensors, step_gaps: observed.step_gaps })
 }
 
+/// The logits of every generated step, `[N, V]`, by one prefill of the prompt and the history
+/// (step t: the position after the prompt and `history[..t]`), not through the decode path.
+pub fn prefill_steps(model: &Model, prompt: &[u32], history: &[u32]) -> Result<Tensor> {
+    anyhow::ensure!(!prompt.is_empty() && !history.is_empty(), "a prefill of the steps needs a prompt and a history");
+    let vocab = model.config().vocab_size;
+    let ids: Vec<u32> = prompt.iter().chain(history.iter().take(history.len().saturating_sub(1))).copied().collect();
+    let mut cache = model.new_cache(ids.len());
+    let all = model.forward(&ids, &mut cache, &mut engine::Taps::none(), true)?;
+    let first = (prompt.len() - 1) * vocab;
+    Ok(Tensor::f32(vec![history.len(), vocab], all[first..first + history.len() * vocab].to_vec()))
+}
+
 fn to_tensor(value: TapValue) -> Tensor {
     match value {
         TapValue::F32 { shape, data } => Tensor::f32(shape, data),
@@ -121,6 +133,23 @@ mod tests {
         for other in [&[1, 2, 9][..], &[1, 9], &[1], &[1, 2, 3, 4, 5], &[]] {
             assert_eq!(trace.gap_after(other), None, "{other:?}");
         }
+    }
+
+    #[test]
+    fn the_steps_by_one_prefill_match_the_decode_paths_on_a_forced_history() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/models/tiny-llama/model-f32.gguf");
+        let model = Model::load(&path).unwrap();
+        let history = [7u32, 11, 13];
+        let trace = trace(&model, "The quick brown fox", 3, 1.0, Some(&history)).unwrap();
+        let Some(Values::Ids(prompt)) = trace.tensors.get("tokens").map(|t| &t.values) else { panic!("tokens") };
+        let prompt: Vec<u32> = prompt.iter().map(|&i| i as u32).collect();
+        let prefilled = prefill_steps(&model, &prompt, &history).unwrap();
+        let decoded = &trace.tensors["step_logits"];
+        assert_eq!(prefilled.shape, decoded.shape);
+        let (Values::F32(a), Values::F32(b)) = (&prefilled.values, &decoded.values) else { panic!("f32") };
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "decode and prefill differ by {worst}");
+        assert!(prefill_steps(&model, &[], &history).is_err());
     }
 
     #[test]

@@ -192,7 +192,10 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     let with_class: Vec<(&Dump, &str)> = readable.iter().map(|&(reference, dump)| (dump, class(reference))).collect();
     let (tensor_checks, truth_checks) = match &truth {
         Some((name, Ok(dump))) => {
-            let (by_reference, against_truth) = compare::compare_with_truth(engine, &with_class, dump, &tensor_entries, ctx.spec);
+            let (by_reference, mut against_truth) = compare::compare_with_truth(engine, &with_class, dump, &tensor_entries, ctx.spec);
+            if let Some(check) = decode_vs_prefill(ctx, model, &trace, forced.as_deref(), &with_class, dump, &tensor_entries, &mut timings)? {
+                against_truth.push(check);
+            }
             (by_reference, Some((name, dump, against_truth)))
         }
         _ => (compare::compare_all(engine, &with_class, &tensor_entries, ctx.spec), None),
@@ -230,6 +233,36 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     timings.engine += in_engine;
     timings.compare += t.elapsed().saturating_sub(in_engine);
     Ok(CaseRun { case, model_path, timings, engine: trace.tensors, dumps, truth, history: forced, results: first..results.cases.len() })
+}
+
+/// The engine's step logits recomputed by one prefill of the prompt and the whole history, judged
+/// against the truth like the decode path's: the decode path's own finding. When `step_logits`
+/// fails and this passes, the fault is in the decode path (the KV cache, one-token kernels).
+#[allow(clippy::too_many_arguments)]
+fn decode_vs_prefill(
+    ctx: &Setup,
+    model: &Model,
+    trace: &engine_run::Trace,
+    history: Option<&[u32]>,
+    dumps: &[(&Dump, &str)],
+    truth: &Dump,
+    entries: &[crate::catalog::Entry],
+    timings: &mut Timings,
+) -> Result<Option<reports::results::CheckResult>> {
+    let (Some(history), Some(entry)) = (history, entries.iter().find(|e| e.key == steps::STEP_LOGITS)) else { return Ok(None) };
+    let Some(Tensor { values: Values::Ids(prompt), .. }) = trace.tensors.get("tokens") else { return Ok(None) };
+    let t = Instant::now();
+    let prompt: Vec<u32> = prompt.iter().map(|&id| id as u32).collect();
+    let prefilled = engine_run::prefill_steps(model, &prompt, history).context("the engine's prefill of the whole history")?;
+    timings.engine += t.elapsed();
+    let engine = BTreeMap::from([(entry.key.clone(), prefilled)]);
+    let (_, mut checks) = compare::compare_with_truth(&engine, dumps, truth, std::slice::from_ref(entry), ctx.spec);
+    Ok(checks.pop().map(|mut check| {
+        check.key = format!("{}.prefill", entry.key);
+        let what = "the same steps by one prefill of the prompt and the history (decode-vs-prefill)";
+        check.note = Some(check.note.map_or(what.to_string(), |n| format!("{what}; {n}")));
+        check
+    }))
 }
 
 /// The decode history a truth's dump sets for its case: its greedy tokens, when it has all of
