@@ -1,9 +1,17 @@
 """The dump contract every reference dumper follows, written once.
 
-A dumper is `<dumper> --model FILE --prompt TEXT --n-generate N --temperature T --out DIR`.
-It computes the catalog's tensors (checkpoints/catalog.toml) with its own implementation and hands
-them to a `Dump`, which writes one .npy per tensor (little-endian, C order, f32; ids as i64) and
-DIR/manifest.toml, into a temporary folder renamed to DIR only when everything is written.
+A dumper is `<dumper> --model FILE --prompt TEXT --n-generate N --temperature T --out DIR
+[--force-tokens IDS]`. It computes the catalog's tensors (checkpoints/catalog.toml) with its own
+implementation and hands them to a `Dump`, which writes one .npy per tensor (little-endian, C order,
+f32; ids as i64) and DIR/manifest.toml, into a temporary folder renamed to DIR only when everything
+is written.
+
+Decoding (`decode`, shared by every dumper): N steps, one token at a time through the dumper's own
+KV cache. Step t's logits (`step_logits` row t) follow the prompt and the decode history's first t
+tokens, and `generated[t]` is their argmax. The history is the dumper's own greedy tokens, or with
+`--force-tokens a,b,c` (exactly N ids) those ids whatever the dumper would pick (teacher forcing: a
+suite's truth's tokens, so every implementation decodes on the same history); the manifest then
+records them as `force_tokens`.
 
 Exit codes: 0 dumped; 2 usage or input error (bad arguments, missing or unreadable model);
 3 the reference itself failed (not installed, crashed, unsupported model).
@@ -46,13 +54,51 @@ def parse_args(reference):
     p.add_argument("--n-generate", type=int, default=8, help="greedy tokens to generate through the KV cache")
     p.add_argument("--temperature", type=float, default=1.0, help="temperature of the `probs` checkpoint")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--force-tokens", metavar="IDS", help="comma-separated ids, exactly --n-generate of them: the decode history to feed (teacher forcing)")
     p.add_argument("--out", required=True, help="output folder (replaced atomically)")
     args = p.parse_args()
     if not Path(args.model).exists():
         raise DumpError(f"model not found: {args.model}", EXIT_USAGE)
     if args.n_generate < 0 or args.temperature <= 0:
         raise DumpError("--n-generate must be >= 0 and --temperature > 0", EXIT_USAGE)
+    args.force_tokens = parse_force_tokens(args.force_tokens, args.n_generate)
     return args
+
+
+def parse_force_tokens(text, n_generate):
+    """`--force-tokens`' ids as a list (None when not given); exactly `n_generate` non-negative ids."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")] if text.strip() else []
+    if not all(p.isascii() and p.isdigit() for p in parts):
+        raise DumpError(f"--force-tokens must be comma-separated non-negative token ids, not {text!r}", EXIT_USAGE)
+    if len(parts) != n_generate:
+        raise DumpError(f"--force-tokens has {len(parts)} ids; it needs exactly --n-generate = {n_generate}", EXIT_USAGE)
+    return [int(p) for p in parts]
+
+
+def decode(last_logits, feed, n_generate, forced=None):
+    """The decode loop: `(step_logits [N, V], generated [N])`, N = n_generate.
+
+    `last_logits` are the prompt's next-token logits (row 0); `feed(token)` runs one token through
+    the dumper's KV cache and returns the logits that follow it. Row t comes after the history's
+    first t tokens: the dumper's own choices, or `forced` (`--force-tokens`) when given. A row stays
+    in the dumper's own dtype until the dump rounds it, and its choice is its first maximum (ties go
+    to the lowest id). A forced id outside the vocabulary is a usage error, found before any feed.
+    """
+    n_vocab = np.shape(last_logits)[-1]
+    if forced is not None and any(t >= n_vocab for t in forced):
+        raise DumpError(f"--force-tokens has id {max(forced)}, outside the model's vocabulary of {n_vocab}", EXIT_USAGE)
+    rows, generated = [], []
+    logits = last_logits
+    for t in range(n_generate):
+        row = np.asarray(logits)
+        rows.append(row)
+        generated.append(int(np.argmax(row)))
+        if t + 1 < n_generate:
+            logits = feed(forced[t] if forced is not None else generated[-1])
+    step_logits = np.stack(rows) if rows else np.zeros((0, n_vocab), dtype=np.asarray(last_logits).dtype)
+    return step_logits, np.array(generated, dtype=np.int64)
 
 
 def sha256_of(path):
@@ -125,6 +171,9 @@ class Dump:
             f"command = {_q(' '.join([sys.executable] + sys.argv))}",
             "",
         ]
+        forced = getattr(self.args, "force_tokens", None)
+        if forced is not None:  # after n_generate
+            lines.insert(lines.index(f"n_generate = {self.args.n_generate}") + 1, f"force_tokens = {list(forced)}")
         for key, entry in self.keys():
             lines.append(f"[tensors.{_q(key)}]")
             if key in self.tensors:

@@ -1,13 +1,14 @@
 """The float64 ground truth: the PyTorch reference (references/pytorch/dump.py) computing in float64.
 
     ~/.cache/parity/venv/bin/python references/pytorch-f64/dump.py --model FILE_OR_HF_DIR \
-        --prompt TEXT --n-generate N --temperature T --out DIR [--threads 2]
+        --prompt TEXT --n-generate N --temperature T --out DIR [--threads 2] [--force-tokens IDS]
 
 Same command line, exit codes and tensors as the PyTorch dumper, computed in float64 on the same
-weights (loaded as float32, then cast exactly): every op, the KV cache, the `probs` softmax and the
-greedy generation, with transformers' float32-internal pieces of Llama (RMSNorm's upcast, RoPE's
-float32 frequencies and angles, the float32 attention softmax) replaced by float64 ones and a guard
-that fails the dump if any op still runs in another dtype. The .npy files are float32 like every
+weights (loaded as float32, then cast exactly): every op, the KV cache, the `probs` softmax, the
+decode steps and their greedy choices (made on the float64 logits), with transformers'
+float32-internal pieces of Llama (RMSNorm's upcast, RoPE's float32 frequencies and angles, the
+float32 attention softmax) replaced by float64 ones and a guard that fails the dump if any op still
+runs in another dtype. The .npy files are float32 like every
 other dump (the truth rounded once, at the end); the manifest says reference = "pytorch-f64",
 dtype = "float64". A suite's `truth` names this reference: every case is also measured against it,
 as the yardstick of how far float32 noise goes, not as one more vote in the verdict.

@@ -8,10 +8,12 @@ computation in another precision: its manifest says so, it has the same prompt i
 tensor is within float32 rounding noise of the float32 dump without being a copy of it, and layer 0's
 attn_norm, recomputed in numpy float64 from the GGUF's own weights (read with the `gguf` package), is
 what the truth holds to within half a float32 ulp, i.e. correctly rounded, which the float32 dump is
-not. Also the exit codes of the command line. Skips (exit 0) when the reference environment is not
-importable.
+not. The truth's decode steps, greedy and with --force-tokens, follow the history fed: each is within
+1e-4 of a full float64 forward of the prompt plus the history before it. Also the exit codes of the
+command line. Skips (exit 0) when the reference environment is not importable.
 """
 
+import functools
 import subprocess
 import sys
 import tempfile
@@ -43,7 +45,11 @@ def import_problem():
     return None
 
 
-def dumper_command(reference, model, out, python_flags=()):
+# A decode history unlike either fixture's own greedy one (checked), fed with --force-tokens.
+FORCED = [300, 7, 42, 128]
+
+
+def dumper_command(reference, model, out, python_flags=(), force_tokens=None):
     return [
         sys.executable,
         *python_flags,
@@ -56,7 +62,27 @@ def dumper_command(reference, model, out, python_flags=()):
         str(N_GENERATE),
         "--out",
         str(out),
+        *(["--force-tokens", ",".join(map(str, force_tokens))] if force_tokens is not None else []),
     ]
+
+
+@functools.cache
+def float64_hf_model(name):
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    transformers.utils.logging.disable_progress_bar()
+    return AutoModelForCausalLM.from_pretrained(MODELS[name].parent / "hf", dtype=torch.float32).to(torch.float64).eval()
+
+
+def float64_prefill_last_logits(name, ids):
+    """transformers' own full forward of `ids` (no cache) on the fixture's HF folder cast to float64:
+    the last position's logits. Its Llama still rounds a few steps to float32 (see pytorch/dump.py)."""
+    import torch
+
+    with torch.no_grad():
+        return float64_hf_model(name)(torch.tensor([ids])).logits[0, -1].numpy()
 
 
 class TruthBesideFloat32(unittest.TestCase):
@@ -68,12 +94,12 @@ class TruthBesideFloat32(unittest.TestCase):
         cls.addClassCleanup(cls.tmp.cleanup)
         cls.dumps, running = {}, {}
         for name, model in MODELS.items():
-            for reference in DUMPERS:
+            for reference in [*DUMPERS, "forced"]:
                 out = Path(cls.tmp.name) / f"{name}-{reference}"
                 cls.dumps[name, reference] = out
-                running[name, reference] = subprocess.Popen(
-                    dumper_command(reference, model, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-                )
+                # "forced": the truth decoding on FORCED.
+                command = dumper_command("pytorch-f64", model, out, force_tokens=FORCED) if reference == "forced" else dumper_command(reference, model, out)
+                running[name, reference] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for (name, reference), process in running.items():
             _, stderr = process.communicate()
             if process.returncode != 0:
@@ -164,6 +190,30 @@ class TruthBesideFloat32(unittest.TestCase):
                 # And the bound has teeth here: the float32 computation of the same norm misses it.
                 self.assertGreater(self.worst_ulps(name, "pytorch", "blk.0.attn_norm", expected), 0.5 + 1e-6)
 
+    def test_the_truth_decodes_through_its_cache_on_the_history_it_is_fed(self):
+        import numpy as np
+
+        for name in MODELS:
+            for dump in ("pytorch-f64", "forced"):
+                with self.subTest(model=name, dump=dump):
+                    steps, generated = self.load(name, dump, "step_logits"), self.load(name, dump, "generated")
+                    self.assertEqual(steps.shape, (N_GENERATE, self.load(name, dump, "logits").shape[-1]))
+                    # Row 0 is the prompt forward's last row, rounded to float32 once like last_logits.
+                    np.testing.assert_array_equal(steps[0], self.load(name, dump, "last_logits"))
+                    # The choice is made on the float64 logits: after rounding it is a maximum of its row,
+                    # the first one unless rounding made a tie.
+                    for t in range(N_GENERATE):
+                        self.assertEqual(steps[t, generated[t]], steps[t].max(), f"step {t}")
+                    history = FORCED if dump == "forced" else generated.tolist()
+                    tokens = self.load(name, dump, "tokens").tolist()
+                    for t in range(N_GENERATE):
+                        want = float64_prefill_last_logits(name, tokens + history[:t])
+                        rel_rms = np.sqrt(np.mean((steps[t] - want) ** 2) / np.mean(want**2))
+                        self.assertLess(rel_rms, 1e-4, f"step {t}: relative RMS {rel_rms:.3g} from a full forward of the prompt and history[:{t}]")
+                self.assertNotEqual(self.load(name, "pytorch-f64", "generated").tolist()[:-1], FORCED[:-1])
+                self.assertEqual(self.manifest(name, "forced")["force_tokens"], FORCED)
+                self.assertNotIn("force_tokens", self.manifest(name, "pytorch-f64"))
+
     def worst_ulps(self, name, reference, key, expected):
         """The largest distance of a dumped tensor from float64 `expected`, in float32 ulps of `expected`."""
         import numpy as np
@@ -180,6 +230,14 @@ class Usage(unittest.TestCase):
             )
             self.assertEqual(result.returncode, 2, result.stderr)
             self.assertIn("pytorch-f64: model not found", result.stderr)
+            self.assertFalse((Path(tmp) / "out").exists())
+
+    def test_force_tokens_of_another_length_than_n_generate_exits_2(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            command = dumper_command("pytorch-f64", MODELS["tiny-llama"], Path(tmp) / "out", force_tokens=FORCED + [1])
+            result = subprocess.run(command, check=False, capture_output=True, text=True)
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertEqual(result.stderr.strip(), f"pytorch-f64: --force-tokens has {N_GENERATE + 1} ids; it needs exactly --n-generate = {N_GENERATE}")
             self.assertFalse((Path(tmp) / "out").exists())
 
     def test_missing_packages_exit_3_with_one_line(self):

@@ -1,7 +1,7 @@
 """The PyTorch reference: HF transformers' own Llama and GPT-2 classes, instrumented with hooks.
 
     ~/.cache/parity/venv/bin/python references/pytorch/dump.py --model FILE_OR_HF_DIR \
-        --prompt TEXT --n-generate N --temperature T --out DIR [--threads 2]
+        --prompt TEXT --n-generate N --temperature T --out DIR [--threads 2] [--force-tokens IDS]
 
 A GGUF file is loaded through transformers' GGUF support (weights dequantized to float32, tokenizer
 rebuilt from the file's metadata, then corrected where it tokenizes differently from llama.cpp, so the
@@ -12,8 +12,9 @@ Tensors come from one forward over the prompt: forward hooks on the norms, proje
 MLP and decoder layers; a pre-hook on layer 0 for the residual stream entering it; the attention
 probabilities from `output_attentions`; the KV cache from the model's own `past_key_values`. RoPE
 is a plain function in transformers' Llama, not a module, so `q_rope`/`k_rope` come from wrapping
-that function for the duration of the prompt forward. `generated` is a greedy loop that feeds one
-token at a time with the cache (not `generate()`), so the incremental path is what gets exercised.
+that function for the duration of the prompt forward. `step_logits` and `generated` come from a
+loop that feeds one token at a time with the cache (not `generate()`), so the incremental path is
+what gets exercised: the greedy tokens, or the `--force-tokens` history (dumpkit.decode).
 
 `run` computes in a chosen torch dtype: float32 here, float64 for the ground truth
 (references/pytorch-f64/dump.py). Either way the weights are loaded exactly as for float32 (a GGUF
@@ -36,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
 
 try:
-    from dumpkit import EXIT_USAGE, Dump, DumpError, main
+    from dumpkit import EXIT_USAGE, Dump, DumpError, decode, main
 except ImportError as e:  # dumpkit needs numpy: without it, still fail the documented way (exit 3, one line)
     print(f"pytorch: reference not installed ({e}); run scripts/setup-references.sh", file=sys.stderr)
     sys.exit(3)
@@ -449,15 +450,16 @@ def run(args, dtype="float32", reference="pytorch"):
         dump.put("probs", torch.softmax(last / args.temperature, dim=-1).numpy())
 
         # One token at a time through the cache (not generate()), so the incremental path is exercised.
-        generated = []
-        if args.n_generate > 0:
-            generated.append(int(torch.argmax(last)))
-            while len(generated) < args.n_generate:
-                step = model(torch.tensor([[generated[-1]]]), past_key_values=cache, use_cache=True)
-                cache = step.past_key_values
-                generated.append(int(torch.argmax(step.logits[0, -1])))
-        dump.put("generated", torch.tensor(generated, dtype=torch.int64).numpy())
-    print(f"{reference}: {len(ids)} prompt tokens, generated {ref.tokenizer.decode(generated)!r}", file=sys.stderr)
+        def feed(token):
+            nonlocal cache
+            step = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+            cache = step.past_key_values
+            return step.logits[0, -1].numpy()
+
+        step_logits, generated = decode(last.numpy(), feed, args.n_generate, args.force_tokens)
+        dump.put("step_logits", step_logits)
+        dump.put("generated", generated)
+    print(f"{reference}: {len(ids)} prompt tokens, generated {ref.tokenizer.decode(generated.tolist())!r}", file=sys.stderr)
     return dump
 
 

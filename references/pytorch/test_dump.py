@@ -7,10 +7,12 @@ folder and checks the dumps against checkpoints/catalog.toml and against values 
 the prompt ids are llama.cpp's (llama-cpp-python 0.3.36, add_bos=True, special=False), the model
 sizes are those scripts/make-fixtures.py builds, and embed, norms, projections, attention and the
 residual stream are recomputed with numpy from the dumped inputs and the HF checkpoint's weights.
-Also checks the GGUF tokenizer correction against fixtures/tokenizer/expected.json and the usage
+The decode steps (step_logits, generated), greedy and with --force-tokens, are checked against
+transformers' own full forward of the prompt plus the history before each step. Also checks the GGUF tokenizer correction against fixtures/tokenizer/expected.json and the usage
 exit codes. Skips (exit 0) when the reference environment is not importable.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -50,9 +52,41 @@ def import_problem():
     return None
 
 
-def run_dumper(model, out, prompt=PROMPT, n_generate=N_GENERATE):
+# A decode history unlike either fixture's own greedy one (checked), fed with --force-tokens.
+FORCED = [300, 7, 42, 128]
+
+
+def run_dumper(model, out, prompt=PROMPT, n_generate=N_GENERATE, force_tokens=None):
     cmd = [sys.executable, str(DUMPER), "--model", str(model), "--prompt", prompt, "--n-generate", str(n_generate), "--out", str(out)]
+    if force_tokens is not None:
+        cmd += ["--force-tokens", ",".join(map(str, force_tokens))]
     return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def relative_rms(got, want):
+    import numpy as np
+
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.sqrt(np.mean((got - want) ** 2) / np.mean(want**2)))
+
+
+@functools.cache
+def hf_model(name):
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    transformers.utils.logging.disable_progress_bar()
+    return AutoModelForCausalLM.from_pretrained(MODELS / name / "hf", dtype=torch.float32).eval()
+
+
+def hf_prefill_last_logits(name, ids):
+    """transformers' own full forward of `ids` on the fixture's HF folder (no cache): the last position's logits."""
+    import torch
+
+    model = hf_model(name)
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0, -1].numpy()
 
 
 def catalog_shape(shape, sizes):
@@ -81,6 +115,11 @@ class TinyFixtureDumps(unittest.TestCase):
                 if result.returncode != 0:
                     raise AssertionError(f"dump.py on {model} exited {result.returncode}: {result.stderr.strip()}")
                 cls.dumps[name, fmt] = out
+            out = Path(cls.tmp.name) / f"{name}-forced"
+            result = run_dumper(MODELS / name / "model-f32.gguf", out, force_tokens=FORCED)
+            if result.returncode != 0:
+                raise AssertionError(f"dump.py --force-tokens on {name} exited {result.returncode}: {result.stderr.strip()}")
+            cls.dumps[name, "forced"] = out
         with open(ROOT / "checkpoints" / "catalog.toml", "rb") as f:
             cls.catalog = tomllib.load(f)
 
@@ -270,6 +309,41 @@ class TinyFixtureDumps(unittest.TestCase):
                 np.testing.assert_allclose(self.load(name, fmt, "probs"), e / e.sum(), rtol=1e-5, atol=1e-7)
                 self.assertEqual(int(self.load(name, fmt, "generated")[0]), int(np.argmax(last)))
 
+    def test_step_logits_start_at_the_last_logits_and_generated_is_their_argmax(self):
+        import numpy as np
+
+        for name, fmt, fx in self.each_dump():
+            with self.subTest(model=name, format=fmt):
+                steps = self.load(name, fmt, "step_logits")
+                self.assertEqual(steps.shape, (N_GENERATE, fx["V"]))
+                # Row 0 is the prompt forward's own last row, not a recomputation.
+                np.testing.assert_array_equal(steps[0], self.load(name, fmt, "last_logits"))
+                self.assertEqual(self.load(name, fmt, "generated").tolist(), np.argmax(steps, axis=1).tolist())
+
+    def test_each_step_is_a_full_forward_of_the_prompt_and_the_history_before_it(self):
+        for name, fmt, fx in self.each_dump():
+            if fmt == "hf":
+                continue
+            with self.subTest(model=name, format=fmt):
+                steps, tokens = self.load(name, fmt, "step_logits"), fx["tokens"]
+                history = FORCED if fmt == "forced" else self.load(name, fmt, "generated").tolist()
+                for t in range(N_GENERATE):
+                    want = hf_prefill_last_logits(name, tokens + history[:t])
+                    self.assertLess(relative_rms(steps[t], want), 1e-4, f"step {t}")
+
+    def test_a_forced_history_is_fed_whatever_the_dumper_would_pick_and_recorded(self):
+        for name, fx in FIXTURES.items():
+            with self.subTest(model=name):
+                own = self.load(name, "gguf", "generated").tolist()
+                self.assertNotEqual(own[:-1], FORCED[:-1], "the forced history must differ from the greedy one to show anything")
+                self.assertEqual(self.manifest(name, "forced")["force_tokens"], FORCED)
+                self.assertNotIn("force_tokens", self.manifest(name, "gguf"))
+                # The prompt's step is the same; every later one follows the history fed.
+                forced, greedy = self.load(name, "forced", "step_logits"), self.load(name, "gguf", "step_logits")
+                self.assertEqual(forced[0].tolist(), greedy[0].tolist())
+                for t in range(1, N_GENERATE):
+                    self.assertNotEqual(forced[t].tolist(), greedy[t].tolist(), f"step {t}")
+
     def test_gguf_and_hf_folder_of_one_model_give_the_same_tensors(self):
         import numpy as np
 
@@ -281,6 +355,14 @@ class TinyFixtureDumps(unittest.TestCase):
 
 
 class Usage(unittest.TestCase):
+    def test_force_tokens_of_another_length_than_n_generate_exits_2(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_dumper(MODELS / "tiny-llama" / "model-f32.gguf", Path(tmp) / "out", force_tokens=FORCED[:-1])
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+            self.assertIn("exactly --n-generate", result.stderr)
+            self.assertFalse((Path(tmp) / "out").exists())
+
     def test_missing_model_file_exits_2(self):
         with tempfile.TemporaryDirectory() as tmp:
             result = run_dumper(Path(tmp) / "no-such-model.gguf", Path(tmp) / "out")
