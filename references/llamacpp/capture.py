@@ -11,11 +11,13 @@ not what the tensors mean.
 The prompt is decoded as one micro-batch with logits requested at every position (otherwise
 llama.cpp prunes the last layer to the last token) and flash attention off (so the softmax is a
 graph node). While it computes, ggml's eval callback is asked about every graph node; the tapped
-ones are copied out as numpy arrays in ggml's reversed axis order. Generation then feeds one token
-at a time through the same context, so it exercises llama.cpp's own KV cache; the taps are off.
+ones are copied out as numpy arrays in ggml's reversed axis order. Decoding (dumpkit.decode) then
+feeds one token at a time through the same context, so it exercises llama.cpp's own KV cache, the
+taps off: the greedy tokens, or the request's `force_tokens`. Each one-token batch asks for the
+logits of its only position, which llama_get_logits then returns as a single row.
 
-OUT_DIR receives `tensors.npz` (the taps, plus `logits` as llama_get_logits returns them) and
-`meta.json` (sizes, token ids, generated ids). Exit 2 for a prompt the model cannot take, 3 for
+OUT_DIR receives `tensors.npz` (the taps, plus `logits` as llama_get_logits returns them and the
+decode steps' `step_logits`) and `meta.json` (sizes, token ids, generated ids). Exit 2 for a prompt the model cannot take, 3 for
 anything llama.cpp refuses or fails at; the last stderr line says why.
 """
 
@@ -25,6 +27,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
+
+from dumpkit import DumpError, decode  # noqa: E402
 
 EXIT_USAGE = 2
 EXIT_REFERENCE = 3
@@ -221,19 +228,20 @@ def run(request, out):
         logits = session.logits(len(tokens))
         taps.active = False
 
-        generated = []
-        step_logits = logits[-1]
-        while len(generated) < n_generate:
-            generated.append(int(np.argmax(step_logits)))  # ties go to the lowest id
-            if len(generated) == n_generate:
-                break
-            status = session.decode([generated[-1]], len(tokens) + len(generated) - 1, all_logits=False)
+        fed = []
+
+        def feed(token):
+            fed.append(token)
+            status = session.decode([token], len(tokens) + len(fed) - 1, all_logits=False)
             if status != 0:
-                raise CaptureError(f"llama_decode of generated token {len(generated)} returned {status}: {session.last_error()}")
-            step_logits = session.logits(1)[0]
+                raise CaptureError(f"llama_decode of decode step {len(fed)} (token {token}) returned {status}: {session.last_error()}")
+            return session.logits(1)[0]  # the one position that asked for logits
+
+        step_logits, generated = decode(logits[-1], feed, n_generate, request.get("force_tokens"))
+        generated = generated.tolist()
 
         out.mkdir(parents=True, exist_ok=True)
-        np.savez(out / "tensors.npz", logits=logits, **taps.arrays)
+        np.savez(out / "tensors.npz", logits=logits, step_logits=step_logits, **taps.arrays)
         meta = dict(sizes, tokens=tokens, generated=generated, text=b"".join(session.piece(t) for t in generated).decode("utf-8", "replace"))
         (out / "meta.json").write_text(json.dumps(meta))
     finally:
@@ -247,7 +255,7 @@ def main(argv):
     try:
         request = json.loads(Path(argv[1]).read_text())
         run(request, Path(argv[2]))
-    except CaptureError as e:
+    except (CaptureError, DumpError) as e:
         print(e, file=sys.stderr)
         return e.code
     except ImportError as e:
@@ -260,5 +268,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main(sys.argv))

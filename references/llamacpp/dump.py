@@ -1,7 +1,7 @@
 """The llama.cpp reference: llama-cpp-python's low-level API with ggml's graph eval callback.
 
     ~/.cache/parity/venv/bin/python references/llamacpp/dump.py --model FILE.gguf \
-        --prompt TEXT --n-generate N --temperature T --out DIR [--threads 2]
+        --prompt TEXT --n-generate N --temperature T --out DIR [--threads 2] [--force-tokens IDS]
 
 capture.py (run as a child process, so a crash in llama.cpp is an exit status here) decodes the
 prompt once and copies out the named graph nodes listed in GRAPH below; this file turns them into
@@ -19,7 +19,8 @@ the catalog's row-major layouts:
 - attn_probs is the SOFT_MAX node `[H, T, n_kv cells]`, cut to the T prompt cells after checking
   that no probability falls on the cells beyond them.
 - logits are llama_get_logits over every position; probs = softmax(last_logits / temperature) in
-  numpy; generated is greedy decoding one token at a time through llama.cpp's KV cache.
+  numpy; step_logits and generated come from decoding one token at a time through llama.cpp's KV
+  cache (the greedy tokens, or the --force-tokens history), one llama_get_logits row per step.
 """
 
 import json
@@ -86,7 +87,9 @@ LLAMA_ROPE_TYPE_NORM = 0
 def capture(args, kv_type):
     """Runs capture.py on the request; returns (meta, tensors) or raises a one-line DumpError."""
     with tempfile.TemporaryDirectory(prefix="parity-llamacpp-") as tmp:
-        request = dict(model=str(args.model), prompt=args.prompt, n_generate=args.n_generate, threads=args.threads, kv_type=kv_type, graph=GRAPH)
+        request = dict(
+            model=str(args.model), prompt=args.prompt, n_generate=args.n_generate, force_tokens=args.force_tokens, threads=args.threads, kv_type=kv_type, graph=GRAPH
+        )
         (Path(tmp) / "request.json").write_text(json.dumps(request))
         out = Path(tmp) / "out"
         result = subprocess.run([sys.executable, str(HERE / "capture.py"), str(Path(tmp) / "request.json"), str(out)], capture_output=True, text=True)
@@ -187,6 +190,7 @@ def run(args):
     scaled = logits[-1].astype(np.float64) / args.temperature
     e = np.exp(scaled - scaled.max())
     dump.put("probs", e / e.sum())
+    dump.put("step_logits", g["step_logits"].reshape(args.n_generate, V))
     dump.put("generated", np.array(meta["generated"], dtype=np.int64))
     print(f"llamacpp: {T} prompt tokens, generated {meta['text']!r}", file=sys.stderr)
     return dump

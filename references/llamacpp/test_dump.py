@@ -6,10 +6,14 @@ Runs dump.py on fixtures/models/tiny-llama (f32, f16, q8_0 GGUF) and tiny-gpt2 (
 temporary folder and checks the dumps against checkpoints/catalog.toml and against values computed
 here independently of llama.cpp: the f32 fixtures' HF safetensors (HF head/dim order, written by
 scripts/make-fixtures.py from the same weights) give q/k/v, RoPE, attention and logits with numpy.
+The decode steps (step_logits, generated), greedy and with --force-tokens, are checked against a
+fresh llama.cpp context (llama-cpp-python's `Llama`) decoding the prompt plus the history before
+each step in one batch.
 Prompt ids are llama.cpp's, as pinned by references/pytorch/test_dump.py. Skips (exit 0) when
 llama_cpp is not importable.
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -35,9 +39,48 @@ FIXTURES = {
 }
 
 
-def run_dumper(model, out, prompt=PROMPT, n_generate=N_GENERATE, env=None):
+# A decode history unlike either fixture's own greedy one (checked), fed with --force-tokens.
+FORCED = [300, 7, 42, 128]
+
+
+def run_dumper(model, out, prompt=PROMPT, n_generate=N_GENERATE, env=None, force_tokens=None):
     cmd = [sys.executable, str(DUMPER), "--model", str(model), "--prompt", prompt, "--n-generate", str(n_generate), "--threads", "2", "--out", str(out)]
+    if force_tokens is not None:
+        cmd += ["--force-tokens", ",".join(map(str, force_tokens))]
     return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+@functools.cache
+def quiet_log_callback():
+    """A llama.cpp log callback that drops everything (kept alive: llama.cpp holds a bare pointer)."""
+    import llama_cpp
+
+    return llama_cpp.llama_log_callback(lambda _level, _text, _user_data: None)
+
+
+def prefill_last_logits(model, ids, kv_type):
+    """llama-cpp-python's high-level `Llama` evaluating `ids` from an empty cache with logits at every
+    position (a separate context from the dumper's): the last position's logits."""
+    import llama_cpp
+    import numpy as np
+
+    # llama-cpp-python 0.3.36 maps ggml's log levels one step too high, so with verbose=False its
+    # callback still prints llama.cpp's warnings (here the context padded past the tiny n_ctx_train).
+    llama_cpp.llama_log_set(quiet_log_callback(), None)
+    ggml_type = {"f32": 0, "f16": 1}[kv_type]
+    llm = llama_cpp.Llama(model_path=str(model), n_ctx=0, n_threads=2, logits_all=True, type_k=ggml_type, type_v=ggml_type, verbose=False)
+    try:
+        llm.eval(ids)
+        return np.array(llm.scores[len(ids) - 1], dtype=np.float32)
+    finally:
+        llm.close()
+
+
+def relative_rms(got, want):
+    import numpy as np
+
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.sqrt(np.mean((got - want) ** 2) / np.mean(want**2)))
 
 
 def catalog_shape(shape, sizes):
@@ -80,6 +123,13 @@ class TinyFixtureDumps(unittest.TestCase):
                 if result.returncode != 0:
                     raise AssertionError(f"dump.py on {model} exited {result.returncode}: {result.stderr.strip()}")
                 cls.dumps[name, fmt] = out
+        cls.forced = {}  # name -> the f32 GGUF's dump decoding on FORCED
+        for name in FIXTURES:
+            out = Path(cls.tmp.name) / f"{name}-forced"
+            result = run_dumper(MODELS / name / "model-f32.gguf", out, force_tokens=FORCED)
+            if result.returncode != 0:
+                raise AssertionError(f"dump.py --force-tokens on {name} exited {result.returncode}: {result.stderr.strip()}")
+            cls.forced[name] = out
         with open(ROOT / "checkpoints" / "catalog.toml", "rb") as f:
             cls.catalog = tomllib.load(f)
 
@@ -161,6 +211,55 @@ class TinyFixtureDumps(unittest.TestCase):
             self.assertEqual(int(self.load(name, fmt, "argmax")), int(np.argmax(last)))
             np.testing.assert_allclose(self.load(name, fmt, "probs"), softmax_rows(last.astype(np.float64)), rtol=1e-5, atol=1e-7)
             self.assertEqual(int(self.load(name, fmt, "generated")[0]), int(np.argmax(last)))
+
+    def decode_dumps(self):
+        """(label, model file, dump folder, decode history) of every dump, the forced ones included."""
+        import numpy as np
+
+        for name, fmt in self.dumps:
+            out = self.dumps[name, fmt]
+            yield f"{name}-{fmt}", MODELS / name / f"model-{fmt}.gguf", out, np.load(out / "generated.npy").tolist()
+        for name, out in self.forced.items():
+            yield f"{name}-forced", MODELS / name / "model-f32.gguf", out, FORCED
+
+    def test_step_logits_start_at_the_last_logits_and_generated_is_their_argmax(self):
+        import numpy as np
+
+        for label, _model, out, _history in self.decode_dumps():
+            with self.subTest(dump=label):
+                steps = np.load(out / "step_logits.npy")
+                self.assertEqual(steps.shape, (N_GENERATE, FIXTURES[label.rsplit("-", 1)[0]]["V"]))
+                # Row 0 is the prompt decode's own last row: the same llama_get_logits values.
+                np.testing.assert_array_equal(steps[0], np.load(out / "last_logits.npy"))
+                self.assertEqual(np.load(out / "generated.npy").tolist(), np.argmax(steps, axis=1).tolist())
+
+    def test_each_step_is_a_fresh_decode_of_the_prompt_and_the_history_before_it(self):
+        import numpy as np
+
+        for label, model, out, history in self.decode_dumps():
+            with self.subTest(dump=label):
+                steps, tokens = np.load(out / "step_logits.npy"), np.load(out / "tokens.npy").tolist()
+                with open(out / "manifest.toml", "rb") as f:
+                    kv_type = tomllib.load(f)["version"].rsplit(" ", 1)[-1]  # "..., kv cache f16"
+                for t in range(N_GENERATE):
+                    rel = relative_rms(steps[t], prefill_last_logits(model, tokens + history[:t], kv_type))
+                    self.assertLess(rel, 1e-4, f"step {t}: relative RMS {rel:.3g} from a fresh decode of the prompt and history[:{t}]")
+
+    def test_a_forced_history_is_fed_whatever_the_dumper_would_pick_and_recorded(self):
+        import numpy as np
+
+        for name, out in self.forced.items():
+            with self.subTest(model=name):
+                own = self.load(name, "f32", "generated").tolist()
+                self.assertNotEqual(own[:-1], FORCED[:-1], "the forced history must differ from the greedy one to show anything")
+                with open(out / "manifest.toml", "rb") as f:
+                    self.assertEqual(tomllib.load(f)["force_tokens"], FORCED)
+                self.assertNotIn("force_tokens", self.manifest(name, "f32"))
+                # The prompt's step is the same; every later one follows the history fed.
+                forced, greedy = np.load(out / "step_logits.npy"), self.load(name, "f32", "step_logits")
+                np.testing.assert_array_equal(forced[0], greedy[0])
+                for t in range(1, N_GENERATE):
+                    self.assertFalse(np.array_equal(forced[t], greedy[t]), f"step {t}")
 
     def test_llama_projections_and_rope_match_numpy_on_the_hf_weights(self):
         """Pins the GGUF Q/K un-permutation: HF-order weights and HF's rotate-half RoPE, no llama.cpp layout."""
@@ -289,6 +388,20 @@ class Failures(unittest.TestCase):
             self.assertEqual(result.returncode, 2, result.stderr)
             self.assertIn("model not found", result.stderr)
             self.assertFalse((Path(tmp) / "out").exists())
+
+    def test_force_tokens_of_another_length_than_n_generate_exits_2(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_dumper(MODELS / "tiny-llama" / "model-f32.gguf", Path(tmp) / "out", force_tokens=FORCED[:-1])
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertEqual(result.stderr.strip(), f"llamacpp: --force-tokens has {N_GENERATE - 1} ids; it needs exactly --n-generate = {N_GENERATE}")
+            self.assertFalse((Path(tmp) / "out").exists())
+
+    def test_a_forced_id_outside_the_vocabulary_exits_2(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_dumper(MODELS / "tiny-llama" / "model-f32.gguf", Path(tmp) / "out", force_tokens=[1, 2, 100000, 3])
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+            self.assertIn("outside the model's vocabulary of 449", result.stderr)
 
     def test_file_that_is_not_gguf_exits_2(self):
         with tempfile.TemporaryDirectory() as tmp:
