@@ -4,7 +4,9 @@
 
 GGUF only. Llama runs through tinygrad's own `tinygrad.llm.model.Transformer` (llama.py), GPT-2
 through our forward pass on tinygrad Tensors (gpt2.py). Prompt ids come from the GGUF vocabulary
-(gguf_tokenizer.py), matching llama.cpp. The contract is references/common/dumpkit.py.
+(gguf_tokenizer.py), matching llama.cpp. `step_logits` and `generated` feed one token at a time
+through the models' KV cache (a TinyJit-replayed decode step): the greedy tokens, or the
+--force-tokens history. The contract is references/common/dumpkit.py.
 """
 
 import os
@@ -22,7 +24,7 @@ sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 
-from dumpkit import EXIT_USAGE, Dump, DumpError, main  # noqa: E402
+from dumpkit import EXIT_USAGE, Dump, DumpError, decode, main  # noqa: E402
 
 GGUF_MAGIC = b"GGUF"
 
@@ -98,13 +100,15 @@ def run(args):
     dump.put("argmax", np.array(first))
     dump.put("probs", (Tensor(last) / args.temperature).softmax().numpy())
 
-    generated = [first] if args.n_generate > 0 else []
-    while len(generated) < args.n_generate:
-        step = model.forward([generated[-1]])
+    def feed(token):  # one token through the KV cache: the TinyJit-replayed decode step
+        step = model.forward([token])
         step.realize()
         model.cache.realize()
-        generated.append(int(np.argmax(step.numpy()[-1])))
-    dump.put("generated", np.array(generated, dtype=np.int64))
+        return step.numpy()[-1]
+
+    step_logits, generated = decode(last, feed, args.n_generate, args.force_tokens)
+    dump.put("step_logits", step_logits)
+    dump.put("generated", generated)
     return dump
 
 

@@ -4,11 +4,13 @@
 
 Runs dump.py on each fixture into a temporary folder and checks the manifest and tensors against the
 catalog (shapes with T, d, H, KV, hd, V, N taken from the fixtures' HF config.json), the prompt ids
-pinned from llama.cpp, attention probabilities (rows sum to 1, causal), and exit code 2 for a
-missing model. Exits 0 with a printed reason when tinygrad is not importable, 1 on any failure.
+pinned from llama.cpp, attention probabilities (rows sum to 1, causal), the decode steps (greedy,
+and with --force-tokens on the f32 files) against a prompt forward of the prompt plus the history
+before each step, and exit code 2 for a missing model or a wrong-length --force-tokens. Exits 0 with a printed reason when tinygrad is not importable, 1 on any failure.
 """
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -17,7 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+# As dump.py, before tinygrad is imported: the CPU device, the GGUF weights in their own types.
+os.environ.setdefault("DEV", "CPU")
+os.environ["HALF"] = "0"
+
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 ROOT = HERE.parents[1]
 DUMPER = HERE / "dump.py"
 PROMPT = "The quick brown fox jumps over the lazy dog."
@@ -56,9 +63,73 @@ def expected_shape(spec, dims):
     return out
 
 
-def run_dumper(model, out):
+# A decode history unlike each f32 fixture's own greedy one (checked), fed with --force-tokens.
+FORCED = [300, 7, 42, 128]
+
+
+def run_dumper(model, out, force_tokens=None):
     cmd = [sys.executable, str(DUMPER), "--model", str(model), "--prompt", PROMPT, "--n-generate", str(N_GENERATE), "--out", str(out)]
+    if force_tokens is not None:
+        cmd += ["--force-tokens", ",".join(map(str, force_tokens))]
     return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def prefill_logits(model, ids):
+    """Our tinygrad model's forward of `ids` as one prompt from an empty cache: logits [len(ids), V].
+    Causal, so row i is the last row of a forward of ids[: i + 1]; one forward serves every step
+    (each new length would compile new kernels)."""
+    model.reset_cache(len(ids))
+    return model.forward(ids).numpy()
+
+
+def relative_rms(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.sqrt(np.mean((got - want) ** 2) / np.mean(want**2)))
+
+
+def check_decode_steps(rel, arch, out, tmp, fail):
+    """step_logits and generated of a dump, greedy and (f32 files) forced on FORCED: row 0 is
+    last_logits, generated the rows' argmax, and each row within 1e-4 of a prompt forward of the
+    prompt plus the history before it, in a separately loaded model."""
+    import dump
+
+    model_path = ROOT / "fixtures" / "models" / rel
+    runs = [("greedy", out, None)]
+    if rel.endswith("-f32.gguf"):
+        forced_out = tmp / (rel.replace("/", "-") + "-forced")
+        r = run_dumper(model_path, forced_out, force_tokens=FORCED)
+        if r.returncode != 0:
+            fail(f"{rel}: dumper --force-tokens exited {r.returncode}: {r.stderr.strip()}")
+            return
+        runs.append(("forced", forced_out, FORCED))
+    model = dump.load_model(str(model_path), arch)
+    for label, d, forced in runs:
+        steps, generated, tokens = np.load(d / "step_logits.npy"), np.load(d / "generated.npy").tolist(), np.load(d / "tokens.npy").tolist()
+        manifest = tomllib.loads((d / "manifest.toml").read_text())
+        if manifest.get("force_tokens") != forced:
+            fail(f"{rel} {label}: manifest force_tokens {manifest.get('force_tokens')} != {forced}")
+        if steps.shape[0] != N_GENERATE or not np.array_equal(steps[0], np.load(d / "last_logits.npy")):
+            fail(f"{rel} {label}: step_logits row 0 is not last_logits")
+        if generated != np.argmax(steps, axis=1).tolist():
+            fail(f"{rel} {label}: generated {generated} != the step rows' argmax {np.argmax(steps, axis=1).tolist()}")
+        history = forced if forced is not None else generated
+        if forced is not None and generated[:-1] == forced[:-1]:
+            fail(f"{rel}: the forced history equals the greedy one and shows nothing")
+        prefill = prefill_logits(model, tokens + history[: N_GENERATE - 1])
+        for t in range(N_GENERATE):
+            rel_rms = relative_rms(steps[t], prefill[len(tokens) - 1 + t])
+            if rel_rms > 1e-4:
+                fail(f"{rel} {label}: step {t} is {rel_rms:.3g} relative RMS from a forward of the prompt and history[:{t}]")
+    print(f"ok {rel}: decode steps " + ", ".join(label for label, _, _ in runs))
+
+
+def check_wrong_length_force_tokens_exits_2(tmp, fail):
+    r = run_dumper(ROOT / "fixtures" / "models" / "tiny-llama" / "model-f32.gguf", tmp / "wrong-length", force_tokens=FORCED[:-1])
+    want = f"tinygrad: --force-tokens has {N_GENERATE - 1} ids; it needs exactly --n-generate = {N_GENERATE}"
+    if r.returncode != 2 or r.stderr.strip() != want:
+        fail(f"wrong-length --force-tokens: exit {r.returncode}, stderr {r.stderr.strip()!r}; expected 2, {want!r}")
+    else:
+        print("ok wrong-length --force-tokens exits 2")
 
 
 def check_fixture(rel, pinned, tmp, fail):
@@ -118,6 +189,7 @@ def check_fixture(rel, pinned, tmp, fail):
     if abs(float(probs.sum()) - 1) > 1e-5 or int(np.argmax(probs)) != int(argmax):
         fail(f"{rel}: probs sum {probs.sum()} or argmax {np.argmax(probs)} wrong")
     print(f"ok {rel}: {len(pinned)} tokens, generated {generated.tolist()}")
+    check_decode_steps(rel, arch, out, tmp, fail)
 
 
 def check_missing_model_exits_2(tmp, fail):
@@ -140,6 +212,7 @@ def main():
         for rel, pinned in FIXTURES.items():
             check_fixture(rel, pinned, tmp, failures.append)
         check_missing_model_exits_2(tmp, failures.append)
+        check_wrong_length_force_tokens_exits_2(tmp, failures.append)
     for f in failures:
         print("FAIL", f)
     return 1 if failures else 0
