@@ -4,6 +4,13 @@
 # (scripts/setup-references.sh). Besides each model's `refs`, every case also gets the dump of the
 # suite's `truth` (the float64 reference), from the model's `ref_paths` entry for it if any.
 #
+# With a truth, each case's truth dump is made first, decoding greedily, and its generated ids are
+# the decode history every other reference of the case is fed (--force-tokens): all decode on the
+# same tokens, so their step_logits compare step by step. A truth dump already there (made before,
+# or kept by "missing") gives its ids without being redone; for one reference alone, a case whose
+# truth dump is not there yet gets it made first. "missing" skips any dump with a manifest, as
+# before: a dump made on another history stays until removed.
+#
 #   scripts/make-dumps.sh                                     # every model x prompt x reference, and the truth
 #   scripts/make-dumps.sh checkpoints/suite.toml pytorch      # only one reference
 #   scripts/make-dumps.sh checkpoints/suite.toml pytorch-f64  # only the truth
@@ -20,31 +27,57 @@ export DEV=CPU HALF=0 PARITY_LLAMACPP_KV_TYPE=f32
 "$PY" - "$suite" "$only" "${3:-}" <<'PYEOF'
 import os, subprocess, sys, tomllib, time
 from pathlib import Path
+import numpy as np
 suite_path, only, missing = sys.argv[1], sys.argv[2], sys.argv[3] == "missing"
 suite = tomllib.load(open(suite_path, "rb"))
 cache = Path(os.environ.get("PARITY_CACHE", Path.home() / ".cache/parity"))
+truth = suite.get("truth")
 
 def resolve(path):  # as harness::suite::resolve
     return str(cache / path[len("cache:"):]) if path.startswith("cache:") else os.path.expanduser(path)
+
+def dump(model, prompt, ref, out, force_tokens=None):
+    path = resolve(model.get("ref_paths", {}).get(ref, model["path"]))
+    cmd = [sys.executable, f"references/{ref}/dump.py", "--model", path, "--prompt", prompt["text"],
+           "--n-generate", str(suite["n_generate"]), "--temperature", str(suite["temperature"]),
+           "--threads", str(suite["threads"]), "--out", out]
+    if force_tokens is not None:
+        cmd.append("--force-tokens=" + ",".join(map(str, force_tokens)))
+    t0 = time.time()
+    r = subprocess.run(cmd)
+    print(f"make-dumps: {out} exit {r.returncode} in {time.time() - t0:.1f} s", flush=True)
+    if r.returncode != 0:
+        sys.exit(r.returncode)
+
+def truth_tokens(out, prompt):
+    """The truth dump's greedy ids, the case's decode history; a dump of another case is refused."""
+    manifest = tomllib.load(open(Path(out, "manifest.toml"), "rb"))
+    if manifest["prompt"] != prompt["text"] or manifest["n_generate"] != suite["n_generate"] or "force_tokens" in manifest:
+        sys.exit(f"make-dumps: {out} is not this case's greedy truth dump (prompt, n_generate {manifest['n_generate']} "
+                 f"or force_tokens differ from the suite's); remove it or make it again")
+    return [int(t) for t in np.load(Path(out, "generated.npy"))]
 
 for model in suite["model"]:
     for prompt in suite["prompt"]:
         if "prompts" in model and prompt["id"] not in model["prompts"]:
             continue
-        truth = [suite["truth"]] if "truth" in suite and suite["truth"] not in model["refs"] else []
-        for ref in model["refs"] + truth:
-            if only and ref != only:
+        case = f"{resolve(suite['dumps'])}/{model['id']}/{prompt['id']}"
+        history = None
+        if truth is not None:  # first: its greedy ids are every other reference's history
+            out = f"{case}/{truth}"
+            there = Path(out, "manifest.toml").exists()
+            wanted = not only or only == truth or (only in model["refs"] and not there)
+            if wanted and not (missing and there):
+                if only and only != truth:
+                    print(f"make-dumps: {out} is not there yet; making it first, for the history {only} is fed", flush=True)
+                dump(model, prompt, truth, out)
+            if Path(out, "manifest.toml").exists():
+                history = truth_tokens(out, prompt)
+        for ref in model["refs"]:
+            if ref == truth or (only and ref != only):
                 continue
-            out = f"{resolve(suite['dumps'])}/{model['id']}/{prompt['id']}/{ref}"
+            out = f"{case}/{ref}"
             if missing and Path(out, "manifest.toml").exists():
                 continue
-            path = resolve(model.get("ref_paths", {}).get(ref, model["path"]))
-            cmd = [sys.executable, f"references/{ref}/dump.py", "--model", path, "--prompt", prompt["text"],
-                   "--n-generate", str(suite["n_generate"]), "--temperature", str(suite["temperature"]),
-                   "--threads", str(suite["threads"]), "--out", out]
-            t0 = time.time()
-            r = subprocess.run(cmd)
-            print(f"make-dumps: {out} exit {r.returncode} in {time.time() - t0:.1f} s", flush=True)
-            if r.returncode != 0:
-                sys.exit(r.returncode)
+            dump(model, prompt, ref, out, history)
 PYEOF
