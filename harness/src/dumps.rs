@@ -214,6 +214,13 @@ command = "python dump.py"
     }
 
     #[test]
+    fn the_forced_decode_history_is_read_when_the_manifest_has_one() {
+        let forced = Dump::open(&dump_dir("forced", "force_tokens = [5, 0, 448]\n", &[])).unwrap();
+        assert_eq!(forced.manifest.force_tokens, Some(vec![5, 0, 448]));
+        assert_eq!(Dump::open(&dump_dir("greedy", "", &[])).unwrap().manifest.force_tokens, None);
+    }
+
+    #[test]
     fn a_missing_manifest_or_half_written_folder_is_a_clear_error() {
         let dir = dump_dir("x", "", &[]);
         std::fs::remove_file(dir.join("manifest.toml")).unwrap();

@@ -162,6 +162,22 @@ mod tests {
     }
 
     #[test]
+    fn a_forced_history_is_passed_as_force_tokens_and_left_out_otherwise() {
+        // The stand-in fails with its arguments as the last stderr line, which the error carries.
+        let root = fake_root("argv", "import sys\nsys.stderr.write(' '.join(sys.argv[1:]) + '\\n')\nsys.exit(3)\n");
+        let Some(d) = dumpers(&root, 20_000) else {
+            return eprintln!("skipped: no python3 on this machine");
+        };
+        let out = root.join("out");
+        let history = [5_i64, 0, 448];
+        let forced = DumpRequest { n_generate: 3, force_tokens: Some(&history), ..request(&out) };
+        let err = d.run("fake", &forced, &root.join("forced.log")).unwrap_err().to_string();
+        assert!(err.contains("--n-generate 3") && err.contains("--force-tokens=5,0,448 --out"), "{err}");
+        let err = d.run("fake", &request(&out), &root.join("free.log")).unwrap_err().to_string();
+        assert!(err.contains("--threads 1 --out") && !err.contains("--force-tokens"), "{err}");
+    }
+
+    #[test]
     fn a_missing_environment_says_how_to_install_it() {
         let d = Dumpers { root: PathBuf::from("/nonexistent"), python: PathBuf::from("/nonexistent/python"), timeout: Duration::from_secs(1) };
         let err = d.run("pytorch", &request(Path::new("/tmp/x")), Path::new("/tmp/x.log")).unwrap_err().to_string();
