@@ -11,8 +11,9 @@ use crate::dumps::{Dump, Lookup};
 use crate::metrics;
 use crate::noise::{Distance, Floor, Scale};
 use crate::spec::{Op, Spec};
+use crate::steps::STEP_LOGITS;
 use crate::tensor::{unravel, Tensor, Values};
-use reports::results::{CheckResult, Judgement, Status};
+use reports::results::{CheckResult, Judgement, Status, STEP_METRIC};
 use std::collections::BTreeMap;
 
 /// `topk_overlap` compares the ten most likely next tokens.
@@ -370,6 +371,15 @@ fn check_f32(
         return result(entry, Status::NonFinite, Some(bad.join("; ")), BTreeMap::new(), vec![]);
     }
     let mut all = metrics_of(&sums, r, e, PROBABILITY_TENSORS.contains(&entry.tensor.as_str()));
+    // The decode path's error along the generation, one value per step, for the per-step chart.
+    if entry.tensor == STEP_LOGITS {
+        if let [steps, vocab] = reference.shape[..] {
+            for t in 0..steps {
+                let row = t * vocab..(t + 1) * vocab;
+                all.insert(format!("{STEP_METRIC}{t}"), metrics::Sums::of(&r[row.clone()], &e[row]).nmse().sqrt());
+            }
+        }
+    }
     if let Some(bound) = noise {
         let d = Distance::of(&sums, &bound.scale);
         all.extend([

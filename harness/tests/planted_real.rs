@@ -21,10 +21,18 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Every reference of the case, and the truth, with the first failing check's key against each
-/// (`None`: nothing failed), for `model` x the `short` prompt (or its first) with `fault` planted. `None` when
-/// the dumps are not there and the environment does not require them.
-fn first_failures(model_id: &str, fault: Option<Fault>) -> Option<Vec<(String, Option<String>)>> {
+/// Every reference's (and the truth's, last) checks of `model` x its first real-suite prompt with
+/// `fault` planted; `None` when the dumps are not there and the environment does not require them.
+fn all_checks(model_id: &str, fault: Fault) -> Option<Vec<(String, Vec<reports::results::CheckResult>)>> {
+    let (results, _, _) = run(model_id, Some(fault))?;
+    Some(results.cases.into_iter().map(|c| (c.reference, c.checks)).collect())
+}
+
+/// The run of `model` x the `short` prompt (or its first) with `fault` planted, and the names of
+/// its references then its truth.
+type Run = (reports::results::RunResults, Vec<harness::pipeline::CaseRun>, Vec<String>);
+
+fn run(model_id: &str, fault: Option<Fault>) -> Option<Run> {
     let root = root();
     let mut suite = Suite::load(&root.join("checkpoints/suite-real.toml")).unwrap();
     suite.models.retain(|m| m.id == model_id);
@@ -58,6 +66,13 @@ fn first_failures(model_id: &str, fault: Option<Fault>) -> Option<Vec<(String, O
     if fault.is_some() {
         assert_eq!(Verdict::of(&results).exit_code(), 1, "a planted run must fail");
     }
+    Some((results, runs, wanted))
+}
+
+/// Every reference of the case, and the truth (last), with the first failing check's key against
+/// each (`None`: nothing failed).
+fn first_failures(model_id: &str, fault: Option<Fault>) -> Option<Vec<(String, Option<String>)>> {
+    let (results, runs, wanted) = run(model_id, fault)?;
     Some(
         wanted
             .iter()
@@ -125,4 +140,24 @@ fn noise_of_a_ten_thousandth_on_a_middle_block_is_caught_there() {
         caught_at(model, Fault::Perturb { layer: 15, rel: 1e-4 }, "blk.15.block_out");
     }
     caught_at("gpt2-small-f32", Fault::Perturb { layer: 6, rel: 1e-4 }, "blk.6.block_out");
+}
+
+/// Decode-only plants on SmolLM2 Q4_1: every prompt tensor passes, and `step_logits` fails
+/// against the truth and against each reference alone, llama.cpp (judged in the quantized class)
+/// included; the same steps by one prefill pass.
+#[test]
+fn decode_only_bugs_fail_the_step_logits_against_every_reference_on_real_weights() {
+    use reports::results::Status;
+    for fault in [Fault::DecodeRopeOffByOne, Fault::DecodeAttendsOneFewer] {
+        let Some(cases) = all_checks("smollm2-q4_1", fault) else { return };
+        for (reference, checks) in cases {
+            let status = |key: &str| checks.iter().find(|c| c.key == key).map(|c| c.status);
+            let failing: Vec<&str> = checks.iter().filter(|c| c.status.is_failure()).map(|c| c.key.as_str()).collect();
+            assert!(failing.iter().all(|k| ["generated", "step_logits"].contains(k)), "{fault} vs {reference}: {failing:?}");
+            assert_eq!(status("step_logits"), Some(Status::Fail), "{fault} vs {reference}");
+            if reference == "pytorch-f64" {
+                assert_eq!(status("step_logits.prefill"), Some(Status::Pass), "{fault}");
+            }
+        }
+    }
 }

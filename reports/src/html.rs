@@ -4,7 +4,7 @@
 
 use crate::confidence::{Confidence, RULE};
 use crate::markdown::{agreeing_text, cell_summary, noise_summary};
-use crate::results::{CheckResult, RunResults};
+use crate::results::{CheckResult, Judgement, RunResults, STEP_METRIC};
 use crate::summary::{self, keys_summary, status_name, Subject, Verdict};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -104,8 +104,17 @@ fn subject_section(o: &mut String, s: &Subject) {
     let mut charts = String::new();
     for ((id, reference), cell) in &s.cells {
         let name = s.checkpoints.iter().find(|(c, _)| c == id).map_or("", |(_, n)| n.as_str());
-        if let Some(svg) = chart(&cell.raw) {
+        if let Some(svg) = chart(&cell.raw, "layer") {
             let _ = write!(charts, "<figure>\n{svg}<figcaption>{id:02} {} against {}</figcaption>\n</figure>\n", esc(name), esc(reference));
+        }
+        let steps = along_steps(&cell.raw);
+        if let Some(svg) = chart(&steps.iter().collect::<Vec<_>>(), "step") {
+            let _ = write!(
+                charts,
+                "<figure>\n{svg}<figcaption>{id:02} {} against {}, by generated step</figcaption>\n</figure>\n",
+                esc(name),
+                esc(reference)
+            );
         }
     }
     if !charts.is_empty() {
@@ -127,7 +136,22 @@ fn error_of(check: &CheckResult) -> Option<(String, f64, f64)> {
 /// A line per tensor of the first judged metric against layer, with the threshold dashed when all
 /// lines share one; `None` unless some tensor has two or more judged layers (model-scope
 /// checkpoints have nothing to plot).
-fn chart(checks: &[&CheckResult]) -> Option<String> {
+/// The per-step errors a check carries (`step_rel_rms.<t>`, from `step_logits`) as one check per
+/// step, the step in place of the layer, so [`chart`] draws the error along the generation.
+fn along_steps(checks: &[&CheckResult]) -> Vec<CheckResult> {
+    let mut out = Vec::new();
+    for &check in checks {
+        for (name, &value) in &check.metrics {
+            let Some(step) = name.strip_prefix(STEP_METRIC).and_then(|t| t.parse().ok()) else { continue };
+            let judgement = Judgement { metric: "rel_rms".into(), value, op: "<=".into(), threshold: f64::NAN, margin: f64::NAN, pass: true };
+            out.push(CheckResult { layer: Some(step), metrics: BTreeMap::new(), judgements: vec![judgement], ..check.clone() });
+        }
+    }
+    out
+}
+
+/// The first judged metric of each check against its layer (or step: `axis` names it).
+fn chart(checks: &[&CheckResult], axis: &str) -> Option<String> {
     let mut series: BTreeMap<(String, String), Vec<(usize, f64)>> = BTreeMap::new();
     let mut thresholds = Vec::new();
     for &check in checks {
@@ -181,7 +205,7 @@ fn chart(checks: &[&CheckResult]) -> Option<String> {
     }
     let _ = writeln!(
         svg,
-        "<text x=\"{left}\" y=\"{:.1}\">layer 0</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{max_layer}</text>",
+        "<text x=\"{left}\" y=\"{:.1}\">{axis} 0</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{max_layer}</text>",
         h - 8.0,
         w - right,
         h - 8.0
@@ -273,17 +297,32 @@ mod tests {
                 c
             })
             .collect();
-        let svg = chart(&checks.iter().collect::<Vec<_>>()).expect("three layers");
+        let svg = chart(&checks.iter().collect::<Vec<_>>(), "layer").expect("three layers");
         assert!(svg.contains("<polygon fill=\"#e4e7ec\" points=\"46.0,142.0 46.0,76.0 158.0,76.0 270.0,76.0 270.0,142.0\""), "{svg}");
         assert!(svg.contains("stroke-dasharray=\"4 3\" points=\"46.0,10.0 158.0,10.0 270.0,10.0\""), "{svg}");
         let plain: Vec<_> = (0..3).map(|l| fixture::judged(2, "qkv", "q", Some(l), 1e-6)).collect();
-        assert!(!chart(&plain.iter().collect::<Vec<_>>()).expect("three layers").contains("<polygon"));
+        assert!(!chart(&plain.iter().collect::<Vec<_>>(), "layer").expect("three layers").contains("<polygon"));
+    }
+
+    #[test]
+    fn step_logits_errors_are_charted_along_the_generation() {
+        let mut check = fixture::judged(13, "step_logits", "step_logits", None, 1e-6);
+        for (t, e) in [1e-6, 1e-5, 1e-4].iter().enumerate() {
+            check.metrics.insert(format!("{STEP_METRIC}{t}"), *e);
+        }
+        let steps = along_steps(&[&check]);
+        assert_eq!(steps.iter().map(|c| (c.layer, c.judgements[0].value)).collect::<Vec<_>>(), [(Some(0), 1e-6), (Some(1), 1e-5), (Some(2), 1e-4)]);
+        let svg = chart(&steps.iter().collect::<Vec<_>>(), "step").expect("three steps");
+        // One decade per step, as for layers; no threshold line (each step has its own).
+        assert!(svg.contains("points=\"46.0,142.0 158.0,76.0 270.0,10.0\"") && svg.contains(">step 0<"), "{svg}");
+        assert!(!svg.contains("#b42318"), "{svg}");
+        assert!(along_steps(&[&fixture::judged(2, "qkv", "q", Some(0), 1e-6)]).is_empty());
     }
 
     #[test]
     fn error_growing_tenfold_per_layer_climbs_one_decade_per_layer() {
         let checks: Vec<_> = (0..3).map(|l| fixture::judged(2, "qkv", "q", Some(l), 1e-6 * 10f64.powi(l as i32))).collect();
-        let svg = chart(&checks.iter().collect::<Vec<_>>()).expect("three layers");
+        let svg = chart(&checks.iter().collect::<Vec<_>>(), "layer").expect("three layers");
         // The 1e-4 threshold is the top of the range: 132 px over decades 1e-6..1e-4, so 66 px per
         // decade, layer 0 at the bottom, the threshold line along the top.
         assert!(svg.contains("points=\"46.0,142.0 158.0,76.0 270.0,10.0\""), "{svg}");

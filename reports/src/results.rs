@@ -61,6 +61,10 @@ pub struct CheckResult {
 }
 
 /// The engine against one reference on one model, prompt and compute dtype.
+/// Metrics of a `step_logits` check named `step_rel_rms.<t>`: the relative RMS error of generated
+/// step t's logits (the harness writes them, reports chart them along the generation).
+pub const STEP_METRIC: &str = "step_rel_rms.";
+
 /// What a case's dump is to the verdict.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
