@@ -153,11 +153,16 @@ impl Model {
         // n greedy tokens, each shown with the logits it was chosen from.
         let mut sampler = Sampler::new(SamplerConfig::default());
         let mut step = 0;
+        let mut rows = Vec::new();
         let generated = self.decode(last, n_generate, history, &mut cache, &mut sampler, |_, logits| {
             taps.step_logits(step, logits);
+            if taps.active() {
+                rows.extend_from_slice(logits);
+            }
             step += 1;
             true
         })?;
+        taps.record(Tap::StepLogits, None, || TapValue::f32(&[generated.len(), vocab], rows));
         taps.record(Tap::Generated, None, || TapValue::Ids(generated));
         Ok(())
     }

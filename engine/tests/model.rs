@@ -100,6 +100,7 @@ fn every_catalog_tap_is_recorded_with_its_catalog_shape() {
                     Tap::LastLogits | Tap::Probs => vec![v],
                     Tap::Argmax => vec![],
                     Tap::Generated => vec![3],
+                    Tap::StepLogits => vec![3, v],
                 };
                 let got = rec.tensors.get(&key).unwrap_or_else(|| panic!("{rel}: {key} never recorded")).shape();
                 assert_eq!(got, want, "{rel} {key}");

@@ -37,12 +37,11 @@ impl Trace {
     }
 }
 
-/// The taps, and each step's logits, of one traced run.
+/// The taps, and the gap of each step's logits, of one traced run.
 #[derive(Default)]
 struct Observed {
     taps: Recorder,
     step_gaps: Vec<f64>,
-    step_logits: Vec<f32>,
 }
 
 impl Observer for Observed {
@@ -52,19 +51,16 @@ impl Observer for Observed {
 
     fn step_logits(&mut self, _step: usize, logits: &[f32]) {
         self.step_gaps.push(top2(logits));
-        self.step_logits.extend_from_slice(logits);
     }
 }
 
-/// Runs the engine over `prompt` with every tap recorded, and each generated step's logits as
-/// `step_logits` [N, V]. With `history`, the decode is teacher-forced on it
+/// Runs the engine over `prompt` with every tap recorded (`step_logits` among them). With
+/// `history`, the decode is teacher-forced on it
 /// ([`engine::Model::trace_forced`]), as every reference of the case was.
 pub fn trace(model: &Model, prompt: &str, n_generate: usize, temperature: f32, history: Option<&[u32]>) -> Result<Trace> {
     let mut observed = Observed::default();
     model.trace_forced(prompt, n_generate, temperature, history, &mut observed).context("running the engine")?;
-    let mut tensors: BTreeMap<String, Tensor> = observed.taps.tensors.into_iter().map(|(key, value)| (key, to_tensor(value))).collect();
-    let steps = observed.step_gaps.len();
-    tensors.insert(Tap::StepLogits.key(None), Tensor::f32(vec![steps, model.config().vocab_size], observed.step_logits));
+    let tensors = observed.taps.tensors.into_iter().map(|(key, value)| (key, to_tensor(value))).collect();
     Ok(Trace { tensors, step_gaps: observed.step_gaps })
 }
 
