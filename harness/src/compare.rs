@@ -387,11 +387,11 @@ fn check_f32(
             ("rel_max".to_string(), d.max),
             ("noise_rms".to_string(), bound.floor.noise.rms),
             ("noise_max".to_string(), bound.floor.noise.max),
-            ("noise_units".to_string(), d.in_units_of(bound.floor.noise)),
         ]);
         let allowed = bound.floor.engine_allowance();
         let judgements = match bound.offset {
             None => {
+                all.insert("noise_units".to_string(), d.in_units_of(bound.floor.noise));
                 all.extend(bound.floor.by.iter().flat_map(|(name, d)| [(format!("rel_rms.{name}"), d.rms), (format!("rel_max.{name}"), d.max)]));
                 vec![judge("rel_rms", d.rms, Op::Le, allowed.rms), judge("rel_max", d.max, Op::Le, allowed.max)]
             }
