@@ -92,7 +92,7 @@ def main(bundle):
             print(f"| {cid:02d} {name} | " + " | ".join(row) + " |")
     if conf.get("near_ties"):
         print()
-        print("Near-ties (a greedy token flip where the top-two logit gap is inside the calibrated noise):")
+        print("Near-ties (a greedy token flip that noise explains: on the truth's history, the reference's own logit gap within twice the per-logit noise):")
         print()
         for note in conf["near_ties"]:
             print(f"- {note}")
