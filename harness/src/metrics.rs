@@ -353,7 +353,7 @@ pub fn first_mismatch(reference: &[i64], engine: &[i64]) -> Option<usize> {
 }
 
 /// `num / den` with 0/0 = 0 (nothing to measure, nothing wrong) and x/0 = +inf.
-fn ratio(num: f64, den: f64) -> f64 {
+pub(crate) fn ratio(num: f64, den: f64) -> f64 {
     if num.is_nan() || den.is_nan() {
         f64::NAN
     } else if den == 0.0 {

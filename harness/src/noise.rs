@@ -14,7 +14,7 @@
 //! check therefore judges the engine's excess, its distance from the reference minus the
 //! reference's own from the truth, against the same allowance `a`.
 
-use crate::metrics::Sums;
+use crate::metrics::{ratio, Sums};
 
 /// How many times the references' own distance from the truth the engine may be. The engine is
 /// one more f32 implementation with its own summation order; on the calibration suites its distance
@@ -116,18 +116,6 @@ impl Floor {
         let (worst, d) = self.by.iter().max_by(|a, b| a.1.rms.total_cmp(&b.1.rms))?;
         let next = self.by.iter().filter(|(n, _)| n != worst).map(|(_, d)| d.rms).fold(0.0, f64::max);
         (d.rms > 10.0 * next.max(FLOOR)).then(|| format!("{worst} sets the floor at {:.1}x the next reference", d.rms / next.max(FLOOR)))
-    }
-}
-
-fn ratio(num: f64, den: f64) -> f64 {
-    if den == 0.0 {
-        if num == 0.0 {
-            0.0
-        } else {
-            f64::INFINITY
-        }
-    } else {
-        num / den
     }
 }
 
