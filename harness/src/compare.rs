@@ -177,7 +177,8 @@ fn entry_with_truth(
         }
         _ => return (pooled(Some("the truth cannot judge this tensor")), check(entry, mine, &truth_lookup, spec, "f32", Tokens::unknown())),
     };
-    let distance_of = |lookup: &Result<Lookup, String>| -> Option<Distance> {
+    // Each reference's distance from the truth, and the truth's scale its sums measured on the way.
+    let distance_of = |lookup: &Result<Lookup, String>| -> Option<(Distance, Scale)> {
         let Ok(Lookup::Tensor(Tensor { values: Values::F32(v), shape, .. })) = lookup else {
             return None;
         };
@@ -185,9 +186,11 @@ fn entry_with_truth(
             return None;
         }
         let sums = metrics::Sums::of(truth_tensor, v);
-        sums.engine_finite().then(|| Distance::of(&sums, &Scale::of_reference(&sums)))
+        let scale = Scale::of_reference(&sums);
+        sums.engine_finite().then(|| (Distance::of(&sums, &scale), scale))
     };
-    let distances: Vec<Option<Distance>> = references.iter().map(distance_of).collect();
+    let measured: Vec<Option<(Distance, Scale)>> = references.iter().map(distance_of).collect();
+    let distances: Vec<Option<Distance>> = measured.iter().map(|m| m.map(|(d, _)| d)).collect();
     let by: Vec<(String, Distance)> = dumps
         .iter()
         .zip(&distances)
@@ -198,10 +201,9 @@ fn entry_with_truth(
         let note = "no reference judged in the f32 class produced this tensor, so its noise floor is unknown: not judged, so not passed";
         return (pooled(Some("no f32 reference measured the noise floor")), result(entry, Status::Fail, Some(note.into()), BTreeMap::new(), vec![]));
     };
-    let scale = {
-        let sums = metrics::Sums::of(truth_tensor, truth_tensor);
-        Scale::of_reference(&sums)
-    };
+    // A floor was measured, so some reference's sums carry the truth's scale; no pass of its own.
+    let scale =
+        measured.iter().flatten().map(|(_, s)| *s).next().unwrap_or_else(|| Scale::of_reference(&metrics::Sums::of(truth_tensor, truth_tensor)));
     let against_truth =
         check_with(entry, mine, &truth_lookup, spec, "f32", Some(NoiseBound { floor: &floor, scale, offset: None }), Tokens::unknown());
     let by_reference = references
