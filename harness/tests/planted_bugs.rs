@@ -6,17 +6,18 @@ use engine::config::Fault;
 use engine::model::Model;
 use harness::bisect::bisect;
 use harness::catalog::Catalog;
-use harness::pipeline::{self, Setup, Source};
+use harness::pipeline::{self, CaseRun, Setup, Source};
 use harness::spec::Spec;
 use harness::suite::{resolve, Suite};
+use reports::results::RunResults;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// (first failing checkpoint key, last passing key) for `model` x fox against pytorch, with `fault` planted.
-fn first_failure(model_id: &str, fault: Option<Fault>) -> (Option<String>, Option<String>) {
+/// The run of `model` x fox with `fault` planted, against `refs` (default: the model's own).
+fn run(model_id: &str, fault: Option<Fault>, refs: Option<&[&str]>) -> (RunResults, Vec<CaseRun>) {
     let root = root();
     let mut suite = Suite::load(&root.join("checkpoints/suite.toml")).unwrap();
     suite.models.retain(|m| m.id == model_id);
@@ -31,10 +32,17 @@ fn first_failure(model_id: &str, fault: Option<Fault>) -> (Option<String>, Optio
     };
     let setup = Setup { root: &root, suite: &suite, catalog: &catalog, spec: &spec, source: &source, prepare: Some(&plant) };
     let mut cases = suite.cases();
-    for case in &mut cases {
-        case.refs = vec!["pytorch".into()];
+    if let Some(refs) = refs {
+        for case in &mut cases {
+            case.refs = refs.iter().map(|r| r.to_string()).collect();
+        }
     }
-    let (results, runs) = pipeline::run(&setup, cases, "planted").unwrap();
+    pipeline::run(&setup, cases, "planted").unwrap()
+}
+
+/// (first failing checkpoint key, last passing key) for `model` x fox against pytorch, with `fault` planted.
+fn first_failure(model_id: &str, fault: Option<Fault>) -> (Option<String>, Option<String>) {
+    let (results, runs) = run(model_id, fault, Some(&["pytorch"]));
     let found = bisect(&runs, &results, Some("pytorch"));
     assert_eq!(found.len(), 1);
     let b = &found[0];
@@ -121,17 +129,7 @@ fn q8_0_scales_rounded_through_bf16_are_caught_at_the_embedding_lookup() {
 
 /// Every reference's (and the truth's) checks of `model` x fox with `fault` planted, all references.
 fn all_checks(model_id: &str, fault: Fault) -> Vec<(String, Vec<reports::results::CheckResult>)> {
-    let root = root();
-    let mut suite = Suite::load(&root.join("checkpoints/suite.toml")).unwrap();
-    suite.models.retain(|m| m.id == model_id);
-    suite.prompts.retain(|p| p.id == "fox");
-    let catalog = Catalog::load(&root.join("checkpoints/catalog.toml")).unwrap();
-    let spec = Spec::load(&root.join("checkpoints/tolerances.toml")).unwrap();
-    let source = Source::Dumps(resolve(&root, &suite.dumps));
-    let plant = move |m: &mut Model| m.inject_fault(fault);
-    let setup = Setup { root: &root, suite: &suite, catalog: &catalog, spec: &spec, source: &source, prepare: Some(&plant) };
-    let (results, _) = pipeline::run(&setup, suite.cases(), "planted").unwrap();
-    results.cases.into_iter().map(|c| (c.reference, c.checks)).collect()
+    run(model_id, Some(fault), None).0.cases.into_iter().map(|c| (c.reference, c.checks)).collect()
 }
 
 #[test]
