@@ -8,6 +8,28 @@ use std::fmt::Write as _;
 struct Catalog {
     checkpoint: Vec<Checkpoint>,
     tensor: Vec<Tensor>,
+    sampling: Sampling,
+    sampler: Vec<Sampler>,
+}
+
+#[derive(Deserialize)]
+struct Sampling {
+    seed: u64,
+    draws: usize,
+}
+
+#[derive(Deserialize)]
+struct Sampler {
+    name: String,
+    temperature: f32,
+    #[serde(default)]
+    top_k: usize,
+    #[serde(default = "all")]
+    top_p: f32,
+}
+
+fn all() -> f32 {
+    1.0
 }
 
 #[derive(Deserialize)]
@@ -81,6 +103,27 @@ fn main() {
     }
     out.push_str("        }\n    }\n}\n");
 
+    // The `sampling` checkpoint's samplers, for engine/src/sampling.rs.
+    let s = &catalog.sampling;
+    let mut samplers = String::new();
+    samplers.push_str("/// The noise-stream seed of the `sampling` checkpoint, generated from `checkpoints/catalog.toml`.\n");
+    writeln!(samplers, "pub const SAMPLING_SEED: u64 = {};", s.seed).unwrap();
+    samplers.push_str("/// Draws per sampler in the `sampling` checkpoint.\n");
+    writeln!(samplers, "pub const SAMPLING_DRAWS: usize = {};", s.draws).unwrap();
+    samplers.push_str("/// The `sampling` checkpoint's samplers by name, in catalog order.\n");
+    samplers.push_str("pub const CATALOG_SAMPLERS: &[(&str, SamplerConfig)] = &[\n");
+    for x in &catalog.sampler {
+        writeln!(
+            samplers,
+            "    ({:?}, SamplerConfig {{ temperature: {:?}, top_k: {}, top_p: {:?}, seed: SAMPLING_SEED }}),",
+            x.name, x.temperature, x.top_k, x.top_p
+        )
+        .unwrap();
+    }
+    samplers.push_str("];\n");
+
     let dest = std::path::Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("tap.rs");
     std::fs::write(dest, out).expect("writing generated tap.rs");
+    let dest = std::path::Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("samplers.rs");
+    std::fs::write(dest, samplers).expect("writing generated samplers.rs");
 }

@@ -6,7 +6,8 @@
 #
 # With a truth, each case's truth dump is made first, decoding greedily, and its generated ids are
 # the decode history every other reference of the case is fed (--force-tokens): all decode on the
-# same tokens, so their step_logits compare step by step. A truth dump already there (made before,
+# same tokens, so their step_logits compare step by step; and its last_logits are every other
+# reference's sampler input (--sampler-logits), so their samplers are judged on the same logits. A truth dump already there (made before,
 # or kept by "missing") gives its ids without being redone; for one reference alone, a case whose
 # truth dump is not there yet gets it made first. "missing" skips any dump with a manifest, as
 # before: a dump made on another history stays until removed.
@@ -36,13 +37,15 @@ truth = suite.get("truth")
 def resolve(path):  # as harness::suite::resolve
     return str(cache / path[len("cache:"):]) if path.startswith("cache:") else os.path.expanduser(path)
 
-def dump(model, prompt, ref, out, force_tokens=None):
+def dump(model, prompt, ref, out, force_tokens=None, sampler_logits=None):
     path = resolve(model.get("ref_paths", {}).get(ref, model["path"]))
     cmd = [sys.executable, f"references/{ref}/dump.py", "--model", path, "--prompt", prompt["text"],
            "--n-generate", str(suite["n_generate"]), "--temperature", str(suite["temperature"]),
            "--threads", str(suite["threads"]), "--out", out]
     if force_tokens is not None:
         cmd.append("--force-tokens=" + ",".join(map(str, force_tokens)))
+    if sampler_logits is not None:
+        cmd += ["--sampler-logits", sampler_logits]
     t0 = time.time()
     r = subprocess.run(cmd)
     print(f"make-dumps: {out} exit {r.returncode} in {time.time() - t0:.1f} s", flush=True)
@@ -62,7 +65,7 @@ for model in suite["model"]:
         if "prompts" in model and prompt["id"] not in model["prompts"]:
             continue
         case = f"{resolve(suite['dumps'])}/{model['id']}/{prompt['id']}"
-        history = None
+        history, sampler_logits = None, None
         if truth is not None:  # first: its greedy ids are every other reference's history
             out = f"{case}/{truth}"
             there = Path(out, "manifest.toml").exists()
@@ -73,11 +76,12 @@ for model in suite["model"]:
                 dump(model, prompt, truth, out)
             if Path(out, "manifest.toml").exists():
                 history = truth_tokens(out, prompt)
+                sampler_logits = str(Path(out, "last_logits.npy"))
         for ref in model["refs"]:
             if ref == truth or (only and ref != only):
                 continue
             out = f"{case}/{ref}"
             if missing and Path(out, "manifest.toml").exists():
                 continue
-            dump(model, prompt, ref, out, history)
+            dump(model, prompt, ref, out, history, sampler_logits)
 PYEOF

@@ -4,6 +4,7 @@ use crate::attention::{AttnFaults, Heads};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::ops::{Rope, RopeLayout};
+use crate::sampling::SamplerFaults;
 use serde_json::Value as Json;
 use std::path::Path;
 
@@ -75,6 +76,10 @@ pub enum Fault {
     DecodeRopeOffByOne,
     /// A token decoded through the KV cache does not attend to the oldest cached position.
     DecodeAttendsOneFewer,
+    /// The sampler divides by the temperature after the softmax (which renormalising undoes).
+    TemperatureAfterSoftmax,
+    /// The sampler's top-p keeps one token fewer than the smallest set reaching p.
+    TopPOneTooFew,
     /// Deterministic noise (zero mean, unit variance per element) times `rel` times each row's
     /// RMS, added to layer `layer`'s block output in prefill and decode.
     Perturb { layer: usize, rel: f32 },
@@ -82,7 +87,7 @@ pub enum Fault {
 
 impl Fault {
     /// The command-line names of the faults without parameters; `perturb:LAYER:REL` besides.
-    pub const SPECS: [(&'static str, Fault); 13] = [
+    pub const SPECS: [(&'static str, Fault); 15] = [
         ("norm-eps", Fault::NormEpsilon),
         ("rope-pairing", Fault::RopePairing),
         ("missing-attn-scale", Fault::MissingAttnScale),
@@ -96,6 +101,8 @@ impl Fault {
         ("q4_1-scale-bf16", Fault::Q41ScaleBf16),
         ("decode-rope-off-by-one", Fault::DecodeRopeOffByOne),
         ("decode-attends-one-fewer", Fault::DecodeAttendsOneFewer),
+        ("temperature-after-softmax", Fault::TemperatureAfterSoftmax),
+        ("top-p-one-too-few", Fault::TopPOneTooFew),
     ];
 }
 
@@ -169,6 +176,14 @@ impl Config {
         }
         let theta = if self.rope_theta == 10000.0 { 5000.0 } else { 10000.0 };
         Some(Rope::new(self.rope().layout, self.head_dim, theta))
+    }
+
+    /// The sampler's planted bugs, if any.
+    pub fn sampler_faults(&self) -> SamplerFaults {
+        SamplerFaults {
+            temperature_after_softmax: self.has_fault(Fault::TemperatureAfterSoftmax),
+            top_p_one_too_few: self.has_fault(Fault::TopPOneTooFew),
+        }
     }
 
     /// The attention shape, with the usual 1/sqrt(head_dim) score scale.

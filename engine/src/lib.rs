@@ -25,6 +25,6 @@ pub mod tokenizer;
 
 pub use config::{Arch, Config};
 pub use error::{Error, Result};
-pub use model::Model;
-pub use sampling::SamplerConfig;
+pub use model::{Model, Shared};
+pub use sampling::{Sampler, SamplerConfig};
 pub use tap::{Observer, Recorder, Tap, TapValue, Taps};

@@ -9,7 +9,7 @@ use crate::gpt2::Gpt2;
 use crate::llama::Llama;
 use crate::loader::{HfStore, WeightStore};
 use crate::ops::{argmax, softmax_in_place};
-use crate::sampling::{Sampler, SamplerConfig};
+use crate::sampling::{Sampler, SamplerConfig, CATALOG_SAMPLERS, SAMPLING_DRAWS};
 use crate::tap::{Observer, Tap, TapValue, Taps};
 use crate::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,16 @@ use std::path::{Path, PathBuf};
 enum Net {
     Llama(Llama),
     Gpt2(Gpt2),
+}
+
+/// What every implementation of a case is given besides the prompt, so that their outputs can be
+/// compared step for step (see [`Model::trace_forced`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Shared<'a> {
+    /// The decode history to feed instead of the model's own choices.
+    pub history: Option<&'a [u32]>,
+    /// The logits the `sampling` checkpoint samples from instead of the model's last logits.
+    pub sampler_logits: Option<&'a [f32]>,
 }
 
 pub struct Model {
@@ -111,21 +121,20 @@ impl Model {
     /// `observer`, then `n_generate` greedy tokens decoded one at a time through the KV cache.
     /// `probs` is `softmax(last_logits / temperature)`.
     pub fn trace(&self, prompt: &str, n_generate: usize, temperature: f32, observer: &mut dyn Observer) -> Result<()> {
-        self.trace_forced(prompt, n_generate, temperature, None, observer)
+        self.trace_forced(prompt, n_generate, temperature, Shared::default(), observer)
     }
 
-    /// [`Model::trace`] with the decode history forced: step `t`'s logits come after the prompt
-    /// and `history[..t]` (teacher forcing), and `Generated` holds the greedy choice at each step
-    /// given that history. Implementations fed the same history stay aligned after a token flip.
-    pub fn trace_forced(
-        &self,
-        prompt: &str,
-        n_generate: usize,
-        temperature: f32,
-        history: Option<&[u32]>,
-        observer: &mut dyn Observer,
-    ) -> Result<()> {
+    /// [`Model::trace`] on inputs every implementation of a case is given ([`Shared`]): with a
+    /// history, step `t`'s logits come after the prompt and `history[..t]` (teacher forcing), and
+    /// `Generated` holds the greedy choice at each step given that history, so implementations fed
+    /// the same history stay aligned after a token flip; with sampler logits, the `sampling`
+    /// checkpoint samples from those instead of the model's own last logits.
+    pub fn trace_forced(&self, prompt: &str, n_generate: usize, temperature: f32, shared: Shared, observer: &mut dyn Observer) -> Result<()> {
         let vocab = self.config().vocab_size;
+        let history = shared.history;
+        if let Some(l) = shared.sampler_logits.filter(|l| l.len() != vocab) {
+            return Err(Error::Config(format!("sampler logits of {} values for a vocabulary of {vocab}", l.len())));
+        }
         if let Some(h) = history {
             if h.len() != n_generate {
                 return Err(Error::Config(format!("a forced history of {} tokens for {n_generate} generated steps", h.len())));
@@ -149,6 +158,7 @@ impl Model {
             softmax_in_place(&mut p);
             TapValue::f32(&[vocab], p)
         });
+        self.trace_sampling(shared.sampler_logits.unwrap_or(last), &mut taps);
 
         // n greedy tokens, each shown with the logits it was chosen from.
         let mut sampler = Sampler::new(SamplerConfig::default());
@@ -165,6 +175,18 @@ impl Model {
         taps.record(Tap::StepLogits, None, || TapValue::f32(&[generated.len(), vocab], rows));
         taps.record(Tap::Generated, None, || TapValue::Ids(generated));
         Ok(())
+    }
+
+    /// The `sampling` checkpoint: each catalog sampler's distribution over `logits`, and its first
+    /// draws from the shared noise stream.
+    fn trace_sampling(&self, logits: &[f32], taps: &mut Taps) {
+        let samplers = || CATALOG_SAMPLERS.iter().map(|(_, config)| self.sampler(config.clone()));
+        let distributions: Vec<Vec<f32>> = if taps.active() { samplers().map(|s| s.distribution(logits)).collect() } else { Vec::new() };
+        taps.record(Tap::SamplerProbs, None, || TapValue::f32(&[CATALOG_SAMPLERS.len(), logits.len()], distributions.concat()));
+        taps.record(Tap::Sampled, None, || {
+            let ids = samplers().zip(&distributions).flat_map(|(mut s, probs)| (0..SAMPLING_DRAWS).map(move |_| s.draw(probs))).collect();
+            TapValue::IdRows { rows: CATALOG_SAMPLERS.len(), ids }
+        });
     }
 
     /// Samples up to `n` tokens, decoding each through the cache; `on_token` sees each one with
@@ -195,6 +217,11 @@ impl Model {
         Ok(out)
     }
 
+    /// A sampler for this model (with the model's planted sampler bugs, if any).
+    pub fn sampler(&self, config: SamplerConfig) -> Sampler {
+        Sampler::new(config).with_faults(self.config().sampler_faults())
+    }
+
     /// Generates up to `n` tokens after `prompt`, handing each to `on_token` as it is chosen;
     /// stops early at the end-of-sequence token.
     pub fn generate(&self, prompt: &str, n: usize, sampling: SamplerConfig, mut on_token: impl FnMut(u32)) -> Result<Vec<u32>> {
@@ -202,7 +229,7 @@ impl Model {
         let mut cache = self.new_cache(tokens.len() + n);
         let last = self.forward(&tokens, &mut cache, &mut Taps::none(), false)?;
         let eos = self.tokenizer.eos_id();
-        let mut sampler = Sampler::new(sampling);
+        let mut sampler = self.sampler(sampling);
         self.decode(&last, n, None, &mut cache, &mut sampler, |t, _| {
             on_token(t);
             Some(t) != eos

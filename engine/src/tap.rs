@@ -32,6 +32,11 @@ pub enum TapValue {
     Ids(Vec<u32>),
     /// One token id, shape `[]` (the `argmax` checkpoint).
     Id(u32),
+    /// Rows of token ids, shape `[rows, ids.len() / rows]` (the `sampled` checkpoint).
+    IdRows {
+        rows: usize,
+        ids: Vec<u32>,
+    },
 }
 
 impl TapValue {
@@ -45,6 +50,7 @@ impl TapValue {
             TapValue::F32 { shape, .. } => shape.clone(),
             TapValue::Ids(ids) => vec![ids.len()],
             TapValue::Id(_) => vec![],
+            TapValue::IdRows { rows, ids } => vec![*rows, ids.len().checked_div(*rows).unwrap_or(0)],
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The engine end to end on the committed tiny fixtures (`scripts/make-fixtures.py`): the same
 //! random-weight models written as GGUF F32/F16/Q8_0 and as HF safetensors.
 
+use engine::sampling::{CATALOG_SAMPLERS, SAMPLING_DRAWS};
 use engine::tap::{Recorder, Tap, TapValue};
-use engine::{Error, Model, Taps};
+use engine::{Error, Model, Shared, Taps};
 use std::path::PathBuf;
 
 fn fixture(rel: &str) -> PathBuf {
@@ -11,6 +12,10 @@ fn fixture(rel: &str) -> PathBuf {
 
 fn load(rel: &str) -> Model {
     Model::load(&fixture(rel)).unwrap_or_else(|e| panic!("loading fixture {rel}: {e}"))
+}
+
+fn forced(history: &[u32]) -> Shared<'_> {
+    Shared { history: Some(history), ..Default::default() }
 }
 
 const PROMPT: &str = "The quick brown fox jumps over the lazy dog";
@@ -101,6 +106,8 @@ fn every_catalog_tap_is_recorded_with_its_catalog_shape() {
                     Tap::Argmax => vec![],
                     Tap::Generated => vec![3],
                     Tap::StepLogits => vec![3, v],
+                    Tap::SamplerProbs => vec![CATALOG_SAMPLERS.len(), v],
+                    Tap::Sampled => vec![CATALOG_SAMPLERS.len(), SAMPLING_DRAWS],
                 };
                 let got = rec.tensors.get(&key).unwrap_or_else(|| panic!("{rel}: {key} never recorded")).shape();
                 assert_eq!(got, want, "{rel} {key}");
@@ -200,7 +207,7 @@ fn a_forced_history_is_fed_instead_of_the_engines_own_choices() {
         // A history the engine would never choose: ids 5, 6, 7, 8.
         let history = [5u32, 6, 7, 8];
         let mut obs = StepLogits::default();
-        model.trace_forced(PROMPT, 4, 1.0, Some(&history), &mut obs).expect("trace");
+        model.trace_forced(PROMPT, 4, 1.0, forced(&history), &mut obs).expect("trace");
         for (t, (_, logits)) in obs.steps.iter().enumerate() {
             // Step t's logits are those of one prefill of the prompt and the history's first t ids.
             let ids: Vec<u32> = prompt.iter().copied().chain(history[..t].iter().copied()).collect();
@@ -218,7 +225,41 @@ fn a_forced_history_is_fed_instead_of_the_engines_own_choices() {
 fn a_forced_history_of_the_wrong_length_or_outside_the_vocabulary_is_refused() {
     let model = load("tiny-llama/model-f32.gguf");
     let mut rec = Recorder::default();
-    assert!(matches!(model.trace_forced(PROMPT, 3, 1.0, Some(&[1, 2]), &mut rec), Err(Error::Config(_))));
+    assert!(matches!(model.trace_forced(PROMPT, 3, 1.0, forced(&[1, 2]), &mut rec), Err(Error::Config(_))));
     let vocab = model.config().vocab_size as u32;
-    assert!(matches!(model.trace_forced(PROMPT, 2, 1.0, Some(&[1, vocab]), &mut rec), Err(Error::Config(_))));
+    assert!(matches!(model.trace_forced(PROMPT, 2, 1.0, forced(&[1, vocab]), &mut rec), Err(Error::Config(_))));
+}
+
+#[test]
+fn the_sampling_checkpoint_samples_the_given_logits_when_given_and_its_own_otherwise() {
+    let model = load("tiny-llama/model-f32.gguf");
+    let vocab = model.config().vocab_size;
+    let sampled = |shared: Shared| {
+        let mut rec = Recorder::default();
+        model.trace_forced(PROMPT, 1, 1.0, shared, &mut rec).expect("trace");
+        let (_, probs) = f32_tensor(&rec, "sampler_probs");
+        let (_, last) = f32_tensor(&rec, "last_logits");
+        (probs, last)
+    };
+    let (own, last) = sampled(Shared::default());
+    // Each row is a distribution; the first sampler (no cut) is softmax(last / T) itself.
+    for row in own.chunks_exact(vocab) {
+        assert!((row.iter().map(|&p| f64::from(p)).sum::<f64>() - 1.0).abs() < 1e-5);
+    }
+    let t = f64::from(CATALOG_SAMPLERS[0].1.temperature);
+    let max = last.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let e: Vec<f64> = last.iter().map(|&v| ((f64::from(v) - f64::from(max)) / t).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    assert!(own[..vocab].iter().zip(&e).all(|(&p, &q)| (f64::from(p) - q / sum).abs() < 1e-6));
+    // Given logits (here: the prompt's logits reversed) are what gets sampled.
+    let given: Vec<f32> = last.iter().rev().copied().collect();
+    let (from_given, _) = sampled(Shared { sampler_logits: Some(&given), ..Default::default() });
+    let max_at = |row: &[f32]| row.iter().enumerate().fold(0, |best, (i, &p)| if p > row[best] { i } else { best });
+    assert_eq!(max_at(&from_given[..vocab]), vocab - 1 - max_at(&own[..vocab]));
+    let mut rec = Recorder::default();
+    let short = vec![0.0; vocab - 1];
+    assert!(matches!(
+        model.trace_forced(PROMPT, 1, 1.0, Shared { sampler_logits: Some(&short), ..Default::default() }, &mut rec),
+        Err(Error::Config(_))
+    ));
 }

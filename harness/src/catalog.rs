@@ -12,7 +12,7 @@ pub enum CatalogError {
     Parse { origin: String, source: toml::de::Error },
     #[error("catalog {origin}: {problem}")]
     Invalid { origin: String, problem: String },
-    #[error("tensor {key}: shape symbol {symbol:?} is not one of T, d, H, KV, hd, V, N or an integer")]
+    #[error("tensor {key}: shape symbol {symbol:?} is not one of T, d, H, KV, hd, V, N, samplers, draws or an integer")]
     UnknownSymbol { key: String, symbol: String },
     #[error("tensor {key}: shape term {term:?} overflows")]
     Overflow { key: String, term: String },
@@ -59,6 +59,30 @@ impl TensorSpec {
     }
 }
 
+/// The `sampling` checkpoint's shared noise stream: its seed, and the draws per sampler.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sampling {
+    pub seed: u64,
+    pub draws: usize,
+}
+
+/// One sampler the `sampling` checkpoint runs (the engine's copy is generated from the same table).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerSpec {
+    pub name: String,
+    pub temperature: f32,
+    #[serde(default)]
+    pub top_k: usize,
+    #[serde(default = "keep_all")]
+    pub top_p: f32,
+}
+
+fn keep_all() -> f32 {
+    1.0
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Catalog {
@@ -66,6 +90,11 @@ pub struct Catalog {
     pub checkpoints: Vec<Checkpoint>,
     #[serde(rename = "tensor")]
     pub tensors: Vec<TensorSpec>,
+    /// Absent in a catalog without samplers.
+    #[serde(default)]
+    pub sampling: Option<Sampling>,
+    #[serde(default, rename = "sampler")]
+    pub samplers: Vec<SamplerSpec>,
 }
 
 /// One dump key of one model: `blk.3.attn_probs` with its catalog tensor and checkpoint.
@@ -98,6 +127,10 @@ pub struct Dims {
     pub v: usize,
     /// Generated tokens.
     pub n: usize,
+    /// The catalog's samplers.
+    pub samplers: usize,
+    /// Draws per sampler.
+    pub draws: usize,
 }
 
 impl Catalog {
@@ -118,6 +151,9 @@ impl Catalog {
             if homes != 1 {
                 return Err(invalid(format!("tensor {:?} belongs to {homes} checkpoints (must be exactly 1)", t.name)));
             }
+        }
+        if !catalog.samplers.is_empty() && catalog.sampling.is_none() {
+            return Err(invalid("[[sampler]] entries need a [sampling] table (seed, draws)".into()));
         }
         for c in &catalog.checkpoints {
             if let Some(name) = c.tensors.iter().find(|n| catalog.tensor(n).is_none()) {
@@ -192,6 +228,8 @@ fn eval_term(term: &str, dims: &Dims, key: &str) -> Result<usize, CatalogError> 
             "hd" => dims.hd,
             "V" => dims.v,
             "N" => dims.n,
+            "samplers" => dims.samplers,
+            "draws" => dims.draws,
             other => other.parse().map_err(|_| CatalogError::UnknownSymbol { key: key.to_string(), symbol: other.to_string() })?,
         };
         acc.checked_mul(v).ok_or_else(|| CatalogError::Overflow { key: key.to_string(), term: term.to_string() })
@@ -207,11 +245,15 @@ mod tests {
     }
 
     #[test]
-    fn the_project_catalog_has_14_checkpoints() {
+    fn the_project_catalog_has_15_checkpoints_and_5_samplers() {
         let c = project_catalog();
-        assert_eq!(c.checkpoints.len(), 14);
+        assert_eq!(c.checkpoints.len(), 15);
         assert_eq!(c.checkpoints[12].name, "generated");
         assert_eq!(c.checkpoints[13].name, "step_logits");
+        assert_eq!(c.checkpoints[14].name, "sampling");
+        assert_eq!(c.samplers.len(), 5);
+        assert_eq!((c.samplers[4].temperature, c.samplers[4].top_k, c.samplers[4].top_p), (0.7, 40, 0.9));
+        assert_eq!(c.samplers[0].top_p, 1.0, "top_p defaults to keeping everything");
         assert!(c.tensor("argmax").unwrap().is_ids());
     }
 
@@ -225,7 +267,9 @@ mod tests {
         let mut expected = vec!["tokens".to_string(), "embed".to_string()];
         expected.extend(layer(0));
         expected.extend(layer(1));
-        expected.extend(["final_norm", "logits", "last_logits", "argmax", "probs", "generated", "step_logits"].map(String::from));
+        expected.extend(
+            ["final_norm", "logits", "last_logits", "argmax", "probs", "generated", "step_logits", "sampler_probs", "sampled"].map(String::from),
+        );
         assert_eq!(keys, expected);
     }
 
@@ -233,7 +277,7 @@ mod tests {
     fn gpt2_entries_leave_out_rope() {
         let entries = project_catalog().entries("gpt2", 1);
         assert!(!entries.iter().any(|e| e.tensor == "q_rope" || e.tensor == "k_rope"));
-        assert_eq!(entries.len(), 2 + 11 + 7);
+        assert_eq!(entries.len(), 2 + 11 + 9);
         let probs = entries.iter().find(|e| e.key == "blk.0.attn_probs").unwrap();
         assert_eq!((probs.checkpoint_id, probs.checkpoint.as_str(), probs.layer), (4, "attn_probs", Some(0)));
         // Each entry names its family, which picks the family's tolerances.
@@ -243,7 +287,7 @@ mod tests {
     #[test]
     fn expected_shapes_evaluate_symbol_products() {
         let c = project_catalog();
-        let dims = Dims { t: 5, d: 576, h: 9, kv: 3, hd: 64, v: 49152, n: 8 };
+        let dims = Dims { t: 5, d: 576, h: 9, kv: 3, hd: 64, v: 49152, n: 8, samplers: 5, draws: 8 };
         let shape_of = |key: &str| {
             let e = c.entries("llama", 1).into_iter().find(|e| e.key == key).unwrap();
             c.expected_shape(&e, &dims).unwrap()
@@ -254,6 +298,8 @@ mod tests {
         assert_eq!(shape_of("blk.0.attn_probs"), vec![9, 5, 5]);
         assert_eq!(shape_of("argmax"), Vec::<usize>::new());
         assert_eq!(shape_of("generated"), vec![8]);
+        assert_eq!(shape_of("sampler_probs"), vec![5, 49152]);
+        assert_eq!(shape_of("sampled"), vec![5, 8]);
     }
 
     #[test]
@@ -265,7 +311,7 @@ mod tests {
         let text = text.replace("[[tensor]]\nname = \"y\"\nscope = \"model\"\nshape = [\"T\"]\n", "");
         let c = Catalog::parse(&text, "t").unwrap();
         let e = &c.entries("llama", 0)[0];
-        let dims = Dims { t: 1, d: 1, h: 1, kv: 1, hd: 1, v: 1, n: 1 };
+        let dims = Dims { t: 1, d: 1, h: 1, kv: 1, hd: 1, v: 1, n: 1, samplers: 1, draws: 1 };
         assert!(matches!(c.expected_shape(e, &dims), Err(CatalogError::UnknownSymbol { .. })));
     }
 }

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 pub const TOPK: usize = 10;
 
 /// Tensors holding probability vectors, judged also by KL divergence and top-k overlap.
-const PROBABILITY_TENSORS: [&str; 1] = ["probs"];
+const PROBABILITY_TENSORS: [&str; 2] = ["probs", "sampler_probs"];
 
 /// A token flip: at generated step `step` (step 0 is `argmax`, the token after the prompt) the
 /// engine chose `engine` and the reference `reference`.
@@ -139,13 +139,26 @@ fn entry_with_truth(
     entry: &Entry,
     spec: &Spec,
 ) -> (Vec<CheckResult>, CheckResult) {
-    let unreadable = |e: String| result(entry, Status::Missing, Some(format!("reference tensor unreadable: {e}")), BTreeMap::new(), vec![]);
-    let mine = engine.get(&entry.key);
     let references: Vec<Result<Lookup, String>> = dumps.iter().map(|(d, _)| d.get(&entry.key).map_err(|e| e.to_string())).collect();
+    let sides: Vec<(&str, &str)> = dumps.iter().map(|(d, class)| (d.manifest.reference.as_str(), *class)).collect();
+    judge_with_truth(entry, engine.get(&entry.key), &references, &sides, truth.get(&entry.key).map_err(|e| e.to_string()), spec)
+}
+
+/// [`compare_with_truth`]'s judgement of one entry on tensors already read: the engine's, each
+/// reference's with its (name, class), and the truth's.
+pub fn judge_with_truth(
+    entry: &Entry,
+    mine: Option<&Tensor>,
+    references: &[Result<Lookup, String>],
+    sides: &[(&str, &str)],
+    truth: Result<Lookup, String>,
+    spec: &Spec,
+) -> (Vec<CheckResult>, CheckResult) {
+    let unreadable = |e: String| result(entry, Status::Missing, Some(format!("reference tensor unreadable: {e}")), BTreeMap::new(), vec![]);
     let pooled = |why: Option<&str>| -> Vec<CheckResult> {
         references
             .iter()
-            .zip(dumps)
+            .zip(sides)
             .map(|(lookup, (_, class))| match lookup {
                 Ok(lookup) => check(entry, mine, lookup, spec, class, Tokens::unknown()),
                 Err(e) => unreadable(e.clone()),
@@ -158,7 +171,7 @@ fn entry_with_truth(
             })
             .collect()
     };
-    let truth_lookup = match truth.get(&entry.key) {
+    let truth_lookup = match truth {
         Ok(lookup) => lookup,
         Err(e) => {
             return (
@@ -191,11 +204,11 @@ fn entry_with_truth(
     };
     let measured: Vec<Option<(Distance, Scale)>> = references.iter().map(distance_of).collect();
     let distances: Vec<Option<Distance>> = measured.iter().map(|m| m.map(|(d, _)| d)).collect();
-    let by: Vec<(String, Distance)> = dumps
+    let by: Vec<(String, Distance)> = sides
         .iter()
         .zip(&distances)
         .filter(|((_, class), _)| *class == "f32")
-        .filter_map(|((d, _), dist)| Some((d.manifest.reference.clone(), (*dist)?)))
+        .filter_map(|((name, _), dist)| Some((name.to_string(), (*dist)?)))
         .collect();
     let Some(floor) = Floor::of(by) else {
         let note = "no reference judged in the f32 class produced this tensor, so its noise floor is unknown: not judged, so not passed";
@@ -209,7 +222,7 @@ fn entry_with_truth(
     let by_reference = references
         .iter()
         .zip(&distances)
-        .zip(dumps)
+        .zip(sides)
         .map(|((lookup, distance), (_, class))| match (lookup, distance) {
             (Err(e), _) => unreadable(e.clone()),
             (Ok(lookup), Some(d)) => {
@@ -474,7 +487,7 @@ fn non_finite_note(side: &str, shape: &[usize], v: &[f32]) -> Option<String> {
     Some(format!("{side} has {nan} NaN and {inf} Inf, first at {:?}", unravel(first, shape)))
 }
 
-fn result(entry: &Entry, status: Status, note: Option<String>, metrics: BTreeMap<String, f64>, judgements: Vec<Judgement>) -> CheckResult {
+pub(crate) fn result(entry: &Entry, status: Status, note: Option<String>, metrics: BTreeMap<String, f64>, judgements: Vec<Judgement>) -> CheckResult {
     CheckResult {
         checkpoint_id: entry.checkpoint_id,
         checkpoint: entry.checkpoint.clone(),

@@ -49,6 +49,10 @@ pub struct Manifest {
     /// The decode history the dumper was fed (`--force-tokens`), if forced.
     #[serde(default)]
     pub force_tokens: Option<Vec<i64>>,
+    /// sha256 of the little-endian f32 logits its samplers sampled (the `sampling` checkpoint):
+    /// its own last logits, or those it was given (`--sampler-logits`).
+    #[serde(default)]
+    pub sampler_logits_sha256: Option<String>,
     #[serde(default)]
     pub tensors: BTreeMap<String, TensorRecord>,
 }

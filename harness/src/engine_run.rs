@@ -54,12 +54,11 @@ impl Observer for Observed {
     }
 }
 
-/// Runs the engine over `prompt` with every tap recorded (`step_logits` among them). With
-/// `history`, the decode is teacher-forced on it
-/// ([`engine::Model::trace_forced`]), as every reference of the case was.
-pub fn trace(model: &Model, prompt: &str, n_generate: usize, temperature: f32, history: Option<&[u32]>) -> Result<Trace> {
+/// Runs the engine over `prompt` with every tap recorded (`step_logits` among them), on what every
+/// reference of the case was fed ([`engine::Model::trace_forced`]).
+pub fn trace(model: &Model, prompt: &str, n_generate: usize, temperature: f32, shared: engine::Shared) -> Result<Trace> {
     let mut observed = Observed::default();
-    model.trace_forced(prompt, n_generate, temperature, history, &mut observed).context("running the engine")?;
+    model.trace_forced(prompt, n_generate, temperature, shared, &mut observed).context("running the engine")?;
     let tensors = observed.taps.tensors.into_iter().map(|(key, value)| (key, to_tensor(value))).collect();
     Ok(Trace { tensors, step_gaps: observed.step_gaps })
 }
@@ -81,6 +80,11 @@ fn to_tensor(value: TapValue) -> Tensor {
         TapValue::F32 { shape, data } => Tensor::f32(shape, data),
         TapValue::Ids(ids) => Tensor { shape: vec![ids.len()], values: Values::Ids(ids.into_iter().map(i64::from).collect()) },
         TapValue::Id(id) => Tensor { shape: vec![], values: Values::Ids(vec![id.into()]) },
+        value @ TapValue::IdRows { .. } => {
+            let shape = value.shape();
+            let TapValue::IdRows { ids, .. } = value else { unreachable!("matched above") };
+            Tensor { shape, values: Values::Ids(ids.into_iter().map(i64::from).collect()) }
+        }
     }
 }
 
@@ -136,7 +140,8 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/models/tiny-llama/model-f32.gguf");
         let model = Model::load(&path).unwrap();
         let history = [7u32, 11, 13];
-        let trace = trace(&model, "The quick brown fox", 3, 1.0, Some(&history)).unwrap();
+        let shared = engine::Shared { history: Some(&history), ..Default::default() };
+        let trace = trace(&model, "The quick brown fox", 3, 1.0, shared).unwrap();
         let Some(Values::Ids(prompt)) = trace.tensors.get("tokens").map(|t| &t.values) else { panic!("tokens") };
         let prompt: Vec<u32> = prompt.iter().map(|&i| i as u32).collect();
         let prefilled = prefill_steps(&model, &prompt, &history).unwrap();

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod noise;
 pub mod npy;
 pub mod pipeline;
+pub mod sampling;
 pub mod spec;
 pub mod steps;
 pub mod suite;

@@ -31,6 +31,8 @@ pub struct DumpRequest<'a> {
     pub threads: usize,
     /// A decode history to teacher-force (`--force-tokens`): the truth's greedy tokens.
     pub force_tokens: Option<&'a [i64]>,
+    /// The logits the samplers sample (`--sampler-logits`, a .npy): the truth's last logits.
+    pub sampler_logits: Option<&'a Path>,
     pub out: &'a Path,
 }
 
@@ -74,6 +76,7 @@ impl Dumpers {
             .args(["--temperature", &req.temperature.to_string()])
             .args(["--threads", &req.threads.to_string()])
             .args(req.force_tokens.map(|ids| format!("--force-tokens={}", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","))))
+            .args(req.sampler_logits.map(|path| [std::ffi::OsStr::new("--sampler-logits"), path.as_os_str()]).into_iter().flatten())
             .arg("--out")
             .arg(req.out)
             .env("DEV", "CPU")
@@ -130,7 +133,16 @@ mod tests {
     }
 
     fn request<'a>(out: &'a Path) -> DumpRequest<'a> {
-        DumpRequest { model: Path::new("m.gguf"), prompt: "hi", n_generate: 1, temperature: 1.0, threads: 1, force_tokens: None, out }
+        DumpRequest {
+            model: Path::new("m.gguf"),
+            prompt: "hi",
+            n_generate: 1,
+            temperature: 1.0,
+            threads: 1,
+            force_tokens: None,
+            sampler_logits: None,
+            out,
+        }
     }
 
     fn dumpers(root: &Path, timeout_ms: u64) -> Option<Dumpers> {
@@ -162,7 +174,7 @@ mod tests {
     }
 
     #[test]
-    fn a_forced_history_is_passed_as_force_tokens_and_left_out_otherwise() {
+    fn a_forced_history_and_sampler_input_are_passed_and_left_out_otherwise() {
         // The stand-in fails with its arguments as the last stderr line, which the error carries.
         let root = fake_root("argv", "import sys\nsys.stderr.write(' '.join(sys.argv[1:]) + '\\n')\nsys.exit(3)\n");
         let Some(d) = dumpers(&root, 20_000) else {
@@ -170,11 +182,13 @@ mod tests {
         };
         let out = root.join("out");
         let history = [5_i64, 0, 448];
-        let forced = DumpRequest { n_generate: 3, force_tokens: Some(&history), ..request(&out) };
+        let logits = root.join("truth/last_logits.npy");
+        let forced = DumpRequest { n_generate: 3, force_tokens: Some(&history), sampler_logits: Some(&logits), ..request(&out) };
         let err = d.run("fake", &forced, &root.join("forced.log")).unwrap_err().to_string();
-        assert!(err.contains("--n-generate 3") && err.contains("--force-tokens=5,0,448 --out"), "{err}");
+        let given = format!("--force-tokens=5,0,448 --sampler-logits {} --out", logits.display());
+        assert!(err.contains("--n-generate 3") && err.contains(&given), "{err}");
         let err = d.run("fake", &request(&out), &root.join("free.log")).unwrap_err().to_string();
-        assert!(err.contains("--threads 1 --out") && !err.contains("--force-tokens"), "{err}");
+        assert!(err.contains("--threads 1 --out") && !err.contains("--force-tokens") && !err.contains("--sampler-logits"), "{err}");
     }
 
     #[test]

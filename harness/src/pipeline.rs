@@ -2,11 +2,12 @@
 //! (read from disk or produced live), and their comparison. `run`, `diff`, `bisect` and
 //! `calibrate` are views of what this collects.
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Entry};
 use crate::compare;
 use crate::dumps::{Dump, Lookup};
 use crate::engine_run;
 use crate::live::{DumpRequest, Dumpers, ReferenceError};
+use crate::sampling;
 use crate::spec::Spec;
 use crate::steps;
 use crate::suite::{resolve, Case, Suite};
@@ -68,8 +69,8 @@ pub struct CaseRun {
     pub engine: BTreeMap<String, Tensor>,
     /// Each reference's dump, or why it could not be had.
     pub dumps: Vec<(String, std::result::Result<Dump, String>)>,
-    /// The decode history the engine and references were fed (the truth's greedy tokens).
-    pub history: Option<Vec<u32>>,
+    /// What the engine and every reference were fed from the truth's dump.
+    pub fed: Fed,
     /// The suite's ground truth for this case, if it has one: its name and dump.
     pub truth: Option<(String, std::result::Result<Dump, String>)>,
     /// This case's results: their place in [`RunResults::cases`].
@@ -121,9 +122,9 @@ pub fn run(ctx: &Setup, cases: Vec<Case>, run_id: &str) -> Result<(RunResults, V
 /// One case, its results appended to `results`.
 fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &str, results: &mut RunResults) -> Result<CaseRun> {
     let mut timings = Timings::default();
-    let mut fetch = |reference: &str, history: Option<&[i64]>, results: &mut RunResults| {
+    let mut fetch = |reference: &str, fed: &Fed, results: &mut RunResults| {
         let t = Instant::now();
-        let dump = fetch_dump(ctx, &case, reference, history).map_err(|e| format!("{e:#}"));
+        let dump = fetch_dump(ctx, &case, reference, fed).map_err(|e| format!("{e:#}"));
         timings.references += t.elapsed();
         if let Err(e) = &dump {
             results.reference_errors.insert(format!("{}/{}/{}", case.model.id, case.prompt.id, reference), e.clone());
@@ -131,19 +132,24 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
         (reference.to_string(), dump)
     };
     // The truth first: its greedy tokens are the decode history the engine and every reference
-    // are fed, so their steps stay aligned after a flip and every step can be compared.
-    let truth = ctx.suite.truth.as_ref().map(|name| fetch(name, None, results));
-    let history = match &truth {
-        Some((_, Ok(dump))) => history_of(dump, ctx.suite.n_generate),
-        _ => None,
+    // are fed, so their steps stay aligned after a flip and every step can be compared, and its
+    // last logits are what every sampler samples.
+    let mut truth = ctx.suite.truth.as_ref().map(|name| fetch(name, &Fed::default(), results));
+    let fed = match &truth {
+        Some((name, Ok(dump))) => match Fed::from_truth(dump, ctx.suite.n_generate) {
+            Ok(fed) => fed,
+            Err(e) => {
+                let e = format!("{e:#}");
+                results.reference_errors.insert(format!("{}/{}/{}", case.model.id, case.prompt.id, name), e.clone());
+                truth = Some((name.clone(), Err(e)));
+                Fed::default()
+            }
+        },
+        _ => Fed::default(),
     };
-    let dumps: Vec<_> = case.refs.iter().map(|reference| fetch(reference, history.as_deref(), results)).collect();
+    let dumps: Vec<_> = case.refs.iter().map(|reference| fetch(reference, &fed, results)).collect();
     let t = Instant::now();
-    let forced: Option<Vec<u32>> = match &history {
-        Some(ids) => Some(ids.iter().map(|&id| u32::try_from(id)).collect::<std::result::Result<_, _>>().context("the truth's generated ids")?),
-        None => None,
-    };
-    let trace = engine_run::trace(model, &case.prompt.text, ctx.suite.n_generate, ctx.suite.temperature, forced.as_deref())
+    let trace = engine_run::trace(model, &case.prompt.text, ctx.suite.n_generate, ctx.suite.temperature, fed.shared())
         .with_context(|| format!("engine on {} / {}", case.model.id, case.prompt.id))?;
     let engine = &trace.tensors;
     timings.engine += t.elapsed();
@@ -153,7 +159,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     let readable: Vec<(&String, &Dump)> = dumps.iter().filter_map(|(reference, dump)| Some((reference, dump.as_ref().ok()?))).collect();
     let class = |reference: &str| case.model.class_for(reference);
     // Flips on the shared history are judged from each reference's own step logits.
-    let evidence = match (&truth, &history) {
+    let evidence = match (&truth, &fed.history) {
         (Some((_, Ok(truth))), Some(_)) => {
             let refs: Vec<(&str, &Dump, &str)> = readable.iter().map(|&(r, d)| (r.as_str(), d, class(r))).collect();
             steps::StepEvidence::new(truth, &refs)
@@ -163,7 +169,14 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     // Token checks may measure a near-tie's gap, which is an engine forward pass: they go first,
     // one reference at a time, so that pass has the pool to itself and its time is the engine's
     // (as is the decode-vs-prefill pass below: `gap_time` collects both).
-    let (token_entries, tensor_entries): (Vec<_>, Vec<_>) = entries.iter().cloned().partition(|e| e.is_ids);
+    // With a truth, the sampling checkpoint is judged knowing where its samplers' cuts are.
+    let cuts = match (&truth, &fed.sampler_logits) {
+        (Some((_, Ok(_))), Some(input)) => Some(sampling::Cuts::new(&input.values, &ctx.catalog.samplers)),
+        _ => None,
+    };
+    let at_cuts = |e: &Entry| cuts.is_some() && (e.tensor == sampling::SAMPLER_PROBS || e.tensor == sampling::SAMPLED);
+    let (cut_entries, rest): (Vec<Entry>, Vec<Entry>) = entries.iter().cloned().partition(|e| at_cuts(e));
+    let (token_entries, tensor_entries): (Vec<_>, Vec<_>) = rest.into_iter().partition(|e| e.is_ids);
     let gap_time = std::sync::Mutex::new(Duration::ZERO);
     let token_checks: Vec<_> = readable
         .iter()
@@ -184,18 +197,18 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
                 *gap_time.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) += t.elapsed();
                 compare::Tie::EngineGap(gap)
             };
-            let tokens = compare::Tokens { aligned: history.is_some(), tie: &tie };
+            let tokens = compare::Tokens { aligned: fed.history.is_some(), tie: &tie };
             compare::compare_case(engine, dump, &token_entries, ctx.spec, class(reference), tokens)
         })
         .collect();
     // Every other checkpoint, all references at once: judged by each tensor's noise floor when
     // the suite has a truth and its dump could be had, else by the pooled tolerances.
     let with_class: Vec<(&Dump, &str)> = readable.iter().map(|&(reference, dump)| (dump, class(reference))).collect();
-    let (tensor_checks, truth_checks) = match &truth {
+    let (mut tensor_checks, mut truth_checks) = match &truth {
         Some((name, Ok(dump))) => {
             let (by_reference, mut against_truth) = compare::compare_with_truth(engine, &with_class, dump, &tensor_entries, ctx.spec);
             let mut prefill_time = Duration::ZERO;
-            let check = decode_vs_prefill(ctx, model, &trace, forced.as_deref(), &with_class, dump, &tensor_entries, &mut prefill_time)?;
+            let check = decode_vs_prefill(ctx, model, &trace, fed.history.as_deref(), &with_class, dump, &tensor_entries, &mut prefill_time)?;
             *gap_time.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) += prefill_time;
             if let Some(check) = check {
                 against_truth.push(check);
@@ -204,6 +217,22 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
         }
         _ => (compare::compare_all(engine, &with_class, &tensor_entries, ctx.spec), None),
     };
+    if let (Some(cuts), Some((_, truth_dump, against_truth))) = (&cuts, &mut truth_checks) {
+        let sides: Vec<(&str, &str)> = readable.iter().map(|&(reference, _)| (reference.as_str(), class(reference))).collect();
+        for e in &cut_entries {
+            let references: Vec<_> = readable.iter().map(|(_, d)| d.get(&e.key).map_err(|x| x.to_string())).collect();
+            let truth_lookup = truth_dump.get(&e.key).map_err(|x| x.to_string());
+            let (by_reference, vs_truth) = if e.tensor == sampling::SAMPLER_PROBS {
+                sampling::judge_distributions(e, engine.get(&e.key), &references, &sides, truth_lookup, cuts, ctx.spec)
+            } else {
+                sampling::judge_all_draws(e, engine.get(&e.key), &references, &truth_lookup, cuts, &ctx.catalog.samplers, ctx.spec)
+            };
+            for (checks, check) in tensor_checks.iter_mut().zip(by_reference) {
+                checks.push(check);
+            }
+            against_truth.push(vs_truth);
+        }
+    }
     // Results keep the order of `case.refs`, checks the catalog's.
     let order: BTreeMap<&str, usize> = entries.iter().enumerate().map(|(i, e)| (e.key.as_str(), i)).collect();
     let first = results.cases.len();
@@ -236,7 +265,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     let in_engine = gap_time.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     timings.engine += in_engine;
     timings.compare += t.elapsed().saturating_sub(in_engine);
-    Ok(CaseRun { case, model_path, timings, engine: trace.tensors, dumps, truth, history: forced, results: first..results.cases.len() })
+    Ok(CaseRun { case, model_path, timings, engine: trace.tensors, dumps, truth, fed, results: first..results.cases.len() })
 }
 
 /// The engine's step logits recomputed by one prefill of the prompt and the whole history, judged
@@ -269,26 +298,76 @@ fn decode_vs_prefill(
     }))
 }
 
-/// The decode history a truth's dump sets for its case: its greedy tokens, when it has all of
-/// them (none to force when nothing is generated).
-pub fn history_of(truth: &Dump, n_generate: usize) -> Option<Vec<i64>> {
-    match truth.get("generated") {
-        Ok(Lookup::Tensor(Tensor { values: Values::Ids(ids), .. })) if ids.len() == n_generate && !ids.is_empty() => Some(ids),
-        _ => None,
+/// What a case's truth gives the engine and every reference of the case, so that their outputs
+/// compare step for step: its greedy tokens as the decode history, and its last logits as the
+/// input of every sampler of the `sampling` checkpoint.
+#[derive(Clone, Debug, Default)]
+pub struct Fed {
+    /// The truth's greedy ids, when it generated any.
+    pub history: Option<Vec<u32>>,
+    pub sampler_logits: Option<SamplerInput>,
+}
+
+/// The logits every implementation's samplers are given: the truth's `last_logits` as dumped.
+#[derive(Clone, Debug)]
+pub struct SamplerInput {
+    /// The truth's file of them, handed to live dumpers.
+    pub path: PathBuf,
+    pub values: Vec<f32>,
+    /// Of their little-endian f32 bytes: what every dump records it sampled
+    /// (`sampler_logits_sha256`).
+    pub sha256: String,
+}
+
+impl Fed {
+    /// The inputs a truth's dump sets for its case. Its recorded sampler input must be its own
+    /// last logits, else it is a stale dump.
+    pub fn from_truth(truth: &Dump, n_generate: usize) -> Result<Fed> {
+        let history = match truth.get("generated") {
+            Ok(Lookup::Tensor(Tensor { values: Values::Ids(ids), .. })) if ids.len() == n_generate && !ids.is_empty() => {
+                Some(ids.iter().map(|&id| u32::try_from(id)).collect::<std::result::Result<_, _>>().context("the truth's generated ids")?)
+            }
+            _ => None,
+        };
+        let sampler_logits = match (truth.get("last_logits")?, truth.manifest.tensors.get("last_logits").and_then(|r| r.file.as_ref())) {
+            (Lookup::Tensor(Tensor { values: Values::F32(values), .. }), Some(file)) => {
+                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let sha256 = reports::hashes::sha256_bytes(&bytes);
+                if truth.manifest.sampler_logits_sha256.as_deref() != Some(sha256.as_str()) {
+                    anyhow::bail!(
+                        "{}: its samplers did not sample its own last logits (an older dump, before the sampling checkpoint?); remake it (scripts/make-dumps.sh) or run --live",
+                        truth.dir.display()
+                    );
+                }
+                Some(SamplerInput { path: truth.dir.join(file), values, sha256 })
+            }
+            _ => None,
+        };
+        Ok(Fed { history, sampler_logits })
+    }
+
+    /// The history as dumps record it (`force_tokens`).
+    fn history_ids(&self) -> Option<Vec<i64>> {
+        self.history.as_ref().map(|h| h.iter().map(|&id| i64::from(id)).collect())
+    }
+
+    /// As the engine takes it.
+    pub fn shared(&self) -> engine::Shared<'_> {
+        engine::Shared { history: self.history.as_deref(), sampler_logits: self.sampler_logits.as_ref().map(|s| s.values.as_slice()) }
     }
 }
 
-/// The decode history of a case: its truth's greedy tokens (the truth's dump fetched for it), or
-/// `None` when the suite has no truth.
-pub fn case_history(ctx: &Setup, case: &Case) -> Result<Option<Vec<i64>>> {
-    let Some(truth) = &ctx.suite.truth else { return Ok(None) };
-    Ok(history_of(&fetch_dump(ctx, case, truth, None)?, ctx.suite.n_generate))
+/// What a case's truth feeds the rest of the case ([`Fed`]), or nothing when the suite has no truth.
+pub fn case_fed(ctx: &Setup, case: &Case) -> Result<Fed> {
+    let Some(truth) = &ctx.suite.truth else { return Ok(Fed::default()) };
+    Fed::from_truth(&fetch_dump(ctx, case, truth, &Fed::default())?, ctx.suite.n_generate)
 }
 
 /// One reference's dump of one case: read from the dumps folder, or produced now. Either way it
-/// must be this case's dump (see [`check_provenance`]).
-pub fn fetch_dump(ctx: &Setup, case: &Case, reference: &str, history: Option<&[i64]>) -> Result<Dump> {
+/// must be this case's dump (see [`check_provenance`]) and made on what the case feeds it.
+pub fn fetch_dump(ctx: &Setup, case: &Case, reference: &str, fed: &Fed) -> Result<Dump> {
     let model = resolve(ctx.root, case.model.reference_path(reference));
+    let history = fed.history_ids();
     let dump = match ctx.source {
         Source::Dumps(root) => {
             let dir = root.join(&case.model.id).join(&case.prompt.id).join(reference);
@@ -302,7 +381,8 @@ pub fn fetch_dump(ctx: &Setup, case: &Case, reference: &str, history: Option<&[i
                 n_generate: ctx.suite.n_generate,
                 temperature: ctx.suite.temperature,
                 threads: ctx.suite.threads,
-                force_tokens: history,
+                force_tokens: history.as_deref(),
+                sampler_logits: fed.sampler_logits.as_ref().map(|s| s.path.as_path()),
                 out: &dir,
             };
             let log = dir.with_extension("stderr.log");
@@ -311,13 +391,21 @@ pub fn fetch_dump(ctx: &Setup, case: &Case, reference: &str, history: Option<&[i
         }
     };
     check_provenance(&dump, reference, &case.prompt.text, &model_sha(&model)?)?;
-    if dump.manifest.force_tokens.as_deref() != history {
+    if dump.manifest.force_tokens != history {
         anyhow::bail!(
             "{}: its decode history ({}) is not the one this case feeds ({}); remake it (scripts/make-dumps.sh) or run --live",
             dump.dir.display(),
             history_text(dump.manifest.force_tokens.as_deref()),
-            history_text(history)
+            history_text(history.as_deref())
         );
+    }
+    if let Some(input) = &fed.sampler_logits {
+        if dump.manifest.sampler_logits_sha256.as_deref() != Some(input.sha256.as_str()) {
+            anyhow::bail!(
+                "{}: its samplers did not sample the truth's last logits, which this case feeds them; remake it (scripts/make-dumps.sh) or run --live",
+                dump.dir.display()
+            );
+        }
     }
     Ok(dump)
 }

@@ -155,6 +155,22 @@ fn decode_only_bugs_pass_every_prompt_tensor_and_fail_the_step_logits_against_ev
 }
 
 #[test]
+fn sampler_bugs_pass_every_model_tensor_and_fail_the_samplers_distributions_against_every_reference() {
+    use reports::results::Status;
+    for (model, fault) in
+        [("tiny-llama-f32", Fault::TemperatureAfterSoftmax), ("tiny-llama-f32", Fault::TopPOneTooFew), ("tiny-gpt2-f32", Fault::TopPOneTooFew)]
+    {
+        for (reference, checks) in all_checks(model, fault) {
+            let failing: Vec<&str> = checks.iter().filter(|c| c.status.is_failure()).map(|c| c.key.as_str()).collect();
+            // The model's numbers are right; what the sampler draws from is not, against llama.cpp alone too.
+            assert!(failing.iter().all(|k| ["sampler_probs", "sampled"].contains(k)), "{fault} on {model} vs {reference}: {failing:?}");
+            let probs = checks.iter().find(|c| c.key == "sampler_probs").map(|c| c.status);
+            assert_eq!(probs, Some(Status::Fail), "{fault} on {model} vs {reference}");
+        }
+    }
+}
+
+#[test]
 fn noise_of_a_ten_thousandth_on_one_block_output_is_caught_there() {
     let (fail, pass) = first_failure("tiny-llama-f32", Some(Fault::Perturb { layer: 1, rel: 1e-4 }));
     assert_eq!((fail.as_deref(), pass.as_deref()), (Some("blk.1.block_out"), Some("blk.1.ffn_out")));

@@ -13,6 +13,15 @@ tokens, and `generated[t]` is their argmax. The history is the dumper's own gree
 suite's truth's tokens, so every implementation decodes on the same history); the manifest then
 records them as `force_tokens`.
 
+Sampling (`sample_catalog`, shared by every dumper): for each `[[sampler]]` of the catalog, the
+distribution the dumper's own sampler code draws from (temperature, then top-k, then top-p, then
+renormalised; 0 for tokens cut) as a row of `sampler_probs`, and `draws` tokens drawn from it by
+Gumbel-max on the catalog's shared noise stream (`gumbel`; this draw is ours, the same code for
+every dumper, so `sampled` checks the engine's draws, not the references'). The logits sampled are
+the dumper's own last logits rounded to f32, or with `--sampler-logits FILE` (a .npy of V f32
+values: the suite truth's last_logits) those; the manifest records their sha256 as
+`sampler_logits_sha256`.
+
 Exit codes: 0 dumped; 2 usage or input error (bad arguments, missing or unreadable model);
 3 the reference itself failed (not installed, crashed, unsupported model).
 """
@@ -55,6 +64,7 @@ def parse_args(reference):
     p.add_argument("--temperature", type=float, default=1.0, help="temperature of the `probs` checkpoint")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--force-tokens", metavar="IDS", help="comma-separated ids, exactly --n-generate of them: the decode history to feed (teacher forcing)")
+    p.add_argument("--sampler-logits", metavar="FILE", help="a .npy of V f32 logits for the samplers to sample instead of the dumper's own last logits")
     p.add_argument("--out", required=True, help="output folder (replaced atomically)")
     args = p.parse_args()
     if not Path(args.model).exists():
@@ -62,7 +72,21 @@ def parse_args(reference):
     if args.n_generate < 0 or args.temperature <= 0:
         raise DumpError("--n-generate must be >= 0 and --temperature > 0", EXIT_USAGE)
     args.force_tokens = parse_force_tokens(args.force_tokens, args.n_generate)
+    args.sampler_logits = load_sampler_logits(args.sampler_logits)
     return args
+
+
+def load_sampler_logits(path):
+    """`--sampler-logits`' values (None when not given): a 1-D array of finite f32."""
+    if path is None:
+        return None
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DumpError(f"--sampler-logits {path}: not a readable .npy ({e})", EXIT_USAGE) from None
+    if a.ndim != 1 or a.dtype != np.float32 or not np.all(np.isfinite(a)):
+        raise DumpError(f"--sampler-logits {path}: need one row of finite f32 logits, got {a.dtype} of shape {a.shape}", EXIT_USAGE)
+    return a
 
 
 def parse_force_tokens(text, n_generate):
@@ -101,6 +125,54 @@ def decode(last_logits, feed, n_generate, forced=None):
     return step_logits, np.array(generated, dtype=np.int64)
 
 
+SPLITMIX_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+def splitmix64(seed, start, n):
+    """Outputs start..start+n of SplitMix64 started at `seed` (uint64; its state moves by a constant
+    per output, so any stretch is had directly)."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) + (np.arange(start + 1, start + n + 1, dtype=np.uint64) * SPLITMIX_GAMMA)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def gumbel(seed, start, n):
+    """Elements start..start+n of the catalog's Gumbel noise: -ln(-ln u), u = ((x >> 11) + 0.5) / 2^53."""
+    u = ((splitmix64(seed, start, n) >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+    return -np.log(-np.log(u))
+
+
+def gumbel_draws(probs, seed, draws):
+    """`draws` tokens from `probs` [V]: draw j is the argmax over p > 0 of ln p + gumbel(seed, j * V, V)."""
+    p = np.asarray(probs, dtype=np.float64)
+    kept = p > 0
+    logp = np.where(kept, np.log(np.where(kept, p, 1.0)), -np.inf)
+    return [int(np.argmax(logp + gumbel(seed, j * p.size, p.size))) for j in range(draws)]
+
+
+def sample_catalog(dump, own_last_logits, distribution):
+    """The `sampling` checkpoint: `distribution(logits_f32, temperature, top_k, top_p)` is the dumper's
+    own sampler (top_k 0 and top_p 1.0 mean no cut) returning V probabilities; it is run for every
+    catalog sampler on the given logits (`--sampler-logits`) or the dumper's own rounded to f32."""
+    given = getattr(dump.args, "sampler_logits", None)
+    logits = given if given is not None else np.asarray(own_last_logits).astype(np.float32)
+    if logits.shape != np.shape(own_last_logits):
+        raise DumpError(f"--sampler-logits has {logits.size} logits; the model's vocabulary is {np.size(own_last_logits)}", EXIT_USAGE)
+    seed, draws = dump.catalog["sampling"]["seed"], dump.catalog["sampling"]["draws"]
+    rows, sampled = [], []
+    for s in dump.catalog["sampler"]:
+        probs = np.asarray(distribution(logits, s["temperature"], s.get("top_k", 0), s.get("top_p", 1.0)))
+        if probs.shape != logits.shape:
+            raise DumpError(f"internal: sampler {s['name']} gave {probs.shape} probabilities for {logits.shape} logits")
+        rows.append(probs)
+        sampled.append(gumbel_draws(probs, seed, draws))
+    dump.put("sampler_probs", np.stack(rows))
+    dump.put("sampled", np.array(sampled, dtype=np.int64))
+    dump.sampler_logits_sha256 = hashlib.sha256(logits.astype("<f4").tobytes()).hexdigest()
+
+
 def sha256_of(path):
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -122,6 +194,7 @@ class Dump:
         self.tensors = {}  # key -> np.ndarray
         self.unavailable = {}  # key -> reason
         self.token_ids = []
+        self.sampler_logits_sha256 = None  # set by sample_catalog
         self.started = time.time()
 
     def keys(self):
@@ -174,6 +247,8 @@ class Dump:
         forced = getattr(self.args, "force_tokens", None)
         if forced is not None:  # after n_generate
             lines.insert(lines.index(f"n_generate = {self.args.n_generate}") + 1, f"force_tokens = {list(forced)}")
+        if self.sampler_logits_sha256 is not None:  # before the tensor tables
+            lines.insert(lines.index(f"temperature = {self.args.temperature!r}") + 1, f"sampler_logits_sha256 = {_q(self.sampler_logits_sha256)}")
         for key, entry in self.keys():
             lines.append(f"[tensors.{_q(key)}]")
             if key in self.tensors:

@@ -21,6 +21,10 @@ the catalog's row-major layouts:
 - logits are llama_get_logits over every position; probs = softmax(last_logits / temperature) in
   numpy; step_logits and generated come from decoding one token at a time through llama.cpp's KV
   cache (the greedy tokens, or the --force-tokens history), one llama_get_logits row per step.
+- sampler_probs come from llama.cpp's own samplers (llama_sampler_init_temp, _top_k, _top_p, then
+  _dist, whose softmax over what is left is the distribution it draws from), chained in the
+  catalog's order. llama.cpp's common default chain applies the temperature last, after top-p;
+  the chain here is built in the catalog's order (temperature first, as transformers does).
 """
 
 import json
@@ -37,7 +41,7 @@ sys.path.insert(0, str(HERE.parent / "common"))
 
 try:
     import numpy as np
-    from dumpkit import EXIT_REFERENCE, EXIT_USAGE, Dump, DumpError, main
+    from dumpkit import EXIT_REFERENCE, EXIT_USAGE, Dump, DumpError, main, sample_catalog
 except ImportError as e:  # outside the reference environment: the documented exit code, in one line
     print(f"llamacpp: reference not installed ({e}); run scripts/setup-references.sh", file=sys.stderr)
     sys.exit(3)
@@ -139,6 +143,35 @@ def rows(a, n_cols):
     return a.reshape(-1, n_cols)
 
 
+def llama_cpp_distribution(logits, temperature, top_k, top_p):
+    """The probabilities llama.cpp's sampler chain (temperature, top-k, top-p, dist) leaves on the
+    candidates it keeps, 0 for the rest: dist normalises what top-k and top-p left before drawing."""
+    import ctypes
+
+    import llama_cpp as ll
+
+    n = len(logits)
+    data = (ll.llama_token_data * n)()
+    for i, v in enumerate(np.asarray(logits, dtype=np.float32).tolist()):
+        data[i].id, data[i].logit, data[i].p = i, v, 0.0
+    candidates = ll.llama_token_data_array(data=data, size=n, selected=-1, sorted=False)
+    chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+    try:
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(temperature))
+        if top_k > 0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(top_k))
+        if top_p < 1.0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(top_p, 1))
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(0))
+        ll.llama_sampler_apply(chain, ctypes.byref(candidates))
+    finally:
+        ll.llama_sampler_free(chain)  # frees the samplers added to it too
+    probs = np.zeros(n, dtype=np.float32)
+    kept = candidates.size
+    probs[[data[i].id for i in range(kept)]] = [data[i].p for i in range(kept)]
+    return probs
+
+
 def run(args):
     started = time.time()
     check_gguf(args.model)
@@ -192,6 +225,7 @@ def run(args):
     dump.put("probs", e / e.sum())
     dump.put("step_logits", g["step_logits"].reshape(args.n_generate, V))
     dump.put("generated", np.array(meta["generated"], dtype=np.int64))
+    sample_catalog(dump, logits[-1], llama_cpp_distribution)
     print(f"llamacpp: {T} prompt tokens, generated {meta['text']!r}", file=sys.stderr)
     return dump
 

@@ -14,6 +14,7 @@ llama_cpp is not importable.
 """
 
 import functools
+import math
 import os
 import subprocess
 import sys
@@ -43,10 +44,12 @@ FIXTURES = {
 FORCED = [300, 7, 42, 128]
 
 
-def run_dumper(model, out, prompt=PROMPT, n_generate=N_GENERATE, env=None, force_tokens=None):
+def run_dumper(model, out, prompt=PROMPT, n_generate=N_GENERATE, env=None, force_tokens=None, sampler_logits=None):
     cmd = [sys.executable, str(DUMPER), "--model", str(model), "--prompt", prompt, "--n-generate", str(n_generate), "--threads", "2", "--out", str(out)]
     if force_tokens is not None:
         cmd += ["--force-tokens", ",".join(map(str, force_tokens))]
+    if sampler_logits is not None:
+        cmd += ["--sampler-logits", str(sampler_logits)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env)
 
 
@@ -101,6 +104,17 @@ def half(a):
     return a.astype(np.float16).astype(np.float32)
 
 
+def gumbel(seed, n):
+    """Element n of the catalog's Gumbel noise, from SplitMix64 in Python integers (not dumpkit's numpy)."""
+    mask = (1 << 64) - 1
+    z = (seed + (n + 1) * 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    z ^= z >> 31
+    u = ((z >> 11) + 0.5) / 2.0**53
+    return -math.log(-math.log(u))
+
+
 def softmax_rows(x):
     import numpy as np
 
@@ -132,6 +146,15 @@ class TinyFixtureDumps(unittest.TestCase):
             cls.forced[name] = out
         with open(ROOT / "checkpoints" / "catalog.toml", "rb") as f:
             cls.catalog = tomllib.load(f)
+        # The tiny Llama's samplers given other logits: its own last logits reversed.
+        import numpy as np
+
+        cls.given_logits = np.load(cls.dumps["tiny-llama", "f32"] / "last_logits.npy")[::-1].copy()
+        np.save(Path(cls.tmp.name) / "given.npy", cls.given_logits)
+        cls.given = Path(cls.tmp.name) / "tiny-llama-given"
+        result = run_dumper(MODELS / "tiny-llama" / "model-f32.gguf", cls.given, sampler_logits=Path(cls.tmp.name) / "given.npy")
+        if result.returncode != 0:
+            raise AssertionError(f"dump.py --sampler-logits exited {result.returncode}: {result.stderr.strip()}")
 
     @classmethod
     def tearDownClass(cls):
@@ -158,7 +181,7 @@ class TinyFixtureDumps(unittest.TestCase):
 
     def test_every_catalog_tensor_of_the_arch_is_dumped_with_its_catalog_shape_and_dtype(self):
         for name, fmt, fx in self.each_dump():
-            sizes = dict(fx, T=len(fx["tokens"]), N=N_GENERATE)
+            sizes = dict(fx, T=len(fx["tokens"]), N=N_GENERATE, samplers=len(self.catalog["sampler"]), draws=self.catalog["sampling"]["draws"])
             tensors = self.manifest(name, fmt)["tensors"]
             for entry in self.catalog["tensor"]:
                 keys = [f"blk.{i}.{entry['name']}" for i in range(fx["n_layers"])] if entry["scope"] == "layer" else [entry["name"]]
@@ -260,6 +283,45 @@ class TinyFixtureDumps(unittest.TestCase):
                 np.testing.assert_array_equal(forced[0], greedy[0])
                 for t in range(1, N_GENERATE):
                     self.assertFalse(np.array_equal(forced[t], greedy[t]), f"step {t}")
+
+    def test_samplers_follow_the_catalog_on_their_input_and_draw_from_the_shared_noise(self):
+        import hashlib
+
+        import numpy as np
+
+        cases = [(name, fmt, self.dumps[name, fmt], self.load(name, fmt, "last_logits")) for name, fmt in self.dumps]
+        cases.append(("tiny-llama", "given", self.given, self.given_logits))
+        for name, fmt, out, logits in cases:
+            with self.subTest(model=name, format=fmt):
+                with open(out / "manifest.toml", "rb") as f:
+                    self.assertEqual(tomllib.load(f)["sampler_logits_sha256"], hashlib.sha256(logits.astype("<f4").tobytes()).hexdigest())
+                probs, sampled = np.load(out / "sampler_probs.npy"), np.load(out / "sampled.npy")
+                for s, row, draws in zip(self.catalog["sampler"], probs, sampled):
+                    # Temperature, then top-k, then top-p, renormalised: computed here in float64.
+                    z = logits.astype(np.float64) / s["temperature"]
+                    order = np.argsort(-z, kind="stable")[: s.get("top_k", 0) or None]
+                    q = np.exp(z[order] - z[order].max())
+                    q /= q.sum()
+                    before = np.cumsum(q) - q
+                    order = order[before < s.get("top_p", 1.0)]
+                    want = np.zeros_like(z)
+                    want[order] = np.exp(z[order] - z[order].max()) / np.exp(z[order] - z[order].max()).sum()
+                    np.testing.assert_allclose(row, want, rtol=1e-5, atol=1e-7, err_msg=s["name"])
+                    seed, v = self.catalog["sampling"]["seed"], len(logits)
+                    for j, token in enumerate(draws):
+                        score = [math.log(want[i]) + gumbel(seed, j * v + i) if want[i] > 0 else -np.inf for i in range(v)]
+                        self.assertEqual(token, int(np.argmax(score)), f"{s['name']} draw {j}")
+
+    def test_sampler_logits_of_the_wrong_length_are_a_usage_error(self):
+        import numpy as np
+
+        with tempfile.TemporaryDirectory() as tmp:
+            bad = Path(tmp) / "short.npy"
+            np.save(bad, self.given_logits[:-1])
+            r = run_dumper(MODELS / "tiny-llama" / "model-f32.gguf", Path(tmp) / "out", sampler_logits=bad)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn("--sampler-logits", r.stderr)
+            self.assertFalse((Path(tmp) / "out").exists())
 
     def test_llama_projections_and_rope_match_numpy_on_the_hf_weights(self):
         """Pins the GGUF Q/K un-permutation: HF-order weights and HF's rotate-half RoPE, no llama.cpp layout."""

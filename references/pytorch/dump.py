@@ -15,6 +15,8 @@ is a plain function in transformers' Llama, not a module, so `q_rope`/`k_rope` c
 that function for the duration of the prompt forward. `step_logits` and `generated` come from a
 loop that feeds one token at a time with the cache (not `generate()`), so the incremental path is
 what gets exercised: the greedy tokens, or the `--force-tokens` history (dumpkit.decode).
+`sampler_probs` come from transformers' own logits warpers (TemperatureLogitsWarper, TopKLogitsWarper,
+TopPLogitsWarper) and a softmax, on the logits dumpkit.sample_catalog hands them.
 
 `run` computes in a chosen torch dtype: float32 here, float64 for the ground truth
 (references/pytorch-f64/dump.py). Either way the weights are loaded exactly as for float32 (a GGUF
@@ -37,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
 
 try:
-    from dumpkit import EXIT_USAGE, Dump, DumpError, decode, main
+    from dumpkit import EXIT_USAGE, Dump, DumpError, decode, main, sample_catalog
 except ImportError as e:  # dumpkit needs numpy: without it, still fail the documented way (exit 3, one line)
     print(f"pytorch: reference not installed ({e}); run scripts/setup-references.sh", file=sys.stderr)
     sys.exit(3)
@@ -459,8 +461,26 @@ def run(args, dtype="float32", reference="pytorch"):
         step_logits, generated = decode(last.numpy(), feed, args.n_generate, args.force_tokens)
         dump.put("step_logits", step_logits)
         dump.put("generated", generated)
+        sample_catalog(dump, last.numpy(), lambda logits, t, k, p: sampler_distribution(logits, t, k, p, dtype))
     print(f"{reference}: {len(ids)} prompt tokens, generated {ref.tokenizer.decode(generated.tolist())!r}", file=sys.stderr)
     return dump
+
+
+def sampler_distribution(logits, temperature, top_k, top_p, dtype):
+    """transformers' own logits warpers, in the order its generate() applies them (temperature,
+    top-k, top-p), then the softmax, all in `dtype`: what its sampling draws from."""
+    import numpy as np
+    import torch
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    scores = torch.from_numpy(np.asarray(logits).astype(dtype))[None]  # widened by numpy: no float32 op under the guard
+    warpers = [TemperatureLogitsWarper(temperature)]
+    warpers += [TopKLogitsWarper(top_k)] if top_k > 0 else []
+    warpers += [TopPLogitsWarper(top_p)] if top_p < 1.0 else []
+    no_ids = torch.zeros((1, 0), dtype=torch.long)  # the warpers here do not look at the tokens so far
+    for warp in warpers:
+        scores = warp(no_ids, scores)
+    return torch.softmax(scores, dim=-1)[0].numpy()
 
 
 def cli(reference="pytorch", dtype="float32"):

@@ -142,7 +142,7 @@ class TinyFixtureDumps(unittest.TestCase):
     def test_every_catalog_tensor_of_the_arch_is_dumped_with_its_catalog_shape_and_dtype(self):
         for name, fmt, fx in self.each_dump():
             with self.subTest(model=name, format=fmt):
-                sizes = dict(fx, T=self.prompt_length(name, fmt), N=N_GENERATE)
+                sizes = dict(fx, T=self.prompt_length(name, fmt), N=N_GENERATE, samplers=len(self.catalog["sampler"]), draws=self.catalog["sampling"]["draws"])
                 tensors = self.manifest(name, fmt)["tensors"]
                 for entry in self.catalog["tensor"]:
                     keys = [f"blk.{i}.{entry['name']}" for i in range(fx["n_layers"])] if entry["scope"] == "layer" else [entry["name"]]

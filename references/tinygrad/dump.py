@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 
-from dumpkit import EXIT_USAGE, Dump, DumpError, decode, main  # noqa: E402
+from dumpkit import EXIT_USAGE, Dump, DumpError, decode, main, sample_catalog  # noqa: E402
 
 GGUF_MAGIC = b"GGUF"
 
@@ -109,7 +109,29 @@ def run(args):
     step_logits, generated = decode(last, feed, args.n_generate, args.force_tokens)
     dump.put("step_logits", step_logits)
     dump.put("generated", generated)
+    sample_catalog(dump, last, tinygrad_distribution)
     return dump
+
+
+def tinygrad_distribution(logits, temperature, top_k, top_p):
+    """The catalog's sampler in tinygrad tensor ops (tinygrad has no sampler of its own): the
+    tempered softmax, the k largest logits kept (topk), then the most likely tokens kept while the
+    mass before them is under p (sort and cumsum), renormalised. A token is kept by value, so a tie
+    at a cut keeps every tied token (exact ties at a cut are not expected on real logits)."""
+    from tinygrad import Tensor
+
+    z = Tensor(np.asarray(logits, dtype=np.float32)) / temperature
+    if top_k > 0:
+        kth = z.topk(top_k)[0][-1]
+        z = (z >= kth).where(z, float("-inf"))
+    probs = z.softmax()
+    if top_p < 1.0:
+        ranked = probs.sort(descending=True)[0]
+        before = ranked.cumsum() - ranked
+        smallest_kept = (before < top_p).where(ranked, float("inf")).min()
+        probs = (probs >= smallest_kept).where(probs, 0.0)
+        probs = probs / probs.sum()
+    return probs.numpy()
 
 
 if __name__ == "__main__":

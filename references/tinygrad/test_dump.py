@@ -142,6 +142,7 @@ def check_fixture(rel, pinned, tmp, fail):
         return
     manifest = tomllib.loads((out / "manifest.toml").read_text())
     catalog = tomllib.loads((ROOT / "checkpoints" / "catalog.toml").read_text())
+    dims = dict(dims, samplers=len(catalog["sampler"]), draws=catalog["sampling"]["draws"])
     if manifest["token_ids"] != pinned:
         fail(f"{rel}: token_ids {manifest['token_ids']} != llama.cpp's {pinned}")
     if manifest["arch"] != arch or manifest["n_layers"] != n_layers:

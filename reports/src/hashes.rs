@@ -150,7 +150,16 @@ pub fn sha256_files(files: &[PathBuf]) -> Result<(String, u64), BundleError> {
             total += n as u64;
         }
     }
-    Ok((hasher.finalize().iter().map(|b| format!("{b:02x}")).collect(), total))
+    Ok((hex(&hasher.finalize()), total))
+}
+
+/// SHA-256 (lowercase hex) of bytes in memory.
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `path` itself if a file, else every file under it in path order.
@@ -258,6 +267,11 @@ fn parse_known(line: &str) -> Option<Known> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sha256_of_bytes_is_the_fips_180_2_test_vector() {
+        assert_eq!(sha256_bytes(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
 
     /// sha256 of "abc", FIPS 180-2 appendix B.1.
     const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";

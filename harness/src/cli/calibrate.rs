@@ -14,7 +14,7 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use harness::compare;
 use harness::dumps::{Dump, Lookup};
 use harness::metrics;
-use harness::pipeline::{case_history, fetch_dump, Setup};
+use harness::pipeline::{case_fed, fetch_dump, Setup};
 use harness::spec::{self, Evidence, PairSpread, RobustSpread, Spreads};
 use harness::tensor::{Tensor, Values};
 use std::collections::BTreeMap;
@@ -48,11 +48,11 @@ pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
     let mut samples = Samples::new();
     let mut measured_on = Vec::new();
     for case in &loaded.cases {
-        let history = case_history(&setup, case).with_context(|| format!("the truth on {}/{}", case.model.id, case.prompt.id))?;
+        let fed = case_fed(&setup, case).with_context(|| format!("the truth on {}/{}", case.model.id, case.prompt.id))?;
         let dumps: Vec<Dump> = case
             .refs
             .iter()
-            .map(|r| fetch_dump(&setup, case, r, history.as_deref()).with_context(|| format!("{r} on {}/{}", case.model.id, case.prompt.id)))
+            .map(|r| fetch_dump(&setup, case, r, &fed).with_context(|| format!("{r} on {}/{}", case.model.id, case.prompt.id)))
             .collect::<Result<_>>()?;
         if dumps.len() < 2 {
             continue;

@@ -83,7 +83,7 @@ fn repeat_checks(loaded: &Loaded, runs: &[CaseRun], repeat: usize, faults: &[eng
         super::plant::plant_in(faults, &mut model);
         for k in 2..=repeat {
             let again =
-                engine_run::trace(&model, &run.case.prompt.text, loaded.suite.n_generate, loaded.suite.temperature, run.history.as_deref())?.tensors;
+                engine_run::trace(&model, &run.case.prompt.text, loaded.suite.n_generate, loaded.suite.temperature, run.fed.shared())?.tensors;
             let checks = loaded
                 .catalog
                 .entries(model.config().arch.name(), model.config().n_layers)
