@@ -161,3 +161,24 @@ fn decode_only_bugs_fail_the_step_logits_against_every_reference_on_real_weights
         }
     }
 }
+
+/// Sampler plants on SmolLM2 Q4_1 and GPT-2-small: every model tensor passes, and the samplers'
+/// distributions fail against the truth and against each reference alone, llama.cpp included.
+#[test]
+fn sampler_bugs_fail_the_samplers_distributions_against_every_reference_on_real_weights() {
+    use reports::results::Status;
+    for (model, fault) in [
+        ("smollm2-q4_1", Fault::TemperatureAfterSoftmax),
+        ("smollm2-q4_1", Fault::TopPOneTooFew),
+        ("gpt2-small-f32", Fault::TemperatureAfterSoftmax),
+        ("gpt2-small-f32", Fault::TopPOneTooFew),
+    ] {
+        let Some(cases) = all_checks(model, fault) else { return };
+        for (reference, checks) in cases {
+            let failing: Vec<&str> = checks.iter().filter(|c| c.status.is_failure()).map(|c| c.key.as_str()).collect();
+            assert!(failing.iter().all(|k| ["sampler_probs", "sampled"].contains(k)), "{fault} on {model} vs {reference}: {failing:?}");
+            let probs = checks.iter().find(|c| c.key == "sampler_probs").map(|c| c.status);
+            assert_eq!(probs, Some(Status::Fail), "{fault} on {model} vs {reference}");
+        }
+    }
+}
