@@ -86,7 +86,7 @@ fn main() {
     for t in &catalog.tensor {
         writeln!(out, "            Tap::{} => {:?},", camel(&t.name), t.name).unwrap();
     }
-    out.push_str("        }\n    }\n\n    /// The checkpoint number (0-12) this tensor belongs to.\n");
+    out.push_str("        }\n    }\n\n    /// The checkpoint number (its catalog id) this tensor belongs to.\n");
     out.push_str("    pub const fn checkpoint(self) -> u32 {\n        match self {\n");
     for t in &catalog.tensor {
         writeln!(out, "            Tap::{} => {},", camel(&t.name), checkpoint_of(&t.name)).unwrap();
@@ -100,6 +100,15 @@ fn main() {
     out.push_str("    pub const fn is_ids(self) -> bool {\n        match self {\n");
     for t in &catalog.tensor {
         writeln!(out, "            Tap::{} => {},", camel(&t.name), t.dtype.as_deref() == Some("id")).unwrap();
+    }
+    out.push_str("        }\n    }\n\n    /// The decode-path tap (`dec_<name>`) a decode step's `<name>` is recorded as, if the catalog has one.\n");
+    out.push_str("    pub const fn decoded(self) -> Option<Tap> {\n        match self {\n");
+    for t in &catalog.tensor {
+        let dec = format!("dec_{}", t.name);
+        match catalog.tensor.iter().any(|u| u.name == dec) {
+            true => writeln!(out, "            Tap::{} => Some(Tap::{}),", camel(&t.name), camel(&dec)).unwrap(),
+            false => writeln!(out, "            Tap::{} => None,", camel(&t.name)).unwrap(),
+        }
     }
     out.push_str("        }\n    }\n}\n");
 

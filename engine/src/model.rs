@@ -10,7 +10,7 @@ use crate::llama::Llama;
 use crate::loader::{HfStore, WeightStore};
 use crate::ops::{argmax, softmax_in_place};
 use crate::sampling::{Sampler, SamplerConfig, CATALOG_SAMPLERS, SAMPLING_DRAWS};
-use crate::tap::{Observer, Tap, TapValue, Taps};
+use crate::tap::{decode_steps, DecodeStack, Observer, Tap, TapValue, Taps};
 use crate::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
@@ -160,11 +160,14 @@ impl Model {
         });
         self.trace_sampling(shared.sampler_logits.unwrap_or(last), &mut taps);
 
-        // n greedy tokens, each shown with the logits it was chosen from.
+        // n greedy tokens, each shown with the logits it was chosen from; the chosen decode
+        // steps' layer taps stacked into the decode_layers tensors.
         let mut sampler = Sampler::new(SamplerConfig::default());
         let mut step = 0;
         let mut rows = Vec::new();
-        let generated = self.decode(last, n_generate, history, &mut cache, &mut sampler, |_, logits| {
+        let context = tokens.len() + n_generate.saturating_sub(1);
+        let mut stack = DecodeStack::new(decode_steps(n_generate), self.config().n_layers, self.decode_tap_shapes(context));
+        let generated = self.decode(last, n_generate, history, &mut cache, &mut sampler, Some(&mut stack), |_, logits| {
             taps.step_logits(step, logits);
             if taps.active() {
                 rows.extend_from_slice(logits);
@@ -172,6 +175,7 @@ impl Model {
             step += 1;
             true
         })?;
+        stack.finish(&mut taps);
         taps.record(Tap::StepLogits, None, || TapValue::f32(&[generated.len(), vocab], rows));
         taps.record(Tap::Generated, None, || TapValue::Ids(generated));
         Ok(())
@@ -189,9 +193,35 @@ impl Model {
         });
     }
 
+    /// The per-step shape of each `decode_layers` tensor this model has (after the leading S
+    /// axis), in a context of `context` positions (T+N-1).
+    fn decode_tap_shapes(&self, context: usize) -> Vec<(Tap, Vec<usize>)> {
+        let c = self.config();
+        let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let rope = c.arch == Arch::Llama;
+        let shapes = [
+            (Tap::DecAttnNorm, vec![c.d_model]),
+            (Tap::DecQ, vec![q]),
+            (Tap::DecK, vec![kv]),
+            (Tap::DecV, vec![kv]),
+            (Tap::DecQRope, if rope { vec![q] } else { vec![] }),
+            (Tap::DecKRope, if rope { vec![kv] } else { vec![] }),
+            (Tap::DecKCache, vec![c.n_kv_heads, context, c.head_dim]),
+            (Tap::DecVCache, vec![c.n_kv_heads, context, c.head_dim]),
+            (Tap::DecAttnProbs, vec![c.n_heads, context]),
+            (Tap::DecAttnOut, vec![c.d_model]),
+            (Tap::DecFfnNorm, vec![c.d_model]),
+            (Tap::DecFfnOut, vec![c.d_model]),
+            (Tap::DecBlockOut, vec![c.d_model]),
+        ];
+        shapes.into_iter().filter(|(_, shape)| !shape.is_empty()).collect()
+    }
+
     /// Samples up to `n` tokens, decoding each through the cache; `on_token` sees each one with
     /// the logits it was chosen from, and returns false to stop early. With `history`, step `i`
-    /// feeds `history[i]` to the cache instead of the token it chose.
+    /// feeds `history[i]` to the cache instead of the token it chose. `stack` observes the
+    /// forward passes of the decode steps it wants (step t gives the logits of token t).
+    #[allow(clippy::too_many_arguments)]
     fn decode(
         &self,
         last: &[f32],
@@ -199,6 +229,7 @@ impl Model {
         history: Option<&[u32]>,
         cache: &mut KvCache,
         sampler: &mut Sampler,
+        mut stack: Option<&mut DecodeStack>,
         mut on_token: impl FnMut(u32, &[f32]) -> bool,
     ) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(n);
@@ -211,7 +242,11 @@ impl Model {
             }
             if i + 1 < n {
                 let fed = history.and_then(|h| h.get(i).copied()).unwrap_or(next);
-                logits = self.forward(&[fed], cache, &mut Taps::none(), false)?;
+                let mut taps = match stack.as_deref_mut().filter(|s| s.wants(i + 1)) {
+                    Some(observer) => Taps::new(observer),
+                    None => Taps::none(),
+                };
+                logits = self.forward(&[fed], cache, &mut taps, false)?;
             }
         }
         Ok(out)
@@ -230,7 +265,7 @@ impl Model {
         let last = self.forward(&tokens, &mut cache, &mut Taps::none(), false)?;
         let eos = self.tokenizer.eos_id();
         let mut sampler = self.sampler(sampling);
-        self.decode(&last, n, None, &mut cache, &mut sampler, |t, _| {
+        self.decode(&last, n, None, &mut cache, &mut sampler, None, |t, _| {
             on_token(t);
             Some(t) != eos
         })

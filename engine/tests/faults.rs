@@ -56,9 +56,23 @@ fn decode_only_bugs_leave_every_prompt_tensor_unchanged_and_change_the_decode_st
     ] {
         let (clean, planted) = (trace(rel, None), trace(rel, Some(fault)));
         let diff = changed(&clean, &planted);
-        // Only the decode taps may change: the tokens and the logits of each generated step.
-        assert!(diff.iter().all(|k| k == "generated" || k == "step_logits"), "{rel} {fault}: prompt tensors changed: {diff:?}");
+        // Only the decode taps may change: the decode steps' layer taps, the tokens and the
+        // logits of each generated step.
+        let decoded = |k: &String| k == "generated" || k == "step_logits" || k.contains(".dec_");
+        assert!(diff.iter().all(decoded), "{rel} {fault}: prompt tensors changed: {diff:?}");
         assert!(diff.iter().any(|k| k == "step_logits"), "{rel} {fault}: the step logits did not change");
+        // At the first decode step (row 0 of the stacks; its fed token is the prompt's choice, so
+        // the same in both runs) the bug shows where it lives, and not before it.
+        let row0 = |run: &Run, key: &str| match &run.taps.tensors[key] {
+            TapValue::F32 { shape, data } => data[..data.len() / shape[0]].to_vec(),
+            other => panic!("{key}: {other:?}"),
+        };
+        let (same, differs) = match fault {
+            Fault::DecodeRopeOffByOne => ("blk.0.dec_q", "blk.0.dec_q_rope"),
+            _ => ("blk.0.dec_k_cache", "blk.0.dec_attn_probs"),
+        };
+        assert_eq!(row0(&clean, same), row0(&planted, same), "{rel} {fault}");
+        assert_ne!(row0(&clean, differs), row0(&planted, differs), "{rel} {fault}");
         // Step 0 is chosen from the prompt's logits; every later step went through the cache.
         assert_eq!(clean.steps[0], planted.steps[0]);
         for (i, (a, b)) in clean.steps.iter().zip(&planted.steps).enumerate().skip(1) {
@@ -85,7 +99,9 @@ fn each_small_bug_first_changes_the_tensor_where_it_lives() {
     let first_change = |rel: &str, fault: Fault| {
         let (clean, planted) = (trace(rel, None), trace(rel, Some(fault)));
         // Taps in forward order: embed, then layer 0's, layer 1's, then the head.
+        // The decode steps' layer taps come after the prompt's head: a decode step follows the whole prompt.
         let order = |k: &str| match k.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+            Some((_, name)) if name.starts_with("dec_") => (usize::MAX, 1),
             Some((l, name)) => (1 + l.parse::<usize>().unwrap(), TAPS.iter().position(|t| *t == name).unwrap_or(99)),
             None if k == "embed" || k == "tokens" => (0, 0),
             None => (usize::MAX, 0),

@@ -89,7 +89,7 @@ fn every_catalog_tap_is_recorded_with_its_catalog_shape() {
             let layers: Vec<Option<usize>> = if tap.per_layer() { (0..c.n_layers).map(Some).collect() } else { vec![None] };
             for layer in layers {
                 let key = tap.key(layer);
-                let rope = matches!(tap, Tap::QRope | Tap::KRope);
+                let rope = matches!(tap, Tap::QRope | Tap::KRope | Tap::DecQRope | Tap::DecKRope);
                 if rope && !llama {
                     assert!(!rec.tensors.contains_key(&key), "{rel}: GPT-2 has no {key}");
                     continue;
@@ -108,6 +108,12 @@ fn every_catalog_tap_is_recorded_with_its_catalog_shape() {
                     Tap::StepLogits => vec![3, v],
                     Tap::SamplerProbs => vec![CATALOG_SAMPLERS.len(), v],
                     Tap::Sampled => vec![CATALOG_SAMPLERS.len(), SAMPLING_DRAWS],
+                    // N = 3: decode steps 1 and 2; the context after step 2 is T+2.
+                    Tap::DecAttnNorm | Tap::DecAttnOut | Tap::DecFfnNorm | Tap::DecFfnOut | Tap::DecBlockOut => vec![2, d],
+                    Tap::DecQ | Tap::DecQRope => vec![2, h * hd],
+                    Tap::DecK | Tap::DecV | Tap::DecKRope => vec![2, kv * hd],
+                    Tap::DecKCache | Tap::DecVCache => vec![2, kv, t + 2, hd],
+                    Tap::DecAttnProbs => vec![2, h, t + 2],
                 };
                 let got = rec.tensors.get(&key).unwrap_or_else(|| panic!("{rel}: {key} never recorded")).shape();
                 assert_eq!(got, want, "{rel} {key}");
@@ -119,6 +125,57 @@ fn every_catalog_tap_is_recorded_with_its_catalog_shape() {
         }
         assert_eq!(probs[1], 0.0, "the causal mask leaves exact zeros");
     }
+}
+
+#[test]
+fn decode_taps_at_the_chosen_steps_equal_the_prefill_taps_of_their_position() {
+    for rel in ["tiny-llama/model-f32.gguf", "tiny-gpt2/model-f32.gguf"] {
+        let model = load(rel);
+        let n = 8; // decode steps 1, 4 and 7
+        let rec = trace(&model, n);
+        let Some(TapValue::Ids(generated)) = rec.tensors.get("generated") else { panic!("{rel}: no generated ids") };
+        let tokens = model.prompt_tokens(PROMPT, n).unwrap();
+        let t = tokens.len();
+        let ctx = t + n - 1;
+        // One prefill of the prompt and the fed history (the engine's own tokens but the last).
+        let all: Vec<u32> = tokens.iter().chain(&generated[..n - 1]).copied().collect();
+        let mut prefill = Recorder::default();
+        model.forward(&all, &mut model.new_cache(ctx), &mut Taps::new(&mut prefill), true).unwrap();
+        let c = model.config();
+        let (h, kv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+        for layer in 0..c.n_layers {
+            for name in
+                ["attn_norm", "q", "k", "v", "q_rope", "k_rope", "attn_out", "ffn_norm", "ffn_out", "block_out", "attn_probs", "k_cache", "v_cache"]
+            {
+                let key = format!("blk.{layer}.{name}");
+                let Some(TapValue::F32 { data: full, .. }) = prefill.tensors.get(&key) else {
+                    assert!(name.ends_with("rope"), "{rel}: prefill has no {key}");
+                    continue;
+                };
+                let (shape, dec) = f32_tensor(&rec, &format!("blk.{layer}.dec_{name}"));
+                assert_eq!(shape[0], 3, "{rel} {key}");
+                for (s, step) in [1, 4, 7].into_iter().enumerate() {
+                    let pos = t + step - 1; // the position step `step` fed
+                    let row = &dec[s * dec.len() / 3..(s + 1) * dec.len() / 3];
+                    // The prefill's layout at that position, with the decode step's zeros after it.
+                    let want: Vec<f32> = match name {
+                        "attn_probs" => (0..h).flat_map(|hh| full[(hh * ctx + pos) * ctx..(hh * ctx + pos + 1) * ctx].to_vec()).collect(),
+                        "k_cache" | "v_cache" => (0..kv * ctx * hd).map(|i| if (i / hd) % ctx <= pos { full[i] } else { 0.0 }).collect(),
+                        _ => full[pos * row.len()..(pos + 1) * row.len()].to_vec(),
+                    };
+                    assert!(max_abs_diff(row, &want) < 1e-4, "{rel} {key} step {step}: {}", max_abs_diff(row, &want));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn without_a_decode_step_the_decode_taps_are_empty() {
+    let rec = trace(&load("tiny-llama/model-f32.gguf"), 1);
+    let (shape, data) = f32_tensor(&rec, "blk.1.dec_k_cache");
+    assert_eq!((shape[0], data.len()), (0, 0));
+    assert_eq!(f32_tensor(&rec, "blk.0.dec_attn_probs").0[0], 0);
 }
 
 #[test]

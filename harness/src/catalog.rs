@@ -12,7 +12,7 @@ pub enum CatalogError {
     Parse { origin: String, source: toml::de::Error },
     #[error("catalog {origin}: {problem}")]
     Invalid { origin: String, problem: String },
-    #[error("tensor {key}: shape symbol {symbol:?} is not one of T, d, H, KV, hd, V, N, samplers, draws or an integer")]
+    #[error("tensor {key}: shape symbol {symbol:?} is not one of T, d, H, KV, hd, V, N, S, samplers, draws or an integer")]
     UnknownSymbol { key: String, symbol: String },
     #[error("tensor {key}: shape term {term:?} overflows")]
     Overflow { key: String, term: String },
@@ -133,6 +133,13 @@ pub struct Dims {
     pub draws: usize,
 }
 
+impl Dims {
+    /// `S`: how many decode steps have layer taps (`decode_layers`), [`engine::tap::decode_steps`].
+    pub fn decode_steps(&self) -> usize {
+        engine::tap::decode_steps(self.n).len()
+    }
+}
+
 impl Catalog {
     pub fn load(path: &Path) -> Result<Catalog, CatalogError> {
         let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Io { path: path.to_path_buf(), source })?;
@@ -171,20 +178,27 @@ impl Catalog {
         self.checkpoints.iter().find(|c| c.name == name)
     }
 
-    /// Every key a model of `arch` with `n_layers` layers should produce, in forward order: the
-    /// model-scope tensors of checkpoints before the first per-layer one (embeddings), then per
-    /// layer its tensors in checkpoint order, then the remaining model-scope tensors (final_norm,
-    /// logits, ..., generated). Bisect walks this order to find where an error first appears.
+    /// Every key a model of `arch` with `n_layers` layers should produce, in forward order. The
+    /// catalog's checkpoints fall into passes: a pass is a run of checkpoints with per-layer
+    /// tensors and the model-scope tensors that follow them up to the next per-layer one. Per pass,
+    /// its layers in turn (each with its per-layer tensors in checkpoint order), then its
+    /// model-scope tensors; model-scope tensors before the first pass come first. So: embeddings;
+    /// the prompt's layers, then final_norm, logits, ..., probs; the decode steps' layers
+    /// (`decode_layers`), then generated and step_logits. A decode step runs after the whole
+    /// prompt (its cache, its chosen token), so its layers come after the prompt's head. Bisect
+    /// walks this order to find where an error first appears.
     pub fn entries(&self, arch: &str, n_layers: usize) -> Vec<Entry> {
+        // (per-layer tensors, model-scope tensors after them) of each pass, after `before`.
+        type Pass<'c> = (Vec<(&'c Checkpoint, &'c TensorSpec)>, Vec<(&'c Checkpoint, &'c TensorSpec)>);
         let mut before = Vec::new();
-        let mut per_layer = Vec::new();
-        let mut after = Vec::new();
+        let mut passes: Vec<Pass> = Vec::new();
         for c in &self.checkpoints {
             for spec in c.tensors.iter().filter_map(|n| self.tensor(n)).filter(|t| t.applies_to(arch)) {
-                match spec.scope {
-                    Scope::Layer => per_layer.push((c, spec)),
-                    Scope::Model if per_layer.is_empty() => before.push((c, spec)),
-                    Scope::Model => after.push((c, spec)),
+                match (spec.scope, passes.last_mut()) {
+                    (Scope::Model, None) => before.push((c, spec)),
+                    (Scope::Model, Some((_, after))) => after.push((c, spec)),
+                    (Scope::Layer, Some((layers, after))) if after.is_empty() => layers.push((c, spec)),
+                    (Scope::Layer, _) => passes.push((vec![(c, spec)], Vec::new())),
                 }
             }
         }
@@ -201,10 +215,12 @@ impl Catalog {
             arch: arch.to_string(),
         };
         let mut out: Vec<Entry> = before.iter().map(|(c, t)| entry(c, t, None)).collect();
-        for layer in 0..n_layers {
-            out.extend(per_layer.iter().map(|(c, t)| entry(c, t, Some(layer))));
+        for (per_layer, after) in &passes {
+            for layer in 0..n_layers {
+                out.extend(per_layer.iter().map(|(c, t)| entry(c, t, Some(layer))));
+            }
+            out.extend(after.iter().map(|(c, t)| entry(c, t, None)));
         }
-        out.extend(after.iter().map(|(c, t)| entry(c, t, None)));
         out
     }
 
@@ -217,8 +233,28 @@ impl Catalog {
     }
 }
 
-/// A product of symbols and integers: `"H*hd"`, `"T"`, `"2*d"`.
+/// A sum or difference of products of symbols and integers: `"H*hd"`, `"T"`, `"2*d"`, `"T+N-1"`.
+/// A negative result is an overflow like any other.
 fn eval_term(term: &str, dims: &Dims, key: &str) -> Result<usize, CatalogError> {
+    let overflow = || CatalogError::Overflow { key: key.to_string(), term: term.to_string() };
+    // Split before each sign: "T+N-1" -> [(+, "T"), (+, "N"), (-, "1")].
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut negative = false;
+    for (i, c) in term.char_indices().filter(|(_, c)| matches!(c, '+' | '-')) {
+        parts.push((negative, &term[start..i]));
+        (negative, start) = (c == '-', i + 1);
+    }
+    parts.push((negative, &term[start..]));
+    let total = parts.into_iter().try_fold(0i128, |acc, (negative, product)| {
+        let v = i128::try_from(eval_product(product, dims, key)?).map_err(|_| overflow())?;
+        Ok(if negative { acc - v } else { acc + v })
+    })?;
+    usize::try_from(total).map_err(|_| overflow())
+}
+
+/// A product of symbols and integers: `"H*hd"`, `"T"`, `"2*d"`.
+fn eval_product(term: &str, dims: &Dims, key: &str) -> Result<usize, CatalogError> {
     term.split('*').map(str::trim).try_fold(1usize, |acc, sym| {
         let v = match sym {
             "T" => dims.t,
@@ -228,6 +264,7 @@ fn eval_term(term: &str, dims: &Dims, key: &str) -> Result<usize, CatalogError> 
             "hd" => dims.hd,
             "V" => dims.v,
             "N" => dims.n,
+            "S" => dims.decode_steps(),
             "samplers" => dims.samplers,
             "draws" => dims.draws,
             other => other.parse().map_err(|_| CatalogError::UnknownSymbol { key: key.to_string(), symbol: other.to_string() })?,
@@ -245,14 +282,15 @@ mod tests {
     }
 
     #[test]
-    fn the_project_catalog_has_15_checkpoints_and_5_samplers() {
+    fn the_project_catalog_has_16_checkpoints_and_5_samplers() {
         let c = project_catalog();
-        assert_eq!(c.checkpoints.len(), 15);
-        assert_eq!(c.checkpoints[12].name, "generated");
-        assert_eq!(c.checkpoints[13].name, "step_logits");
-        assert_eq!(c.checkpoints[14].name, "sampling");
+        assert_eq!(c.checkpoints.len(), 16);
+        assert_eq!(c.checkpoints[12].name, "decode_layers");
+        assert_eq!(c.checkpoints[13].name, "generated");
+        assert_eq!(c.checkpoints[14].name, "step_logits");
+        assert_eq!(c.checkpoints[15].name, "sampling");
         assert_eq!(c.samplers.len(), 5);
-        assert_eq!((c.samplers[4].temperature, c.samplers[4].top_k, c.samplers[4].top_p), (0.7, 40, 0.9));
+        assert_eq!((c.samplers[4].temperature, c.samplers[4].top_k, c.samplers[4].top_p), (1.3, 40, 0.9));
         assert_eq!(c.samplers[0].top_p, 1.0, "top_p defaults to keeping everything");
         assert!(c.tensor("argmax").unwrap().is_ids());
     }
@@ -260,24 +298,26 @@ mod tests {
     #[test]
     fn entries_follow_the_forward_pass() {
         let keys: Vec<String> = project_catalog().entries("llama", 2).into_iter().map(|e| e.key).collect();
-        let layer = |l: usize| {
-            ["attn_norm", "q", "k", "v", "q_rope", "k_rope", "k_cache", "v_cache", "attn_probs", "attn_out", "ffn_norm", "ffn_out", "block_out"]
-                .map(|n| format!("blk.{l}.{n}"))
-        };
+        let names =
+            ["attn_norm", "q", "k", "v", "q_rope", "k_rope", "k_cache", "v_cache", "attn_probs", "attn_out", "ffn_norm", "ffn_out", "block_out"];
         let mut expected = vec!["tokens".to_string(), "embed".to_string()];
-        expected.extend(layer(0));
-        expected.extend(layer(1));
-        expected.extend(
-            ["final_norm", "logits", "last_logits", "argmax", "probs", "generated", "step_logits", "sampler_probs", "sampled"].map(String::from),
-        );
+        // The prompt's layers and head, then the decode steps' layers, then what they decode, then the samplers.
+        for l in 0..2 {
+            expected.extend(names.map(|n| format!("blk.{l}.{n}")));
+        }
+        expected.extend(["final_norm", "logits", "last_logits", "argmax", "probs"].map(String::from));
+        for l in 0..2 {
+            expected.extend(names.map(|n| format!("blk.{l}.dec_{n}")));
+        }
+        expected.extend(["generated", "step_logits", "sampler_probs", "sampled"].map(String::from));
         assert_eq!(keys, expected);
     }
 
     #[test]
     fn gpt2_entries_leave_out_rope() {
         let entries = project_catalog().entries("gpt2", 1);
-        assert!(!entries.iter().any(|e| e.tensor == "q_rope" || e.tensor == "k_rope"));
-        assert_eq!(entries.len(), 2 + 11 + 9);
+        assert!(!entries.iter().any(|e| e.tensor.ends_with("q_rope") || e.tensor.ends_with("k_rope")));
+        assert_eq!(entries.len(), 2 + 11 + 11 + 9);
         let probs = entries.iter().find(|e| e.key == "blk.0.attn_probs").unwrap();
         assert_eq!((probs.checkpoint_id, probs.checkpoint.as_str(), probs.layer), (4, "attn_probs", Some(0)));
         // Each entry names its family, which picks the family's tolerances.
@@ -300,6 +340,25 @@ mod tests {
         assert_eq!(shape_of("generated"), vec![8]);
         assert_eq!(shape_of("sampler_probs"), vec![5, 49152]);
         assert_eq!(shape_of("sampled"), vec![5, 8]);
+        // Decode steps 1, 4 and 7 of N = 8; the context after the last is T+N-1 = 12 positions.
+        assert_eq!(shape_of("blk.0.dec_q"), vec![3, 576]);
+        assert_eq!(shape_of("blk.0.dec_attn_probs"), vec![3, 9, 12]);
+        assert_eq!(shape_of("blk.0.dec_k_cache"), vec![3, 3, 12, 64]);
+        // N < 2 has no decode step: S = 0.
+        let e = c.entries("llama", 1).into_iter().find(|e| e.key == "blk.0.dec_v_cache").unwrap();
+        assert_eq!(c.expected_shape(&e, &Dims { n: 1, ..dims }).unwrap(), vec![0, 3, 5, 64]);
+    }
+
+    #[test]
+    fn shape_terms_add_and_subtract_products() {
+        let dims = Dims { t: 5, d: 4, h: 3, kv: 1, hd: 2, v: 10, n: 0, samplers: 5, draws: 8 };
+        let eval = |term: &str| eval_term(term, &dims, "k");
+        assert_eq!(eval("T+N-1").unwrap(), 4);
+        assert_eq!(eval("2*d + H*hd - 1").unwrap(), 13);
+        assert_eq!(eval("S").unwrap(), 0);
+        assert!(matches!(eval("N-1"), Err(CatalogError::Overflow { .. })));
+        assert!(matches!(eval("T+Q"), Err(CatalogError::UnknownSymbol { .. })));
+        assert!(matches!(eval("T+"), Err(CatalogError::UnknownSymbol { .. })));
     }
 
     #[test]

@@ -133,24 +133,35 @@ fn all_checks(model_id: &str, fault: Fault) -> Vec<(String, Vec<reports::results
 }
 
 #[test]
-fn decode_only_bugs_pass_every_prompt_tensor_and_fail_the_step_logits_against_every_reference() {
+fn decode_only_bugs_pass_every_prompt_tensor_and_fail_first_at_the_decode_layers_against_every_reference() {
     use reports::results::Status;
-    for (model, fault) in [
-        ("tiny-llama-f32", Fault::DecodeRopeOffByOne),
-        ("tiny-llama-f32", Fault::DecodeAttendsOneFewer),
-        ("tiny-gpt2-f32", Fault::DecodeAttendsOneFewer),
+    for (model, fault, first) in [
+        ("tiny-llama-f32", Fault::DecodeRopeOffByOne, "blk.0.dec_q_rope"),
+        ("tiny-llama-f32", Fault::DecodeAttendsOneFewer, "blk.0.dec_attn_probs"),
+        ("tiny-gpt2-f32", Fault::DecodeAttendsOneFewer, "blk.0.dec_attn_probs"),
     ] {
         for (reference, checks) in all_checks(model, fault) {
             let status = |key: &str| checks.iter().find(|c| c.key == key).map(|c| c.status);
             let failing: Vec<&str> = checks.iter().filter(|c| c.status.is_failure()).map(|c| c.key.as_str()).collect();
-            // Nothing of the prompt fails; the decode path's logits do, against llama.cpp alone too.
-            assert!(failing.iter().all(|k| ["generated", "step_logits"].contains(k)), "{fault} on {model} vs {reference}: {failing:?}");
+            // Nothing of the prompt fails; the decode path does, where the bug lives first (checks
+            // are in forward order), against llama.cpp alone too.
+            let decoded = |k: &&str| ["generated", "step_logits"].contains(k) || k.contains(".dec_");
+            assert!(failing.iter().all(decoded), "{fault} on {model} vs {reference}: {failing:?}");
+            assert_eq!(failing.first().copied(), Some(first), "{fault} on {model} vs {reference}: {failing:?}");
+            // What the step computes before the bug passes: the query before RoPE, the cache before attention.
+            let before = if fault == Fault::DecodeRopeOffByOne { "blk.0.dec_q" } else { "blk.0.dec_k_cache" };
+            assert_eq!(status(before), Some(Status::Pass), "{fault} on {model} vs {reference}");
             assert_eq!(status("step_logits"), Some(Status::Fail), "{fault} on {model} vs {reference}");
             // The same steps by one prefill are right: the fault is in the decode path.
             if reference == "pytorch-f64" {
                 assert_eq!(status("step_logits.prefill"), Some(Status::Pass), "{fault} on {model}");
             }
         }
+        // What bisect reports against PyTorch: the first failure, and the last pass before it.
+        let (fail, pass) = first_failure(model, Some(fault));
+        assert_eq!(fail.as_deref(), Some(first), "{fault} on {model}");
+        let last_pass = if fault == Fault::DecodeRopeOffByOne { "blk.0.dec_v" } else { "blk.0.dec_v_cache" };
+        assert_eq!(pass.as_deref(), Some(last_pass), "{fault} on {model}");
     }
 }
 

@@ -142,18 +142,21 @@ fn noise_of_a_ten_thousandth_on_a_middle_block_is_caught_there() {
     caught_at("gpt2-small-f32", Fault::Perturb { layer: 6, rel: 1e-4 }, "blk.6.block_out");
 }
 
-/// Decode-only plants on SmolLM2 Q4_1: every prompt tensor passes, and `step_logits` fails
-/// against the truth and against each reference alone, llama.cpp (judged in the quantized class)
-/// included; the same steps by one prefill pass.
+/// Decode-only plants on SmolLM2 Q4_1: every prompt tensor passes, and the decode path fails first
+/// where the bug lives (layer 0's decode-step RoPE or attention row), against the truth and
+/// against each reference alone, llama.cpp (judged in the quantized class) included; so do the
+/// step logits, and the same steps by one prefill pass.
 #[test]
-fn decode_only_bugs_fail_the_step_logits_against_every_reference_on_real_weights() {
+fn decode_only_bugs_fail_first_at_the_decode_layers_against_every_reference_on_real_weights() {
     use reports::results::Status;
-    for fault in [Fault::DecodeRopeOffByOne, Fault::DecodeAttendsOneFewer] {
+    for (fault, first) in [(Fault::DecodeRopeOffByOne, "blk.0.dec_q_rope"), (Fault::DecodeAttendsOneFewer, "blk.0.dec_attn_probs")] {
         let Some(cases) = all_checks("smollm2-q4_1", fault) else { return };
         for (reference, checks) in cases {
             let status = |key: &str| checks.iter().find(|c| c.key == key).map(|c| c.status);
             let failing: Vec<&str> = checks.iter().filter(|c| c.status.is_failure()).map(|c| c.key.as_str()).collect();
-            assert!(failing.iter().all(|k| ["generated", "step_logits"].contains(k)), "{fault} vs {reference}: {failing:?}");
+            let decoded = |k: &&str| ["generated", "step_logits"].contains(k) || k.contains(".dec_");
+            assert!(failing.iter().all(decoded), "{fault} vs {reference}: {failing:?}");
+            assert_eq!(failing.first().copied(), Some(first), "{fault} vs {reference}: {failing:?}");
             assert_eq!(status("step_logits"), Some(Status::Fail), "{fault} vs {reference}");
             if reference == "pytorch-f64" {
                 assert_eq!(status("step_logits.prefill"), Some(Status::Pass), "{fault}");

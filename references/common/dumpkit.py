@@ -13,6 +13,17 @@ tokens, and `generated[t]` is their argmax. The history is the dumper's own gree
 suite's truth's tokens, so every implementation decodes on the same history); the manifest then
 records them as `force_tokens`.
 
+Decode-path layer taps (`decode_steps`, `DecodeTaps`, checkpoint `decode_layers`): at the chosen
+decode steps, the distinct steps among 1, N//2 and N-1 (first, middle, last; none when N < 2),
+every layer's prompt-path taps for the one new position are kept. Decode step t (1 <= t < N) feeds
+history token t-1 at position T+t-1 and gives `step_logits` row t. The dumper hands each step's
+tensors over in their prompt-path layout for a one-token prompt (`blk.L.q` as [1, H*hd],
+`blk.L.attn_probs` as [H, 1, T+t], `blk.L.k_cache` as [KV, T+t, hd]); `DecodeTaps` drops the size-1
+position axis, pads the position axis with zeros to T+N-1 (the context after the last step; the
+entries of positions not yet written or not attended are 0, as masked entries are) and stacks the
+steps in ascending order on a leading axis S as `blk.L.dec_<name>`, `[S, ...]`. With no chosen
+step every `dec_` tensor is written empty, `[0, ...]`.
+
 Sampling (`sample_catalog`, shared by every dumper): for each `[[sampler]]` of the catalog, the
 distribution the dumper's own sampler code draws from (temperature, then top-k, then top-p, then
 renormalised; 0 for tokens cut) as a row of `sampler_probs`, and `draws` tokens drawn from it by
@@ -29,6 +40,7 @@ Exit codes: 0 dumped; 2 usage or input error (bad arguments, missing or unreadab
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import sys
 import time
@@ -101,11 +113,89 @@ def parse_force_tokens(text, n_generate):
     return [int(p) for p in parts]
 
 
+def decode_steps(n_generate):
+    """The decode steps whose layer taps are dumped: the distinct steps among 1, N//2 and N-1,
+    ascending; none when N < 2. Mirrors the engine's `engine::tap::decode_steps`."""
+    if n_generate < 2:
+        return []
+    return sorted({1, n_generate // 2, n_generate - 1})
+
+
+def shape_term(term, dims):
+    """A catalog shape term (a sum or difference of products: `H*hd`, `T+N-1`) for the sizes `dims`."""
+    total = 0
+    for sign, product in re.findall(r"([+-]?)\s*([^+-]+)", term):
+        value = 1
+        for sym in product.split("*"):
+            sym = sym.strip()
+            value *= int(sym) if sym.isdigit() else dims[sym]
+        total += -value if sign == "-" else value
+    if total < 0:
+        raise DumpError(f"internal: shape term {term!r} is negative for {dims}")
+    return total
+
+
+class DecodeTaps:
+    """The `decode_layers` tensors of a dump, gathered step by step (see the module docstring).
+
+    `n_prompt` is T; `sizes` gives the model's d, H, KV and hd. `wants(step)` says whether decode
+    step `step` is a chosen one; `keep(step, key, array)` takes one of its tensors under the
+    prompt-path key (`blk.3.attn_probs`); `put_into(dump)` writes the stacks.
+    """
+
+    def __init__(self, n_prompt, n_generate, sizes):
+        self.steps = decode_steps(n_generate)
+        self.dims = dict(sizes, T=n_prompt, N=n_generate, S=len(self.steps))
+        self.rows = {}  # dec key -> {step: array}
+
+    def wants(self, step):
+        return step in self.steps
+
+    def keep(self, step, key, array):
+        if step not in self.steps:
+            raise DumpError(f"internal: decode step {step} is not one of the chosen {self.steps}")
+        layer, _, name = key.partition(".")[2].partition(".")
+        per_step = self.rows.setdefault(f"blk.{layer}.dec_{name}", {})
+        if step in per_step:
+            raise DumpError(f"internal: {key} kept twice at decode step {step}")
+        per_step[step] = np.array(array)  # a copy: a reference's cache may be written in place later
+
+    def put_into(self, dump):
+        """Every dec_ key of the dump's model: stacked when every chosen step has it, `[0, ...]`
+        with no chosen step; a key no step has is marked unavailable (unless the dumper said why)."""
+        for key, entry in dump.keys():
+            if not entry["name"].startswith("dec_") or ("arch" in entry and dump.arch not in entry["arch"]):
+                continue
+            want = [shape_term(term, self.dims) for term in entry["shape"]]
+            per_step = self.rows.get(key, {})
+            if not self.steps:
+                dump.put(key, np.zeros(want, dtype=np.float32))
+            elif per_step:
+                missing = [t for t in self.steps if t not in per_step]
+                if missing:
+                    raise DumpError(f"internal: {key} was kept at decode steps {sorted(per_step)}, not at {missing}")
+                dump.put(key, np.stack([pad_to(per_step[t], want[1:], key) for t in self.steps]))
+            elif key not in dump.unavailable:
+                dump.mark_unavailable(key, f"{dump.reference} dumper kept no {entry['name'].removeprefix('dec_')} at decode steps {self.steps}")
+
+
+def pad_to(array, want, key):
+    """A one-position tensor in the per-step layout `want`: its size-1 position axis dropped (when it
+    has one more axis than `want`), every axis shorter than `want`'s padded with zeros at the end."""
+    a = np.asarray(array)
+    if a.ndim == len(want) + 1 and 1 in a.shape:
+        a = a.reshape([n for i, n in enumerate(a.shape) if i != a.shape.index(1)])
+    if a.ndim != len(want) or any(n > w for n, w in zip(a.shape, want)):
+        raise DumpError(f"internal: {key} at a decode step has shape {list(np.shape(array))}, which does not fit {want}")
+    return np.pad(a, [(0, w - n) for n, w in zip(a.shape, want)])
+
+
 def decode(last_logits, feed, n_generate, forced=None):
     """The decode loop: `(step_logits [N, V], generated [N])`, N = n_generate.
 
-    `last_logits` are the prompt's next-token logits (row 0); `feed(token)` runs one token through
-    the dumper's KV cache and returns the logits that follow it. Row t comes after the history's
+    `last_logits` are the prompt's next-token logits (row 0); `feed(token, step)` runs one token
+    through the dumper's KV cache and returns the logits that follow it, step_logits row `step`
+    (decode step `step`, the one `DecodeTaps` counts). Row t comes after the history's
     first t tokens: the dumper's own choices, or `forced` (`--force-tokens`) when given. A row stays
     in the dumper's own dtype until the dump rounds it, and its choice is its first maximum (ties go
     to the lowest id). A forced id outside the vocabulary is a usage error, found before any feed.
@@ -120,7 +210,7 @@ def decode(last_logits, feed, n_generate, forced=None):
         rows.append(row)
         generated.append(int(np.argmax(row)))
         if t + 1 < n_generate:
-            logits = feed(forced[t] if forced is not None else generated[-1])
+            logits = feed(forced[t] if forced is not None else generated[-1], t + 1)
     step_logits = np.stack(rows) if rows else np.zeros((0, n_vocab), dtype=np.asarray(last_logits).dtype)
     return step_logits, np.array(generated, dtype=np.int64)
 

@@ -12,8 +12,10 @@ The prompt is decoded as one micro-batch with logits requested at every position
 llama.cpp prunes the last layer to the last token) and flash attention off (so the softmax is a
 graph node). While it computes, ggml's eval callback is asked about every graph node; the tapped
 ones are copied out as numpy arrays in ggml's reversed axis order. Decoding (dumpkit.decode) then
-feeds one token at a time through the same context, so it exercises llama.cpp's own KV cache, the
-taps off: the greedy tokens, or the request's `force_tokens`. Each one-token batch asks for the
+feeds one token at a time through the same context, so it exercises llama.cpp's own KV cache: the
+greedy tokens, or the request's `force_tokens`. The taps are off except at the chosen decode steps
+(dumpkit.decode_steps), whose one-token graphs are tapped by the same names and saved as
+`@<step>:<key>`. Each one-token batch asks for the
 logits of its only position, which llama_get_logits then returns as a single row.
 
 OUT_DIR receives `tensors.npz` (the taps, plus `logits` as llama_get_logits returns them and the
@@ -31,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
 
-from dumpkit import DumpError, decode  # noqa: E402
+from dumpkit import DumpError, decode, decode_steps  # noqa: E402
 
 EXIT_USAGE = 2
 EXIT_REFERENCE = 3
@@ -228,20 +230,30 @@ def run(request, out):
         logits = session.logits(len(tokens))
         taps.active = False
 
-        fed = []
+        prompt_arrays = taps.arrays
+        chosen = decode_steps(n_generate)
 
-        def feed(token):
-            fed.append(token)
-            status = session.decode([token], len(tokens) + len(fed) - 1, all_logits=False)
+        def feed(token, step):
+            # Decode step `step` puts its token at position T+step-1; at a chosen step the same
+            # graph nodes are tapped, kept as "@<step>:<key>".
+            taps.arrays, taps.active = {}, step in chosen
+            status = session.decode([token], len(tokens) + step - 1, all_logits=False)
+            if taps.error is not None:
+                raise taps.error
             if status != 0:
-                raise CaptureError(f"llama_decode of decode step {len(fed)} (token {token}) returned {status}: {session.last_error()}")
+                raise CaptureError(f"llama_decode of decode step {step} (token {token}) returned {status}: {session.last_error()}")
+            if taps.active and taps.missing():
+                raise CaptureError(f"llama.cpp's {session.arch} decode graph has no {taps.missing()[0]} (of {len(taps.missing())} missing taps)")
+            if taps.active:
+                prompt_arrays.update({f"@{step}:{key}": a for key, a in taps.arrays.items()})
+            taps.active = False
             return session.logits(1)[0]  # the one position that asked for logits
 
         step_logits, generated = decode(logits[-1], feed, n_generate, request.get("force_tokens"))
         generated = generated.tolist()
 
         out.mkdir(parents=True, exist_ok=True)
-        np.savez(out / "tensors.npz", logits=logits, step_logits=step_logits, **taps.arrays)
+        np.savez(out / "tensors.npz", logits=logits, step_logits=step_logits, **prompt_arrays)
         meta = dict(sizes, tokens=tokens, generated=generated, text=b"".join(session.piece(t) for t in generated).decode("utf-8", "replace"))
         (out / "meta.json").write_text(json.dumps(meta))
     finally:

@@ -18,6 +18,9 @@ the catalog's row-major layouts:
   and on SmolLM2 the greedy continuation follows PyTorch's rather than llama.cpp's default one).
 - attn_probs is the SOFT_MAX node `[H, T, n_kv cells]`, cut to the T prompt cells after checking
   that no probability falls on the cells beyond them.
+- the decode_layers tensors come from the same graph nodes tapped during the chosen decode steps'
+  one-token llama_decode calls (capture.py), turned into the same layouts with one row and T+t
+  cells (the softmax node again cut to them after the check), stacked by dumpkit.DecodeTaps.
 - logits are llama_get_logits over every position; probs = softmax(last_logits / temperature) in
   numpy; step_logits and generated come from decoding one token at a time through llama.cpp's KV
   cache (the greedy tokens, or the --force-tokens history), one llama_get_logits row per step.
@@ -41,7 +44,7 @@ sys.path.insert(0, str(HERE.parent / "common"))
 
 try:
     import numpy as np
-    from dumpkit import EXIT_REFERENCE, EXIT_USAGE, Dump, DumpError, main, sample_catalog
+    from dumpkit import EXIT_REFERENCE, EXIT_USAGE, DecodeTaps, Dump, DumpError, main, sample_catalog
 except ImportError as e:  # outside the reference environment: the documented exit code, in one line
     print(f"llamacpp: reference not installed ({e}); run scripts/setup-references.sh", file=sys.stderr)
     sys.exit(3)
@@ -172,6 +175,38 @@ def llama_cpp_distribution(logits, temperature, top_k, top_p):
     return probs
 
 
+def layer_tensors(g, prefix, layer, n_rows, n_cells, sizes):
+    """One layer's catalog tensors from the graph nodes `g[prefix + key]` of a decode of `n_rows`
+    tokens whose attention covers KV cells [0, n_cells) (the prompt: T and T; a decode step: 1 and
+    T+t), in the catalog's layouts. The softmax node spans every cell the cache had in use; the cells
+    beyond `n_cells` are cut after checking that no probability falls on them."""
+    d, H, KV, hd, unpermute = (sizes[k] for k in ("d", "H", "KV", "hd", "unpermute"))
+
+    def node(name):
+        return g[f"{prefix}blk.{layer}.{name}"]
+
+    out = {}
+    for name in ("attn_norm", "attn_out", "ffn_norm", "ffn_out", "block_out"):
+        out[name] = rows(node(name), d)
+    out["q"] = unpermute(rows(node("q"), H * hd))
+    out["k"] = unpermute(rows(node("k"), KV * hd))
+    out["v"] = rows(node("v"), KV * hd)
+    if sizes["arch"] == "llama":
+        out["q_rope"] = unpermute(rows(node("q_rope"), H * hd))
+        out["k_rope"] = unpermute(rows(node("k_rope"), KV * hd))
+    # The cache views: keys [KV, cells, hd], values transposed [KV, hd, cells].
+    k_cells = node("k_cache").reshape(KV, -1, hd)
+    v_cells = node("v_cache").reshape(KV, hd, -1).transpose(0, 2, 1)
+    out["k_cache"] = unpermute(k_cells[:, :n_cells])
+    out["v_cache"] = v_cells[:, :n_cells]
+    probs = node("attn_probs").reshape(H, n_rows, -1)
+    if np.any(probs[:, :, n_cells:] != 0):
+        where = "the prompt's" if prefix == "" else f"decode step {prefix.strip('@:')}'s"
+        raise DumpError(f"layer {layer}: llama.cpp put attention on KV cells beyond {where} {n_cells}; the cache layout is not the expected one")
+    out["attn_probs"] = probs[:, :, :n_cells]
+    return {f"blk.{layer}.{name}": a for name, a in out.items()}
+
+
 def run(args):
     started = time.time()
     check_gguf(args.model)
@@ -193,27 +228,17 @@ def run(args):
 
     dump.put("tokens", np.array(tokens, dtype=np.int64))
     dump.put("embed", rows(g["embed"], d))
+    sizes = dict(d=d, H=H, KV=KV, hd=hd, unpermute=unpermute, arch=arch)
     for layer in range(n_layers):
-        def key(name):
-            return f"blk.{layer}.{name}"
-
-        for name in ("attn_norm", "attn_out", "ffn_norm", "ffn_out", "block_out"):
-            dump.put(key(name), rows(g[key(name)], d))
-        dump.put(key("q"), unpermute(rows(g[key("q")], H * hd)))
-        dump.put(key("k"), unpermute(rows(g[key("k")], KV * hd)))
-        dump.put(key("v"), rows(g[key("v")], KV * hd))
-        if arch == "llama":
-            dump.put(key("q_rope"), unpermute(rows(g[key("q_rope")], H * hd)))
-            dump.put(key("k_rope"), unpermute(rows(g[key("k_rope")], KV * hd)))
-        # The cache views: keys [KV, cells, hd], values transposed [KV, hd, cells]; the prompt fills cells [0, T).
-        k_cells = g[key("k_cache")].reshape(KV, -1, hd)
-        v_cells = g[key("v_cache")].reshape(KV, hd, -1).transpose(0, 2, 1)
-        dump.put(key("k_cache"), unpermute(k_cells[:, :T]))
-        dump.put(key("v_cache"), v_cells[:, :T])
-        probs = g[key("attn_probs")].reshape(H, T, -1)
-        if np.any(probs[:, :, T:] != 0):
-            raise DumpError(f"layer {layer}: llama.cpp put attention on KV cells beyond the prompt's {T}; the cache layout is not the expected one")
-        dump.put(key("attn_probs"), probs[:, :, :T])
+        for key, a in layer_tensors(g, "", layer, T, T, sizes).items():
+            dump.put(key, a)
+    # The chosen decode steps: step t's one-token graph, its attention and cache over T+t cells.
+    taps = DecodeTaps(T, args.n_generate, dict(d=d, H=H, KV=KV, hd=hd))
+    for step in taps.steps:
+        for layer in range(n_layers):
+            for key, a in layer_tensors(g, f"@{step}:", layer, 1, T + step, sizes).items():
+                taps.keep(step, key, a)
+    taps.put_into(dump)
     dump.put("final_norm", rows(g["final_norm"], d))
 
     logits = g["logits"].reshape(T, V)

@@ -87,13 +87,20 @@ def relative_rms(got, want):
 
 
 def catalog_shape(shape, sizes):
-    """A catalog shape (["T", "H*hd"], ...) with the model's sizes substituted."""
+    """A catalog shape (["T", "H*hd"], ["S", "KV", "T+N-1", "hd"], ...) with the model's sizes
+    substituted: a term is a sum or difference of products; S counts the decode steps with layer
+    taps (1, N//2 and N-1, distinct; none for N < 2)."""
+    n = sizes["N"]
+    sizes = dict(sizes, S=len({1, n // 2, n - 1}) if n >= 2 else 0)
     dims = []
     for dim in shape:
-        value = 1
-        for factor in dim.split("*"):
-            value *= sizes[factor]
-        dims.append(value)
+        total = 0
+        for term in dim.replace(" ", "").replace("-", "+-").split("+"):
+            value = 1
+            for factor in term.lstrip("-").split("*"):
+                value *= int(factor) if factor.isdigit() else sizes[factor]
+            total += -value if term.startswith("-") else value
+        dims.append(total)
     return tuple(dims)
 
 
@@ -222,6 +229,23 @@ class TinyFixtureDumps(unittest.TestCase):
                 v = self.load(name, fmt, f"blk.{layer}.v").reshape(T, KV, hd).transpose(1, 0, 2)
                 np.testing.assert_array_equal(self.load(name, fmt, f"blk.{layer}.k_cache"), half(k))
                 np.testing.assert_array_equal(self.load(name, fmt, f"blk.{layer}.v_cache"), half(v))
+
+    def test_decode_steps_attend_over_the_positions_so_far_and_extend_the_prompts_cache(self):
+        import numpy as np
+
+        for name, fmt, fx in self.each_dump():
+            T = len(fx["tokens"])
+            steps = sorted({1, N_GENERATE // 2, N_GENERATE - 1})
+            for layer in range(fx["n_layers"]):
+                probs = self.load(name, fmt, f"blk.{layer}.dec_attn_probs")
+                k_cache, prompt_k = self.load(name, fmt, f"blk.{layer}.dec_k_cache"), self.load(name, fmt, f"blk.{layer}.k_cache")
+                for s, t in enumerate(steps):
+                    seen = T + t  # step t's token sits at position T+t-1
+                    np.testing.assert_allclose(probs[s, :, :seen].sum(axis=-1), 1.0, atol=1e-5)
+                    self.assertTrue((probs[s, :, :seen] > 0).all() and (probs[s, :, seen:] == 0).all(), f"layer {layer} step {t}")
+                    # The cache after the step: the prompt's keys unchanged, one more row per step, zeros after.
+                    np.testing.assert_array_equal(k_cache[s, :, :T], prompt_k)
+                    self.assertTrue((k_cache[s, :, seen - 1] != 0).any() and (k_cache[s, :, seen:] == 0).all(), f"layer {layer} step {t}")
 
     def test_last_position_checkpoints_follow_from_the_logits(self):
         import numpy as np

@@ -14,7 +14,11 @@ probabilities from `output_attentions`; the KV cache from the model's own `past_
 is a plain function in transformers' Llama, not a module, so `q_rope`/`k_rope` come from wrapping
 that function for the duration of the prompt forward. `step_logits` and `generated` come from a
 loop that feeds one token at a time with the cache (not `generate()`), so the incremental path is
-what gets exercised: the greedy tokens, or the `--force-tokens` history (dumpkit.decode).
+what gets exercised: the greedy tokens, or the `--force-tokens` history (dumpkit.decode). At the
+chosen decode steps (dumpkit.decode_steps) the same hooks and RoPE wrapper stay on for that one-token
+forward, which also asks for `output_attentions` (the new position's row over the T+t cached ones);
+the cache is read from `past_key_values` after the step, and dumpkit.DecodeTaps stacks them into the
+`decode_layers` tensors.
 `sampler_probs` come from transformers' own logits warpers (TemperatureLogitsWarper, TopKLogitsWarper,
 TopPLogitsWarper) and a softmax, on the logits dumpkit.sample_catalog hands them.
 
@@ -33,13 +37,13 @@ truth is rounded once, at the end, and the manifest's `dtype` says what it was c
 
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
 
 try:
-    from dumpkit import EXIT_USAGE, Dump, DumpError, decode, main, sample_catalog
+    from dumpkit import EXIT_USAGE, DecodeTaps, Dump, DumpError, decode, main, sample_catalog
 except ImportError as e:  # dumpkit needs numpy: without it, still fail the documented way (exit 3, one line)
     print(f"pytorch: reference not installed ({e}); run scripts/setup-references.sh", file=sys.stderr)
     sys.exit(3)
@@ -416,15 +420,11 @@ def run(args, dtype="float32", reference="pytorch"):
 
     rec = Recorder()
     attention_modules = hook_llama(rec, model) if ref.arch == "llama" else hook_gpt2(rec, model)
-    with torch.no_grad(), computing_in(model, ref.arch, dtype):
+    rope = rope_recorder(rec, attention_modules) if ref.arch == "llama" else nullcontext()
+    with torch.no_grad(), computing_in(model, ref.arch, dtype), rope:
         rec.active = True
-        if ref.arch == "llama":
-            with rope_recorder(rec, attention_modules):
-                out = model(torch.tensor([ids]), use_cache=True, output_attentions=True)
-        else:
-            out = model(torch.tensor([ids]), use_cache=True, output_attentions=True)
+        out = model(torch.tensor([ids]), use_cache=True, output_attentions=True)
         rec.active = False
-        rec.remove()
 
         for key, t in rec.out.items():
             dump.put(key, squeeze_batch(t).numpy())
@@ -451,17 +451,38 @@ def run(args, dtype="float32", reference="pytorch"):
         dump.put("argmax", int(torch.argmax(last)))  # torch.argmax returns the first maximum
         dump.put("probs", torch.softmax(last / args.temperature, dim=-1).numpy())
 
-        # One token at a time through the cache (not generate()), so the incremental path is exercised.
-        def feed(token):
+        # One token at a time through the cache (not generate()), so the incremental path is
+        # exercised; at the chosen decode steps the same hooks (and the RoPE wrapper) record it.
+        c = ref.config
+        heads = c.num_attention_heads
+        sizes = dict(d=c.hidden_size, H=heads, KV=getattr(c, "num_key_value_heads", None) or heads, hd=getattr(c, "head_dim", None) or c.hidden_size // heads)
+        taps = DecodeTaps(len(ids), args.n_generate, sizes)
+
+        def feed(token, step):
             nonlocal cache
-            step = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True)
-            cache = step.past_key_values
-            return step.logits[0, -1].numpy()
+            chosen = taps.wants(step)
+            rec.out, rec.active = {}, chosen
+            out = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True, output_attentions=chosen)
+            rec.active = False
+            cache = out.past_key_values
+            if chosen:
+                for key, t in rec.out.items():
+                    if key.startswith("blk."):
+                        taps.keep(step, key, squeeze_batch(t).numpy())
+                for i in range(n_layers):
+                    keys, values = cache_layer(cache, i)  # after this step: [1, KV, T+step, hd]
+                    taps.keep(step, f"blk.{i}.k_cache", keys[0].numpy())
+                    taps.keep(step, f"blk.{i}.v_cache", values[0].numpy())
+                    if out.attentions is not None and out.attentions[i] is not None:
+                        taps.keep(step, f"blk.{i}.attn_probs", out.attentions[i][0].numpy())  # [H, 1, T+step]
+            return out.logits[0, -1].numpy()
 
         step_logits, generated = decode(last.numpy(), feed, args.n_generate, args.force_tokens)
+        taps.put_into(dump)
         dump.put("step_logits", step_logits)
         dump.put("generated", generated)
         sample_catalog(dump, last.numpy(), lambda logits, t, k, p: sampler_distribution(logits, t, k, p, dtype))
+    rec.remove()
     print(f"{reference}: {len(ids)} prompt tokens, generated {ref.tokenizer.decode(generated.tolist())!r}", file=sys.stderr)
     return dump
 

@@ -8,7 +8,8 @@ the prompt ids are llama.cpp's (llama-cpp-python 0.3.36, add_bos=True, special=F
 sizes are those scripts/make-fixtures.py builds, and embed, norms, projections, attention and the
 residual stream are recomputed with numpy from the dumped inputs and the HF checkpoint's weights.
 The decode steps (step_logits, generated), greedy and with --force-tokens, are checked against
-transformers' own full forward of the prompt plus the history before each step. Also checks the GGUF tokenizer correction against fixtures/tokenizer/expected.json and the usage
+transformers' own full forward of the prompt plus the history before each step, and the
+decode_layers taps at the chosen steps against that forward's taps at the position each step fed. Also checks the GGUF tokenizer correction against fixtures/tokenizer/expected.json and the usage
 exit codes. Skips (exit 0) when the reference environment is not importable.
 """
 
@@ -70,6 +71,15 @@ def relative_rms(got, want):
     return float(np.sqrt(np.mean((got - want) ** 2) / np.mean(want**2)))
 
 
+def cache_layer(cache, i):
+    """(keys, values) of layer i, each [1, KV, T, hd], from a transformers cache of any of its APIs."""
+    if hasattr(cache, "layers"):
+        return cache.layers[i].keys, cache.layers[i].values
+    if hasattr(cache, "key_cache"):
+        return cache.key_cache[i], cache.value_cache[i]
+    return cache[i][0], cache[i][1]
+
+
 @functools.cache
 def hf_model(name):
     import torch
@@ -77,7 +87,7 @@ def hf_model(name):
     from transformers import AutoModelForCausalLM
 
     transformers.utils.logging.disable_progress_bar()
-    return AutoModelForCausalLM.from_pretrained(MODELS / name / "hf", dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(MODELS / name / "hf", dtype=torch.float32, attn_implementation="eager").eval()
 
 
 def hf_prefill_last_logits(name, ids):
@@ -90,13 +100,20 @@ def hf_prefill_last_logits(name, ids):
 
 
 def catalog_shape(shape, sizes):
-    """A catalog shape (["T", "H*hd"], ...) with the model's sizes substituted."""
+    """A catalog shape (["T", "H*hd"], ["S", "KV", "T+N-1", "hd"], ...) with the model's sizes
+    substituted: a term is a sum or difference of products; S counts the decode steps with layer
+    taps (1, N//2 and N-1, distinct; none for N < 2)."""
+    n = sizes["N"]
+    sizes = dict(sizes, S=len({1, n // 2, n - 1}) if n >= 2 else 0)
     dims = []
     for dim in shape:
-        value = 1
-        for factor in dim.split("*"):
-            value *= sizes[factor]
-        dims.append(value)
+        total = 0
+        for term in dim.replace(" ", "").replace("-", "+-").split("+"):
+            value = 1
+            for factor in term.lstrip("-").split("*"):
+                value *= int(factor) if factor.isdigit() else sizes[factor]
+            total += -value if term.startswith("-") else value
+        dims.append(total)
     return tuple(dims)
 
 
@@ -330,6 +347,34 @@ class TinyFixtureDumps(unittest.TestCase):
                 for t in range(N_GENERATE):
                     want = hf_prefill_last_logits(name, tokens + history[:t])
                     self.assertLess(relative_rms(steps[t], want), 1e-4, f"step {t}")
+
+    def test_decode_layer_taps_are_a_full_forwards_taps_at_the_position_each_step_fed(self):
+        import numpy as np
+        import torch
+
+        for name, fmt, fx in self.each_dump():
+            if fmt == "hf":
+                continue
+            with self.subTest(model=name, format=fmt):
+                tokens, T = fx["tokens"], len(fx["tokens"])
+                history = FORCED if fmt == "forced" else self.load(name, fmt, "generated").tolist()
+                steps = [1, 2, 3]  # N = 4: first, middle (4 // 2) and last
+                for s, t in enumerate(steps):
+                    pos = T + t - 1  # decode step t fed history[t-1] there
+                    with torch.no_grad():
+                        out = hf_model(name)(torch.tensor([tokens + history[:t]]), use_cache=True, output_attentions=True, output_hidden_states=True)
+                    for layer in range(fx["n_layers"]):
+                        probs = self.load(name, fmt, f"blk.{layer}.dec_attn_probs")[s]  # [H, T+N-1]
+                        self.assertTrue((probs[:, pos + 1 :] == 0).all(), f"step {t}: attention beyond position {pos}")
+                        self.assertLess(relative_rms(probs[:, : pos + 1], out.attentions[layer][0, :, pos].numpy()), 1e-4, f"step {t} layer {layer}")
+                        keys, _ = cache_layer(out.past_key_values, layer)
+                        cache = self.load(name, fmt, f"blk.{layer}.dec_k_cache")[s]  # [KV, T+N-1, hd]
+                        self.assertTrue((cache[:, pos + 1 :] == 0).all(), f"step {t}: cache rows beyond position {pos}")
+                        self.assertLess(relative_rms(cache[:, : pos + 1], keys[0].numpy()), 1e-4, f"step {t} layer {layer}")
+                    # hidden_states[1] is what layer 0 hands on (the last entry has the final norm applied).
+                    block_out = self.load(name, fmt, "blk.0.dec_block_out")[s]
+                    self.assertLess(relative_rms(block_out, out.hidden_states[1][0, pos].numpy()), 1e-4, f"step {t}")
+                    self.assertEqual(np.shape(self.load(name, fmt, "blk.1.dec_q")), (3, fx["H"] * fx["hd"]))
 
     def test_a_forced_history_is_fed_whatever_the_dumper_would_pick_and_recorded(self):
         for name, fx in FIXTURES.items():

@@ -6,7 +6,10 @@ GGUF only. Llama runs through tinygrad's own `tinygrad.llm.model.Transformer` (l
 through our forward pass on tinygrad Tensors (gpt2.py). Prompt ids come from the GGUF vocabulary
 (gguf_tokenizer.py), matching llama.cpp. `step_logits` and `generated` feed one token at a time
 through the models' KV cache (a TinyJit-replayed decode step): the greedy tokens, or the
---force-tokens history. The contract is references/common/dumpkit.py.
+--force-tokens history. At the chosen decode steps (dumpkit.decode_steps) that one-token step runs
+un-replayed with its taps on, over the same fixed-capacity cache, and its layer taps (the cache and
+attention row cut to the T+t positions written) go to dumpkit.DecodeTaps for `decode_layers`. The
+contract is references/common/dumpkit.py.
 """
 
 import os
@@ -24,7 +27,7 @@ sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 
-from dumpkit import EXIT_USAGE, Dump, DumpError, decode, main, sample_catalog  # noqa: E402
+from dumpkit import EXIT_USAGE, DecodeTaps, Dump, DumpError, decode, main, sample_catalog  # noqa: E402
 
 GGUF_MAGIC = b"GGUF"
 
@@ -100,13 +103,24 @@ def run(args):
     dump.put("argmax", np.array(first))
     dump.put("probs", (Tensor(last) / args.temperature).softmax().numpy())
 
-    def feed(token):  # one token through the KV cache: the TinyJit-replayed decode step
-        step = model.forward([token])
-        step.realize()
+    heads = model.n_heads
+    sizes = dict(d=model.kv[f"{arch}.embedding_length"], H=heads, KV=getattr(model, "n_kv", heads), hd=model.hd)
+    decode_taps = DecodeTaps(len(ids), args.n_generate, sizes)
+
+    def feed(token, step):
+        """One token through the KV cache: the TinyJit-replayed decode step, or at a chosen decode
+        step the same computation run with its taps (not replayed, so the taps can be read)."""
+        seen = {}
+        out = model.forward([token], seen.__setitem__ if decode_taps.wants(step) else None)
+        Tensor.realize(out, *seen.values())
         model.cache.realize()
-        return step.numpy()[-1]
+        for name, t in seen.items():
+            if name.startswith("blk."):
+                decode_taps.keep(step, name, t.numpy())
+        return out.numpy()[-1]
 
     step_logits, generated = decode(last, feed, args.n_generate, args.force_tokens)
+    decode_taps.put_into(dump)
     dump.put("step_logits", step_logits)
     dump.put("generated", generated)
     sample_catalog(dump, last, tinygrad_distribution)

@@ -52,18 +52,19 @@ class Gpt2:
 
     def forward(self, ids, tap=None):
         """Runs tokens `ids` after the cached ones; returns logits [T, V]. `tap(name, tensor)` sees
-        the checkpoints (lazy tensors). A single token without taps is a TinyJit-replayed decode step."""
+        the checkpoints (lazy tensors), the cache and attention over the `start + len(ids)` positions
+        written so far. A single token without taps is a TinyJit-replayed decode step."""
         start, t = self.cache.length(), len(ids)
         if start + t > self.context:
             raise ValueError(f"{start + t} positions exceed the model's context of {self.context}")
         mask, row = self.cache.step(t)
         # positions as data, not a slice offset, so every decode step is the same computation
         inputs = (Tensor(ids, dtype=dtypes.int32), Tensor(list(range(start, start + t)), dtype=dtypes.int32), mask, row)
-        logits = self._decode(*inputs) if row is not None and tap is None else self._forward(*inputs, tap=tap)
+        logits = self._decode(*inputs) if row is not None and tap is None else self._forward(*inputs, tap=tap, n_ctx=start + t)
         self.cache.pos = start + t
         return logits
 
-    def _forward(self, tokens, positions, mask, row, tap=None):
+    def _forward(self, tokens, positions, mask, row, tap=None, n_ctx=None):
         tap = tap or (lambda name, t: None)
         t = tokens.shape[0]
         x = self.w["token_embd.weight"][tokens] + self.w["position_embd.weight"][positions]
@@ -81,8 +82,8 @@ class Gpt2:
             fn = self._norm(h, f"{p}.ffn_norm")
             ffn_out = self._linear(gelu_tanh(self._linear(fn, f"{p}.ffn_up")), f"{p}.ffn_down")
             x = h + ffn_out
-            for name, val in (("attn_norm", xn), ("q", q), ("k", k), ("v", v), ("k_cache", k_all[:, :t]), ("v_cache", v_all[:, :t]),
-                              ("attn_probs", probs[:, :, :t]), ("attn_out", attn_out), ("ffn_norm", fn), ("ffn_out", ffn_out),
+            for name, val in (("attn_norm", xn), ("q", q), ("k", k), ("v", v), ("k_cache", k_all[:, :n_ctx]),
+                              ("v_cache", v_all[:, :n_ctx]), ("attn_probs", probs[:, :, :n_ctx]), ("attn_out", attn_out), ("ffn_norm", fn), ("ffn_out", ffn_out),
                               ("block_out", x)):
                 tap(f"{p}.{name}", val)
         final = self._norm(x, "output_norm")

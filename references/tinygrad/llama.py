@@ -75,16 +75,17 @@ class Llama:
 
     def forward(self, ids, tap=None):
         """Runs tokens `ids` after the cached ones; returns logits [T, V]. `tap(name, tensor)` sees
-        the checkpoints (lazy tensors). A single token without taps is a TinyJit-replayed decode step."""
+        the checkpoints (lazy tensors), the cache and attention over the `start + len(ids)` positions
+        written so far. A single token without taps is a TinyJit-replayed decode step."""
         start, t = self.cache.length(), len(ids)
         mask, row = self.cache.step(t)
         # the rows of tinygrad's RoPE table for these positions, as data (see attention.py)
         inputs = (Tensor([ids], dtype=dtypes.int32), Tensor(self.freqs[start : start + t]), mask, row)
-        logits = self._decode(*inputs) if row is not None and tap is None else self._forward(*inputs, tap=tap)
+        logits = self._decode(*inputs) if row is not None and tap is None else self._forward(*inputs, tap=tap, n_ctx=start + t)
         self.cache.pos = start + t
         return logits
 
-    def _forward(self, tokens, freqs, mask, row, tap=None):
+    def _forward(self, tokens, freqs, mask, row, tap=None, n_ctx=None):
         tap = tap or (lambda name, t: None)
         t = tokens.shape[1]
         m = self.model
@@ -106,7 +107,7 @@ class Llama:
             x = h + ffn_out
             for name, val in (("attn_norm", xn[0]), ("q", q), ("k", k), ("v", v),
                               ("q_rope", qr.transpose(0, 1).reshape(t, -1)), ("k_rope", kr.transpose(0, 1).reshape(t, -1)),
-                              ("k_cache", k_all[:, :t]), ("v_cache", v_all[:, :t]), ("attn_probs", probs[:, :, :t]), ("attn_out", attn_out[0]),
+                              ("k_cache", k_all[:, :n_ctx]), ("v_cache", v_all[:, :n_ctx]), ("attn_probs", probs[:, :, :n_ctx]), ("attn_out", attn_out[0]),
                               ("ffn_norm", fn[0]), ("ffn_out", ffn_out[0]), ("block_out", x[0])):
                 tap(f"blk.{i}.{name}", val)
         final = m.output_norm(x)

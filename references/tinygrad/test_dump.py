@@ -53,14 +53,22 @@ def dims_from_hf_config(model_dir, n_tokens):
     return "llama", c["num_hidden_layers"], dims
 
 
-def expected_shape(spec, dims):
-    out = []
-    for s in spec:
-        value = 1
-        for factor in s.split("*"):
-            value *= dims[factor]
-        out.append(value)
-    return out
+def expected_shape(shape, sizes):
+    """A catalog shape (["T", "H*hd"], ["S", "KV", "T+N-1", "hd"], ...) with the model's sizes
+    substituted: a term is a sum or difference of products; S counts the decode steps with layer
+    taps (1, N//2 and N-1, distinct; none for N < 2)."""
+    n = sizes["N"]
+    sizes = dict(sizes, S=len({1, n // 2, n - 1}) if n >= 2 else 0)
+    dims = []
+    for dim in shape:
+        total = 0
+        for term in dim.replace(" ", "").replace("-", "+-").split("+"):
+            value = 1
+            for factor in term.lstrip("-").split("*"):
+                value *= int(factor) if factor.isdigit() else sizes[factor]
+            total += -value if term.startswith("-") else value
+        dims.append(total)
+    return dims
 
 
 # A decode history unlike each f32 fixture's own greedy one (checked), fed with --force-tokens.
@@ -180,6 +188,15 @@ def check_fixture(rel, pinned, tmp, fail):
             kr = np.load(out / f"blk.{i}.k_rope.npy").reshape(dims["T"], dims["KV"], dims["hd"]).transpose(1, 0, 2)
             if not np.array_equal(kc, kr):
                 fail(f"{rel}: blk.{i}.k_cache differs from k_rope in [KV, T, hd] order")
+        # decode_layers: steps 1, 2, 3 of N = 4, each attending over the T+t positions so far, each
+        # cache the prompt's keys and values plus one row per step, zeros after.
+        dp, dk = np.load(out / f"blk.{i}.dec_attn_probs.npy"), np.load(out / f"blk.{i}.dec_k_cache.npy")
+        for s, t in enumerate(sorted({1, N_GENERATE // 2, N_GENERATE - 1})):
+            seen = dims["T"] + t
+            if np.abs(dp[s, :, :seen].sum(-1) - 1).max() > 1e-5 or (dp[s, :, seen:] != 0).any():
+                fail(f"{rel}: blk.{i}.dec_attn_probs at step {t} is not a distribution over the {seen} positions so far")
+            if not np.array_equal(dk[s, :, : dims["T"]], kc) or (dk[s, :, seen:] != 0).any():
+                fail(f"{rel}: blk.{i}.dec_k_cache at step {t} is not the prompt's cache extended by {t} rows")
     last, logits = np.load(out / "last_logits.npy"), np.load(out / "logits.npy")
     if not np.array_equal(last, logits[-1]):
         fail(f"{rel}: last_logits is not the last row of logits")
