@@ -39,7 +39,8 @@ def resolve(path):  # as harness::suite::resolve
 
 def dump(model, prompt, ref, out, force_tokens=None, sampler_logits=None):
     path = resolve(model.get("ref_paths", {}).get(ref, model["path"]))
-    cmd = [sys.executable, f"references/{ref}/dump.py", "--model", path, "--prompt", prompt["text"],
+    # "--prompt=TEXT" as one argument: a prompt starting with "-" is never parsed as an option.
+    cmd = [sys.executable, f"references/{ref}/dump.py", "--model", path, "--prompt=" + prompt["text"],
            "--n-generate", str(suite["n_generate"]), "--temperature", str(suite["temperature"]),
            "--threads", str(suite["threads"]), "--out", out]
     if force_tokens is not None:

@@ -20,6 +20,8 @@ pub enum ReferenceError {
     Failed { reference: String, status: String, last_line: String, log: PathBuf },
     #[error("{reference}: could not start {python}: {source}")]
     Spawn { reference: String, python: PathBuf, source: std::io::Error },
+    #[error("{reference}: could not open its stderr log {log} (a symlink there is refused): {source}")]
+    Log { reference: String, log: PathBuf, source: std::io::Error },
 }
 
 /// What every dumper is asked for.
@@ -62,16 +64,14 @@ impl Dumpers {
         if let Some(dir) = log.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let stderr = std::fs::File::create(log).map_err(|source| ReferenceError::Spawn {
-            reference: reference.into(),
-            python: self.python.clone(),
-            source,
-        })?;
+        let stderr = open_log(log).map_err(|source| ReferenceError::Log { reference: reference.into(), log: log.into(), source })?;
         let mut child = Command::new(&self.python)
             .arg(&script)
             .arg("--model")
             .arg(req.model)
-            .args(["--prompt", req.prompt])
+            // One argument: a prompt starting with `-` ("-1 is negative", "--out /etc") stays the
+            // prompt instead of being parsed as an option.
+            .arg(format!("--prompt={}", req.prompt))
             .args(["--n-generate", &req.n_generate.to_string()])
             .args(["--temperature", &req.temperature.to_string()])
             .args(["--threads", &req.threads.to_string()])
@@ -111,6 +111,63 @@ impl Dumpers {
             last_line: last_line(log),
             log: log.into(),
         })
+    }
+}
+
+/// The dumper's stderr log, truncated if there, never through a symlink: a link planted at the
+/// log's path would otherwise have the dumper's output written over the file it points to.
+fn open_log(log: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    options.open(log)
+}
+
+/// A folder under the system temporary folder that only this user can enter (0700), with a name
+/// nobody can guess beforehand, made fresh (never an existing folder or link); removed with its
+/// contents when dropped. Live dumps go here, so no other user can read, replace or pre-plant them.
+#[derive(Debug)]
+pub struct PrivateDir {
+    path: PathBuf,
+}
+
+impl PrivateDir {
+    pub fn new(prefix: &str) -> std::io::Result<PrivateDir> {
+        use std::hash::{BuildHasher, Hasher};
+        let base = std::env::temp_dir();
+        for attempt in 0u32..16 {
+            // RandomState is keyed from the OS's random source: a name another user cannot predict.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(attempt);
+            h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+            let path = base.join(format!("{prefix}-{}-{:016x}", std::process::id(), h.finish()));
+            let mut builder = std::fs::DirBuilder::new();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                builder.mode(0o700);
+            }
+            match builder.create(&path) {
+                Ok(()) => return Ok(PrivateDir { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("no fresh {prefix} folder in {} after 16 tries", base.display())))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
@@ -189,6 +246,62 @@ mod tests {
         assert!(err.contains("--n-generate 3") && err.contains(&given), "{err}");
         let err = d.run("fake", &request(&out), &root.join("free.log")).unwrap_err().to_string();
         assert!(err.contains("--threads 1 --out") && !err.contains("--force-tokens") && !err.contains("--sampler-logits"), "{err}");
+    }
+
+    #[test]
+    fn a_prompt_starting_with_a_dash_reaches_the_dumper_as_the_prompt() {
+        // The stand-in parses its arguments as dumpkit does (argparse) and fails with the prompt it got.
+        let script = "import argparse, sys\np = argparse.ArgumentParser()\nfor o in ('--model', '--prompt', '--n-generate', \
+                      '--temperature', '--threads', '--out'):\n    p.add_argument(o)\na = p.parse_args()\n\
+                      sys.stderr.write('prompt=[%s] out=[%s]\\n' % (a.prompt, a.out))\nsys.exit(3)\n";
+        let root = fake_root("dash", script);
+        let Some(d) = dumpers(&root, 20_000) else {
+            return eprintln!("skipped: no python3 on this machine");
+        };
+        let out = root.join("out");
+        for prompt in ["-1 is negative", "--out /etc", "--prompt"] {
+            let err = d.run("fake", &DumpRequest { prompt, ..request(&out) }, &root.join("dash.log")).unwrap_err().to_string();
+            assert!(err.contains(&format!("prompt=[{prompt}] out=[{}]", out.display())), "{prompt}: {err}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_stderr_log_is_never_written_through_a_symlink() {
+        let root = fake_root("symlink", "import sys\nsys.stderr.write('dumper output\\n')\n");
+        let Some(d) = dumpers(&root, 20_000) else {
+            return eprintln!("skipped: no python3 on this machine");
+        };
+        let victim = root.join("victim.txt");
+        std::fs::write(&victim, "keep me").unwrap();
+        let log = root.join("planted.log");
+        let _ = std::fs::remove_file(&log);
+        std::os::unix::fs::symlink(&victim, &log).unwrap();
+        let err = d.run("fake", &request(&root.join("out")), &log).unwrap_err();
+        assert!(matches!(err, ReferenceError::Log { .. }), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+        // A plain file there is truncated and written, as before.
+        let plain = root.join("plain.log");
+        std::fs::write(&plain, "stale text from an earlier run\n").unwrap();
+        d.run("fake", &request(&root.join("out")), &plain).unwrap();
+        assert_eq!(std::fs::read_to_string(&plain).unwrap(), "dumper output\n");
+    }
+
+    #[test]
+    fn a_private_temp_dir_is_fresh_owner_only_and_removed_when_dropped() {
+        let a = PrivateDir::new("parity-test").unwrap();
+        let b = PrivateDir::new("parity-test").unwrap();
+        assert_ne!(a.path(), b.path());
+        assert!(a.path().starts_with(std::env::temp_dir()) && a.path().is_dir());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(a.path()).unwrap().permissions().mode() & 0o777, 0o700);
+        }
+        let path = a.path().to_path_buf();
+        std::fs::create_dir_all(path.join("m/p")).unwrap();
+        drop(a);
+        assert!(!path.exists());
     }
 
     #[test]

@@ -91,6 +91,7 @@ impl Suite {
         if suite.models.is_empty() || suite.prompts.is_empty() {
             bail!("suite {} lists no models or no prompts", path.display());
         }
+        suite.check_names().with_context(|| format!("suite {}", path.display()))?;
         for model in &suite.models {
             for class in std::iter::once(&model.class).chain(model.ref_class.values()) {
                 if !crate::spec::CLASSES.contains(&class.as_str()) {
@@ -118,6 +119,25 @@ impl Suite {
         Ok(suite)
     }
 
+    /// Every id and reference name of the suite is one plain path component, since each is
+    /// joined into a dump path (`<dumps>/<model id>/<prompt id>/<reference>/`).
+    pub fn check_names(&self) -> std::result::Result<(), NameError> {
+        for reference in self.truth.iter() {
+            check_name("truth reference", reference)?;
+        }
+        for prompt in &self.prompts {
+            check_name("prompt id", &prompt.id)?;
+        }
+        for model in &self.models {
+            check_name("model id", &model.id)?;
+            let refs = model.refs.iter().chain(model.ref_class.keys()).chain(model.ref_paths.keys());
+            for reference in refs {
+                check_name(&format!("model {}: reference", model.id), reference)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every model x prompt, in file order.
     pub fn cases(&self) -> Vec<Case> {
         let mut cases = Vec::new();
@@ -136,6 +156,32 @@ impl Suite {
     pub fn dump_dir(&self, root: &Path, case: &Case, reference: &str) -> PathBuf {
         resolve(root, &self.dumps).join(&case.model.id).join(&case.prompt.id).join(reference)
     }
+}
+
+/// An id or reference name that cannot be one folder of a dump path.
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("{what} {name:?} is not a usable name: {why}")]
+pub struct NameError {
+    pub what: String,
+    pub name: String,
+    pub why: &'static str,
+}
+
+/// Refuses a name that would not stay one folder when joined into a path: empty, `.`, `..`, a
+/// separator, or a control character (which also garbles error lines and manifests).
+pub fn check_name(what: &str, name: &str) -> std::result::Result<(), NameError> {
+    let why = if name.is_empty() {
+        "it is empty"
+    } else if name == "." || name == ".." {
+        "it names a folder relative to its parent"
+    } else if name.contains(['/', '\\']) {
+        "it contains a path separator (/ or \\)"
+    } else if name.chars().any(char::is_control) {
+        "it contains a control character"
+    } else {
+        return Ok(());
+    };
+    Err(NameError { what: what.into(), name: name.into(), why })
 }
 
 /// `K/N`: the K-th (1-based) of N shards.
@@ -261,6 +307,32 @@ mod tests {
         assert_eq!((model.class_for("pytorch"), model.class_for("llamacpp")), ("f32", "quantized"));
         let err = suite_with("ref_class = { pytorch = \"fp8\" }").unwrap_err();
         assert!(format!("{err:#}").contains("\"fp8\""), "{err:#}");
+    }
+
+    #[test]
+    fn ids_and_reference_names_that_are_not_one_folder_are_refused() {
+        for bad in ["", ".", "..", "../x", "a/b", "a\\b", "tab\there", "bell\u{7}", "del\u{7f}", "nl\n"] {
+            let err = check_name("model id", bad).unwrap_err();
+            assert_eq!(err.name, bad);
+            assert!(err.to_string().starts_with("model id "), "{err}");
+        }
+        for good in ["smollm2-f32", "gpt2_small.hf", "...x", "prompt", "café"] {
+            assert_eq!(check_name("model id", good), Ok(()));
+        }
+        let cases = [
+            ("id = \"m\"", "prompts = []", "[[prompt]]\nid = \"..\""),
+            ("id = \"../../etc\"", "", "[[prompt]]\nid = \"a\""),
+            ("id = \"m\"", "ref_paths = { \"a/b\" = \"x\" }", "[[prompt]]\nid = \"a\""),
+        ];
+        for (model_id, extra, prompt) in cases {
+            let text = format!(
+                "dumps = \"d\"\nn_generate = 1\ntemperature = 1.0\nthreads = 1\n\
+                 [[model]]\n{model_id}\npath = \"m.gguf\"\nrefs = [\"pytorch\"]\n{extra}\n{prompt}\ntext = \"A\"\n"
+            );
+            let suite: Suite = toml::from_str(&text).unwrap();
+            let err = suite.check_names().unwrap_err();
+            assert!(err.to_string().contains("is not a usable name"), "{err}");
+        }
     }
 
     #[test]

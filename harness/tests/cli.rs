@@ -103,6 +103,25 @@ fn a_missing_model_and_an_unknown_reference_are_exit_2() {
 }
 
 #[test]
+fn a_suite_id_or_reference_that_is_not_one_folder_is_exit_2() {
+    let dir = scratch("names");
+    for (model_id, refs, bad) in [("../../escape", "pytorch", "../../escape"), ("m", "..", "\"..\""), ("a\\u0001b", "pytorch", "a\\u{1}b")] {
+        let suite = dir.join("suite.toml");
+        let text = format!(
+            "dumps = \"fixtures/dumps\"\nn_generate = 1\ntemperature = 1.0\nthreads = 1\n\
+             [[model]]\nid = \"{model_id}\"\npath = \"fixtures/models/tiny-llama/model-f32.gguf\"\nrefs = [\"{refs}\"]\n\
+             [[prompt]]\nid = \"p\"\ntext = \"hello\"\n"
+        );
+        std::fs::write(&suite, text).unwrap();
+        let out = parity(&["run", "--suite", suite.to_str().unwrap()], &dir, "names");
+        assert_one_line_error(&out, "is not a usable name");
+        assert!(stderr(&out).contains(bad), "{}", stderr(&out));
+    }
+    assert!(!dir.join("run/names").exists(), "a refused run left a bundle");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn an_empty_prompt_and_one_longer_than_the_context_are_refused() {
     let dir = scratch("prompts");
     let gpt2 = "fixtures/models/tiny-gpt2/model-f32.gguf";

@@ -3,14 +3,16 @@
 //! Agreement between references runs on the committed default-suite dumps, always: the same prompt
 //! ids from all three, last-token logits within cosine 0.999 of each other, the same argmax; and the
 //! float64 truth (`pytorch-f64`) of every case is the float32 PyTorch dump's computation, within f32
-//! rounding noise of it. Each dumper's own end-to-end test (`references/<name>/test_dump.py`) runs when the reference
-//! environment of `scripts/setup-references.sh` is present, and is skipped with a printed reason
-//! when it is not, unless `PARITY_REQUIRE_REFERENCES` is set (CI sets it: there a missing
-//! environment is a failure, not a skip).
+//! rounding noise of it. Each of the references' own tests (`references/**/test_*.py`, every one
+//! listed in `PYTHON_TESTS`) runs when the reference environment of `scripts/setup-references.sh`
+//! is present, and is skipped with a printed reason when it is not, unless
+//! `PARITY_REQUIRE_REFERENCES` is set (CI sets it): then a missing environment, a reference that
+//! does not import or a model file that is absent is a failure, not a skip
+//! (`references/common/testkit.py`).
 
 use harness::dumps::{Dump, Lookup};
 use harness::metrics::Sums;
-use harness::suite::{parity_cache, resolve, Suite};
+use harness::suite::{parity_cache, Suite};
 use harness::tensor::{Tensor, Values};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -100,39 +102,193 @@ fn reference_python() -> Option<PathBuf> {
     py.exists().then_some(py)
 }
 
-fn run_dumper_test(reference: &str) {
-    let Some(py) = reference_python() else {
+/// The reference environment's Python; None (the caller skips, saying so) when there is none and
+/// `PARITY_REQUIRE_REFERENCES` is not set; a failure when it is set.
+fn reference_python_or_skip() -> Option<PathBuf> {
+    let py = reference_python();
+    if py.is_none() {
+        let venv = parity_cache().join("venv");
         assert!(
             std::env::var_os("PARITY_REQUIRE_REFERENCES").is_none(),
             "PARITY_REQUIRE_REFERENCES is set but there is no reference environment at {}; run scripts/setup-references.sh",
-            parity_cache().join("venv").display()
+            venv.display()
         );
-        println!("skipped: no reference environment at {}; run scripts/setup-references.sh", parity_cache().join("venv").display());
+        println!("skipped: no reference environment at {}; run scripts/setup-references.sh", venv.display());
+    }
+    py
+}
+
+/// Runs one of the references' own test files (`path` relative to the project) with `extra`
+/// arguments: (success, stdout and stderr).
+fn run_python_test(py: &Path, path: &str, extra: &[&str], env: &[(&str, Option<&Path>)]) -> (bool, String) {
+    let mut cmd = Command::new(py);
+    cmd.args(extra.iter().filter(|a| a.starts_with('-'))).arg(root().join(path));
+    cmd.args(extra.iter().filter(|a| !a.starts_with('-'))).env("DEV", "CPU");
+    for (key, value) in env {
+        match value {
+            Some(v) => cmd.env(key, v),
+            None => cmd.env_remove(key),
+        };
+    }
+    let out = cmd.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Every reference test file (`references/**/test_*.py`), each run by one test below; the test
+/// `every_reference_test_file_is_run_here` fails when a file is added without being listed here.
+const PYTHON_TESTS: [&str; 6] = [
+    "references/common/test_dumpkit.py",
+    "references/llamacpp/test_dump.py",
+    "references/pytorch/test_dump.py",
+    "references/pytorch-f64/test_dump.py",
+    "references/tinygrad/test_dump.py",
+    "references/tinygrad/test_gguf_tokenizer.py",
+];
+
+fn run_reference_test(path: &str) {
+    assert!(PYTHON_TESTS.contains(&path), "{path} is not listed in PYTHON_TESTS");
+    let Some(py) = reference_python_or_skip() else {
         return;
     };
-    let script = resolve(&root(), &format!("references/{reference}/test_dump.py"));
-    let out = Command::new(&py).arg(&script).env("DEV", "CPU").output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (ok, text) = run_python_test(&py, path, &[], &[]);
     println!("{text}");
-    assert!(out.status.success(), "{} exited {:?}:\n{text}", script.display(), out.status.code());
+    assert!(ok, "{path} failed:\n{text}");
 }
 
 #[test]
 fn the_llamacpp_dumper_passes_its_own_test() {
-    run_dumper_test("llamacpp");
+    run_reference_test("references/llamacpp/test_dump.py");
 }
 
 #[test]
 fn the_pytorch_dumper_passes_its_own_test() {
-    run_dumper_test("pytorch");
+    run_reference_test("references/pytorch/test_dump.py");
 }
 
 #[test]
 fn the_pytorch_f64_dumper_passes_its_own_test() {
-    run_dumper_test(TRUTH);
+    run_reference_test("references/pytorch-f64/test_dump.py");
 }
 
 #[test]
 fn the_tinygrad_dumper_passes_its_own_test() {
-    run_dumper_test("tinygrad");
+    run_reference_test("references/tinygrad/test_dump.py");
+}
+
+#[test]
+fn the_tinygrad_gguf_tokenizer_passes_its_own_test() {
+    run_reference_test("references/tinygrad/test_gguf_tokenizer.py");
+}
+
+#[test]
+fn the_dump_contract_code_passes_its_own_test() {
+    run_reference_test("references/common/test_dumpkit.py");
+}
+
+/// `references/**/test_*.py` under `dir`, as project-relative paths.
+fn python_test_files(dir: &Path, found: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() && name != "__pycache__" {
+            python_test_files(&path, found);
+        } else if name.starts_with("test_") && name.ends_with(".py") {
+            found.push(path.strip_prefix(root()).unwrap().to_string_lossy().into_owned());
+        }
+    }
+}
+
+#[test]
+fn every_reference_test_file_is_run_here() {
+    let mut found = Vec::new();
+    python_test_files(&root().join("references"), &mut found);
+    found.sort();
+    let source = include_str!("references.rs");
+    for path in &found {
+        assert!(PYTHON_TESTS.contains(&path.as_str()), "{path} is run by no test: add it to PYTHON_TESTS and give it a #[test]");
+        assert!(source.contains(&format!("run_reference_test(\"{path}\")")), "{path} has no #[test] calling run_reference_test");
+    }
+    assert_eq!(found.len(), PYTHON_TESTS.len(), "PYTHON_TESTS lists files that do not exist: {PYTHON_TESTS:?} vs {found:?}");
+}
+
+#[test]
+fn with_references_required_a_test_that_cannot_import_fails_instead_of_skipping() {
+    let Some(py) = reference_python_or_skip() else {
+        return;
+    };
+    let required = Some(Path::new("1"));
+    for path in PYTHON_TESTS {
+        // -S leaves site-packages off the path: numpy, torch, llama_cpp and tinygrad do not import.
+        let (ok, text) = run_python_test(&py, path, &["-S"], &[("PARITY_REQUIRE_REFERENCES", None)]);
+        assert!(ok && text.starts_with("skipped: "), "{path} without the flag:\n{text}");
+        let (ok, text) = run_python_test(&py, path, &["-S"], &[("PARITY_REQUIRE_REFERENCES", required)]);
+        assert!(!ok && text.contains("PARITY_REQUIRE_REFERENCES is set"), "{path} with the flag:\n{text}");
+    }
+}
+
+#[test]
+fn with_references_required_a_missing_model_fails_instead_of_skipping() {
+    let Some(py) = reference_python_or_skip() else {
+        return;
+    };
+    let empty_cache = std::env::temp_dir().join(format!("parity-empty-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&empty_cache).unwrap();
+    let required = Some(Path::new("1"));
+    // Only the tests that read SmolLM2: the rest of each file is run by the tests above.
+    let runs = [
+        ("references/llamacpp/test_dump.py", "SmolLM2"),
+        ("references/pytorch/test_dump.py", "GgufTokenizer.test_smollm2_vocabulary_matches_llama_cpp"),
+        ("references/tinygrad/test_gguf_tokenizer.py", ""),
+    ];
+    for (path, only) in runs {
+        let extra: Vec<&str> = [only].into_iter().filter(|a| !a.is_empty()).collect();
+        let cache = ("PARITY_CACHE", Some(empty_cache.as_path()));
+        let (ok, text) = run_python_test(&py, path, &extra, &[cache, ("PARITY_REQUIRE_REFERENCES", None)]);
+        assert!(ok && text.contains("skipped"), "{path} without the flag:\n{text}");
+        let (ok, text) = run_python_test(&py, path, &extra, &[cache, ("PARITY_REQUIRE_REFERENCES", required)]);
+        assert!(!ok && text.contains("PARITY_REQUIRE_REFERENCES is set"), "{path} with the flag:\n{text}");
+    }
+    std::fs::remove_dir_all(&empty_cache).unwrap();
+}
+
+#[test]
+fn any_prompt_text_reaches_the_dumper_and_round_trips_through_its_manifest() {
+    if reference_python_or_skip().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("parity-make-dumps-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Options the dumper's argparse would take, and control characters TOML cannot hold raw (not
+    // U+0000, which no command-line argument can carry).
+    let prompts = [("dash", "-1 is negative"), ("option", "--out /etc"), ("control", "a\u{1}\u{1b}[0m\u{7f} b\u{1f}")];
+    let model = root().join("fixtures/models/tiny-llama/model-f32.gguf");
+    let mut suite = format!(
+        "dumps = {:?}\nn_generate = 2\ntemperature = 1.0\nthreads = 1\n[[model]]\nid = \"tiny\"\npath = {:?}\nrefs = [\"llamacpp\"]\n",
+        dir.join("dumps").display().to_string(),
+        model.display().to_string()
+    );
+    for (id, text) in prompts {
+        // Rust's debug escapes (\u{1}) are not TOML's; the suite spells control characters as \uXXXX.
+        let escaped: String = text.chars().map(|c| if c.is_control() { format!("\\u{:04X}", c as u32) } else { c.to_string() }).collect();
+        suite.push_str(&format!("[[prompt]]\nid = \"{id}\"\ntext = \"{escaped}\"\n"));
+    }
+    let suite_path = dir.join("suite.toml");
+    std::fs::write(&suite_path, suite).unwrap();
+    let out = Command::new("bash")
+        .arg(root().join("scripts/make-dumps.sh"))
+        .args([suite_path.as_os_str(), "llamacpp".as_ref()])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "make-dumps failed:\n{log}");
+    let loaded = Suite::load(&suite_path).unwrap();
+    for case in loaded.cases() {
+        let dump = Dump::open(&loaded.dump_dir(&root(), &case, "llamacpp")).unwrap();
+        assert_eq!(dump.manifest.prompt, case.prompt.text, "{}", case.prompt.id);
+        harness::pipeline::check_provenance(&dump, "llamacpp", &case.prompt.text, &dump.manifest.model_sha256).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -79,6 +79,10 @@ def parse_args(reference):
     p.add_argument("--sampler-logits", metavar="FILE", help="a .npy of V f32 logits for the samplers to sample instead of the dumper's own last logits")
     p.add_argument("--out", required=True, help="output folder (replaced atomically)")
     args = p.parse_args()
+    # Python carries argv bytes that are not UTF-8 as lone surrogates (surrogateescape): no manifest
+    # can hold them and no engine would see the same text, so such a prompt is refused up front.
+    if has_lone_surrogate(args.prompt):
+        raise DumpError("--prompt is not valid UTF-8 text (it holds bytes Python keeps as lone surrogates)", EXIT_USAGE)
     if not Path(args.model).exists():
         raise DumpError(f"model not found: {args.model}", EXIT_USAGE)
     if args.n_generate < 0 or args.temperature <= 0:
@@ -361,9 +365,27 @@ class Dump:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def has_lone_surrogate(text):
+    return any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+
+
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
 def _q(s):
-    """A TOML basic string."""
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r") + '"'
+    """A TOML basic string holding `s` exactly: TOML allows no control character (U+0000-U+001F,
+    U+007F) raw, so each is written as an escape; lone surrogates cannot be written at all."""
+    if has_lone_surrogate(s):
+        raise DumpError(f"cannot write {s!r} to the manifest: it is not valid UTF-8 text (a lone surrogate)", EXIT_USAGE)
+    out = []
+    for c in s:
+        if c in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[c])
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04X}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
 
 
 def main(reference, run):

@@ -10,7 +10,8 @@ The decode steps (step_logits, generated), greedy and with --force-tokens, are c
 fresh llama.cpp context (llama-cpp-python's `Llama`) decoding the prompt plus the history before
 each step in one batch.
 Prompt ids are llama.cpp's, as pinned by references/pytorch/test_dump.py. Skips (exit 0) when
-llama_cpp is not importable.
+llama_cpp is not importable or SmolLM2 is not downloaded, and fails then instead when
+PARITY_REQUIRE_REFERENCES is set (references/common/testkit.py).
 """
 
 import functools
@@ -22,6 +23,9 @@ import tempfile
 import tomllib
 import unittest
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
+import testkit  # noqa: E402  (stdlib only: it decides skip or fail when the rest cannot import)
 
 ROOT = Path(__file__).resolve().parents[2]
 DUMPER = ROOT / "references" / "llamacpp" / "dump.py"
@@ -453,7 +457,7 @@ class FloatCache(unittest.TestCase):
                 self.assertFalse(np.array_equal(k, half(k)), "keys that float16 represents exactly cannot tell the cache types apart")
 
 
-@unittest.skipUnless(SMOLLM2.is_file(), f"{SMOLLM2} not downloaded (scripts/fetch-models.sh)")
+@testkit.needs_file(SMOLLM2, "scripts/fetch-models.sh")
 class SmolLM2(unittest.TestCase):
     def test_greedy_continuation_of_the_capital_of_france(self):
         import numpy as np
@@ -524,6 +528,5 @@ if __name__ == "__main__":
         import numpy  # noqa: F401
         import safetensors  # noqa: F401
     except ImportError as e:
-        print(f"test_dump.py: skipped, llama_cpp is not importable: {e} (run with ~/.cache/parity/venv/bin/python after scripts/setup-references.sh)")
-        sys.exit(0)
+        testkit.cannot_run(f"llama_cpp is not importable: {e} (run with ~/.cache/parity/venv/bin/python after scripts/setup-references.sh)")
     unittest.main()

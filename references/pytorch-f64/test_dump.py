@@ -10,7 +10,8 @@ attn_norm, recomputed in numpy float64 from the GGUF's own weights (read with th
 what the truth holds to within half a float32 ulp, i.e. correctly rounded, which the float32 dump is
 not. The truth's decode steps, greedy and with --force-tokens, follow the history fed: each is within
 1e-4 of a full float64 forward of the prompt plus the history before it. Also the exit codes of the
-command line. Skips (exit 0) when the reference environment is not importable.
+command line. Skips (exit 0) when the reference environment is not importable, and fails then
+instead when PARITY_REQUIRE_REFERENCES is set (references/common/testkit.py).
 """
 
 import functools
@@ -20,6 +21,9 @@ import tempfile
 import tomllib
 import unittest
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
+import testkit  # noqa: E402  (stdlib only: it decides skip or fail when the rest cannot import)
 
 ROOT = Path(__file__).resolve().parents[2]
 DUMPERS = {"pytorch": ROOT / "references" / "pytorch" / "dump.py", "pytorch-f64": ROOT / "references" / "pytorch-f64" / "dump.py"}
@@ -254,6 +258,5 @@ class Usage(unittest.TestCase):
 if __name__ == "__main__":
     problem = import_problem()
     if problem:
-        print(f"test_dump.py: skipped, the reference environment is not importable: {problem}")
-        sys.exit(0)
+        testkit.cannot_run(f"the reference environment is not importable: {problem}")
     unittest.main()

@@ -10,7 +10,8 @@ residual stream are recomputed with numpy from the dumped inputs and the HF chec
 The decode steps (step_logits, generated), greedy and with --force-tokens, are checked against
 transformers' own full forward of the prompt plus the history before each step, and the
 decode_layers taps at the chosen steps against that forward's taps at the position each step fed. Also checks the GGUF tokenizer correction against fixtures/tokenizer/expected.json and the usage
-exit codes. Skips (exit 0) when the reference environment is not importable.
+exit codes. Skips (exit 0) when the reference environment is not importable or SmolLM2 is not
+downloaded, and fails then instead when PARITY_REQUIRE_REFERENCES is set (references/common/testkit.py).
 """
 
 import functools
@@ -22,6 +23,9 @@ import tempfile
 import tomllib
 import unittest
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
+import testkit  # noqa: E402  (stdlib only: it decides skip or fail when the rest cannot import)
 
 ROOT = Path(__file__).resolve().parents[2]
 DUMPER = ROOT / "references" / "pytorch" / "dump.py"
@@ -465,7 +469,7 @@ class GgufTokenizer(unittest.TestCase):
     def test_gpt2_byte_level_vocabulary_matches_llama_cpp(self):
         self.check_vocab("bpe-tiny", ROOT / "fixtures" / "tokenizer" / "bpe-tiny" / "bpe-tiny.gguf")
 
-    @unittest.skipUnless(SMOLLM2.is_file(), f"{SMOLLM2} not downloaded (scripts/fetch-models.sh)")
+    @testkit.needs_file(SMOLLM2, "scripts/fetch-models.sh")
     def test_smollm2_vocabulary_matches_llama_cpp(self):
         self.check_vocab("smollm2", SMOLLM2)
 
@@ -473,7 +477,6 @@ class GgufTokenizer(unittest.TestCase):
 if __name__ == "__main__":
     problem = import_problem()
     if problem:
-        print(f"test_dump.py: skipped, the reference environment is not importable: {problem}")
-        sys.exit(0)
+        testkit.cannot_run(f"the reference environment is not importable: {problem}")
     os.environ.setdefault("TQDM_DISABLE", "1")
     unittest.main()

@@ -6,7 +6,8 @@ Runs dump.py on each fixture into a temporary folder and checks the manifest and
 catalog (shapes with T, d, H, KV, hd, V, N taken from the fixtures' HF config.json), the prompt ids
 pinned from llama.cpp, attention probabilities (rows sum to 1, causal), the decode steps (greedy,
 and with --force-tokens on the f32 files) against a prompt forward of the prompt plus the history
-before each step, and exit code 2 for a missing model or a wrong-length --force-tokens. Exits 0 with a printed reason when tinygrad is not importable, 1 on any failure.
+before each step, and exit code 2 for a missing model or a wrong-length --force-tokens. Exits 0 with a printed reason when tinygrad or numpy is not importable (1 when PARITY_REQUIRE_REFERENCES
+is set: references/common/testkit.py), 1 on any failure.
 """
 
 import json
@@ -17,7 +18,13 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
+import testkit  # noqa: E402  (stdlib only: it decides skip or fail when the rest cannot import)
+
+try:
+    import numpy as np
+except ImportError as e:
+    testkit.cannot_run(f"numpy is not importable ({e}); run scripts/setup-references.sh")
 
 # As dump.py, before tinygrad is imported: the CPU device, the GGUF weights in their own types.
 os.environ.setdefault("DEV", "CPU")
@@ -222,8 +229,7 @@ def main():
     try:
         import tinygrad  # noqa: F401
     except ImportError as e:
-        print(f"skipped: tinygrad is not importable ({e}); run scripts/setup-references.sh")
-        return 0
+        testkit.cannot_run(f"tinygrad is not importable ({e}); run scripts/setup-references.sh")
     failures = []
     with tempfile.TemporaryDirectory(prefix="tinygrad-dump-test-") as d:
         tmp = Path(d)

@@ -41,8 +41,10 @@ pub struct CalibrateArgs {
 type Samples = BTreeMap<(String, String, String), BTreeMap<String, PairSpread>>;
 
 pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
-    let live_out = std::env::temp_dir().join(format!("parity-calibrate-{}", std::process::id()));
-    let loaded = args.selection.load(root, &live_out)?;
+    // Live dumps go to a fresh owner-only folder, removed when this returns (even on an error).
+    let live_dir = harness::live::PrivateDir::new("parity-calibrate").context("making a private folder for the live dumps")?;
+    let live_out = live_dir.path();
+    let loaded = args.selection.load(root, live_out)?;
     let setup =
         Setup { root: &loaded.root, suite: &loaded.suite, catalog: &loaded.catalog, spec: &loaded.spec, source: &loaded.source, prepare: None };
     let mut samples = Samples::new();
@@ -118,7 +120,6 @@ pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
     std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
     println!("measured on: {} ({})", measured_on.join(", "), evidence.on);
     println!("wrote {}", out.display());
-    let _ = std::fs::remove_dir_all(&live_out);
     Ok(0)
 }
 

@@ -28,12 +28,13 @@ pub struct DiffArgs {
 }
 
 pub fn run(args: DiffArgs, root: &Path) -> Result<i32> {
-    let live_out = std::env::temp_dir().join(format!("parity-diff-{}", std::process::id()));
-    let mut loaded = args.selection.load(root, &live_out)?;
+    // Live dumps go to a fresh owner-only folder, removed when this returns (even on an error).
+    let live_dir = harness::live::PrivateDir::new("parity-diff").context("making a private folder for the live dumps")?;
+    let live_out = live_dir.path();
+    let mut loaded = args.selection.load(root, live_out)?;
     // One case: the first the selection names (pick others with --model/--prompt or --shard).
     loaded.cases.truncate(1);
     let (results, runs) = loaded.run("diff", None)?;
-    let _ = std::fs::remove_dir_all(&live_out);
     let run = runs.first().context("the selection holds no case")?;
     let reference = args.reference.clone().or_else(|| run.case.refs.first().cloned()).context("the case has no reference")?;
     let dump = match run.dumps.iter().find(|(r, _)| *r == reference) {

@@ -42,8 +42,10 @@ pub fn run(args: RunArgs, root: &Path, started: std::time::Instant) -> Result<i3
         eprintln!("{line}");
     }
     let provenance = Provenance::now(&command_line(), &git_commit(root));
-    let live_out = std::env::temp_dir().join(format!("parity-live-{}-{}", provenance.run_id, std::process::id()));
-    let loaded = args.selection.load(root, &live_out)?;
+    // Live dumps go to a fresh owner-only folder, removed when this returns (even on an error).
+    let live_dir = harness::live::PrivateDir::new("parity-live").context("making a private folder for the live dumps")?;
+    let live_out = live_dir.path();
+    let loaded = args.selection.load(root, live_out)?;
     let mut bundle = Bundle::create(&bundle::default_root(root), "run", provenance.clone())?;
     let plant = |m: &mut engine::Model| super::plant::plant_in(&faults, m);
     let (mut results, runs) = loaded.run(&provenance.run_id, (!faults.is_empty()).then_some(&plant as &dyn Fn(&mut engine::Model)))?;
@@ -58,7 +60,6 @@ pub fn run(args: RunArgs, root: &Path, started: std::time::Instant) -> Result<i3
         info.versions.insert("engine planted".into(), faults.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
     }
     let dir = bundle.finish(info)?;
-    let _ = std::fs::remove_dir_all(&live_out);
 
     let verdict = Verdict::of(&results);
     match args.format.as_str() {

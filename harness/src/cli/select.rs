@@ -93,7 +93,13 @@ impl Selection {
         if let Some(model) = suite_model {
             suite.models = vec![model];
         } else if let Some(model) = &self.model {
-            let id = model.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
+            // The file's stem names the dump folder, unless it could not be one folder (a control
+            // character in the file name, say).
+            let id = model
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .filter(|id| harness::suite::check_name("model id", id).is_ok())
+                .unwrap_or_else(|| "model".into());
             let refs = self.refs.clone().unwrap_or_else(|| vec!["llamacpp".into(), "pytorch".into(), "tinygrad".into()]);
             let path = std::fs::canonicalize(model).with_context(|| format!("model {} not found", model.display()))?;
             // Only llama.cpp rounds activations to the weights' precision; PyTorch and tinygrad
