@@ -21,13 +21,11 @@ Each output is skipped when present with a matching sha256 manifest (see parity_
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
 from parity_assets import build_dir, build_file, fixtures, is_complete, models_dir, size_report
 
 NAME = "SmolLM2-135M-Instruct"
@@ -132,9 +130,15 @@ def hf_weights(tensors, config):
     if "output.weight" in tensors:
         raise SystemExit("convert-smollm2: this GGUF has an untied output.weight; the HF export assumes tied embeddings")
     w = {"model.embed_tokens.weight": tensors["token_embd.weight"], "model.norm.weight": tensors["output_norm.weight"]}
-    names = {"attn_norm": "input_layernorm", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-             "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-             "ffn_down": "mlp.down_proj"}
+    names = {
+        "attn_norm": "input_layernorm",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_norm": "post_attention_layernorm",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    }
     for i in range(config["num_hidden_layers"]):
         b, p = f"blk.{i}.", f"model.layers.{i}."
         for g, h in names.items():
@@ -142,8 +146,10 @@ def hf_weights(tensors, config):
         w[p + "self_attn.q_proj.weight"] = rope_unpermute(tensors[b + "attn_q.weight"], config["num_attention_heads"])
         w[p + "self_attn.k_proj.weight"] = rope_unpermute(tensors[b + "attn_k.weight"], config["num_key_value_heads"])
     if len(w) != len(tensors):
-        raise SystemExit(f"convert-smollm2: {len(tensors)} GGUF tensors but only {len(w)} mapped to HF names; "
-                         "this GGUF has tensors the llama export does not know")
+        raise SystemExit(
+            f"convert-smollm2: {len(tensors)} GGUF tensors but only {len(w)} mapped to HF names; "
+            "this GGUF has tensors the llama export does not know"
+        )
     return w
 
 
@@ -157,10 +163,12 @@ def write_hf(folder, src, fields, tensors, arch):
     tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
     if meta(fields, "tokenizer.ggml.pre") != "smollm":
         raise SystemExit("convert-smollm2: expected tokenizer.ggml.pre 'smollm'; the pre-tokenizer fix below is for that one")
-    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
-    ])
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ]
+    )
     tok.model_max_length = config["max_position_embeddings"]
     tok.save_pretrained(str(folder))
 
@@ -192,11 +200,13 @@ def check(hf_dir, f32_gguf, f16_gguf):
 
     n_new = len(tok(CONTINUATION)["input_ids"])
     results = {}
-    for label, model in (("hf/", load(pretrained_model_name_or_path=str(hf_dir))),
-                         ("F32 GGUF", load(pretrained_model_name_or_path=str(f32_gguf.parent), gguf_file=f32_gguf.name))):
+    for label, model in (
+        ("hf/", load(pretrained_model_name_or_path=str(hf_dir))),
+        ("F32 GGUF", load(pretrained_model_name_or_path=str(f32_gguf.parent), gguf_file=f32_gguf.name)),
+    ):
         with torch.no_grad():
             logits = model(torch.tensor([PROMPT_IDS])).logits[0].numpy()
-            out = model.generate(torch.tensor([PROMPT_IDS]), max_new_tokens=n_new, do_sample=False)[0, len(PROMPT_IDS):]
+            out = model.generate(torch.tensor([PROMPT_IDS]), max_new_tokens=n_new, do_sample=False)[0, len(PROMPT_IDS) :]
         results[label] = (logits, out.tolist())
         text = tok.decode(out)
         ok &= text == CONTINUATION
@@ -205,12 +215,13 @@ def check(hf_dir, f32_gguf, f16_gguf):
     (hf_logits, hf_gen), (gg_logits, gg_gen) = results["hf/"], results["F32 GGUF"]
     same = np.array_equal(hf_logits, gg_logits) and hf_gen == gg_gen
     ok &= same
-    print(f"  transformers hf/ vs F32 GGUF: logits {'identical' if same else 'DIFFER'} "
-          f"(max |diff| {float(np.abs(hf_logits - gg_logits).max()):.2e})")
+    print(
+        f"  transformers hf/ vs F32 GGUF: logits {'identical' if same else 'DIFFER'} "
+        f"(max |diff| {float(np.abs(hf_logits - gg_logits).max()):.2e})"
+    )
 
     for path in (f32_gguf, f16_gguf):
-        llm = cpp if path == f32_gguf else Llama(model_path=str(path), n_ctx=256, logits_all=True, n_threads=2,
-                                                 verbose=False, seed=0)
+        llm = cpp if path == f32_gguf else Llama(model_path=str(path), n_ctx=256, logits_all=True, n_threads=2, verbose=False, seed=0)
         llm.reset()
         llm.eval(PROMPT_IDS)
         logits = np.array(llm.scores[: len(PROMPT_IDS)], dtype=np.float32)
@@ -223,8 +234,10 @@ def check(hf_dir, f32_gguf, f16_gguf):
         text = tok.decode(gen)
         if path == f32_gguf:
             ok &= cos > 0.9999 and text == CONTINUATION
-        print(f"  llama.cpp {path.name} vs transformers hf/: cosine {cos:.8f}, max |diff| {err:.3e}, "
-              f"last argmax {int(logits[-1].argmax())}, greedy {text!r}")
+        print(
+            f"  llama.cpp {path.name} vs transformers hf/: cosine {cos:.8f}, max |diff| {err:.3e}, "
+            f"last argmax {int(logits[-1].argmax())}, greedy {text!r}"
+        )
     return ok
 
 

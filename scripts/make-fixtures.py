@@ -60,7 +60,7 @@ the lazy dog. We are testing the inference engine with a tiny model and a short 
 TOKENIZER_PROBES = [
     "The capital of France is",
     "Hello world",
-    "Once upon a time, the fisherman said: \"we are home!\"",
+    'Once upon a time, the fisherman said: "we are home!"',
     "  two  spaces and 12345 numbers",
     " leading space",
     "caf\u00e9 na\u00efve \u00fcber \u2014 \u65e5\u672c \U0001f642",
@@ -152,8 +152,10 @@ def llama_merges_from_vocab(pieces, scores, types):
 
 def llama_tokenizer_json(pieces, scores, types):
     vocab = {p: i for i, p in enumerate(pieces)}
-    specials = [{"id": i, "content": pieces[i], "single_word": False, "lstrip": False, "rstrip": False,
-                 "normalized": False, "special": True} for i in range(3)]
+    specials = [
+        {"id": i, "content": pieces[i], "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+        for i in range(3)
+    ]
     return {
         "version": "1.0",
         "truncation": None,
@@ -161,27 +163,46 @@ def llama_tokenizer_json(pieces, scores, types):
         "added_tokens": specials,
         # llama.cpp (like sentencepiece's add_dummy_prefix) always prepends one space, even before a
         # leading space; Metaspace(prepend_scheme="first") would not, so spell it as a normalizer.
-        "normalizer": {"type": "Sequence", "normalizers": [
-            {"type": "Prepend", "prepend": "\u2581"},
-            {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"},
-        ]},
+        "normalizer": {
+            "type": "Sequence",
+            "normalizers": [
+                {"type": "Prepend", "prepend": "\u2581"},
+                {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"},
+            ],
+        },
         "pre_tokenizer": None,
         "post_processor": {
             "type": "TemplateProcessing",
             "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                     {"SpecialToken": {"id": "<s>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "pair": [
+                {"SpecialToken": {"id": "<s>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": "<s>", "type_id": 1}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+            ],
             "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}},
         },
-        "decoder": {"type": "Sequence", "decoders": [
-            {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
-            {"type": "ByteFallback"},
-            {"type": "Fuse"},
-            {"type": "Strip", "content": " ", "start": 1, "stop": 0},
-        ]},
-        "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
-                  "vocab": vocab, "merges": llama_merges_from_vocab(pieces, scores, types)},
+        "decoder": {
+            "type": "Sequence",
+            "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+            ],
+        },
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": "<unk>",
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": True,
+            "byte_fallback": True,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": llama_merges_from_vocab(pieces, scores, types),
+        },
     }
 
 
@@ -206,9 +227,7 @@ def gpt2_vocab():
     import regex
 
     table = bytes_to_unicode()
-    counts = collections.Counter(
-        "".join(table[b] for b in w.encode("utf-8")) for w in regex.findall(GPT2_SPLIT, CORPUS)
-    )
+    counts = collections.Counter("".join(table[b] for b in w.encode("utf-8")) for w in regex.findall(GPT2_SPLIT, CORPUS))
     merges = train_bpe({tuple(w): n for w, n in counts.items()}, GPT2_MERGES)
     tokens = list(table.values())
     for a, b in merges:
@@ -224,15 +243,25 @@ def gpt2_tokenizer_json(tokens, merges):
         "version": "1.0",
         "truncation": None,
         "padding": None,
-        "added_tokens": [{"id": eot, "content": "<|endoftext|>", "single_word": False, "lstrip": False,
-                          "rstrip": False, "normalized": False, "special": True}],
+        "added_tokens": [
+            {"id": eot, "content": "<|endoftext|>", "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+        ],
         "normalizer": None,
         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
         "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": {t: i for i, t in enumerate(tokens)}, "merges": [[a, b] for a, b in merges]},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": "",
+            "end_of_word_suffix": "",
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": {t: i for i, t in enumerate(tokens)},
+            "merges": [[a, b] for a, b in merges],
+        },
     }
 
 
@@ -425,43 +454,49 @@ def build_llama(folder):
     hf = folder / "hf"
     hf.mkdir()
     write_safetensors(hf / "model.safetensors", w)
-    write_json(hf / "config.json", {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": len(pieces),
-        "hidden_size": c["d"],
-        "intermediate_size": c["ffn"],
-        "num_hidden_layers": c["n_layers"],
-        "num_attention_heads": c["n_heads"],
-        "num_key_value_heads": c["n_kv_heads"],
-        "head_dim": c["head_dim"],
-        "hidden_act": "silu",
-        "max_position_embeddings": c["ctx"],
-        "rms_norm_eps": c["eps"],
-        "rope_theta": c["rope_theta"],
-        "rope_parameters": {"rope_type": "default", "rope_theta": c["rope_theta"]},
-        "attention_bias": False,
-        "mlp_bias": False,
-        "tie_word_embeddings": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "torch_dtype": "float32",
-    })
+    write_json(
+        hf / "config.json",
+        {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": len(pieces),
+            "hidden_size": c["d"],
+            "intermediate_size": c["ffn"],
+            "num_hidden_layers": c["n_layers"],
+            "num_attention_heads": c["n_heads"],
+            "num_key_value_heads": c["n_kv_heads"],
+            "head_dim": c["head_dim"],
+            "hidden_act": "silu",
+            "max_position_embeddings": c["ctx"],
+            "rms_norm_eps": c["eps"],
+            "rope_theta": c["rope_theta"],
+            "rope_parameters": {"rope_type": "default", "rope_theta": c["rope_theta"]},
+            "attention_bias": False,
+            "mlp_bias": False,
+            "tie_word_embeddings": False,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "torch_dtype": "float32",
+        },
+    )
     write_json(hf / "tokenizer.json", llama_tokenizer_json(pieces, scores, types))
-    write_json(hf / "tokenizer_config.json", {
-        # Not LlamaTokenizer: that class rebuilds its own Metaspace pre-tokenizer and drops the
-        # normalizer above; the generic class keeps tokenizer.json as written.
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "add_prefix_space": True,
-        "legacy": False,
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": c["ctx"],
-    })
+    write_json(
+        hf / "tokenizer_config.json",
+        {
+            # Not LlamaTokenizer: that class rebuilds its own Metaspace pre-tokenizer and drops the
+            # normalizer above; the generic class keeps tokenizer.json as written.
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "add_bos_token": True,
+            "add_eos_token": False,
+            "add_prefix_space": True,
+            "legacy": False,
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": c["ctx"],
+        },
+    )
     return len(pieces)
 
 
@@ -497,40 +532,46 @@ def build_gpt2(folder):
     hf = folder / "hf"
     hf.mkdir()
     write_safetensors(hf / "model.safetensors", w)
-    write_json(hf / "config.json", {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": len(tokens),
-        "n_positions": c["ctx"],
-        "n_ctx": c["ctx"],
-        "n_embd": c["d"],
-        "n_layer": c["n_layers"],
-        "n_head": c["n_heads"],
-        "n_inner": c["ffn"],
-        "activation_function": "gelu_new",
-        "layer_norm_epsilon": c["eps"],
-        "resid_pdrop": 0.0,
-        "embd_pdrop": 0.0,
-        "attn_pdrop": 0.0,
-        "scale_attn_weights": True,
-        "tie_word_embeddings": True,
-        "bos_token_id": eot,
-        "eos_token_id": eot,
-        "torch_dtype": "float32",
-    })
+    write_json(
+        hf / "config.json",
+        {
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "vocab_size": len(tokens),
+            "n_positions": c["ctx"],
+            "n_ctx": c["ctx"],
+            "n_embd": c["d"],
+            "n_layer": c["n_layers"],
+            "n_head": c["n_heads"],
+            "n_inner": c["ffn"],
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": c["eps"],
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+            "scale_attn_weights": True,
+            "tie_word_embeddings": True,
+            "bos_token_id": eot,
+            "eos_token_id": eot,
+            "torch_dtype": "float32",
+        },
+    )
     write_json(hf / "tokenizer.json", gpt2_tokenizer_json(tokens, merges))
     write_json(hf / "vocab.json", {t: i for i, t in enumerate(tokens)})
     (hf / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    write_json(hf / "tokenizer_config.json", {
-        "tokenizer_class": "GPT2Tokenizer",
-        "add_bos_token": False,
-        "add_prefix_space": False,
-        "bos_token": "<|endoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": c["ctx"],
-    })
+    write_json(
+        hf / "tokenizer_config.json",
+        {
+            "tokenizer_class": "GPT2Tokenizer",
+            "add_bos_token": False,
+            "add_prefix_space": False,
+            "bos_token": "<|endoftext|>",
+            "eos_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": c["ctx"],
+        },
+    )
     return len(tokens)
 
 

@@ -6,6 +6,7 @@ implementation that is not ours (gguf-py's numpy quantizers).
 
     ~/.cache/parity/venv/bin/python scripts/make-gguf-types-fixture.py
 """
+
 import json
 from pathlib import Path
 

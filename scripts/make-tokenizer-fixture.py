@@ -94,6 +94,7 @@ def field(reader, key, default=None):
 
 # ---------------------------------------------------------------- vocabularies
 
+
 def smollm2_vocab():
     r = GGUFReader(str(SMOLLM2_GGUF))
     tokens = field(r, "tokenizer.ggml.tokens")
@@ -120,8 +121,9 @@ def smollm2_vocab():
     return tokens, merges, types, meta
 
 
-def write_vocab_only_gguf(path, tokens, types, *, scores=None, merges=None, model, pre=None,
-                          bos=None, eos=None, unk=None, add_bos=None, add_space_prefix=None):
+def write_vocab_only_gguf(
+    path, tokens, types, *, scores=None, merges=None, model, pre=None, bos=None, eos=None, unk=None, add_bos=None, add_space_prefix=None
+):
     # llama.cpp reads the architecture's hyperparameters even for vocab_only, so give a tiny set.
     w = GGUFWriter(str(path), "llama")
     w.add_name(path.stem)
@@ -167,10 +169,22 @@ def spm_tiny_vocab(tmp):
     prefix = str(Path(tmp) / "spm-tiny")
     # Llama-like settings: no normalization, a dummy prefix space, spaces kept as they are.
     spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=prefix, model_type="bpe", vocab_size=600,
-        byte_fallback=True, character_coverage=1.0, normalization_rule_name="identity",
-        add_dummy_prefix=True, remove_extra_whitespaces=False, split_digits=False,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, hard_vocab_limit=False, minloglevel=2,
+        input=str(corpus),
+        model_prefix=prefix,
+        model_type="bpe",
+        vocab_size=600,
+        byte_fallback=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        split_digits=False,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        hard_vocab_limit=False,
+        minloglevel=2,
     )
     sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
     tokens, scores, types = [], [], []
@@ -190,11 +204,19 @@ def spm_tiny_vocab(tmp):
     out = OUT / "spm-tiny"
     out.mkdir(parents=True, exist_ok=True)
     gguf_path = out / "spm-tiny.gguf"
-    write_vocab_only_gguf(gguf_path, tokens, [int(t) for t in types], scores=scores, model="llama",
-                          bos=1, eos=2, unk=0, add_bos=True, add_space_prefix=True)
+    write_vocab_only_gguf(
+        gguf_path, tokens, [int(t) for t in types], scores=scores, model="llama", bos=1, eos=2, unk=0, add_bos=True, add_space_prefix=True
+    )
     vocab = {
-        "model": "llama", "bos_id": 1, "eos_id": 2, "unk_id": 0, "add_bos": True, "add_space_prefix": True,
-        "tokens": tokens, "scores": scores, "token_types": [int(t) for t in types],
+        "model": "llama",
+        "bos_id": 1,
+        "eos_id": 2,
+        "unk_id": 0,
+        "add_bos": True,
+        "add_space_prefix": True,
+        "tokens": tokens,
+        "scores": scores,
+        "token_types": [int(t) for t in types],
     }
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
     say(f"spm-tiny: {len(tokens)} tokens")
@@ -208,7 +230,9 @@ def bpe_tiny_vocab():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=500, min_frequency=2, show_progress=False,
+        vocab_size=500,
+        min_frequency=2,
+        show_progress=False,
         special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
@@ -218,9 +242,17 @@ def bpe_tiny_vocab():
     out = OUT / "bpe-tiny"
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "add_bos_token": False, "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
-    }, indent=1) + "\n")
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "add_bos_token": False,
+                "bos_token": "<|endoftext|>",
+                "eos_token": "<|endoftext|>",
+            },
+            indent=1,
+        )
+        + "\n"
+    )
 
     data = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
     vocab = dict(data["model"]["vocab"])
@@ -230,14 +262,10 @@ def bpe_tiny_vocab():
     tokens = [None] * len(vocab)
     for t, i in vocab.items():
         tokens[i] = t
-    types = [
-        (TokenType.CONTROL if added[t]["special"] else TokenType.USER_DEFINED) if t in added else TokenType.NORMAL
-        for t in tokens
-    ]
+    types = [(TokenType.CONTROL if added[t]["special"] else TokenType.USER_DEFINED) if t in added else TokenType.NORMAL for t in tokens]
     merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
     gguf_path = out / "bpe-tiny.gguf"
-    write_vocab_only_gguf(gguf_path, tokens, [int(t) for t in types], merges=merges, model="gpt2", pre="gpt-2",
-                          bos=0, eos=0, add_bos=False)
+    write_vocab_only_gguf(gguf_path, tokens, [int(t) for t in types], merges=merges, model="gpt2", pre="gpt-2", bos=0, eos=0, add_bos=False)
     say(f"bpe-tiny: {len(tokens)} tokens, {len(merges)} merges")
     return Tokenizer.from_file(str(out / "tokenizer.json")), gguf_path
 
@@ -246,20 +274,21 @@ def smollm2_hf(tokens, merges, types):
     """SmolLM2's HF tokenizer.json pipeline, rebuilt from the GGUF's vocabulary."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)},
-                     merges=[tuple(m.split(" ", 1)) for m in merges])
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[tuple(m.split(" ", 1)) for m in merges])
     tok = Tokenizer(bpe)
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t, ty in zip(tokens, types) if ty == TokenType.CONTROL])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == TokenType.CONTROL])
     return tok
 
 
 # ---------------------------------------------------------------- expected ids
+
 
 def llama_cpp_ids(gguf_path):
     from llama_cpp import Llama
@@ -298,8 +327,11 @@ def main():
         hg = hf_gguf_ids(gguf_path) if name != "bpe-tiny" else None
         for text in STRINGS:
             case = {
-                "vocab": name, "text": text,
-                "llama_cpp": lc(text, False), "llama_cpp_special": lc(text, True), "hf": hf(text),
+                "vocab": name,
+                "text": text,
+                "llama_cpp": lc(text, False),
+                "llama_cpp_special": lc(text, True),
+                "hf": hf(text),
             }
             if hg is not None:
                 case["hf_gguf"] = hg(text)
@@ -307,8 +339,11 @@ def main():
             for other in ("hf", "hf_gguf"):
                 if other in case and case[other] != case["llama_cpp"]:
                     what = "llama_cpp_special" if case[other] == case["llama_cpp_special"] else "llama_cpp"
-                    note = ("agrees with llama.cpp parse_special=true: the library always parses special tokens"
-                            if what == "llama_cpp_special" else "differs from llama.cpp")
+                    note = (
+                        "agrees with llama.cpp parse_special=true: the library always parses special tokens"
+                        if what == "llama_cpp_special"
+                        else "differs from llama.cpp"
+                    )
                     disagreements.append({"vocab": name, "text": text, "with": other, "note": note})
 
     expected = {

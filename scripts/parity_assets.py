@@ -59,8 +59,7 @@ def is_complete(out):
     except ValueError:
         return False
     base = out if out.is_dir() else out.parent
-    return bool(recorded) and all((base / name).is_file() and sha256(base / name) == digest
-                                  for name, digest in recorded.items())
+    return bool(recorded) and all((base / name).is_file() and sha256(base / name) == digest for name, digest in recorded.items())
 
 
 def _write_manifest(out):

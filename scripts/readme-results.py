@@ -55,16 +55,24 @@ def main(bundle):
 
     run = manifest["run"]
     conf = summary["confidence"]
-    print(f'Run `{results["run_id"]}` (engine commit `{manifest["bundle"]["engine_commit"]}`, host `{run["host"]}`, '
-          f'{run["threads"]} threads): **verdict {summary["verdict"].upper()}, confidence {conf.get("level")}/4 '
-          f'({conf.get("name", "")})**.')
+    print(
+        f'Run `{results["run_id"]}` (engine commit `{manifest["bundle"]["engine_commit"]}`, host `{run["host"]}`, '
+        f'{run["threads"]} threads): **verdict {summary["verdict"].upper()}, confidence {conf.get("level")}/4 '
+        f'({conf.get("name", "")})**.'
+    )
     print()
     print("References: " + "; ".join(f"{k} {v}" for k, v in run["versions"].items() if k != "engine") + ".")
     print()
-    print("Cases: " + "; ".join(f'{m}: {len(prompts[m])} prompt(s) x {len(refs[m])} references' + (f" + {truth[m]}" if m in truth else "") for m in models) + ".")
+    print(
+        "Cases: "
+        + "; ".join(f"{m}: {len(prompts[m])} prompt(s) x {len(refs[m])} references" + (f" + {truth[m]}" if m in truth else "") for m in models)
+        + "."
+    )
     print()
-    print("Worst margin to the threshold per checkpoint and model, over every prompt, reference and layer "
-          "(+100% is an exact match, 0% is at the threshold):")
+    print(
+        "Worst margin to the threshold per checkpoint and model, over every prompt, reference and layer "
+        "(+100% is an exact match, 0% is at the threshold):"
+    )
     print()
     print("| checkpoint | " + " | ".join(models) + " |")
     print("|---|" + "---|" * len(models))
@@ -82,9 +90,11 @@ def main(bundle):
         print(f"| {cid:02d} {name} | " + " | ".join(row) + " |")
     if noise:
         print()
-        print("The engine's largest distance from the f64 truth per checkpoint and model, over every prompt and layer, in "
-              "units of the noise floor (the largest distance of a reference computing in f32); it fails above K = 4 "
-              "(plus 2^-20 of the tensor's scale, which lets a tensor with a floor near 0 read a little above 4):")
+        print(
+            "The engine's largest distance from the f64 truth per checkpoint and model, over every prompt and layer, in "
+            "units of the noise floor (the largest distance of a reference computing in f32); it fails above K = 4 "
+            "(plus 2^-20 of the tensor's scale, which lets a tensor with a floor near 0 read a little above 4):"
+        )
         print()
         print("| checkpoint | " + " | ".join(models) + " |")
         print("|---|" + "---|" * len(models))
@@ -93,7 +103,9 @@ def main(bundle):
             print(f"| {cid:02d} {name} | " + " | ".join(row) + " |")
     if conf.get("near_ties"):
         print()
-        print("Near-ties (a greedy token flip that noise explains: on the truth's history, the reference's own logit gap within twice the per-logit noise):")
+        print(
+            "Near-ties (a greedy token flip that noise explains: on the truth's history, the reference's own logit gap within twice the per-logit noise):"
+        )
         print()
         for note in conf["near_ties"]:
             print(f"- {note}")

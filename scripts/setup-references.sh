@@ -22,6 +22,7 @@ PINS=(
   "sentencepiece==0.2.3"
   "tinygrad==0.14.0"
   "gguf==0.19.0"
+  "ruff==0.8.6"  # lints and formats the Python (.ci/run lint phase)
 )
 LLAMA_PIN="llama-cpp-python==0.3.36"
 # A native (-march=native) build segfaulted in decode on the development machine.

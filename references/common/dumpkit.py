@@ -75,8 +75,12 @@ def parse_args(reference):
     p.add_argument("--n-generate", type=int, default=8, help="greedy tokens to generate through the KV cache")
     p.add_argument("--temperature", type=float, default=1.0, help="temperature of the `probs` checkpoint")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--force-tokens", metavar="IDS", help="comma-separated ids, exactly --n-generate of them: the decode history to feed (teacher forcing)")
-    p.add_argument("--sampler-logits", metavar="FILE", help="a .npy of V f32 logits for the samplers to sample instead of the dumper's own last logits")
+    p.add_argument(
+        "--force-tokens", metavar="IDS", help="comma-separated ids, exactly --n-generate of them: the decode history to feed (teacher forcing)"
+    )
+    p.add_argument(
+        "--sampler-logits", metavar="FILE", help="a .npy of V f32 logits for the samplers to sample instead of the dumper's own last logits"
+    )
     p.add_argument("--out", required=True, help="output folder (replaced atomically)")
     args = p.parse_args()
     # Python carries argv bytes that are not UTF-8 as lone surrogates (surrogateescape): no manifest

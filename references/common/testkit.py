@@ -56,3 +56,22 @@ def needs_file(path, hint):
         return test
 
     return failing
+
+
+def catalog_shape(shape, sizes, catalog):
+    """A catalog shape (["T", "H*hd"], ["S", "KV", "T+N-1", "hd"], ...) with the model's `sizes`
+    (T, d, H, KV, hd, V, N) and the catalog's own (samplers, draws) substituted: a term is a sum or
+    difference of products; S counts the decode steps with layer taps (1, N//2 and N-1, distinct;
+    none for N < 2)."""
+    n = sizes["N"]
+    sizes = dict(sizes, S=len({1, n // 2, n - 1}) if n >= 2 else 0, samplers=len(catalog["sampler"]), draws=catalog["sampling"]["draws"])
+    dims = []
+    for dim in shape:
+        total = 0
+        for term in dim.replace(" ", "").replace("-", "+-").split("+"):
+            value = 1
+            for factor in term.lstrip("-").split("*"):
+                value *= int(factor) if factor.isdigit() else sizes[factor]
+            total += -value if term.startswith("-") else value
+        dims.append(total)
+    return tuple(dims)

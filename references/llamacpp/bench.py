@@ -8,8 +8,8 @@ at a time through the KV cache (feeding the given ids, so no sampling cost is ti
 context each run. Prints one JSON object: {"version", "load_s", "prefill_s": [...], "decode_s": [...]}.
 Exit codes: 0 measured; 2 usage error; 3 llama.cpp failed.
 """
+
 import argparse
-import ctypes
 import json
 import sys
 import time
@@ -40,7 +40,7 @@ def main():
     if not model:
         print(f"bench.py: llama.cpp could not load {args.model}", file=sys.stderr)
         return 3
-    prompt, rest = ids[: args.prompt_tokens], ids[args.prompt_tokens:]
+    prompt, rest = ids[: args.prompt_tokens], ids[args.prompt_tokens :]
     result = {"version": lc.__version__, "load_s": load_s, "prefill_s": [], "decode_s": []}
     for _ in range(args.runs):
         cp = lc.llama_context_default_params()

@@ -99,9 +99,8 @@ class Session:
 
     def __init__(self, request):
         import llama_cpp
-        from llama_cpp._ggml import libggml
-
         from ggml_tensor import Ggml
+        from llama_cpp._ggml import libggml
 
         self.L = L = llama_cpp
         self.ggml = Ggml(libggml)
@@ -138,8 +137,15 @@ class Session:
     def sizes(self):
         L, m = self.L, self.model
         return dict(
-            version=L.__version__, arch=self.arch, n_layers=self.n_layers, d=L.llama_model_n_embd(m), H=L.llama_model_n_head(m),
-            KV=L.llama_model_n_head_kv(m), V=self.n_vocab, rope_type=L.llama_model_rope_type(m), n_ctx_train=L.llama_model_n_ctx_train(m),
+            version=L.__version__,
+            arch=self.arch,
+            n_layers=self.n_layers,
+            d=L.llama_model_n_embd(m),
+            H=L.llama_model_n_head(m),
+            KV=L.llama_model_n_head_kv(m),
+            V=self.n_vocab,
+            rope_type=L.llama_model_rope_type(m),
+            n_ctx_train=L.llama_model_n_ctx_train(m),
         )
 
     def tokenize(self, text):

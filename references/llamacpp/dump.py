@@ -95,7 +95,13 @@ def capture(args, kv_type):
     """Runs capture.py on the request; returns (meta, tensors) or raises a one-line DumpError."""
     with tempfile.TemporaryDirectory(prefix="parity-llamacpp-") as tmp:
         request = dict(
-            model=str(args.model), prompt=args.prompt, n_generate=args.n_generate, force_tokens=args.force_tokens, threads=args.threads, kv_type=kv_type, graph=GRAPH
+            model=str(args.model),
+            prompt=args.prompt,
+            n_generate=args.n_generate,
+            force_tokens=args.force_tokens,
+            threads=args.threads,
+            kv_type=kv_type,
+            graph=GRAPH,
         )
         (Path(tmp) / "request.json").write_text(json.dumps(request))
         out = Path(tmp) / "out"

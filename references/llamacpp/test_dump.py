@@ -37,10 +37,22 @@ N_GENERATE = 4
 
 # Sizes from scripts/make-fixtures.py, and llama.cpp's ids for PROMPT.
 FIXTURES = {
-    "tiny-llama": dict(arch="llama", n_layers=2, d=64, H=4, KV=2, hd=16, V=449, eps=1e-5, theta=10000.0, formats=("f32", "f16", "q8_0"),
-                       tokens=[1, 448, 448, 289, 333, 277, 448, 389, 303]),
-    "tiny-gpt2": dict(arch="gpt2", n_layers=2, d=64, H=4, KV=4, hd=16, V=407, eps=1e-5, formats=("f32", "f16"),
-                      tokens=[220, 290, 328, 273, 220, 385, 300]),
+    "tiny-llama": dict(
+        arch="llama",
+        n_layers=2,
+        d=64,
+        H=4,
+        KV=2,
+        hd=16,
+        V=449,
+        eps=1e-5,
+        theta=10000.0,
+        formats=("f32", "f16", "q8_0"),
+        tokens=[1, 448, 448, 289, 333, 277, 448, 389, 303],
+    ),
+    "tiny-gpt2": dict(
+        arch="gpt2", n_layers=2, d=64, H=4, KV=4, hd=16, V=407, eps=1e-5, formats=("f32", "f16"), tokens=[220, 290, 328, 273, 220, 385, 300]
+    ),
 }
 
 
@@ -49,7 +61,20 @@ FORCED = [300, 7, 42, 128]
 
 
 def run_dumper(model, out, prompt=PROMPT, n_generate=N_GENERATE, env=None, force_tokens=None, sampler_logits=None):
-    cmd = [sys.executable, str(DUMPER), "--model", str(model), "--prompt", prompt, "--n-generate", str(n_generate), "--threads", "2", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(DUMPER),
+        "--model",
+        str(model),
+        "--prompt",
+        prompt,
+        "--n-generate",
+        str(n_generate),
+        "--threads",
+        "2",
+        "--out",
+        str(out),
+    ]
     if force_tokens is not None:
         cmd += ["--force-tokens", ",".join(map(str, force_tokens))]
     if sampler_logits is not None:
@@ -88,24 +113,6 @@ def relative_rms(got, want):
 
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     return float(np.sqrt(np.mean((got - want) ** 2) / np.mean(want**2)))
-
-
-def catalog_shape(shape, sizes):
-    """A catalog shape (["T", "H*hd"], ["S", "KV", "T+N-1", "hd"], ...) with the model's sizes
-    substituted: a term is a sum or difference of products; S counts the decode steps with layer
-    taps (1, N//2 and N-1, distinct; none for N < 2)."""
-    n = sizes["N"]
-    sizes = dict(sizes, S=len({1, n // 2, n - 1}) if n >= 2 else 0)
-    dims = []
-    for dim in shape:
-        total = 0
-        for term in dim.replace(" ", "").replace("-", "+-").split("+"):
-            value = 1
-            for factor in term.lstrip("-").split("*"):
-                value *= int(factor) if factor.isdigit() else sizes[factor]
-            total += -value if term.startswith("-") else value
-        dims.append(total)
-    return tuple(dims)
 
 
 def half(a):
@@ -192,7 +199,7 @@ class TinyFixtureDumps(unittest.TestCase):
 
     def test_every_catalog_tensor_of_the_arch_is_dumped_with_its_catalog_shape_and_dtype(self):
         for name, fmt, fx in self.each_dump():
-            sizes = dict(fx, T=len(fx["tokens"]), N=N_GENERATE, samplers=len(self.catalog["sampler"]), draws=self.catalog["sampling"]["draws"])
+            sizes = dict(fx, T=len(fx["tokens"]), N=N_GENERATE)
             tensors = self.manifest(name, fmt)["tensors"]
             for entry in self.catalog["tensor"]:
                 keys = [f"blk.{i}.{entry['name']}" for i in range(fx["n_layers"])] if entry["scope"] == "layer" else [entry["name"]]
@@ -202,7 +209,7 @@ class TinyFixtureDumps(unittest.TestCase):
                         self.assertFalse((self.dumps[name, fmt] / f"{key}.npy").exists(), key)
                         continue
                     a = self.load(name, fmt, key)
-                    self.assertEqual(a.shape, catalog_shape(entry["shape"], sizes), key)
+                    self.assertEqual(a.shape, testkit.catalog_shape(entry["shape"], sizes, self.catalog), key)
                     self.assertEqual(a.dtype.str, "<i8" if entry.get("dtype") == "id" else "<f4", key)
                     self.assertTrue(a.dtype.kind == "i" or bool(np_isfinite_all(a)), f"{key} has non-finite values")
 
@@ -373,7 +380,9 @@ class TinyFixtureDumps(unittest.TestCase):
             p = f"model.layers.{layer}.self_attn."
             x = load(f"blk.{layer}.attn_norm")
             for short, proj in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj")):
-                np.testing.assert_allclose(load(f"blk.{layer}.{short}"), x @ w[p + proj + ".weight"].T, rtol=1e-5, atol=1e-5, err_msg=f"layer {layer} {short}")
+                np.testing.assert_allclose(
+                    load(f"blk.{layer}.{short}"), x @ w[p + proj + ".weight"].T, rtol=1e-5, atol=1e-5, err_msg=f"layer {layer} {short}"
+                )
             np.testing.assert_allclose(load(f"blk.{layer}.q_rope"), rope(load(f"blk.{layer}.q")), rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(load(f"blk.{layer}.k_rope"), rope(load(f"blk.{layer}.k")), rtol=1e-5, atol=1e-5)
         h = load("blk.0.block_out")
@@ -385,8 +394,10 @@ class TinyFixtureDumps(unittest.TestCase):
         """Pins the [H, T, T] layout, the query-head -> KV-head grouping and the value transpose."""
         import numpy as np
 
-        for name, o_key, o_bias in (("tiny-llama", "model.layers.{L}.self_attn.o_proj.weight", None),
-                                    ("tiny-gpt2", "transformer.h.{L}.attn.c_proj.weight", "transformer.h.{L}.attn.c_proj.bias")):
+        for name, o_key, o_bias in (
+            ("tiny-llama", "model.layers.{L}.self_attn.o_proj.weight", None),
+            ("tiny-gpt2", "transformer.h.{L}.attn.c_proj.weight", "transformer.h.{L}.attn.c_proj.bias"),
+        ):
             fx, w = FIXTURES[name], self.hf_weights(name)
             T, H, KV, hd = len(fx["tokens"]), fx["H"], fx["KV"], fx["hd"]
             q_name = "q_rope" if fx["arch"] == "llama" else "q"
@@ -417,7 +428,9 @@ class TinyFixtureDumps(unittest.TestCase):
         for layer in range(fx["n_layers"]):
             qkv = load(f"blk.{layer}.attn_norm") @ w[f"transformer.h.{layer}.attn.c_attn.weight"] + w[f"transformer.h.{layer}.attn.c_attn.bias"]
             for i, short in enumerate(("q", "k", "v")):
-                np.testing.assert_allclose(load(f"blk.{layer}.{short}"), qkv[:, i * d : (i + 1) * d], rtol=1e-5, atol=1e-5, err_msg=f"layer {layer} {short}")
+                np.testing.assert_allclose(
+                    load(f"blk.{layer}.{short}"), qkv[:, i * d : (i + 1) * d], rtol=1e-5, atol=1e-5, err_msg=f"layer {layer} {short}"
+                )
         np.testing.assert_allclose(load("logits"), load("final_norm") @ w["transformer.wte.weight"].T, rtol=1e-5, atol=1e-4)
 
     def test_quantized_weights_stay_close_to_f32(self):
@@ -483,7 +496,9 @@ class Failures(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             result = run_dumper(MODELS / "tiny-llama" / "model-f32.gguf", Path(tmp) / "out", force_tokens=FORCED[:-1])
             self.assertEqual(result.returncode, 2, result.stderr)
-            self.assertEqual(result.stderr.strip(), f"llamacpp: --force-tokens has {N_GENERATE - 1} ids; it needs exactly --n-generate = {N_GENERATE}")
+            self.assertEqual(
+                result.stderr.strip(), f"llamacpp: --force-tokens has {N_GENERATE - 1} ids; it needs exactly --n-generate = {N_GENERATE}"
+            )
             self.assertFalse((Path(tmp) / "out").exists())
 
     def test_a_forced_id_outside_the_vocabulary_exits_2(self):
@@ -515,9 +530,14 @@ class Failures(unittest.TestCase):
         import dump
 
         child = subprocess.run(
-            [sys.executable, "-c", "import os, sys; print('info line', file=sys.stderr); "
-             "print('ggml.c:42: GGML_ASSERT(n > 0) failed', file=sys.stderr); print('backtrace frame', file=sys.stderr); os.abort()"],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-c",
+                "import os, sys; print('info line', file=sys.stderr); "
+                "print('ggml.c:42: GGML_ASSERT(n > 0) failed', file=sys.stderr); print('backtrace frame', file=sys.stderr); os.abort()",
+            ],
+            capture_output=True,
+            text=True,
         )
         self.assertEqual(dump.failure_line(child.returncode, child.stderr), "llama.cpp crashed (SIGABRT): ggml.c:42: GGML_ASSERT(n > 0) failed")
 

@@ -102,7 +102,9 @@ class TruthBesideFloat32(unittest.TestCase):
                 out = Path(cls.tmp.name) / f"{name}-{reference}"
                 cls.dumps[name, reference] = out
                 # "forced": the truth decoding on FORCED.
-                command = dumper_command("pytorch-f64", model, out, force_tokens=FORCED) if reference == "forced" else dumper_command(reference, model, out)
+                command = (
+                    dumper_command("pytorch-f64", model, out, force_tokens=FORCED) if reference == "forced" else dumper_command(reference, model, out)
+                )
                 running[name, reference] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for (name, reference), process in running.items():
             _, stderr = process.communicate()
@@ -241,7 +243,9 @@ class Usage(unittest.TestCase):
             command = dumper_command("pytorch-f64", MODELS["tiny-llama"], Path(tmp) / "out", force_tokens=FORCED + [1])
             result = subprocess.run(command, check=False, capture_output=True, text=True)
             self.assertEqual(result.returncode, 2, result.stderr)
-            self.assertEqual(result.stderr.strip(), f"pytorch-f64: --force-tokens has {N_GENERATE + 1} ids; it needs exactly --n-generate = {N_GENERATE}")
+            self.assertEqual(
+                result.stderr.strip(), f"pytorch-f64: --force-tokens has {N_GENERATE + 1} ids; it needs exactly --n-generate = {N_GENERATE}"
+            )
             self.assertFalse((Path(tmp) / "out").exists())
 
     def test_missing_packages_exit_3_with_one_line(self):

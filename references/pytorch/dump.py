@@ -103,7 +103,10 @@ class Model:
         # transformers fills weights the file lacks with random ones and only logs it; a reference must not.
         bad = sorted(info["missing_keys"]) + sorted(str(k) for k in info["mismatched_keys"])
         if bad:
-            raise DumpError(f"{self.path} lacks {len(bad)} weights the {self.arch} model needs (e.g. {', '.join(bad[:3])}): is it a vocab-only or partial file?", EXIT_USAGE)
+            raise DumpError(
+                f"{self.path} lacks {len(bad)} weights the {self.arch} model needs (e.g. {', '.join(bad[:3])}): is it a vocab-only or partial file?",
+                EXIT_USAGE,
+            )
         self.model = model.to(getattr(torch, dtype)).eval()
 
     def encode(self, text):
@@ -455,7 +458,9 @@ def run(args, dtype="float32", reference="pytorch"):
         # exercised; at the chosen decode steps the same hooks (and the RoPE wrapper) record it.
         c = ref.config
         heads = c.num_attention_heads
-        sizes = dict(d=c.hidden_size, H=heads, KV=getattr(c, "num_key_value_heads", None) or heads, hd=getattr(c, "head_dim", None) or c.hidden_size // heads)
+        sizes = dict(
+            d=c.hidden_size, H=heads, KV=getattr(c, "num_key_value_heads", None) or heads, hd=getattr(c, "head_dim", None) or c.hidden_size // heads
+        )
         taps = DecodeTaps(len(ids), args.n_generate, sizes)
 
         def feed(token, step):

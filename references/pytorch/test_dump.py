@@ -103,24 +103,6 @@ def hf_prefill_last_logits(name, ids):
         return model(torch.tensor([ids])).logits[0, -1].numpy()
 
 
-def catalog_shape(shape, sizes):
-    """A catalog shape (["T", "H*hd"], ["S", "KV", "T+N-1", "hd"], ...) with the model's sizes
-    substituted: a term is a sum or difference of products; S counts the decode steps with layer
-    taps (1, N//2 and N-1, distinct; none for N < 2)."""
-    n = sizes["N"]
-    sizes = dict(sizes, S=len({1, n // 2, n - 1}) if n >= 2 else 0)
-    dims = []
-    for dim in shape:
-        total = 0
-        for term in dim.replace(" ", "").replace("-", "+-").split("+"):
-            value = 1
-            for factor in term.lstrip("-").split("*"):
-                value *= int(factor) if factor.isdigit() else sizes[factor]
-            total += -value if term.startswith("-") else value
-        dims.append(total)
-    return tuple(dims)
-
-
 class TinyFixtureDumps(unittest.TestCase):
     """One dump per fixture model and format, made once for all tests."""
 
@@ -163,7 +145,7 @@ class TinyFixtureDumps(unittest.TestCase):
     def test_every_catalog_tensor_of_the_arch_is_dumped_with_its_catalog_shape_and_dtype(self):
         for name, fmt, fx in self.each_dump():
             with self.subTest(model=name, format=fmt):
-                sizes = dict(fx, T=self.prompt_length(name, fmt), N=N_GENERATE, samplers=len(self.catalog["sampler"]), draws=self.catalog["sampling"]["draws"])
+                sizes = dict(fx, T=self.prompt_length(name, fmt), N=N_GENERATE)
                 tensors = self.manifest(name, fmt)["tensors"]
                 for entry in self.catalog["tensor"]:
                     keys = [f"blk.{i}.{entry['name']}" for i in range(fx["n_layers"])] if entry["scope"] == "layer" else [entry["name"]]
@@ -173,7 +155,7 @@ class TinyFixtureDumps(unittest.TestCase):
                             self.assertFalse((self.dumps[name, fmt] / f"{key}.npy").exists(), key)
                             continue
                         a = self.load(name, fmt, key)
-                        self.assertEqual(a.shape, catalog_shape(entry["shape"], sizes), key)
+                        self.assertEqual(a.shape, testkit.catalog_shape(entry["shape"], sizes, self.catalog), key)
                         self.assertEqual(a.dtype.str, "<i8" if entry.get("dtype") == "id" else "<f4", key)
 
     def test_prompt_ids_are_llama_cpps(self):
@@ -441,7 +423,17 @@ class Usage(unittest.TestCase):
     def test_missing_packages_exit_3_with_one_line(self):
         with tempfile.TemporaryDirectory() as tmp:
             # -S leaves site-packages (numpy, torch, transformers) off the path.
-            cmd = [sys.executable, "-S", str(DUMPER), "--model", str(MODELS / "tiny-llama" / "hf"), "--prompt", PROMPT, "--out", str(Path(tmp) / "out")]
+            cmd = [
+                sys.executable,
+                "-S",
+                str(DUMPER),
+                "--model",
+                str(MODELS / "tiny-llama" / "hf"),
+                "--prompt",
+                PROMPT,
+                "--out",
+                str(Path(tmp) / "out"),
+            ]
             result = subprocess.run(cmd, capture_output=True, text=True)
             self.assertEqual(result.returncode, 3, result.stderr)
             self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)

@@ -26,7 +26,6 @@ sys.path.insert(0, str(HERE.parent / "common"))
 sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
-
 from dumpkit import EXIT_USAGE, DecodeTaps, Dump, DumpError, decode, main, sample_catalog  # noqa: E402
 
 GGUF_MAGIC = b"GGUF"
@@ -64,9 +63,8 @@ def load_model(path, arch):
 def run(args):
     from importlib.metadata import version
 
-    from tinygrad import Tensor
-
     from gguf_tokenizer import Tokenizer, TokenizerError
+    from tinygrad import Tensor
 
     model_path = Path(args.model)
     if model_path.is_dir():

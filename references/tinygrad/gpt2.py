@@ -7,10 +7,9 @@ LayerNorms with bias, ffn_up/ffn_down with bias and GELU (tanh form); output_nor
 
 import math
 
+from attention import KVCache, as_f32, causal_attention
 from tinygrad import Tensor, TinyJit, dtypes
 from tinygrad.llm.gguf import gguf_load
-
-from attention import KVCache, as_f32, causal_attention
 
 
 def layer_norm(x, weight, bias, eps):
@@ -82,9 +81,19 @@ class Gpt2:
             fn = self._norm(h, f"{p}.ffn_norm")
             ffn_out = self._linear(gelu_tanh(self._linear(fn, f"{p}.ffn_up")), f"{p}.ffn_down")
             x = h + ffn_out
-            for name, val in (("attn_norm", xn), ("q", q), ("k", k), ("v", v), ("k_cache", k_all[:, :n_ctx]),
-                              ("v_cache", v_all[:, :n_ctx]), ("attn_probs", probs[:, :, :n_ctx]), ("attn_out", attn_out), ("ffn_norm", fn), ("ffn_out", ffn_out),
-                              ("block_out", x)):
+            for name, val in (
+                ("attn_norm", xn),
+                ("q", q),
+                ("k", k),
+                ("v", v),
+                ("k_cache", k_all[:, :n_ctx]),
+                ("v_cache", v_all[:, :n_ctx]),
+                ("attn_probs", probs[:, :, :n_ctx]),
+                ("attn_out", attn_out),
+                ("ffn_norm", fn),
+                ("ffn_out", ffn_out),
+                ("block_out", x),
+            ):
                 tap(f"{p}.{name}", val)
         final = self._norm(x, "output_norm")
         tap("final_norm", final)

@@ -13,9 +13,8 @@ as one opaque compiled function) and the attention core and KV cache (attention.
 import sys
 import types
 
-from tinygrad import Tensor, TinyJit, dtypes, nn
-
 from attention import KVCache, as_f32, causal_attention
+from tinygrad import Tensor, TinyJit, dtypes, nn
 
 
 def _import_model():
@@ -29,6 +28,7 @@ def _import_model():
     try:
         import tinygrad.llm.kernels.amd  # noqa: F401
     except ModuleNotFoundError:
+
         def _amd_only(*_args, **_kwargs):
             raise RuntimeError("tinygrad.llm.kernels.amd is missing from this tinygrad install; its AMD kernels cannot run")
 
@@ -105,10 +105,21 @@ class Llama:
             fn = blk.ffn_norm(h)
             ffn_out = blk._feed_forward(fn)
             x = h + ffn_out
-            for name, val in (("attn_norm", xn[0]), ("q", q), ("k", k), ("v", v),
-                              ("q_rope", qr.transpose(0, 1).reshape(t, -1)), ("k_rope", kr.transpose(0, 1).reshape(t, -1)),
-                              ("k_cache", k_all[:, :n_ctx]), ("v_cache", v_all[:, :n_ctx]), ("attn_probs", probs[:, :, :n_ctx]), ("attn_out", attn_out[0]),
-                              ("ffn_norm", fn[0]), ("ffn_out", ffn_out[0]), ("block_out", x[0])):
+            for name, val in (
+                ("attn_norm", xn[0]),
+                ("q", q),
+                ("k", k),
+                ("v", v),
+                ("q_rope", qr.transpose(0, 1).reshape(t, -1)),
+                ("k_rope", kr.transpose(0, 1).reshape(t, -1)),
+                ("k_cache", k_all[:, :n_ctx]),
+                ("v_cache", v_all[:, :n_ctx]),
+                ("attn_probs", probs[:, :, :n_ctx]),
+                ("attn_out", attn_out[0]),
+                ("ffn_norm", fn[0]),
+                ("ffn_out", ffn_out[0]),
+                ("block_out", x[0]),
+            ):
                 tap(f"blk.{i}.{name}", val)
         final = m.output_norm(x)
         tap("final_norm", final[0])

@@ -40,12 +40,92 @@ N_GENERATE = 4
 # Prompt ids from llama-cpp-python 0.3.36 (`Llama.tokenize(text, add_bos=True, special=False)`) on the
 # same GGUF files: BOS for the SentencePiece vocabulary, none for GPT-2's byte-level BPE.
 FIXTURES = {
-    "tiny-llama/model-f32.gguf": [1, 289, 448, 438, 442, 430, 338, 276, 293, 287, 274, 436, 445, 448, 431, 442, 320,
-                                  440, 377, 261, 294, 408, 446, 328, 436, 428, 410],
-    "tiny-llama/model-f16.gguf": [1, 289, 448, 438, 442, 430, 338, 276, 293, 287, 274, 436, 445, 448, 431, 442, 320,
-                                  440, 377, 261, 294, 408, 446, 328, 436, 428, 410],
-    "tiny-gpt2/model-f32.gguf": [279, 220, 80, 84, 72, 334, 271, 289, 283, 272, 78, 87, 220, 73, 84, 315, 82, 373, 258,
-                                 291, 405, 88, 323, 78, 70, 13],
+    "tiny-llama/model-f32.gguf": [
+        1,
+        289,
+        448,
+        438,
+        442,
+        430,
+        338,
+        276,
+        293,
+        287,
+        274,
+        436,
+        445,
+        448,
+        431,
+        442,
+        320,
+        440,
+        377,
+        261,
+        294,
+        408,
+        446,
+        328,
+        436,
+        428,
+        410,
+    ],
+    "tiny-llama/model-f16.gguf": [
+        1,
+        289,
+        448,
+        438,
+        442,
+        430,
+        338,
+        276,
+        293,
+        287,
+        274,
+        436,
+        445,
+        448,
+        431,
+        442,
+        320,
+        440,
+        377,
+        261,
+        294,
+        408,
+        446,
+        328,
+        436,
+        428,
+        410,
+    ],
+    "tiny-gpt2/model-f32.gguf": [
+        279,
+        220,
+        80,
+        84,
+        72,
+        334,
+        271,
+        289,
+        283,
+        272,
+        78,
+        87,
+        220,
+        73,
+        84,
+        315,
+        82,
+        373,
+        258,
+        291,
+        405,
+        88,
+        323,
+        78,
+        70,
+        13,
+    ],
 }
 
 
@@ -55,27 +135,8 @@ def dims_from_hf_config(model_dir, n_tokens):
         d, h = c["n_embd"], c["n_head"]
         return "gpt2", c["n_layer"], {"d": d, "H": h, "KV": h, "hd": d // h, "V": c["vocab_size"], "T": n_tokens, "N": N_GENERATE}
     d, h = c["hidden_size"], c["num_attention_heads"]
-    dims = {"d": d, "H": h, "KV": c["num_key_value_heads"], "hd": c.get("head_dim", d // h), "V": c["vocab_size"],
-            "T": n_tokens, "N": N_GENERATE}
+    dims = {"d": d, "H": h, "KV": c["num_key_value_heads"], "hd": c.get("head_dim", d // h), "V": c["vocab_size"], "T": n_tokens, "N": N_GENERATE}
     return "llama", c["num_hidden_layers"], dims
-
-
-def expected_shape(shape, sizes):
-    """A catalog shape (["T", "H*hd"], ["S", "KV", "T+N-1", "hd"], ...) with the model's sizes
-    substituted: a term is a sum or difference of products; S counts the decode steps with layer
-    taps (1, N//2 and N-1, distinct; none for N < 2)."""
-    n = sizes["N"]
-    sizes = dict(sizes, S=len({1, n // 2, n - 1}) if n >= 2 else 0)
-    dims = []
-    for dim in shape:
-        total = 0
-        for term in dim.replace(" ", "").replace("-", "+-").split("+"):
-            value = 1
-            for factor in term.lstrip("-").split("*"):
-                value *= int(factor) if factor.isdigit() else sizes[factor]
-            total += -value if term.startswith("-") else value
-        dims.append(total)
-    return dims
 
 
 # A decode history unlike each f32 fixture's own greedy one (checked), fed with --force-tokens.
@@ -157,7 +218,6 @@ def check_fixture(rel, pinned, tmp, fail):
         return
     manifest = tomllib.loads((out / "manifest.toml").read_text())
     catalog = tomllib.loads((ROOT / "checkpoints" / "catalog.toml").read_text())
-    dims = dict(dims, samplers=len(catalog["sampler"]), draws=catalog["sampling"]["draws"])
     if manifest["token_ids"] != pinned:
         fail(f"{rel}: token_ids {manifest['token_ids']} != llama.cpp's {pinned}")
     if manifest["arch"] != arch or manifest["n_layers"] != n_layers:
@@ -174,8 +234,8 @@ def check_fixture(rel, pinned, tmp, fail):
                 fail(f"{rel}: {key} missing ({entry.get('unavailable', 'no entry')})")
                 continue
             a = np.load(out / entry["file"])
-            want = expected_shape(t["shape"], dims)
-            if list(a.shape) != want:
+            want = testkit.catalog_shape(t["shape"], dims, catalog)
+            if a.shape != want:
                 fail(f"{rel}: {key} shape {list(a.shape)} != catalog {t['shape']} = {want}")
             if a.dtype != (np.int64 if t.get("dtype") == "id" else np.float32):
                 fail(f"{rel}: {key} dtype {a.dtype}")
