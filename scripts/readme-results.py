@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Prints the README's results section from a parity run bundle (stdlib only).
+"""Prints the results tables of docs/results.md from a parity run bundle (stdlib only).
 
     python3 scripts/readme-results.py .proof_bundle/run/<run id>
 
