@@ -5,8 +5,9 @@
 //! header is an [`Error::Format`], never a panic or a huge allocation. Tensor data is not copied:
 //! [`GgufFile::tensor`] hands out views into the map.
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::tensor::{Bytes, DType, QTensor};
+use crate::tensor::{Bytes, QTensor};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -5,9 +5,9 @@
 //! the loader transposes HF's Conv1D `[in, out]` weights onto them.
 
 use crate::attention::{attend, KvCache};
+use crate::block::{matmul, perturb, record_cache, residual};
 use crate::config::{Config, Fault};
 use crate::error::{Error, Result};
-use crate::llama::{matmul, perturb, record_cache, residual};
 use crate::loader::WeightStore;
 use crate::ops;
 use crate::tap::{Tap, TapValue, Taps};

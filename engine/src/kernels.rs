@@ -6,7 +6,7 @@
 //! the machine, never on the thread count or the run.
 
 use crate::config::Fault;
-use crate::tensor::DType;
+use crate::dtype::DType;
 use half::{bf16, f16};
 
 /// `sum_i w[i] * x[i]` where `w` is one row of `dtype` bytes covering `x.len()` values.

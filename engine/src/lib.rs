@@ -1,14 +1,16 @@
 //! parity's system under test: a CPU inference engine for GPT-2 and Llama-family models.
 //!
-//! Reading order: [`tensor`] (weights in their native type and the kernels that use them),
+//! Reading order: [`dtype`] and [`tensor`] (weights in their native type and the kernels that use them),
 //! [`gguf`] and [`safetensors`] (where weights come from) and [`loader`] (both seen through GGUF
 //! names), [`config`] (hyperparameters from metadata), [`ops`] and [`attention`] (the layer math),
-//! [`llama`] and [`gpt2`] (the forward passes, one tap per checkpoint), [`model`] (loading, prefill,
+//! [`block`], [`llama`] and [`gpt2`] (the forward passes, one tap per checkpoint), [`model`] (loading, prefill,
 //! decode, generation, the traced run), [`tokenizer`], [`sampling`], and [`tap`] (the checkpoint
 //! observer contract).
 
 pub mod attention;
+pub mod block;
 pub mod config;
+pub mod dtype;
 pub mod error;
 pub mod gguf;
 pub mod gpt2;

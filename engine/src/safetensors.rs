@@ -5,8 +5,9 @@
 //! and offset are checked against the file before a tensor is handed out, and tensors are views
 //! into a memory map.
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::tensor::{Bytes, DType, QTensor};
+use crate::tensor::{Bytes, QTensor};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

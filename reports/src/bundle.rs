@@ -1,7 +1,7 @@
 //! Proof bundles: a directory per run holding its reports, results and a manifest that pins every
 //! input and output by SHA-256, so a reader can check later that nothing was swapped or edited.
 //!
-//! Layout: `<root>/<kind>/<run_id>/`. `root` is `LLORCH_PROOF_DIR` if set, else `.proof_bundle/`
+//! Layout: `<root>/<kind>/<run_id>/`. `root` is the caller's proof folder if given, else `.proof_bundle/`
 //! under the project root. A bundle is written into `<run_id>.tmp-<pid>` and renamed into place by
 //! [`Bundle::finish`], so a bundle directory is either complete or absent; an interrupted run leaves
 //! its `.tmp-<pid>` directory behind for inspection. An existing bundle is never overwritten.
@@ -33,6 +33,8 @@ pub enum BundleError {
     JsonNotObject(String),
     #[error("manifest {path}: {message}")]
     Manifest { path: PathBuf, message: String },
+    #[error(transparent)]
+    Hash(#[from] hashes::HashError),
 }
 
 pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BundleError {
@@ -52,20 +54,20 @@ pub struct Provenance {
 }
 
 impl Provenance {
-    /// Stamps the current time; the run id is `LLORCH_RUN_ID` if set, else generated.
-    pub fn now(command: &str, engine_commit: &str) -> Provenance {
+    /// Stamps the current time; the run id is `run_id` if given (`parity` passes `LLORCH_RUN_ID`),
+    /// else generated from the time and a random suffix.
+    pub fn now(command: &str, engine_commit: &str, run_id: Option<String>) -> Provenance {
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let (compact, iso) = utc(secs);
-        let run_id =
-            std::env::var("LLORCH_RUN_ID").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| format!("{compact}-{:06x}", random_u64() & 0xff_ffff));
+        let run_id = run_id.filter(|s| !s.is_empty()).unwrap_or_else(|| format!("{compact}-{:06x}", random_u64() & 0xff_ffff));
         Provenance { run_id, created: iso, command: command.into(), engine_commit: engine_commit.into() }
     }
 }
 
-/// `LLORCH_PROOF_DIR` if set, else `<project_root>/.proof_bundle`.
-pub fn default_root(project_root: &Path) -> PathBuf {
-    match std::env::var_os("LLORCH_PROOF_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+/// `proof_dir` if given (`parity` passes `LLORCH_PROOF_DIR`), else `<project_root>/.proof_bundle`.
+pub fn default_root(project_root: &Path, proof_dir: Option<&Path>) -> PathBuf {
+    match proof_dir {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => project_root.join(".proof_bundle"),
     }
 }
@@ -359,7 +361,7 @@ fn check_name(name: &str) -> Result<(), BundleError> {
 
 /// SHA-256 (lowercase hex) and length of a file, read now (never from [`hashes::cache`]).
 pub fn hash_file(path: &Path) -> Result<(String, u64), BundleError> {
-    hashes::sha256_files(&[path.to_path_buf()])
+    Ok(hashes::sha256_files(&[path.to_path_buf()])?)
 }
 
 /// Entropy for run ids without a dependency: std's per-process random hasher keys, mixed with time.

@@ -13,7 +13,6 @@
 //! keeps it in `$PARITY_CACHE/sha256.tsv`; delete the file to forget). `parity verify` never uses
 //! it: verifying a bundle re-reads every byte.
 
-use crate::bundle::{io, BundleError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs;
@@ -22,6 +21,21 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
+
+/// A file that could not be read (or the store that could not be written): what was being done,
+/// where, and the OS's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {path}: {source}")]
+pub struct HashError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HashError {
+    let path = path.to_path_buf();
+    move |source| HashError { action, path, source }
+}
 
 /// How long a file must have been left alone before its hash is remembered.
 pub const SETTLE: Duration = Duration::from_secs(2);
@@ -78,7 +92,7 @@ impl HashCache {
 
     /// SHA-256 (lowercase hex) and total length of `files` read one after another, remembered
     /// under `key`; a single file is `sha256(path, &[path])`.
-    pub fn sha256(&self, key: &Path, files: &[PathBuf]) -> Result<(String, u64), BundleError> {
+    pub fn sha256(&self, key: &Path, files: &[PathBuf]) -> Result<(String, u64), HashError> {
         let name = key.display().to_string();
         let before = stamp(files);
         if let Some(b) = &before {
@@ -100,7 +114,7 @@ impl HashCache {
     /// Writes what this process learned into the store, merged with what other processes wrote
     /// there meanwhile; entries whose file is gone are dropped. Written to a temporary file and
     /// renamed, so a reader never sees half a store. Nothing to do in memory-only mode.
-    pub fn save(&self) -> Result<(), BundleError> {
+    pub fn save(&self) -> Result<(), HashError> {
         let Some(store) = &self.store else {
             return Ok(());
         };
@@ -135,7 +149,7 @@ impl HashCache {
 }
 
 /// SHA-256 (lowercase hex) and total length of `files` read one after another, streamed.
-pub fn sha256_files(files: &[PathBuf]) -> Result<(String, u64), BundleError> {
+pub fn sha256_files(files: &[PathBuf]) -> Result<(String, u64), HashError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0u64;
@@ -163,13 +177,13 @@ fn hex(digest: &[u8]) -> String {
 }
 
 /// `path` itself if a file, else every file under it in path order.
-pub fn files_under(path: &Path) -> Result<Vec<PathBuf>, BundleError> {
+pub fn files_under(path: &Path) -> Result<Vec<PathBuf>, HashError> {
     let mut out = Vec::new();
     walk(path, &mut out)?;
     Ok(out)
 }
 
-fn walk(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), BundleError> {
+fn walk(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), HashError> {
     if fs::metadata(path).map_err(io("reading", path))?.is_file() {
         out.push(path.to_path_buf());
         return Ok(());

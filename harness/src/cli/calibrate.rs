@@ -88,7 +88,7 @@ pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
     }
     let robust: BTreeMap<(String, String, String), RobustSpread> =
         samples.iter().map(|(k, pairs)| (k.clone(), spec::robust_spread(&pairs.values().cloned().collect::<Vec<_>>()))).collect();
-    let date = reports::bundle::Provenance::now("calibrate", "").created.chars().take(10).collect::<String>();
+    let date = reports::bundle::Provenance::now("calibrate", "", None).created.chars().take(10).collect::<String>();
     let evidence = Evidence { date, on: evidence_of(&loaded) };
     let (by_family, by_class, logit_spreads) = spreads_of(&robust);
     let mut proposed = loaded.spec.clone();

@@ -2,7 +2,7 @@
 //! one bundle and report).
 
 use anyhow::{bail, Context, Result};
-use reports::bundle::{self, Bundle, Provenance, RunInfo};
+use reports::bundle::{self, Bundle, RunInfo};
 use reports::results::RunResults;
 use reports::summary::Verdict;
 use std::path::{Path, PathBuf};
@@ -54,9 +54,10 @@ pub fn run(args: MergeArgs, root: &Path) -> Result<i32> {
         }
     }
     let Some(mut results) = merged else { bail!("give at least one bundle") };
-    let provenance = Provenance::now(&std::env::args().collect::<Vec<_>>().join(" "), "merged");
+    let settings = super::BundleSettings::from_env();
+    let provenance = settings.provenance(&std::env::args().collect::<Vec<_>>().join(" "), "merged");
     results.run_id = provenance.run_id.clone();
-    let mut b = Bundle::create(&bundle::default_root(root), "merge", provenance)?;
+    let mut b = Bundle::create(&settings.root(root), "merge", provenance)?;
     for path in &inputs {
         b.add_input("shard results", path)?;
     }

@@ -12,3 +12,26 @@ pub mod plant;
 pub mod run;
 pub mod select;
 pub mod threads;
+
+/// Where proof bundles go and what this run is called, from `LLORCH_PROOF_DIR` and `LLORCH_RUN_ID`:
+/// read here, once, and handed to the reports crate.
+pub struct BundleSettings {
+    pub proof_dir: Option<std::path::PathBuf>,
+    pub run_id: Option<String>,
+}
+
+impl BundleSettings {
+    pub fn from_env() -> BundleSettings {
+        BundleSettings { proof_dir: std::env::var_os("LLORCH_PROOF_DIR").map(std::path::PathBuf::from), run_id: std::env::var("LLORCH_RUN_ID").ok() }
+    }
+
+    /// A new bundle's provenance, stamped now.
+    pub fn provenance(&self, command: &str, engine_commit: &str) -> reports::bundle::Provenance {
+        reports::bundle::Provenance::now(command, engine_commit, self.run_id.clone())
+    }
+
+    /// The folder bundles of this project go under.
+    pub fn root(&self, project_root: &std::path::Path) -> std::path::PathBuf {
+        reports::bundle::default_root(project_root, self.proof_dir.as_deref())
+    }
+}

@@ -10,7 +10,7 @@ use harness::npy;
 use harness::pipeline::CaseRun;
 use harness::tensor::{Tensor, Values};
 use rayon::prelude::*;
-use reports::bundle::{self, Bundle, Provenance, RunInfo};
+use reports::bundle::{Bundle, RunInfo};
 use reports::results::{CaseResult, CheckResult, Role, RunResults, Status};
 use reports::summary::{self, Verdict};
 use std::collections::BTreeMap;
@@ -41,12 +41,13 @@ pub fn run(args: RunArgs, root: &Path, started: std::time::Instant) -> Result<i3
     if let Some(line) = &planted {
         eprintln!("{line}");
     }
-    let provenance = Provenance::now(&command_line(), &git_commit(root));
+    let settings = super::BundleSettings::from_env();
+    let provenance = settings.provenance(&command_line(), &git_commit(root));
     // Live dumps go to a fresh owner-only folder, removed when this returns (even on an error).
     let live_dir = harness::live::PrivateDir::new("parity-live").context("making a private folder for the live dumps")?;
     let live_out = live_dir.path();
     let loaded = args.selection.load(root, live_out)?;
-    let mut bundle = Bundle::create(&bundle::default_root(root), "run", provenance.clone())?;
+    let mut bundle = Bundle::create(&settings.root(root), "run", provenance.clone())?;
     let plant = |m: &mut engine::Model| super::plant::plant_in(&faults, m);
     let (mut results, runs) = loaded.run(&provenance.run_id, (!faults.is_empty()).then_some(&plant as &dyn Fn(&mut engine::Model)))?;
     if args.repeat > 1 {

@@ -156,16 +156,12 @@ fn verify_detects_missing_extra_and_changed_inputs() {
 }
 
 #[test]
-fn environment_picks_root_and_run_id() {
-    // The only test that touches these variables, so parallel tests cannot race on them.
-    std::env::set_var("LLORCH_PROOF_DIR", "/tmp/elsewhere");
-    assert_eq!(default_root(Path::new("/proj")), PathBuf::from("/tmp/elsewhere"));
-    std::env::remove_var("LLORCH_PROOF_DIR");
-    assert_eq!(default_root(Path::new("/proj")), PathBuf::from("/proj/.proof_bundle"));
-    std::env::set_var("LLORCH_RUN_ID", "pinned");
-    assert_eq!(Provenance::now("c", "e").run_id, "pinned");
-    std::env::remove_var("LLORCH_RUN_ID");
-    let generated = Provenance::now("c", "e").run_id;
+fn the_callers_root_and_run_id_are_used_when_given() {
+    assert_eq!(default_root(Path::new("/proj"), Some(Path::new("/tmp/elsewhere"))), PathBuf::from("/tmp/elsewhere"));
+    assert_eq!(default_root(Path::new("/proj"), None), PathBuf::from("/proj/.proof_bundle"));
+    assert_eq!(default_root(Path::new("/proj"), Some(Path::new(""))), PathBuf::from("/proj/.proof_bundle"));
+    assert_eq!(Provenance::now("c", "e", Some("pinned".into())).run_id, "pinned");
+    let generated = Provenance::now("c", "e", None).run_id;
     // 20261122T212400Z-1a2b3c: a UTC stamp, a dash, six hex digits.
     assert_eq!(generated.len(), 23, "{generated}");
     assert!(generated[17..].chars().all(|c| c.is_ascii_hexdigit()), "{generated}");
