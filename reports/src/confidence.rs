@@ -7,7 +7,7 @@
 //!   the distinct references whose checks at that checkpoint all pass (a near-tie counts as agreeing).
 //!   The smallest such count over the whole run, capped at 3, gives **+1 per independent reference**.
 //!   A checkpoint some model/prompt did not compare at all counts zero references there.
-//! - **+1 generation**: checkpoint 12 (`generated`) was compared for every model/prompt against
+//! - **+1 generation**: the `generated` checkpoint was compared for every model/prompt against
 //!   every reference and every greedy continuation matched exactly, on top of at least one agreeing
 //!   reference (a matching continuation alone, with some checkpoint unconfirmed, earns nothing). Near-ties earn no point: they
 //!   are counted and named separately.
@@ -18,8 +18,9 @@ use crate::results::{RunResults, Status};
 use crate::summary::{self, Subject};
 use serde::Serialize;
 
-/// The checkpoint whose exact match earns the generation point.
-pub const GENERATED_CHECKPOINT: u32 = 12;
+/// The checkpoint whose exact match earns the generation point, by name: its number moves when
+/// the catalog grows (it was 12, then 13 once the decode layers came before it).
+pub const GENERATED_CHECKPOINT: &str = "generated";
 
 /// The rule, as shown to readers of every report.
 pub const RULE: &[&str] = &[
@@ -27,7 +28,7 @@ pub const RULE: &[&str] = &[
     "+1 for each independent reference (up to 3) that agrees on every checkpoint compared in the run, \
      for every model/prompt: the level counts the smallest number of agreeing references found anywhere \
      (a near-tie counts as agreeing).",
-    "+1 when the greedy continuation (checkpoint 12, generated) matches exactly against every reference \
+    "+1 when the greedy continuation (checkpoint `generated`) matches exactly against every reference \
      for every model/prompt, given at least one agreeing reference; near-ties earn no point and are listed.",
     "Levels: 0 none, 1 low, 2 moderate, 3 high, 4 full.",
 ];
@@ -106,7 +107,8 @@ fn agreement_of(subject: &Subject) -> Vec<Agreement> {
 
 fn generation_matches(subject: &Subject) -> bool {
     subject.references.iter().all(|(reference, _)| {
-        subject.cells.get(&(GENERATED_CHECKPOINT, reference.clone())).is_some_and(|cell| cell.raw.iter().all(|k| k.status == Status::Pass))
+        let generated = subject.cells.iter().find(|((_, r), cell)| r == reference && cell.raw.iter().any(|k| k.checkpoint == GENERATED_CHECKPOINT));
+        generated.is_some_and(|(_, cell)| cell.raw.iter().all(|k| k.status == Status::Pass))
     })
 }
 
@@ -156,6 +158,26 @@ mod tests {
         }
         let c = Confidence::of(&run);
         assert_eq!((c.level, c.name), (4, "full"));
+    }
+
+    #[test]
+    fn the_generation_point_follows_the_generated_checkpoint_whatever_its_number() {
+        // Renumbered as the catalog grew: a passing checkpoint now holds the old number 12, and
+        // the near-tie is in `generated` at 13. The near-tie must still withhold the point.
+        let mut run = fixture::all_pass_run();
+        for check in run.cases.iter_mut().flat_map(|c| &mut c.checks) {
+            if check.checkpoint == GENERATED_CHECKPOINT {
+                check.checkpoint_id = 13;
+            }
+        }
+        let mut decode = run.cases[0].checks[0].clone();
+        (decode.checkpoint_id, decode.checkpoint, decode.status) = (12, "decode_layers".into(), Status::Pass);
+        for case in &mut run.cases {
+            case.checks.push(decode.clone());
+        }
+        let c = Confidence::of(&run);
+        assert!(!c.generation_matches);
+        assert_eq!(c.level, 3);
     }
 
     #[test]
