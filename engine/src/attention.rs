@@ -86,7 +86,7 @@ pub struct Heads {
     pub faults: AttnFaults,
 }
 
-/// Bugs planted inside attention (config::Fault, `fault-injection` feature); all off otherwise.
+/// Bugs planted inside attention (fault::Fault, `fault-injection` feature); all off otherwise.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AttnFaults {
     /// SoftmaxOff: probabilities divided by 1.001 times their sum.

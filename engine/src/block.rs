@@ -2,7 +2,8 @@
 //! taps, and the planted perturbation of a block's output.
 
 use crate::attention::KvCache;
-use crate::config::{Config, Fault};
+use crate::config::Config;
+use crate::fault::Fault;
 use crate::ops::{self, interleaved_to_half_split, RopeLayout};
 use crate::sampling::splitmix64;
 use crate::tap::{Tap, TapValue, Taps};

@@ -6,8 +6,9 @@
 
 use crate::attention::{attend, KvCache};
 use crate::block::{matmul, perturb, record_cache, residual};
-use crate::config::{Config, Fault};
+use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::fault::Fault;
 use crate::loader::WeightStore;
 use crate::ops;
 use crate::tap::{Tap, TapValue, Taps};

@@ -5,8 +5,8 @@
 //! else the portable ones do. Both accumulate in f32 in a fixed order, so a result depends only on
 //! the machine, never on the thread count or the run.
 
-use crate::config::Fault;
 use crate::dtype::DType;
+use crate::fault::Fault;
 use half::{bf16, f16};
 
 /// `sum_i w[i] * x[i]` where `w` is one row of `dtype` bytes covering `x.len()` values.
@@ -66,7 +66,7 @@ pub fn f16_to_f32(src: &[u8], out: &mut [f32]) {
     }
 }
 
-/// A weight's bytes as a planted dequantization bug (config::Fault) would read them, or `None`
+/// A weight's bytes as a planted dequantization bug (fault::Fault) would read them, or `None`
 /// when the fault does not touch `dtype`. Applied once to the stored bytes, so every kernel here
 /// (AVX2 and portable, prefill and decode) sees the bug without a branch in its inner loop.
 pub fn planted_bytes(dtype: DType, bytes: &[u8], fault: Fault) -> Option<Vec<u8>> {

@@ -12,6 +12,7 @@ pub mod block;
 pub mod config;
 pub mod dtype;
 pub mod error;
+pub mod fault;
 pub mod gguf;
 pub mod gpt2;
 pub mod kernels;

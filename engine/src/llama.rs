@@ -5,8 +5,9 @@
 
 use crate::attention::{attend, KvCache};
 use crate::block::{matmul, perturb, record_cache, residual};
-use crate::config::{Config, Fault};
+use crate::config::Config;
 use crate::error::Result;
+use crate::fault::Fault;
 use crate::loader::WeightStore;
 use crate::ops::{self, interleaved_to_half_split, Rope, RopeLayout};
 use crate::tap::{Tap, TapValue, Taps};

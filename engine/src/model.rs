@@ -67,10 +67,10 @@ impl Model {
         }
     }
 
-    /// Plants a deliberate bug (see [`Fault`](crate::config::Fault)) for the harness's own tests
+    /// Plants a deliberate bug (see [`Fault`](crate::fault::Fault)) for the harness's own tests
     /// and `parity run --plant`. Dequantization bugs are planted in the weights' bytes.
     #[cfg(feature = "fault-injection")]
-    pub fn inject_fault(&mut self, fault: crate::config::Fault) {
+    pub fn inject_fault(&mut self, fault: crate::fault::Fault) {
         let matrices = match &mut self.net {
             Net::Llama(m) => {
                 m.config.faults.push(fault);

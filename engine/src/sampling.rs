@@ -28,7 +28,7 @@ impl Default for SamplerConfig {
     }
 }
 
-/// Bugs planted in the sampler (config::Fault, `fault-injection` feature); all off otherwise.
+/// Bugs planted in the sampler (fault::Fault, `fault-injection` feature); all off otherwise.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct SamplerFaults {
     /// The temperature divides the probabilities after the softmax, which renormalising undoes.

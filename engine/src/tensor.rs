@@ -96,10 +96,10 @@ impl QTensor {
         rows.checked_mul(cols / block)?.checked_mul(block_bytes)
     }
 
-    /// Plants a dequantization bug (config::Fault) in this weight, if it touches its type: the
+    /// Plants a dequantization bug (fault::Fault) in this weight, if it touches its type: the
     /// bytes are copied as the buggy dequantizer would read them.
     #[cfg(feature = "fault-injection")]
-    pub fn plant(&mut self, fault: crate::config::Fault) {
+    pub fn plant(&mut self, fault: crate::fault::Fault) {
         if let Some(bytes) = kernels::planted_bytes(self.dtype, self.bytes.as_slice(), fault) {
             self.bytes = Bytes::Owned(Arc::new(bytes));
         }

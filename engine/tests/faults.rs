@@ -3,7 +3,7 @@
 //! prompt tensor bit for bit as it was, and change only what is decoded through the KV cache.
 #![cfg(feature = "fault-injection")]
 
-use engine::config::Fault;
+use engine::fault::Fault;
 use engine::tap::{Recorder, TapValue};
 use engine::Model;
 use std::path::PathBuf;

@@ -4,6 +4,13 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+/// Catalog tensors the harness treats specially, named once here: the decode path's logits (read as
+/// evidence for token flips, recomputed by one prefill) and the sampling checkpoint's two tensors
+/// (judged knowing where the samplers' cuts are).
+pub const STEP_LOGITS: &str = "step_logits";
+pub const SAMPLER_PROBS: &str = "sampler_probs";
+pub const SAMPLED: &str = "sampled";
+
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("cannot read catalog {}: {source}", path.display())]

@@ -6,12 +6,11 @@
 //! Comparing a dump with itself (the same file on both sides) would pass trivially; making sure the
 //! two sides come from different runs is the caller's concern.
 
-use crate::catalog::Entry;
+use crate::catalog::{Entry, STEP_LOGITS};
 use crate::dumps::{Dump, Lookup};
 use crate::metrics;
 use crate::noise::{Distance, Floor, Scale};
 use crate::spec::{Op, Spec};
-use crate::steps::STEP_LOGITS;
 use crate::tensor::{unravel, Tensor, Values};
 use reports::results::{CheckResult, Judgement, Status, STEP_METRIC};
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! (read from disk or produced live), and their comparison. `run`, `diff`, `bisect` and
 //! `calibrate` are views of what this collects.
 
-use crate::catalog::{Catalog, Entry};
+use crate::catalog::{self, Catalog, Entry};
 use crate::compare;
 use crate::dumps::{Dump, Lookup};
 use crate::engine_run;
@@ -174,7 +174,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
         (Some((_, Ok(_))), Some(input)) => Some(sampling::Cuts::new(&input.values, &ctx.catalog.samplers)),
         _ => None,
     };
-    let at_cuts = |e: &Entry| cuts.is_some() && (e.tensor == sampling::SAMPLER_PROBS || e.tensor == sampling::SAMPLED);
+    let at_cuts = |e: &Entry| cuts.is_some() && (e.tensor == catalog::SAMPLER_PROBS || e.tensor == catalog::SAMPLED);
     let (cut_entries, rest): (Vec<Entry>, Vec<Entry>) = entries.iter().cloned().partition(|e| at_cuts(e));
     let (token_entries, tensor_entries): (Vec<_>, Vec<_>) = rest.into_iter().partition(|e| e.is_ids);
     let gap_time = std::sync::Mutex::new(Duration::ZERO);
@@ -222,7 +222,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
         for e in &cut_entries {
             let references: Vec<_> = readable.iter().map(|(_, d)| d.get(&e.key).map_err(|x| x.to_string())).collect();
             let truth_lookup = truth_dump.get(&e.key).map_err(|x| x.to_string());
-            let (by_reference, vs_truth) = if e.tensor == sampling::SAMPLER_PROBS {
+            let (by_reference, vs_truth) = if e.tensor == catalog::SAMPLER_PROBS {
                 sampling::judge_distributions(e, engine.get(&e.key), &references, &sides, truth_lookup, cuts, ctx.spec)
             } else {
                 sampling::judge_all_draws(e, engine.get(&e.key), &references, &truth_lookup, cuts, &ctx.catalog.samplers, ctx.spec)
@@ -282,7 +282,7 @@ fn decode_vs_prefill(
     entries: &[crate::catalog::Entry],
     engine_time: &mut Duration,
 ) -> Result<Option<reports::results::CheckResult>> {
-    let (Some(history), Some(entry)) = (history, entries.iter().find(|e| e.key == steps::STEP_LOGITS)) else { return Ok(None) };
+    let (Some(history), Some(entry)) = (history, entries.iter().find(|e| e.key == catalog::STEP_LOGITS)) else { return Ok(None) };
     let Some(Tensor { values: Values::Ids(prompt), .. }) = trace.tensors.get("tokens") else { return Ok(None) };
     let t = Instant::now();
     let prompt: Vec<u32> = prompt.iter().map(|&id| id as u32).collect();

@@ -16,9 +16,6 @@ use crate::tensor::{Tensor, Values};
 use reports::results::{CheckResult, Judgement, Status};
 use std::collections::{BTreeMap, BTreeSet};
 
-pub const SAMPLER_PROBS: &str = "sampler_probs";
-pub const SAMPLED: &str = "sampled";
-
 /// One f32 rounding (2^-24), the unit of the bounds below.
 const ULP: f64 = 5.960464477539063e-8;
 

@@ -8,12 +8,10 @@
 //! reference computing in f32 (what an f32 engine may carry). The engine's own gap never excuses
 //! a flip.
 
+use crate::catalog::STEP_LOGITS;
 use crate::compare::{Flip, Tie};
 use crate::dumps::{Dump, Lookup};
 use crate::tensor::{Tensor, Values};
-
-/// The checkpoint tensor this evidence reads.
-pub const STEP_LOGITS: &str = "step_logits";
 
 /// The per-step logits of the truth and of every reference that dumped them.
 pub struct StepEvidence {

@@ -2,7 +2,7 @@
 //! where they live (layer 0 unless the bug is in another), with everything before it passing: the promise `parity bisect`
 //! makes to an engineer hunting a regression. Runs on the committed default-suite dumps.
 
-use engine::config::Fault;
+use engine::fault::Fault;
 use engine::model::Model;
 use harness::bisect::bisect;
 use harness::catalog::Catalog;

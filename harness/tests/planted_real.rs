@@ -7,7 +7,7 @@
 //! Without them the tests say so and pass, unless `PARITY_REQUIRE_REFERENCES` is set (CI sets it),
 //! where a missing dump is a failure.
 
-use engine::config::Fault;
+use engine::fault::Fault;
 use engine::model::Model;
 use harness::bisect::bisect;
 use harness::catalog::Catalog;

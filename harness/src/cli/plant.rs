@@ -1,9 +1,9 @@
 //! `--plant SPEC` on `parity run` and `parity bisect`, in a binary built with `--features plant`
-//! only: the engine runs with a known bug planted (engine::config::Fault), so the oracle's
+//! only: the engine runs with a known bug planted (engine::fault::Fault), so the oracle's
 //! sharpness can be measured from the outside (scripts/sharpness.sh).
 
 use anyhow::{anyhow, Result};
-use engine::config::Fault;
+use engine::fault::Fault;
 use engine::Model;
 
 #[derive(clap::Args, Debug, Clone, Default)]

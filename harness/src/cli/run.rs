@@ -78,7 +78,7 @@ pub fn run(args: RunArgs, root: &Path, started: std::time::Instant) -> Result<i3
 
 /// `--repeat N`: the engine's runs 2..N against run 1, bit for bit. A difference is its own
 /// finding (reference `engine-repeat-K`), never hidden inside a tolerance.
-fn repeat_checks(loaded: &Loaded, runs: &[CaseRun], repeat: usize, faults: &[engine::config::Fault]) -> Result<Vec<CaseResult>> {
+fn repeat_checks(loaded: &Loaded, runs: &[CaseRun], repeat: usize, faults: &[engine::fault::Fault]) -> Result<Vec<CaseResult>> {
     let mut out = Vec::new();
     for run in runs {
         let mut model = engine::Model::load(&run.model_path).with_context(|| format!("reloading {}", run.model_path.display()))?;
