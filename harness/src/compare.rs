@@ -296,7 +296,7 @@ fn check_ids(entry: &Entry, engine: &Tensor, reference: &Tensor, e: &[i64], r: &
     if !(sequence && engine.shape.len() == 1 && reference.shape.len() == 1) && engine.shape != reference.shape {
         return result(entry, Status::Layout, Some(shape_note(engine, reference)), BTreeMap::new(), vec![]);
     }
-    let mismatches = r.iter().zip(e).filter(|(a, b)| a != b).count() + r.len().abs_diff(e.len());
+    let mismatches = metrics::id_mismatches(r, e);
     let mut values = BTreeMap::from([("mismatches".to_string(), mismatches as f64)]);
     let first = metrics::first_mismatch(r, e);
     if let Some(k) = first {

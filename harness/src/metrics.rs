@@ -336,10 +336,9 @@ pub fn topk_overlap(reference: &[f32], engine: &[f32], k: usize) -> f64 {
     r.iter().filter(|id| e.contains(id)).count() as f64 / k as f64
 }
 
-/// Number of positions where two id sequences of equal length differ.
+/// Number of positions where two id sequences differ; each position one of them lacks counts too.
 pub fn id_mismatches(reference: &[i64], engine: &[i64]) -> usize {
-    assert_eq!(reference.len(), engine.len(), "id comparison needs equal lengths");
-    reference.iter().zip(engine).filter(|(r, e)| r != e).count()
+    reference.iter().zip(engine).filter(|(r, e)| r != e).count() + reference.len().abs_diff(engine.len())
 }
 
 /// The first step at which two token sequences differ; a length difference counts as a mismatch
@@ -590,5 +589,7 @@ mod tests {
         assert_eq!(first_mismatch(&[1, 2, 3], &[1, 2]), Some(2));
         assert_eq!(first_mismatch(&[], &[4]), Some(0));
         assert_eq!(id_mismatches(&[1, 2, 3], &[1, 5, 4]), 2);
+        assert_eq!(id_mismatches(&[1, 2, 3], &[1, 5]), 2);
+        assert_eq!(id_mismatches(&[], &[4, 4]), 2);
     }
 }

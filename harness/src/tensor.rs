@@ -52,13 +52,6 @@ impl Tensor {
             Values::Ids(_) => None,
         }
     }
-
-    pub fn as_ids(&self) -> Option<&[i64]> {
-        match &self.values {
-            Values::Ids(v) => Some(v),
-            Values::F32(_) => None,
-        }
-    }
 }
 
 /// The row-major multi-index of flat position `flat` in `shape` (empty for a 0-d tensor).
