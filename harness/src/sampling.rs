@@ -13,7 +13,7 @@ use crate::compare;
 use crate::dumps::Lookup;
 use crate::spec::Spec;
 use crate::tensor::{Tensor, Values};
-use reports::results::{CheckResult, Judgement, Status};
+use reports::results::{CheckResult, Status};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One f32 rounding (2^-24), the unit of the bounds below.
@@ -150,8 +150,7 @@ pub fn judge_draws(entry: &Entry, engine: Option<&Tensor>, other: &Lookup, cuts:
         }
         ties.push(format!("{what} (a token within f32 rounding of the cut)"));
     }
-    let judgements: Vec<Judgement> = plain.judgements.clone();
-    CheckResult { status: Status::NearTie, note: Some(ties.join("; ")), judgements, ..plain }
+    CheckResult { status: Status::NearTie, note: Some(ties.join("; ")), ..plain }
 }
 
 /// The `sampled` checks of one case: against each reference, and against the truth.
