@@ -20,6 +20,8 @@ pub enum ReferenceError {
     Failed { reference: String, status: String, last_line: String, log: PathBuf },
     #[error("{reference}: could not start {python}: {source}")]
     Spawn { reference: String, python: PathBuf, source: std::io::Error },
+    #[error("reading the dumpers' identity at {}: {source}", path.display())]
+    Identity { path: PathBuf, source: std::io::Error },
     #[error("{reference}: could not open its stderr log {log} (a symlink there is refused): {source}")]
     Log { reference: String, log: PathBuf, source: std::io::Error },
 }
@@ -38,6 +40,11 @@ pub struct DumpRequest<'a> {
     pub out: &'a Path,
 }
 
+/// The environment every dumper runs in. Every reference computes in f32 for the tight
+/// comparison: llama.cpp's default KV cache is f16, which alone flips SmolLM2's greedy
+/// continuation (see docs/references.md).
+pub const DUMPER_ENV: [(&str, &str); 3] = [("DEV", "CPU"), ("HALF", "0"), ("PARITY_LLAMACPP_KV_TYPE", "f32")];
+
 pub struct Dumpers {
     pub root: PathBuf,
     pub python: PathBuf,
@@ -49,6 +56,47 @@ impl Dumpers {
     /// `~/.cache/parity/venv`).
     pub fn from_env(root: &Path, timeout: Duration) -> Dumpers {
         Dumpers { root: root.to_path_buf(), python: crate::suite::parity_cache().join("venv/bin/python"), timeout }
+    }
+
+    /// sha256 of what every dump these dumpers make depends on besides its request: their source
+    /// (every `references/**/*.py` but the tests, path and text), the packages installed in the
+    /// reference environment (their `.dist-info` names carry the versions), the environment's
+    /// Python (`pyvenv.cfg`) and [`DUMPER_ENV`]. Any change to these is a new key for every dump.
+    pub fn identity(&self) -> Result<String, ReferenceError> {
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ReferenceError::Identity { path, source }
+        };
+        let mut text = String::from("dumpers v1\n");
+        for (name, value) in DUMPER_ENV {
+            text += &format!("env {name}={value}\n");
+        }
+        let references = self.root.join("references");
+        let mut sources = Vec::new();
+        python_sources(&references, &mut sources).map_err(err(&references))?;
+        sources.sort();
+        for path in sources {
+            let body = std::fs::read(&path).map_err(err(&path))?;
+            let name = path.strip_prefix(&self.root).unwrap_or(&path).display().to_string();
+            text += &format!("source {name} {}\n", reports::hashes::sha256_bytes(&body));
+        }
+        let venv = self.python.parent().and_then(Path::parent).unwrap_or(Path::new("/"));
+        let cfg = venv.join("pyvenv.cfg");
+        text += &std::fs::read_to_string(&cfg).map_err(err(&cfg))?;
+        let mut packages = Vec::new();
+        let lib = venv.join("lib");
+        for python in std::fs::read_dir(&lib).map_err(err(&lib))? {
+            let site = python.map_err(err(&lib))?.path().join("site-packages");
+            for item in std::fs::read_dir(&site).into_iter().flatten().flatten() {
+                let name = item.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".dist-info") {
+                    packages.push(name);
+                }
+            }
+        }
+        packages.sort();
+        text += &format!("packages {}\n", packages.join(" "));
+        Ok(reports::hashes::sha256_bytes(text.as_bytes()))
     }
 
     /// Runs one dumper; its stderr goes to `log`. The dump folder appears only when the dumper
@@ -65,7 +113,8 @@ impl Dumpers {
             let _ = std::fs::create_dir_all(dir);
         }
         let stderr = open_log(log).map_err(|source| ReferenceError::Log { reference: reference.into(), log: log.into(), source })?;
-        let mut child = Command::new(&self.python)
+        let mut command = Command::new(&self.python);
+        command
             .arg(&script)
             .arg("--model")
             .arg(req.model)
@@ -79,23 +128,23 @@ impl Dumpers {
             .args(req.sampler_logits.map(|path| [std::ffi::OsStr::new("--sampler-logits"), path.as_os_str()]).into_iter().flatten())
             .arg("--out")
             .arg(req.out)
-            .env("DEV", "CPU")
-            .env("HALF", "0")
-            // Every reference computes in f32 for the tight comparison: llama.cpp's default KV
-            // cache is f16, which alone flips SmolLM2's greedy continuation (see README).
-            .env("PARITY_LLAMACPP_KV_TYPE", "f32")
+            .envs(DUMPER_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|source| ReferenceError::Spawn { reference: reference.into(), python: self.python.clone(), source })?;
+            .stderr(stderr);
+        own_process_group(&mut command);
+        let mut child =
+            command.spawn().map_err(|source| ReferenceError::Spawn { reference: reference.into(), python: self.python.clone(), source })?;
         let started = Instant::now();
         let status = loop {
             match child.try_wait() {
-                Ok(Some(status)) => break status,
+                Ok(Some(status)) => {
+                    // Whatever the dumper started and left running goes with it.
+                    kill_group(&mut child);
+                    break status;
+                }
                 Ok(None) if started.elapsed() > self.timeout => {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                    kill_group(&mut child);
                     return Err(ReferenceError::Timeout { reference: reference.into(), seconds: self.timeout.as_secs(), log: log.into() });
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(50)),
@@ -112,6 +161,56 @@ impl Dumpers {
             log: log.into(),
         })
     }
+}
+
+/// Every `.py` file under `dir` except tests (`test_*.py`) and caches.
+fn python_sources(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for item in std::fs::read_dir(dir)? {
+        let item = item?;
+        let (path, name) = (item.path(), item.file_name().to_string_lossy().into_owned());
+        if item.file_type()?.is_dir() {
+            if name != "__pycache__" {
+                python_sources(&path, out)?;
+            }
+        } else if name.ends_with(".py") && !name.starts_with("test_") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The dumper in a process group of its own, so a timeout kills everything it started (a
+/// compiler, a worker pool), not only the interpreter; and killed too if parity dies first
+/// (Linux: the parent-death signal), since a group of its own no longer gets the terminal's ^C.
+fn own_process_group(command: &mut Command) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// Kills the child's whole process group and reaps the child.
+fn kill_group(child: &mut std::process::Child) {
+    #[cfg(unix)]
+    if let Ok(pgid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: a plain system call on the group this child leads (its pid, by process_group(0)).
+        unsafe {
+            libc::killpg(pgid, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// The dumper's stderr log, truncated if there, never through a symlink: a link planted at the
@@ -302,6 +401,51 @@ mod tests {
         std::fs::create_dir_all(path.join("m/p")).unwrap();
         drop(a);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_timeout_leaves_nothing_the_dumper_started_running() {
+        // The stand-in starts a grandchild that would sleep for a minute, says its pid, then hangs.
+        let script = "import subprocess, sys, time\np = subprocess.Popen(['sleep', '60'])\n\
+                      open(sys.argv[sys.argv.index('--out') + 1] + '.pid', 'w').write(str(p.pid))\ntime.sleep(60)\n";
+        let root = fake_root("group", script);
+        let Some(d) = dumpers(&root, 1_500) else {
+            return eprintln!("skipped: no python3 on this machine");
+        };
+        let out = root.join("out");
+        let err = d.run("fake", &request(&out), &root.join("group.log")).unwrap_err();
+        assert!(matches!(err, ReferenceError::Timeout { .. }), "{err}");
+        let pid = std::fs::read_to_string(out.with_extension("pid")).expect("the stand-in wrote its grandchild's pid");
+        // Killed, and reaped by init: no /proc entry, or a zombie on its way out.
+        let gone = || std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).map_or(true, |s| s.contains(") Z "));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gone() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(gone(), "the dumper's child {pid} outlived its timeout");
+    }
+
+    #[test]
+    fn the_dumpers_identity_follows_their_source_but_not_their_tests() {
+        let root = fake_root("identity", "print('v1')\n");
+        let venv = root.join("venv");
+        let _ = std::fs::remove_dir_all(&venv);
+        std::fs::create_dir_all(venv.join("lib/python3.11/site-packages/torch-2.5.0.dist-info")).unwrap();
+        std::fs::create_dir_all(venv.join("bin")).unwrap();
+        std::fs::write(venv.join("pyvenv.cfg"), "version = 3.11.2\n").unwrap();
+        let d = Dumpers { root: root.clone(), python: venv.join("bin/python"), timeout: Duration::from_secs(1) };
+        let first = d.identity().unwrap();
+        std::fs::write(root.join("references/fake/test_dump.py"), "assert True\n").unwrap();
+        assert_eq!(d.identity().unwrap(), first, "a test file is not part of a dumper");
+        std::fs::write(root.join("references/fake/dump.py"), "print('v2')\n").unwrap();
+        let edited = d.identity().unwrap();
+        assert_ne!(edited, first);
+        std::fs::rename(
+            venv.join("lib/python3.11/site-packages/torch-2.5.0.dist-info"),
+            venv.join("lib/python3.11/site-packages/torch-2.5.1.dist-info"),
+        )
+        .unwrap();
+        assert_ne!(d.identity().unwrap(), edited, "another torch is another dumper");
     }
 
     #[test]

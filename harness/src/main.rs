@@ -25,6 +25,8 @@ enum Command {
     Diff(cli::diff::DiffArgs),
     /// The first checkpoint, in forward order, that fails, and the last that passes.
     Bisect(cli::bisect::BisectArgs),
+    /// Make a suite's reference dumps (the truth first) into its dumps folder, reusing the dump cache.
+    Dumps(cli::dumps::DumpsArgs),
     /// Measure the spread between the references and propose tolerances from it.
     Calibrate(cli::calibrate::CalibrateArgs),
     /// Re-hash a proof bundle and say whether it is intact.
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::Diff(args) => cli::diff::run(args, &root),
         Command::Bisect(args) => cli::bisect::run(args, &root),
         Command::Calibrate(args) => cli::calibrate::run(args, &root),
+        Command::Dumps(args) => cli::dumps::run(args, &root),
         Command::Verify { bundle } => cli::merge::verify(&bundle),
         Command::Merge(args) => cli::merge::run(args, &root),
         Command::Generate(args) => cli::generate::run(args).map(|()| 0),

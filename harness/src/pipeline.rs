@@ -4,9 +4,10 @@
 
 use crate::catalog::{self, Catalog, Entry};
 use crate::compare;
+use crate::dump_cache::{DumpCache, DumpKey, Origin};
 use crate::dumps::{Dump, Lookup};
 use crate::engine_run;
-use crate::live::{DumpRequest, Dumpers, ReferenceError};
+use crate::live::{DumpRequest, Dumpers};
 use crate::sampling;
 use crate::spec::Spec;
 use crate::steps;
@@ -23,8 +24,10 @@ use std::time::{Duration, Instant};
 pub enum Source {
     /// Existing dumps under `<root>/<model id>/<prompt id>/<reference>/`.
     Dumps(PathBuf),
-    /// Run the dumpers now, into `<out>/<model id>/<prompt id>/<reference>/`, stderr beside them.
-    Live { dumpers: Dumpers, out: PathBuf },
+    /// Run the dumpers now, into `<out>/<model id>/<prompt id>/<reference>/`, stderr beside them;
+    /// with a cache, a dump whose request was answered before is reused from it, and a new one
+    /// is stored there (and read from there).
+    Live { dumpers: Dumpers, out: PathBuf, cache: Option<DumpCache> },
 }
 
 /// Everything the suite pass needs besides the cases.
@@ -69,6 +72,8 @@ pub struct CaseRun {
     pub engine: BTreeMap<String, Tensor>,
     /// Each reference's dump, or why it could not be had.
     pub dumps: Vec<(String, std::result::Result<Dump, String>)>,
+    /// For live dumps with the cache: each reference's (the truth's too) dump key, fresh or reused.
+    pub origins: BTreeMap<String, Origin>,
     /// What the engine and every reference were fed from the truth's dump.
     pub fed: Fed,
     /// The suite's ground truth for this case, if it has one: its name and dump.
@@ -122,13 +127,23 @@ pub fn run(ctx: &Setup, cases: Vec<Case>, run_id: &str) -> Result<(RunResults, V
 /// One case, its results appended to `results`.
 fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &str, results: &mut RunResults) -> Result<CaseRun> {
     let mut timings = Timings::default();
+    let mut origins = BTreeMap::new();
     let mut fetch = |reference: &str, fed: &Fed, results: &mut RunResults| {
         let t = Instant::now();
-        let dump = fetch_dump(ctx, &case, reference, fed).map_err(|e| format!("{e:#}"));
+        let dump = match fetch(ctx, &case, reference, fed) {
+            Ok((dump, origin)) => {
+                if let Some(origin) = origin {
+                    origins.insert(reference.to_string(), origin);
+                }
+                Ok(dump)
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                results.reference_errors.insert(format!("{}/{}/{}", case.model.id, case.prompt.id, reference), e.clone());
+                Err(e)
+            }
+        };
         timings.references += t.elapsed();
-        if let Err(e) = &dump {
-            results.reference_errors.insert(format!("{}/{}/{}", case.model.id, case.prompt.id, reference), e.clone());
-        }
         (reference.to_string(), dump)
     };
     // The truth first: its greedy tokens are the decode history the engine and every reference
@@ -265,7 +280,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     let in_engine = gap_time.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     timings.engine += in_engine;
     timings.compare += t.elapsed().saturating_sub(in_engine);
-    Ok(CaseRun { case, model_path, timings, engine: trace.tensors, dumps, truth, fed, results: first..results.cases.len() })
+    Ok(CaseRun { case, model_path, timings, engine: trace.tensors, dumps, origins, truth, fed, results: first..results.cases.len() })
 }
 
 /// The engine's step logits recomputed by one prefill of the prompt and the whole history, judged
@@ -366,14 +381,21 @@ pub fn case_fed(ctx: &Setup, case: &Case) -> Result<Fed> {
 /// One reference's dump of one case: read from the dumps folder, or produced now. Either way it
 /// must be this case's dump (see [`check_provenance`]) and made on what the case feeds it.
 pub fn fetch_dump(ctx: &Setup, case: &Case, reference: &str, fed: &Fed) -> Result<Dump> {
+    Ok(fetch(ctx, case, reference, fed)?.0)
+}
+
+/// [`fetch_dump`], and where a live dump came from when the dump cache is on.
+pub fn fetch(ctx: &Setup, case: &Case, reference: &str, fed: &Fed) -> Result<(Dump, Option<Origin>)> {
     let model = resolve(ctx.root, case.model.reference_path(reference));
+    let model_sha256 = model_sha(&model)?;
     let history = fed.history_ids();
+    let mut origin = None;
     let dump = match ctx.source {
         Source::Dumps(root) => {
             let dir = root.join(&case.model.id).join(&case.prompt.id).join(reference);
             Dump::open(&dir).with_context(|| format!("{reference} dump for {}/{}", case.model.id, case.prompt.id))?
         }
-        Source::Live { dumpers, out } => {
+        Source::Live { dumpers, out, cache } => {
             let dir = out.join(&case.model.id).join(&case.prompt.id).join(reference);
             let req = DumpRequest {
                 model: &model,
@@ -386,11 +408,13 @@ pub fn fetch_dump(ctx: &Setup, case: &Case, reference: &str, fed: &Fed) -> Resul
                 out: &dir,
             };
             let log = dir.with_extension("stderr.log");
-            dumpers.run(reference, &req, &log).map_err(|e: ReferenceError| anyhow::anyhow!(e))?;
-            Dump::open(&dir).with_context(|| format!("reading the {reference} dump it just wrote"))?
+            let keyed = cache.as_ref().map(|c| (c, c.key(reference, &req, &model_sha256, fed.sampler_logits.as_ref().map(|s| s.sha256.as_str()))));
+            let (at, from) = live_dump(dumpers, reference, &req, &log, keyed)?;
+            origin = from;
+            Dump::open(&at).with_context(|| format!("reading the {reference} dump at {}", at.display()))?
         }
     };
-    check_provenance(&dump, reference, &case.prompt.text, &model_sha(&model)?)?;
+    check_provenance(&dump, reference, &case.prompt.text, &model_sha256)?;
     if dump.manifest.force_tokens != history {
         anyhow::bail!(
             "{}: its decode history ({}) is not the one this case feeds ({}); remake it (scripts/make-dumps.sh) or run --live",
@@ -407,7 +431,41 @@ pub fn fetch_dump(ctx: &Setup, case: &Case, reference: &str, fed: &Fed) -> Resul
             );
         }
     }
-    Ok(dump)
+    Ok((dump, origin))
+}
+
+/// A live dump's folder: the stored one when its key is in the cache, else made now (and stored).
+fn live_dump(
+    dumpers: &Dumpers,
+    reference: &str,
+    req: &DumpRequest,
+    log: &Path,
+    keyed: Option<(&DumpCache, DumpKey)>,
+) -> Result<(PathBuf, Option<Origin>)> {
+    let Some((cache, key)) = keyed else {
+        dumpers.run(reference, req, log)?;
+        return Ok((req.out.to_path_buf(), None));
+    };
+    // The cache saves time; when it cannot be read or written the dumper runs as without it.
+    let stored = cache.lookup(&key).unwrap_or_else(|e| {
+        eprintln!("parity: warning: {e}; running the {reference} dumper");
+        None
+    });
+    if let Some(stored) = stored {
+        let log = cache.log(&key);
+        return Ok((stored, Some(Origin { key, reused: true, log })));
+    }
+    dumpers.run(reference, req, log)?;
+    match cache.insert(&key, req.out, Some(log)) {
+        Ok(stored) => {
+            let log = cache.log(&key);
+            Ok((stored, Some(Origin { key, reused: false, log })))
+        }
+        Err(e) => {
+            eprintln!("parity: warning: {e}; the {reference} dump is read from {} and not kept", req.out.display());
+            Ok((req.out.to_path_buf(), None))
+        }
+    }
 }
 
 /// A dump is evidence only for the case it was made for. A stale dump (of an older model file or

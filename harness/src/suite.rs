@@ -19,6 +19,11 @@ pub struct Suite {
     /// judged by the pooled tolerances of `tolerances.toml`.
     #[serde(default)]
     pub truth: Option<String>,
+    /// The lowest confidence level (number or name, see reports::confidence) a passing run of
+    /// this suite must reach, else it exits 1: a change that drops references or the generation
+    /// match cannot pass the gate at a lower confidence nobody reads. `--min-confidence` overrides.
+    #[serde(default)]
+    pub min_confidence: Option<String>,
     #[serde(rename = "model")]
     pub models: Vec<SuiteModel>,
     #[serde(rename = "prompt")]
@@ -92,6 +97,9 @@ impl Suite {
             bail!("suite {} lists no models or no prompts", path.display());
         }
         suite.check_names().with_context(|| format!("suite {}", path.display()))?;
+        if let Some(level) = suite.min_confidence.as_deref().filter(|l| reports::confidence::level_named(l).is_none()) {
+            bail!("suite {}: min_confidence {level:?} is not a confidence level (0-4 or {})", path.display(), reports::confidence::LEVELS.join(", "));
+        }
         for model in &suite.models {
             for class in std::iter::once(&model.class).chain(model.ref_class.values()) {
                 if !crate::spec::CLASSES.contains(&class.as_str()) {
@@ -271,11 +279,15 @@ mod tests {
     }
 
     fn suite_with(model_prompts: &str) -> Result<Suite> {
-        let dir = std::env::temp_dir().join(format!("parity-suite-test-{}-{}", std::process::id(), model_prompts.len()));
+        suite_with_top("", model_prompts)
+    }
+
+    fn suite_with_top(top: &str, model_prompts: &str) -> Result<Suite> {
+        let dir = std::env::temp_dir().join(format!("parity-suite-test-{}-{}-{}", std::process::id(), top.len(), model_prompts.len()));
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("suite.toml");
         let text = format!(
-            "dumps = \"d\"\nn_generate = 1\ntemperature = 1.0\nthreads = 1\n\
+            "{top}dumps = \"d\"\nn_generate = 1\ntemperature = 1.0\nthreads = 1\n\
              [[model]]\nid = \"m\"\npath = \"m.gguf\"\nrefs = [\"pytorch\"]\n{model_prompts}\n\
              [[prompt]]\nid = \"a\"\ntext = \"A\"\n[[prompt]]\nid = \"b\"\ntext = \"B\"\n"
         );
@@ -283,6 +295,15 @@ mod tests {
         let suite = Suite::load(&path);
         std::fs::remove_dir_all(&dir)?;
         suite
+    }
+
+    #[test]
+    fn a_suite_gate_names_a_confidence_level() {
+        assert_eq!(suite_with_top("min_confidence = \"high\"\n", "").unwrap().min_confidence.as_deref(), Some("high"));
+        for bad in ["hihg", "7"] {
+            let err = suite_with_top(&format!("min_confidence = \"{bad}\"\n"), "").unwrap_err();
+            assert!(format!("{err:#}").contains(&format!("min_confidence \"{bad}\" is not a confidence level")), "{err:#}");
+        }
     }
 
     #[test]

@@ -161,3 +161,56 @@ fn a_reference_dump_copied_into_another_references_folder_is_refused_not_counted
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(report.contains("expected a tinygrad dump, but its manifest says it is pytorch's"), "{report}");
 }
+
+#[test]
+fn shards_merge_only_as_the_complete_set_of_one_run() {
+    let proof = scratch("merge");
+    for k in ["1", "2"] {
+        let out = parity(&["run", "--shard", &format!("{k}/2")], &proof, &format!("shard-{k}"));
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    let (one, two) = (proof.join("run/shard-1"), proof.join("run/shard-2"));
+    let merged = parity(&["merge", one.to_str().unwrap(), two.to_str().unwrap()], &proof, "merged");
+    assert_eq!(merged.status.code(), Some(0), "{}", stderr(&merged));
+    assert!(String::from_utf8_lossy(&merged.stdout).contains("from 2 bundles"));
+    let half = parity(&["merge", one.to_str().unwrap()], &proof, "half");
+    assert_one_line_error(&half, "shard 2/2 not given");
+    let twice = parity(&["merge", one.to_str().unwrap(), one.to_str().unwrap()], &proof, "twice");
+    assert_one_line_error(&twice, "shard 1/2 is given twice");
+    std::fs::remove_dir_all(&proof).unwrap();
+}
+
+#[test]
+fn a_pass_below_the_confidence_gate_exits_1_and_a_bad_level_exits_2() {
+    let proof = scratch("gate");
+    // One reference agrees: the checks pass, at less than the three references `high` asks for.
+    let args = ["run", "--model", "tiny-llama-f32", "--prompt", "fox", "--refs", "pytorch", "--min-confidence"];
+    let gated = parity(&[&args[..], &["high"]].concat(), &proof, "gated");
+    assert_eq!(gated.status.code(), Some(1), "{}", stderr(&gated));
+    assert!(String::from_utf8_lossy(&gated.stdout).contains("PASS"));
+    assert!(stderr(&gated).contains("below the gate"), "{}", stderr(&gated));
+    let low = parity(&[&args[..], &["low"]].concat(), &proof, "low");
+    assert_eq!(low.status.code(), Some(0), "{}", stderr(&low));
+    let bad = parity(&[&args[..], &["hihg"]].concat(), &proof, "bad");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("not a confidence level"), "{}", stderr(&bad));
+    std::fs::remove_dir_all(&proof).unwrap();
+}
+
+#[test]
+fn a_suite_that_drops_references_fails_its_own_gate() {
+    let proof = scratch("suite-gate");
+    // The default suite's first case with one reference left: every check still passes.
+    let suite = format!(
+        "dumps = {:?}\nn_generate = 8\ntemperature = 1.0\nthreads = 2\ntruth = \"pytorch-f64\"\nmin_confidence = \"full\"\n\
+         [[model]]\nid = \"tiny-llama-f32\"\npath = {:?}\nrefs = [\"pytorch\"]\n\
+         [[prompt]]\nid = \"fox\"\ntext = \"The quick brown fox jumps over the lazy dog.\"\n",
+        root().join("fixtures/dumps").display().to_string(),
+        root().join("fixtures/models/tiny-llama/model-f32.gguf").display().to_string()
+    );
+    std::fs::write(proof.join("suite.toml"), suite).unwrap();
+    let out = parity(&["run", "--suite", proof.join("suite.toml").to_str().unwrap()], &proof, "suite-gate");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("below the gate"), "{}", stderr(&out));
+    std::fs::remove_dir_all(&proof).unwrap();
+}

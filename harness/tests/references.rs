@@ -276,19 +276,58 @@ fn any_prompt_text_reaches_the_dumper_and_round_trips_through_its_manifest() {
     }
     let suite_path = dir.join("suite.toml");
     std::fs::write(&suite_path, suite).unwrap();
-    let out = Command::new("bash")
-        .arg(root().join("scripts/make-dumps.sh"))
-        .args([suite_path.as_os_str(), "llamacpp".as_ref()])
+    // `parity dumps` (what scripts/make-dumps.sh runs), afresh: the prompts must reach the dumper.
+    let out = Command::new(env!("CARGO_BIN_EXE_parity"))
+        .args(["dumps", "--only", "llamacpp", "--no-dump-cache", "--suite"])
+        .arg(&suite_path)
         .current_dir(root())
         .output()
         .unwrap();
     let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "make-dumps failed:\n{log}");
+    assert!(out.status.success(), "parity dumps failed:\n{log}");
     let loaded = Suite::load(&suite_path).unwrap();
     for case in loaded.cases() {
         let dump = Dump::open(&loaded.dump_dir(&root(), &case, "llamacpp")).unwrap();
         assert_eq!(dump.manifest.prompt, case.prompt.text, "{}", case.prompt.id);
         harness::pipeline::check_provenance(&dump, "llamacpp", &case.prompt.text, &dump.manifest.model_sha256).unwrap();
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_second_live_run_reuses_the_cached_dumps_and_judges_them_the_same() {
+    if reference_python_or_skip().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("parity-dump-cache-live-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |id: &str, extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_parity"))
+            .args(["run", "--live", "--model", "tiny-llama-f32", "--prompt", "fox", "--refs", "llamacpp", "--format", "json"])
+            .args(extra)
+            .env("PARITY_DUMP_CACHE_DIR", dir.join("cache"))
+            .env("LLORCH_PROOF_DIR", dir.join("proof"))
+            .env("LLORCH_RUN_ID", id)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{id}: {}", String::from_utf8_lossy(&out.stderr));
+        let manifest = std::fs::read_to_string(dir.join("proof/run").join(id).join("manifest.toml")).unwrap();
+        let results = std::fs::read_to_string(dir.join("proof/run").join(id).join("summary.json")).unwrap();
+        (manifest, results)
+    };
+    let (first, first_summary) = run("cold", &[]);
+    let (second, second_summary) = run("warm", &[]);
+    let (third, _) = run("bypass", &["--no-dump-cache"]);
+    // The suite's truth and the reference: made by the first run, reused by the second.
+    for reference in ["pytorch-f64", "llamacpp"] {
+        let line = |manifest: &str| manifest.lines().find(|l| l.starts_with(&format!("\"tiny-llama-f32/fox/{reference}\""))).map(String::from);
+        let (made, reused) = (line(&first).expect("the first run records its dumps"), line(&second).expect("so does the second"));
+        assert!(made.contains("= \"fresh "), "{made}");
+        assert_eq!(reused, made.replace("fresh", "reused"), "the same key, reused");
+        assert!(line(&third).is_none(), "without the cache no dump has a key: {third}");
+    }
+    let verdicts = |s: &str| s.lines().filter(|l| l.contains("\"status\"") || l.contains("\"verdict\"")).collect::<Vec<_>>().join("\n");
+    assert_eq!(verdicts(&first_summary), verdicts(&second_summary));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -81,6 +81,14 @@ pub struct RunInfo {
     pub threads: usize,
     /// The command that reproduces this run.
     pub replay: String,
+    /// Live dumps by `model/prompt/reference`: `fresh <key>` (made by this run) or `reused <key>`
+    /// (from the dump cache; the key is the sha256 of everything the dump answers).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dumps: BTreeMap<String, String>,
+    /// `K/N` when the run was one shard of a CI matrix (`--shard`), so a merge can check it has
+    /// every shard exactly once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
 }
 
 /// One hashed file.
@@ -389,6 +397,30 @@ fn utc(secs: u64) -> (String, String) {
     let mo = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(mo <= 2);
     (format!("{y:04}{mo:02}{d:02}T{h:02}{m:02}{s:02}Z"), format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z"))
+}
+
+/// What a finished bundle's manifest says about its run: who made it, how, and from which inputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    pub kind: String,
+    pub provenance: Provenance,
+    pub run: RunInfo,
+    pub inputs: Vec<FileHash>,
+}
+
+impl Record {
+    /// The sha256 of the input with this role (`suite`, `spec`, `catalog`), if it has one.
+    pub fn input_sha256(&self, role: &str) -> Option<&str> {
+        self.inputs.iter().find(|f| f.role == role).map(|f| f.sha256.as_str())
+    }
+}
+
+/// Reads a bundle's manifest (without re-hashing anything: see [`verify`]).
+pub fn read_record(bundle_dir: &Path) -> Result<Record, BundleError> {
+    let path = bundle_dir.join(MANIFEST);
+    let text = fs::read_to_string(&path).map_err(io("reading", &path))?;
+    let manifest: Manifest = toml::from_str(&text).map_err(|e| BundleError::Manifest { path: path.clone(), message: e.to_string() })?;
+    Ok(Record { kind: manifest.bundle.kind, provenance: manifest.bundle.provenance, run: manifest.run, inputs: manifest.input })
 }
 
 #[cfg(test)]

@@ -33,6 +33,19 @@ pub const RULE: &[&str] = &[
     "Levels: 0 none, 1 low, 2 moderate, 3 high, 4 full.",
 ];
 
+/// The levels' names, by level.
+pub const LEVELS: [&str; 5] = ["none", "low", "moderate", "high", "full"];
+
+/// A level given by number (`3`) or name (`high`), as a gate (`--min-confidence`) states it.
+pub fn level_named(text: &str) -> Option<u8> {
+    let text = text.trim();
+    LEVELS
+        .iter()
+        .position(|name| name.eq_ignore_ascii_case(text))
+        .or_else(|| text.parse::<usize>().ok().filter(|&l| l < LEVELS.len()))
+        .map(|l| l as u8)
+}
+
 /// How many references agree on one checkpoint of one model/prompt.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Agreement {
@@ -77,7 +90,7 @@ impl Confidence {
             let references = min_agreeing_references.min(3) as u8;
             references + u8::from(generation_matches && references > 0)
         };
-        let name = ["none", "low", "moderate", "high", "full"][level as usize];
+        let name = LEVELS[level as usize];
         Confidence { level, name, failures, checks, min_agreeing_references, generation_matches, near_ties, agreement }
     }
 
@@ -128,6 +141,17 @@ fn near_ties(subjects: &[Subject]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gate_level_is_read_by_number_or_name_and_nothing_else() {
+        assert_eq!(level_named("high"), Some(3));
+        assert_eq!(level_named(" Full "), Some(4));
+        assert_eq!(level_named("0"), Some(0));
+        assert_eq!(level_named("2"), Some(2));
+        for bad in ["5", "-1", "3.0", "hi", "", "high-ish"] {
+            assert_eq!(level_named(bad), None, "{bad:?}");
+        }
+    }
     use crate::fixture;
 
     #[test]

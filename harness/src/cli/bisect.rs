@@ -3,7 +3,7 @@
 //! that fails is named with the last that passed before it.
 
 use super::select::Selection;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use harness::bisect::bisect;
 use reports::results::CheckResult;
 use std::path::Path;
@@ -24,10 +24,7 @@ pub fn run(args: BisectArgs, root: &Path) -> Result<i32> {
     if let Some(line) = super::plant::label(&faults) {
         eprintln!("{line}");
     }
-    // Live dumps go to a fresh owner-only folder, removed when this returns (even on an error).
-    let live_dir = harness::live::PrivateDir::new("parity-bisect").context("making a private folder for the live dumps")?;
-    let live_out = live_dir.path();
-    let loaded = args.selection.load(root, live_out)?;
+    let loaded = args.selection.load(root)?;
     let plant = |m: &mut engine::Model| super::plant::plant_in(&faults, m);
     let (results, runs) = loaded.run("bisect", (!faults.is_empty()).then_some(&plant as &dyn Fn(&mut engine::Model)))?;
     for (what, err) in &results.reference_errors {

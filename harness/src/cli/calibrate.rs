@@ -41,10 +41,7 @@ pub struct CalibrateArgs {
 type Samples = BTreeMap<(String, String, String), BTreeMap<String, PairSpread>>;
 
 pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
-    // Live dumps go to a fresh owner-only folder, removed when this returns (even on an error).
-    let live_dir = harness::live::PrivateDir::new("parity-calibrate").context("making a private folder for the live dumps")?;
-    let live_out = live_dir.path();
-    let loaded = args.selection.load(root, live_out)?;
+    let loaded = args.selection.load(root)?;
     let setup =
         Setup { root: &loaded.root, suite: &loaded.suite, catalog: &loaded.catalog, spec: &loaded.spec, source: &loaded.source, prepare: None };
     let mut samples = Samples::new();

@@ -28,10 +28,7 @@ pub struct DiffArgs {
 }
 
 pub fn run(args: DiffArgs, root: &Path) -> Result<i32> {
-    // Live dumps go to a fresh owner-only folder, removed when this returns (even on an error).
-    let live_dir = harness::live::PrivateDir::new("parity-diff").context("making a private folder for the live dumps")?;
-    let live_out = live_dir.path();
-    let mut loaded = args.selection.load(root, live_out)?;
+    let mut loaded = args.selection.load(root)?;
     // One case: the first the selection names (pick others with --model/--prompt or --shard).
     loaded.cases.truncate(1);
     let (results, runs) = loaded.run("diff", None)?;

@@ -35,6 +35,8 @@ pub fn verify(dir: &Path) -> Result<i32> {
 }
 
 pub fn run(args: MergeArgs, root: &Path) -> Result<i32> {
+    let records = args.bundles.iter().map(|dir| Ok((dir.clone(), bundle::read_record(dir)?))).collect::<Result<Vec<_>>>()?;
+    check_shards(&records)?;
     let mut merged: Option<RunResults> = None;
     let mut inputs = Vec::new();
     for dir in &args.bundles {
@@ -70,6 +72,50 @@ pub fn run(args: MergeArgs, root: &Path) -> Result<i32> {
     Ok(verdict.exit_code())
 }
 
+/// A merge stands for one whole run only when its bundles are every shard of it exactly once
+/// (`--shard K/N`, K = 1..N), made by one engine commit from one suite, spec and catalog: one
+/// shard of four would otherwise merge to a PASS on a quarter of the cases.
+fn check_shards(records: &[(PathBuf, bundle::Record)]) -> Result<()> {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut count = None;
+    for (dir, record) in records {
+        let shard =
+            record.run.shard.as_deref().with_context(|| {
+                format!("{} is not a shard (its run had no --shard K/N); merge joins the shards of one sharded run", dir.display())
+            })?;
+        let parsed: harness::suite::Shard = shard.parse().map_err(|e| anyhow::anyhow!("{}: its shard {shard:?}: {e}", dir.display()))?;
+        if *count.get_or_insert(parsed.count) != parsed.count {
+            bail!("{} is shard {shard}, but another bundle is of {} shards; merge the shards of one run", dir.display(), count.unwrap_or(0));
+        }
+        if let Some(other) = seen.insert(parsed.index, dir) {
+            bail!("shard {shard} is given twice ({} and {})", other.display(), dir.display());
+        }
+    }
+    let count = count.context("give at least one bundle")?;
+    let absent: Vec<String> = (1..=count).filter(|k| !seen.contains_key(k)).map(|k| format!("{k}/{count}")).collect();
+    if !absent.is_empty() {
+        bail!("shard {} not given: a merge of {} of {count} shards would judge only part of the suite", absent.join(", "), seen.len());
+    }
+    let (first_dir, first) = &records[0];
+    for (dir, record) in &records[1..] {
+        if record.provenance.engine_commit != first.provenance.engine_commit {
+            bail!(
+                "{} was made by engine commit {} and {} by {}; merge shards of one commit",
+                dir.display(),
+                record.provenance.engine_commit,
+                first_dir.display(),
+                first.provenance.engine_commit
+            );
+        }
+        for role in ["suite", "spec", "catalog"] {
+            if record.input_sha256(role) != first.input_sha256(role) {
+                bail!("{} and {} ran different {role} files (sha256 differ); merge shards of one run", dir.display(), first_dir.display());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A bundle's `results.json`, without the generated-file header field.
 fn read_results(path: &Path) -> Result<RunResults> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -78,4 +124,57 @@ fn read_results(path: &Path) -> Result<RunResults> {
         obj.remove("_generated");
     }
     serde_json::from_value(value).with_context(|| format!("{} does not hold parity results", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reports::bundle::{FileHash, Provenance, Record, RunInfo};
+
+    fn shard(name: &str, shard: Option<&str>, commit: &str, suite: &str) -> (PathBuf, Record) {
+        let input = |role: &str, sha256: &str| FileHash {
+            role: role.into(),
+            path: format!("{role}.toml"),
+            sha256: sha256.into(),
+            bytes: 1,
+            transient: false,
+        };
+        let record = Record {
+            kind: "run".into(),
+            provenance: Provenance { run_id: name.into(), created: String::new(), command: String::new(), engine_commit: commit.into() },
+            run: RunInfo { shard: shard.map(String::from), ..RunInfo::default() },
+            inputs: vec![input("suite", suite), input("spec", "s"), input("catalog", "c")],
+        };
+        (PathBuf::from(name), record)
+    }
+
+    fn refusal(records: &[(PathBuf, Record)]) -> String {
+        format!("{:#}", check_shards(records).unwrap_err())
+    }
+
+    #[test]
+    fn every_shard_once_of_one_commit_and_suite_merges() {
+        let all = [shard("a", Some("2/3"), "c1", "x"), shard("b", Some("1/3"), "c1", "x"), shard("c", Some("3/3"), "c1", "x")];
+        check_shards(&all).unwrap();
+    }
+
+    #[test]
+    fn an_incomplete_or_duplicated_set_of_shards_is_refused() {
+        let one_of_four = [shard("a", Some("1/4"), "c1", "x")];
+        assert!(refusal(&one_of_four).contains("shard 2/4, 3/4, 4/4 not given"), "{}", refusal(&one_of_four));
+        let twice = [shard("a", Some("1/2"), "c1", "x"), shard("b", Some("1/2"), "c1", "x")];
+        assert!(refusal(&twice).contains("shard 1/2 is given twice"), "{}", refusal(&twice));
+        let mixed = [shard("a", Some("1/2"), "c1", "x"), shard("b", Some("2/3"), "c1", "x")];
+        assert!(refusal(&mixed).contains("another bundle is of 2 shards"), "{}", refusal(&mixed));
+        let whole = [shard("a", None, "c1", "x")];
+        assert!(refusal(&whole).contains("is not a shard"), "{}", refusal(&whole));
+    }
+
+    #[test]
+    fn shards_of_different_commits_or_suites_are_refused() {
+        let commits = [shard("a", Some("1/2"), "c1", "x"), shard("b", Some("2/2"), "c2", "x")];
+        assert!(refusal(&commits).contains("engine commit c2"), "{}", refusal(&commits));
+        let suites = [shard("a", Some("1/2"), "c1", "x"), shard("b", Some("2/2"), "c1", "y")];
+        assert!(refusal(&suites).contains("different suite files"), "{}", refusal(&suites));
+    }
 }

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bisect;
 pub mod calibrate;
 pub mod diff;
+pub mod dumps;
 pub mod generate;
 pub mod inspect;
 pub mod merge;

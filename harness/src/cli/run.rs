@@ -30,8 +30,18 @@ pub struct RunArgs {
     /// Failing tensors saved into the bundle per case and reference (engine and reference side).
     #[arg(long, default_value_t = 20)]
     pub keep_failed: usize,
+    /// The gate: exit 1 unless the run's confidence reaches this level (0-4 or none, low,
+    /// moderate, high, full), even when every check passed. Default: the suite's `min_confidence`
+    /// (not with --refs, which narrows the references the suite's level counts).
+    #[arg(long, value_parser = gate_level)]
+    pub min_confidence: Option<u8>,
     #[command(flatten)]
     pub plant: super::plant::PlantArgs,
+}
+
+fn gate_level(text: &str) -> std::result::Result<u8, String> {
+    reports::confidence::level_named(text)
+        .ok_or_else(|| format!("{text:?} is not a confidence level (0-4 or {})", reports::confidence::LEVELS.join(", ")))
 }
 
 /// `started`: when the process started, the timing line's zero.
@@ -43,10 +53,7 @@ pub fn run(args: RunArgs, root: &Path, started: std::time::Instant) -> Result<i3
     }
     let settings = super::BundleSettings::from_env();
     let provenance = settings.provenance(&command_line(), &git_commit(root));
-    // Live dumps go to a fresh owner-only folder, removed when this returns (even on an error).
-    let live_dir = harness::live::PrivateDir::new("parity-live").context("making a private folder for the live dumps")?;
-    let live_out = live_dir.path();
-    let loaded = args.selection.load(root, live_out)?;
+    let loaded = args.selection.load(root)?;
     let mut bundle = Bundle::create(&settings.root(root), "run", provenance.clone())?;
     let plant = |m: &mut engine::Model| super::plant::plant_in(&faults, m);
     let (mut results, runs) = loaded.run(&provenance.run_id, (!faults.is_empty()).then_some(&plant as &dyn Fn(&mut engine::Model)))?;
@@ -56,6 +63,7 @@ pub fn run(args: RunArgs, root: &Path, started: std::time::Instant) -> Result<i3
 
     write_bundle(&mut bundle, &loaded, &results, &runs, args.keep_failed)?;
     let mut info = run_info(&loaded, &runs);
+    info.shard = args.selection.shard.map(|s| format!("{}/{}", s.index, s.count));
     // A planted run's manifest says so beside the engine's version.
     if !faults.is_empty() {
         info.versions.insert("engine planted".into(), faults.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
@@ -73,7 +81,23 @@ pub fn run(args: RunArgs, root: &Path, started: std::time::Instant) -> Result<i3
             print_timings(&runs, started.elapsed());
         }
     }
-    Ok(verdict.exit_code())
+    // The suite's gate is for its own references: a run narrowed to fewer (--refs) asks for its own.
+    let suite_gate = loaded.suite.min_confidence.as_deref().and_then(reports::confidence::level_named).filter(|_| args.selection.refs.is_none());
+    let gate = args.min_confidence.or(suite_gate);
+    Ok(gated_exit_code(verdict, &reports::confidence::Confidence::of(&results), gate))
+}
+
+/// The verdict's exit code, except that a pass below the gate's confidence level exits 1 (said on
+/// stderr): the checks passed, but with less evidence than the gate asks for.
+fn gated_exit_code(verdict: Verdict, confidence: &reports::confidence::Confidence, gate: Option<u8>) -> i32 {
+    match gate {
+        Some(level) if verdict == Verdict::Pass && confidence.level < level => {
+            let wanted = reports::confidence::LEVELS[usize::from(level)];
+            eprintln!("parity: below the gate: confidence {} is under the {level}/4 ({wanted}) this run must reach", confidence.label());
+            1
+        }
+        _ => verdict.exit_code(),
+    }
 }
 
 /// `--repeat N`: the engine's runs 2..N against run 1, bit for bit. A difference is its own
@@ -171,12 +195,20 @@ fn add_inputs(bundle: &mut Bundle, loaded: &Loaded, results: &RunResults, runs: 
         if models_added.insert(run.model_path.clone()) {
             bundle.add_input("model", &run.model_path)?;
         }
-        for (reference, dump) in &run.dumps {
+        // The truth is evidence too: its dump is hashed like every reference's.
+        for (reference, dump) in run.dumps.iter().chain(&run.truth) {
             let base = format!("{}/{}/{}", run.case.model.id, run.case.prompt.id, reference);
+            let origin = run.origins.get(reference);
             match dump {
                 Ok(dump) if matches!(loaded.source, harness::pipeline::Source::Live { .. }) => {
-                    // Live dumps are deleted after the run: their hashes are the record.
-                    bundle.add_transient_input("dump (live, removed after the run)", &dump.dir)?;
+                    // Live dumps are removed after the run, or kept in the dump cache only while
+                    // it has room: their hashes are the record.
+                    let role = match origin {
+                        Some(o) if o.reused => "dump (live, reused from the dump cache)",
+                        Some(_) => "dump (live, made now, kept in the dump cache)",
+                        None => "dump (live, removed after the run)",
+                    };
+                    bundle.add_transient_input(role, &dump.dir)?;
                     save_failed(bundle, run, reference, dump, &base, results, keep_failed)?;
                 }
                 Ok(dump) => {
@@ -185,9 +217,11 @@ fn add_inputs(bundle: &mut Bundle, loaded: &Loaded, results: &RunResults, runs: 
                 }
                 Err(_) => {}
             }
-            // A live dumper's stderr, kept whether it succeeded or not.
+            // A live dumper's stderr, kept whether it succeeded or not (a reused dump's, from the cache).
             if let harness::pipeline::Source::Live { out, .. } = &loaded.source {
-                let log = out.join(&run.case.model.id).join(&run.case.prompt.id).join(format!("{reference}.stderr.log"));
+                let log = origin
+                    .and_then(|o| o.log.clone())
+                    .unwrap_or_else(|| out.join(&run.case.model.id).join(&run.case.prompt.id).join(format!("{reference}.stderr.log")));
                 if let Ok(bytes) = std::fs::read(&log) {
                     bundle.write_bytes(&format!("references/{base}.stderr.log"), &bytes)?;
                 }
@@ -235,8 +269,15 @@ fn run_info(loaded: &Loaded, runs: &[CaseRun]) -> RunInfo {
             }
         }
     }
+    // Which live dumps were made by this run and which reused, by the key of what they answer.
+    let dumps = runs
+        .iter()
+        .flat_map(|run| {
+            run.origins.iter().map(move |(reference, o)| (format!("{}/{}/{reference}", run.case.model.id, run.case.prompt.id), o.label()))
+        })
+        .collect();
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".into());
-    RunInfo { versions, host, threads: loaded.suite.threads, replay: command_line() }
+    RunInfo { versions, host, threads: loaded.suite.threads, replay: command_line(), dumps, shard: None }
 }
 
 fn command_line() -> String {
@@ -341,6 +382,29 @@ fn print_table(results: &RunResults, bundle_dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn confidence(level: u8) -> reports::confidence::Confidence {
+        reports::confidence::Confidence {
+            level,
+            name: reports::confidence::LEVELS[usize::from(level)],
+            failures: 0,
+            checks: 10,
+            min_agreeing_references: usize::from(level),
+            generation_matches: false,
+            near_ties: Vec::new(),
+            agreement: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_pass_below_the_gate_exits_1_and_anything_else_keeps_its_code() {
+        assert_eq!(gated_exit_code(Verdict::Pass, &confidence(2), Some(3)), 1, "two references where the gate wants three");
+        assert_eq!(gated_exit_code(Verdict::Pass, &confidence(3), Some(3)), 0);
+        assert_eq!(gated_exit_code(Verdict::Pass, &confidence(4), Some(3)), 0);
+        assert_eq!(gated_exit_code(Verdict::Pass, &confidence(1), None), 0, "no gate, no demand");
+        assert_eq!(gated_exit_code(Verdict::Fail, &confidence(0), Some(3)), 1);
+        assert_eq!(gated_exit_code(Verdict::ReferenceError, &confidence(1), Some(3)), 3, "a broken reference stays exit 3");
+    }
 
     #[test]
     fn bit_identity_tells_apart_values_that_compare_equal() {

@@ -3,7 +3,8 @@
 
 use anyhow::{bail, Context, Result};
 use harness::catalog::Catalog;
-use harness::live::Dumpers;
+use harness::dump_cache::DumpCache;
+use harness::live::{Dumpers, PrivateDir};
 use harness::pipeline::{self, CaseRun, Setup, Source};
 use harness::spec::Spec;
 use harness::suite::{Case, Shard, Suite, SuiteModel, SuitePrompt};
@@ -40,6 +41,11 @@ pub struct Selection {
     /// Run only the K-th of N parts of the case list (1-based), for a CI matrix.
     #[arg(long)]
     pub shard: Option<Shard>,
+    /// With --live, run every dumper even when the dump cache holds its dump for the same
+    /// request (the cache: `$PARITY_DUMP_CACHE_DIR`, default `$PARITY_CACHE/dump-cache`, at most
+    /// `$PARITY_DUMP_CACHE_GB` GB, 16 by default; least recently used dumps go first).
+    #[arg(long)]
+    pub no_dump_cache: bool,
     /// Seconds each reference dumper may take (--live).
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
@@ -65,11 +71,13 @@ pub struct Loaded {
     pub spec_path: PathBuf,
     pub cases: Vec<Case>,
     pub source: Source,
+    /// Where live dumps go: a fresh owner-only folder, removed with this (even on an error).
+    pub _live_dir: Option<PrivateDir>,
 }
 
 impl Selection {
-    /// Reads suite, catalog and spec, and lists the cases. `live_out` is where live dumps go.
-    pub fn load(&self, root: &Path, live_out: &Path) -> Result<Loaded> {
+    /// Reads suite, catalog and spec, and lists the cases.
+    pub fn load(&self, root: &Path) -> Result<Loaded> {
         let at = |p: &Path| {
             if p.is_absolute() {
                 p.to_path_buf()
@@ -141,13 +149,45 @@ impl Selection {
         if let Some(shard) = self.shard {
             cases = shard.select(cases);
         }
+        let mut live_dir = None;
         let source = match (self.live, &self.dumps) {
-            (true, _) => Source::Live { dumpers: Dumpers::from_env(root, Duration::from_secs(self.timeout)), out: live_out.to_path_buf() },
+            (true, _) => {
+                let dir = PrivateDir::new("parity-live").context("making a private folder for the live dumps")?;
+                let source = self.live_source(root, &catalog_path, dir.path())?;
+                live_dir = Some(dir);
+                source
+            }
             (false, Some(dir)) => Source::Dumps(at(dir)),
             (false, None) => Source::Dumps(harness::suite::resolve(root, &suite.dumps)),
         };
-        Ok(Loaded { root: root.to_path_buf(), suite, suite_path, catalog, catalog_path, spec, spec_path, cases, source })
+        Ok(Loaded { root: root.to_path_buf(), suite, suite_path, catalog, catalog_path, spec, spec_path, cases, source, _live_dir: live_dir })
     }
+
+    /// The dumpers, writing into `out`, with the dump cache unless `--no-dump-cache`.
+    pub fn live_source(&self, root: &Path, catalog_path: &Path, out: &Path) -> Result<Source> {
+        let dumpers = Dumpers::from_env(root, Duration::from_secs(self.timeout));
+        let cache = if self.no_dump_cache { None } else { open_dump_cache(&dumpers, catalog_path)? };
+        Ok(Source::Live { dumpers, out: out.to_path_buf(), cache })
+    }
+}
+
+/// The dump cache of these dumpers and this catalog: every key it makes shares their hashes. With
+/// no reference environment there is nothing to cache (the dumpers then say how to install it).
+fn open_dump_cache(dumpers: &Dumpers, catalog_path: &Path) -> Result<Option<DumpCache>> {
+    let Ok(identity) = dumpers.identity() else { return Ok(None) };
+    let catalog = std::fs::read(catalog_path).with_context(|| format!("reading {}", catalog_path.display()))?;
+    let context = format!("catalog {} dumpers {identity}", reports::hashes::sha256_bytes(&catalog));
+    let gigabytes = match std::env::var("PARITY_DUMP_CACHE_GB") {
+        Ok(text) => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|g| g.is_finite() && *g >= 0.0)
+            .with_context(|| format!("PARITY_DUMP_CACHE_GB={text:?}: give the dump cache's size limit in GB, a number like 16"))?,
+        Err(_) => 16.0,
+    };
+    let dir = std::env::var_os("PARITY_DUMP_CACHE_DIR").map_or_else(|| harness::suite::parity_cache().join("dump-cache"), PathBuf::from);
+    Ok(Some(DumpCache::open(&dir, (gigabytes * 1e9) as u64, &context)?))
 }
 
 impl Loaded {

@@ -12,7 +12,7 @@ fn provenance(run_id: &str) -> Provenance {
 fn info() -> RunInfo {
     let mut versions = BTreeMap::new();
     versions.insert("engine".to_string(), "0.1.0".to_string());
-    RunInfo { versions, host: "testhost".into(), threads: 2, replay: "parity run --threads 2".into() }
+    RunInfo { versions, host: "testhost".into(), threads: 2, replay: "parity run --threads 2".into(), ..RunInfo::default() }
 }
 
 /// A finished bundle with three outputs and one input file; returns (tempdir, bundle dir, input path).
