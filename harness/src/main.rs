@@ -69,7 +69,9 @@ fn main() -> ExitCode {
         },
     };
     // Input hashes are remembered between runs while the files stay unchanged (reports::hashes).
-    reports::hashes::keep_in(harness::suite::parity_cache().join("sha256.tsv"));
+    if let Err(e) = reports::hashes::keep_in(harness::suite::parity_cache().join("sha256.tsv")) {
+        eprintln!("parity: warning: input hashes are not remembered between runs: {e}");
+    }
     let result = match command {
         Command::Run(args) => cli::run::run(args, &root, started),
         Command::Diff(args) => cli::diff::run(args, &root),

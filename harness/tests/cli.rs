@@ -16,12 +16,15 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// `parity` with its hash store in the test's scratch folder (PARITY_CACHE), so tests neither read
+/// nor rewrite the engineer's.
 fn parity(args: &[&str], proof_dir: &Path, run_id: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_parity"))
         .args(args)
         .current_dir(root())
         .env("LLORCH_PROOF_DIR", proof_dir)
         .env("LLORCH_RUN_ID", run_id)
+        .env("PARITY_CACHE", proof_dir.join("parity-cache"))
         .env("NO_COLOR", "1")
         .output()
         .unwrap()

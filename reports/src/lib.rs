@@ -7,6 +7,7 @@
 
 pub mod bundle;
 pub mod confidence;
+pub(crate) mod files;
 pub mod hashes;
 pub mod html;
 pub mod json;
