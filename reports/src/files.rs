@@ -1,4 +1,5 @@
-//! Writing files so they survive: owner-only secrets, flushed to the disk.
+//! Writing files so they survive: owner-only secrets, and data flushed to the disk before a
+//! rename makes it visible.
 
 use std::fs;
 use std::io::Write;
@@ -19,6 +20,32 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// Writes `bytes` to `path` (replacing it) and flushes them to the disk before returning.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Flushes a file's data and metadata to the disk.
+pub fn sync_file(path: &Path) -> std::io::Result<()> {
+    fs::OpenOptions::new().write(true).open(path)?.sync_all()
+}
+
+/// Flushes a folder's entries (files created, renamed or removed in it) to the disk. Unix only:
+/// elsewhere a folder cannot be opened for this, and renames are journaled by the file system.
+pub fn sync_dir(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        fs::File::open(path)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +64,16 @@ mod tests {
         let again = write_private(&path, b"two").unwrap_err();
         assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(&path).unwrap(), b"one", "the first secret is kept");
+    }
+
+    #[test]
+    fn syncing_a_missing_file_or_folder_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        sync_file(&dir.path().join("f")).unwrap_err();
+        #[cfg(unix)]
+        sync_dir(&dir.path().join("d")).unwrap_err();
+        fs::write(dir.path().join("f"), "x").unwrap();
+        sync_file(&dir.path().join("f")).unwrap();
+        sync_dir(dir.path()).unwrap();
     }
 }
