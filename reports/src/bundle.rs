@@ -8,10 +8,14 @@
 //! file and folder is flushed to the disk before the rename, so a crash (or power loss) never
 //! leaves a complete-looking bundle with torn or empty files.
 //!
+//! The manifest's hashes prove integrity, not authorship: anyone can rewrite a file and its line.
+//! Given a key ([`Bundle::sign_with`]), the manifest is also signed (`manifest.sig`, [`signing`]).
+//!
 //! Every text file starts with a generated-file header (run id, time, command line, engine commit)
 //! in its format's comment syntax; JSON carries it in a top-level `"_generated"` field.
 
 use crate::hashes;
+use crate::signing::{self, Signer};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -128,6 +132,7 @@ pub struct Bundle {
     final_dir: PathBuf,
     inputs: Vec<FileHash>,
     outputs: BTreeSet<String>,
+    signer: Option<Signer>,
 }
 
 impl Bundle {
@@ -145,7 +150,12 @@ impl Bundle {
         }
         let tmp_dir = parent.join(format!("{}.tmp-{}", provenance.run_id, std::process::id()));
         fs::create_dir_all(&tmp_dir).map_err(io("creating", &tmp_dir))?;
-        Ok(Bundle { kind: kind.into(), provenance, tmp_dir, final_dir, inputs: Vec::new(), outputs: BTreeSet::new() })
+        Ok(Bundle { kind: kind.into(), provenance, tmp_dir, final_dir, inputs: Vec::new(), outputs: BTreeSet::new(), signer: None })
+    }
+
+    /// Signs the manifest with `signer` when the bundle is finished (`manifest.sig`).
+    pub fn sign_with(&mut self, signer: Signer) {
+        self.signer = Some(signer);
     }
 
     /// Where the bundle will be once finished.
@@ -198,8 +208,8 @@ impl Bundle {
         Ok(())
     }
 
-    /// Hashes every output, writes the manifest, flushes it all to the disk and renames the bundle
-    /// into place.
+    /// Hashes every output, writes the manifest (and its signature), flushes it all to the disk and
+    /// renames the bundle into place.
     pub fn finish(self, run: RunInfo) -> Result<PathBuf, BundleError> {
         let names: Vec<&String> = self.outputs.iter().collect();
         // Each file is flushed as it is hashed: on every core, and read back while still cached.
@@ -228,6 +238,10 @@ impl Bundle {
         let path = self.tmp_dir.join(MANIFEST);
         let manifest_text = with_header(MANIFEST, &body, &self.provenance)?;
         crate::files::write_synced(&path, manifest_text.as_bytes()).map_err(io("writing", &path))?;
+        if let Some(signer) = &self.signer {
+            let path = self.tmp_dir.join(signing::SIGNATURE);
+            crate::files::write_synced(&path, signer.signature_file(manifest_text.as_bytes()).as_bytes()).map_err(io("writing", &path))?;
+        }
         // The folders' entries too, so no file can be missing after a crash: every folder an output
         // made (`a/b/c.npy`: `a/b`, `a`) and the bundle's own ("").
         let mut dirs: BTreeSet<&Path> = self.outputs.iter().flat_map(|name| Path::new(name).ancestors().skip(1)).collect();
@@ -299,7 +313,8 @@ impl Verification {
     }
 }
 
-/// Re-hashes every input and output the bundle's manifest lists.
+/// Re-hashes every input and output the bundle's manifest lists. This proves integrity, not
+/// authorship: check `manifest.sig` with [`signing::check`] for who wrote it.
 pub fn verify(bundle_dir: &Path) -> Result<Verification, BundleError> {
     let path = bundle_dir.join(MANIFEST);
     let text = fs::read_to_string(&path).map_err(io("reading", &path))?;
@@ -319,7 +334,7 @@ pub fn verify(bundle_dir: &Path) -> Result<Verification, BundleError> {
     let listed: BTreeSet<&str> = manifest.output.iter().map(|f| f.path.as_str()).collect();
     for file in hashes::files_under(bundle_dir)? {
         let rel = file.strip_prefix(bundle_dir).unwrap_or(&file).to_string_lossy().replace('\\', "/");
-        if rel != MANIFEST && !listed.contains(rel.as_str()) {
+        if rel != MANIFEST && rel != signing::SIGNATURE && !listed.contains(rel.as_str()) {
             report.extra.push(rel);
         }
     }

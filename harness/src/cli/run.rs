@@ -42,12 +42,16 @@ pub fn run(args: RunArgs, root: &Path, started: std::time::Instant) -> Result<i3
         eprintln!("{line}");
     }
     let settings = super::BundleSettings::from_env();
+    let signer = settings.signer()?;
     let provenance = settings.provenance(&command_line(), &git_commit(root));
     // Live dumps go to a fresh owner-only folder, removed when this returns (even on an error).
     let live_dir = harness::live::PrivateDir::new("parity-live").context("making a private folder for the live dumps")?;
     let live_out = live_dir.path();
     let loaded = args.selection.load(root, live_out)?;
     let mut bundle = Bundle::create(&settings.root(root), "run", provenance.clone())?;
+    if let Some(signer) = signer {
+        bundle.sign_with(signer);
+    }
     let plant = |m: &mut engine::Model| super::plant::plant_in(&faults, m);
     let (mut results, runs) = loaded.run(&provenance.run_id, (!faults.is_empty()).then_some(&plant as &dyn Fn(&mut engine::Model)))?;
     if args.repeat > 1 {
