@@ -148,11 +148,16 @@ impl QTensor {
         assert_eq!(x.len(), n * cols, "matmul {}: input is not [{n}, {cols}]", self.name);
         assert_eq!(out.len(), n * rows, "matmul {}: output is not [{n}, {rows}]", self.name);
         if n == 1 {
+            // The row kernel's length check, made once here rather than on every row: rows are
+            // whole blocks (also checked by `new`, but the fields are public).
+            assert!(cols.is_multiple_of(self.dtype.block().0), "matmul {}: {cols} columns are not whole blocks", self.name);
             // Decode: one row at a time, each streamed start to end (four rows interleaved were
             // slower: the weights come from memory, and one stream per core prefetches best).
             out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(chunk, o)| {
                 for (i, y) in o.iter_mut().enumerate() {
-                    *y = self.dot_row(chunk * ROWS_PER_TASK + i, x);
+                    // SAFETY: `row` slices exactly `cols` values' bytes (checked indexing), `cols`
+                    // is whole blocks and `x` is `cols` long (both asserted above).
+                    *y = unsafe { kernels::dot_unchecked(self.dtype, self.row(chunk * ROWS_PER_TASK + i), x) };
                 }
             });
             return;
@@ -204,11 +209,6 @@ impl QTensor {
         // SAFETY: every bit pattern is a valid f32; align_to only hands out the aligned middle.
         let (head, values, tail) = unsafe { self.bytes.as_slice().align_to::<f32>() };
         (head.is_empty() && tail.is_empty()).then_some(values)
-    }
-
-    /// One output of a matrix-vector product, dequantizing in registers.
-    fn dot_row(&self, r: usize, x: &[f32]) -> f32 {
-        kernels::dot(self.dtype, self.row(r), x)
     }
 
     /// The `[cols, rows]` transpose of a 2-D unquantized tensor (HF Conv1D weights are stored
@@ -373,5 +373,20 @@ mod tests {
         assert!(err.is_err());
         let not_whole_blocks = QTensor::new("w", DType::Q8_0, vec![1, 16], Bytes::Owned(Arc::new(vec![0; 17])));
         assert!(not_whole_blocks.is_err());
+    }
+
+    #[test]
+    fn a_decode_matmul_refuses_a_shape_edited_to_part_blocks_after_new() {
+        // One Q8_0 block of scale 1 and quants 1: the row dots a vector of ones to 32.
+        let mut bytes = half::f16::from_f32(1.0).to_le_bytes().to_vec();
+        bytes.extend([1u8; 32]);
+        let mut t = QTensor::new("w", DType::Q8_0, vec![1, 32], Bytes::Owned(Arc::new(bytes))).unwrap();
+        let mut out = [0.0f32];
+        t.matmul(&[1.0; 32], 1, &mut out);
+        assert_eq!(out, [32.0]);
+        // The fields are public: a shape that no longer holds whole blocks panics, never reads past.
+        t.shape = vec![2, 16];
+        let refused = std::panic::catch_unwind(move || t.matmul(&[1.0; 16], 1, &mut [0.0f32; 2])).is_err();
+        assert!(refused);
     }
 }

@@ -29,11 +29,16 @@ enum Command {
     Dumps(cli::dumps::DumpsArgs),
     /// Measure the spread between the references and propose tolerances from it.
     Calibrate(cli::calibrate::CalibrateArgs),
-    /// Re-hash a proof bundle and say whether it is intact.
+    /// Re-hash a proof bundle and say whether it is intact (and, given a public key, who signed it).
     Verify {
         /// The bundle folder (.proof_bundle/run/<run id>).
         bundle: PathBuf,
+        /// A public key (`parity keygen`'s FILE.pub): exit 1 unless the bundle is signed by it.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
     },
+    /// Make a key pair to sign proof bundles with (LLORCH_SIGNING_KEY=FILE).
+    Keygen(cli::keygen::KeygenArgs),
     /// Join the results of several shard bundles into one bundle and report.
     Merge(cli::merge::MergeArgs),
     /// Run the engine alone and stream generated text to stdout.
@@ -71,14 +76,17 @@ fn main() -> ExitCode {
         },
     };
     // Input hashes are remembered between runs while the files stay unchanged (reports::hashes).
-    reports::hashes::keep_in(harness::suite::parity_cache().join("sha256.tsv"));
+    if let Err(e) = reports::hashes::keep_in(harness::suite::parity_cache().join("sha256.tsv")) {
+        eprintln!("parity: warning: input hashes are not remembered between runs: {e}");
+    }
     let result = match command {
         Command::Run(args) => cli::run::run(args, &root, started),
         Command::Diff(args) => cli::diff::run(args, &root),
         Command::Bisect(args) => cli::bisect::run(args, &root),
         Command::Calibrate(args) => cli::calibrate::run(args, &root),
         Command::Dumps(args) => cli::dumps::run(args, &root),
-        Command::Verify { bundle } => cli::merge::verify(&bundle),
+        Command::Verify { bundle, public_key } => cli::merge::verify(&bundle, public_key.as_deref()),
+        Command::Keygen(args) => cli::keygen::run(args).map(|()| 0),
         Command::Merge(args) => cli::merge::run(args, &root),
         Command::Generate(args) => cli::generate::run(args).map(|()| 0),
         Command::Inspect { path } => cli::inspect::run(&path).map(|()| 0),

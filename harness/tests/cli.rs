@@ -17,14 +17,38 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn parity(args: &[&str], proof_dir: &Path, run_id: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_parity"))
+    parity_signing(args, proof_dir, run_id, None)
+}
+
+/// `parity` with `LLORCH_SIGNING_KEY` set to `key` when given. The hash store is the test's own
+/// (PARITY_CACHE in its scratch folder), so tests neither read nor rewrite the engineer's.
+fn parity_signing(args: &[&str], proof_dir: &Path, run_id: &str, key: Option<&Path>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_parity"));
+    command
         .args(args)
         .current_dir(root())
         .env("LLORCH_PROOF_DIR", proof_dir)
         .env("LLORCH_RUN_ID", run_id)
+        .env("PARITY_CACHE", proof_dir.join("parity-cache"))
         .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+        .env_remove("LLORCH_SIGNING_KEY");
+    if let Some(key) = key {
+        command.env("LLORCH_SIGNING_KEY", key);
+    }
+    command.output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `parity keygen --out DIR/NAME`: the secret key's path and its fingerprint.
+fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let out = dir.join(name);
+    let made = parity(&["keygen", "--out", out.to_str().unwrap()], dir, "unused");
+    assert_eq!(made.status.code(), Some(0), "{}", stderr(&made));
+    let fingerprint = stdout(&made).lines().find_map(|l| l.strip_prefix("fingerprint: ")).unwrap().to_string();
+    (out, fingerprint)
 }
 
 fn stderr(o: &Output) -> String {
@@ -213,4 +237,76 @@ fn a_suite_that_drops_references_fails_its_own_gate() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("below the gate"), "{}", stderr(&out));
     std::fs::remove_dir_all(&proof).unwrap();
+}
+
+#[test]
+fn a_signed_bundle_names_its_signer_and_catches_results_edited_with_their_manifest_line() {
+    let proof = scratch("signed");
+    let (key, fingerprint) = keygen(&proof, "signer");
+    let public = format!("{}.pub", key.display());
+    let out = parity_signing(&["run", "--model", "tiny-llama-f32"], &proof, "signed", Some(&key));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let bundle = proof.join("run/signed");
+    let dir = bundle.to_str().unwrap();
+    let verify = parity(&["verify", dir, "--public-key", &public], &proof, "unused");
+    assert_eq!(verify.status.code(), Some(0), "{}", stdout(&verify));
+    assert!(stdout(&verify).contains(&format!("signed by {fingerprint}")), "{}", stdout(&verify));
+
+    // Flip one digit of results.json and write its new hash into the manifest: still "intact"...
+    let results = bundle.join("results.json");
+    let text = std::fs::read_to_string(&results).unwrap();
+    let at = text.find(|c: char| c.is_ascii_digit()).unwrap();
+    let digit = if &text[at..=at] == "1" { "2" } else { "1" };
+    let edited = format!("{}{digit}{}", &text[..at], &text[at + 1..]);
+    std::fs::write(&results, &edited).unwrap();
+    let manifest = std::fs::read_to_string(bundle.join("manifest.toml")).unwrap();
+    let sha = |bytes: &[u8]| reports::hashes::sha256_bytes(bytes);
+    let forged = manifest.replace(&sha(text.as_bytes()), &sha(edited.as_bytes()));
+    assert_ne!(forged, manifest, "the manifest lists results.json's hash");
+    std::fs::write(bundle.join("manifest.toml"), forged).unwrap();
+    let plain = parity(&["verify", dir], &proof, "unused");
+    assert_eq!(plain.status.code(), Some(0), "{}", stdout(&plain));
+    assert!(stdout(&plain).contains("proves integrity") && stdout(&plain).contains("not authorship"), "{}", stdout(&plain));
+    // ...but not signed by the key any more.
+    let verify = parity(&["verify", dir, "--public-key", &public], &proof, "unused");
+    assert_eq!(verify.status.code(), Some(1), "{}", stdout(&verify));
+    assert!(stdout(&verify).contains("BAD signature"), "{}", stdout(&verify));
+    std::fs::remove_dir_all(&proof).unwrap();
+}
+
+#[test]
+fn a_bundle_signed_by_another_key_or_unsigned_exits_1_under_public_key() {
+    let proof = scratch("other-signer");
+    let (theirs, their_fingerprint) = keygen(&proof, "theirs");
+    let (ours, _) = keygen(&proof, "ours");
+    let ours_public = format!("{}.pub", ours.display());
+    let out = parity_signing(&["run", "--model", "tiny-gpt2-f32", "--prompt", "fox"], &proof, "theirs", Some(&theirs));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let verify = parity(&["verify", proof.join("run/theirs").to_str().unwrap(), "--public-key", &ours_public], &proof, "unused");
+    assert_eq!(verify.status.code(), Some(1), "{}", stdout(&verify));
+    assert!(stdout(&verify).contains(&format!("signed by another key, {their_fingerprint}")), "{}", stdout(&verify));
+
+    std::fs::remove_file(proof.join("run/theirs/manifest.sig")).unwrap();
+    let verify = parity(&["verify", proof.join("run/theirs").to_str().unwrap(), "--public-key", &ours_public], &proof, "unused");
+    assert_eq!(verify.status.code(), Some(1), "{}", stdout(&verify));
+    assert!(stdout(&verify).contains("intact") && stdout(&verify).contains("NOT signed: no manifest.sig"), "{}", stdout(&verify));
+    std::fs::remove_dir_all(&proof).unwrap();
+}
+
+#[test]
+fn unusable_key_files_are_one_line_errors_with_exit_2() {
+    let dir = scratch("bad-keys");
+    let (key, _) = keygen(&dir, "k");
+    let missing = dir.join("missing.key");
+    let out = parity_signing(&["run", "--model", "tiny-llama-f32"], &dir, "no-key", Some(&missing));
+    assert_one_line_error(&out, "LLORCH_SIGNING_KEY");
+    assert!(stderr(&out).contains("missing.key") && !dir.join("run/no-key").exists(), "{}", stderr(&out));
+    let garbage = dir.join("garbage.pub");
+    std::fs::write(&garbage, "ssh-ed25519 AAAA\n").unwrap();
+    for (public, says) in [(garbage.as_path(), "not a parity key"), (key.as_path(), "this is a secret key"), (missing.as_path(), "missing.key")] {
+        let out = parity(&["verify", "fixtures", "--public-key", public.to_str().unwrap()], &dir, "unused");
+        assert_one_line_error(&out, says);
+    }
+    assert_one_line_error(&parity(&["keygen", "--out", key.to_str().unwrap()], &dir, "unused"), "already exists");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

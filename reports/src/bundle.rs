@@ -4,12 +4,18 @@
 //! Layout: `<root>/<kind>/<run_id>/`. `root` is the caller's proof folder if given, else `.proof_bundle/`
 //! under the project root. A bundle is written into `<run_id>.tmp-<pid>` and renamed into place by
 //! [`Bundle::finish`], so a bundle directory is either complete or absent; an interrupted run leaves
-//! its `.tmp-<pid>` directory behind for inspection. An existing bundle is never overwritten.
+//! its `.tmp-<pid>` directory behind for inspection. An existing bundle is never overwritten. Every
+//! file and folder is flushed to the disk before the rename, so a crash (or power loss) never
+//! leaves a complete-looking bundle with torn or empty files.
+//!
+//! The manifest's hashes prove integrity, not authorship: anyone can rewrite a file and its line.
+//! Given a key ([`Bundle::sign_with`]), the manifest is also signed (`manifest.sig`, [`signing`]).
 //!
 //! Every text file starts with a generated-file header (run id, time, command line, engine commit)
 //! in its format's comment syntax; JSON carries it in a top-level `"_generated"` field.
 
 use crate::hashes;
+use crate::signing::{self, Signer};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,8 +29,8 @@ pub const MANIFEST: &str = "manifest.toml";
 pub enum BundleError {
     #[error("proof bundle {0} already exists; bundles are never overwritten: set another LLORCH_RUN_ID or move it away")]
     Exists(PathBuf),
-    #[error("{action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{action} {path}: {reason}")]
+    Io { action: &'static str, path: PathBuf, reason: std::io::Error },
     #[error("bundle file name {0:?} must be a relative path that stays inside the bundle")]
     BadName(String),
     #[error("no generated-file header syntax for {0:?}: use write_bytes for binary files")]
@@ -39,7 +45,7 @@ pub enum BundleError {
 
 pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BundleError {
     let path = path.to_path_buf();
-    move |source| BundleError::Io { action, path, source }
+    move |reason| BundleError::Io { action, path, reason }
 }
 
 /// Who made the bundle: written into every file's header and the manifest. The caller supplies
@@ -134,6 +140,7 @@ pub struct Bundle {
     final_dir: PathBuf,
     inputs: Vec<FileHash>,
     outputs: BTreeSet<String>,
+    signer: Option<Signer>,
 }
 
 impl Bundle {
@@ -151,7 +158,12 @@ impl Bundle {
         }
         let tmp_dir = parent.join(format!("{}.tmp-{}", provenance.run_id, std::process::id()));
         fs::create_dir_all(&tmp_dir).map_err(io("creating", &tmp_dir))?;
-        Ok(Bundle { kind: kind.into(), provenance, tmp_dir, final_dir, inputs: Vec::new(), outputs: BTreeSet::new() })
+        Ok(Bundle { kind: kind.into(), provenance, tmp_dir, final_dir, inputs: Vec::new(), outputs: BTreeSet::new(), signer: None })
+    }
+
+    /// Signs the manifest with `signer` when the bundle is finished (`manifest.sig`).
+    pub fn sign_with(&mut self, signer: Signer) {
+        self.signer = Some(signer);
     }
 
     /// Where the bundle will be once finished.
@@ -204,10 +216,19 @@ impl Bundle {
         Ok(())
     }
 
-    /// Hashes every output, writes the manifest and renames the bundle into place.
+    /// Hashes every output, writes the manifest (and its signature), flushes it all to the disk and
+    /// renames the bundle into place.
     pub fn finish(self, run: RunInfo) -> Result<PathBuf, BundleError> {
         let names: Vec<&String> = self.outputs.iter().collect();
-        let hashes: Vec<_> = names.par_iter().map(|name| hash_file(&self.tmp_dir.join(name))).collect();
+        // Each file is flushed as it is hashed: on every core, and read back while still cached.
+        let hashes: Vec<_> = names
+            .par_iter()
+            .map(|name| {
+                let path = self.tmp_dir.join(name);
+                crate::files::sync_file(&path).map_err(io("flushing to disk", &path))?;
+                hash_file(&path)
+            })
+            .collect();
         let mut output = Vec::new();
         for (name, hash) in names.into_iter().zip(hashes) {
             let (sha256, bytes) = hash?;
@@ -223,12 +244,29 @@ impl Bundle {
         file_tables("input", &manifest.input, &mut body);
         file_tables("output", &manifest.output, &mut body);
         let path = self.tmp_dir.join(MANIFEST);
-        fs::write(&path, with_header(MANIFEST, &body, &self.provenance)?).map_err(io("writing", &path))?;
+        let manifest_text = with_header(MANIFEST, &body, &self.provenance)?;
+        crate::files::write_synced(&path, manifest_text.as_bytes()).map_err(io("writing", &path))?;
+        if let Some(signer) = &self.signer {
+            let path = self.tmp_dir.join(signing::SIGNATURE);
+            crate::files::write_synced(&path, signer.signature_file(manifest_text.as_bytes()).as_bytes()).map_err(io("writing", &path))?;
+        }
+        // The folders' entries too, so no file can be missing after a crash: every folder an output
+        // made (`a/b/c.npy`: `a/b`, `a`) and the bundle's own ("").
+        let mut dirs: BTreeSet<&Path> = self.outputs.iter().flat_map(|name| Path::new(name).ancestors().skip(1)).collect();
+        dirs.insert(Path::new(""));
+        for dir in dirs.iter().rev() {
+            let dir = self.tmp_dir.join(dir);
+            crate::files::sync_dir(&dir).map_err(io("flushing to disk", &dir))?;
+        }
         // rename(2) would happily replace an empty directory; refuse any existing one.
         if self.final_dir.exists() {
             return Err(BundleError::Exists(self.final_dir));
         }
         fs::rename(&self.tmp_dir, &self.final_dir).map_err(io("renaming the bundle into", &self.final_dir))?;
+        // The rename itself lasts once the parent folder's entries are on the disk.
+        if let Some(parent) = self.final_dir.parent() {
+            crate::files::sync_dir(parent).map_err(io("flushing to disk", parent))?;
+        }
         Ok(self.final_dir)
     }
 }
@@ -283,7 +321,8 @@ impl Verification {
     }
 }
 
-/// Re-hashes every input and output the bundle's manifest lists.
+/// Re-hashes every input and output the bundle's manifest lists. This proves integrity, not
+/// authorship: check `manifest.sig` with [`signing::check`] for who wrote it.
 pub fn verify(bundle_dir: &Path) -> Result<Verification, BundleError> {
     let path = bundle_dir.join(MANIFEST);
     let text = fs::read_to_string(&path).map_err(io("reading", &path))?;
@@ -303,7 +342,7 @@ pub fn verify(bundle_dir: &Path) -> Result<Verification, BundleError> {
     let listed: BTreeSet<&str> = manifest.output.iter().map(|f| f.path.as_str()).collect();
     for file in hashes::files_under(bundle_dir)? {
         let rel = file.strip_prefix(bundle_dir).unwrap_or(&file).to_string_lossy().replace('\\', "/");
-        if rel != MANIFEST && !listed.contains(rel.as_str()) {
+        if rel != MANIFEST && rel != signing::SIGNATURE && !listed.contains(rel.as_str()) {
             report.extra.push(rel);
         }
     }

@@ -78,10 +78,16 @@ fn make(setup: &Setup, case: &harness::suite::Case, reference: &str, fed: &Fed, 
     let tmp = at.join(format!("{reference}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     link_or_copy_tree(&dump.dir, &tmp)?;
-    if to.exists() {
-        std::fs::remove_dir_all(&to).with_context(|| format!("removing the old dump {}", to.display()))?;
+    // The old dump is moved aside first (a rename, so a reader finds the old or the new one
+    // whole), then removed.
+    let old = at.join(format!("{reference}.tmp-old-{}", std::process::id()));
+    match std::fs::rename(&to, &old) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("moving the old dump {} aside", to.display())),
     }
-    std::fs::rename(&tmp, &to).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    std::fs::rename(&tmp, &to).with_context(|| format!("renaming {} into place (is another `parity dumps` writing there?)", tmp.display()))?;
+    let _ = std::fs::remove_dir_all(&old);
     let how = match &origin {
         Some(o) if o.reused => format!("reused {}", &o.key.hex[..12]),
         Some(o) => format!("made, kept as {}", &o.key.hex[..12]),

@@ -1,9 +1,10 @@
-//! `parity verify` (is a bundle intact?) and `parity merge` (the shards of a CI matrix joined into
-//! one bundle and report).
+//! `parity verify` (is a bundle intact, and who signed it?) and `parity merge` (the shards of a CI
+//! matrix joined into one bundle and report).
 
 use anyhow::{bail, Context, Result};
 use reports::bundle::{self, Bundle, RunInfo};
 use reports::results::RunResults;
+use reports::signing::{self, Check, PublicKey};
 use reports::summary::Verdict;
 use std::path::{Path, PathBuf};
 
@@ -14,8 +15,11 @@ pub struct MergeArgs {
     pub bundles: Vec<PathBuf>,
 }
 
-/// Exit 0 when every listed file still has its recorded hash and nothing was added; 1 otherwise.
-pub fn verify(dir: &Path) -> Result<i32> {
+/// Exit 0 when every listed file still has its recorded hash and nothing was added, and, given a
+/// public key, the manifest is signed by it; 1 otherwise; 2 when the key file is unusable.
+pub fn verify(dir: &Path, public_key: Option<&Path>) -> Result<i32> {
+    // Read first: a key file error is bad input (exit 2), whatever the bundle holds.
+    let trusted = public_key.map(|path| PublicKey::load(path).context("--public-key")).transpose()?;
     let v = bundle::verify(dir).with_context(|| format!("verifying {}", dir.display()))?;
     for (what, files) in [("changed", &v.changed), ("missing", &v.missing), ("not in the manifest", &v.extra)] {
         for f in files {
@@ -25,13 +29,34 @@ pub fn verify(dir: &Path) -> Result<i32> {
     if !v.gone.is_empty() {
         println!("not re-hashable: {} live reference dump file(s), removed after the run as intended; their sha256 is in the manifest", v.gone.len());
     }
-    if v.is_clean() {
-        println!("intact: {}", dir.display());
-        Ok(0)
-    } else {
-        println!("NOT intact: {}", dir.display());
-        Ok(1)
-    }
+    let intact = v.is_clean();
+    println!("{}: {}", if intact { "intact" } else { "NOT intact" }, dir.display());
+    let Some(trusted) = trusted else {
+        println!("note: this proves integrity (no file changed since the manifest was written), not authorship: anyone can rewrite a file and its manifest line; give --public-key FILE to check who signed it");
+        if let Some(claimed) = signing::claimed_signer(dir) {
+            println!("{} names signer {claimed}, unchecked without --public-key", signing::SIGNATURE);
+        }
+        return Ok(if intact { 0 } else { 1 });
+    };
+    let signed = match signing::check(dir, &trusted) {
+        Check::Signed(fingerprint) => {
+            println!("signed by {fingerprint}");
+            true
+        }
+        Check::Unsigned => {
+            println!("NOT signed: no {} (the run had no LLORCH_SIGNING_KEY)", signing::SIGNATURE);
+            false
+        }
+        Check::OtherSigner(fingerprint) => {
+            println!("NOT signed by {}: signed by another key, {fingerprint}", trusted.fingerprint());
+            false
+        }
+        Check::Bad(why) => {
+            println!("BAD signature: {why}");
+            false
+        }
+    };
+    Ok(if intact && signed { 0 } else { 1 })
 }
 
 pub fn run(args: MergeArgs, root: &Path) -> Result<i32> {
@@ -57,9 +82,13 @@ pub fn run(args: MergeArgs, root: &Path) -> Result<i32> {
     }
     let Some(mut results) = merged else { bail!("give at least one bundle") };
     let settings = super::BundleSettings::from_env();
+    let signer = settings.signer()?;
     let provenance = settings.provenance(&std::env::args().collect::<Vec<_>>().join(" "), "merged");
     results.run_id = provenance.run_id.clone();
     let mut b = Bundle::create(&settings.root(root), "merge", provenance)?;
+    if let Some(signer) = signer {
+        b.sign_with(signer);
+    }
     for path in &inputs {
         b.add_input("shard results", path)?;
     }

@@ -8,22 +8,29 @@ pub mod diff;
 pub mod dumps;
 pub mod generate;
 pub mod inspect;
+pub mod keygen;
 pub mod merge;
 pub mod plant;
 pub mod run;
 pub mod select;
 pub mod threads;
 
-/// Where proof bundles go and what this run is called, from `LLORCH_PROOF_DIR` and `LLORCH_RUN_ID`:
-/// read here, once, and handed to the reports crate.
+/// Where proof bundles go, what this run is called and who signs them, from `LLORCH_PROOF_DIR`,
+/// `LLORCH_RUN_ID` and `LLORCH_SIGNING_KEY`: read here, once, and handed to the reports crate.
 pub struct BundleSettings {
     pub proof_dir: Option<std::path::PathBuf>,
     pub run_id: Option<String>,
+    /// A secret key file (`parity keygen`): every bundle written is signed with it.
+    pub signing_key: Option<std::path::PathBuf>,
 }
 
 impl BundleSettings {
     pub fn from_env() -> BundleSettings {
-        BundleSettings { proof_dir: std::env::var_os("LLORCH_PROOF_DIR").map(std::path::PathBuf::from), run_id: std::env::var("LLORCH_RUN_ID").ok() }
+        BundleSettings {
+            proof_dir: std::env::var_os("LLORCH_PROOF_DIR").map(std::path::PathBuf::from),
+            run_id: std::env::var("LLORCH_RUN_ID").ok(),
+            signing_key: std::env::var_os("LLORCH_SIGNING_KEY").filter(|v| !v.is_empty()).map(std::path::PathBuf::from),
+        }
     }
 
     /// A new bundle's provenance, stamped now.
@@ -34,5 +41,12 @@ impl BundleSettings {
     /// The folder bundles of this project go under.
     pub fn root(&self, project_root: &std::path::Path) -> std::path::PathBuf {
         reports::bundle::default_root(project_root, self.proof_dir.as_deref())
+    }
+
+    /// The signing key, loaded now: called before a run's work, so a bad key file fails at once.
+    pub fn signer(&self) -> anyhow::Result<Option<reports::signing::Signer>> {
+        use anyhow::Context;
+        let Some(path) = &self.signing_key else { return Ok(None) };
+        reports::signing::Signer::load(path).map(Some).context("LLORCH_SIGNING_KEY")
     }
 }

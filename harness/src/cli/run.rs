@@ -52,9 +52,13 @@ pub fn run(args: RunArgs, root: &Path, started: std::time::Instant) -> Result<i3
         eprintln!("{line}");
     }
     let settings = super::BundleSettings::from_env();
+    let signer = settings.signer()?;
     let provenance = settings.provenance(&command_line(), &git_commit(root));
     let loaded = args.selection.load(root)?;
     let mut bundle = Bundle::create(&settings.root(root), "run", provenance.clone())?;
+    if let Some(signer) = signer {
+        bundle.sign_with(signer);
+    }
     let plant = |m: &mut engine::Model| super::plant::plant_in(&faults, m);
     let (mut results, runs) = loaded.run(&provenance.run_id, (!faults.is_empty()).then_some(&plant as &dyn Fn(&mut engine::Model)))?;
     if args.repeat > 1 {

@@ -211,3 +211,28 @@ fn file_tables_read_back_as_written_whatever_the_path() {
     let back: Manifest = toml::from_str(&text).expect("parses");
     assert_eq!(back, manifest);
 }
+
+#[test]
+fn a_signed_bundle_catches_an_output_edited_together_with_its_manifest_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let key = tmp.path().join("signer");
+    let trusted = signing::generate(&key).expect("keygen");
+    let mut bundle = Bundle::create(&tmp.path().join("proof"), "run", provenance("signed")).expect("create");
+    bundle.sign_with(Signer::load(&key).expect("load"));
+    bundle.write_text("results.json", "{\n  \"verdict\": \"fail\"\n}\n").expect("json");
+    let dir = bundle.finish(info()).expect("finish");
+    assert!(verify(&dir).expect("verify").is_clean(), "manifest.sig is not an unlisted extra file");
+    assert_eq!(signing::check(&dir, &trusted), signing::Check::Signed(trusted.fingerprint()));
+
+    // A forger rewrites the verdict and the manifest's hash for it: integrity alone is fooled...
+    let results = dir.join("results.json");
+    let before = hash_file(&results).expect("hash").0;
+    let edited = fs::read_to_string(&results).expect("read").replace("\"fail\"", "\"pass\"");
+    fs::write(&results, edited).expect("edit");
+    let after = hash_file(&results).expect("hash").0;
+    let manifest = fs::read_to_string(dir.join(MANIFEST)).expect("manifest").replace(&before, &after);
+    fs::write(dir.join(MANIFEST), manifest).expect("edit the manifest");
+    assert!(verify(&dir).expect("verify").is_clean());
+    // ...the signature is not.
+    assert!(matches!(signing::check(&dir, &trusted), signing::Check::Bad(_)));
+}
