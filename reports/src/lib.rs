@@ -2,7 +2,7 @@
 //!
 //! [`results`] is the data model comparison produces and every report reads; [`summary`] regroups it
 //! into the checkpoint x reference grid and the verdict; [`confidence`] grades the run by a documented
-//! rule; [`markdown`], [`html`], [`junit`] and [`json`] render it; [`bundle`] writes a proof bundle,
+//! rule; [`vocab`] names every closed set once; [`markdown`], [`html`], [`junit`] and [`json`] render it; [`bundle`] writes a proof bundle,
 //! whose input hashes [`hashes`] remembers between runs.
 
 pub mod bundle;
@@ -14,6 +14,7 @@ pub mod junit;
 pub mod markdown;
 pub mod results;
 pub mod summary;
+pub mod vocab;
 
 #[cfg(test)]
 pub(crate) mod fixture;
