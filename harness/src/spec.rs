@@ -147,7 +147,8 @@ impl Spec {
         // One line, as every error of the binary: the message and where, not toml's snippet.
         toml::from_str(text).map_err(|e: toml::de::Error| SpecError::Parse {
             origin: origin.to_string(),
-            line: e.span().map_or(0, |span| text[..span.start.min(text.len())].matches('\n').count() + 1),
+            // Counted on bytes: a span is never trusted to fall on a char boundary.
+            line: e.span().map_or(0, |span| text.as_bytes().iter().take(span.start).filter(|&&b| b == b'\n').count() + 1),
             message: e.message().trim().to_string(),
         })
     }
