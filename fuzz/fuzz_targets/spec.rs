@@ -13,6 +13,6 @@ fn catalog() -> &'static Catalog {
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     if let Ok(spec) = Spec::parse(text, "fuzz") {
-        let _ = spec.validate(catalog());
+        let _ = spec.validate(catalog(), "fuzz");
     }
 });

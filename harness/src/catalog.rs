@@ -1,15 +1,16 @@
 //! The checkpoint catalog (`checkpoints/catalog.toml`), read at run time, and the list of dump keys
 //! a given model should produce, in the order a forward pass produces them.
 
+use reports::vocab::TensorName;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-/// Catalog tensors the harness treats specially, named once here: the decode path's logits (read as
+/// Catalog tensors the harness treats specially, as keys: the decode path's logits (read as
 /// evidence for token flips, recomputed by one prefill) and the sampling checkpoint's two tensors
-/// (judged knowing where the samplers' cuts are).
-pub const STEP_LOGITS: &str = "step_logits";
-pub const SAMPLER_PROBS: &str = "sampler_probs";
-pub const SAMPLED: &str = "sampled";
+/// (judged knowing where the samplers' cuts are). Spelled by the vocabulary.
+pub const STEP_LOGITS: &str = TensorName::StepLogits.as_str();
+pub const SAMPLER_PROBS: &str = TensorName::SamplerProbs.as_str();
+pub const SAMPLED: &str = TensorName::Sampled.as_str();
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {

@@ -6,20 +6,18 @@
 //! Comparing a dump with itself (the same file on both sides) would pass trivially; making sure the
 //! two sides come from different runs is the caller's concern.
 
-use crate::catalog::{Entry, STEP_LOGITS};
+use crate::catalog::Entry;
 use crate::dumps::{Dump, Lookup};
 use crate::metrics;
 use crate::noise::{Distance, Floor, Scale};
-use crate::spec::{Op, Spec};
+use crate::spec::{Class, Metric, Op, Spec};
 use crate::tensor::{unravel, Tensor, Values};
 use reports::results::{CheckResult, Judgement, Status, STEP_METRIC};
+use reports::vocab::{CheckpointName, TensorName};
 use std::collections::BTreeMap;
 
 /// `topk_overlap` compares the ten most likely next tokens.
 pub const TOPK: usize = 10;
-
-/// Tensors holding probability vectors, judged also by KL divergence and top-k overlap.
-const PROBABILITY_TENSORS: [&str; 2] = ["probs", "sampler_probs"];
 
 /// A token flip: at generated step `step` (step 0 is `argmax`, the token after the prompt) the
 /// engine chose `engine` and the reference `reference`.
@@ -60,14 +58,21 @@ impl Tokens<'static> {
 
 /// Every entry of `entries`, the engine's tensor (by key) against the dump's. `tokens` says how a
 /// token flip is judged ([`Tie`]). `class` picks the tolerance class in `spec`.
-pub fn compare_case(engine: &BTreeMap<String, Tensor>, dump: &Dump, entries: &[Entry], spec: &Spec, class: &str, tokens: Tokens) -> Vec<CheckResult> {
+pub fn compare_case(
+    engine: &BTreeMap<String, Tensor>,
+    dump: &Dump,
+    entries: &[Entry],
+    spec: &Spec,
+    class: Class,
+    tokens: Tokens,
+) -> Vec<CheckResult> {
     use rayon::prelude::*;
     // Entries are independent (each reads its own tensor file); the order of `entries` is kept.
     entries.par_iter().map(|entry| compare_entry(engine, dump, entry, spec, class, tokens)).collect()
 }
 
 /// One entry of [`compare_case`]: the dump's tensor read, then [`check`]ed.
-fn compare_entry(engine: &BTreeMap<String, Tensor>, dump: &Dump, entry: &Entry, spec: &Spec, class: &str, tokens: Tokens) -> CheckResult {
+fn compare_entry(engine: &BTreeMap<String, Tensor>, dump: &Dump, entry: &Entry, spec: &Spec, class: Class, tokens: Tokens) -> CheckResult {
     match dump.get(&entry.key) {
         Ok(reference) => check(entry, engine.get(&entry.key), &reference, spec, class, tokens),
         Err(e) => result(entry, Status::Missing, Some(format!("reference tensor unreadable: {e}")), BTreeMap::new(), vec![]),
@@ -78,7 +83,7 @@ fn compare_entry(engine: &BTreeMap<String, Tensor>, dump: &Dump, entry: &Entry, 
 /// near-tie gaps: every (reference, entry) pair on the pool, the largest engine tensors first, so
 /// what is left when a core runs out of work is small and no core waits on one large tensor at
 /// the end. Results per reference, in the order of `entries`.
-pub fn compare_all(engine: &BTreeMap<String, Tensor>, dumps: &[(&Dump, &str)], entries: &[Entry], spec: &Spec) -> Vec<Vec<CheckResult>> {
+pub fn compare_all(engine: &BTreeMap<String, Tensor>, dumps: &[(&Dump, Class)], entries: &[Entry], spec: &Spec) -> Vec<Vec<CheckResult>> {
     use rayon::prelude::*;
     let sizes: Vec<usize> = entries.iter().map(|e| engine.get(&e.key).map_or(0, Tensor::len)).collect();
     let mut jobs: Vec<(usize, usize)> = (0..dumps.len()).flat_map(|d| (0..entries.len()).map(move |i| (d, i))).collect();
@@ -108,7 +113,7 @@ pub fn compare_all(engine: &BTreeMap<String, Tensor>, dumps: &[(&Dump, &str)], e
 /// and is judged against the references by the pooled tolerances.
 pub fn compare_with_truth(
     engine: &BTreeMap<String, Tensor>,
-    dumps: &[(&Dump, &str)],
+    dumps: &[(&Dump, Class)],
     truth: &Dump,
     entries: &[Entry],
     spec: &Spec,
@@ -133,13 +138,13 @@ pub fn compare_with_truth(
 /// One entry of [`compare_with_truth`]: (the check against each reference, the check against the truth).
 fn entry_with_truth(
     engine: &BTreeMap<String, Tensor>,
-    dumps: &[(&Dump, &str)],
+    dumps: &[(&Dump, Class)],
     truth: &Dump,
     entry: &Entry,
     spec: &Spec,
 ) -> (Vec<CheckResult>, CheckResult) {
     let references: Vec<Result<Lookup, String>> = dumps.iter().map(|(d, _)| d.get(&entry.key).map_err(|e| e.to_string())).collect();
-    let sides: Vec<(&str, &str)> = dumps.iter().map(|(d, class)| (d.manifest.reference.as_str(), *class)).collect();
+    let sides: Vec<(&str, Class)> = dumps.iter().map(|(d, class)| (d.manifest.reference.as_str(), *class)).collect();
     judge_with_truth(entry, engine.get(&entry.key), &references, &sides, truth.get(&entry.key).map_err(|e| e.to_string()), spec)
 }
 
@@ -149,7 +154,7 @@ pub fn judge_with_truth(
     entry: &Entry,
     mine: Option<&Tensor>,
     references: &[Result<Lookup, String>],
-    sides: &[(&str, &str)],
+    sides: &[(&str, Class)],
     truth: Result<Lookup, String>,
     spec: &Spec,
 ) -> (Vec<CheckResult>, CheckResult) {
@@ -159,7 +164,7 @@ pub fn judge_with_truth(
             .iter()
             .zip(sides)
             .map(|(lookup, (_, class))| match lookup {
-                Ok(lookup) => check(entry, mine, lookup, spec, class, Tokens::unknown()),
+                Ok(lookup) => check(entry, mine, lookup, spec, *class, Tokens::unknown()),
                 Err(e) => unreadable(e.clone()),
             })
             .map(|mut c| {
@@ -187,7 +192,7 @@ pub fn judge_with_truth(
         {
             tv
         }
-        _ => return (pooled(Some("the truth cannot judge this tensor")), check(entry, mine, &truth_lookup, spec, "f32", Tokens::unknown())),
+        _ => return (pooled(Some("the truth cannot judge this tensor")), check(entry, mine, &truth_lookup, spec, Class::F32, Tokens::unknown())),
     };
     // Each reference's distance from the truth, and the truth's scale its sums measured on the way.
     let distance_of = |lookup: &Result<Lookup, String>| -> Option<(Distance, Scale)> {
@@ -206,7 +211,7 @@ pub fn judge_with_truth(
     let by: Vec<(String, Distance)> = sides
         .iter()
         .zip(&distances)
-        .filter(|((_, class), _)| *class == "f32")
+        .filter(|((_, class), _)| *class == Class::F32)
         .filter_map(|((name, _), dist)| Some((name.to_string(), (*dist)?)))
         .collect();
     let Some(floor) = Floor::of(by) else {
@@ -217,7 +222,7 @@ pub fn judge_with_truth(
     let scale =
         measured.iter().flatten().map(|(_, s)| *s).next().unwrap_or_else(|| Scale::of_reference(&metrics::Sums::of(truth_tensor, truth_tensor)));
     let against_truth =
-        check_with(entry, mine, &truth_lookup, spec, "f32", Some(NoiseBound { floor: &floor, scale, offset: None }), Tokens::unknown());
+        check_with(entry, mine, &truth_lookup, spec, Class::F32, Some(NoiseBound { floor: &floor, scale, offset: None }), Tokens::unknown());
     let by_reference = references
         .iter()
         .zip(&distances)
@@ -225,16 +230,16 @@ pub fn judge_with_truth(
         .map(|((lookup, distance), (_, class))| match (lookup, distance) {
             (Err(e), _) => unreadable(e.clone()),
             (Ok(lookup), Some(d)) => {
-                check_with(entry, mine, lookup, spec, class, Some(NoiseBound { floor: &floor, scale, offset: Some(*d) }), Tokens::unknown())
+                check_with(entry, mine, lookup, spec, *class, Some(NoiseBound { floor: &floor, scale, offset: Some(*d) }), Tokens::unknown())
             }
-            (Ok(lookup), None) => check(entry, mine, lookup, spec, class, Tokens::unknown()),
+            (Ok(lookup), None) => check(entry, mine, lookup, spec, *class, Tokens::unknown()),
         })
         .collect();
     (by_reference, against_truth)
 }
 
 /// One entry: the engine's tensor (if it produced one) against what the reference dump holds.
-pub fn check(entry: &Entry, engine: Option<&Tensor>, reference: &Lookup, spec: &Spec, class: &str, tokens: Tokens) -> CheckResult {
+pub fn check(entry: &Entry, engine: Option<&Tensor>, reference: &Lookup, spec: &Spec, class: Class, tokens: Tokens) -> CheckResult {
     check_with(entry, engine, reference, spec, class, None, tokens)
 }
 
@@ -255,7 +260,7 @@ pub fn check_with(
     engine: Option<&Tensor>,
     reference: &Lookup,
     spec: &Spec,
-    class: &str,
+    class: Class,
     noise: Option<NoiseBound>,
     tokens: Tokens,
 ) -> CheckResult {
@@ -289,27 +294,27 @@ pub fn check_with(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check_ids(entry: &Entry, engine: &Tensor, reference: &Tensor, e: &[i64], r: &[i64], spec: &Spec, class: &str, tokens: Tokens) -> CheckResult {
+fn check_ids(entry: &Entry, engine: &Tensor, reference: &Tensor, e: &[i64], r: &[i64], spec: &Spec, class: Class, tokens: Tokens) -> CheckResult {
     // A generated sequence of another length diverged (one side stopped early): a token mismatch,
     // not a layout error. Every other id tensor must match its shape exactly.
-    let sequence = entry.checkpoint == "generated";
+    let sequence = CheckpointName::Generated.is(&entry.checkpoint);
     if !(sequence && engine.shape.len() == 1 && reference.shape.len() == 1) && engine.shape != reference.shape {
         return result(entry, Status::Layout, Some(shape_note(engine, reference)), BTreeMap::new(), vec![]);
     }
     let mismatches = metrics::id_mismatches(r, e);
-    let mut values = BTreeMap::from([("mismatches".to_string(), mismatches as f64)]);
+    let mut values = BTreeMap::from([(Metric::Mismatches.to_string(), mismatches as f64)]);
     let first = metrics::first_mismatch(r, e);
     if let Some(k) = first {
-        values.insert("first_mismatch".into(), k as f64);
+        values.insert(Metric::FirstMismatch.to_string(), k as f64);
     }
-    let judgement = judge("mismatches", mismatches as f64, Op::Le, 0.0);
+    let judgement = judge(Metric::Mismatches, mismatches as f64, Op::Le, 0.0);
     let Some(first) = first else {
         return result(entry, Status::Pass, None, values, vec![judgement]);
     };
     // argmax is the token before generated step 0; a flip there or in `generated` may be a near-tie.
-    let step_of = |k: usize| match entry.checkpoint.as_str() {
-        "argmax" => Some(0),
-        "generated" => Some(k),
+    let step_of = |k: usize| match CheckpointName::of(&entry.checkpoint) {
+        Some(CheckpointName::Argmax) => Some(0),
+        Some(CheckpointName::Generated) => Some(k),
         _ => None,
     };
     // On one shared history every flip is judged; on diverging ones only the first means anything.
@@ -325,7 +330,7 @@ fn check_ids(entry: &Entry, engine: &Tensor, reference: &Tensor, e: &[i64], r: &
         let flip = Flip { step, engine: engine_id, reference: reference_id };
         match (tokens.tie)(&flip) {
             Tie::ReferenceGap { gap, limit } => {
-                values.insert(format!("reference_gap.{k}"), gap);
+                values.insert(Metric::ReferenceGap.of_member(k), gap);
                 let how = format!("the reference's own logit gap between the two tokens is {gap:.3e}");
                 if gap <= limit {
                     ties.push(format!("{divergence} ({how}, within 2x the per-logit noise {limit:.3e})"));
@@ -337,7 +342,7 @@ fn check_ids(entry: &Entry, engine: &Tensor, reference: &Tensor, e: &[i64], r: &
             Tie::EngineGap(gap) => {
                 let tie = spec.near_tie_gap(&entry.checkpoint, class);
                 if let Some(g) = gap {
-                    values.insert("reference_top2_gap".into(), g);
+                    values.insert(Metric::ReferenceTop2Gap.to_string(), g);
                 }
                 let how = |g: f64| format!("after the reference's tokens up to there, the engine's top-two logit gap is {g:.3e}");
                 let fail = |note: String| result(entry, Status::Fail, Some(note), values.clone(), vec![judgement.clone()]);
@@ -363,7 +368,7 @@ fn check_f32(
     e: &[f32],
     r: &[f32],
     spec: &Spec,
-    class: &str,
+    class: Class,
     noise: Option<NoiseBound>,
 ) -> CheckResult {
     if engine.shape != reference.shape {
@@ -384,9 +389,10 @@ fn check_f32(
     if !bad.is_empty() {
         return result(entry, Status::NonFinite, Some(bad.join("; ")), BTreeMap::new(), vec![]);
     }
-    let mut all = metrics_of(&sums, r, e, PROBABILITY_TENSORS.contains(&entry.tensor.as_str()));
+    let typed = metrics_of(&sums, r, e, TensorName::is_probability(&entry.tensor));
+    let mut all: BTreeMap<String, f64> = typed.iter().map(|(m, v)| (m.to_string(), *v)).collect();
     // The decode path's error along the generation, one value per step, for the per-step chart.
-    if entry.tensor == STEP_LOGITS {
+    if TensorName::StepLogits.is(&entry.tensor) {
         if let [steps, vocab] = reference.shape[..] {
             for t in 0..steps {
                 let row = t * vocab..(t + 1) * vocab;
@@ -397,21 +403,23 @@ fn check_f32(
     if let Some(bound) = noise {
         let d = Distance::of(&sums, &bound.scale);
         all.extend([
-            ("rel_rms".to_string(), d.rms),
-            ("rel_max".to_string(), d.max),
-            ("noise_rms".to_string(), bound.floor.noise.rms),
-            ("noise_max".to_string(), bound.floor.noise.max),
+            (Metric::RelRms.to_string(), d.rms),
+            (Metric::RelMax.to_string(), d.max),
+            (Metric::NoiseRms.to_string(), bound.floor.noise.rms),
+            (Metric::NoiseMax.to_string(), bound.floor.noise.max),
         ]);
         let allowed = bound.floor.engine_allowance();
         let judgements = match bound.offset {
             None => {
-                all.insert("noise_units".to_string(), d.in_units_of(bound.floor.noise));
-                all.extend(bound.floor.by.iter().flat_map(|(name, d)| [(format!("rel_rms.{name}"), d.rms), (format!("rel_max.{name}"), d.max)]));
-                vec![judge("rel_rms", d.rms, Op::Le, allowed.rms), judge("rel_max", d.max, Op::Le, allowed.max)]
+                all.insert(Metric::NoiseUnits.to_string(), d.in_units_of(bound.floor.noise));
+                all.extend(
+                    bound.floor.by.iter().flat_map(|(name, d)| [(Metric::RelRms.of_member(name), d.rms), (Metric::RelMax.of_member(name), d.max)]),
+                );
+                vec![judge(Metric::RelRms, d.rms, Op::Le, allowed.rms), judge(Metric::RelMax, d.max, Op::Le, allowed.max)]
             }
             Some(offset) => vec![
-                judge("excess_rms", (d.rms - offset.rms).max(0.0), Op::Le, allowed.rms),
-                judge("excess_max", (d.max - offset.max).max(0.0), Op::Le, allowed.max),
+                judge(Metric::ExcessRms, (d.rms - offset.rms).max(0.0), Op::Le, allowed.rms),
+                judge(Metric::ExcessMax, (d.max - offset.max).max(0.0), Op::Le, allowed.max),
             ],
         };
         let status = if judgements.iter().all(|j| j.pass) { Status::Pass } else { Status::Fail };
@@ -423,36 +431,37 @@ fn check_f32(
         let note = format!("no {class} tolerances for checkpoint {} in the spec: not judged, so not passed", entry.checkpoint);
         return result(entry, Status::Fail, Some(note), finite_only(&all), vec![]);
     };
-    let judgements: Vec<Judgement> = thresholds.iter().map(|(m, t)| judge(m, all.get(m).copied().unwrap_or(f64::NAN), t.op, t.threshold)).collect();
+    let judgements: Vec<Judgement> =
+        thresholds.iter().map(|(&m, t)| judge(m, typed.get(&m).copied().unwrap_or(f64::NAN), t.op, t.threshold)).collect();
     let status = if judgements.iter().all(|j| j.pass) { Status::Pass } else { Status::Fail };
     let note = judgements
         .iter()
-        .filter(|j| !all.contains_key(&j.metric))
+        .filter(|j| !typed.contains_key(&j.metric))
         .map(|j| format!("metric {} is not computed for this tensor", j.metric))
         .collect::<Vec<_>>();
     result(entry, status, (!note.is_empty()).then(|| note.join("; ")), finite_only(&all), judgements)
 }
 
 /// Every metric of an f32 comparison (both finite, same length). KL and top-k only for probabilities.
-pub fn f32_metrics(reference: &[f32], engine: &[f32], probabilities: bool) -> BTreeMap<String, f64> {
+pub fn f32_metrics(reference: &[f32], engine: &[f32], probabilities: bool) -> BTreeMap<Metric, f64> {
     metrics_of(&metrics::Sums::of(reference, engine), reference, engine, probabilities)
 }
 
 /// [`f32_metrics`] from the sums already gathered over the same two tensors.
-fn metrics_of(sums: &metrics::Sums, reference: &[f32], engine: &[f32], probabilities: bool) -> BTreeMap<String, f64> {
+fn metrics_of(sums: &metrics::Sums, reference: &[f32], engine: &[f32], probabilities: bool) -> BTreeMap<Metric, f64> {
     let mut m = BTreeMap::from([
-        ("max_abs".to_string(), sums.max_abs),
-        ("max_rel".to_string(), sums.max_rel),
-        ("max_abs_scaled".to_string(), sums.max_abs_scaled()),
-        ("mean_abs".to_string(), sums.mean_abs()),
-        ("rmse".to_string(), sums.rmse()),
-        ("nmse".to_string(), sums.nmse()),
-        ("cosine".to_string(), sums.cosine()),
-        ("sqnr_db".to_string(), sums.sqnr_db()),
+        (Metric::MaxAbs, sums.max_abs),
+        (Metric::MaxRel, sums.max_rel),
+        (Metric::MaxAbsScaled, sums.max_abs_scaled()),
+        (Metric::MeanAbs, sums.mean_abs()),
+        (Metric::Rmse, sums.rmse()),
+        (Metric::Nmse, sums.nmse()),
+        (Metric::Cosine, sums.cosine()),
+        (Metric::SqnrDb, sums.sqnr_db()),
     ]);
     if probabilities {
-        m.insert("kl_divergence".into(), metrics::kl_divergence(reference, engine));
-        m.insert("topk_overlap".into(), metrics::topk_overlap(reference, engine, TOPK));
+        m.insert(Metric::KlDivergence, metrics::kl_divergence(reference, engine));
+        m.insert(Metric::TopkOverlap, metrics::topk_overlap(reference, engine, TOPK));
     }
     m
 }
@@ -463,15 +472,8 @@ fn finite_only(m: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     m.iter().filter(|(_, v)| v.is_finite()).map(|(k, v)| (k.clone(), *v)).collect()
 }
 
-fn judge(metric: &str, value: f64, op: Op, threshold: f64) -> Judgement {
-    Judgement {
-        metric: metric.to_string(),
-        value,
-        op: op.as_str().to_string(),
-        threshold,
-        margin: crate::spec::margin(metric, op, value, threshold),
-        pass: op.holds(value, threshold),
-    }
+fn judge(metric: Metric, value: f64, op: Op, threshold: f64) -> Judgement {
+    Judgement { metric, value, op, threshold, margin: crate::spec::margin(metric, op, value, threshold), pass: op.holds(value, threshold) }
 }
 
 fn shape_note(engine: &Tensor, reference: &Tensor) -> String {
@@ -591,7 +593,7 @@ mod tests {
     }
 
     fn run(key: &str, engine: Option<Tensor>, reference: Lookup) -> CheckResult {
-        check(&entry(key), engine.as_ref(), &reference, &spec(), "f32", Tokens::unknown())
+        check(&entry(key), engine.as_ref(), &reference, &spec(), Class::F32, Tokens::unknown())
     }
 
     fn t(shape: &[usize], v: &[f32]) -> Tensor {
@@ -622,7 +624,7 @@ mod tests {
             dumps.push(Dump::open(&at).unwrap());
         }
         let entries: Vec<Entry> = keys.iter().map(|k| entry(k)).collect();
-        let classes = ["f32", "quantized"];
+        let classes = [Class::F32, Class::Quantized];
         let all = compare_all(&engine, &[(&dumps[0], classes[0]), (&dumps[1], classes[1])], &entries, &spec());
         for (d, dump) in dumps.iter().enumerate() {
             assert_eq!(all[d], compare_case(&engine, dump, &entries, &spec(), classes[d], Tokens::unknown()), "reference {d}");
@@ -647,7 +649,7 @@ mod tests {
     fn an_error_beyond_tolerance_fails_with_a_negative_margin() {
         let r = run("blk.0.attn_out", Some(t(&[4], &[1.0, 2.0, 3.0, 4.1])), Lookup::Tensor(t(&[4], &[1.0, 2.0, 3.0, 4.0])));
         assert_eq!(r.status, Status::Fail);
-        let j = r.judgements.iter().find(|j| j.metric == "max_abs_scaled").unwrap();
+        let j = r.judgements.iter().find(|j| j.metric == Metric::MaxAbsScaled).unwrap();
         // |0.1| / 4 = 0.025, far beyond any calibrated f32 threshold
         assert!((j.value - 0.025).abs() < 1e-6 && !j.pass && j.threshold < 0.025);
         assert!((j.margin - (j.threshold - j.value) / j.threshold).abs() < 1e-9 && j.margin < 0.0);
@@ -661,7 +663,7 @@ mod tests {
         let r = run("blk.0.attn_out", Some(t(&[2], &[1.0, 1.0])), Lookup::Tensor(t(&[2], &[1.0, f32::INFINITY])));
         assert_eq!(r.status, Status::NonFinite);
         // The judging step itself, had a NaN got through: `>=` is false for NaN.
-        assert!(!judge("cosine", f64::NAN, crate::spec::Op::Ge, 0.9).pass);
+        assert!(!judge(Metric::Cosine, f64::NAN, crate::spec::Op::Ge, 0.9).pass);
     }
 
     #[test]
@@ -718,13 +720,13 @@ mod tests {
         let e = Some(Tensor::ids(vec![3], vec![5, 6, 7]));
         let reference = Lookup::Tensor(Tensor::ids(vec![3], vec![5, 6, 8]));
         let tight = |f: &Flip| Tie::EngineGap(if f.step == 2 { Some(1e-4) } else { Some(5.0) });
-        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", Tokens { aligned: false, tie: &tight });
+        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), Class::F32, Tokens { aligned: false, tie: &tight });
         assert_eq!(r.status, Status::NearTie, "{r:?}");
         assert_eq!(r.metrics["first_mismatch"], 2.0);
         let wide = |_: &Flip| Tie::EngineGap(Some(0.5));
-        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", Tokens { aligned: false, tie: &wide });
+        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), Class::F32, Tokens { aligned: false, tie: &wide });
         assert_eq!(r.status, Status::Fail);
-        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", Tokens::unknown());
+        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), Class::F32, Tokens::unknown());
         assert_eq!(r.status, Status::Fail);
         // A shorter sequence diverges where it ends; not a layout error.
         let r = run("generated", Some(Tensor::ids(vec![2], vec![5, 6])), Lookup::Tensor(Tensor::ids(vec![3], vec![5, 6, 8])));
@@ -740,7 +742,8 @@ mod tests {
             Tie::EngineGap(Some(1e-5))
         };
         let tokens = Tokens { aligned: false, tie: &gap };
-        let r = check(&entry("argmax"), Some(&Tensor::ids(vec![], vec![3])), &Lookup::Tensor(Tensor::ids(vec![], vec![4])), &spec(), "f32", tokens);
+        let r =
+            check(&entry("argmax"), Some(&Tensor::ids(vec![], vec![3])), &Lookup::Tensor(Tensor::ids(vec![], vec![4])), &spec(), Class::F32, tokens);
         assert_eq!((r.status, asked.load(Ordering::Relaxed)), (Status::NearTie, 0));
     }
 
@@ -751,17 +754,17 @@ mod tests {
         // Step 1 is close on the reference's logits, step 3 is not: the run fails at step 3,
         // which a first-flip-only comparison would never have looked at.
         let gaps = |f: &Flip| Tie::ReferenceGap { gap: if f.step == 1 { 0.01 } else { 0.3 }, limit: 0.05 };
-        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", Tokens { aligned: true, tie: &gaps });
+        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), Class::F32, Tokens { aligned: true, tie: &gaps });
         assert_eq!(r.status, Status::Fail, "{r:?}");
         assert!(r.note.as_deref().unwrap().contains("position 3") && r.note.as_deref().unwrap().contains("did not consider it close"));
         assert_eq!((r.metrics["mismatches"], r.metrics["reference_gap.1"]), (2.0, 0.01));
         let close = |_: &Flip| Tie::ReferenceGap { gap: 0.01, limit: 0.05 };
-        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", Tokens { aligned: true, tie: &close });
+        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), Class::F32, Tokens { aligned: true, tie: &close });
         assert_eq!(r.status, Status::NearTie);
         assert!(r.note.as_deref().unwrap().contains("position 1") && r.note.as_deref().unwrap().contains("position 3"));
         // The engine's own gap is never asked for on a shared history.
         let engine_gap = |_: &Flip| Tie::EngineGap(Some(1e-9));
-        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), "f32", Tokens { aligned: true, tie: &engine_gap });
+        let r = check(&entry("generated"), e.as_ref(), &reference, &spec(), Class::F32, Tokens { aligned: true, tie: &engine_gap });
         assert_eq!(r.status, Status::NearTie, "the legacy evidence still works when it is all there is");
     }
 
@@ -777,9 +780,12 @@ mod tests {
     #[test]
     fn a_checkpoint_without_tolerances_fails_rather_than_passing_unjudged() {
         let x = t(&[1], &[1.0]);
-        let r = check(&entry("blk.0.attn_out"), Some(&x), &Lookup::Tensor(x.clone()), &Spec::default(), "f32", Tokens::unknown());
+        let r = check(&entry("blk.0.attn_out"), Some(&x), &Lookup::Tensor(x.clone()), &Spec::default(), Class::F32, Tokens::unknown());
         assert_eq!(r.status, Status::Fail);
-        let r = check(&entry("blk.0.attn_out"), Some(&x), &Lookup::Tensor(x.clone()), &spec(), "bf16", Tokens::unknown());
+        // A spec judging the checkpoint in other classes, but not in this one.
+        let mut only_f32 = spec();
+        only_f32.checkpoints.values_mut().for_each(|tol| tol.quantized.clear());
+        let r = check(&entry("blk.0.attn_out"), Some(&x), &Lookup::Tensor(x.clone()), &only_f32, Class::Quantized, Tokens::unknown());
         assert_eq!(r.status, Status::Fail);
     }
 

@@ -9,13 +9,14 @@ use crate::dumps::{Dump, Lookup};
 use crate::engine_run;
 use crate::live::{DumpRequest, Dumpers};
 use crate::sampling;
-use crate::spec::Spec;
+use crate::spec::{Class, Spec};
 use crate::steps;
 use crate::suite::{resolve, Case, Suite};
 use crate::tensor::{Tensor, Values};
 use anyhow::{Context, Result};
 use engine::Model;
 use reports::results::{CaseResult, Role, RunResults};
+use reports::vocab::TensorName;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -176,7 +177,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     // Flips on the shared history are judged from each reference's own step logits.
     let evidence = match (&truth, &fed.history) {
         (Some((_, Ok(truth))), Some(_)) => {
-            let refs: Vec<(&str, &Dump, &str)> = readable.iter().map(|&(r, d)| (r.as_str(), d, class(r))).collect();
+            let refs: Vec<(&str, &Dump, Class)> = readable.iter().map(|&(r, d)| (r.as_str(), d, class(r))).collect();
             steps::StepEvidence::new(truth, &refs)
         }
         _ => None,
@@ -203,7 +204,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
                 let t = Instant::now();
                 // The reference's own prefix up to the flip: prompt ids, then its first `step` tokens.
                 let mut ids: Vec<u32> = dump.manifest.token_ids.iter().map(|&t| t as u32).collect();
-                if let Ok(Lookup::Tensor(Tensor { values: Values::Ids(generated), .. })) = dump.get("generated") {
+                if let Ok(Lookup::Tensor(Tensor { values: Values::Ids(generated), .. })) = dump.get(TensorName::Generated.as_str()) {
                     ids.extend(generated.iter().take(flip.step).map(|&t| t as u32));
                 }
                 // Up to a flip both sides chose the same tokens, so the engine usually recorded
@@ -218,7 +219,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
         .collect();
     // Every other checkpoint, all references at once: judged by each tensor's noise floor when
     // the suite has a truth and its dump could be had, else by the pooled tolerances.
-    let with_class: Vec<(&Dump, &str)> = readable.iter().map(|&(reference, dump)| (dump, class(reference))).collect();
+    let with_class: Vec<(&Dump, Class)> = readable.iter().map(|&(reference, dump)| (dump, class(reference))).collect();
     let (mut tensor_checks, mut truth_checks) = match &truth {
         Some((name, Ok(dump))) => {
             let (by_reference, mut against_truth) = compare::compare_with_truth(engine, &with_class, dump, &tensor_entries, ctx.spec);
@@ -233,7 +234,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
         _ => (compare::compare_all(engine, &with_class, &tensor_entries, ctx.spec), None),
     };
     if let (Some(cuts), Some((_, truth_dump, against_truth))) = (&cuts, &mut truth_checks) {
-        let sides: Vec<(&str, &str)> = readable.iter().map(|&(reference, _)| (reference.as_str(), class(reference))).collect();
+        let sides: Vec<(&str, Class)> = readable.iter().map(|&(reference, _)| (reference.as_str(), class(reference))).collect();
         for e in &cut_entries {
             let references: Vec<_> = readable.iter().map(|(_, d)| d.get(&e.key).map_err(|x| x.to_string())).collect();
             let truth_lookup = truth_dump.get(&e.key).map_err(|x| x.to_string());
@@ -260,7 +261,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
             prompt: case.prompt.id.clone(),
             reference: reference.clone(),
             reference_version: dump.manifest.version.clone(),
-            dtype: case.model.class.clone(),
+            dtype: case.model.class.into(),
             role: Role::Reference,
             checks,
         });
@@ -272,7 +273,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
             prompt: case.prompt.id.clone(),
             reference: name.clone(),
             reference_version: dump.manifest.version.clone(),
-            dtype: case.model.class.clone(),
+            dtype: case.model.class.into(),
             role: Role::Truth,
             checks,
         });
@@ -292,13 +293,13 @@ fn decode_vs_prefill(
     model: &Model,
     trace: &engine_run::Trace,
     history: Option<&[u32]>,
-    dumps: &[(&Dump, &str)],
+    dumps: &[(&Dump, Class)],
     truth: &Dump,
     entries: &[crate::catalog::Entry],
     engine_time: &mut Duration,
 ) -> Result<Option<reports::results::CheckResult>> {
     let (Some(history), Some(entry)) = (history, entries.iter().find(|e| e.key == catalog::STEP_LOGITS)) else { return Ok(None) };
-    let Some(Tensor { values: Values::Ids(prompt), .. }) = trace.tensors.get("tokens") else { return Ok(None) };
+    let Some(Tensor { values: Values::Ids(prompt), .. }) = trace.tensors.get(TensorName::Tokens.as_str()) else { return Ok(None) };
     let t = Instant::now();
     let prompt: Vec<u32> = prompt.iter().map(|&id| id as u32).collect();
     let prefilled = engine_run::prefill_steps(model, &prompt, history).context("the engine's prefill of the whole history")?;
@@ -338,13 +339,16 @@ impl Fed {
     /// The inputs a truth's dump sets for its case. Its recorded sampler input must be its own
     /// last logits, else it is a stale dump.
     pub fn from_truth(truth: &Dump, n_generate: usize) -> Result<Fed> {
-        let history = match truth.get("generated") {
+        let history = match truth.get(TensorName::Generated.as_str()) {
             Ok(Lookup::Tensor(Tensor { values: Values::Ids(ids), .. })) if ids.len() == n_generate && !ids.is_empty() => {
                 Some(ids.iter().map(|&id| u32::try_from(id)).collect::<std::result::Result<_, _>>().context("the truth's generated ids")?)
             }
             _ => None,
         };
-        let sampler_logits = match (truth.get("last_logits")?, truth.manifest.tensors.get("last_logits").and_then(|r| r.file.as_ref())) {
+        let sampler_logits = match (
+            truth.get(TensorName::LastLogits.as_str())?,
+            truth.manifest.tensors.get(TensorName::LastLogits.as_str()).and_then(|r| r.file.as_ref()),
+        ) {
             (Lookup::Tensor(Tensor { values: Values::F32(values), .. }), Some(file)) => {
                 let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
                 let sha256 = reports::hashes::sha256_bytes(&bytes);

@@ -11,9 +11,9 @@
 use crate::catalog::{Entry, SamplerSpec};
 use crate::compare;
 use crate::dumps::Lookup;
-use crate::spec::Spec;
+use crate::spec::{Class, Spec};
 use crate::tensor::{Tensor, Values};
-use reports::results::{CheckResult, Status};
+use reports::results::{CheckResult, Role, Status};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One f32 rounding (2^-24), the unit of the bounds below.
@@ -106,7 +106,7 @@ pub fn judge_distributions(
     entry: &Entry,
     engine: Option<&Tensor>,
     references: &[Result<Lookup, String>],
-    sides: &[(&str, &str)],
+    sides: &[(&str, Class)],
     truth: Result<Lookup, String>,
     cuts: &Cuts,
     spec: &Spec,
@@ -131,7 +131,7 @@ pub fn judge_distributions(
 /// `sampled` against one other side (a reference or the truth): every draw must match, except a
 /// draw where either side picked a token near that sampler's cut, which is a near-tie.
 pub fn judge_draws(entry: &Entry, engine: Option<&Tensor>, other: &Lookup, cuts: &Cuts, samplers: &[SamplerSpec], spec: &Spec) -> CheckResult {
-    let plain = compare::check(entry, engine, other, spec, "f32", compare::Tokens::unknown());
+    let plain = compare::check(entry, engine, other, spec, Class::F32, compare::Tokens::unknown());
     let (Some(Tensor { values: Values::Ids(e), shape, .. }), Lookup::Tensor(Tensor { values: Values::Ids(r), .. })) = (engine, other) else {
         return plain;
     };
@@ -163,11 +163,11 @@ pub fn judge_all_draws(
     samplers: &[SamplerSpec],
     spec: &Spec,
 ) -> (Vec<CheckResult>, CheckResult) {
-    let judge = |lookup: &Result<Lookup, String>, side: &str| match lookup {
+    let judge = |lookup: &Result<Lookup, String>, side: Role| match lookup {
         Ok(lookup) => judge_draws(entry, engine, lookup, cuts, samplers, spec),
         Err(e) => compare::result(entry, Status::Missing, Some(format!("{side} tensor unreadable: {e}")), BTreeMap::new(), vec![]),
     };
-    (references.iter().map(|lookup| judge(lookup, "reference")).collect(), judge(truth, "truth"))
+    (references.iter().map(|lookup| judge(lookup, Role::Reference)).collect(), judge(truth, Role::Truth))
 }
 
 #[cfg(test)]

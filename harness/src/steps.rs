@@ -11,6 +11,7 @@
 use crate::catalog::STEP_LOGITS;
 use crate::compare::{Flip, Tie};
 use crate::dumps::{Dump, Lookup};
+use crate::spec::Class;
 use crate::tensor::{Tensor, Values};
 
 /// The per-step logits of the truth and of every reference that dumped them.
@@ -25,7 +26,7 @@ pub struct StepEvidence {
 impl StepEvidence {
     /// From the truth's dump and each reference's (name, dump, class); `None` when the truth has
     /// no usable `step_logits` (then flips are judged the old way).
-    pub fn new(truth: &Dump, references: &[(&str, &Dump, &str)]) -> Option<StepEvidence> {
+    pub fn new(truth: &Dump, references: &[(&str, &Dump, Class)]) -> Option<StepEvidence> {
         let (shape, truth_rows) = rows(truth)?;
         let (steps, vocab) = (*shape.first()?, *shape.get(1)?);
         let mut f32_noise = vec![0.0f64; steps];
@@ -41,7 +42,7 @@ impl StepEvidence {
                     a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max)
                 })
                 .collect();
-            if class == "f32" {
+            if class == Class::F32 {
                 f32_noise.iter_mut().zip(&errors).for_each(|(n, e)| *n = n.max(*e));
             }
             out.push((name.to_string(), r, errors));
@@ -94,7 +95,7 @@ mod tests {
         let truth = dump(&dir, "truth", &[[1.0, 0.0, 0.0], [2.0, 0.0, 1.5]]);
         let f32_ref = dump(&dir, "f32ref", &[[1.0, 0.0, 0.0], [2.01, 0.0, 1.5]]);
         let quant = dump(&dir, "quant", &[[1.0, 0.0, 0.0], [1.8, 0.0, 1.7]]);
-        let evidence = StepEvidence::new(&truth, &[("f32ref", &f32_ref, "f32"), ("quant", &quant, "quantized")]).unwrap();
+        let evidence = StepEvidence::new(&truth, &[("f32ref", &f32_ref, Class::F32), ("quant", &quant, Class::Quantized)]).unwrap();
         let flip = Flip { step: 1, engine: 2, reference: 0 };
         // quant: gap 0.1, limit 2 x (0.2 + 0.01) = 0.42: close.
         let Some(Tie::ReferenceGap { gap, limit }) = evidence.tie("quant", &flip) else { panic!() };

@@ -2,6 +2,7 @@
 //! split into shards for a CI matrix.
 
 use anyhow::{bail, Context, Result};
+use reports::vocab::Class;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -40,12 +41,12 @@ pub struct SuiteModel {
     /// The tolerance class its comparisons are judged with (`checkpoints/tolerances.toml`), and
     /// the label its results carry.
     #[serde(default = "default_class")]
-    pub class: String,
+    pub class: Class,
     /// The class per reference where it differs from `class`: a reference that computes in
     /// another precision than the file's type suggests (PyTorch and tinygrad dequantize Q4_1 or
     /// F16 weights and compute in f32, as the engine does; llama.cpp rounds activations too).
     #[serde(default)]
-    pub ref_class: std::collections::BTreeMap<String, String>,
+    pub ref_class: std::collections::BTreeMap<String, Class>,
     /// Why this class: shown in reports (e.g. "llama.cpp rounds activations to 8 bits").
     #[serde(default)]
     pub about: Option<String>,
@@ -61,8 +62,8 @@ pub struct SuiteModel {
 
 impl SuiteModel {
     /// The tolerance class comparisons against `reference` are judged with.
-    pub fn class_for(&self, reference: &str) -> &str {
-        self.ref_class.get(reference).map_or(&self.class, String::as_str)
+    pub fn class_for(&self, reference: &str) -> Class {
+        self.ref_class.get(reference).copied().unwrap_or(self.class)
     }
 
     pub fn reference_path(&self, reference: &str) -> &str {
@@ -70,8 +71,8 @@ impl SuiteModel {
     }
 }
 
-fn default_class() -> String {
-    "f32".into()
+fn default_class() -> Class {
+    Class::F32
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -101,16 +102,6 @@ impl Suite {
             bail!("suite {}: min_confidence {level:?} is not a confidence level (0-4 or {})", path.display(), reports::confidence::LEVELS.join(", "));
         }
         for model in &suite.models {
-            for class in std::iter::once(&model.class).chain(model.ref_class.values()) {
-                if !crate::spec::CLASSES.contains(&class.as_str()) {
-                    bail!(
-                        "suite {}: model {} names tolerance class {class:?} (known: {})",
-                        path.display(),
-                        model.id,
-                        crate::spec::CLASSES.join(", ")
-                    );
-                }
-            }
             if let Some(truth) = suite.truth.as_ref().filter(|t| model.refs.contains(t)) {
                 bail!(
                     "suite {}: model {} lists the truth {truth:?} among its references; the truth is a yardstick, not a vote",
@@ -325,7 +316,7 @@ mod tests {
     fn a_reference_may_be_judged_in_its_own_class() {
         let suite = suite_with("class = \"quantized\"\nref_class = { pytorch = \"f32\" }").unwrap();
         let model = &suite.models[0];
-        assert_eq!((model.class_for("pytorch"), model.class_for("llamacpp")), ("f32", "quantized"));
+        assert_eq!((model.class_for("pytorch"), model.class_for("llamacpp")), (Class::F32, Class::Quantized));
         let err = suite_with("ref_class = { pytorch = \"fp8\" }").unwrap_err();
         assert!(format!("{err:#}").contains("\"fp8\""), "{err:#}");
     }

@@ -310,3 +310,31 @@ fn unusable_key_files_are_one_line_errors_with_exit_2() {
     assert_one_line_error(&parity(&["keygen", "--out", key.to_str().unwrap()], &dir, "unused"), "already exists");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_tolerance_spec_with_a_reversed_operator_a_bad_threshold_or_one_its_spread_does_not_give_is_exit_2() {
+    let dir = scratch("tolerances");
+    let good = std::fs::read_to_string(root().join("checkpoints/tolerances.toml")).unwrap();
+    // The logits' f32 nmse line, edited four ways; each refusal names file, table and metric.
+    let line = good.lines().skip_while(|l| *l != "[checkpoint.logits.f32]").find(|l| l.starts_with("nmse = ")).unwrap();
+    let threshold = line.split("threshold = ").nth(1).unwrap().split(',').next().unwrap();
+    let edits = [
+        (line.replace("op = \"<=\"", "op = \">=\""), "[checkpoint.logits.f32] nmse: operator >= is reversed"),
+        (line.replace(&format!("threshold = {threshold}"), "threshold = -1.0"), "[checkpoint.logits.f32] nmse: threshold -1e0 is negative"),
+        (line.replace(&format!("threshold = {threshold}"), "threshold = inf"), "[checkpoint.logits.f32] nmse: threshold inf is not finite"),
+        (
+            line.replace(&format!("threshold = {threshold}"), "threshold = 0.5"),
+            "[checkpoint.logits.f32] nmse: threshold 5e-1 does not follow from its spread",
+        ),
+        (line.replacen("nmse", "nmsee", 1), "metric \"nmsee\" is unknown"),
+    ];
+    for (k, (edited, mentions)) in edits.iter().enumerate() {
+        let file = dir.join(format!("tolerances-{k}.toml"));
+        std::fs::write(&file, good.replacen(line, edited, 1)).unwrap();
+        let out = parity(&["run", "--model", "tiny-llama-f32", "--tolerances", file.to_str().unwrap()], &dir, "tolerances");
+        assert_one_line_error(&out, mentions);
+        assert!(stderr(&out).contains(&format!("tolerances-{k}.toml")), "{}", stderr(&out));
+    }
+    assert!(!dir.join("run/tolerances").exists(), "a refused run left a bundle");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -16,11 +16,12 @@
 
 use crate::results::{RunResults, Status};
 use crate::summary::{self, Subject};
+use crate::vocab::CheckpointName;
 use serde::Serialize;
 
 /// The checkpoint whose exact match earns the generation point, by name: its number moves when
 /// the catalog grows (it was 12, then 13 once the decode layers came before it).
-pub const GENERATED_CHECKPOINT: &str = "generated";
+pub const GENERATED_CHECKPOINT: CheckpointName = CheckpointName::Generated;
 
 /// The rule, as shown to readers of every report.
 pub const RULE: &[&str] = &[
@@ -120,7 +121,7 @@ fn agreement_of(subject: &Subject) -> Vec<Agreement> {
 
 fn generation_matches(subject: &Subject) -> bool {
     subject.references.iter().all(|(reference, _)| {
-        let generated = subject.cells.iter().find(|((_, r), cell)| r == reference && cell.raw.iter().any(|k| k.checkpoint == GENERATED_CHECKPOINT));
+        let generated = subject.cells.iter().find(|((_, r), cell)| r == reference && cell.raw.iter().any(|k| GENERATED_CHECKPOINT.is(&k.checkpoint)));
         generated.is_some_and(|(_, cell)| cell.raw.iter().all(|k| k.status == Status::Pass))
     })
 }
@@ -190,12 +191,12 @@ mod tests {
         // the near-tie is in `generated` at 13. The near-tie must still withhold the point.
         let mut run = fixture::all_pass_run();
         for check in run.cases.iter_mut().flat_map(|c| &mut c.checks) {
-            if check.checkpoint == GENERATED_CHECKPOINT {
+            if GENERATED_CHECKPOINT.is(&check.checkpoint) {
                 check.checkpoint_id = 13;
             }
         }
         let mut decode = run.cases[0].checks[0].clone();
-        (decode.checkpoint_id, decode.checkpoint, decode.status) = (12, "decode_layers".into(), Status::Pass);
+        (decode.checkpoint_id, decode.checkpoint, decode.status) = (12, CheckpointName::DecodeLayers.to_string(), Status::Pass);
         for case in &mut run.cases {
             case.checks.push(decode.clone());
         }

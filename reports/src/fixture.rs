@@ -2,6 +2,7 @@
 //! (passes, a failure, missing layers, a near-tie, a reference error, text that needs escaping).
 
 use crate::results::{CaseResult, CheckResult, Judgement, Role, RunResults, Status};
+use crate::vocab::{Class, Metric, Op};
 use std::collections::BTreeMap;
 
 const THRESHOLD: f64 = 1e-4;
@@ -21,7 +22,7 @@ pub fn judged(id: u32, checkpoint: &str, tensor: &str, layer: Option<usize>, val
         key: key(tensor, layer),
         status: if pass { Status::Pass } else { Status::Fail },
         metrics,
-        judgements: vec![Judgement { metric: "max_abs".into(), value, op: "<=".into(), threshold: THRESHOLD, margin, pass }],
+        judgements: vec![Judgement { metric: Metric::MaxAbs, value, op: Op::Le, threshold: THRESHOLD, margin, pass }],
         note: if pass { None } else { Some(format!("max_abs {value:e} > {THRESHOLD:e}")) },
     }
 }
@@ -70,7 +71,7 @@ fn case(model: &str, reference: &str, version: &str, checks: Vec<CheckResult>) -
         prompt: "fox".into(),
         reference: reference.into(),
         reference_version: version.into(),
-        dtype: "f32".into(),
+        dtype: Class::F32.into(),
         role: Role::Reference,
         checks,
     }

@@ -6,6 +6,7 @@ use crate::confidence::{Confidence, RULE};
 use crate::markdown::{agreeing_text, cell_summary, noise_summary};
 use crate::results::{CheckResult, Judgement, RunResults, STEP_METRIC};
 use crate::summary::{self, keys_summary, status_name, Subject, Verdict};
+use crate::vocab::{Metric, Op};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -127,9 +128,9 @@ fn subject_section(o: &mut String, s: &Subject) {
 /// Returns (metric label, error, threshold on the same scale).
 fn error_of(check: &CheckResult) -> Option<(String, f64, f64)> {
     let j = check.judgements.first()?;
-    match j.op.as_str() {
-        ">=" => Some((format!("1 - {}", j.metric), 1.0 - j.value, 1.0 - j.threshold)),
-        _ => Some((j.metric.clone(), j.value, j.threshold)),
+    match j.op {
+        Op::Ge => Some((format!("1 - {}", j.metric), 1.0 - j.value, 1.0 - j.threshold)),
+        Op::Le => Some((j.metric.to_string(), j.value, j.threshold)),
     }
 }
 
@@ -143,7 +144,7 @@ fn along_steps(checks: &[&CheckResult]) -> Vec<CheckResult> {
     for &check in checks {
         for (name, &value) in &check.metrics {
             let Some(step) = name.strip_prefix(STEP_METRIC).and_then(|t| t.parse().ok()) else { continue };
-            let judgement = Judgement { metric: "rel_rms".into(), value, op: "<=".into(), threshold: f64::NAN, margin: f64::NAN, pass: true };
+            let judgement = Judgement { metric: Metric::RelRms, value, op: Op::Le, threshold: f64::NAN, margin: f64::NAN, pass: true };
             out.push(CheckResult { layer: Some(step), metrics: BTreeMap::new(), judgements: vec![judgement], ..check.clone() });
         }
     }
@@ -170,7 +171,7 @@ fn chart(checks: &[&CheckResult], axis: &str) -> Option<String> {
     // drawn as a shaded band and a dashed line so the engine's line reads against the noise.
     let mut band: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
     for &check in checks {
-        if let (Some(layer), Some(&noise), Some(j)) = (check.layer, check.metrics.get("noise_rms"), check.judgements.first()) {
+        if let (Some(layer), Some(&noise), Some(j)) = (check.layer, check.metrics.get(Metric::NoiseRms.as_str()), check.judgements.first()) {
             let entry = band.entry(layer).or_insert((0.0, 0.0));
             *entry = (entry.0.max(noise), entry.1.max(j.threshold));
         }

@@ -4,6 +4,7 @@
 use crate::confidence::{Confidence, RULE};
 use crate::results::RunResults;
 use crate::summary::{self, Verdict};
+use crate::vocab::{Judged, Metric};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -24,7 +25,7 @@ pub struct Summary {
 pub struct CellSummary {
     pub model: String,
     pub prompt: String,
-    pub dtype: String,
+    pub dtype: Judged,
     pub reference: String,
     pub checkpoint_id: u32,
     pub checkpoint: String,
@@ -33,7 +34,7 @@ pub struct CellSummary {
     pub failed: usize,
     pub worst_margin: Option<f64>,
     pub worst_key: Option<String>,
-    pub worst_metric: Option<String>,
+    pub worst_metric: Option<Metric>,
 }
 
 pub fn summarize(run: &RunResults) -> Summary {
@@ -45,7 +46,7 @@ pub fn summarize(run: &RunResults) -> Summary {
             checks.push(CellSummary {
                 model: subject.model.clone(),
                 prompt: subject.prompt.clone(),
-                dtype: subject.dtype.clone(),
+                dtype: subject.dtype,
                 reference: reference.clone(),
                 checkpoint_id: *id,
                 checkpoint: name.to_string(),
@@ -54,7 +55,7 @@ pub fn summarize(run: &RunResults) -> Summary {
                 failed: cell.failed,
                 worst_margin: cell.worst.as_ref().map(|w| w.margin),
                 worst_key: cell.worst.as_ref().map(|w| w.key.clone()),
-                worst_metric: cell.worst.as_ref().map(|w| w.metric.clone()),
+                worst_metric: cell.worst.as_ref().map(|w| w.metric),
             });
         }
     }

@@ -2,8 +2,9 @@
 //!
 //! [`results`] is the data model comparison produces and every report reads; [`summary`] regroups it
 //! into the checkpoint x reference grid and the verdict; [`confidence`] grades the run by a documented
-//! rule; [`markdown`], [`html`], [`junit`] and [`json`] render it; [`bundle`] writes a proof bundle,
-//! whose input hashes [`hashes`] remembers between runs, signed by [`signing`] when a key is given.
+//! rule; [`vocab`] names every closed set once; [`markdown`], [`html`], [`junit`] and [`json`]
+//! render it; [`bundle`] writes a proof bundle, whose input hashes [`hashes`] remembers between
+//! runs, signed by [`signing`] when a key is given.
 
 pub mod bundle;
 pub mod confidence;
@@ -16,6 +17,7 @@ pub mod markdown;
 pub mod results;
 pub mod signing;
 pub mod summary;
+pub mod vocab;
 
 #[cfg(test)]
 pub(crate) mod fixture;

@@ -1,6 +1,8 @@
 //! The results data model every other harness module shares: what was compared and how it was judged.
 //! Comparison produces it, reports and bundles render it, `parity merge` joins it. Serialized as JSON.
 
+pub use crate::vocab::Role;
+use crate::vocab::{Judged, Metric, Op};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -32,10 +34,10 @@ impl Status {
 /// One metric judged against its threshold.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Judgement {
-    pub metric: String,
+    pub metric: Metric,
     pub value: f64,
-    /// `"<="` (value must not exceed the threshold) or `">="`.
-    pub op: String,
+    /// Which side of the threshold the value must stay.
+    pub op: Op,
     pub threshold: f64,
     /// Distance to the threshold in the passing direction, as a fraction of the threshold
     /// (positive = room to spare, negative = failed by that much).
@@ -65,18 +67,6 @@ pub struct CheckResult {
 /// step t's logits (the harness writes them, reports chart them along the generation).
 pub const STEP_METRIC: &str = "step_rel_rms.";
 
-/// What a case's dump is to the verdict.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// An independent reference: a vote in the confidence level.
-    #[default]
-    Reference,
-    /// The f64 ground truth: the yardstick of the noise floor. Its checks count as checks (a
-    /// failure fails the run) but it is never counted as an agreeing reference.
-    Truth,
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CaseResult {
     pub model: String,
@@ -84,8 +74,9 @@ pub struct CaseResult {
     pub prompt: String,
     pub reference: String,
     pub reference_version: String,
-    /// The tolerance class applied (`f32`, `quantized`, ...), from the spec.
-    pub dtype: String,
+    /// The tolerance class applied (`f32`, `quantized`, ...), from the suite; `bit-exact` for a
+    /// repeat run of the engine. Named `dtype` in results.json since its first version.
+    pub dtype: Judged,
     #[serde(default)]
     pub role: Role,
     pub checks: Vec<CheckResult>,

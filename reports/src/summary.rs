@@ -3,6 +3,7 @@
 //! Also the run's verdict and exit code. Pure functions of [`RunResults`].
 
 use crate::results::{CheckResult, Role, RunResults, Status};
+use crate::vocab::{Judged, Metric, Op};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The overall outcome of a run and the process exit code that goes with it.
@@ -82,9 +83,9 @@ pub struct Worst {
     pub margin: f64,
     /// The dump key of the tensor (`blk.3.attn_probs`), which names layer and tensor.
     pub key: String,
-    pub metric: String,
+    pub metric: Metric,
     pub value: f64,
-    pub op: String,
+    pub op: Op,
     pub threshold: f64,
 }
 
@@ -113,7 +114,7 @@ pub struct Cell<'a> {
 pub struct Subject<'a> {
     pub model: String,
     pub prompt: String,
-    pub dtype: String,
+    pub dtype: Judged,
     /// Reference name and version, sorted by name.
     pub references: Vec<(String, String)>,
     /// The ground truth's name and version, when the subject was judged against one: its cells
@@ -141,20 +142,21 @@ impl Cell<'_> {
     /// The largest distance from the truth in noise units among the cell's checks, and where
     /// (`None` for a cell not judged by a noise floor).
     pub fn noisiest(&self) -> Option<(f64, &str)> {
-        self.raw.iter().filter_map(|k| Some((*k.metrics.get("noise_units")?, k.key.as_str()))).max_by(|a, b| a.0.total_cmp(&b.0))
+        self.raw.iter().filter_map(|k| Some((*k.metrics.get(Metric::NoiseUnits.as_str())?, k.key.as_str()))).max_by(|a, b| a.0.total_cmp(&b.0))
     }
 }
 
 /// Regroups the run into subjects, sorted by model, prompt and dtype.
 pub fn subjects(run: &RunResults) -> Vec<Subject<'_>> {
     let checkpoints = checkpoints_in(run);
-    let mut by_key: BTreeMap<(String, String, String), Subject> = BTreeMap::new();
+    // Keyed by the dtype's name, so subjects keep the alphabetical order they always had.
+    let mut by_key: BTreeMap<(String, String, &str), Subject> = BTreeMap::new();
     for case in &run.cases {
-        let key = (case.model.clone(), case.prompt.clone(), case.dtype.clone());
+        let key = (case.model.clone(), case.prompt.clone(), case.dtype.as_str());
         let subject = by_key.entry(key).or_insert_with(|| Subject {
             model: case.model.clone(),
             prompt: case.prompt.clone(),
-            dtype: case.dtype.clone(),
+            dtype: case.dtype,
             references: Vec::new(),
             truth: None,
             checkpoints: checkpoints.clone(),
@@ -189,14 +191,7 @@ fn add_check<'a>(cell: &mut Cell<'a>, check: &'a CheckResult) {
     }
     for j in &check.judgements {
         if cell.worst.as_ref().is_none_or(|w| j.margin < w.margin) {
-            cell.worst = Some(Worst {
-                margin: j.margin,
-                key: check.key.clone(),
-                metric: j.metric.clone(),
-                value: j.value,
-                op: j.op.clone(),
-                threshold: j.threshold,
-            });
+            cell.worst = Some(Worst { margin: j.margin, key: check.key.clone(), metric: j.metric, value: j.value, op: j.op, threshold: j.threshold });
         }
     }
     if check.status != Status::Pass {

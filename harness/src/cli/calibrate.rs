@@ -15,8 +15,9 @@ use harness::compare;
 use harness::dumps::{Dump, Lookup};
 use harness::metrics;
 use harness::pipeline::{case_fed, fetch_dump, Setup};
-use harness::spec::{self, Evidence, PairSpread, RobustSpread, Spreads};
+use harness::spec::{self, Class, Evidence, Metric, Op, PairSpread, RobustSpread, Spreads};
 use harness::tensor::{Tensor, Values};
+use reports::vocab::{CheckpointName, TensorName};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -38,7 +39,7 @@ pub struct CalibrateArgs {
 }
 
 /// (checkpoint, class, family) -> pair -> its spread there.
-type Samples = BTreeMap<(String, String, String), BTreeMap<String, PairSpread>>;
+type Samples = BTreeMap<(String, Class, String), BTreeMap<String, PairSpread>>;
 
 pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
     let loaded = args.selection.load(root)?;
@@ -63,18 +64,18 @@ pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
         for (i, a) in dumps.iter().enumerate() {
             for (j, b) in dumps.iter().enumerate().skip(i + 1) {
                 // A pair is measured in the looser of its two references' classes.
-                let class = spec::looser(case.model.class_for(&case.refs[i]), case.model.class_for(&case.refs[j])).to_string();
+                let class = case.model.class_for(&case.refs[i]).looser(case.model.class_for(&case.refs[j]));
                 let pair = format!("{}/{} {}~{}", case.model.id, case.prompt.id, case.refs[i], case.refs[j]);
                 for entry in &entries {
                     let (Some(x), Some(y)) = (f32_values(a, &entry.key), f32_values(b, &entry.key)) else {
                         continue;
                     };
-                    if x.len() != y.len() || x.is_empty() || loaded.spec.class_default(&entry.checkpoint, &class).is_none() {
+                    if x.len() != y.len() || x.is_empty() || loaded.spec.class_default(&entry.checkpoint, class).is_none() {
                         continue;
                     }
-                    let values = compare::f32_metrics(&x, &y, entry.tensor == "probs");
+                    let values = compare::f32_metrics(&x, &y, TensorName::is_probability(&entry.tensor));
                     samples
-                        .entry((entry.checkpoint.clone(), class.clone(), family.clone()))
+                        .entry((entry.checkpoint.clone(), class, family.clone()))
                         .or_default()
                         .entry(pair.clone())
                         .or_insert_with(|| PairSpread::new(pair.clone(), &case.refs[i], &case.refs[j]))
@@ -83,18 +84,18 @@ pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
             }
         }
     }
-    let robust: BTreeMap<(String, String, String), RobustSpread> =
+    let robust: BTreeMap<(String, Class, String), RobustSpread> =
         samples.iter().map(|(k, pairs)| (k.clone(), spec::robust_spread(&pairs.values().cloned().collect::<Vec<_>>()))).collect();
     let date = reports::bundle::Provenance::now("calibrate", "", None).created.chars().take(10).collect::<String>();
     let evidence = Evidence { date, on: evidence_of(&loaded) };
     let (by_family, by_class, logit_spreads) = spreads_of(&robust);
     let mut proposed = loaded.spec.clone();
     for (class, s) in &by_class {
-        proposed = spec::calibrate(&proposed, class, None, s, args.accumulate, &evidence)?;
+        proposed = spec::calibrate(&proposed, *class, None, s, args.accumulate, &evidence)?;
     }
     for ((class, family), s) in &by_family {
         if spec::FAMILIES.contains(&family.as_str()) {
-            proposed = spec::calibrate(&proposed, class, Some(family), s, args.accumulate, &evidence)?;
+            proposed = spec::calibrate(&proposed, *class, Some(family), s, args.accumulate, &evidence)?;
         } else {
             println!(
                 "family {family:?} has no tolerances of its own (known: {}): its spreads count toward the class defaults only",
@@ -103,7 +104,7 @@ pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
         }
     }
     for (class, &spread) in &logit_spreads {
-        proposed = spec::calibrate_near_tie(&proposed, class, spread, args.accumulate, &evidence);
+        proposed = spec::calibrate_near_tie(&proposed, *class, spread, args.accumulate, &evidence);
     }
     print_table(&loaded.spec, &proposed, &robust, &by_class, &logit_spreads);
     print_outliers(&robust);
@@ -122,22 +123,22 @@ pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
 
 /// class -> family -> spreads; class -> spreads, the worst over the families (the class
 /// defaults); class -> the largest last_logits max_abs over the families (the near-tie gaps).
-type Split = (BTreeMap<(String, String), Spreads>, BTreeMap<String, Spreads>, BTreeMap<String, f64>);
+type Split = (BTreeMap<(Class, String), Spreads>, BTreeMap<Class, Spreads>, BTreeMap<Class, f64>);
 
-fn spreads_of(robust: &BTreeMap<(String, String, String), RobustSpread>) -> Split {
-    let (mut by_family, mut by_class, mut logits) = (BTreeMap::new(), BTreeMap::<String, Spreads>::new(), BTreeMap::new());
+fn spreads_of(robust: &BTreeMap<(String, Class, String), RobustSpread>) -> Split {
+    let (mut by_family, mut by_class, mut logits) = (BTreeMap::new(), BTreeMap::<Class, Spreads>::new(), BTreeMap::new());
     for ((checkpoint, class, family), r) in robust {
         if r.kept == 0 {
             continue;
         }
-        by_family.entry((class.clone(), family.clone())).or_insert_with(Spreads::new).insert(checkpoint.clone(), r.metrics.clone());
-        let slot = by_class.entry(class.clone()).or_default().entry(checkpoint.clone()).or_default();
-        for (metric, &v) in &r.metrics {
-            let e = slot.entry(metric.clone()).or_insert(v);
-            *e = if spec::direction(metric) == spec::Op::Le { e.max(v) } else { e.min(v) };
+        by_family.entry((*class, family.clone())).or_insert_with(Spreads::new).insert(checkpoint.clone(), r.metrics.clone());
+        let slot = by_class.entry(*class).or_default().entry(checkpoint.clone()).or_default();
+        for (&metric, &v) in &r.metrics {
+            let e = slot.entry(metric).or_insert(v);
+            *e = if metric.op() == Op::Le { e.max(v) } else { e.min(v) };
         }
-        if let (true, Some(&m)) = (checkpoint == "last_logits", r.metrics.get("max_abs")) {
-            let e = logits.entry(class.clone()).or_insert(0.0f64);
+        if let (true, Some(&m)) = (CheckpointName::LastLogits.is(checkpoint), r.metrics.get(&Metric::MaxAbs)) {
+            let e = logits.entry(*class).or_insert(0.0f64);
             *e = e.max(m);
         }
     }
@@ -176,9 +177,9 @@ fn f32_values(dump: &Dump, key: &str) -> Option<Vec<f32>> {
 fn print_table(
     current: &spec::Spec,
     proposed: &spec::Spec,
-    robust: &BTreeMap<(String, String, String), RobustSpread>,
-    by_class: &BTreeMap<String, Spreads>,
-    logit_spreads: &BTreeMap<String, f64>,
+    robust: &BTreeMap<(String, Class, String), RobustSpread>,
+    by_class: &BTreeMap<Class, Spreads>,
+    logit_spreads: &BTreeMap<Class, f64>,
 ) {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
@@ -194,18 +195,18 @@ fn print_table(
     for ((checkpoint, class, family), r) in robust {
         for (metric, spread) in &r.metrics {
             let get = |sp: &spec::Spec| {
-                sp.thresholds(checkpoint, class, family)
+                sp.thresholds(checkpoint, *class, family)
                     .and_then(|t| t.get(metric))
                     .map(|t| format!("{} {:.3e}", t.op.as_str(), t.threshold))
                     .unwrap_or_default()
             };
-            if current.thresholds(checkpoint, class, family).is_some_and(|t| t.contains_key(metric)) {
+            if current.thresholds(checkpoint, *class, family).is_some_and(|t| t.contains_key(metric)) {
                 let pairs = format!("{}/{}", r.kept, r.kept + r.outliers.len());
                 table.add_row(vec![
-                    class.clone(),
+                    class.to_string(),
                     checkpoint.clone(),
                     family.clone(),
-                    metric.clone(),
+                    metric.to_string(),
                     pairs,
                     format!("{spread:.3e}"),
                     get(current),
@@ -218,25 +219,25 @@ fn print_table(
         for (checkpoint, metrics) in s {
             for (metric, spread) in metrics {
                 let get = |sp: &spec::Spec| {
-                    sp.class_default(checkpoint, class)
+                    sp.class_default(checkpoint, *class)
                         .and_then(|t| t.get(metric))
                         .map(|t| format!("{} {:.3e}", t.op.as_str(), t.threshold))
                         .unwrap_or_default()
                 };
-                if current.class_default(checkpoint, class).is_some_and(|t| t.contains_key(metric)) {
-                    let row = [class, checkpoint, "default", metric, "", &format!("{spread:.3e}"), &get(current), &get(proposed)];
+                if current.class_default(checkpoint, *class).is_some_and(|t| t.contains_key(metric)) {
+                    let row = [class.as_str(), checkpoint, "default", metric.as_str(), "", &format!("{spread:.3e}"), &get(current), &get(proposed)];
                     table.add_row(row.map(|c| c.to_string()).to_vec());
                 }
             }
         }
     }
     for (class, spread) in logit_spreads {
-        let gap = |sp: &spec::Spec| sp.near_tie_gap("generated", class).map(|g| format!("gap {g:.3e}")).unwrap_or_default();
+        let gap = |sp: &spec::Spec| sp.near_tie_gap(CheckpointName::Generated.as_str(), *class).map(|g| format!("gap {g:.3e}")).unwrap_or_default();
         table.add_row(vec![
-            class.clone(),
-            "argmax, generated".into(),
+            class.to_string(),
+            format!("{}, {}", CheckpointName::Argmax, CheckpointName::Generated),
             "all".into(),
-            "near-tie gap (last_logits max_abs)".into(),
+            format!("near-tie gap ({} {})", CheckpointName::LastLogits, Metric::MaxAbs),
             String::new(),
             format!("{spread:.3e}"),
             gap(current),
@@ -247,7 +248,7 @@ fn print_table(
 }
 
 /// One line per outlier pair: checkpoint, class, family, pair, its spread, its ratio to the others.
-fn print_outliers(robust: &BTreeMap<(String, String, String), RobustSpread>) {
+fn print_outliers(robust: &BTreeMap<(String, Class, String), RobustSpread>) {
     for ((checkpoint, class, family), r) in robust {
         for o in &r.outliers {
             println!(

@@ -7,6 +7,7 @@ use harness::compare::{self, Origin};
 use harness::dumps::{Dump, Lookup};
 use harness::pipeline::CaseRun;
 use harness::tensor::{Tensor, Values};
+use reports::vocab::{Metric, TensorName};
 use std::path::Path;
 
 #[derive(clap::Args, Debug)]
@@ -70,7 +71,7 @@ pub fn run(args: DiffArgs, root: &Path) -> Result<i32> {
             println!("(ids or missing on one side: see the status above)");
             continue;
         };
-        let metrics = compare::f32_metrics(&refv, eng, entry.tensor == "probs");
+        let metrics = compare::f32_metrics(&refv, eng, TensorName::is_probability(&entry.tensor));
         for (name, value) in &metrics {
             println!("  metric  {name:<15} {value:>12.4e}");
         }
@@ -88,7 +89,7 @@ pub fn run(args: DiffArgs, root: &Path) -> Result<i32> {
         }
         match input_of(&entries, entry).and_then(|input| f32_pair(run, dump, &input.key).map(|p| (input, p))) {
             Some((input, (ie, ir, _))) => {
-                let (here, before) = (metrics.get("nmse").copied().unwrap_or(f64::NAN), compare::f32_metrics(&ir, ie, false)["nmse"]);
+                let (here, before) = (metrics.get(&Metric::Nmse).copied().unwrap_or(f64::NAN), compare::f32_metrics(&ir, ie, false)[&Metric::Nmse]);
                 let verdict = match compare::inherited(here, before) {
                     Origin::Clean => "no error here",
                     Origin::Inherited => "inherited: no larger than its input's error allows",

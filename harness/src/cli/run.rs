@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use reports::bundle::{Bundle, RunInfo};
 use reports::results::{CaseResult, CheckResult, Role, RunResults, Status};
 use reports::summary::{self, Verdict};
+use reports::vocab::Judged;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::Path;
@@ -143,7 +144,7 @@ fn repeat_checks(loaded: &Loaded, runs: &[CaseRun], repeat: usize, faults: &[eng
                 prompt: run.case.prompt.id.clone(),
                 reference: format!("engine-repeat-{k}"),
                 reference_version: format!("engine {}", env!("CARGO_PKG_VERSION")),
-                dtype: "bit-exact".into(),
+                dtype: Judged::BitExact,
                 role: Role::Reference,
                 checks,
             });

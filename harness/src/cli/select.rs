@@ -6,7 +6,7 @@ use harness::catalog::Catalog;
 use harness::dump_cache::DumpCache;
 use harness::live::{Dumpers, PrivateDir};
 use harness::pipeline::{self, CaseRun, Setup, Source};
-use harness::spec::Spec;
+use harness::spec::{Class, Spec};
 use harness::suite::{Case, Shard, Suite, SuiteModel, SuitePrompt};
 use reports::results::RunResults;
 use std::path::{Path, PathBuf};
@@ -30,8 +30,8 @@ pub struct Selection {
     pub refs: Option<Vec<String>>,
     /// Tolerance class of llama.cpp for --model (f32, f16, quantized): the one reference that
     /// rounds activations to the weights' precision. The others compute in f32 and are judged so.
-    #[arg(long, default_value = "f32")]
-    pub class: String,
+    #[arg(long, default_value_t = Class::F32)]
+    pub class: Class,
     /// Run the reference dumpers now (needs scripts/setup-references.sh) instead of reading dumps.
     #[arg(long, conflicts_with = "dumps")]
     pub live: bool,
@@ -89,7 +89,8 @@ impl Selection {
         let mut suite = Suite::load(&suite_path)?;
         let catalog = Catalog::load(&catalog_path).with_context(|| format!("reading the catalog {}", catalog_path.display()))?;
         let spec = Spec::load(&spec_path).with_context(|| format!("reading the tolerances {}", spec_path.display()))?;
-        spec.validate(&catalog).with_context(|| format!("checking {} against the catalog", spec_path.display()))?;
+        // The error names the file, table and metric itself.
+        spec.validate(&catalog, &spec_path.display().to_string())?;
         if let Some(t) = self.threads {
             if t == 0 {
                 bail!("--threads must be at least 1");
@@ -112,12 +113,12 @@ impl Selection {
             let path = std::fs::canonicalize(model).with_context(|| format!("model {} not found", model.display()))?;
             // Only llama.cpp rounds activations to the weights' precision; PyTorch and tinygrad
             // dequantize and compute in f32 whatever the file holds, so --class is llama.cpp's.
-            let ref_class = refs.iter().filter(|r| r.as_str() != "llamacpp").map(|r| (r.clone(), "f32".to_string())).collect();
+            let ref_class = refs.iter().filter(|r| r.as_str() != "llamacpp").map(|r| (r.clone(), Class::F32)).collect();
             suite.models = vec![SuiteModel {
                 id,
                 path: path.display().to_string(),
                 refs,
-                class: self.class.clone(),
+                class: self.class,
                 ref_class,
                 about: None,
                 ref_paths: Default::default(),
