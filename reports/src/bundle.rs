@@ -23,7 +23,7 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 /// The file every bundle lists its inputs and outputs in.
-pub const MANIFEST: &str = "manifest.toml";
+pub const MANIFEST: &str = signing::SIGNED;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {

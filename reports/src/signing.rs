@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 /// The file beside the manifest holding its signature.
 pub const SIGNATURE: &str = "manifest.sig";
+/// The file a signature is over: the bundle's manifest ([`SIGNED`] is this).
+pub const SIGNED: &str = "manifest.toml";
 
 const SECRET_TAG: &str = "parity-ed25519-secret";
 const PUBLIC_TAG: &str = "parity-ed25519-public";
@@ -178,7 +180,7 @@ pub fn check(bundle_dir: &Path, trusted: &PublicKey) -> Check {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Check::Unsigned,
         Err(e) => return Check::Bad(format!("reading {}: {e}", sig_path.display())),
     };
-    let manifest_path = bundle_dir.join(crate::bundle::MANIFEST);
+    let manifest_path = bundle_dir.join(SIGNED);
     let manifest = match fs::read(&manifest_path) {
         Ok(bytes) => bytes,
         Err(e) => return Check::Bad(format!("reading {}: {e}", manifest_path.display())),
@@ -200,7 +202,7 @@ pub fn check(bundle_dir: &Path, trusted: &PublicKey) -> Check {
     let claimed = unhex::<32>(&file.public_key).and_then(|b| VerifyingKey::from_bytes(&b).ok());
     match claimed {
         Some(key) if key != trusted.0 && key.verify_strict(&manifest, &signature).is_ok() => Check::OtherSigner(fingerprint(key.as_bytes())),
-        _ => Check::Bad(format!("the signature does not match {}: it or {SIGNATURE} was changed after signing", crate::bundle::MANIFEST)),
+        _ => Check::Bad(format!("the signature does not match {}: it or {SIGNATURE} was changed after signing", SIGNED)),
     }
 }
 
@@ -245,7 +247,7 @@ mod tests {
     /// A folder holding a manifest and its signature by `signer`.
     fn signed_dir(signer: &Signer, manifest: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(crate::bundle::MANIFEST), manifest).unwrap();
+        fs::write(dir.path().join(SIGNED), manifest).unwrap();
         fs::write(dir.path().join(SIGNATURE), signer.signature_file(manifest.as_bytes())).unwrap();
         dir
     }
@@ -264,7 +266,7 @@ mod tests {
         assert_eq!(check(dir.path(), &trusted), Check::Signed(trusted.fingerprint()));
         assert_eq!(claimed_signer(dir.path()), Some(trusted.fingerprint()));
         // One byte of the manifest changed after signing.
-        fs::write(dir.path().join(crate::bundle::MANIFEST), "[bundle]\nkind = \"rum\"\n").unwrap();
+        fs::write(dir.path().join(SIGNED), "[bundle]\nkind = \"rum\"\n").unwrap();
         assert!(matches!(check(dir.path(), &trusted), Check::Bad(_)));
 
         let other = signed_dir(&theirs, "[bundle]\nkind = \"run\"\n");
