@@ -28,7 +28,7 @@ pub fn dot(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
 }
 
 /// [`dot`] without its length check, for a caller that checked once for a whole matrix: per row,
-/// the check cost up to 1 ns of a 21 ns in-cache row (docs/reliability.md).
+/// the check is a measurable share of a short in-cache row (docs/reliability.md).
 ///
 /// # Safety
 /// `w` must hold exactly `x.len()` values of `dtype`, in whole blocks for a block type.

@@ -61,8 +61,8 @@ pub fn mul_in_place(x: &mut [f32], y: &[f32]) {
 
 /// GELU in GPT-2's tanh form: `0.5 x (1 + tanh(u))` with `u = sqrt(2/pi) (x + 0.044715 x^3)`,
 /// computed as `x / (1 + exp(-2u))` (the same function: `(1 + tanh u) / 2 = 1 / (1 + e^-2u)`).
-/// libm's `tanhf` was 25 ns a value here and 12% of a GPT-2 prefill's CPU; `expf` is 3.5 ns, and
-/// where `tanh u` is near -1 this form also avoids cancelling `1 + tanh u`.
+/// libm's `tanhf` is several times slower than `expf` (docs/performance.md), and where `tanh u`
+/// is near -1 this form also avoids cancelling `1 + tanh u`.
 pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     x / (1.0 + (-2.0 * SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).exp())

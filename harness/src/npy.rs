@@ -65,8 +65,8 @@ pub fn read_from(mut file: File, len: u64, path: &Path) -> Result<Tensor, NpyErr
     // A length past usize fails the data length check below.
     let len = usize::try_from(len).unwrap_or(usize::MAX);
     // Headers are 128 bytes as numpy writes them: read a little first, and up to the most a
-    // header may take only if it is longer (a 64 KiB head zeroed, read and copied again for
-    // every tensor was 235 MB of extra memset and memcpy on a SmolLM2 run).
+    // header may take only if it is longer (a large head zeroed and copied per tensor adds up
+    // over the thousands of tensors of a run; docs/performance.md).
     let most = len.min(PREAMBLE_MAX + MAX_HEADER);
     let mut head = vec![0u8; len.min(FIRST_READ)];
     file.read_exact(&mut head).map_err(|e| err(Problem::Io(e)))?;
@@ -129,7 +129,7 @@ fn read_values<T: Element>(count: usize, already: &[u8], file: &mut File) -> std
 }
 
 /// Fills `len` bytes at `dst` from the file, straight into memory that was never zeroed (zeroing
-/// 400 MB of tensors a run only to overwrite them cost about a twentieth of the comparison).
+/// every tensor only to overwrite it was a measurable part of the comparison).
 ///
 /// # Safety
 /// `dst` must be valid for `len` bytes of writes.

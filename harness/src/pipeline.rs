@@ -115,8 +115,8 @@ pub fn run(ctx: &Setup, cases: Vec<Case>, run_id: &str) -> Result<(RunResults, V
         run.timings += timings;
         runs.push(run);
     }
-    // Unloading the last model (unmapping its file, freeing its tokenizer: 15 ms for SmolLM2) is
-    // the engine's cost as loading it was; the previous model's is timed with the next load.
+    // Unloading the last model (unmapping its file, freeing its tokenizer) is the engine's cost as
+    // loading it was; the previous model's is timed with the next load.
     let t = Instant::now();
     drop(loaded);
     if let Some(last) = runs.last_mut() {

@@ -98,6 +98,10 @@ impl Suite {
             bail!("suite {} lists no models or no prompts", path.display());
         }
         suite.check_names().with_context(|| format!("suite {}", path.display()))?;
+        // A process argument cannot hold U+0000, so no dumper could be given such a prompt.
+        if let Some(prompt) = suite.prompts.iter().find(|p| p.text.contains('\0')) {
+            bail!("suite {}: prompt {} holds U+0000, which no dumper can be given; remove it", path.display(), prompt.id);
+        }
         if let Some(level) = suite.min_confidence.as_deref().filter(|l| reports::confidence::level_named(l).is_none()) {
             bail!("suite {}: min_confidence {level:?} is not a confidence level (0-4 or {})", path.display(), reports::confidence::LEVELS.join(", "));
         }
@@ -286,6 +290,19 @@ mod tests {
         let suite = Suite::load(&path);
         std::fs::remove_dir_all(&dir)?;
         suite
+    }
+
+    #[test]
+    fn a_prompt_holding_nul_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("parity-suite-nul-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("suite.toml");
+        let text = "dumps = \"d\"\nn_generate = 1\ntemperature = 1.0\nthreads = 1\n[[model]]\nid = \"m\"\npath = \"m.gguf\"\n\
+                    refs = [\"pytorch\"]\n[[prompt]]\nid = \"nul\"\ntext = \"a\\u0000b\"\n";
+        std::fs::write(&path, text).unwrap();
+        let err = format!("{:#}", Suite::load(&path).unwrap_err());
+        assert!(err.contains("prompt nul holds U+0000"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

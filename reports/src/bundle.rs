@@ -271,8 +271,8 @@ impl Bundle {
     }
 }
 
-/// Appends one `[[kind]]` table per file. Written directly: the toml crate took 17 ms for the
-/// 3,600 entries of a SmolLM2 run (a twentieth of the harness's time), this takes about one.
+/// Appends one `[[kind]]` table per file. Written directly: through the toml crate, the thousands
+/// of entries of a run took a noticeable share of the harness's time (docs/performance.md).
 fn file_tables(kind: &str, files: &[FileHash], out: &mut String) {
     use std::fmt::Write;
     for f in files {

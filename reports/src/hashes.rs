@@ -59,9 +59,8 @@ const STORE_HEADER: &str = "# parity sha256 cache v2: hmac-sha256 of the rest, s
 pub struct HashCache {
     /// The store and the MAC keyed with its secret; `None` in memory-only mode.
     store: Option<(PathBuf, LineMac)>,
-    /// The store as loaded: each path's line (without the path), parsed only when looked up. A
-    /// run uses a few thousand of its tens of thousands of lines, and parsing them all into owned
-    /// strings took 16-22 ms of every run.
+    /// The store as loaded: each path's line (without the path), parsed only when looked up: a
+    /// run uses a few thousand of its tens of thousands of lines.
     stored: HashMap<&'static str, &'static str>,
     /// What this process hashed; looked up before `stored`.
     known: RwLock<HashMap<String, Known>>,

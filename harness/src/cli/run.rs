@@ -166,8 +166,8 @@ fn bit_identical(a: &Tensor, b: &Tensor) -> bool {
 pub type Render = fn(&RunResults) -> Result<String>;
 
 /// Every bundle's outputs besides its inputs, by file name. results.json is the whole data model
-/// for programs (compact: pretty-printed it was 5 MB on a SmolLM2 run and a tenth of the
-/// harness's time to write); summary.json, the reports and junit.xml are for people and CI.
+/// for programs (compact: pretty-printed, writing it was a large share of the harness's time);
+/// summary.json, the reports and junit.xml are for people and CI.
 pub const RENDERS: [(&str, Render); 5] = [
     ("results.json", |r| Ok(serde_json::to_string(r)?)),
     ("summary.json", |r| Ok(reports::json::render(r))),
