@@ -94,6 +94,15 @@ impl Gpt2 {
         Ok(Gpt2 { output_norm: Norm::load(store, "output_norm", d)?, config, token_embd, position_embd, blocks, output })
     }
 
+    /// The matrices every token multiplies by (the embedding is only looked up, unless tied).
+    pub(crate) fn products(&self) -> Vec<&QTensor> {
+        let mut out = vec![&self.output];
+        for b in &self.blocks {
+            out.extend([&b.qkv.w, &b.attn_output.w, &b.ffn_up.w, &b.ffn_down.w]);
+        }
+        out
+    }
+
     /// Every weight matrix, for planting a dequantization bug in it. The position table was
     /// widened to f32 when loaded and is not among them.
     #[cfg(feature = "fault-injection")]

@@ -61,6 +61,15 @@ impl Llama {
         Ok(Llama { output_norm: store.vector("output_norm.weight", d)?, config, token_embd, blocks, output })
     }
 
+    /// The matrices every token multiplies by (the embedding is only looked up, unless tied).
+    pub(crate) fn products(&self) -> Vec<&QTensor> {
+        let mut out = vec![&self.output];
+        for b in &self.blocks {
+            out.extend([&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down]);
+        }
+        out
+    }
+
     /// Every weight matrix, for planting a dequantization bug in it.
     #[cfg(feature = "fault-injection")]
     pub(crate) fn matrices_mut(&mut self) -> Vec<&mut QTensor> {

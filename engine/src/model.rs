@@ -29,6 +29,13 @@ pub struct Shared<'a> {
     pub sampler_logits: Option<&'a [f32]>,
 }
 
+/// See [`Model::product_cost`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProductCost {
+    pub weight_bytes: usize,
+    pub multiply_adds: usize,
+}
+
 pub struct Model {
     net: Net,
     pub tokenizer: Tokenizer,
@@ -82,6 +89,19 @@ impl Model {
             }
         };
         matrices.into_iter().for_each(|w| w.plant(fault));
+    }
+
+    /// What one token costs in matrix products: the bytes of every weight matrix it reads and
+    /// the multiply-adds it does with them (attention over the cache comes on top).
+    pub fn product_cost(&self) -> ProductCost {
+        let products = match &self.net {
+            Net::Llama(m) => m.products(),
+            Net::Gpt2(m) => m.products(),
+        };
+        ProductCost {
+            weight_bytes: products.iter().map(|w| w.bytes.len()).sum(),
+            multiply_adds: products.iter().map(|w| w.shape.iter().product::<usize>()).sum(),
+        }
     }
 
     pub fn new_cache(&self, capacity: usize) -> KvCache {

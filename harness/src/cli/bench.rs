@@ -1,5 +1,7 @@
 //! `parity bench`: the engine's prefill and decode speed beside llama.cpp's, on the same file, the
-//! same token ids and the same thread counts, measured in one run.
+//! same token ids and the same thread counts, measured in one run; and both against what the
+//! machine allows, measured in the same run: memory bandwidth for decode (every weight is read once
+//! per token) and the cores' FMA peak for prefill.
 
 use anyhow::{bail, Context, Result};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
@@ -48,6 +50,28 @@ pub struct Row {
     pub engine: Timings,
     pub llamacpp: Option<Timings>,
     pub llamacpp_version: Option<String>,
+    pub cost: Cost,
+    pub host: Host,
+}
+
+/// What a token costs the model, counted from its weights and shape.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Cost {
+    /// Bytes a decoded token reads: every weight matrix once, and the KV cache at the mean
+    /// position of the generation.
+    pub decode_bytes: f64,
+    /// Floating-point operations of a prompt token: two per weight multiply-add, and attention's
+    /// scores and weighted sum over the mean prompt position.
+    pub prefill_flops: f64,
+}
+
+/// The machine's limits with this many threads, measured by [`measure_host`].
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Host {
+    /// Reading a buffer far larger than the caches, summed: bytes per second.
+    pub read_bandwidth: f64,
+    /// Independent 8-wide FMA chains on every thread: flops per second (None without AVX2+FMA).
+    pub fma_peak: Option<f64>,
 }
 
 pub fn run(args: BenchArgs, dumpers_python: &Path, root: &Path) -> Result<()> {
@@ -60,7 +84,9 @@ pub fn run(args: BenchArgs, dumpers_python: &Path, root: &Path) -> Result<()> {
         let model = Model::load(path).with_context(|| format!("loading {}", path.display()))?;
         let load_s = start.elapsed().as_secs_f64();
         let ids = token_ids(model.config().vocab_size, args.prompt_tokens + args.gen_tokens);
+        let cost = cost_of(&model, args.prompt_tokens, args.gen_tokens);
         for &threads in &args.threads {
+            let host = measure_host(threads)?;
             let engine = Timings { load_s, ..measure_engine(&model, &ids, args.prompt_tokens, threads, args.runs)? };
             let (llamacpp, version) = match args.no_reference {
                 true => (None, None),
@@ -69,7 +95,7 @@ pub fn run(args: BenchArgs, dumpers_python: &Path, root: &Path) -> Result<()> {
                     (Some(t), Some(v))
                 }
             };
-            let row = Row { model: path.display().to_string(), threads, engine, llamacpp, llamacpp_version: version };
+            let row = Row { model: path.display().to_string(), threads, engine, llamacpp, llamacpp_version: version, cost, host };
             eprintln!("bench: {} threads {} done", row.model, threads);
             rows.push(row);
         }
@@ -79,6 +105,106 @@ pub fn run(args: BenchArgs, dumpers_python: &Path, root: &Path) -> Result<()> {
         std::fs::write(out, serde_json::to_string_pretty(&rows)?).with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())
+}
+
+fn cost_of(model: &Model, n_prompt: usize, n_gen: usize) -> Cost {
+    let (c, products) = (model.config(), model.product_cost());
+    let kv_per_position = (2 * c.n_layers * c.n_kv_heads * c.head_dim * std::mem::size_of::<f32>()) as f64;
+    let decode_position = n_prompt as f64 + n_gen as f64 / 2.0;
+    // Scores (q.k) and the weighted sum of V: two multiply-adds per head dimension and position.
+    let attention_flops = |positions: f64| 4.0 * (c.n_layers * c.n_heads * c.head_dim) as f64 * positions;
+    Cost {
+        decode_bytes: products.weight_bytes as f64 + kv_per_position * decode_position,
+        prefill_flops: 2.0 * products.multiply_adds as f64 + attention_flops(n_prompt as f64 / 2.0),
+    }
+}
+
+/// The machine's read bandwidth and FMA peak with `threads` threads, best of three each.
+fn measure_host(threads: usize) -> Result<Host> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("building the thread pool")?;
+    // 1 GiB, far past any cache; written once so every page is really there.
+    let buffer: Vec<f32> = (0..(1usize << 28)).map(|i| (i & 0xff) as f32).collect();
+    let chunk = buffer.len().div_ceil(threads);
+    let best = |f: &dyn Fn() -> f64| (0..3).map(|_| f()).fold(0.0, f64::max);
+    let read_bandwidth = pool.install(|| {
+        use rayon::prelude::*;
+        best(&|| {
+            let start = Instant::now();
+            let sum: f32 = buffer.par_chunks(chunk).map(sum_f32).sum();
+            std::hint::black_box(sum);
+            std::mem::size_of_val(buffer.as_slice()) as f64 / start.elapsed().as_secs_f64()
+        })
+    });
+    drop(buffer);
+    let fma_peak = fma::available().then(|| {
+        pool.install(|| {
+            use rayon::prelude::*;
+            const ITERS: usize = 20_000_000;
+            best(&|| {
+                let start = Instant::now();
+                let sum: f32 = (0..threads).into_par_iter().map(|_| fma::chains(ITERS)).sum();
+                std::hint::black_box(sum);
+                (threads * ITERS * fma::FLOPS_PER_ITER) as f64 / start.elapsed().as_secs_f64()
+            })
+        })
+    });
+    Ok(Host { read_bandwidth, fma_peak })
+}
+
+/// Eight running sums, so the loop is bound by memory, not by one add's latency.
+fn sum_f32(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut blocks = xs.chunks_exact(8);
+    for b in &mut blocks {
+        for (a, x) in acc.iter_mut().zip(b) {
+            *a += x;
+        }
+    }
+    acc.iter().sum::<f32>() + blocks.remainder().iter().sum::<f32>()
+}
+
+/// Ten independent chains of 8-wide fused multiply-adds: more chains than an FMA's latency times
+/// the units that run them, so the loop runs at the core's issue rate.
+mod fma {
+    pub const FLOPS_PER_ITER: usize = 10 * 8 * 2;
+
+    pub fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// Runs `iters` rounds; call only when [`available`].
+    pub fn chains(iters: usize) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if available() {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { chains_avx2(iters) };
+        }
+        let _ = iters;
+        0.0
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn chains_avx2(iters: usize) -> f32 {
+        use std::arch::x86_64::*;
+        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        let mut acc = [_mm256_set1_ps(1.0); 10];
+        for _ in 0..iters {
+            for r in &mut acc {
+                *r = _mm256_fmadd_ps(*r, a, b);
+            }
+        }
+        let mut total = _mm256_setzero_ps();
+        for r in acc {
+            total = _mm256_add_ps(total, r);
+        }
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), total);
+        lanes.iter().sum()
+    }
 }
 
 /// The same pseudo-random ids every run and for both engines (a fixed SplitMix64 stream).
@@ -192,10 +318,60 @@ fn print_table(rows: &[Row], n_prompt: usize, n_gen: usize) {
     }
     println!("{table}");
     println!("median (min-max) over the runs; ratio = engine / llama.cpp medians, same file, ids and threads");
+    print_limits(rows, n_prompt, n_gen);
     for row in rows.iter().filter(|r| r.threads == rows[0].threads) {
         let llamacpp = row.llamacpp.as_ref().map_or(String::new(), |t| format!(", llama.cpp {:.2} s", t.load_s));
         println!("load {}: engine {:.2} s{llamacpp}", row.model, row.engine.load_s);
     }
+}
+
+/// Each figure against the machine's limit: decode's bytes per second against the read bandwidth,
+/// prefill's flops per second against the FMA peak.
+fn print_limits(rows: &[Row], n_prompt: usize, n_gen: usize) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "model",
+        "threads",
+        "read GB/s",
+        "MB / decoded token",
+        "engine decode",
+        "llama.cpp decode",
+        "FMA peak GFLOP/s",
+        "GFLOP / prompt token",
+        "engine prefill",
+        "llama.cpp prefill",
+    ]);
+    for row in rows {
+        let name = Path::new(&row.model).file_name().map_or(row.model.clone(), |f| f.to_string_lossy().into_owned());
+        let decode = |t: &Timings| {
+            let rate = rates(n_gen, &t.decode_s).0 * row.cost.decode_bytes;
+            format!("{:.1} GB/s ({:.0}%)", rate / 1e9, 100.0 * rate / row.host.read_bandwidth)
+        };
+        let prefill = |t: &Timings| {
+            let rate = rates(n_prompt, &t.prefill_s).0 * row.cost.prefill_flops;
+            match row.host.fma_peak {
+                Some(peak) => format!("{:.1} GFLOP/s ({:.0}%)", rate / 1e9, 100.0 * rate / peak),
+                None => format!("{:.1} GFLOP/s", rate / 1e9),
+            }
+        };
+        table.add_row(vec![
+            name,
+            row.threads.to_string(),
+            format!("{:.1}", row.host.read_bandwidth / 1e9),
+            format!("{:.1}", row.cost.decode_bytes / 1e6),
+            decode(&row.engine),
+            row.llamacpp.as_ref().map_or("-".into(), decode),
+            row.host.fma_peak.map_or("no AVX2+FMA".into(), |p| format!("{:.1}", p / 1e9)),
+            format!("{:.3}", row.cost.prefill_flops / 1e9),
+            prefill(&row.engine),
+            row.llamacpp.as_ref().map_or("-".into(), prefill),
+        ]);
+    }
+    println!("{table}");
+    println!(
+        "against the machine, measured in this run: decode reads every weight once per token (and the KV cache), so its bytes per \
+         second are bounded by the read bandwidth; prefill is bounded by the FMA peak (8-wide, every thread)"
+    );
 }
 
 #[cfg(test)]
@@ -207,6 +383,30 @@ mod tests {
         // 10 tokens in 1 s, 2 s and 0.5 s: 10, 5 and 20 tok/s.
         assert_eq!(rates(10, &[1.0, 2.0, 0.5]), (10.0, 5.0, 20.0));
         assert_eq!(rates(10, &[1.0, 2.0]), (7.5, 5.0, 10.0));
+    }
+
+    #[test]
+    fn a_sum_in_eight_lanes_adds_every_element() {
+        let xs: Vec<f32> = (1..=19).map(|i| i as f32).collect();
+        assert_eq!(sum_f32(&xs), 190.0, "1 + ... + 19, the last three outside the eight-wide blocks");
+        assert_eq!(sum_f32(&[]), 0.0);
+    }
+
+    #[test]
+    fn a_token_costs_its_weights_and_its_cache() {
+        // The tiny Llama fixture: the products' bytes and multiply-adds counted by hand from its shapes.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let model = Model::load(&root.join("fixtures/models/tiny-llama/model-f32.gguf")).unwrap();
+        let c = model.config();
+        let (d, kv, ffn, vocab) = (c.d_model, c.n_kv_heads * c.head_dim, c.ffn_dim, c.vocab_size);
+        let per_layer = d * d * 2 + kv * d * 2 + ffn * d * 3;
+        let multiply_adds = c.n_layers * per_layer + vocab * d;
+        assert_eq!(model.product_cost().multiply_adds, multiply_adds);
+        assert_eq!(model.product_cost().weight_bytes, 4 * multiply_adds, "f32 weights: four bytes each");
+        let cost = cost_of(&model, 10, 4);
+        let kv_bytes = (2 * c.n_layers * kv * 4) as f64 * 12.0;
+        assert_eq!(cost.decode_bytes, (4 * multiply_adds) as f64 + kv_bytes);
+        assert_eq!(cost.prefill_flops, 2.0 * multiply_adds as f64 + 4.0 * (c.n_layers * c.n_heads * c.head_dim) as f64 * 5.0);
     }
 
     #[test]
