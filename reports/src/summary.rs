@@ -157,6 +157,7 @@ impl Cell<'_> {
             out += &format!(" [{}]", self.authorship);
         }
         let mut of: Vec<&str> = self.duplicates.iter().map(|d| d.of.as_str()).collect();
+        of.sort_unstable();
         of.dedup();
         if !of.is_empty() {
             out += &format!(" [duplicate of {}]", of.join(", "));
