@@ -6,8 +6,10 @@ use crate::catalog::{self, Catalog, Entry};
 use crate::compare;
 use crate::dump_cache::{DumpCache, DumpKey, Origin};
 use crate::dumps::{Dump, Lookup};
+use crate::duplicates;
 use crate::engine_run;
 use crate::live::{DumpRequest, Dumpers};
+use crate::provenance::Provenance;
 use crate::sampling;
 use crate::spec::{Class, Spec};
 use crate::steps;
@@ -37,6 +39,8 @@ pub struct Setup<'a> {
     pub suite: &'a Suite,
     pub catalog: &'a Catalog,
     pub spec: &'a Spec,
+    /// Whose code computed each checkpoint, per reference and family (checkpoints/provenance.toml).
+    pub provenance: &'a Provenance,
     pub source: &'a Source,
     /// Called on every model after loading (the harness's own tests plant bugs with it).
     pub prepare: Option<&'a dyn Fn(&mut Model)>,
@@ -163,7 +167,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
         },
         _ => Fed::default(),
     };
-    let dumps: Vec<_> = case.refs.iter().map(|reference| fetch(reference, &fed, results)).collect();
+    let mut dumps: Vec<_> = case.refs.iter().map(|reference| fetch(reference, &fed, results)).collect();
     let t = Instant::now();
     let trace = engine_run::trace(model, &case.prompt.text, ctx.suite.n_generate, ctx.suite.temperature, fed.shared())
         .with_context(|| format!("engine on {} / {}", case.model.id, case.prompt.id))?;
@@ -172,6 +176,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     let arch = model.config().arch.name();
     let entries = ctx.catalog.entries(arch, model.config().n_layers);
     let t = Instant::now();
+    let duplicates = refuse_copies(&case, &mut dumps, truth.as_ref(), &entries, results);
     let readable: Vec<(&String, &Dump)> = dumps.iter().filter_map(|(reference, dump)| Some((reference, dump.as_ref().ok()?))).collect();
     let class = |reference: &str| case.model.class_for(reference);
     // Flips on the shared history are judged from each reference's own step logits.
@@ -255,6 +260,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     for (&(reference, dump), (mut checks, tensors)) in readable.iter().zip(token_checks.into_iter().zip(tensor_checks)) {
         checks.extend(tensors);
         checks.sort_by_key(|c| order.get(c.key.as_str()).copied());
+        let provenance = ctx.provenance.of(reference, arch)?.clone();
         results.cases.push(CaseResult {
             model: case.model.id.clone(),
             model_sha256: sha.to_string(),
@@ -264,9 +270,12 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
             dtype: case.model.class.into(),
             role: Role::Reference,
             checks,
+            provenance,
+            duplicates: duplicates.get(reference.as_str()).cloned().unwrap_or_default(),
         });
     }
     if let Some((name, dump, checks)) = truth_checks {
+        let provenance = ctx.provenance.of(name, arch)?.clone();
         results.cases.push(CaseResult {
             model: case.model.id.clone(),
             model_sha256: sha.to_string(),
@@ -276,12 +285,59 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
             dtype: case.model.class.into(),
             role: Role::Truth,
             checks,
+            provenance,
+            duplicates: Vec::new(),
         });
     }
     let in_engine = gap_time.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     timings.engine += in_engine;
     timings.compare += t.elapsed().saturating_sub(in_engine);
     Ok(CaseRun { case, model_path, timings, engine: trace.tensors, dumps, origins, truth, fed, results: first..results.cases.len() })
+}
+
+/// Finds the tensors two references dumped bit for bit alike (returned per reference, to be
+/// recorded in its results), and refuses a dump identical in every tensor to another reference's
+/// or the truth's: a copy under a second name would count as one more independent reference, so
+/// it becomes a reference error (exit 3), as a stale dump does.
+fn refuse_copies(
+    case: &Case,
+    dumps: &mut [(String, std::result::Result<Dump, String>)],
+    truth: Option<&(String, std::result::Result<Dump, String>)>,
+    entries: &[Entry],
+    results: &mut RunResults,
+) -> BTreeMap<String, Vec<reports::results::Duplicate>> {
+    let mut sides = Vec::new();
+    let mut at = Vec::new(); // index into `dumps` of each side; None for the truth
+    for (i, (name, dump)) in dumps.iter().enumerate() {
+        if let Ok(dump) = dump {
+            sides.push(duplicates::Side { name, dump, votes: true });
+            at.push(Some(i));
+        }
+    }
+    if let Some((name, Ok(dump))) = truth {
+        sides.push(duplicates::Side { name, dump, votes: false });
+        at.push(None);
+    }
+    let found = duplicates::find(&sides, entries);
+    let names: Vec<String> = sides.iter().map(|s| s.name.to_string()).collect();
+    let dirs: Vec<String> = sides.iter().map(|s| s.dump.dir.display().to_string()).collect();
+    let mut flagged: BTreeMap<String, Vec<reports::results::Duplicate>> = BTreeMap::new();
+    for (name, list) in names.iter().zip(found.duplicates) {
+        if !list.is_empty() {
+            flagged.insert(name.clone(), list);
+        }
+    }
+    for (copy, original) in found.copies {
+        let Some(i) = at[copy] else { continue };
+        let e = format!(
+            "{}: every tensor is bit for bit the {} dump's ({}): a copy under another name is not an independent reference; remake it (scripts/make-dumps.sh) or run --live",
+            dirs[copy], names[original], dirs[original]
+        );
+        results.reference_errors.insert(format!("{}/{}/{}", case.model.id, case.prompt.id, names[copy]), e.clone());
+        dumps[i].1 = Err(e);
+        flagged.remove(&names[copy]);
+    }
+    flagged
 }
 
 /// The engine's step logits recomputed by one prefill of the prompt and the whole history, judged

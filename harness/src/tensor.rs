@@ -34,6 +34,16 @@ impl Tensor {
         self.len() == 0
     }
 
+    /// Same shape and the same bits in every value (0.0 and -0.0 differ; equal NaN bits match).
+    pub fn bit_identical(&self, other: &Tensor) -> bool {
+        self.shape == other.shape
+            && match (&self.values, &other.values) {
+                (Values::F32(x), Values::F32(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),
+                (Values::Ids(x), Values::Ids(y)) => x == y,
+                _ => false,
+            }
+    }
+
     pub fn is_ids(&self) -> bool {
         matches!(self.values, Values::Ids(_))
     }
@@ -69,6 +79,16 @@ pub fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bit_identity_tells_apart_values_that_compare_equal() {
+        let a = Tensor::f32(vec![2], vec![0.0, 1.0]);
+        let b = Tensor::f32(vec![2], vec![-0.0, 1.0]);
+        assert!(a.bit_identical(&a.clone()));
+        assert!(!a.bit_identical(&b), "0.0 and -0.0 are equal as numbers, not as bits");
+        let nan = Tensor::f32(vec![1], vec![f32::NAN]);
+        assert!(nan.bit_identical(&nan.clone()), "the same NaN bits twice are deterministic");
+    }
 
     #[test]
     fn unravel_is_row_major() {

@@ -187,6 +187,40 @@ fn a_reference_dump_copied_into_another_references_folder_is_refused_not_counted
 }
 
 #[test]
+fn a_dump_copied_under_another_references_name_is_refused_even_with_its_manifest_renamed() {
+    let proof = scratch("renamed-dump");
+    let dumps = proof.join("dumps");
+    copy_dir(&root().join("fixtures/dumps/tiny-llama-f32"), &dumps.join("tiny-llama-f32"));
+    for prompt in std::fs::read_dir(dumps.join("tiny-llama-f32")).unwrap() {
+        let prompt = prompt.unwrap().path();
+        std::fs::remove_dir_all(prompt.join("tinygrad")).unwrap();
+        copy_dir(&prompt.join("pytorch"), &prompt.join("tinygrad"));
+        let manifest = prompt.join("tinygrad/manifest.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap().replace("reference = \"pytorch\"", "reference = \"tinygrad\"");
+        std::fs::write(&manifest, text).unwrap();
+    }
+    let out = parity(&["run", "--model", "tiny-llama-f32", "--dumps", dumps.to_str().unwrap()], &proof, "renamed");
+    let report = std::fs::read_to_string(proof.join("run/renamed/report.md")).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(report.contains("every tensor is bit for bit the pytorch dump's"), "{report}");
+    assert!(report.contains("not an independent reference"), "{report}");
+}
+
+#[test]
+fn a_provenance_file_naming_an_unknown_reference_or_checkpoint_is_bad_input() {
+    let proof = scratch("provenance");
+    let text = std::fs::read_to_string(root().join("checkpoints/provenance.toml")).unwrap();
+    let misspelt = proof.join("misspelt.toml");
+    std::fs::write(&misspelt, text.replace("[tinygrad.gpt2]", "[tinygrd.gpt2]")).unwrap();
+    let out = parity(&["run", "--provenance", misspelt.to_str().unwrap()], &proof, "misspelt");
+    assert_one_line_error(&out, "\"tinygrd\" is not a reference");
+    let unknown = proof.join("unknown.toml");
+    std::fs::write(&unknown, text.replacen("attn_probs = ", "attn_prob = ", 1)).unwrap();
+    let out = parity(&["run", "--provenance", unknown.to_str().unwrap()], &proof, "unknown");
+    assert_one_line_error(&out, "\"attn_prob\" is not a checkpoint of the catalog");
+}
+
+#[test]
 fn shards_merge_only_as_the_complete_set_of_one_run() {
     let proof = scratch("merge");
     for k in ["1", "2"] {
@@ -207,8 +241,10 @@ fn shards_merge_only_as_the_complete_set_of_one_run() {
 #[test]
 fn a_pass_below_the_confidence_gate_exits_1_and_a_bad_level_exits_2() {
     let proof = scratch("gate");
-    // One reference agrees: the checks pass, at less than the three references `high` asks for.
-    let args = ["run", "--model", "tiny-llama-f32", "--prompt", "fox", "--refs", "pytorch", "--min-confidence"];
+    // Two references agree, but `probs` is llama.cpp's only as numpy code of ours and `embeddings`
+    // PyTorch's only with our tokenizer corrections: one independent reference at each, so the
+    // checks pass at 2/4, less than the three references `high` asks for.
+    let args = ["run", "--model", "tiny-llama-f32", "--prompt", "fox", "--refs", "llamacpp,pytorch", "--min-confidence"];
     let gated = parity(&[&args[..], &["high"]].concat(), &proof, "gated");
     assert_eq!(gated.status.code(), Some(1), "{}", stderr(&gated));
     assert!(String::from_utf8_lossy(&gated.stdout).contains("PASS"));

@@ -52,13 +52,15 @@ fn run(model_id: &str, fault: Option<Fault>) -> Option<Run> {
     }
     let catalog = Catalog::load(&root.join("checkpoints/catalog.toml")).unwrap();
     let spec = Spec::load(&root.join("checkpoints/tolerances.toml")).unwrap();
+    let known = harness::provenance::references_in(&root).unwrap();
+    let provenance = harness::provenance::Provenance::load(&root.join("checkpoints/provenance.toml"), &catalog, &known).unwrap();
     let source = Source::Dumps(dumps);
     let plant = move |m: &mut Model| {
         if let Some(f) = fault {
             m.inject_fault(f)
         }
     };
-    let setup = Setup { root: &root, suite: &suite, catalog: &catalog, spec: &spec, source: &source, prepare: Some(&plant) };
+    let setup = Setup { root: &root, suite: &suite, catalog: &catalog, spec: &spec, provenance: &provenance, source: &source, prepare: Some(&plant) };
     let cases = suite.cases();
     assert_eq!(cases.len(), 1, "{model_id} x {prompt}");
     let (results, runs) = pipeline::run(&setup, cases, "planted-real").unwrap();

@@ -4,9 +4,13 @@
 //!
 //! - **0 none**: any check failed (fail, missing, layout, non-finite), or nothing was compared.
 //! - Otherwise, for every model/prompt/dtype and every checkpoint compared anywhere in the run, count
-//!   the distinct references whose checks at that checkpoint all pass (a near-tie counts as agreeing).
-//!   The smallest such count over the whole run, capped at 3, gives **+1 per independent reference**.
-//!   A checkpoint some model/prompt did not compare at all counts zero references there.
+//!   the distinct references whose checks at that checkpoint all pass (a near-tie counts as agreeing)
+//!   and that are independent there: the library's own model code computed it (provenance `own`;
+//!   `kernels`, its tensor ops under model code of ours, re-checks our design and does not count),
+//!   and none of its tensors there is bit-identical to another reference's (the later by name of
+//!   two such is not counted). The smallest such count over the whole run, capped at 3, gives
+//!   **+1 per independent reference**. A checkpoint some model/prompt did not compare at all
+//!   counts zero references there.
 //! - **+1 generation**: the `generated` checkpoint was compared for every model/prompt against
 //!   every reference and every greedy continuation matched exactly, on top of at least one agreeing
 //!   reference (a matching continuation alone, with some checkpoint unconfirmed, earns nothing). Near-ties earn no point: they
@@ -15,9 +19,10 @@
 //! Levels: 0 none, 1 low, 2 moderate, 3 high, 4 full.
 
 use crate::results::{RunResults, Status};
-use crate::summary::{self, Subject};
-use crate::vocab::CheckpointName;
+use crate::summary::{self, Cell, Subject};
+use crate::vocab::{Authorship, CheckpointName};
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// The checkpoint whose exact match earns the generation point, by name: its number moves when
 /// the catalog grows (it was 12, then 13 once the decode layers came before it).
@@ -27,8 +32,12 @@ pub const GENERATED_CHECKPOINT: CheckpointName = CheckpointName::Generated;
 pub const RULE: &[&str] = &[
     "0 (none): any check failed (fail, missing, layout, non-finite), or nothing was compared.",
     "+1 for each independent reference (up to 3) that agrees on every checkpoint compared in the run, \
-     for every model/prompt: the level counts the smallest number of agreeing references found anywhere \
+     for every model/prompt: the level counts the smallest number of agreeing independent references found anywhere \
      (a near-tie counts as agreeing).",
+    "A reference is independent at a checkpoint only where the reference library's own model code computed it \
+     (provenance `own`); `kernels` (its tensor ops under model code written in this repository) and `ours` \
+     do not count, and of two references whose dumps there are bit-identical on a tensor involving arithmetic \
+     only the first by name counts.",
     "+1 when the greedy continuation (checkpoint `generated`) matches exactly against every reference \
      for every model/prompt, given at least one agreeing reference; near-ties earn no point and are listed.",
     "Levels: 0 none, 1 low, 2 moderate, 3 high, 4 full.",
@@ -55,6 +64,21 @@ pub struct Agreement {
     pub checkpoint: String,
     pub agreeing: Vec<String>,
     pub disagreeing: Vec<String>,
+    /// The agreeing references counted: independent at this checkpoint.
+    pub independent: Vec<String>,
+    /// Agreeing references not counted, each with why: `tinygrad (kernels: our attention core)`.
+    pub not_counted: Vec<String>,
+}
+
+/// A checkpoint that rests on fewer than three independent references somewhere in the run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Thin {
+    pub checkpoint_id: u32,
+    pub checkpoint: String,
+    /// The fewest independent agreeing references at it over the run's model/prompts, and where.
+    pub independent: usize,
+    pub subject: String,
+    pub not_counted: Vec<String>,
 }
 
 /// The graded run.
@@ -65,8 +89,10 @@ pub struct Confidence {
     /// Checks that failed; any makes the level 0.
     pub failures: usize,
     pub checks: usize,
-    /// The smallest number of references agreeing on any checkpoint (uncapped).
+    /// The smallest number of independent references agreeing on any checkpoint (uncapped).
     pub min_agreeing_references: usize,
+    /// Checkpoints resting on fewer than three independent references, by id.
+    pub thin: Vec<Thin>,
     /// Every continuation compared matched exactly.
     pub generation_matches: bool,
     /// `subject checkpoint reference: note` for every near-tie in the run.
@@ -81,7 +107,8 @@ impl Confidence {
         let failures = all.filter(|k| k.status.is_failure()).count();
         let subjects = summary::subjects(run);
         let agreement: Vec<Agreement> = subjects.iter().flat_map(agreement_of).collect();
-        let min_agreeing_references = agreement.iter().map(|a| a.agreeing.len()).min().unwrap_or(0);
+        let min_agreeing_references = agreement.iter().map(|a| a.independent.len()).min().unwrap_or(0);
+        let thin = thin(&agreement);
         let generation_matches = !subjects.is_empty() && subjects.iter().all(generation_matches);
         let near_ties = near_ties(&subjects);
 
@@ -92,7 +119,7 @@ impl Confidence {
             references + u8::from(generation_matches && references > 0)
         };
         let name = LEVELS[level as usize];
-        Confidence { level, name, failures, checks, min_agreeing_references, generation_matches, near_ties, agreement }
+        Confidence { level, name, failures, checks, min_agreeing_references, thin, generation_matches, near_ties, agreement }
     }
 
     /// `3/4 (high)`.
@@ -106,15 +133,57 @@ fn agreement_of(subject: &Subject) -> Vec<Agreement> {
         .checkpoints
         .iter()
         .map(|(id, name)| {
-            let (mut agreeing, mut disagreeing) = (Vec::new(), Vec::new());
+            let (mut agreeing, mut disagreeing, mut independent, mut not_counted) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for (reference, _) in &subject.references {
                 match subject.cells.get(&(*id, reference.clone())) {
-                    Some(cell) if cell.failed == 0 => agreeing.push(reference.clone()),
+                    Some(cell) if cell.failed == 0 => {
+                        agreeing.push(reference.clone());
+                        if cell.independent() {
+                            independent.push(reference.clone());
+                        } else {
+                            not_counted.push(why_not_counted(reference, cell));
+                        }
+                    }
                     Some(_) => disagreeing.push(reference.clone()),
                     None => {}
                 }
             }
-            Agreement { subject: subject.title(), checkpoint_id: *id, checkpoint: name.clone(), agreeing, disagreeing }
+            Agreement { subject: subject.title(), checkpoint_id: *id, checkpoint: name.clone(), agreeing, disagreeing, independent, not_counted }
+        })
+        .collect()
+}
+
+/// `tinygrad (kernels)`, `tinygrad (bit-identical to pytorch at blk.0.q)`; the reasons for a
+/// kind are in the reports' provenance table, once per reference and checkpoint.
+fn why_not_counted(reference: &str, cell: &Cell) -> String {
+    let mut why = Vec::new();
+    if cell.authorship != Authorship::Own {
+        why.push(cell.authorship.to_string());
+    }
+    if let Some(d) = cell.duplicates.first() {
+        why.push(format!("bit-identical to {} at {}", d.of, d.key));
+    }
+    format!("{reference} ({})", why.join("; "))
+}
+
+/// Per checkpoint, its least-covered model/prompt when that has fewer than three independent references.
+fn thin(agreement: &[Agreement]) -> Vec<Thin> {
+    let mut fewest: BTreeMap<u32, &Agreement> = BTreeMap::new();
+    for a in agreement {
+        let slot = fewest.entry(a.checkpoint_id).or_insert(a);
+        if a.independent.len() < slot.independent.len() {
+            *slot = a;
+        }
+    }
+    fewest
+        .into_values()
+        .filter(|a| a.independent.len() < 3)
+        .map(|a| Thin {
+            checkpoint_id: a.checkpoint_id,
+            checkpoint: a.checkpoint.clone(),
+            independent: a.independent.len(),
+            subject: a.subject.clone(),
+            not_counted: a.not_counted.clone(),
         })
         .collect()
 }
@@ -142,6 +211,7 @@ fn near_ties(subjects: &[Subject]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::{Duplicate, Provenance};
 
     #[test]
     fn a_gate_level_is_read_by_number_or_name_and_nothing_else() {
@@ -240,6 +310,37 @@ mod tests {
         let c = Confidence::of(&run);
         assert!(c.generation_matches);
         assert_eq!(c.level, 0);
+    }
+
+    #[test]
+    fn a_reference_running_our_model_code_is_not_counted_there() {
+        // Three agreeing references; tinygrad's qkv is its kernels under our code: two count at qkv.
+        let mut run = fixture::all_pass_run();
+        let kernels = Provenance { kind: Authorship::Kernels, reason: Some("our projection code".into()) };
+        run.cases[2].provenance.insert("qkv".into(), kernels);
+        let c = Confidence::of(&run);
+        assert_eq!(c.min_agreeing_references, 2);
+        assert_eq!(c.level, 2);
+        assert_eq!(c.thin.len(), 1);
+        assert_eq!((c.thin[0].checkpoint_id, c.thin[0].independent), (2, 2));
+        assert_eq!(c.thin[0].not_counted, vec!["tinygrad (kernels)".to_string()]);
+        // `ours` counts no more than `kernels`; `own` as recorded is what absence means.
+        run.cases[2].provenance.insert("qkv".into(), Provenance { kind: Authorship::Ours, reason: None });
+        run.cases[1].provenance.insert("qkv".into(), Provenance { kind: Authorship::Own, reason: None });
+        assert_eq!(Confidence::of(&run).min_agreeing_references, 2);
+    }
+
+    #[test]
+    fn a_bit_identical_duplicate_costs_its_reference_the_checkpoint() {
+        let mut run = fixture::all_pass_run();
+        run.cases[2].duplicates.push(Duplicate { checkpoint: "logits".into(), key: "logits".into(), of: "pytorch".into() });
+        let c = Confidence::of(&run);
+        assert_eq!(c.level, 2);
+        let logits: Vec<&Thin> = c.thin.iter().filter(|t| t.checkpoint == "logits").collect();
+        assert_eq!(logits.len(), 1);
+        assert_eq!(logits[0].not_counted, vec!["tinygrad (bit-identical to pytorch at logits)".to_string()]);
+        // Every other checkpoint still rests on three.
+        assert_eq!(c.thin.len(), 1);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Hand-built runs for the report tests: small enough to read, varied enough to reach every branch
 //! (passes, a failure, missing layers, a near-tie, a reference error, text that needs escaping).
 
-use crate::results::{CaseResult, CheckResult, Judgement, Role, RunResults, Status};
-use crate::vocab::{Class, Metric, Op};
+use crate::results::{CaseResult, CheckResult, Duplicate, Judgement, Provenance, Role, RunResults, Status};
+use crate::vocab::{Authorship, Class, Metric, Op};
 use std::collections::BTreeMap;
 
 const THRESHOLD: f64 = 1e-4;
@@ -74,6 +74,8 @@ fn case(model: &str, reference: &str, version: &str, checks: Vec<CheckResult>) -
         dtype: Class::F32.into(),
         role: Role::Reference,
         checks,
+        provenance: BTreeMap::new(),
+        duplicates: Vec::new(),
     }
 }
 
@@ -110,6 +112,10 @@ pub fn run() -> RunResults {
             case.checks.push(judged(3, "rope_kv_cache", "k_cache", Some(layer), 1e-6));
         }
     }
+    // Provenance: tinygrad's cache is our code on its kernels; pytorch's blk.0.v copies llamacpp's bits.
+    let reason = "our <fixed-capacity> KV cache on tinygrad Tensors".to_string();
+    run.cases[2].provenance.insert("rope_kv_cache".into(), Provenance { kind: Authorship::Kernels, reason: Some(reason) });
+    run.cases[1].duplicates.push(Duplicate { checkpoint: "qkv".into(), key: "blk.0.v".into(), of: "llamacpp".into() });
     run.cases.push(case("tiny-gpt2-hf", "pytorch", "2.5.1", passing_checks(1.0, Status::Pass)));
     run.reference_errors.insert("llamacpp-hf".into(), "cannot load \"hf\" directories: use <model>.gguf & retry".into());
     run

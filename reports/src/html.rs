@@ -3,7 +3,7 @@
 //! layer index on a log scale, so error growth through depth is visible. All text is HTML-escaped.
 
 use crate::confidence::{Confidence, RULE};
-use crate::markdown::{agreeing_text, cell_summary, noise_summary};
+use crate::markdown::{agreeing_text, cell_summary, noise_summary, thin_text};
 use crate::results::{CheckResult, Judgement, RunResults, STEP_METRIC};
 use crate::summary::{self, keys_summary, status_name, Subject, Verdict};
 use crate::vocab::{Metric, Op};
@@ -31,7 +31,7 @@ pub fn render(run: &RunResults) -> String {
     );
     let _ = write!(
         o,
-        "<h2>Confidence</h2>\n<p>{} checks, {} failed; the least-covered checkpoint agrees with {} reference(s); generation {}.</p>\n<p>Rule:</p>\n<ul>\n",
+        "<h2>Confidence</h2>\n<p>{} checks, {} failed; the least-covered checkpoint agrees with {} independent reference(s); generation {}.</p>\n<p>Rule:</p>\n<ul>\n",
         c.checks,
         c.failures,
         c.min_agreeing_references,
@@ -41,7 +41,10 @@ pub fn render(run: &RunResults) -> String {
         let _ = writeln!(o, "<li>{}</li>", esc(rule));
     }
     o += "</ul>\n";
+    let thin: Vec<String> = c.thin.iter().map(thin_text).collect();
+    list(&mut o, "Checkpoints resting on fewer than three independent references:", &thin);
     list(&mut o, &format!("Near-ties ({}), not failures:", c.near_ties.len()), &c.near_ties);
+    provenance_section(&mut o, run);
     if !run.reference_errors.is_empty() {
         o += "<h2>Reference errors</h2>\n<ul>\n";
         for (reference, error) in &run.reference_errors {
@@ -54,6 +57,32 @@ pub fn render(run: &RunResults) -> String {
     }
     o += "</body>\n</html>\n";
     o
+}
+
+fn provenance_section(o: &mut String, run: &RunResults) {
+    let rows = summary::not_own(run);
+    o.push_str("<h2>Provenance</h2>\n");
+    if rows.is_empty() {
+        o.push_str("<p>Every reference computed every checkpoint compared with its own model code.</p>\n");
+        return;
+    }
+    o.push_str(
+        "<p>Every reference computed every checkpoint with its own model code, except (<code>kernels</code>: the library's tensor ops under model code of ours; <code>ours</code>: our code):</p>\n\
+         <table>\n<tr><th>reference</th><th>#</th><th>checkpoint</th><th>code</th><th>why</th><th>models</th></tr>\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            o,
+            "<tr><td>{}</td><td>{:02}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&r.reference),
+            r.checkpoint_id,
+            esc(&r.checkpoint),
+            r.authorship,
+            esc(&r.reason),
+            esc(&r.models.join(", "))
+        );
+    }
+    o.push_str("</table>\n");
 }
 
 fn list(o: &mut String, title: &str, items: &[String]) {

@@ -4,7 +4,7 @@
 use crate::confidence::{Confidence, RULE};
 use crate::results::RunResults;
 use crate::summary::{self, Verdict};
-use crate::vocab::{Judged, Metric};
+use crate::vocab::{Authorship, Judged, Metric};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -35,6 +35,15 @@ pub struct CellSummary {
     pub worst_margin: Option<f64>,
     pub worst_key: Option<String>,
     pub worst_metric: Option<Metric>,
+    /// Whose code computed this checkpoint for this reference, and why when not its own.
+    pub authorship: Authorship,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorship_reason: Option<String>,
+    /// References whose dump holds some tensor of this checkpoint bit for bit as this one's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub duplicate_of: Vec<String>,
+    /// Whether this cell counts toward the confidence level (own code, no duplicate).
+    pub independent: bool,
 }
 
 pub fn summarize(run: &RunResults) -> Summary {
@@ -56,6 +65,10 @@ pub fn summarize(run: &RunResults) -> Summary {
                 worst_margin: cell.worst.as_ref().map(|w| w.margin),
                 worst_key: cell.worst.as_ref().map(|w| w.key.clone()),
                 worst_metric: cell.worst.as_ref().map(|w| w.metric),
+                authorship: cell.authorship,
+                authorship_reason: cell.reason.map(str::to_string),
+                duplicate_of: cell.duplicates.iter().map(|d| d.of.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect(),
+                independent: cell.independent(),
             });
         }
     }

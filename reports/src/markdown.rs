@@ -1,7 +1,7 @@
 //! report.md: one page for a stakeholder. Verdict and confidence first, then per model/prompt a
 //! checkpoint x reference table (status, worst margin and where), then everything that did not pass.
 
-use crate::confidence::{Confidence, RULE};
+use crate::confidence::{Confidence, Thin, RULE};
 use crate::results::RunResults;
 use crate::summary::{self, keys_summary, margin_text, status_name, Cell, Subject, Verdict};
 use std::fmt::Write;
@@ -20,6 +20,7 @@ pub fn render(run: &RunResults) -> String {
     line(w, format!("**Confidence: {}**", confidence.label()));
     line(w, String::new());
     confidence_section(w, &confidence);
+    provenance_section(w, run);
     if !run.reference_errors.is_empty() {
         line(w, "## Reference errors".into());
         line(w, String::new());
@@ -44,7 +45,7 @@ fn confidence_section(w: &mut String, c: &Confidence) {
     line(
         w,
         format!(
-            "{} checks, {} failed; the least-covered checkpoint agrees with {} reference(s); generation {}.",
+            "{} checks, {} failed; the least-covered checkpoint agrees with {} independent reference(s); generation {}.",
             c.checks,
             c.failures,
             c.min_agreeing_references,
@@ -58,6 +59,14 @@ fn confidence_section(w: &mut String, c: &Confidence) {
         line(w, format!("- {rule}"));
     }
     line(w, String::new());
+    if !c.thin.is_empty() {
+        line(w, "Checkpoints resting on fewer than three independent references:".into());
+        line(w, String::new());
+        for t in &c.thin {
+            line(w, format!("- {}", cell_text(&thin_text(t))));
+        }
+        line(w, String::new());
+    }
     if !c.near_ties.is_empty() {
         line(w, format!("Near-ties ({}), not failures:", c.near_ties.len()));
         line(w, String::new());
@@ -66,6 +75,45 @@ fn confidence_section(w: &mut String, c: &Confidence) {
         }
         line(w, String::new());
     }
+}
+
+/// `03 rope_kv_cache: 2 independent (tiny-llama-f32 / fox (f32)); not counted: tinygrad (kernels: ...)`.
+pub(crate) fn thin_text(t: &Thin) -> String {
+    let mut text = format!("{:02} {}: {} independent ({})", t.checkpoint_id, t.checkpoint, t.independent, t.subject);
+    if !t.not_counted.is_empty() {
+        text += &format!("; not counted: {}", t.not_counted.join(", "));
+    }
+    text
+}
+
+fn provenance_section(w: &mut String, run: &RunResults) {
+    line(w, "## Provenance".into());
+    line(w, String::new());
+    let rows = summary::not_own(run);
+    if rows.is_empty() {
+        line(w, "Every reference computed every checkpoint compared with its own model code.".into());
+        line(w, String::new());
+        return;
+    }
+    line(w, "Every reference computed every checkpoint with its own model code, except (`kernels`: the library's tensor ops under model code of ours; `ours`: our code):".into());
+    line(w, String::new());
+    line(w, "| reference | # | checkpoint | code | why | models |".into());
+    line(w, "|---|---|---|---|---|---|".into());
+    for r in rows {
+        line(
+            w,
+            format!(
+                "| {} | {:02} | {} | {} | {} | {} |",
+                cell_text(&r.reference),
+                r.checkpoint_id,
+                cell_text(&r.checkpoint),
+                r.authorship,
+                cell_text(&r.reason),
+                cell_text(&r.models.join(", "))
+            ),
+        );
+    }
+    line(w, String::new());
 }
 
 fn subject_section(w: &mut String, s: &Subject) {
@@ -124,10 +172,16 @@ fn subject_section(w: &mut String, s: &Subject) {
     }
 }
 
-/// `2/3`: references whose checks at this checkpoint all pass or near-tie, of those in the subject.
+/// `2/3`: references whose checks at this checkpoint all pass or near-tie, of those in the subject;
+/// `3/3, 1 independent` when some of them are not independent there.
 pub(crate) fn agreeing_text(s: &Subject, id: u32) -> String {
-    let agreeing = s.references.iter().filter(|(r, _)| s.cells.get(&(id, r.clone())).is_some_and(|c| c.failed == 0)).count();
-    format!("{agreeing}/{}", s.references.len())
+    let cells: Vec<&Cell> = s.references.iter().filter_map(|(r, _)| s.cells.get(&(id, r.clone()))).filter(|c| c.failed == 0).collect();
+    let independent = cells.iter().filter(|c| c.independent()).count();
+    let mut text = format!("{}/{}", cells.len(), s.references.len());
+    if independent < cells.len() {
+        text += &format!(", {independent} independent");
+    }
+    text
 }
 
 /// `pass, +90.0% at blk.1.k (max_abs)`; `not compared` when the reference has no checks there.
@@ -136,10 +190,11 @@ pub(crate) fn cell_summary(cell: Option<&Cell>) -> String {
         return "not compared".into();
     };
     let status = status_name(cell.status);
-    match &cell.worst {
+    let text = match &cell.worst {
         Some(worst) => format!("{status}, {} at {} ({})", margin_text(worst.margin), worst.key, worst.metric),
         None => status.to_string(),
-    }
+    };
+    text + &cell.mark()
 }
 
 /// `pass, 1.3x noise at blk.4.ffn_out`: the truth's cell, by its largest distance in noise units.

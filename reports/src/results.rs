@@ -2,7 +2,7 @@
 //! Comparison produces it, reports and bundles render it, `parity merge` joins it. Serialized as JSON.
 
 pub use crate::vocab::Role;
-use crate::vocab::{Judged, Metric, Op};
+use crate::vocab::{Authorship, Judged, Metric, Op};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -80,6 +80,39 @@ pub struct CaseResult {
     #[serde(default)]
     pub role: Role,
     pub checks: Vec<CheckResult>,
+    /// Whose code computed each checkpoint, by checkpoint name (from checkpoints/provenance.toml,
+    /// read by the harness). A checkpoint absent here was recorded before provenance was: `own`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub provenance: BTreeMap<String, Provenance>,
+    /// Tensors this reference's dump holds bit for bit as another reference's did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duplicates: Vec<Duplicate>,
+}
+
+impl CaseResult {
+    /// Whose code computed `checkpoint` here (`own` when unrecorded).
+    pub fn authorship(&self, checkpoint: &str) -> Authorship {
+        self.provenance.get(checkpoint).map_or(Authorship::Own, |p| p.kind)
+    }
+}
+
+/// Whose code computed one checkpoint of one reference, and why when it is not the library's own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub kind: Authorship,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A tensor involving arithmetic that two references dumped bit for bit alike: not two
+/// independent computations, so the later reference (by name) is not counted at that checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Duplicate {
+    pub checkpoint: String,
+    /// The dump key (`blk.0.attn_norm`).
+    pub key: String,
+    /// The reference whose dump holds the same bits.
+    pub of: String,
 }
 
 /// Everything one `parity run` (or one shard of it) produced.

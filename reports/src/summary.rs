@@ -2,8 +2,8 @@
 //! checkpoints x references, each cell holding its worst status, its smallest margin and where it was.
 //! Also the run's verdict and exit code. Pure functions of [`RunResults`].
 
-use crate::results::{CheckResult, Role, RunResults, Status};
-use crate::vocab::{Judged, Metric, Op};
+use crate::results::{CheckResult, Duplicate, Role, RunResults, Status};
+use crate::vocab::{Authorship, Judged, Metric, Op};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The overall outcome of a run and the process exit code that goes with it.
@@ -107,6 +107,11 @@ pub struct Cell<'a> {
     pub findings: Vec<Finding>,
     /// Every check, in the order comparison produced them (for charts and JUnit details).
     pub raw: Vec<&'a CheckResult>,
+    /// Whose code computed this checkpoint for this reference, and why when not its own.
+    pub authorship: Authorship,
+    pub reason: Option<&'a str>,
+    /// Tensors of this checkpoint the reference dumped bit for bit as another reference did.
+    pub duplicates: Vec<&'a Duplicate>,
 }
 
 /// One model, prompt and tolerance class, against all its references.
@@ -139,6 +144,27 @@ pub fn checkpoints_in(run: &RunResults) -> Vec<(u32, String)> {
 }
 
 impl Cell<'_> {
+    /// Whether this cell is an independent vote: the library's own model code, no duplicate.
+    pub fn independent(&self) -> bool {
+        self.authorship == Authorship::Own && self.duplicates.is_empty()
+    }
+
+    /// ` [kernels]`, ` [ours]`, ` [duplicate of pytorch]`: what the tables append to a cell that is
+    /// not an independent vote (empty for one that is).
+    pub fn mark(&self) -> String {
+        let mut out = String::new();
+        if self.authorship != Authorship::Own {
+            out += &format!(" [{}]", self.authorship);
+        }
+        let mut of: Vec<&str> = self.duplicates.iter().map(|d| d.of.as_str()).collect();
+        of.sort_unstable();
+        of.dedup();
+        if !of.is_empty() {
+            out += &format!(" [duplicate of {}]", of.join(", "));
+        }
+        out
+    }
+
     /// The largest distance from the truth in noise units among the cell's checks, and where
     /// (`None` for a cell not judged by a noise floor).
     pub fn noisiest(&self) -> Option<(f64, &str)> {
@@ -170,7 +196,13 @@ pub fn subjects(run: &RunResults) -> Vec<Subject<'_>> {
             subject.references.sort();
         }
         for check in &case.checks {
-            let cell = subject.cells.entry((check.checkpoint_id, case.reference.clone())).or_insert_with(empty_cell);
+            let cell = subject.cells.entry((check.checkpoint_id, case.reference.clone())).or_insert_with(|| {
+                let mut cell = empty_cell();
+                cell.authorship = case.authorship(&check.checkpoint);
+                cell.reason = case.provenance.get(&check.checkpoint).and_then(|p| p.reason.as_deref());
+                cell.duplicates = case.duplicates.iter().filter(|d| d.checkpoint == check.checkpoint).collect();
+                cell
+            });
             add_check(cell, check);
         }
     }
@@ -178,7 +210,17 @@ pub fn subjects(run: &RunResults) -> Vec<Subject<'_>> {
 }
 
 fn empty_cell<'a>() -> Cell<'a> {
-    Cell { status: Status::Pass, checks: 0, failed: 0, worst: None, findings: Vec::new(), raw: Vec::new() }
+    Cell {
+        status: Status::Pass,
+        checks: 0,
+        failed: 0,
+        worst: None,
+        findings: Vec::new(),
+        raw: Vec::new(),
+        authorship: Authorship::Own,
+        reason: None,
+        duplicates: Vec::new(),
+    }
 }
 
 fn add_check<'a>(cell: &mut Cell<'a>, check: &'a CheckResult) {
@@ -202,6 +244,40 @@ fn add_check<'a>(cell: &mut Cell<'a>, check: &'a CheckResult) {
         }
     }
     cell.raw.push(check);
+}
+
+/// Checkpoints some reference did not compute with its own model code: which, whose code, why,
+/// and on which models. Every report lists them so no reader takes a cell for more than it is.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NotOwn {
+    pub reference: String,
+    pub checkpoint_id: u32,
+    pub checkpoint: String,
+    pub authorship: Authorship,
+    pub reason: String,
+    pub models: Vec<String>,
+}
+
+pub fn not_own(run: &RunResults) -> Vec<NotOwn> {
+    let mut rows: BTreeMap<(String, u32, String, Authorship, String), BTreeSet<String>> = BTreeMap::new();
+    for case in &run.cases {
+        let checkpoints: BTreeSet<(u32, &str)> = case.checks.iter().map(|k| (k.checkpoint_id, k.checkpoint.as_str())).collect();
+        for (id, name) in checkpoints {
+            let Some(p) = case.provenance.get(name).filter(|p| p.kind != Authorship::Own) else { continue };
+            let key = (case.reference.clone(), id, name.to_string(), p.kind, p.reason.clone().unwrap_or_default());
+            rows.entry(key).or_default().insert(case.model.clone());
+        }
+    }
+    rows.into_iter()
+        .map(|((reference, checkpoint_id, checkpoint, authorship, reason), models)| NotOwn {
+            reference,
+            checkpoint_id,
+            checkpoint,
+            authorship,
+            reason,
+            models: models.into_iter().collect(),
+        })
+        .collect()
 }
 
 /// `blk.0.q` .. `blk.29.q` style summary of a finding's keys: the first, and how many.

@@ -265,6 +265,19 @@ vocabulary! {
 }
 
 vocabulary! {
+    /// Whose code computed a reference's tensors at one checkpoint (checkpoints/provenance.toml).
+    /// Only `own` counts toward the confidence level: the other two would re-check our own design.
+    "authorship", Authorship {
+        /// The reference library's own model code and kernels.
+        Own = "own",
+        /// The library's kernels (tensor ops) under model code written in this repository.
+        Kernels = "kernels",
+        /// Our code entirely (the library at most loads weights or runs plain array ops).
+        Ours = "ours",
+    }
+}
+
+vocabulary! {
     /// The catalog checkpoints the code singles out by name (the catalog has more; see the module doc).
     "checkpoint", CheckpointName {
         /// The greedy token after the prompt: a flip there may be a near-tie.
@@ -283,6 +296,8 @@ vocabulary! {
     "tensor", TensorName {
         /// The prompt's token ids.
         Tokens = "tokens",
+        /// The embedding rows looked up for the prompt: a copy of weights, so references may share it bit for bit.
+        Embed = "embed",
         LastLogits = "last_logits",
         /// softmax(last_logits / temperature): a probability vector.
         Probs = "probs",
@@ -357,6 +372,7 @@ mod tests {
         round_trip(Class::ALL);
         round_trip(Metric::ALL);
         round_trip(Role::ALL);
+        round_trip(Authorship::ALL);
         round_trip(CheckpointName::ALL);
         round_trip(TensorName::ALL);
         round_trip(&[Judged::BitExact, Judged::Class(Class::Quantized)]);

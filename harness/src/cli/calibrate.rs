@@ -43,8 +43,15 @@ type Samples = BTreeMap<(String, Class, String), BTreeMap<String, PairSpread>>;
 
 pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
     let loaded = args.selection.load(root)?;
-    let setup =
-        Setup { root: &loaded.root, suite: &loaded.suite, catalog: &loaded.catalog, spec: &loaded.spec, source: &loaded.source, prepare: None };
+    let setup = Setup {
+        root: &loaded.root,
+        suite: &loaded.suite,
+        catalog: &loaded.catalog,
+        spec: &loaded.spec,
+        provenance: &loaded.provenance,
+        source: &loaded.source,
+        prepare: None,
+    };
     let mut samples = Samples::new();
     let mut measured_on = Vec::new();
     for case in &loaded.cases {

@@ -8,7 +8,6 @@ use harness::dumps::Lookup;
 use harness::engine_run;
 use harness::npy;
 use harness::pipeline::CaseRun;
-use harness::tensor::{Tensor, Values};
 use rayon::prelude::*;
 use reports::bundle::{Bundle, RunInfo};
 use reports::results::{CaseResult, CheckResult, Role, RunResults, Status};
@@ -121,7 +120,7 @@ fn repeat_checks(loaded: &Loaded, runs: &[CaseRun], repeat: usize, faults: &[eng
                 .iter()
                 .map(|e| {
                     let (status, note) = match (run.engine.get(&e.key), again.get(&e.key)) {
-                        (Some(a), Some(b)) if bit_identical(a, b) => (Status::Pass, None),
+                        (Some(a), Some(b)) if a.bit_identical(b) => (Status::Pass, None),
                         (Some(_), Some(_)) => (Status::Fail, Some(format!("non-deterministic: run {k} differs from run 1 with the same threads"))),
                         _ => (Status::Missing, Some("the engine did not produce it".to_string())),
                     };
@@ -147,19 +146,12 @@ fn repeat_checks(loaded: &Loaded, runs: &[CaseRun], repeat: usize, faults: &[eng
                 dtype: Judged::BitExact,
                 role: Role::Reference,
                 checks,
+                provenance: BTreeMap::new(),
+                duplicates: Vec::new(),
             });
         }
     }
     Ok(out)
-}
-
-fn bit_identical(a: &Tensor, b: &Tensor) -> bool {
-    a.shape == b.shape
-        && match (&a.values, &b.values) {
-            (Values::F32(x), Values::F32(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),
-            (Values::Ids(x), Values::Ids(y)) => x == y,
-            _ => false,
-        }
 }
 
 /// Renders a bundle file from the results.
@@ -343,7 +335,8 @@ fn print_table(results: &RunResults, bundle_dir: &Path) {
                             .filter(|_| c.status != Status::NearTie)
                             .map(|w| format!(" {}", summary::margin_text(w.margin)))
                             .unwrap_or_default();
-                        let text = format!("{}{margin}", summary::status_name(c.status));
+                        // ` [kernels]`, ` [duplicate of pytorch]`: a cell that is no independent vote.
+                        let text = format!("{}{margin}{}", summary::status_name(c.status), c.mark());
                         let tint = match c.status {
                             Status::Pass => Color::Green,
                             Status::NearTie => Color::Yellow,
@@ -395,6 +388,7 @@ mod tests {
             failures: 0,
             checks: 10,
             min_agreeing_references: usize::from(level),
+            thin: Vec::new(),
             generation_matches: false,
             near_ties: Vec::new(),
             agreement: Vec::new(),
@@ -409,15 +403,5 @@ mod tests {
         assert_eq!(gated_exit_code(Verdict::Pass, &confidence(1), None), 0, "no gate, no demand");
         assert_eq!(gated_exit_code(Verdict::Fail, &confidence(0), Some(3)), 1);
         assert_eq!(gated_exit_code(Verdict::ReferenceError, &confidence(1), Some(3)), 3, "a broken reference stays exit 3");
-    }
-
-    #[test]
-    fn bit_identity_tells_apart_values_that_compare_equal() {
-        let a = Tensor::f32(vec![2], vec![0.0, 1.0]);
-        let b = Tensor::f32(vec![2], vec![-0.0, 1.0]);
-        assert!(bit_identical(&a, &a.clone()));
-        assert!(!bit_identical(&a, &b), "0.0 and -0.0 are equal as numbers, not as bits");
-        let nan = Tensor::f32(vec![1], vec![f32::NAN]);
-        assert!(bit_identical(&nan, &nan.clone()), "the same NaN bits twice are deterministic");
     }
 }

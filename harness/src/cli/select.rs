@@ -6,6 +6,7 @@ use harness::catalog::Catalog;
 use harness::dump_cache::DumpCache;
 use harness::live::{Dumpers, PrivateDir};
 use harness::pipeline::{self, CaseRun, Setup, Source};
+use harness::provenance::{references_in, Provenance};
 use harness::spec::{Class, Spec};
 use harness::suite::{Case, Shard, Suite, SuiteModel, SuitePrompt};
 use reports::results::RunResults;
@@ -58,6 +59,9 @@ pub struct Selection {
     /// The tolerance spec.
     #[arg(long, default_value = "checkpoints/tolerances.toml")]
     pub tolerances: PathBuf,
+    /// Whose code computed each checkpoint, per reference and model family.
+    #[arg(long, default_value = "checkpoints/provenance.toml")]
+    pub provenance: PathBuf,
 }
 
 /// The loaded inputs of a selection.
@@ -69,6 +73,7 @@ pub struct Loaded {
     pub catalog_path: PathBuf,
     pub spec: Spec,
     pub spec_path: PathBuf,
+    pub provenance: Provenance,
     pub cases: Vec<Case>,
     pub source: Source,
     /// Where live dumps go: a fresh owner-only folder, removed with this (even on an error).
@@ -91,6 +96,9 @@ impl Selection {
         let spec = Spec::load(&spec_path).with_context(|| format!("reading the tolerances {}", spec_path.display()))?;
         // The error names the file, table and metric itself.
         spec.validate(&catalog, &spec_path.display().to_string())?;
+        let provenance_path = at(&self.provenance);
+        let known = references_in(root).with_context(|| format!("listing the reference dumpers under {}", root.join("references").display()))?;
+        let provenance = Provenance::load(&provenance_path, &catalog, &known)?;
         if let Some(t) = self.threads {
             if t == 0 {
                 bail!("--threads must be at least 1");
@@ -147,6 +155,9 @@ impl Selection {
                 case.refs.retain(|r| refs.contains(r));
             }
         }
+        // Every reference a case may count, and the truth, must have said whose code it runs.
+        let named: Vec<&str> = cases.iter().flat_map(|c| c.refs.iter().map(String::as_str)).chain(suite.truth.as_deref()).collect();
+        provenance.covers(&named)?;
         if let Some(shard) = self.shard {
             cases = shard.select(cases);
         }
@@ -161,7 +172,19 @@ impl Selection {
             (false, Some(dir)) => Source::Dumps(at(dir)),
             (false, None) => Source::Dumps(harness::suite::resolve(root, &suite.dumps)),
         };
-        Ok(Loaded { root: root.to_path_buf(), suite, suite_path, catalog, catalog_path, spec, spec_path, cases, source, _live_dir: live_dir })
+        Ok(Loaded {
+            root: root.to_path_buf(),
+            suite,
+            suite_path,
+            catalog,
+            catalog_path,
+            spec,
+            spec_path,
+            provenance,
+            cases,
+            source,
+            _live_dir: live_dir,
+        })
     }
 
     /// The dumpers, writing into `out`, with the dump cache unless `--no-dump-cache`.
@@ -195,7 +218,15 @@ impl Loaded {
     /// Runs engine, references and comparison over every case.
     pub fn run(&self, run_id: &str, prepare: Option<&dyn Fn(&mut engine::Model)>) -> Result<(RunResults, Vec<CaseRun>)> {
         super::threads::init(Some(self.suite.threads))?;
-        let setup = Setup { root: &self.root, suite: &self.suite, catalog: &self.catalog, spec: &self.spec, source: &self.source, prepare };
+        let setup = Setup {
+            root: &self.root,
+            suite: &self.suite,
+            catalog: &self.catalog,
+            spec: &self.spec,
+            provenance: &self.provenance,
+            source: &self.source,
+            prepare,
+        };
         pipeline::run(&setup, self.cases.clone(), run_id)
     }
 }
