@@ -84,7 +84,7 @@ struct FileRecord {
 pub struct DumpCache {
     dir: PathBuf,
     max_bytes: u64,
-    /// sha256 of what every key of this run shares: the catalog and the dumpers' identity.
+    /// sha256 of what every key of this run shares: the catalog.
     context: String,
     /// Keys this process reused or stored: never evicted under it.
     in_use: Mutex<BTreeSet<String>>,
@@ -95,20 +95,21 @@ const LOG: &str = "stderr.log";
 
 impl DumpCache {
     /// The cache in `dir` (made if absent), holding at most `max_bytes` of dumps; `context` is
-    /// everything its keys share (see [`crate::live::Dumpers::identity`]).
+    /// everything its keys share (the catalog's hash).
     pub fn open(dir: &Path, max_bytes: u64, context: &str) -> Result<DumpCache, CacheError> {
         std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
         Ok(DumpCache { dir: dir.to_path_buf(), max_bytes, context: context.to_string(), in_use: Mutex::default() })
     }
 
-    /// The key of `reference` answering `req` on a model file with sha256 `model_sha256`, fed
-    /// sampler logits with sha256 `sampler_sha256`.
-    pub fn key(&self, reference: &str, req: &DumpRequest, model_sha256: &str, sampler_sha256: Option<&str>) -> DumpKey {
+    /// The key of `reference`, whose dumper is `dumper` ([`crate::live::Dumpers::identity`]),
+    /// answering `req` on a model file with sha256 `model_sha256`, fed sampler logits with sha256
+    /// `sampler_sha256`.
+    pub fn key(&self, reference: &str, dumper: &str, req: &DumpRequest, model_sha256: &str, sampler_sha256: Option<&str>) -> DumpKey {
         let history = req.force_tokens.map_or("none".to_string(), |ids| ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
         // JSON escapes every control character: one prompt, one line, whatever it holds.
         let prompt = serde_json::to_string(req.prompt).unwrap_or_default();
         let inputs = format!(
-            "parity dump key v1\ncontext {}\nreference {reference}\nmodel_sha256 {model_sha256}\nprompt {prompt}\nn_generate {}\n\
+            "parity dump key v2\ncontext {}\nreference {reference}\ndumper {dumper}\nmodel_sha256 {model_sha256}\nprompt {prompt}\nn_generate {}\n\
              temperature {:08x}\nthreads {}\nforce_tokens {history}\nsampler_logits_sha256 {}\n",
             self.context,
             req.n_generate,
@@ -328,26 +329,27 @@ mod tests {
     fn every_input_of_a_request_moves_its_key() {
         let dir = scratch("keys");
         let cache = DumpCache::open(&dir.join("c"), 1 << 30, "ctx").unwrap();
-        let base = cache.key("pytorch", &request("hi", None), "aa", None);
+        let base = cache.key("pytorch", "d", &request("hi", None), "aa", None);
         let history = [1_i64, 2];
         let variants = [
-            cache.key("tinygrad", &request("hi", None), "aa", None),
-            cache.key("pytorch", &request("hi ", None), "aa", None),
-            cache.key("pytorch", &request("hi", None), "ab", None),
-            cache.key("pytorch", &request("hi", Some(&history)), "aa", None),
-            cache.key("pytorch", &request("hi", None), "aa", Some("ff")),
-            cache.key("pytorch", &DumpRequest { n_generate: 5, ..request("hi", None) }, "aa", None),
-            cache.key("pytorch", &DumpRequest { temperature: 0.7, ..request("hi", None) }, "aa", None),
-            cache.key("pytorch", &DumpRequest { threads: 1, ..request("hi", None) }, "aa", None),
-            DumpCache::open(&dir.join("c"), 1 << 30, "another catalog").unwrap().key("pytorch", &request("hi", None), "aa", None),
+            cache.key("tinygrad", "d", &request("hi", None), "aa", None),
+            cache.key("pytorch", "another dumper", &request("hi", None), "aa", None),
+            cache.key("pytorch", "d", &request("hi ", None), "aa", None),
+            cache.key("pytorch", "d", &request("hi", None), "ab", None),
+            cache.key("pytorch", "d", &request("hi", Some(&history)), "aa", None),
+            cache.key("pytorch", "d", &request("hi", None), "aa", Some("ff")),
+            cache.key("pytorch", "d", &DumpRequest { n_generate: 5, ..request("hi", None) }, "aa", None),
+            cache.key("pytorch", "d", &DumpRequest { temperature: 0.7, ..request("hi", None) }, "aa", None),
+            cache.key("pytorch", "d", &DumpRequest { threads: 1, ..request("hi", None) }, "aa", None),
+            DumpCache::open(&dir.join("c"), 1 << 30, "another catalog").unwrap().key("pytorch", "d", &request("hi", None), "aa", None),
         ];
         for v in &variants {
             assert_ne!(v.hex, base.hex, "{}", v.inputs);
         }
         // The output folder is where a dump goes, not what it is.
-        assert_eq!(cache.key("pytorch", &DumpRequest { out: Path::new("/elsewhere"), ..request("hi", None) }, "aa", None), base);
+        assert_eq!(cache.key("pytorch", "d", &DumpRequest { out: Path::new("/elsewhere"), ..request("hi", None) }, "aa", None), base);
         // A prompt with a newline cannot pose as another field of the key's text.
-        assert_eq!(base.inputs.lines().count(), cache.key("pytorch", &request("hi\nreference x", None), "aa", None).inputs.lines().count());
+        assert_eq!(base.inputs.lines().count(), cache.key("pytorch", "d", &request("hi\nreference x", None), "aa", None).inputs.lines().count());
         assert_eq!(base.hex.len(), 64);
     }
 
@@ -355,7 +357,7 @@ mod tests {
     fn a_stored_dump_is_found_by_its_key_and_an_altered_one_is_dropped() {
         let dir = scratch("lookup");
         let cache = DumpCache::open(&dir.join("c"), 1 << 30, "ctx").unwrap();
-        let key = cache.key("pytorch", &request("hi", None), "aa", None);
+        let key = cache.key("pytorch", "d", &request("hi", None), "aa", None);
         assert_eq!(cache.lookup(&key).unwrap(), None);
         let src = fake_dump(&dir.join("live/pytorch"), 100);
         std::fs::write(dir.join("live/pytorch.stderr.log"), "dumper said hi\n").unwrap();
@@ -380,8 +382,8 @@ mod tests {
     fn a_record_of_another_key_does_not_vouch_for_a_dump() {
         let dir = scratch("swap");
         let cache = DumpCache::open(&dir.join("c"), 1 << 30, "ctx").unwrap();
-        let a = cache.key("pytorch", &request("a", None), "aa", None);
-        let b = cache.key("pytorch", &request("b", None), "aa", None);
+        let a = cache.key("pytorch", "d", &request("a", None), "aa", None);
+        let b = cache.key("pytorch", "d", &request("b", None), "aa", None);
         cache.insert(&a, &fake_dump(&dir.join("a"), 10), None).unwrap();
         // a's entry moved to b's name, record and all.
         std::fs::rename(dir.join("c").join(&a.hex), dir.join("c").join(&b.hex)).unwrap();
@@ -392,7 +394,7 @@ mod tests {
     fn the_least_recently_used_entries_go_first_but_never_one_in_use() {
         let dir = scratch("evict");
         let keys: Vec<DumpKey> =
-            (0..3).map(|i| DumpCache::open(&dir.join("c"), 0, "ctx").unwrap().key("p", &request(&i.to_string(), None), "aa", None)).collect();
+            (0..3).map(|i| DumpCache::open(&dir.join("c"), 0, "ctx").unwrap().key("p", "d", &request(&i.to_string(), None), "aa", None)).collect();
         // Written by one process, then used by another with a 250-byte limit (two dumps and a bit).
         {
             let writer = DumpCache::open(&dir.join("c"), 1 << 30, "ctx").unwrap();

@@ -58,22 +58,27 @@ impl Dumpers {
         Dumpers { root: root.to_path_buf(), python: crate::suite::parity_cache().join("venv/bin/python"), timeout }
     }
 
-    /// sha256 of what every dump these dumpers make depends on besides its request: their source
-    /// (every `references/**/*.py` but the tests, path and text), the packages installed in the
-    /// reference environment (their `.dist-info` names carry the versions), the environment's
-    /// Python (`pyvenv.cfg`) and [`DUMPER_ENV`]. Any change to these is a new key for every dump.
-    pub fn identity(&self) -> Result<String, ReferenceError> {
+    /// sha256 of what every dump `reference`'s dumper makes depends on besides its request: its
+    /// source (the `.py` files but tests of `references/<reference>/`, of every sibling folder its
+    /// sources name in quotes, as `pytorch-f64` names `"pytorch"` and every dumper `"common"`: path
+    /// and text), the packages installed in the reference environment (their `.dist-info` names
+    /// carry the versions), the environment's Python (`pyvenv.cfg`) and [`DUMPER_ENV`]. Any change
+    /// to these is a new key for that reference's dumps, and only for them.
+    pub fn identity(&self, reference: &str) -> Result<String, ReferenceError> {
         let err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ReferenceError::Identity { path, source }
         };
-        let mut text = String::from("dumpers v1\n");
+        let mut text = format!("dumper v2 {reference}\n");
         for (name, value) in DUMPER_ENV {
             text += &format!("env {name}={value}\n");
         }
         let references = self.root.join("references");
+        let folders = dumper_folders(&references, reference).map_err(err(&references))?;
         let mut sources = Vec::new();
-        python_sources(&references, &mut sources).map_err(err(&references))?;
+        for folder in &folders {
+            python_sources(&references.join(folder), &mut sources).map_err(err(&references.join(folder)))?;
+        }
         sources.sort();
         for path in sources {
             let body = std::fs::read(&path).map_err(err(&path))?;
@@ -161,6 +166,37 @@ impl Dumpers {
             log: log.into(),
         })
     }
+}
+
+/// The folders under `references` a dumper's code comes from: its own, and every sibling its
+/// sources (and theirs, transitively) name as a quoted string. Naming a folder in a comment or a
+/// message includes it too: too many folders only costs reuse, too few would reuse a stale dump.
+fn dumper_folders(references: &Path, reference: &str) -> std::io::Result<Vec<String>> {
+    let mut siblings = Vec::new();
+    for item in std::fs::read_dir(references)? {
+        let item = item?;
+        if item.file_type()?.is_dir() {
+            siblings.push(item.file_name().to_string_lossy().into_owned());
+        }
+    }
+    let mut folders = vec![reference.to_string()];
+    let mut next = 0;
+    while next < folders.len() {
+        let mut sources = Vec::new();
+        python_sources(&references.join(&folders[next]), &mut sources)?;
+        next += 1;
+        for path in sources {
+            let text = std::fs::read_to_string(&path)?;
+            for sibling in &siblings {
+                let quoted = [format!("\"{sibling}\""), format!("'{sibling}'")];
+                if !folders.contains(sibling) && quoted.iter().any(|q| text.contains(q.as_str())) {
+                    folders.push(sibling.clone());
+                }
+            }
+        }
+    }
+    folders.sort();
+    Ok(folders)
 }
 
 /// Every `.py` file under `dir` except tests (`test_*.py`) and caches.
@@ -426,26 +462,40 @@ mod tests {
     }
 
     #[test]
-    fn the_dumpers_identity_follows_their_source_but_not_their_tests() {
-        let root = fake_root("identity", "print('v1')\n");
+    fn a_dumpers_identity_follows_its_own_source_and_what_it_names_but_not_tests_or_others() {
+        let root = fake_root("identity", "import sys\nsys.path.insert(0, 'common')\n");
+        let _ = std::fs::remove_dir_all(root.join("references/common"));
+        let _ = std::fs::remove_dir_all(root.join("references/other"));
+        let _ = std::fs::remove_dir_all(root.join("references/f64"));
+        for (folder, body) in [("common", "KIT = 1\n"), ("other", "print('another dumper')\n"), ("f64", "DUMPER = 'fake' + '/dump.py'\n")] {
+            std::fs::create_dir_all(root.join("references").join(folder)).unwrap();
+            std::fs::write(root.join("references").join(folder).join("dump.py"), body).unwrap();
+        }
         let venv = root.join("venv");
         let _ = std::fs::remove_dir_all(&venv);
         std::fs::create_dir_all(venv.join("lib/python3.11/site-packages/torch-2.5.0.dist-info")).unwrap();
         std::fs::create_dir_all(venv.join("bin")).unwrap();
         std::fs::write(venv.join("pyvenv.cfg"), "version = 3.11.2\n").unwrap();
         let d = Dumpers { root: root.clone(), python: venv.join("bin/python"), timeout: Duration::from_secs(1) };
-        let first = d.identity().unwrap();
+        let ids = || ["fake", "other", "f64"].map(|r| d.identity(r).unwrap());
+        let first = ids();
+        assert_eq!(dumper_folders(&root.join("references"), "f64").unwrap(), ["common", "f64", "fake"], "named, and what that names");
         std::fs::write(root.join("references/fake/test_dump.py"), "assert True\n").unwrap();
-        assert_eq!(d.identity().unwrap(), first, "a test file is not part of a dumper");
-        std::fs::write(root.join("references/fake/dump.py"), "print('v2')\n").unwrap();
-        let edited = d.identity().unwrap();
-        assert_ne!(edited, first);
+        assert_eq!(ids(), first, "a test file is not part of a dumper");
+        std::fs::write(root.join("references/other/dump.py"), "print('changed')\n").unwrap();
+        let after_other = ids();
+        assert_eq!((after_other[0].as_str(), after_other[2].as_str()), (first[0].as_str(), first[2].as_str()), "another dumper's change");
+        assert_ne!(after_other[1], first[1]);
+        std::fs::write(root.join("references/common/dump.py"), "KIT = 2\n").unwrap();
+        let after_common = ids();
+        assert!(after_common[0] != after_other[0] && after_common[2] != after_other[2], "shared code moves those that use it");
+        assert_eq!(after_common[1], after_other[1], "and not a dumper that does not name it");
         std::fs::rename(
             venv.join("lib/python3.11/site-packages/torch-2.5.0.dist-info"),
             venv.join("lib/python3.11/site-packages/torch-2.5.1.dist-info"),
         )
         .unwrap();
-        assert_ne!(d.identity().unwrap(), edited, "another torch is another dumper");
+        assert_ne!(d.identity("fake").unwrap(), after_common[0], "another torch is another dumper");
     }
 
     #[test]

@@ -468,7 +468,13 @@ pub fn fetch(ctx: &Setup, case: &Case, reference: &str, fed: &Fed) -> Result<(Du
                 out: &dir,
             };
             let log = dir.with_extension("stderr.log");
-            let keyed = cache.as_ref().map(|c| (c, c.key(reference, &req, &model_sha256, fed.sampler_logits.as_ref().map(|s| s.sha256.as_str()))));
+            // Without the dumper's identity (no reference environment) there is no key: the
+            // dumper runs, and says what is missing.
+            let dumper = dumpers.identity(reference).ok();
+            let keyed = cache
+                .as_ref()
+                .zip(dumper)
+                .map(|(c, dumper)| (c, c.key(reference, &dumper, &req, &model_sha256, fed.sampler_logits.as_ref().map(|s| s.sha256.as_str()))));
             let (at, from) = live_dump(dumpers, reference, &req, &log, keyed)?;
             origin = from;
             Dump::open(&at).with_context(|| format!("reading the {reference} dump at {}", at.display()))?

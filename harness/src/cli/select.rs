@@ -190,17 +190,15 @@ impl Selection {
     /// The dumpers, writing into `out`, with the dump cache unless `--no-dump-cache`.
     pub fn live_source(&self, root: &Path, catalog_path: &Path, out: &Path) -> Result<Source> {
         let dumpers = Dumpers::from_env(root, Duration::from_secs(self.timeout));
-        let cache = if self.no_dump_cache { None } else { open_dump_cache(&dumpers, catalog_path)? };
+        let cache = if self.no_dump_cache { None } else { open_dump_cache(catalog_path)? };
         Ok(Source::Live { dumpers, out: out.to_path_buf(), cache })
     }
 }
 
-/// The dump cache of these dumpers and this catalog: every key it makes shares their hashes. With
-/// no reference environment there is nothing to cache (the dumpers then say how to install it).
-fn open_dump_cache(dumpers: &Dumpers, catalog_path: &Path) -> Result<Option<DumpCache>> {
-    let Ok(identity) = dumpers.identity() else { return Ok(None) };
+/// The dump cache of this catalog: every key it makes shares its hash (each also has its dumper's).
+fn open_dump_cache(catalog_path: &Path) -> Result<Option<DumpCache>> {
     let catalog = std::fs::read(catalog_path).with_context(|| format!("reading {}", catalog_path.display()))?;
-    let context = format!("catalog {} dumpers {identity}", reports::hashes::sha256_bytes(&catalog));
+    let context = format!("catalog {}", reports::hashes::sha256_bytes(&catalog));
     let gigabytes = match std::env::var("PARITY_DUMP_CACHE_GB") {
         Ok(text) => text
             .trim()
