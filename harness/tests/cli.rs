@@ -174,27 +174,33 @@ fn copy_dir(from: &Path, to: &Path) {
 fn a_reference_dump_copied_into_another_references_folder_is_refused_not_counted() {
     let proof = scratch("copied-dump");
     let dumps = proof.join("dumps");
-    copy_dir(&root().join("fixtures/dumps/tiny-llama-f32"), &dumps.join("tiny-llama-f32"));
-    for prompt in std::fs::read_dir(dumps.join("tiny-llama-f32")).unwrap() {
-        let prompt = prompt.unwrap().path();
-        std::fs::remove_dir_all(prompt.join("tinygrad")).unwrap();
-        copy_dir(&prompt.join("pytorch"), &prompt.join("tinygrad"));
+    for prompt in fixture_with_pytorch_as_tinygrad(&dumps) {
+        assert!(prompt.join("tinygrad/manifest.toml").is_file());
     }
     let out = parity(&["run", "--model", "tiny-llama-f32", "--dumps", dumps.to_str().unwrap()], &proof, "copied");
     let report = std::fs::read_to_string(proof.join("run/copied/report.md")).unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(report.contains("expected a tinygrad dump, but its manifest says it is pytorch's"), "{report}");
+    std::fs::remove_dir_all(&proof).unwrap();
+}
+
+/// The tiny-llama-f32 fixture dumps under `dumps`, with each prompt's tinygrad dump replaced by a
+/// copy of its PyTorch dump; the prompt folders.
+fn fixture_with_pytorch_as_tinygrad(dumps: &Path) -> Vec<PathBuf> {
+    copy_dir(&root().join("fixtures/dumps/tiny-llama-f32"), &dumps.join("tiny-llama-f32"));
+    let prompts: Vec<PathBuf> = std::fs::read_dir(dumps.join("tiny-llama-f32")).unwrap().map(|p| p.unwrap().path()).collect();
+    for prompt in &prompts {
+        std::fs::remove_dir_all(prompt.join("tinygrad")).unwrap();
+        copy_dir(&prompt.join("pytorch"), &prompt.join("tinygrad"));
+    }
+    prompts
 }
 
 #[test]
 fn a_dump_copied_under_another_references_name_is_refused_even_with_its_manifest_renamed() {
     let proof = scratch("renamed-dump");
     let dumps = proof.join("dumps");
-    copy_dir(&root().join("fixtures/dumps/tiny-llama-f32"), &dumps.join("tiny-llama-f32"));
-    for prompt in std::fs::read_dir(dumps.join("tiny-llama-f32")).unwrap() {
-        let prompt = prompt.unwrap().path();
-        std::fs::remove_dir_all(prompt.join("tinygrad")).unwrap();
-        copy_dir(&prompt.join("pytorch"), &prompt.join("tinygrad"));
+    for prompt in fixture_with_pytorch_as_tinygrad(&dumps) {
         let manifest = prompt.join("tinygrad/manifest.toml");
         let text = std::fs::read_to_string(&manifest).unwrap().replace("reference = \"pytorch\"", "reference = \"tinygrad\"");
         std::fs::write(&manifest, text).unwrap();
@@ -204,6 +210,7 @@ fn a_dump_copied_under_another_references_name_is_refused_even_with_its_manifest
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(report.contains("every tensor is bit for bit the pytorch dump's"), "{report}");
     assert!(report.contains("not an independent reference"), "{report}");
+    std::fs::remove_dir_all(&proof).unwrap();
 }
 
 #[test]

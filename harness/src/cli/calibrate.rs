@@ -14,7 +14,7 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use harness::compare;
 use harness::dumps::{Dump, Lookup};
 use harness::metrics;
-use harness::pipeline::{case_fed, fetch_dump, Setup};
+use harness::pipeline::{case_fed, fetch_dump};
 use harness::spec::{self, Class, Evidence, Metric, Op, PairSpread, RobustSpread, Spreads};
 use harness::tensor::{Tensor, Values};
 use reports::vocab::{CheckpointName, TensorName};
@@ -43,15 +43,7 @@ type Samples = BTreeMap<(String, Class, String), BTreeMap<String, PairSpread>>;
 
 pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
     let loaded = args.selection.load(root)?;
-    let setup = Setup {
-        root: &loaded.root,
-        suite: &loaded.suite,
-        catalog: &loaded.catalog,
-        spec: &loaded.spec,
-        provenance: &loaded.provenance,
-        source: &loaded.source,
-        prepare: None,
-    };
+    let setup = loaded.setup(&loaded.source);
     let mut samples = Samples::new();
     let mut measured_on = Vec::new();
     for case in &loaded.cases {

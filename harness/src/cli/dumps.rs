@@ -42,15 +42,7 @@ pub fn run(args: DumpsArgs, root: &Path) -> Result<i32> {
     }
     let live = PrivateDir::new("parity-dumps").context("making a private folder for the dumps")?;
     let source = selection.live_source(root, &loaded.catalog_path, live.path())?;
-    let setup = Setup {
-        root: &loaded.root,
-        suite: &loaded.suite,
-        catalog: &loaded.catalog,
-        spec: &loaded.spec,
-        provenance: &loaded.provenance,
-        source: &source,
-        prepare: None,
-    };
+    let setup = loaded.setup(&source);
     let wanted = |reference: &str| args.only.as_deref().is_none_or(|only| only == reference);
     for case in &loaded.cases {
         let at = out_root.join(&case.model.id).join(&case.prompt.id);

@@ -216,15 +216,11 @@ impl Loaded {
     /// Runs engine, references and comparison over every case.
     pub fn run(&self, run_id: &str, prepare: Option<&dyn Fn(&mut engine::Model)>) -> Result<(RunResults, Vec<CaseRun>)> {
         super::threads::init(Some(self.suite.threads))?;
-        let setup = Setup {
-            root: &self.root,
-            suite: &self.suite,
-            catalog: &self.catalog,
-            spec: &self.spec,
-            provenance: &self.provenance,
-            source: &self.source,
-            prepare,
-        };
-        pipeline::run(&setup, self.cases.clone(), run_id)
+        pipeline::run(&Setup { prepare, ..self.setup(&self.source) }, self.cases.clone(), run_id)
+    }
+
+    /// What the pipeline needs to fetch and judge this selection's cases, reading `source`.
+    pub fn setup<'a>(&'a self, source: &'a Source) -> Setup<'a> {
+        Setup { root: &self.root, suite: &self.suite, catalog: &self.catalog, spec: &self.spec, provenance: &self.provenance, source, prepare: None }
     }
 }
