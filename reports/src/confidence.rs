@@ -56,6 +56,106 @@ pub fn level_named(text: &str) -> Option<u8> {
         .map(|l| l as u8)
 }
 
+/// One model at a glance, for the reader who reads one table: what was compared, by how many
+/// independent implementations, how close the engine came to the truth, and what no independent
+/// implementation confirmed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Glance {
+    pub model: String,
+    pub prompts: usize,
+    pub references: Vec<String>,
+    /// `2 at every checkpoint`, or `1 to 3; 1 at embeddings`.
+    pub independent: String,
+    /// `at most 1.57 noise floors (blk.3.attn_out)`, or `no truth`.
+    pub truth: String,
+    pub generation: String,
+    /// Checkpoints no independent implementation agreed on, or `nothing`.
+    pub unconfirmed: String,
+}
+
+/// The columns of [`Glance::cells`].
+pub const GLANCE_COLUMNS: [&str; 7] = [
+    "model",
+    "prompts",
+    "references",
+    "independent implementations per checkpoint",
+    "engine from the f64 truth",
+    "generation",
+    "confirmed by no independent implementation",
+];
+
+/// What a reader needs to read the glance table.
+pub const GLANCE_NOTE: &str = "A reference counts as an independent implementation at a checkpoint only where its own model code \
+     computed it (see Provenance). The noise floor of a tensor is the largest distance of a reference computing in f32 from \
+     the truth; the engine fails above 4 floors (plus 2^-20 of the tensor's scale, for tensors computed exactly).";
+
+impl Glance {
+    pub fn cells(&self) -> impl Iterator<Item = String> + '_ {
+        [
+            self.model.clone(),
+            self.prompts.to_string(),
+            self.references.join(", "),
+            self.independent.clone(),
+            self.truth.clone(),
+            self.generation.clone(),
+            self.unconfirmed.clone(),
+        ]
+        .into_iter()
+    }
+}
+
+/// One [`Glance`] per model, in the run's order of subjects.
+pub fn glance(run: &RunResults, c: &Confidence) -> Vec<Glance> {
+    let subjects = summary::subjects(run);
+    let mut models: Vec<&str> = subjects.iter().map(|s| s.model.as_str()).collect();
+    models.dedup();
+    models
+        .into_iter()
+        .map(|model| {
+            let mine: Vec<&Subject> = subjects.iter().filter(|s| s.model == model).collect();
+            let titles: Vec<String> = mine.iter().map(|s| s.title()).collect();
+            let mut prompts: Vec<&str> = mine.iter().map(|s| s.prompt.as_str()).collect();
+            prompts.dedup();
+            let mut references: Vec<String> = mine.iter().flat_map(|s| s.references.iter().map(|(r, _)| r.clone())).collect();
+            references.sort_unstable();
+            references.dedup();
+            let agreement: Vec<&Agreement> = c.agreement.iter().filter(|a| titles.contains(&a.subject)).collect();
+            let fewest = agreement.iter().map(|a| a.independent.len()).min().unwrap_or(0);
+            let most = agreement.iter().map(|a| a.independent.len()).max().unwrap_or(0);
+            let at = |count: usize| {
+                let mut names: Vec<&str> = agreement.iter().filter(|a| a.independent.len() == count).map(|a| a.checkpoint.as_str()).collect();
+                names.sort_unstable();
+                names.dedup();
+                names.join(", ")
+            };
+            let independent =
+                if fewest == most { format!("{fewest} at every checkpoint") } else { format!("{fewest} to {most}; {fewest} at {}", at(fewest)) };
+            let truth = mine
+                .iter()
+                .filter_map(|s| {
+                    let (name, _) = s.truth.as_ref()?;
+                    s.checkpoints.iter().filter_map(|(id, _)| s.cells.get(&(*id, name.clone()))?.noisiest()).max_by(|a, b| a.0.total_cmp(&b.0))
+                })
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map_or("no truth".to_string(), |(units, key)| format!("at most {units:.2} noise floors ({key})"));
+            let generated: Vec<&Cell> = mine
+                .iter()
+                .flat_map(|s| s.cells.iter().filter(|((_, r), _)| s.references.iter().any(|(x, _)| x == r)).map(|(_, cell)| cell))
+                .filter(|cell| cell.raw.iter().any(|k| GENERATED_CHECKPOINT.is(&k.checkpoint)))
+                .collect();
+            let ties = generated.iter().flat_map(|cell| &cell.raw).filter(|k| k.status == Status::NearTie).count();
+            let generation = match (generated.is_empty(), generated.iter().all(|cell| cell.status == Status::Pass), ties) {
+                (true, _, _) => "not compared".to_string(),
+                (false, true, _) => "exact against every reference".to_string(),
+                (false, false, 0) => "differs".to_string(),
+                (false, false, n) => format!("{n} near-tie(s): a flip the noise explains"),
+            };
+            let unconfirmed = if fewest > 0 { "nothing".to_string() } else { at(0) };
+            Glance { model: model.to_string(), prompts: prompts.len(), references, independent, truth, generation, unconfirmed }
+        })
+        .collect()
+}
+
 /// How many references agree on one checkpoint of one model/prompt.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Agreement {

@@ -2,7 +2,7 @@
 //! assets), plus per checkpoint and reference an inline SVG chart of the judged error metric against
 //! layer index on a log scale, so error growth through depth is visible. All text is HTML-escaped.
 
-use crate::confidence::{Confidence, RULE};
+use crate::confidence::{glance, Confidence, GLANCE_COLUMNS, GLANCE_NOTE, RULE};
 use crate::markdown::{agreeing_text, cell_summary, noise_summary, thin_text};
 use crate::results::{CheckResult, Judgement, RunResults, STEP_METRIC};
 use crate::summary::{self, keys_summary, status_name, Subject, Verdict};
@@ -29,9 +29,10 @@ pub fn render(run: &RunResults) -> String {
         code = verdict.exit_code(),
         clabel = esc(&c.label()),
     );
+    glance_section(&mut o, run, &c);
     let _ = write!(
         o,
-        "<h2>Confidence</h2>\n<p>{} checks, {} failed; the least-covered checkpoint agrees with {} independent reference(s); generation {}.</p>\n<p>Rule:</p>\n<ul>\n",
+        "<h2>Confidence</h2>\n<p>{} checks, {} failed; the least-covered checkpoint agrees with {} independent reference(s); generation {}.</p>\n<details><summary>The rule</summary>\n<ul>\n",
         c.checks,
         c.failures,
         c.min_agreeing_references,
@@ -40,9 +41,13 @@ pub fn render(run: &RunResults) -> String {
     for rule in RULE {
         let _ = writeln!(o, "<li>{}</li>", esc(rule));
     }
-    o += "</ul>\n";
+    o += "</ul>\n</details>\n";
     let thin: Vec<String> = c.thin.iter().map(thin_text).collect();
-    list(&mut o, "Checkpoints resting on fewer than three independent references:", &thin);
+    if !thin.is_empty() {
+        let _ = writeln!(o, "<details><summary>{} checkpoint(s) resting on fewer than three independent references</summary>", thin.len());
+        list(&mut o, "At each, the fewest independent references found, where, and who was not counted:", &thin);
+        o.push_str("</details>\n");
+    }
     list(&mut o, &format!("Near-ties ({}), not failures:", c.near_ties.len()), &c.near_ties);
     provenance_section(&mut o, run);
     if !run.reference_errors.is_empty() {
@@ -59,6 +64,27 @@ pub fn render(run: &RunResults) -> String {
     o
 }
 
+/// One row per model, as the markdown report's "At a glance".
+fn glance_section(o: &mut String, run: &RunResults, c: &Confidence) {
+    let rows = glance(run, c);
+    if rows.is_empty() {
+        return;
+    }
+    o.push_str("<h2>At a glance</h2>\n<table>\n<tr>");
+    for column in GLANCE_COLUMNS {
+        let _ = write!(o, "<th>{}</th>", esc(column));
+    }
+    o.push_str("</tr>\n");
+    for row in rows {
+        o.push_str("<tr>");
+        for cell in row.cells() {
+            let _ = write!(o, "<td>{}</td>", esc(&cell));
+        }
+        o.push_str("</tr>\n");
+    }
+    let _ = writeln!(o, "</table>\n<p>{}</p>", esc(GLANCE_NOTE));
+}
+
 fn provenance_section(o: &mut String, run: &RunResults) {
     let rows = summary::not_own(run);
     o.push_str("<h2>Provenance</h2>\n");
@@ -66,6 +92,7 @@ fn provenance_section(o: &mut String, run: &RunResults) {
         o.push_str("<p>Every reference computed every checkpoint compared with its own model code.</p>\n");
         return;
     }
+    let _ = writeln!(o, "<details><summary>{} reference x checkpoint pairs computed with code that is not the reference's own</summary>", rows.len());
     o.push_str(
         "<p>Every reference computed every checkpoint with its own model code, except (<code>kernels</code>: the library's tensor ops under model code of ours; <code>ours</code>: our code):</p>\n\
          <table>\n<tr><th>reference</th><th>#</th><th>checkpoint</th><th>code</th><th>why</th><th>models</th></tr>\n",
@@ -82,7 +109,7 @@ fn provenance_section(o: &mut String, run: &RunResults) {
             esc(&r.models.join(", "))
         );
     }
-    o.push_str("</table>\n");
+    o.push_str("</table>\n</details>\n");
 }
 
 fn list(o: &mut String, title: &str, items: &[String]) {
@@ -210,7 +237,12 @@ fn chart(checks: &[&CheckResult], axis: &str) -> Option<String> {
         [(_, t)] if t.is_finite() && *t > 0.0 => Some(*t),
         _ => None,
     };
-    let (w, h, left, right, top, bottom) = (360.0, 170.0, 46.0, 90.0, 10.0, 28.0);
+    // The legend sits right of the plot: as wide as its longest label at the chart's 10 px font
+    // (about 6 px a character), so no label is cut off at the edge.
+    let longest = series.keys().map(|(tensor, metric)| tensor.chars().count() + 1 + metric.chars().count()).max().unwrap_or(0);
+    let right = 8.0 + 6.0 * longest as f64;
+    let (h, left, top, bottom, plot_width) = (170.0, 46.0, 10.0, 28.0, 224.0);
+    let w = left + plot_width + right;
     let points = series.values().flatten();
     let max_layer = points.clone().map(|p| p.0).max().unwrap_or(0).max(1) as f64;
     // Errors of exactly zero sit on the floor of the plot, 1e-12.
@@ -220,7 +252,10 @@ fn chart(checks: &[&CheckResult], axis: &str) -> Option<String> {
     let x = |layer: usize| left + (w - left - right) * layer as f64 / max_layer;
     let y = |err: f64| top + (h - top - bottom) * (hi - err.max(1e-12).log10()) / (hi - lo);
     let mut svg = String::new();
-    let _ = writeln!(svg, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\">");
+    let _ = writeln!(
+        svg,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" font-size=\"10\" font-family=\"sans-serif\">"
+    );
     let _ = writeln!(
         svg,
         "<rect x=\"{left}\" y=\"{top}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#ccc\"/>",

@@ -1,8 +1,8 @@
 //! report.md: one page for a stakeholder. Verdict and confidence first, then per model/prompt a
 //! checkpoint x reference table (status, worst margin and where), then everything that did not pass.
 
-use crate::confidence::{Confidence, Thin, GENERATED_CHECKPOINT, RULE};
-use crate::results::{RunResults, Status};
+use crate::confidence::{glance, Confidence, Thin, GLANCE_COLUMNS, GLANCE_NOTE, RULE};
+use crate::results::RunResults;
 use crate::summary::{self, keys_summary, margin_text, status_name, Cell, Subject, Verdict};
 use std::fmt::Write;
 
@@ -41,72 +41,21 @@ fn line(out: &mut String, text: String) {
 }
 
 /// Per model, in one row: what was compared, by how many independent implementations, how close
-/// the engine came to the truth in noise floors, and what no independent implementation checked.
+/// the engine came to the truth in noise floors, and what no independent implementation confirmed.
 fn glance_section(w: &mut String, run: &RunResults, c: &Confidence) {
-    let subjects = summary::subjects(run);
-    let mut models: Vec<&str> = subjects.iter().map(|s| s.model.as_str()).collect();
-    models.dedup();
-    if models.is_empty() {
+    let rows = glance(run, c);
+    if rows.is_empty() {
         return;
     }
     line(w, "## At a glance".into());
     line(w, String::new());
-    line(w, "| model | prompts | references | independent implementations per checkpoint | engine from the f64 truth | generation | confirmed by no independent implementation |".into());
-    line(w, "|---|---|---|---|---|---|---|".into());
-    for model in models {
-        let mine: Vec<&Subject> = subjects.iter().filter(|s| s.model == model).collect();
-        let titles: Vec<String> = mine.iter().map(|s| s.title()).collect();
-        let mut prompts: Vec<&str> = mine.iter().map(|s| s.prompt.as_str()).collect();
-        prompts.dedup();
-        let mut references: Vec<&str> = mine.iter().flat_map(|s| s.references.iter().map(|(r, _)| r.as_str())).collect();
-        references.sort_unstable();
-        references.dedup();
-        let agreement: Vec<_> = c.agreement.iter().filter(|a| titles.contains(&a.subject)).collect();
-        let fewest = agreement.iter().map(|a| a.independent.len()).min().unwrap_or(0);
-        let most = agreement.iter().map(|a| a.independent.len()).max().unwrap_or(0);
-        let mut thin: Vec<&str> = agreement.iter().filter(|a| a.independent.len() == fewest).map(|a| a.checkpoint.as_str()).collect();
-        thin.sort_unstable();
-        thin.dedup();
-        let independent =
-            if fewest == most { format!("{fewest} at every checkpoint") } else { format!("{fewest} to {most}; {fewest} at {}", thin.join(", ")) };
-        let mut unchecked: Vec<&str> = agreement.iter().filter(|a| a.independent.is_empty()).map(|a| a.checkpoint.as_str()).collect();
-        unchecked.sort_unstable();
-        unchecked.dedup();
-        let truth = mine
-            .iter()
-            .filter_map(|s| {
-                let (name, _) = s.truth.as_ref()?;
-                s.checkpoints.iter().filter_map(|(id, _)| s.cells.get(&(*id, name.clone()))?.noisiest()).max_by(|a, b| a.0.total_cmp(&b.0))
-            })
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map_or("no truth".to_string(), |(units, key)| format!("at most {units:.2} noise floors (`{key}`)"));
-        let generated: Vec<&Cell> = mine
-            .iter()
-            .flat_map(|s| s.cells.iter().filter(|((_, r), _)| s.references.iter().any(|(x, _)| x == r)).map(|(_, cell)| cell))
-            .filter(|cell| cell.raw.iter().any(|k| GENERATED_CHECKPOINT.is(&k.checkpoint)))
-            .collect();
-        let ties = generated.iter().flat_map(|cell| &cell.raw).filter(|k| k.status == Status::NearTie).count();
-        let generation = match (generated.is_empty(), generated.iter().all(|cell| cell.status == Status::Pass), ties) {
-            (true, _, _) => "not compared".to_string(),
-            (false, true, _) => "exact against every reference".to_string(),
-            (false, false, 0) => "differs".to_string(),
-            (false, false, n) => format!("{n} near-tie(s): a flip the noise explains"),
-        };
-        let unchecked = if unchecked.is_empty() { "nothing".to_string() } else { unchecked.join(", ") };
-        line(
-            w,
-            format!("| {model} | {} | {} | {independent} | {truth} | {generation} | {unchecked} |", prompts.len(), references.join(", "))
-                .replace('\n', " "),
-        );
+    line(w, format!("| {} |", GLANCE_COLUMNS.join(" | ")));
+    line(w, format!("|{}", "---|".repeat(GLANCE_COLUMNS.len())));
+    for row in rows {
+        line(w, format!("| {} |", row.cells().map(|t| cell_text(&t)).collect::<Vec<_>>().join(" | ")));
     }
     line(w, String::new());
-    line(
-        w,
-        "A reference counts as an independent implementation at a checkpoint only where its own model code computed it \
-         (see Provenance below). The noise floor of a tensor is the largest distance of a reference computing in f32 \
-         from the truth; the engine fails above 4 floors (plus 2^-20 of the tensor's scale, for tensors computed exactly)."
-            .into(),
-    );
+    line(w, GLANCE_NOTE.into());
     line(w, String::new());
 }
 
