@@ -95,19 +95,18 @@ fn provenance_section(o: &mut String, run: &RunResults) {
     let _ = writeln!(o, "<details><summary>{} reference x checkpoint pairs computed with code that is not the reference's own</summary>", rows.len());
     o.push_str(
         "<p>Every reference computed every checkpoint with its own model code, except (<code>kernels</code>: the library's tensor ops under model code of ours; <code>ours</code>: our code):</p>\n\
-         <table>\n<tr><th>reference</th><th>#</th><th>checkpoint</th><th>code</th><th>why</th><th>models</th></tr>\n",
+         <table>\n<tr>",
     );
+    for column in summary::NOT_OWN_COLUMNS {
+        let _ = write!(o, "<th>{}</th>", esc(column));
+    }
+    o.push_str("</tr>\n");
     for r in rows {
-        let _ = writeln!(
-            o,
-            "<tr><td>{}</td><td>{:02}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&r.reference),
-            r.checkpoint_id,
-            esc(&r.checkpoint),
-            r.authorship,
-            esc(&r.reason),
-            esc(&r.models.join(", "))
-        );
+        o.push_str("<tr>");
+        for cell in r.cells() {
+            let _ = write!(o, "<td>{}</td>", esc(&cell));
+        }
+        o.push_str("</tr>\n");
     }
     o.push_str("</table>\n</details>\n");
 }

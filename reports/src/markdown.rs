@@ -117,21 +117,10 @@ fn provenance_section(w: &mut String, run: &RunResults) {
     }
     line(w, "Every reference computed every checkpoint with its own model code, except (`kernels`: the library's tensor ops under model code of ours; `ours`: our code):".into());
     line(w, String::new());
-    line(w, "| reference | # | checkpoint | code | why | models |".into());
-    line(w, "|---|---|---|---|---|---|".into());
+    line(w, format!("| {} |", summary::NOT_OWN_COLUMNS.join(" | ")));
+    line(w, format!("|{}", "---|".repeat(summary::NOT_OWN_COLUMNS.len())));
     for r in rows {
-        line(
-            w,
-            format!(
-                "| {} | {:02} | {} | {} | {} | {} |",
-                cell_text(&r.reference),
-                r.checkpoint_id,
-                cell_text(&r.checkpoint),
-                r.authorship,
-                cell_text(&r.reason),
-                cell_text(&r.models.join(", "))
-            ),
-        );
+        line(w, format!("| {} |", r.cells().map(|t| cell_text(&t)).join(" | ")));
     }
     line(w, String::new());
 }

@@ -258,6 +258,23 @@ pub struct NotOwn {
     pub models: Vec<String>,
 }
 
+/// The columns of [`NotOwn::cells`], as every report shows them.
+pub const NOT_OWN_COLUMNS: [&str; 6] = ["reference", "#", "checkpoint", "code", "why", "models"];
+
+impl NotOwn {
+    /// The row's text, column by column (unescaped: each report escapes for its format).
+    pub fn cells(&self) -> [String; 6] {
+        [
+            self.reference.clone(),
+            format!("{:02}", self.checkpoint_id),
+            self.checkpoint.clone(),
+            self.authorship.to_string(),
+            self.reason.clone(),
+            self.models.join(", "),
+        ]
+    }
+}
+
 pub fn not_own(run: &RunResults) -> Vec<NotOwn> {
     let mut rows: BTreeMap<(String, u32, String, Authorship, String), BTreeSet<String>> = BTreeMap::new();
     for case in &run.cases {

@@ -28,6 +28,8 @@ pub struct DumpsArgs {
 pub fn run(args: DumpsArgs, root: &Path) -> Result<i32> {
     let mut selection = args.selection.clone();
     let out_root = selection.dumps.take();
+    // The dumps' live source is made below, writing beside their place: not a second one here.
+    selection.live = false;
     let loaded = selection.load(root)?;
     let out_root = match out_root {
         Some(dir) if dir.is_absolute() => dir,
