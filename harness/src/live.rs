@@ -58,6 +58,17 @@ impl Dumpers {
         Dumpers { root: root.to_path_buf(), python: crate::suite::parity_cache().join("venv/bin/python"), timeout }
     }
 
+    /// The Python `reference`'s dumper runs in: the shared environment, or, for a reference that
+    /// pins its own packages (`references/<reference>/requirements.txt`, whose pins clash with the
+    /// shared ones), `venv-<reference>` beside the shared `venv`, made by setup-references.sh.
+    pub fn python_for(&self, reference: &str) -> PathBuf {
+        let own = self.root.join("references").join(reference).join("requirements.txt").is_file();
+        match self.python.parent().and_then(Path::parent).and_then(Path::parent) {
+            Some(envs) if own => envs.join(format!("venv-{reference}")).join("bin/python"),
+            _ => self.python.clone(),
+        }
+    }
+
     /// sha256 of what every dump `reference`'s dumper makes depends on besides its request: its
     /// source (the `.py` files but tests of `references/<reference>/`, of every sibling folder its
     /// sources name in quotes, as `pytorch-f64` names `"pytorch"` and every dumper `"common"`: path
@@ -85,7 +96,8 @@ impl Dumpers {
             let name = path.strip_prefix(&self.root).unwrap_or(&path).display().to_string();
             text += &format!("source {name} {}\n", reports::hashes::sha256_bytes(&body));
         }
-        let venv = self.python.parent().and_then(Path::parent).unwrap_or(Path::new("/"));
+        let python = self.python_for(reference);
+        let venv = python.parent().and_then(Path::parent).unwrap_or(Path::new("/"));
         let cfg = venv.join("pyvenv.cfg");
         text += &std::fs::read_to_string(&cfg).map_err(err(&cfg))?;
         let mut packages = Vec::new();
@@ -108,8 +120,9 @@ impl Dumpers {
     /// finished (it writes to a temporary folder and renames).
     pub fn run(&self, reference: &str, req: &DumpRequest, log: &Path) -> Result<(), ReferenceError> {
         let script = self.root.join("references").join(reference).join("dump.py");
-        if !self.python.exists() {
-            return Err(ReferenceError::NotInstalled { reference: reference.into(), python: self.python.clone() });
+        let python = self.python_for(reference);
+        if !python.exists() {
+            return Err(ReferenceError::NotInstalled { reference: reference.into(), python });
         }
         if !script.exists() {
             return Err(ReferenceError::NoDumper { reference: reference.into(), path: script });
@@ -118,7 +131,7 @@ impl Dumpers {
             let _ = std::fs::create_dir_all(dir);
         }
         let stderr = open_log(log).map_err(|source| ReferenceError::Log { reference: reference.into(), log: log.into(), source })?;
-        let mut command = Command::new(&self.python);
+        let mut command = Command::new(&python);
         command
             .arg(&script)
             .arg("--model")
@@ -139,7 +152,7 @@ impl Dumpers {
             .stderr(stderr);
         own_process_group(&mut command);
         let mut child =
-            command.spawn().map_err(|source| ReferenceError::Spawn { reference: reference.into(), python: self.python.clone(), source })?;
+            command.spawn().map_err(|source| ReferenceError::Spawn { reference: reference.into(), python: python.clone(), source })?;
         let started = Instant::now();
         let status = loop {
             match child.try_wait() {
@@ -153,7 +166,7 @@ impl Dumpers {
                     return Err(ReferenceError::Timeout { reference: reference.into(), seconds: self.timeout.as_secs(), log: log.into() });
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                Err(source) => return Err(ReferenceError::Spawn { reference: reference.into(), python: self.python.clone(), source }),
+                Err(source) => return Err(ReferenceError::Spawn { reference: reference.into(), python: python.clone(), source }),
             }
         };
         if status.success() {

@@ -83,12 +83,14 @@ impl Provenance {
         })
     }
 
-    /// Checks that every one of `references` has provenance for every model family, so a run
-    /// cannot start and then meet a reference nobody has said anything about.
+    /// Checks that every one of `references` has provenance for some model family, so a run
+    /// cannot start and then meet a reference nobody has said anything about. A reference may
+    /// serve fewer families than the engine (MLX has no GPT-2); a case of a family its table lacks
+    /// is refused by [`Provenance::of`] when the case is judged.
     pub fn covers(&self, references: &[&str]) -> Result<(), ProvenanceError> {
         for reference in references {
-            for family in FAMILIES {
-                self.of(reference, family)?;
+            if !self.by.keys().any(|(r, _)| r == reference) {
+                self.of(reference, FAMILIES[0])?;
             }
         }
         Ok(())
@@ -142,7 +144,7 @@ mod tests {
     }
 
     fn known() -> Vec<String> {
-        ["llamacpp", "pytorch", "pytorch-f64", "tinygrad"].map(String::from).to_vec()
+        ["llamacpp", "mlx", "pytorch", "pytorch-f64", "tinygrad"].map(String::from).to_vec()
     }
 
     /// A table naming every catalog checkpoint `own` but `replace`d ones.
@@ -162,7 +164,10 @@ mod tests {
     #[test]
     fn the_project_provenance_covers_every_reference_family_and_checkpoint() {
         let p = parse(include_str!("../../checkpoints/provenance.toml")).unwrap();
-        p.covers(&["llamacpp", "pytorch", "tinygrad", "pytorch-f64"]).unwrap();
+        p.covers(&["llamacpp", "pytorch", "tinygrad", "pytorch-f64", "mlx"]).unwrap();
+        // MLX serves Llama only: a GPT-2 case against it is refused when judged, by name.
+        assert!(matches!(p.of("mlx", "gpt2"), Err(ProvenanceError::Uncovered { .. })));
+        assert_eq!(p.of("mlx", "llama").unwrap()["attn_probs"].kind, Authorship::Kernels);
         // llama.cpp's model code is its own everywhere; tinygrad's GPT-2 forward pass is ours.
         assert!(p.of("llamacpp", "gpt2").unwrap().values().filter(|e| e.kind != Authorship::Own).all(|e| e.reason.is_some()));
         assert_eq!(p.of("tinygrad", "gpt2").unwrap()["attn_probs"].kind, Authorship::Kernels);
@@ -177,12 +182,15 @@ mod tests {
         assert_eq!(entries["attn_probs"], Entry { kind: Authorship::Kernels, reason: Some("our attention core".into()) });
         assert_eq!(entries["norm"], Entry { kind: Authorship::Own, reason: None });
         assert!(matches!(p.of("tinygrad", "gpt2"), Err(ProvenanceError::Uncovered { .. })));
+        // A reference with some family's table is covered; one with none is refused up front.
+        p.covers(&["tinygrad"]).unwrap();
+        assert!(matches!(p.covers(&["pytorch"]), Err(ProvenanceError::Uncovered { .. })));
     }
 
     #[test]
     fn unknown_references_families_and_checkpoints_are_refused_by_name() {
         let e = parse(&table("tinygrd.llama", &[])).unwrap_err().to_string();
-        assert!(e.contains("\"tinygrd\" is not a reference (known: llamacpp, pytorch, pytorch-f64, tinygrad)"), "{e}");
+        assert!(e.contains("\"tinygrd\" is not a reference (known: llamacpp, mlx, pytorch, pytorch-f64, tinygrad)"), "{e}");
         let e = parse(&table("tinygrad.mamba", &[])).unwrap_err().to_string();
         assert!(e.contains("\"mamba\" is not a model family"), "{e}");
         let e = parse(&(table("tinygrad.llama", &[]) + "attn_prob = \"own\"\n")).unwrap_err().to_string();

@@ -146,9 +146,10 @@ impl Selection {
         }
         let mut cases = suite.cases();
         if let Some(refs) = &self.refs {
+            let voters: Vec<&String> = known.iter().filter(|r| Some(r.as_str()) != suite.truth.as_deref()).collect();
             for r in refs {
-                if !["llamacpp", "pytorch", "tinygrad"].contains(&r.as_str()) {
-                    bail!("--refs: unknown reference {r:?} (llamacpp, pytorch, tinygrad)");
+                if !voters.contains(&r) {
+                    bail!("--refs: unknown reference {r:?} ({})", voters.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "));
                 }
             }
             for case in &mut cases {
