@@ -4,7 +4,8 @@
 #   scripts/setup-references.sh            # idempotent; a second run is a no-op
 #   PARITY_CACHE=/some/dir scripts/setup-references.sh
 #
-# The environment lives outside git, in $PARITY_CACHE/venv (default ~/.cache/parity/venv).
+# The environment lives outside git, in $PARITY_CACHE/venv (default ~/.cache/parity/venv); a
+# reference with its own requirements.txt gets $PARITY_CACHE/venv-<reference> beside it.
 # Pins below are the versions the committed dumps and tolerances were made with.
 set -euo pipefail
 
@@ -28,14 +29,37 @@ LLAMA_PIN="llama-cpp-python==0.3.36"
 # A native (-march=native) build segfaulted in decode on the development machine.
 LLAMA_CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF"
 
+step() { echo "setup-references: $*"; }
+t0=$(date +%s)
+
+# A reference whose pins clash with the shared ones (references/<name>/requirements.txt) gets its
+# own environment, $CACHE/venv-<name>; the harness runs its dumper there (Dumpers::python_for).
+own_envs() {
+  local req name env
+  for req in "$(dirname "$0")"/../references/*/requirements.txt; do
+    [ -f "$req" ] || continue
+    name="$(basename "$(dirname "$req")")"
+    env="$CACHE/venv-$name"
+    if [ -f "$env/.parity-setup-done" ] && cmp -s "$req" "$env/.parity-setup-done"; then
+      step "$env is up to date"
+      continue
+    fi
+    step "creating $env from references/$name/requirements.txt"
+    rm -rf "$env"
+    python3 -m venv "$env"
+    "$env/bin/python" -m pip install -q --upgrade pip
+    "$env/bin/python" -m pip install -q -r "$req"
+    cp "$req" "$env/.parity-setup-done"
+  done
+}
+mkdir -p "$CACHE"
+own_envs
+
 want="$(printf '%s\n' "${PINS[@]}" "$LLAMA_PIN" "$LLAMA_CMAKE_ARGS")"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   echo "setup-references: $VENV is up to date (nothing to do)"
   exit 0
 fi
-
-step() { echo "setup-references: $*"; }
-t0=$(date +%s)
 
 need_apt=()
 command -v clang >/dev/null 2>&1 || need_apt+=(clang)

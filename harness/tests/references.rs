@@ -96,26 +96,23 @@ fn every_fixture_has_a_float64_truth_dump_within_f32_noise_of_the_pytorch_dump()
     assert!(compared >= 12 * 20, "compared only {compared} tensors");
 }
 
-/// The reference environment's Python, if setup has made it.
-fn reference_python() -> Option<PathBuf> {
-    let py = parity_cache().join("venv/bin/python");
-    py.exists().then_some(py)
-}
-
-/// The reference environment's Python; None (the caller skips, saying so) when there is none and
-/// `PARITY_REQUIRE_REFERENCES` is not set; a failure when it is set.
-fn reference_python_or_skip() -> Option<PathBuf> {
-    let py = reference_python();
-    if py.is_none() {
-        let venv = parity_cache().join("venv");
-        assert!(
-            std::env::var_os("PARITY_REQUIRE_REFERENCES").is_none(),
-            "PARITY_REQUIRE_REFERENCES is set but there is no reference environment at {}; run scripts/setup-references.sh",
-            venv.display()
-        );
-        println!("skipped: no reference environment at {}; run scripts/setup-references.sh", venv.display());
+/// The Python the reference test file `path` (`references/<reference>/...`) runs in: the shared
+/// environment, or the reference's own (the harness's choice, `Dumpers::python_for`). None (the
+/// caller skips, saying so) when setup has not made it and `PARITY_REQUIRE_REFERENCES` is not set;
+/// a failure when it is set.
+fn reference_python_or_skip(path: &str) -> Option<PathBuf> {
+    let reference = path.split('/').nth(1).unwrap_or_default();
+    let py = harness::live::Dumpers::from_env(&root(), std::time::Duration::from_secs(1)).python_for(reference);
+    if py.exists() {
+        return Some(py);
     }
-    py
+    assert!(
+        std::env::var_os("PARITY_REQUIRE_REFERENCES").is_none(),
+        "PARITY_REQUIRE_REFERENCES is set but there is no reference environment for {path} ({}); run scripts/setup-references.sh",
+        py.display()
+    );
+    println!("skipped: no reference environment for {path} ({}); run scripts/setup-references.sh", py.display());
+    None
 }
 
 /// Runs one of the references' own test files (`path` relative to the project) with `extra`
@@ -137,9 +134,10 @@ fn run_python_test(py: &Path, path: &str, extra: &[&str], env: &[(&str, Option<&
 
 /// Every reference test file (`references/**/test_*.py`), each run by one test below; the test
 /// `every_reference_test_file_is_run_here` fails when a file is added without being listed here.
-const PYTHON_TESTS: [&str; 6] = [
+const PYTHON_TESTS: [&str; 7] = [
     "references/common/test_dumpkit.py",
     "references/llamacpp/test_dump.py",
+    "references/mlx/test_dump.py",
     "references/pytorch/test_dump.py",
     "references/pytorch-f64/test_dump.py",
     "references/tinygrad/test_dump.py",
@@ -148,7 +146,7 @@ const PYTHON_TESTS: [&str; 6] = [
 
 fn run_reference_test(path: &str) {
     assert!(PYTHON_TESTS.contains(&path), "{path} is not listed in PYTHON_TESTS");
-    let Some(py) = reference_python_or_skip() else {
+    let Some(py) = reference_python_or_skip(path) else {
         return;
     };
     let (ok, text) = run_python_test(&py, path, &[], &[]);
@@ -159,6 +157,11 @@ fn run_reference_test(path: &str) {
 #[test]
 fn the_llamacpp_dumper_passes_its_own_test() {
     run_reference_test("references/llamacpp/test_dump.py");
+}
+
+#[test]
+fn the_mlx_dumper_passes_its_own_test() {
+    run_reference_test("references/mlx/test_dump.py");
 }
 
 #[test]
@@ -214,11 +217,11 @@ fn every_reference_test_file_is_run_here() {
 
 #[test]
 fn with_references_required_a_test_that_cannot_import_fails_instead_of_skipping() {
-    let Some(py) = reference_python_or_skip() else {
-        return;
-    };
     let required = Some(Path::new("1"));
     for path in PYTHON_TESTS {
+        let Some(py) = reference_python_or_skip(path) else {
+            return;
+        };
         // -S leaves site-packages off the path: numpy, torch, llama_cpp and tinygrad do not import.
         let (ok, text) = run_python_test(&py, path, &["-S"], &[("PARITY_REQUIRE_REFERENCES", None)]);
         assert!(ok && text.starts_with("skipped: "), "{path} without the flag:\n{text}");
@@ -229,7 +232,7 @@ fn with_references_required_a_test_that_cannot_import_fails_instead_of_skipping(
 
 #[test]
 fn with_references_required_a_missing_model_fails_instead_of_skipping() {
-    let Some(py) = reference_python_or_skip() else {
+    let Some(py) = reference_python_or_skip("references/pytorch") else {
         return;
     };
     let empty_cache = std::env::temp_dir().join(format!("parity-empty-cache-{}", std::process::id()));
@@ -254,7 +257,7 @@ fn with_references_required_a_missing_model_fails_instead_of_skipping() {
 
 #[test]
 fn any_prompt_text_reaches_the_dumper_and_round_trips_through_its_manifest() {
-    if reference_python_or_skip().is_none() {
+    if reference_python_or_skip("references/pytorch").is_none() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("parity-make-dumps-{}", std::process::id()));
@@ -296,7 +299,7 @@ fn any_prompt_text_reaches_the_dumper_and_round_trips_through_its_manifest() {
 
 #[test]
 fn a_second_live_run_reuses_the_cached_dumps_and_judges_them_the_same() {
-    if reference_python_or_skip().is_none() {
+    if reference_python_or_skip("references/pytorch").is_none() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("parity-dump-cache-live-{}", std::process::id()));

@@ -120,14 +120,12 @@ class Llama:
         weights = _hf_weights(gguf, n_head, n_kv)
         quantized = _quantization(weights)
         self.model = mlx_llama.Model(self.args)
-        for prefix, (group, bits) in sorted(quantized.items()):
-            module = self.model
-            for part in prefix.split("."):
-                module = module[int(part)] if part.isdigit() else getattr(module, part)
-            nn.quantize(module, group_size=group, bits=bits)
+        nn.quantize(
+            self.model,
+            class_predicate=lambda path, _: path in quantized and {"group_size": quantized[path][0], "bits": quantized[path][1], "mode": "affine"},
+        )
         self.model.load_weights(list(weights.items()), strict=True)
         mx.eval(self.model.parameters())
-        self.kinds = sorted({f"{bits}-bit" for _, bits in quantized.values()}) or ["float32"]
         self._watch()
         self.cache = None
         self.taps = None
