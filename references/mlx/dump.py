@@ -3,12 +3,13 @@ own Llama model code, in float32 (quantized GGUF types stay MLX-quantized).
 
     ~/.cache/parity/venv-mlx/bin/python references/mlx/dump.py --model M.gguf --prompt TEXT --out DIR
 
-GGUF Llama only (mlx-lm's GPT-2 has no GGUF path; see docs/references.md). It runs in its own
+GGUF Llama and GPT-2, through mlx-lm's models (llama.py, gpt2.py, watched by watch.py). It runs in its own
 environment, $PARITY_CACHE/venv-mlx (references/mlx/requirements.txt). Prompt ids come from our
 GGUF tokenizer (references/tinygrad/gguf_tokenizer.py, pure Python), as for tinygrad, matching
 llama.cpp. `step_logits` and `generated` feed one token at a time through mlx-lm's KVCache; at
 the chosen decode steps that step's taps go to dumpkit.DecodeTaps. Samplers: mlx-lm's own
-`apply_top_k` and `apply_top_p` on the tempered log-probabilities, in the catalog's order. What
+`apply_top_k` and `apply_top_p` on the tempered log-probabilities, in the catalog's order; `probs`
+is a float64 numpy softmax of MLX's logits (see docs/references.md for why). What
 is ours and what is MLX's is in llama.py and checkpoints/provenance.toml. The contract is
 references/common/dumpkit.py.
 """
@@ -44,13 +45,15 @@ def run(args):
     except (RuntimeError, ValueError) as e:
         raise DumpError(f"cannot read {model_path}: {e}", EXIT_USAGE)
     arch = meta.get("general.architecture")
-    if arch != "llama":
-        raise DumpError(f"architecture {arch!r} is not supported by the MLX dumper (llama)")
-
+    if arch == "llama":
+        from llama import Llama as Family
+    elif arch == "gpt2":
+        from gpt2 import Gpt2 as Family
+    else:
+        raise DumpError(f"architecture {arch!r} is not supported by the MLX dumper (llama, gpt2)")
     from gguf_tokenizer import Tokenizer, TokenizerError
-    from llama import Llama
 
-    model = Llama(str(model_path))
+    model = Family(str(model_path))
     try:
         ids = Tokenizer(_tokenizer_kv(meta)).encode(args.prompt)
     except TokenizerError as e:
@@ -68,9 +71,13 @@ def run(args):
     last = logits[-1]
     dump.put("last_logits", last)
     dump.put("argmax", np.array(int(np.argmax(last))))  # the first maximum: ties go to the lowest id
-    dump.put("probs", np.array(mx.softmax(mx.array(last) / args.temperature)))
+    # Not mx.softmax: MLX's CPU reduction sums the vocabulary's exponentials one after another in
+    # f32 (1.4e-4 off on SmolLM2), the defect the engine once had; in float64 here, as llama.cpp's.
+    scaled = last.astype(np.float64) / args.temperature
+    e = np.exp(scaled - scaled.max())
+    dump.put("probs", e / e.sum())
 
-    sizes = dict(d=model.args.hidden_size, H=model.n_heads, KV=model.n_kv, hd=model.hd)
+    sizes = dict(d=model.n_heads * model.hd, H=model.n_heads, KV=model.n_kv, hd=model.hd)
     decode_taps = DecodeTaps(len(ids), args.n_generate, sizes)
 
     def feed(token, step):
