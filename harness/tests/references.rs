@@ -1,7 +1,7 @@
 //! The references, checked against each other and by their own tests.
 //!
 //! Agreement between references runs on the committed default-suite dumps, always: the same prompt
-//! ids from all three, last-token logits within cosine 0.999 of each other, the same argmax; and the
+//! ids from all four, last-token logits within cosine 0.999 of each other, the same argmax; and the
 //! float64 truth (`pytorch-f64`) of every case is the float32 PyTorch dump's computation, within f32
 //! rounding noise of it. Each of the references' own tests (`references/**/test_*.py`, every one
 //! listed in `PYTHON_TESTS`) runs when the reference environment of `scripts/setup-references.sh`
@@ -17,7 +17,7 @@ use harness::tensor::{Tensor, Values};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const REFERENCES: [&str; 3] = ["llamacpp", "pytorch", "tinygrad"];
+const REFERENCES: [&str; 4] = ["llamacpp", "pytorch", "tinygrad", "mlx"];
 /// The float64 reference that checkpoints/suite.toml names as its `truth`.
 const TRUTH: &str = "pytorch-f64";
 
@@ -40,7 +40,7 @@ fn ids(dump: &Dump, key: &str) -> Vec<i64> {
 }
 
 #[test]
-fn the_three_references_agree_on_tokens_last_logits_and_argmax_for_every_fixture() {
+fn the_four_references_agree_on_tokens_last_logits_and_argmax_for_every_fixture() {
     let root = root();
     let suite = Suite::load(&root.join("checkpoints/suite.toml")).unwrap();
     let mut compared = 0;
@@ -55,7 +55,7 @@ fn the_three_references_agree_on_tokens_last_logits_and_argmax_for_every_fixture
             compared += 1;
         }
     }
-    assert!(compared >= 2 * 12, "compared only {compared} reference pairs");
+    assert!(compared >= 3 * 12, "compared only {compared} reference pairs");
 }
 
 #[test]
