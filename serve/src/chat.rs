@@ -5,6 +5,7 @@
 
 use crate::api::Message;
 use crate::error::{ApiError, ServeError};
+use engine::tokenizer::Tokenizer;
 use engine::Model;
 
 const NAME: &str = "chat_template";
@@ -33,6 +34,14 @@ impl ChatTemplate {
         });
         env.add_template_owned(NAME, source).map_err(|e| ServeError::Template(e.to_string()))?;
         Ok(ChatTemplate { env, bos_token, eos_token })
+    }
+
+    /// The prompt for `messages` as text and as token ids: control-token texts the template
+    /// writes (`<|im_start|>`, ...) are those tokens, as in transformers and llama.cpp.
+    pub fn prompt(&self, tokenizer: &Tokenizer, messages: &[Message]) -> Result<(String, Vec<u32>), ApiError> {
+        let text = self.render(messages)?;
+        let ids = tokenizer.encode_with_special(&text);
+        Ok((text, ids))
     }
 
     /// The prompt text for `messages`, ending with the assistant's turn opened.

@@ -113,8 +113,7 @@ fn start(state: &Arc<AppState>, endpoint: Endpoint, body: &[u8]) -> Result<(bool
             let template = state.template.as_ref().ok_or_else(|| {
                 ApiError::invalid(Some("messages"), "this model has no chat template (tokenizer.chat_template); use /v1/completions")
             })?;
-            // The rendered template's control-token texts (<|im_start|>, ...) are those tokens.
-            tokenizer.encode_with_special(&template.render(messages)?)
+            template.prompt(tokenizer, messages)?.1
         }
     };
     state.model.check_fits(&prompt, request.max_tokens).map_err(ApiError::from_engine)?;
