@@ -139,3 +139,59 @@ async fn smollm2_chat_prompts_match_transformers_and_llama_cpp_text_and_ids() {
     let r = post(&format!("{url}/v1/chat/completions"), json!({ "messages": conversations[2], "max_tokens": 1, "temperature": 0 })).await;
     assert_eq!(r["usage"]["prompt_tokens"], expected);
 }
+
+/// `parity serve` with `args`, its stdout and stderr piped, in a scratch PARITY_CACHE.
+fn parity_serve(args: &[&str], cache: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_parity"))
+        .arg("serve")
+        .args(args)
+        .current_dir(root())
+        .env("PARITY_CACHE", cache)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting parity serve")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parity_serve_answers_on_the_port_it_prints_and_exits_0_on_sigterm() {
+    use std::io::BufRead;
+    let cache = tempfile::tempdir().unwrap();
+    let mut child = parity_serve(&["--model", "fixtures/models/tiny-llama/model-f32.gguf", "--port", "0", "--threads", "1"], cache.path());
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("first line {line:?}")).to_string();
+    let r = post(&format!("{url}/v1/completions"), json!({ "prompt": "The quick brown fox", "max_tokens": 3, "temperature": 0 })).await;
+    assert_eq!(r["model"], "model-f32");
+    let health: Value = reqwest::get(format!("{url}/health")).await.unwrap().json().await.unwrap();
+    assert_eq!(health["requests"]["completed"], 1);
+    // SIGTERM: a clean stop, exit 0.
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid has no memory effects.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[test]
+fn parity_serve_refuses_bad_input_with_a_one_line_error_and_exit_2() {
+    let cache = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let tiny = "fixtures/models/tiny-llama/model-f32.gguf";
+    let cases: [(&[&str], &str); 4] = [
+        (&["--model", "no/such/model.gguf"], "loading no/such/model.gguf"),
+        (&["--model", tiny, "--port", "0", "--max-concurrent", "0"], "--max-concurrent must be at least 1"),
+        (&["--model", tiny, "--port", &port], "cannot listen on 127.0.0.1:"),
+        (&["--model", tiny, "--host", "not-an-ip"], "invalid value 'not-an-ip'"),
+    ];
+    for (args, mentions) in cases {
+        let out = parity_serve(args, cache.path()).wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked") && err.contains(mentions), "{args:?}: {err}");
+        if !mentions.starts_with("invalid value") {
+            assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        }
+    }
+}

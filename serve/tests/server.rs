@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{ids, load, smollm2, text_of, TestServer, TINY};
+use common::{ids, load, smollm2, text_of, TestServer, TEMPLATE, TINY};
 use engine::SamplerConfig;
 use serde_json::json;
 
@@ -99,10 +99,6 @@ async fn a_stop_sequence_ends_the_text_just_before_it() {
         assert_eq!(finish, "stop");
     }
 }
-
-/// The SmolLM2 chat template's shape, on the tiny model (which has none of its own).
-const TEMPLATE: &str =
-    "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_renders_the_models_template_and_answers_stream_or_not() {

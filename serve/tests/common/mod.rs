@@ -9,6 +9,10 @@ use std::path::PathBuf;
 
 pub const TINY: &str = "fixtures/models/tiny-llama/model-f32.gguf";
 
+/// A chat template of SmolLM2's shape, for the tiny model, which has none of its own.
+pub const TEMPLATE: &str =
+    "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}";
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
