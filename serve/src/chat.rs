@@ -40,7 +40,12 @@ impl ChatTemplate {
     /// writes (`<|im_start|>`, ...) are those tokens, as in transformers and llama.cpp.
     pub fn prompt(&self, tokenizer: &Tokenizer, messages: &[Message]) -> Result<(String, Vec<u32>), ApiError> {
         let text = self.render(messages)?;
-        let ids = tokenizer.encode_with_special(&text);
+        let mut ids = tokenizer.encode_with_special(&text);
+        // A template that writes bos_token itself, for a model that adds BOS: one BOS, as
+        // transformers gives (it adds no special tokens to a rendered chat).
+        if tokenizer.add_bos() && ids.len() >= 2 && ids[1] == ids[0] && Some(ids[0]) == tokenizer.bos_id() {
+            ids.remove(0);
+        }
         Ok((text, ids))
     }
 

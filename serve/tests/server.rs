@@ -128,6 +128,20 @@ async fn chat_renders_the_models_template_and_answers_stream_or_not() {
     assert_eq!(events.last().unwrap()["usage"], r["usage"]);
 }
 
+#[test]
+fn a_template_that_writes_bos_gets_one_bos_on_a_model_that_adds_it() {
+    let model = load(TINY);
+    let bos = model.tokenizer.bos_id().unwrap();
+    assert!(model.tokenizer.add_bos(), "the tiny Llama fixture adds BOS");
+    let template = serve::chat::ChatTemplate::new("{{ bos_token }}{{ messages[0].content }}".into(), "<s>".into(), "</s>".into()).unwrap();
+    let messages = [serve::api::Message { role: "user".into(), content: "fox".into() }];
+    let (text, ids) = template.prompt(&model.tokenizer, &messages).unwrap();
+    assert_eq!(text, "<s>fox");
+    assert_eq!(ids[0], bos);
+    assert_ne!(ids[1], bos, "{ids:?}");
+    assert_eq!(ids[1..], model.tokenizer.encode("fox")[1..]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_malformed_request_is_a_400_naming_its_field() {
     let s = TestServer::start(load(TINY), 1, 1).await;
