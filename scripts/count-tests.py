@@ -8,8 +8,8 @@ cannot drift from it (stdlib only).
     python3 scripts/count-tests.py --check    # exit 1 when docs/reliability.md's section is stale
 
 The rules, by name and body, are deliberately plain so anyone can re-check a count:
-- a Rust test is a `fn` right after `#[test]` (other attributes between are allowed) in engine/,
-  harness/ and reports/; its body runs to the next `#[test]` or the end of the file;
+- a Rust test is a `fn` right after `#[test]` or `#[tokio::test(...)]` (other attributes between
+  are allowed) in engine/, harness/, reports/ and serve/; its body runs to the next `#[test]` or the end of the file;
 - bad input: its name says it refuses or reports an error (BAD_INPUT below);
 - checks an exit code: a bad-input test whose body looks at one (`.code()`, `exit_code`,
   `Some(2)`, `Some(3)`, `returncode`, or
@@ -36,13 +36,13 @@ BAD_INPUT = re.compile(
     r"how_to_install|not_a_panic|syntax_errors|usage_error|not_utf8|lone_surrogate|instead_of_skipping"
 )
 EXIT_CODE = re.compile(r"\.code\(\)|exit_code|Some\([23]\)|returncode|assert_one_line_error")
-RUST_TEST = re.compile(r"#\[test\]\s*(?:#\[[^\]]*\]\s*)*(?:pub\s+)?fn\s+(\w+)")
+RUST_TEST = re.compile(r"#\[(?:tokio::)?test(?:\([^\]]*\))?\]\s*(?:#\[[^\]]*\]\s*)*(?:pub\s+)?(?:async\s+)?fn\s+(\w+)")
 
 
 def rust_tests():
     """(path, name, body) of every Rust #[test]."""
     found = []
-    for crate in ("engine", "harness", "reports"):
+    for crate in ("engine", "harness", "reports", "serve"):
         for path in sorted((ROOT / crate).rglob("*.rs")):
             text = path.read_text(encoding="utf-8")
             matches = list(RUST_TEST.finditer(text))

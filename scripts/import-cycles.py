@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CRATES = ["engine", "harness", "reports"]
+CRATES = ["engine", "harness", "reports", "serve"]
 
 
 def modules(src):

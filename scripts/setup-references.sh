@@ -7,11 +7,25 @@
 # The environment lives outside git, in $PARITY_CACHE/venv (default ~/.cache/parity/venv); a
 # reference with its own requirements.txt gets $PARITY_CACHE/venv-<reference> beside it.
 # Pins below are the versions the committed dumps and tolerances were made with.
+#
+# Beside it, $PARITY_CACHE/venv-client holds the `openai` client package alone, for the server's
+# client test (serve/tests/openai_client.py): kept apart so that it never changes the reference
+# environment, whose identity every dump is cached by.
 set -euo pipefail
 
 CACHE="${PARITY_CACHE:-$HOME/.cache/parity}"
 VENV="$CACHE/venv"
 STAMP="$VENV/.parity-setup-done"
+
+CLIENT_VENV="$CACHE/venv-client"
+CLIENT_PIN="openai==3.51.0"
+if [ ! -f "$CLIENT_VENV/.parity-setup-done" ] || [ "$(cat "$CLIENT_VENV/.parity-setup-done")" != "$CLIENT_PIN" ]; then
+  echo "setup-references: installing $CLIENT_PIN into $CLIENT_VENV"
+  mkdir -p "$CACHE"
+  [ -x "$CLIENT_VENV/bin/python" ] || python3 -m venv "$CLIENT_VENV"
+  "$CLIENT_VENV/bin/python" -m pip install -q "$CLIENT_PIN"
+  printf '%s' "$CLIENT_PIN" > "$CLIENT_VENV/.parity-setup-done"
+fi
 
 PINS=(
   "numpy==2.3.5"

@@ -40,6 +40,9 @@ pub struct Model {
     net: Net,
     pub tokenizer: Tokenizer,
     pub path: PathBuf,
+    /// The model's own Jinja chat template: GGUF `tokenizer.chat_template`, or `chat_template`
+    /// in an HF folder's `tokenizer_config.json`; rendering it is the server's business.
+    pub chat_template: Option<String>,
 }
 
 impl Model {
@@ -57,14 +60,16 @@ impl Model {
         let vocab = file.tensor("token_embd.weight")?.rows();
         let config = Config::from_gguf(&file, vocab)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
-        Ok(Model { net: Net::build(config, &file)?, tokenizer, path: path.to_path_buf() })
+        let chat_template = file.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
+        Ok(Model { net: Net::build(config, &file)?, tokenizer, path: path.to_path_buf(), chat_template })
     }
 
     fn load_hf(dir: &Path) -> Result<Model> {
         let config = Config::from_hf(&dir.join("config.json"))?;
         let store = HfStore::open(dir, config.arch)?;
         let tokenizer = Tokenizer::from_hf_json(&dir.join("tokenizer.json"))?;
-        Ok(Model { net: Net::build(config, &store)?, tokenizer, path: dir.to_path_buf() })
+        let chat_template = hf_chat_template(&dir.join("tokenizer_config.json"))?;
+        Ok(Model { net: Net::build(config, &store)?, tokenizer, path: dir.to_path_buf(), chat_template })
     }
 
     pub fn config(&self) -> &Config {
@@ -127,6 +132,12 @@ impl Model {
     /// Tokenizes `prompt` and checks that it and `n_generate` more tokens fit the context.
     pub fn prompt_tokens(&self, prompt: &str, n_generate: usize) -> Result<Vec<u32>> {
         let tokens = self.tokenizer.encode(prompt);
+        self.check_fits(&tokens, n_generate)?;
+        Ok(tokens)
+    }
+
+    /// Checks that `tokens` is not empty and that it and `n_generate` more tokens fit the context.
+    pub fn check_fits(&self, tokens: &[u32], n_generate: usize) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::EmptyPrompt);
         }
@@ -134,7 +145,7 @@ impl Model {
         if tokens.len() + n_generate > context {
             return Err(Error::ContextOverflow { tokens: tokens.len(), generate: n_generate, context });
         }
-        Ok(tokens)
+        Ok(())
     }
 
     /// The traced run the harness compares: prefill of the prompt with every checkpoint shown to
@@ -281,15 +292,31 @@ impl Model {
     /// stops early at the end-of-sequence token.
     pub fn generate(&self, prompt: &str, n: usize, sampling: SamplerConfig, mut on_token: impl FnMut(u32)) -> Result<Vec<u32>> {
         let tokens = self.prompt_tokens(prompt, n)?;
-        let mut cache = self.new_cache(tokens.len() + n);
-        let last = self.forward(&tokens, &mut cache, &mut Taps::none(), false)?;
-        let eos = self.tokenizer.eos_id();
-        let mut sampler = self.sampler(sampling);
-        self.decode(&last, n, None, &mut cache, &mut sampler, None, |t, _| {
+        self.generate_from(&tokens, n, sampling, |t| {
             on_token(t);
-            Some(t) != eos
+            true
         })
     }
+
+    /// [`Model::generate`] after prompt ids already tokenized (e.g. a rendered chat template with
+    /// its special tokens); `on_token` returns false to stop after that token (a server's client
+    /// went away, a stop sequence was met).
+    pub fn generate_from(&self, tokens: &[u32], n: usize, sampling: SamplerConfig, mut on_token: impl FnMut(u32) -> bool) -> Result<Vec<u32>> {
+        self.check_fits(tokens, n)?;
+        let mut cache = self.new_cache(tokens.len() + n);
+        let last = self.forward(tokens, &mut cache, &mut Taps::none(), false)?;
+        let eos = self.tokenizer.eos_id();
+        let mut sampler = self.sampler(sampling);
+        self.decode(&last, n, None, &mut cache, &mut sampler, None, |t, _| on_token(t) && Some(t) != eos)
+    }
+}
+
+/// `chat_template` from an HF `tokenizer_config.json`, if the file and the key are there.
+fn hf_chat_template(path: &Path) -> Result<Option<String>> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(None) };
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Format { path: path.to_path_buf(), format: "JSON", reason: e.to_string() })?;
+    Ok(json.get("chat_template").and_then(|v| v.as_str()).map(str::to_string))
 }
 
 impl Net {

@@ -50,6 +50,8 @@ enum Command {
     },
     /// Engine speed beside llama.cpp's on the same files, ids and threads.
     Bench(cli::bench::BenchArgs),
+    /// Serve one model over HTTP, OpenAI-compatible (completions and chat, streaming or not).
+    Serve(cli::serve::ServeArgs),
 }
 
 /// Usage or input error (bad arguments, unreadable or corrupt files).
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
         Command::Merge(args) => cli::merge::run(args, &root),
         Command::Generate(args) => cli::generate::run(args).map(|()| 0),
         Command::Inspect { path } => cli::inspect::run(&path).map(|()| 0),
+        Command::Serve(args) => cli::serve::run(args).map(|()| 0),
         Command::Bench(args) => {
             let python = harness::live::Dumpers::from_env(&root, std::time::Duration::from_secs(600)).python;
             cli::bench::run(args, &python, &root).map(|()| 0)

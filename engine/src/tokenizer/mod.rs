@@ -118,6 +118,35 @@ enum Model {
     },
 }
 
+/// Token bytes in, whole UTF-8 text out, for streaming: a token may end inside a character, whose
+/// bytes are held until the token that completes it.
+#[derive(Debug, Default)]
+pub struct TextStream {
+    pending: Vec<u8>,
+}
+
+impl TextStream {
+    /// The text `bytes` complete; bytes that can never be valid UTF-8 become U+FFFD.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(s) => s.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => self.pending.len(),
+        };
+        let text = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
+        self.pending.drain(..valid);
+        text
+    }
+
+    /// What is still held (an unfinished character at the end of the stream), as U+FFFD.
+    pub fn finish(&mut self) -> String {
+        let text = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        text
+    }
+}
+
 /// A piece of input text after special tokens have been cut out.
 enum Fragment<'a> {
     Text(&'a str),
@@ -262,11 +291,8 @@ impl Tokenizer {
         let strip_first_space = matches!(self.model, Model::Spm { add_space_prefix: true, .. });
         let mut bytes = Vec::new();
         let mut first = true;
-        for &id in ids {
-            if matches!(self.token_type(id), Some(TokenType::Control | TokenType::Unknown)) {
-                continue;
-            }
-            let piece = self.pieces.get(id as usize).map_or(&[][..], |p| p.as_slice());
+        for &id in ids.iter().filter(|&&id| !self.is_textless(id)) {
+            let piece = self.text_bytes(id);
             let piece = if first && strip_first_space { piece.strip_prefix(b" ").unwrap_or(piece) } else { piece };
             first = false;
             bytes.extend_from_slice(piece);
@@ -279,6 +305,19 @@ impl Tokenizer {
     /// the vocabulary gives nothing.
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
         self.pieces.get(id as usize).cloned().unwrap_or_default()
+    }
+
+    /// The bytes `id` adds to decoded text as [`Tokenizer::decode`] sees it: nothing for
+    /// control and unknown tokens (an end-of-sequence token is not text), else its piece.
+    pub fn text_bytes(&self, id: u32) -> &[u8] {
+        if self.is_textless(id) {
+            return &[];
+        }
+        self.pieces.get(id as usize).map_or(&[][..], |p| p.as_slice())
+    }
+
+    fn is_textless(&self, id: u32) -> bool {
+        matches!(self.token_type(id), Some(TokenType::Control | TokenType::Unknown))
     }
 
     pub fn bos_id(&self) -> Option<u32> {
@@ -514,6 +553,18 @@ mod tests {
         assert_eq!(tok.token_bytes(id("Ġwo")), b" wo");
         assert_eq!(tok.token_bytes(1), b"<|im_start|>");
         assert!(tok.token_bytes(100_000).is_empty());
+    }
+
+    #[test]
+    fn text_stream_holds_a_split_character_until_its_last_byte() {
+        // "é" is C3 A9, "€" is E2 82 AC.
+        let mut s = TextStream::default();
+        assert_eq!(s.push(b"a\xC3"), "a");
+        assert_eq!(s.push(b"\xA9\xE2\x82"), "\u{e9}");
+        assert_eq!(s.push(b"\xAC"), "\u{20ac}");
+        assert_eq!(s.push(b"\xFFb"), "\u{fffd}b");
+        assert_eq!(s.push(b"\xE2"), "");
+        assert_eq!(s.finish(), "\u{fffd}");
     }
 
     #[test]

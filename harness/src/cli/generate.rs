@@ -1,6 +1,7 @@
 //! `parity generate`: run the engine alone and stream its text to stdout.
 
 use anyhow::{Context, Result};
+use engine::tokenizer::TextStream;
 use engine::{Model, SamplerConfig};
 use std::io::Write;
 use std::path::PathBuf;
@@ -36,21 +37,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     out.write_all(args.prompt.as_bytes())?;
-    // Tokens may split a UTF-8 character: buffer bytes until they form whole characters.
-    let mut pending: Vec<u8> = Vec::new();
+    // Tokens may split a UTF-8 character: TextStream holds bytes until they form whole characters.
+    let mut text = TextStream::default();
     let started = std::time::Instant::now();
     let tokens = model.generate(&args.prompt, args.n, sampling, |id| {
-        pending.extend(model.tokenizer.token_bytes(id));
-        let valid = match std::str::from_utf8(&pending) {
-            Ok(s) => s.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => pending.len(),
-        };
-        let _ = out.write_all(&pending[..valid]);
+        let _ = out.write_all(text.push(&model.tokenizer.token_bytes(id)).as_bytes());
         let _ = out.flush();
-        pending.drain(..valid);
     })?;
-    out.write_all(&pending)?;
+    out.write_all(text.finish().as_bytes())?;
     writeln!(out)?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!("[{} tokens in {secs:.2} s, {:.1} tokens/s including prefill]", tokens.len(), tokens.len() as f64 / secs.max(1e-9));

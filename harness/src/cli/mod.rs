@@ -13,6 +13,7 @@ pub mod merge;
 pub mod plant;
 pub mod run;
 pub mod select;
+pub mod serve;
 pub mod threads;
 
 /// Where proof bundles go, what this run is called and who signs them, from `LLORCH_PROOF_DIR`,
