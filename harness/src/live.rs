@@ -151,8 +151,7 @@ impl Dumpers {
             .stdout(Stdio::null())
             .stderr(stderr);
         own_process_group(&mut command);
-        let mut child =
-            command.spawn().map_err(|source| ReferenceError::Spawn { reference: reference.into(), python: python.clone(), source })?;
+        let mut child = command.spawn().map_err(|source| ReferenceError::Spawn { reference: reference.into(), python: python.clone(), source })?;
         let started = Instant::now();
         let status = loop {
             match child.try_wait() {

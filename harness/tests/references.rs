@@ -12,7 +12,7 @@
 
 use harness::dumps::{Dump, Lookup};
 use harness::metrics::Sums;
-use harness::suite::{parity_cache, Suite};
+use harness::suite::Suite;
 use harness::tensor::{Tensor, Values};
 use std::path::{Path, PathBuf};
 use std::process::Command;
