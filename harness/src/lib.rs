@@ -20,5 +20,6 @@ pub mod provenance;
 pub mod sampling;
 pub mod spec;
 pub mod steps;
+pub mod subject;
 pub mod suite;
 pub mod tensor;
