@@ -7,6 +7,7 @@
 pub mod bisect;
 pub mod catalog;
 pub mod compare;
+pub mod conform;
 pub mod dump_cache;
 pub mod dumps;
 pub mod duplicates;

@@ -385,35 +385,40 @@ fn fetch_subject(ctx: &Setup, case: &Case, subject: &Subject, fed: &Fed) -> Resu
         Subject::Engine => anyhow::bail!("the engine is traced in-process, not fetched"),
         Subject::Reference(name) => fetch_dump(ctx, case, name, fed)?,
         Subject::External { name, from } => {
-            let model = resolve(ctx.root, &case.model.path);
-            let model_sha256 = model_sha(&model)?;
-            let dir = match from {
-                External::Dumps(root) => root.join(&case.model.id).join(&case.prompt.id).join(name),
-                External::Command { line, out, timeout } => {
-                    let dir = out.join(&case.model.id).join(&case.prompt.id).join(name);
-                    let history = fed.history_ids();
-                    let req = DumpRequest {
-                        model: &model,
-                        prompt: &case.prompt.text,
-                        n_generate: ctx.suite.n_generate,
-                        temperature: ctx.suite.temperature,
-                        threads: ctx.suite.threads,
-                        force_tokens: history.as_deref(),
-                        sampler_logits: fed.sampler_logits.as_ref().map(|s| s.path.as_path()),
-                        out: &dir,
-                    };
-                    let dumpers = Dumpers { root: ctx.root.to_path_buf(), python: PathBuf::from("sh"), timeout: *timeout };
-                    dumpers.run_line(name, line, &req, &dir.with_extension("stderr.log"))?;
-                    dir
-                }
-            };
-            let dump = Dump::open(&dir).with_context(|| format!("the {name} dump for {}/{}", case.model.id, case.prompt.id))?;
-            check_fed(&dump, name, case, &model_sha256, fed)?;
+            let dump = external_dump(ctx, case, name, from, fed)?;
+            check_fed(&dump, name, case, &model_sha(&resolve(ctx.root, &case.model.path))?, fed)?;
             dump
         }
     };
     let tensors = dump.read_all().with_context(|| format!("reading the subject's dump {}", dump.dir.display()))?;
     Ok(Side::Dumped { tensors, dump: Box::new(dump) })
+}
+
+/// An outside subject's dump of one case, made now when its dumper is a command; not yet checked
+/// against the case ([`check_fed`] does that).
+pub fn external_dump(ctx: &Setup, case: &Case, name: &str, from: &External, fed: &Fed) -> Result<Dump> {
+    let model = resolve(ctx.root, &case.model.path);
+    let dir = match from {
+        External::Dumps(root) => root.join(&case.model.id).join(&case.prompt.id).join(name),
+        External::Command { line, out, timeout } => {
+            let dir = out.join(&case.model.id).join(&case.prompt.id).join(name);
+            let history = fed.history_ids();
+            let req = DumpRequest {
+                model: &model,
+                prompt: &case.prompt.text,
+                n_generate: ctx.suite.n_generate,
+                temperature: ctx.suite.temperature,
+                threads: ctx.suite.threads,
+                force_tokens: history.as_deref(),
+                sampler_logits: fed.sampler_logits.as_ref().map(|s| s.path.as_path()),
+                out: &dir,
+            };
+            let dumpers = Dumpers { root: ctx.root.to_path_buf(), python: PathBuf::from("sh"), timeout: *timeout };
+            dumpers.run_line(name, line, &req, &dir.with_extension("stderr.log"))?;
+            dir
+        }
+    };
+    Dump::open(&dir).with_context(|| format!("the {name} dump for {}/{}", case.model.id, case.prompt.id))
 }
 
 /// The engine as a reference: its traced run as a dump in memory, with the manifest a dumper
