@@ -307,6 +307,22 @@ command = "python dump.py"
     }
 
     #[test]
+    fn a_dump_in_memory_lists_and_reads_its_tensors_like_a_folder() {
+        let manifest = Manifest::parse(HEAD).unwrap();
+        let tensors = BTreeMap::from([
+            ("embed".to_string(), Tensor::f32(vec![2, 1], vec![0.5, 1.5])),
+            ("tokens".to_string(), Tensor::ids(vec![2], vec![1, 2])),
+        ]);
+        let dump = Dump::in_memory("(engine)", manifest, tensors.clone());
+        let record = &dump.manifest.tensors["embed"];
+        assert_eq!((record.shape.clone(), record.dtype.as_deref()), (Some(vec![2, 1]), Some("f32")));
+        assert_eq!(dump.manifest.tensors["tokens"].dtype.as_deref(), Some("i64"));
+        assert_eq!(dump.get("embed").unwrap(), Lookup::Tensor(tensors["embed"].clone()));
+        assert_eq!(dump.get("logits").unwrap(), Lookup::NotListed);
+        assert_eq!(dump.read_all().unwrap(), tensors);
+    }
+
+    #[test]
     fn a_file_disagreeing_with_its_manifest_entry_is_refused() {
         let m = "[tensors.\"embed\"]\nfile = \"embed.npy\"\nshape = [1, 2]\ndtype = \"f32\"\n";
         let dir = dump_dir("m", m, &[("embed.npy", Tensor::f32(vec![2, 1], vec![0.5, 1.5]))]);

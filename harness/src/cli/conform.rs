@@ -79,7 +79,10 @@ pub fn run(args: ConformArgs, root: &Path) -> Result<i32> {
         }
         for case in results.cases.iter().filter(|c| c.role == Role::Truth) {
             for check in case.checks.iter().filter(|k| k.status.is_failure()) {
-                let units = check.metrics.get("noise_units").map(|u| format!("{u:.2} noise floors from the truth (at most {})", harness::noise::K));
+                let units = check
+                    .metrics
+                    .get(reports::vocab::Metric::NoiseUnits.as_str())
+                    .map(|u| format!("{u:.2} noise floors from the truth (at most {})", harness::noise::K));
                 let why: Vec<String> = units.into_iter().chain(check.note.clone()).collect();
                 let detail = format!("{}: {}", reports::summary::status_name(check.status), why.join("; "));
                 findings.push(Finding { problem: Problem::Value, case: format!("{}/{}", case.model, case.prompt), key: check.key.clone(), detail });
