@@ -18,8 +18,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Compare the engine with the references at every checkpoint and write a proof bundle
-    /// (with no options: the embedded default suite against its committed dumps).
+    /// Compare the subject (the engine, or --subject) with the references at every checkpoint and
+    /// write a proof bundle (with no options: the engine on the embedded default suite against its
+    /// committed dumps).
     Run(cli::run::RunArgs),
     /// One checkpoint in depth: every metric, the worst elements, a histogram, made here or inherited.
     Diff(cli::diff::DiffArgs),
