@@ -226,7 +226,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
         },
     };
     timings.references += t.elapsed();
-    let engine = side.tensors();
+    let subject = side.tensors();
     let arch = model.config().arch.name();
     let entries = ctx.catalog.entries(arch, model.config().n_layers);
     let t = Instant::now();
@@ -275,7 +275,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
                 compare::Tie::EngineGap(gap)
             };
             let tokens = compare::Tokens { aligned: fed.history.is_some(), tie: &tie };
-            compare::compare_case(engine, dump, &token_entries, ctx.spec, class(reference), tokens)
+            compare::compare_case(subject, dump, &token_entries, ctx.spec, class(reference), tokens)
         })
         .collect();
     // Every other checkpoint, all references at once: judged by each tensor's noise floor when
@@ -283,7 +283,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     let with_class: Vec<(&Dump, Class)> = readable.iter().map(|&(reference, dump)| (dump, class(reference))).collect();
     let (mut tensor_checks, mut truth_checks) = match &truth {
         Some((name, Ok(dump))) => {
-            let (by_reference, mut against_truth) = compare::compare_with_truth(engine, &with_class, dump, &tensor_entries, ctx.spec);
+            let (by_reference, mut against_truth) = compare::compare_with_truth(subject, &with_class, dump, &tensor_entries, ctx.spec);
             // The decode path's own finding needs the engine in-process: another prefill of it.
             if let Side::Engine(trace) = &side {
                 let mut prefill_time = Duration::ZERO;
@@ -295,7 +295,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
             }
             (by_reference, Some((name, dump, against_truth)))
         }
-        _ => (compare::compare_all(engine, &with_class, &tensor_entries, ctx.spec), None),
+        _ => (compare::compare_all(subject, &with_class, &tensor_entries, ctx.spec), None),
     };
     if let (Some(cuts), Some((_, truth_dump, against_truth))) = (&cuts, &mut truth_checks) {
         let sides: Vec<(&str, Class)> = readable.iter().map(|&(reference, _)| (reference.as_str(), class(reference))).collect();
@@ -303,9 +303,9 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
             let references: Vec<_> = readable.iter().map(|(_, d)| d.get(&e.key).map_err(|x| x.to_string())).collect();
             let truth_lookup = truth_dump.get(&e.key).map_err(|x| x.to_string());
             let (by_reference, vs_truth) = if e.tensor == catalog::SAMPLER_PROBS {
-                sampling::judge_distributions(e, engine.get(&e.key), &references, &sides, truth_lookup, cuts, ctx.spec)
+                sampling::judge_distributions(e, subject.get(&e.key), &references, &sides, truth_lookup, cuts, ctx.spec)
             } else {
-                sampling::judge_all_draws(e, engine.get(&e.key), &references, &truth_lookup, cuts, &ctx.catalog.samplers, ctx.spec)
+                sampling::judge_all_draws(e, subject.get(&e.key), &references, &truth_lookup, cuts, &ctx.catalog.samplers, ctx.spec)
             };
             for (checks, check) in tensor_checks.iter_mut().zip(by_reference) {
                 checks.push(check);
