@@ -266,10 +266,10 @@ pub fn check_with(
 ) -> CheckResult {
     let missing = |note: String| result(entry, Status::Missing, Some(note), BTreeMap::new(), vec![]);
     let reference = match (engine, reference) {
-        (None, Lookup::Tensor(_)) => return missing("the engine did not produce it".into()),
-        (None, Lookup::Unavailable(why)) => return missing(format!("on neither side: the engine did not produce it; reference unavailable: {why}")),
+        (None, Lookup::Tensor(_)) => return missing("the subject did not produce it".into()),
+        (None, Lookup::Unavailable(why)) => return missing(format!("on neither side: the subject did not produce it; reference unavailable: {why}")),
         (None, Lookup::NotListed) => {
-            return missing("on neither side: the engine did not produce it and the reference manifest does not list it".into())
+            return missing("on neither side: the subject did not produce it and the reference manifest does not list it".into())
         }
         (Some(_), Lookup::Unavailable(why)) => return missing(format!("reference unavailable: {why}")),
         (Some(_), Lookup::NotListed) => return missing("not in the reference's manifest".into()),
@@ -278,9 +278,9 @@ pub fn check_with(
     let engine = engine.expect("matched Some above");
     let layout = |note: String| result(entry, Status::Layout, Some(note), BTreeMap::new(), vec![]);
     if engine.dtype_name() != reference.dtype_name() {
-        return layout(format!("dtype {} (engine) vs {} (reference)", engine.dtype_name(), reference.dtype_name()));
+        return layout(format!("dtype {} (subject) vs {} (reference)", engine.dtype_name(), reference.dtype_name()));
     }
-    for (side, t) in [("engine", engine), ("reference", reference)] {
+    for (side, t) in [("subject", engine), ("reference", reference)] {
         let expected: usize = t.shape.iter().product();
         if expected != t.len() {
             return layout(format!("{side} holds {} values for shape {:?}", t.len(), t.shape));
@@ -323,7 +323,7 @@ fn check_ids(entry: &Entry, engine: &Tensor, reference: &Tensor, e: &[i64], r: &
     let mut ties = Vec::new();
     for k in positions {
         let shown = |s: &[i64]| s.get(k).map_or("(end)".to_string(), |id| id.to_string());
-        let divergence = format!("differs at position {k}: engine {} vs reference {}", shown(e), shown(r));
+        let divergence = format!("differs at position {k}: subject {} vs reference {}", shown(e), shown(r));
         let (Some(step), Some(&engine_id), Some(&reference_id)) = (step_of(k), e.get(k), r.get(k)) else {
             return result(entry, Status::Fail, Some(divergence), values, vec![judgement]);
         };
@@ -381,7 +381,7 @@ fn check_f32(
     // One pass gathers the sums and tells whether either side holds NaN or Inf; only then is a
     // non-finite tensor searched for its counts.
     let sums = metrics::Sums::of(r, e);
-    let bad: Vec<String> = [("engine", engine, e, sums.engine_finite()), ("reference", reference, r, sums.reference_finite())]
+    let bad: Vec<String> = [("subject", engine, e, sums.engine_finite()), ("reference", reference, r, sums.reference_finite())]
         .iter()
         .filter(|(_, _, _, finite)| !finite)
         .filter_map(|(side, t, v, _)| non_finite_note(side, &t.shape, v))
@@ -477,7 +477,7 @@ fn judge(metric: Metric, value: f64, op: Op, threshold: f64) -> Judgement {
 }
 
 fn shape_note(engine: &Tensor, reference: &Tensor) -> String {
-    format!("shape {:?} (engine) vs {:?} (reference); never broadcast or reshaped", engine.shape, reference.shape)
+    format!("shape {:?} (subject) vs {:?} (reference); never broadcast or reshaped", engine.shape, reference.shape)
 }
 
 /// What is not finite in `v` and where, or `None` if every value is finite.
@@ -659,7 +659,7 @@ mod tests {
     fn nan_never_passes_even_against_a_ge_threshold() {
         let r = run("blk.0.attn_out", Some(t(&[2], &[f32::NAN, 1.0])), Lookup::Tensor(t(&[2], &[1.0, 1.0])));
         assert_eq!(r.status, Status::NonFinite);
-        assert!(r.note.unwrap().contains("engine has 1 NaN"));
+        assert!(r.note.unwrap().contains("subject has 1 NaN"));
         let r = run("blk.0.attn_out", Some(t(&[2], &[1.0, 1.0])), Lookup::Tensor(t(&[2], &[1.0, f32::INFINITY])));
         assert_eq!(r.status, Status::NonFinite);
         // The judging step itself, had a NaN got through: `>=` is false for NaN.
@@ -673,7 +673,7 @@ mod tests {
         assert_eq!(r.status, Status::Layout);
         let r = run("blk.0.attn_out", Some(t(&[6], &v)), Lookup::Tensor(t(&[1, 6], &v)));
         assert_eq!(r.status, Status::Layout);
-        assert!(r.note.unwrap().contains("[6] (engine) vs [1, 6] (reference)"));
+        assert!(r.note.unwrap().contains("[6] (subject) vs [1, 6] (reference)"));
         let r = run("tokens", Some(Tensor::ids(vec![2], vec![1, 2])), Lookup::Tensor(t(&[2], &[1.0, 2.0])));
         assert_eq!(r.status, Status::Layout);
         // A tensor whose values do not fill its shape is refused before any metric runs.
@@ -710,7 +710,7 @@ mod tests {
     fn ids_must_match_exactly() {
         let r = run("tokens", Some(Tensor::ids(vec![3], vec![1, 2, 3])), Lookup::Tensor(Tensor::ids(vec![3], vec![1, 9, 3])));
         assert_eq!(r.status, Status::Fail);
-        assert!(r.note.unwrap().contains("position 1: engine 2 vs reference 9"));
+        assert!(r.note.unwrap().contains("position 1: subject 2 vs reference 9"));
         let r = run("tokens", Some(Tensor::ids(vec![3], vec![1, 2, 3])), Lookup::Tensor(Tensor::ids(vec![3], vec![1, 2, 3])));
         assert_eq!(r.status, Status::Pass);
     }

@@ -79,8 +79,12 @@ pub enum Lookup {
 
 #[derive(Clone, Debug)]
 pub struct Dump {
+    /// Its folder; for a dump made in memory, a label naming where it came from.
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// The tensors of a dump made in-process (the engine as a reference), by key: read from here
+    /// instead of files, through the same manifest records and checks.
+    pub memory: Option<std::sync::Arc<BTreeMap<String, Tensor>>>,
 }
 
 impl Manifest {
@@ -107,7 +111,32 @@ impl Dump {
             Err(source) => return Err(DumpError::Io { path, source }),
         };
         let manifest = Manifest::parse(&text).map_err(|source| DumpError::Manifest { path: path.clone(), source })?;
-        Ok(Dump { dir: dir.to_path_buf(), manifest })
+        Ok(Dump { dir: dir.to_path_buf(), manifest, memory: None })
+    }
+
+    /// A dump held in memory: `manifest`'s tensor records are made from `tensors` (file = key).
+    pub fn in_memory(label: &str, mut manifest: Manifest, tensors: BTreeMap<String, Tensor>) -> Dump {
+        manifest.tensors = tensors
+            .iter()
+            .map(|(key, t)| {
+                let record =
+                    TensorRecord { file: Some(key.clone()), shape: Some(t.shape.clone()), dtype: Some(t.dtype_name().into()), unavailable: None };
+                (key.clone(), record)
+            })
+            .collect();
+        Dump { dir: PathBuf::from(label), manifest, memory: Some(std::sync::Arc::new(tensors)) }
+    }
+
+    /// Every tensor the manifest lists with a file, read now, by key; the first unreadable one is
+    /// the error (a subject's dump is judged whole, or not at all).
+    pub fn read_all(&self) -> Result<BTreeMap<String, Tensor>, DumpError> {
+        let mut out = BTreeMap::new();
+        for key in self.manifest.tensors.keys() {
+            if let Lookup::Tensor(t) = self.get(key)? {
+                out.insert(key.clone(), t);
+            }
+        }
+        Ok(out)
     }
 
     /// Reads the tensor for `key` (nothing is cached: each comparison reads a tensor once). The
@@ -122,8 +151,13 @@ impl Dump {
             (None, Some(reason)) => Ok(Lookup::Unavailable(reason.clone())),
             (None, None) => Err(problem("has neither a file nor an unavailable reason".into())),
             (Some(file), None) => {
-                let (opened, len, path) = self.open_tensor(key, file)?;
-                let tensor = npy::read_from(opened, len, &path)?;
+                let tensor = match &self.memory {
+                    Some(memory) => memory.get(key).cloned().ok_or_else(|| problem("listed but not held in memory".into()))?,
+                    None => {
+                        let (opened, len, path) = self.open_tensor(key, file)?;
+                        npy::read_from(opened, len, &path)?
+                    }
+                };
                 if let Some(shape) = &record.shape {
                     if *shape != tensor.shape {
                         return Err(problem(format!("manifest says shape {shape:?}, {file} holds {:?}", tensor.shape)));
@@ -270,6 +304,22 @@ command = "python dump.py"
             let e = dump.get(key).unwrap_err();
             assert!(e.to_string().contains("not a regular file"), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn a_dump_in_memory_lists_and_reads_its_tensors_like_a_folder() {
+        let manifest = Manifest::parse(HEAD).unwrap();
+        let tensors = BTreeMap::from([
+            ("embed".to_string(), Tensor::f32(vec![2, 1], vec![0.5, 1.5])),
+            ("tokens".to_string(), Tensor::ids(vec![2], vec![1, 2])),
+        ]);
+        let dump = Dump::in_memory("(engine)", manifest, tensors.clone());
+        let record = &dump.manifest.tensors["embed"];
+        assert_eq!((record.shape.clone(), record.dtype.as_deref()), (Some(vec![2, 1]), Some("f32")));
+        assert_eq!(dump.manifest.tensors["tokens"].dtype.as_deref(), Some("i64"));
+        assert_eq!(dump.get("embed").unwrap(), Lookup::Tensor(tensors["embed"].clone()));
+        assert_eq!(dump.get("logits").unwrap(), Lookup::NotListed);
+        assert_eq!(dump.read_all().unwrap(), tensors);
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The comparison core of `parity`: tensors, the .npy format, the checkpoint catalog, reference
-//! dumps, metrics, tolerances and the judging of one engine run against one reference dump.
-//! The comparison modules do not depend on the engine; [`engine_run`] converts its taps into
-//! [`tensor::Tensor`], and [`pipeline`] runs a [`suite`] through engine, references ([`live`] or
-//! committed dumps) and comparison.
+//! dumps, metrics, tolerances and the judging of one subject's tensors (by default the engine's
+//! run, [`subject`]) against one reference dump. The comparison modules do not depend on the
+//! engine; [`engine_run`] converts its taps into [`tensor::Tensor`], [`pipeline`] runs a [`suite`]
+//! through subject, references ([`live`] or committed dumps) and comparison, and [`conform`]
+//! checks an outside dumper's dumps against the contract.
 
 pub mod bisect;
 pub mod catalog;
 pub mod compare;
+pub mod conform;
 pub mod dump_cache;
 pub mod dumps;
 pub mod duplicates;
@@ -20,5 +22,6 @@ pub mod provenance;
 pub mod sampling;
 pub mod spec;
 pub mod steps;
+pub mod subject;
 pub mod suite;
 pub mod tensor;

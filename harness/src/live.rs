@@ -127,13 +127,26 @@ impl Dumpers {
         if !script.exists() {
             return Err(ReferenceError::NoDumper { reference: reference.into(), path: script });
         }
+        let mut command = Command::new(&python);
+        command.arg(&script);
+        self.run_command(reference, command, &python, req, log)
+    }
+
+    /// Runs an outside dumper, `line` as a shell command line with the contract's options
+    /// appended (`sh -c 'LINE "$@"'`), under the same environment, timeout and log as ours.
+    pub fn run_line(&self, name: &str, line: &str, req: &DumpRequest, log: &Path) -> Result<(), ReferenceError> {
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(format!("{line} \"$@\"")).arg(name);
+        self.run_command(name, command, Path::new("sh"), req, log)
+    }
+
+    /// `command` given the request's options, run to its end or the timeout.
+    fn run_command(&self, reference: &str, mut command: Command, program: &Path, req: &DumpRequest, log: &Path) -> Result<(), ReferenceError> {
         if let Some(dir) = log.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
         let stderr = open_log(log).map_err(|source| ReferenceError::Log { reference: reference.into(), log: log.into(), source })?;
-        let mut command = Command::new(&python);
         command
-            .arg(&script)
             .arg("--model")
             .arg(req.model)
             // One argument: a prompt starting with `-` ("-1 is negative", "--out /etc") stays the
@@ -151,7 +164,7 @@ impl Dumpers {
             .stdout(Stdio::null())
             .stderr(stderr);
         own_process_group(&mut command);
-        let mut child = command.spawn().map_err(|source| ReferenceError::Spawn { reference: reference.into(), python: python.clone(), source })?;
+        let mut child = command.spawn().map_err(|source| ReferenceError::Spawn { reference: reference.into(), python: program.into(), source })?;
         let started = Instant::now();
         let status = loop {
             match child.try_wait() {
@@ -165,7 +178,7 @@ impl Dumpers {
                     return Err(ReferenceError::Timeout { reference: reference.into(), seconds: self.timeout.as_secs(), log: log.into() });
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                Err(source) => return Err(ReferenceError::Spawn { reference: reference.into(), python: python.clone(), source }),
+                Err(source) => return Err(ReferenceError::Spawn { reference: reference.into(), python: program.into(), source }),
             }
         };
         if status.success() {

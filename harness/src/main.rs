@@ -1,4 +1,4 @@
-//! `parity`: runs the engine beside its references and judges every checkpoint.
+//! `parity`: runs the subject (by default our engine) beside its references and judges every checkpoint.
 //!
 //! Exit codes: 0 everything passed; 1 a checkpoint failed; 2 usage or input error; 3 a reference
 //! could not run (and nothing failed).
@@ -18,13 +18,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Compare the engine with the references at every checkpoint and write a proof bundle
-    /// (with no options: the embedded default suite against its committed dumps).
+    /// Compare the subject (the engine, or --subject) with the references at every checkpoint and
+    /// write a proof bundle (with no options: the engine on the embedded default suite against its
+    /// committed dumps).
     Run(cli::run::RunArgs),
     /// One checkpoint in depth: every metric, the worst elements, a histogram, made here or inherited.
     Diff(cli::diff::DiffArgs),
     /// The first checkpoint, in forward order, that fails, and the last that passes.
     Bisect(cli::bisect::BisectArgs),
+    /// Check an outside engine's dumper against the dump contract on the fixture models (exit 0
+    /// conforms, 1 a finding, 2 bad input, 3 the dumper could not run).
+    Conform(cli::conform::ConformArgs),
     /// Make a suite's reference dumps (the truth first) into its dumps folder, reusing the dump cache.
     Dumps(cli::dumps::DumpsArgs),
     /// Measure the spread between the references and propose tolerances from it.
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
         Command::Bisect(args) => cli::bisect::run(args, &root),
         Command::Calibrate(args) => cli::calibrate::run(args, &root),
         Command::Dumps(args) => cli::dumps::run(args, &root),
+        Command::Conform(args) => cli::conform::run(args, &root),
         Command::Verify { bundle, public_key } => cli::merge::verify(&bundle, public_key.as_deref()),
         Command::Keygen(args) => cli::keygen::run(args).map(|()| 0),
         Command::Merge(args) => cli::merge::run(args, &root),

@@ -1,6 +1,7 @@
-//! One pass over a suite: for each model x prompt, the engine's traced run, each reference's dump
-//! (read from disk or produced live), and their comparison. `run`, `diff`, `bisect` and
-//! `calibrate` are views of what this collects.
+//! One pass over a suite: for each model x prompt, the subject's tensors (by default the engine's
+//! traced run, [`crate::subject`]), each reference's dump (read from disk or produced live; the
+//! engine's made in memory when it is a reference), and their comparison. `run`, `diff`, `bisect`
+//! and `calibrate` are views of what this collects.
 
 use crate::catalog::{self, Catalog, Entry};
 use crate::compare;
@@ -13,6 +14,7 @@ use crate::provenance::Provenance;
 use crate::sampling;
 use crate::spec::{Class, Spec};
 use crate::steps;
+use crate::subject::{External, Subject, ENGINE};
 use crate::suite::{resolve, Case, Suite};
 use crate::tensor::{Tensor, Values};
 use anyhow::{Context, Result};
@@ -42,6 +44,8 @@ pub struct Setup<'a> {
     /// Whose code computed each checkpoint, per reference and family (checkpoints/provenance.toml).
     pub provenance: &'a Provenance,
     pub source: &'a Source,
+    /// The implementation judged: the engine, or any that writes dumps under the contract.
+    pub subject: &'a Subject,
     /// Called on every model after loading (the harness's own tests plant bugs with it).
     pub prepare: Option<&'a dyn Fn(&mut Model)>,
 }
@@ -74,7 +78,10 @@ pub struct CaseRun {
     pub case: Case,
     pub model_path: PathBuf,
     pub timings: Timings,
-    pub engine: BTreeMap<String, Tensor>,
+    /// The subject's tensors by dump key (empty when its dump could not be had).
+    pub subject: BTreeMap<String, Tensor>,
+    /// The subject's dump, when it is not the engine in-process.
+    pub subject_dump: Option<Dump>,
     /// Each reference's dump, or why it could not be had.
     pub dumps: Vec<(String, std::result::Result<Dump, String>)>,
     /// For live dumps with the cache: each reference's (the truth's too) dump key, fresh or reused.
@@ -92,12 +99,18 @@ pub fn run(ctx: &Setup, cases: Vec<Case>, run_id: &str) -> Result<(RunResults, V
     let mut results = RunResults {
         run_id: run_id.to_string(),
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
+        subject: ctx.subject.name().to_string(),
+        subject_version: match ctx.subject {
+            Subject::Engine => env!("CARGO_PKG_VERSION").to_string(),
+            _ => String::new(),
+        },
         cases: Vec::new(),
         reference_errors: BTreeMap::new(),
     };
     let mut runs = Vec::new();
     // The model of the previous case, kept while the next case uses it too: (id, model, sha256).
     let mut loaded: Option<(String, Model, String)> = None;
+    let mut subject_versions: Vec<String> = Vec::new();
     for case in cases {
         let model_path = resolve(ctx.root, &case.model.path);
         let mut timings = Timings::default();
@@ -117,7 +130,16 @@ pub fn run(ctx: &Setup, cases: Vec<Case>, run_id: &str) -> Result<(RunResults, V
         let (_, model, sha) = loaded.as_ref().expect("loaded just above");
         let mut run = run_case(ctx, case, model_path, model, sha, &mut results)?;
         run.timings += timings;
+        if let Some(dump) = &run.subject_dump {
+            if !subject_versions.contains(&dump.manifest.version) {
+                subject_versions.push(dump.manifest.version.clone());
+            }
+        }
         runs.push(run);
+    }
+    // A dumped subject's version is its manifests' (every distinct one, should cases differ).
+    if !subject_versions.is_empty() {
+        results.subject_version = subject_versions.join("; ");
     }
     // Unloading the last model (unmapping its file, freeing its tokenizer) is the engine's cost as
     // loading it was; the previous model's is timed with the next load.
@@ -167,18 +189,50 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
         },
         _ => Fed::default(),
     };
-    let mut dumps: Vec<_> = case.refs.iter().map(|reference| fetch(reference, &fed, results)).collect();
+    // The engine runs when it is the subject or a reference: on what the truth feeds everyone.
     let t = Instant::now();
-    let trace = engine_run::trace(model, &case.prompt.text, ctx.suite.n_generate, ctx.suite.temperature, fed.shared())
-        .with_context(|| format!("engine on {} / {}", case.model.id, case.prompt.id))?;
-    let engine = &trace.tensors;
+    let mut trace = if ctx.subject.is_engine() || case.refs.iter().any(|r| r == ENGINE) {
+        let traced = engine_run::trace(model, &case.prompt.text, ctx.suite.n_generate, ctx.suite.temperature, fed.shared())
+            .with_context(|| format!("engine on {} / {}", case.model.id, case.prompt.id))?;
+        Some(traced)
+    } else {
+        None
+    };
     timings.engine += t.elapsed();
+    let mut dumps: Vec<_> = case
+        .refs
+        .iter()
+        .map(|reference| match (reference.as_str(), &ctx.subject) {
+            (ENGINE, Subject::Engine) => (reference.clone(), Err("the engine is this run's subject, so it is no reference of it".to_string())),
+            (ENGINE, _) => {
+                let trace = trace.take().expect("traced above: the engine is a reference");
+                (reference.clone(), Ok(engine_dump(ctx, &case, model, sha, &fed, trace.tensors)))
+            }
+            _ => fetch(reference, &fed, results),
+        })
+        .collect();
+    let t = Instant::now();
+    let side = match ctx.subject {
+        Subject::Engine => Side::Engine(trace.take().expect("traced above: the engine is the subject")),
+        subject => match fetch_subject(ctx, &case, subject, &fed) {
+            Ok(side) => side,
+            Err(e) => {
+                results.reference_errors.insert(format!("{}/{}/{} (the subject)", case.model.id, case.prompt.id, subject.name()), format!("{e:#}"));
+                timings.references += t.elapsed();
+                let empty = BTreeMap::new();
+                let at = results.cases.len();
+                return Ok(CaseRun { case, model_path, timings, subject: empty, subject_dump: None, dumps, origins, truth, fed, results: at..at });
+            }
+        },
+    };
+    timings.references += t.elapsed();
+    let subject = side.tensors();
     let arch = model.config().arch.name();
     let entries = ctx.catalog.entries(arch, model.config().n_layers);
     let t = Instant::now();
     let duplicates = refuse_copies(&case, &mut dumps, truth.as_ref(), &entries, results);
     let readable: Vec<(&String, &Dump)> = dumps.iter().filter_map(|(reference, dump)| Some((reference, dump.as_ref().ok()?))).collect();
-    let class = |reference: &str| case.model.class_for(reference);
+    let class = |reference: &str| class_of(&case, reference);
     // Flips on the shared history are judged from each reference's own step logits.
     let evidence = match (&truth, &fed.history) {
         (Some((_, Ok(truth))), Some(_)) => {
@@ -206,6 +260,8 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
                 if let Some(e) = &evidence {
                     return e.tie(reference, flip).unwrap_or(compare::Tie::EngineGap(None));
                 }
+                // Only the in-process engine can measure its own gap; a dumped subject's is unknown.
+                let Side::Engine(trace) = &side else { return compare::Tie::EngineGap(None) };
                 let t = Instant::now();
                 // The reference's own prefix up to the flip: prompt ids, then its first `step` tokens.
                 let mut ids: Vec<u32> = dump.manifest.token_ids.iter().map(|&t| t as u32).collect();
@@ -219,7 +275,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
                 compare::Tie::EngineGap(gap)
             };
             let tokens = compare::Tokens { aligned: fed.history.is_some(), tie: &tie };
-            compare::compare_case(engine, dump, &token_entries, ctx.spec, class(reference), tokens)
+            compare::compare_case(subject, dump, &token_entries, ctx.spec, class(reference), tokens)
         })
         .collect();
     // Every other checkpoint, all references at once: judged by each tensor's noise floor when
@@ -227,16 +283,19 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     let with_class: Vec<(&Dump, Class)> = readable.iter().map(|&(reference, dump)| (dump, class(reference))).collect();
     let (mut tensor_checks, mut truth_checks) = match &truth {
         Some((name, Ok(dump))) => {
-            let (by_reference, mut against_truth) = compare::compare_with_truth(engine, &with_class, dump, &tensor_entries, ctx.spec);
-            let mut prefill_time = Duration::ZERO;
-            let check = decode_vs_prefill(ctx, model, &trace, fed.history.as_deref(), &with_class, dump, &tensor_entries, &mut prefill_time)?;
-            *gap_time.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) += prefill_time;
-            if let Some(check) = check {
-                against_truth.push(check);
+            let (by_reference, mut against_truth) = compare::compare_with_truth(subject, &with_class, dump, &tensor_entries, ctx.spec);
+            // The decode path's own finding needs the engine in-process: another prefill of it.
+            if let Side::Engine(trace) = &side {
+                let mut prefill_time = Duration::ZERO;
+                let check = decode_vs_prefill(ctx, model, trace, fed.history.as_deref(), &with_class, dump, &tensor_entries, &mut prefill_time)?;
+                *gap_time.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) += prefill_time;
+                if let Some(check) = check {
+                    against_truth.push(check);
+                }
             }
             (by_reference, Some((name, dump, against_truth)))
         }
-        _ => (compare::compare_all(engine, &with_class, &tensor_entries, ctx.spec), None),
+        _ => (compare::compare_all(subject, &with_class, &tensor_entries, ctx.spec), None),
     };
     if let (Some(cuts), Some((_, truth_dump, against_truth))) = (&cuts, &mut truth_checks) {
         let sides: Vec<(&str, Class)> = readable.iter().map(|&(reference, _)| (reference.as_str(), class(reference))).collect();
@@ -244,9 +303,9 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
             let references: Vec<_> = readable.iter().map(|(_, d)| d.get(&e.key).map_err(|x| x.to_string())).collect();
             let truth_lookup = truth_dump.get(&e.key).map_err(|x| x.to_string());
             let (by_reference, vs_truth) = if e.tensor == catalog::SAMPLER_PROBS {
-                sampling::judge_distributions(e, engine.get(&e.key), &references, &sides, truth_lookup, cuts, ctx.spec)
+                sampling::judge_distributions(e, subject.get(&e.key), &references, &sides, truth_lookup, cuts, ctx.spec)
             } else {
-                sampling::judge_all_draws(e, engine.get(&e.key), &references, &truth_lookup, cuts, &ctx.catalog.samplers, ctx.spec)
+                sampling::judge_all_draws(e, subject.get(&e.key), &references, &truth_lookup, cuts, &ctx.catalog.samplers, ctx.spec)
             };
             for (checks, check) in tensor_checks.iter_mut().zip(by_reference) {
                 checks.push(check);
@@ -260,7 +319,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     for (&(reference, dump), (mut checks, tensors)) in readable.iter().zip(token_checks.into_iter().zip(tensor_checks)) {
         checks.extend(tensors);
         checks.sort_by_key(|c| order.get(c.key.as_str()).copied());
-        let provenance = ctx.provenance.of(reference, arch)?.clone();
+        let provenance = provenance_of(ctx, reference, arch)?;
         results.cases.push(CaseResult {
             model: case.model.id.clone(),
             model_sha256: sha.to_string(),
@@ -275,7 +334,7 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
         });
     }
     if let Some((name, dump, checks)) = truth_checks {
-        let provenance = ctx.provenance.of(name, arch)?.clone();
+        let provenance = provenance_of(ctx, name, arch)?;
         results.cases.push(CaseResult {
             model: case.model.id.clone(),
             model_sha256: sha.to_string(),
@@ -292,7 +351,122 @@ fn run_case(ctx: &Setup, case: Case, model_path: PathBuf, model: &Model, sha: &s
     let in_engine = gap_time.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     timings.engine += in_engine;
     timings.compare += t.elapsed().saturating_sub(in_engine);
-    Ok(CaseRun { case, model_path, timings, engine: trace.tensors, dumps, origins, truth, fed, results: first..results.cases.len() })
+    let (subject, subject_dump) = side.into_parts();
+    Ok(CaseRun { case, model_path, timings, subject, subject_dump, dumps, origins, truth, fed, results: first..results.cases.len() })
+}
+
+/// The subject's side of one case.
+enum Side {
+    /// The engine's traced run, which can still measure a near-tie's gap and prefill its steps.
+    Engine(engine_run::Trace),
+    /// A dump's tensors, every one read.
+    Dumped { tensors: BTreeMap<String, Tensor>, dump: Box<Dump> },
+}
+
+impl Side {
+    fn tensors(&self) -> &BTreeMap<String, Tensor> {
+        match self {
+            Side::Engine(trace) => &trace.tensors,
+            Side::Dumped { tensors, .. } => tensors,
+        }
+    }
+
+    fn into_parts(self) -> (BTreeMap<String, Tensor>, Option<Dump>) {
+        match self {
+            Side::Engine(trace) => (trace.tensors, None),
+            Side::Dumped { tensors, dump } => (tensors, Some(*dump)),
+        }
+    }
+}
+
+/// A dumped subject's dump of one case, checked as a reference's is, and every tensor read.
+fn fetch_subject(ctx: &Setup, case: &Case, subject: &Subject, fed: &Fed) -> Result<Side> {
+    let dump = match subject {
+        Subject::Engine => anyhow::bail!("the engine is traced in-process, not fetched"),
+        Subject::Reference(name) => fetch_dump(ctx, case, name, fed)?,
+        Subject::External { name, from } => {
+            let dump = external_dump(ctx, case, name, from, fed)?;
+            check_fed(&dump, name, case, &model_sha(&resolve(ctx.root, &case.model.path))?, fed)?;
+            dump
+        }
+    };
+    let tensors = dump.read_all().with_context(|| format!("reading the subject's dump {}", dump.dir.display()))?;
+    Ok(Side::Dumped { tensors, dump: Box::new(dump) })
+}
+
+/// An outside subject's dump of one case, made now when its dumper is a command; not yet checked
+/// against the case ([`check_fed`] does that).
+pub fn external_dump(ctx: &Setup, case: &Case, name: &str, from: &External, fed: &Fed) -> Result<Dump> {
+    let model = resolve(ctx.root, &case.model.path);
+    let dir = match from {
+        External::Dumps(root) => root.join(&case.model.id).join(&case.prompt.id).join(name),
+        External::Command { line, out, timeout } => {
+            let dir = out.join(&case.model.id).join(&case.prompt.id).join(name);
+            let history = fed.history_ids();
+            let req = DumpRequest {
+                model: &model,
+                prompt: &case.prompt.text,
+                n_generate: ctx.suite.n_generate,
+                temperature: ctx.suite.temperature,
+                threads: ctx.suite.threads,
+                force_tokens: history.as_deref(),
+                sampler_logits: fed.sampler_logits.as_ref().map(|s| s.path.as_path()),
+                out: &dir,
+            };
+            let dumpers = Dumpers { root: ctx.root.to_path_buf(), python: PathBuf::from("sh"), timeout: *timeout };
+            dumpers.run_line(name, line, &req, &dir.with_extension("stderr.log"))?;
+            dir
+        }
+    };
+    Dump::open(&dir).with_context(|| format!("the {name} dump for {}/{}", case.model.id, case.prompt.id))
+}
+
+/// The engine as a reference: its traced run as a dump in memory, with the manifest a dumper
+/// would write, so it is fetched, checked and judged as every reference's is.
+fn engine_dump(ctx: &Setup, case: &Case, model: &Model, sha: &str, fed: &Fed, tensors: BTreeMap<String, Tensor>) -> Dump {
+    let token_ids = match tensors.get(TensorName::Tokens.as_str()).map(|t| &t.values) {
+        Some(Values::Ids(ids)) => ids.clone(),
+        _ => Vec::new(),
+    };
+    let manifest = crate::dumps::Manifest {
+        reference: ENGINE.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        arch: model.config().arch.name().to_string(),
+        n_layers: model.config().n_layers,
+        model: case.model.path.clone(),
+        model_sha256: sha.to_string(),
+        prompt: case.prompt.text.clone(),
+        token_ids,
+        dtype: "float32".to_string(),
+        threads: ctx.suite.threads,
+        n_generate: ctx.suite.n_generate,
+        temperature: f64::from(ctx.suite.temperature),
+        wall_time_s: 0.0,
+        command: "parity (the engine, in-process)".to_string(),
+        force_tokens: fed.history_ids(),
+        sampler_logits_sha256: fed.sampler_logits.as_ref().map(|s| s.sha256.clone()),
+        tensors: BTreeMap::new(),
+    };
+    Dump::in_memory("(the engine, in-process)", manifest, tensors)
+}
+
+/// The tolerance class a side is judged in: the engine computes in f32 whatever the file holds.
+fn class_of(case: &Case, name: &str) -> Class {
+    if name == ENGINE {
+        Class::F32
+    } else {
+        case.model.class_for(name)
+    }
+}
+
+/// Whose code computed each checkpoint of `name`'s dumps: the engine's own everywhere (it is its
+/// own model code and kernels), every dumper's from checkpoints/provenance.toml.
+fn provenance_of(ctx: &Setup, name: &str, arch: &str) -> Result<BTreeMap<String, reports::results::Provenance>> {
+    if name == ENGINE {
+        let own = reports::results::Provenance { kind: reports::vocab::Authorship::Own, reason: None };
+        return Ok(ctx.catalog.checkpoints.iter().map(|c| (c.name.clone(), own.clone())).collect());
+    }
+    Ok(ctx.provenance.of(name, arch)?.clone())
 }
 
 /// Finds the tensors two references dumped bit for bit alike (returned per reference, to be
@@ -480,7 +654,15 @@ pub fn fetch(ctx: &Setup, case: &Case, reference: &str, fed: &Fed) -> Result<(Du
             Dump::open(&at).with_context(|| format!("reading the {reference} dump at {}", at.display()))?
         }
     };
-    check_provenance(&dump, reference, &case.prompt.text, &model_sha256)?;
+    check_fed(&dump, reference, case, &model_sha256, fed)?;
+    Ok((dump, origin))
+}
+
+/// A fetched dump must be `name`'s of this case ([`check_provenance`]), made on what the case
+/// feeds everyone: the truth's decode history and its last logits for the samplers.
+fn check_fed(dump: &Dump, name: &str, case: &Case, model_sha256: &str, fed: &Fed) -> Result<()> {
+    check_provenance(dump, name, &case.prompt.text, model_sha256)?;
+    let history = fed.history_ids();
     if dump.manifest.force_tokens != history {
         anyhow::bail!(
             "{}: its decode history ({}) is not the one this case feeds ({}); remake it (scripts/make-dumps.sh) or run --live",
@@ -497,7 +679,7 @@ pub fn fetch(ctx: &Setup, case: &Case, reference: &str, fed: &Fed) -> Result<(Du
             );
         }
     }
-    Ok((dump, origin))
+    Ok(())
 }
 
 /// A live dump's folder: the stored one when its key is in the cache, else made now (and stored).
@@ -582,7 +764,7 @@ mod tests {
         let text = format!(
             "reference = {reference:?}\nversion = \"1\"\narch = \"llama\"\nn_layers = 1\nmodel = \"m.gguf\"\nmodel_sha256 = {sha:?}\nprompt = {prompt:?}\ntoken_ids = [1]\ndtype = \"float32\"\nthreads = 1\nn_generate = 1\ntemperature = 1.0\nwall_time_s = 0.1\ncommand = \"dump\"\n"
         );
-        Dump { dir: PathBuf::from("dumps/m/p").join(reference), manifest: Manifest::parse(&text).unwrap() }
+        Dump { dir: PathBuf::from("dumps/m/p").join(reference), manifest: Manifest::parse(&text).unwrap(), memory: None }
     }
 
     #[test]

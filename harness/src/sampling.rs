@@ -143,7 +143,7 @@ pub fn judge_draws(entry: &Entry, engine: Option<&Tensor>, other: &Lookup, cuts:
     for (k, (&a, &b)) in e.iter().zip(r).enumerate().filter(|(_, (a, b))| a != b) {
         let (row, draw) = (k / draws, k % draws);
         let near = |id: i64| usize::try_from(id).is_ok_and(|id| cuts.rows[row].contains(&id));
-        let what = format!("sampler {} draw {draw}: engine {a} vs {b}", samplers[row].name);
+        let what = format!("sampler {} draw {draw}: subject {a} vs {b}", samplers[row].name);
         if !(near(a) || near(b)) {
             let note = format!("{what}, neither token near the sampler's cut");
             return CheckResult { note: Some(note), ..plain };

@@ -381,3 +381,92 @@ fn a_tolerance_spec_with_a_reversed_operator_a_bad_threshold_or_one_its_spread_d
     assert!(!dir.join("run/tolerances").exists(), "a refused run left a bundle");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The fixture's PyTorch dumps of `model` copied under DIR/<model>/<prompt>/NAME, each manifest
+/// renamed to NAME: an outside engine's dumps that keep the contract.
+fn pytorch_dumps_as(dir: &Path, model: &str, name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for prompt in std::fs::read_dir(root().join("fixtures/dumps").join(model)).unwrap() {
+        let prompt = prompt.unwrap().path();
+        let to = dir.join(model).join(prompt.file_name().unwrap()).join(name);
+        copy_dir(&prompt.join("pytorch"), &to);
+        let manifest = std::fs::read_to_string(to.join("manifest.toml")).unwrap();
+        std::fs::write(to.join("manifest.toml"), manifest.replacen("reference = \"pytorch\"", &format!("reference = {name:?}"), 1)).unwrap();
+        out.push(to);
+    }
+    out
+}
+
+#[test]
+fn the_truth_is_never_a_subject_and_a_subject_is_never_also_a_reference() {
+    let dir = scratch("subject-refused");
+    assert_one_line_error(&parity(&["run", "--subject", "pytorch-f64"], &dir, "s1"), "never a subject");
+    assert_one_line_error(&parity(&["run", "--subject", "llamacpp", "--refs", "llamacpp,pytorch"], &dir, "s2"), "cannot also be a reference");
+    assert_one_line_error(&parity(&["run", "--refs", "pytorch,engine"], &dir, "s3"), "cannot also be a reference");
+    assert_one_line_error(&parity(&["run", "--subject", "candle"], &dir, "s4"), "--subject-cmd");
+    assert_one_line_error(&parity(&["run", "--subject", "llamacpp", "--repeat", "2"], &dir, "s5"), "in-process");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn llamacpp_as_the_subject_is_judged_against_the_others_and_the_engine() {
+    let proof = scratch("subject-llamacpp");
+    let out = parity(&["run", "--model", "tiny-llama-f32", "--subject", "llamacpp", "--format", "json"], &proof, "llamacpp");
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(summary["subject"].as_str().unwrap().starts_with("llamacpp llama-cpp-python"), "{}", summary["subject"]);
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(proof.join("run/llamacpp/results.json")).unwrap()).unwrap();
+    let refs: std::collections::BTreeSet<&str> = results["cases"].as_array().unwrap().iter().map(|c| c["reference"].as_str().unwrap()).collect();
+    assert_eq!(refs, ["engine", "pytorch", "pytorch-f64", "tinygrad"].into_iter().collect());
+    // The engine as a reference: its own code at every checkpoint.
+    let engine = results["cases"].as_array().unwrap().iter().find(|c| c["reference"] == "engine").unwrap();
+    assert!(engine["provenance"].as_object().unwrap().values().all(|p| p["kind"] == "own"), "{}", engine["provenance"]);
+    let report = std::fs::read_to_string(proof.join("run/llamacpp/report.md")).unwrap();
+    assert!(report.contains("Subject: `llamacpp llama-cpp-python"), "{report}");
+    std::fs::remove_dir_all(&proof).unwrap();
+}
+
+#[test]
+fn an_outside_engines_dumps_are_judged_and_conform_when_they_keep_the_contract() {
+    let dir = scratch("subject-dumps");
+    let dumps = dir.join("dumps");
+    pytorch_dumps_as(&dumps, "tiny-llama-f32", "mine");
+    let at = dumps.to_str().unwrap();
+    let run = parity(&["run", "--model", "tiny-llama-f32", "--subject", "mine", "--subject-dumps", at], &dir, "mine");
+    assert_eq!(run.status.code(), Some(0), "{}{}", stdout(&run), stderr(&run));
+    assert!(stdout(&run).contains("subject: mine transformers "), "{}", stdout(&run));
+    let ok = parity(&["conform", "--model", "tiny-llama-f32", "--subject", "mine", "--subject-dumps", at], &dir, "unused");
+    assert_eq!(ok.status.code(), Some(0), "{}{}", stdout(&ok), stderr(&ok));
+    assert!(stdout(&ok).contains("mine keeps the dump contract on 2 cases"), "{}", stdout(&ok));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn conform_reports_a_missing_checkpoint_on_one_line_and_exits_1() {
+    let dir = scratch("conform-missing");
+    let dumps = dir.join("dumps");
+    for to in pytorch_dumps_as(&dumps, "tiny-llama-f32", "mine") {
+        let manifest = std::fs::read_to_string(to.join("manifest.toml")).unwrap();
+        std::fs::write(to.join("manifest.toml"), manifest.replacen("[tensors.\"blk.1.ffn_out\"]", "[tensors.\"ffn_out_1\"]", 1)).unwrap();
+    }
+    let out = parity(
+        &["conform", "--model", "tiny-llama-f32", "--prompt", "fox", "--subject", "mine", "--subject-dumps", dumps.to_str().unwrap()],
+        &dir,
+        "unused",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(text.lines().any(|l| l == "tiny-llama-f32/fox: missing: blk.1.ffn_out: checkpoint ffn_out is not in the manifest"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("tiny-llama-f32/fox: unknown: ffn_out_1: ")), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn conform_exits_3_when_the_dumper_cannot_run_and_2_without_a_dumper() {
+    let dir = scratch("conform-broken");
+    let out = parity(&["conform", "--model", "tiny-llama-f32", "--prompt", "fox", "--subject", "mine", "--subject-cmd", "exit 7 #"], &dir, "unused");
+    assert_eq!(out.status.code(), Some(3), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("the dumper could not run") && stdout(&out).contains("exit code 7"), "{}", stdout(&out));
+    assert_one_line_error(&parity(&["conform"], &dir, "unused"), "--subject-cmd");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

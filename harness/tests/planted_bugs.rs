@@ -32,7 +32,16 @@ fn run(model_id: &str, fault: Option<Fault>, refs: Option<&[&str]>) -> (RunResul
             m.inject_fault(f)
         }
     };
-    let setup = Setup { root: &root, suite: &suite, catalog: &catalog, spec: &spec, provenance: &provenance, source: &source, prepare: Some(&plant) };
+    let setup = Setup {
+        root: &root,
+        suite: &suite,
+        catalog: &catalog,
+        spec: &spec,
+        provenance: &provenance,
+        source: &source,
+        subject: &harness::subject::Subject::Engine,
+        prepare: Some(&plant),
+    };
     let mut cases = suite.cases();
     if let Some(refs) = refs {
         for case in &mut cases {

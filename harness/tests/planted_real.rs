@@ -60,7 +60,16 @@ fn run(model_id: &str, fault: Option<Fault>) -> Option<Run> {
             m.inject_fault(f)
         }
     };
-    let setup = Setup { root: &root, suite: &suite, catalog: &catalog, spec: &spec, provenance: &provenance, source: &source, prepare: Some(&plant) };
+    let setup = Setup {
+        root: &root,
+        suite: &suite,
+        catalog: &catalog,
+        spec: &spec,
+        provenance: &provenance,
+        source: &source,
+        subject: &harness::subject::Subject::Engine,
+        prepare: Some(&plant),
+    };
     let cases = suite.cases();
     assert_eq!(cases.len(), 1, "{model_id} x {prompt}");
     let (results, runs) = pipeline::run(&setup, cases, "planted-real").unwrap();

@@ -79,7 +79,7 @@ pub const GLANCE_COLUMNS: [&str; 7] = [
     "prompts",
     "references",
     "independent implementations per checkpoint",
-    "engine from the f64 truth",
+    "subject from the f64 truth",
     "generation",
     "confirmed by no independent implementation",
 ];
@@ -87,7 +87,7 @@ pub const GLANCE_COLUMNS: [&str; 7] = [
 /// What a reader needs to read the glance table.
 pub const GLANCE_NOTE: &str = "A reference counts as an independent implementation at a checkpoint only where its own model code \
      computed it (see Provenance). The noise floor of a tensor is the largest distance of a reference computing in f32 from \
-     the truth; the engine fails above 4 floors (plus 2^-20 of the tensor's scale, for tensors computed exactly).";
+     the truth; the subject fails above 4 floors (plus 2^-20 of the tensor's scale, for tensors computed exactly).";
 
 impl Glance {
     pub fn cells(&self) -> impl Iterator<Item = String> + '_ {

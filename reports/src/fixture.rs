@@ -84,6 +84,8 @@ pub fn all_pass_run() -> RunResults {
     RunResults {
         run_id: "20261122T212400Z-abcd".into(),
         engine_version: "0.1.0 (abc1234)".into(),
+        subject: "engine".into(),
+        subject_version: "0.1.0 (abc1234)".into(),
         cases: vec![
             case("tiny-llama-f32", "llamacpp", "0.3.36", passing_checks(1.0, Status::Pass)),
             case("tiny-llama-f32", "pytorch", "2.5.1", passing_checks(0.5, Status::NearTie)),

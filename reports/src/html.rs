@@ -20,10 +20,11 @@ pub fn render(run: &RunResults) -> String {
     let _ = write!(
         o,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>parity report {id}</title>\n<style>\n{CSS}</style>\n</head>\n<body>\n\
-         <h1>parity report: run <code>{id}</code></h1>\n<p>Engine: <code>{engine}</code></p>\n\
+         <h1>parity report: run <code>{id}</code></h1>\n<p>Subject: <code>{subject}</code> (the implementation judged){harness}</p>\n\
          <p class=\"verdict {vclass}\">Verdict: {vlabel} (exit code {code})</p>\n<p><strong>Confidence: {clabel}</strong></p>\n",
         id = esc(&run.run_id),
-        engine = esc(&run.engine_version),
+        subject = esc(&run.subject_label()),
+        harness = if run.subject == "engine" { String::new() } else { format!("; harness <code>{}</code>", esc(&run.engine_version)) },
         vclass = serde_json::to_value(verdict).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
         vlabel = verdict.label(),
         code = verdict.exit_code(),

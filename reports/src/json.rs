@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 pub struct Summary {
     pub run_id: String,
     pub engine_version: String,
+    /// The implementation judged and its version ("engine 0.1.0", "llamacpp b4779").
+    pub subject: String,
     pub verdict: Verdict,
     pub exit_code: i32,
     pub confidence: Confidence,
@@ -75,6 +77,7 @@ pub fn summarize(run: &RunResults) -> Summary {
     Summary {
         run_id: run.run_id.clone(),
         engine_version: run.engine_version.clone(),
+        subject: run.subject_label(),
         verdict,
         exit_code: verdict.exit_code(),
         confidence: Confidence::of(run),

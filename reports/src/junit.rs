@@ -36,7 +36,12 @@ pub fn render(run: &RunResults) -> String {
         "  <testsuite name=\"parity {}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"0\">",
         escape(&run.run_id)
     );
-    let _ = writeln!(out, "    <properties>\n      <property name=\"engine_version\" value=\"{}\"/>\n    </properties>", escape(&run.engine_version));
+    let _ = writeln!(
+        out,
+        "    <properties>\n      <property name=\"engine_version\" value=\"{}\"/>\n      <property name=\"subject\" value=\"{}\"/>\n    </properties>",
+        escape(&run.engine_version),
+        escape(&run.subject_label())
+    );
     out += &cases;
     out += "  </testsuite>\n</testsuites>\n";
     out

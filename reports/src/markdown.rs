@@ -14,7 +14,11 @@ pub fn render(run: &RunResults) -> String {
     let w = &mut out;
     line(w, format!("# parity report: run `{}`", run.run_id));
     line(w, String::new());
-    line(w, format!("Engine: `{}`", run.engine_version));
+    line(w, format!("Subject: `{}` (the implementation judged)", run.subject_label()));
+    if run.subject != "engine" {
+        line(w, String::new());
+        line(w, format!("Harness: `{}`", run.engine_version));
+    }
     line(w, String::new());
     line(w, format!("**Verdict: {}** (exit code {})  ", verdict.label(), verdict.exit_code()));
     line(w, format!("**Confidence: {}**", confidence.label()));
@@ -31,7 +35,7 @@ pub fn render(run: &RunResults) -> String {
         line(w, String::new());
     }
     for subject in summary::subjects(run) {
-        subject_section(w, &subject);
+        subject_section(w, &subject, &run.subject);
     }
     out
 }
@@ -125,7 +129,7 @@ fn provenance_section(w: &mut String, run: &RunResults) {
     line(w, String::new());
 }
 
-fn subject_section(w: &mut String, s: &Subject) {
+fn subject_section(w: &mut String, s: &Subject, judged: &str) {
     line(w, format!("## {}", cell_text(&s.title())));
     line(w, String::new());
     let refs: Vec<String> = s.references.iter().map(|(r, v)| format!("{r} {v}")).collect();
@@ -133,9 +137,10 @@ fn subject_section(w: &mut String, s: &Subject) {
     line(w, String::new());
     if let Some((truth, version)) = &s.truth {
         line(w, format!(
-            "Ground truth: {} {} (not a vote). Its column gives the engine's largest distance from it in units of the noise floor (the largest distance of a reference judged in f32), and where.",
+            "Ground truth: {} {} (not a vote). Its column gives {}'s largest distance from it in units of the noise floor (the largest distance of a reference judged in f32), and where.",
             cell_text(truth),
-            cell_text(version)
+            cell_text(version),
+            cell_text(judged)
         ));
         line(w, String::new());
     }

@@ -119,8 +119,32 @@ pub struct Duplicate {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunResults {
     pub run_id: String,
+    /// The harness's (and its engine's) crate version.
     pub engine_version: String,
+    /// The implementation judged (`engine`, a reference's name, an outside engine's); results
+    /// from before subjects were named judged the engine.
+    #[serde(default = "engine_subject")]
+    pub subject: String,
+    /// Its version: the engine's crate version, or what its dumps' manifests say.
+    #[serde(default)]
+    pub subject_version: String,
     pub cases: Vec<CaseResult>,
     /// References that could not run, with their one-line error (exit code 3 when non-empty).
     pub reference_errors: BTreeMap<String, String>,
+}
+
+fn engine_subject() -> String {
+    "engine".to_string()
+}
+
+impl RunResults {
+    /// "engine 0.1.0", "llamacpp b4779": the subject as reports name it.
+    pub fn subject_label(&self) -> String {
+        let version = if self.subject_version.is_empty() && self.subject == "engine" { &self.engine_version } else { &self.subject_version };
+        if version.is_empty() {
+            self.subject.clone()
+        } else {
+            format!("{} {version}", self.subject)
+        }
+    }
 }

@@ -326,7 +326,14 @@ mod tests {
 
     #[test]
     fn a_run_that_compared_nothing_fails() {
-        let run = RunResults { run_id: "r".into(), engine_version: "e".into(), cases: vec![], reference_errors: Default::default() };
+        let run = RunResults {
+            run_id: "r".into(),
+            engine_version: "e".into(),
+            subject: "engine".into(),
+            subject_version: "e".into(),
+            cases: vec![],
+            reference_errors: Default::default(),
+        };
         assert_eq!(Verdict::of(&run), Verdict::Fail);
     }
 

@@ -9,7 +9,7 @@
 //! the families measured (what a model of another family is judged by).
 
 use super::select::Selection;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use harness::compare;
 use harness::dumps::{Dump, Lookup};
@@ -43,6 +43,9 @@ type Samples = BTreeMap<(String, Class, String), BTreeMap<String, PairSpread>>;
 
 pub fn run(args: CalibrateArgs, root: &Path) -> Result<i32> {
     let loaded = args.selection.load(root)?;
+    if !loaded.subject.is_engine() {
+        bail!("parity calibrate measures the references' spread, which no subject changes; leave out --subject");
+    }
     let setup = loaded.setup(&loaded.source);
     let mut samples = Samples::new();
     let mut measured_on = Vec::new();

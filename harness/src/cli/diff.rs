@@ -49,7 +49,8 @@ pub fn run(args: DiffArgs, root: &Path) -> Result<i32> {
     if wanted.is_empty() {
         bail!("no checkpoint or tensor {:?} at layer {} (names are in checkpoints/catalog.toml)", args.checkpoint, args.layer);
     }
-    println!("{} / {} against {} ({})", run.case.model.id, run.case.prompt.id, reference, dump.manifest.version);
+    let subject = loaded.subject.name();
+    println!("{} / {}: {subject} against {} ({})", run.case.model.id, run.case.prompt.id, reference, dump.manifest.version);
     let checks = results.cases.iter().filter(|c| c.reference == reference).flat_map(|c| &c.checks);
     for entry in wanted {
         println!();
@@ -79,7 +80,7 @@ pub fn run(args: DiffArgs, root: &Path) -> Result<i32> {
         println!("worst elements:");
         for w in compare::worst_elements(&refv, eng, &shape, args.worst) {
             let at: Vec<String> = w.index.iter().zip(&axes).map(|(i, a)| format!("{a} {i}")).collect();
-            println!("  [{}] reference {:>12.6} engine {:>12.6} |error| {:.3e}", at.join(", "), w.reference, w.engine, w.abs_error);
+            println!("  [{}] reference {:>12.6} {subject} {:>12.6} |error| {:.3e}", at.join(", "), w.reference, w.engine, w.abs_error);
         }
         let errors: Vec<f64> = refv.iter().zip(eng).map(|(r, e)| (*e as f64 - *r as f64).abs()).collect();
         let h = compare::histogram(&errors);
@@ -105,7 +106,7 @@ pub fn run(args: DiffArgs, root: &Path) -> Result<i32> {
 
 /// Both sides' values of an f32 tensor with equal shapes.
 fn f32_pair<'a>(run: &'a CaseRun, dump: &Dump, key: &str) -> Option<(&'a [f32], Vec<f32>, Vec<usize>)> {
-    let eng = run.engine.get(key)?;
+    let eng = run.subject.get(key)?;
     let Ok(Lookup::Tensor(Tensor { shape, values: Values::F32(r) })) = dump.get(key) else {
         return None;
     };

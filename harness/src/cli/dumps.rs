@@ -31,6 +31,9 @@ pub fn run(args: DumpsArgs, root: &Path) -> Result<i32> {
     // The dumps' live source is made below, writing beside their place: not a second one here.
     selection.live = false;
     let loaded = selection.load(root)?;
+    if !loaded.subject.is_engine() {
+        bail!("parity dumps makes the references' dumps; --subject is for run, diff, bisect and calibrate");
+    }
     let out_root = match out_root {
         Some(dir) if dir.is_absolute() => dir,
         Some(dir) => root.join(dir),
@@ -53,7 +56,7 @@ pub fn run(args: DumpsArgs, root: &Path) -> Result<i32> {
             let Some(dump) = make(&setup, case, truth, &fed, &at)? else { return Ok(3) };
             fed = Fed::from_truth(&dump, loaded.suite.n_generate)?;
         }
-        for reference in case.refs.iter().filter(|r| wanted(r)) {
+        for reference in case.refs.iter().filter(|r| wanted(r) && r.as_str() != harness::subject::ENGINE) {
             if make(&setup, case, reference, &fed, &at)?.is_none() {
                 return Ok(3);
             }

@@ -75,6 +75,9 @@ pub fn run(args: MergeArgs, root: &Path) -> Result<i32> {
         match &mut merged {
             None => merged = Some(part),
             Some(all) => {
+                if all.subject != part.subject {
+                    bail!("{} judged {}, the bundles before it {}: shards of one run judge one subject", dir.display(), part.subject, all.subject);
+                }
                 all.cases.extend(part.cases);
                 all.reference_errors.extend(part.reference_errors);
             }

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bisect;
 pub mod calibrate;
+pub mod conform;
 pub mod diff;
 pub mod dumps;
 pub mod generate;

@@ -8,6 +8,7 @@ use harness::dumps::Lookup;
 use harness::engine_run;
 use harness::npy;
 use harness::pipeline::CaseRun;
+use harness::subject::{External, Subject};
 use rayon::prelude::*;
 use reports::bundle::{Bundle, RunInfo};
 use reports::results::{CaseResult, CheckResult, Role, RunResults, Status};
@@ -55,6 +56,10 @@ pub fn run(args: RunArgs, root: &Path, started: std::time::Instant) -> Result<i3
     let signer = settings.signer()?;
     let provenance = settings.provenance(&command_line(), &git_commit(root));
     let loaded = args.selection.load(root)?;
+    // Planting and repeating are the in-process engine's: another subject's numbers are its dumps'.
+    if !loaded.subject.is_engine() && (!faults.is_empty() || args.repeat > 1) {
+        anyhow::bail!("--plant and --repeat run the engine in-process; the subject here is {}", loaded.subject.name());
+    }
     let mut bundle = Bundle::create(&settings.root(root), "run", provenance.clone())?;
     if let Some(signer) = signer {
         bundle.sign_with(signer);
@@ -119,7 +124,7 @@ fn repeat_checks(loaded: &Loaded, runs: &[CaseRun], repeat: usize, faults: &[eng
                 .entries(model.config().arch.name(), model.config().n_layers)
                 .iter()
                 .map(|e| {
-                    let (status, note) = match (run.engine.get(&e.key), again.get(&e.key)) {
+                    let (status, note) = match (run.subject.get(&e.key), again.get(&e.key)) {
                         (Some(a), Some(b)) if a.bit_identical(b) => (Status::Pass, None),
                         (Some(_), Some(_)) => (Status::Fail, Some(format!("non-deterministic: run {k} differs from run 1 with the same threads"))),
                         _ => (Status::Missing, Some("the engine did not produce it".to_string())),
@@ -192,11 +197,26 @@ fn add_inputs(bundle: &mut Bundle, loaded: &Loaded, results: &RunResults, runs: 
         if models_added.insert(run.model_path.clone()) {
             bundle.add_input("model", &run.model_path)?;
         }
-        // The truth is evidence too: its dump is hashed like every reference's.
-        for (reference, dump) in run.dumps.iter().chain(&run.truth) {
+        // The truth is evidence too: its dump is hashed like every reference's, and so is a
+        // dumped subject's. The engine's, made in memory, is the engine's own (its version).
+        let subject = run.subject_dump.as_ref().map(|d| (d.manifest.reference.clone(), Ok(d.clone())));
+        for (reference, dump) in run.dumps.iter().chain(&run.truth).chain(&subject) {
             let base = format!("{}/{}/{}", run.case.model.id, run.case.prompt.id, reference);
             let origin = run.origins.get(reference);
             match dump {
+                Ok(dump) if dump.memory.is_some() => {
+                    save_failed(bundle, run, reference, dump, &base, results, keep_failed)?;
+                    continue;
+                }
+                Ok(dump) if run.subject_dump.as_ref().is_some_and(|s| s.dir == dump.dir) => {
+                    // Made for this run (a command, a live dumper or the cache's copy) or read from a folder that stays.
+                    let live = matches!(loaded.source, harness::pipeline::Source::Live { .. });
+                    match &loaded.subject {
+                        Subject::External { from: External::Dumps(_), .. } => bundle.add_input("subject dump", &dump.dir)?,
+                        Subject::Reference(_) if !live => bundle.add_input("subject dump", &dump.dir)?,
+                        _ => bundle.add_transient_input("subject dump (made for this run)", &dump.dir)?,
+                    }
+                }
                 Ok(dump) if matches!(loaded.source, harness::pipeline::Source::Live { .. }) => {
                     // Live dumps are removed after the run, or kept in the dump cache only while
                     // it has room: their hashes are the record.
@@ -246,8 +266,8 @@ fn save_failed(
         .filter(|k| matches!(k.status, Status::Fail | Status::NonFinite | Status::Layout))
         .take(keep);
     for check in failing {
-        if let Some(t) = run.engine.get(&check.key) {
-            bundle.write_bytes(&format!("failed/{base}/{}.engine.npy", check.key), &npy::encode(t))?;
+        if let Some(t) = run.subject.get(&check.key) {
+            bundle.write_bytes(&format!("failed/{base}/{}.subject.npy", check.key), &npy::encode(t))?;
         }
         if let Ok(Lookup::Tensor(t)) = dump.get(&check.key) {
             bundle.write_bytes(&format!("failed/{base}/{}.reference.npy", check.key), &npy::encode(&t))?;
@@ -260,6 +280,9 @@ fn run_info(loaded: &Loaded, runs: &[CaseRun]) -> RunInfo {
     let mut versions = BTreeMap::new();
     versions.insert("engine".to_string(), env!("CARGO_PKG_VERSION").to_string());
     for run in runs {
+        if let Some(d) = &run.subject_dump {
+            versions.insert(format!("{} (subject)", d.manifest.reference), d.manifest.version.clone());
+        }
         for (reference, dump) in &run.dumps {
             if let Ok(d) = dump {
                 versions.insert(reference.clone(), d.manifest.version.clone());
@@ -316,6 +339,7 @@ fn git_commit(root: &Path) -> String {
 /// smallest margin to a threshold. Color only on a terminal, and never with NO_COLOR set.
 fn print_table(results: &RunResults, bundle_dir: &Path) {
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    println!("subject: {} (the implementation judged)", results.subject_label());
     for subject in summary::subjects(results) {
         let mut table = Table::new();
         let mut header = vec![Cell::new("checkpoint")];

@@ -8,6 +8,7 @@ use harness::live::{Dumpers, PrivateDir};
 use harness::pipeline::{self, CaseRun, Setup, Source};
 use harness::provenance::{references_in, Provenance};
 use harness::spec::{Class, Spec};
+use harness::subject::{External, Subject, ENGINE};
 use harness::suite::{Case, Shard, Suite, SuiteModel, SuitePrompt};
 use reports::results::RunResults;
 use std::path::{Path, PathBuf};
@@ -25,10 +26,22 @@ pub struct Selection {
     /// One of the suite's prompts, by id; or any text in place of the suite's prompts.
     #[arg(long)]
     pub prompt: Option<String>,
-    /// References to compare against, comma-separated (default: each model's list in the suite;
-    /// with --model: all three).
+    /// References to compare against, comma-separated, `engine` among them when another is the
+    /// subject (default: each model's list in the suite, less the subject, plus the engine when
+    /// it is not the subject; with --model: llama.cpp, PyTorch and tinygrad).
     #[arg(long, value_delimiter = ',')]
     pub refs: Option<Vec<String>>,
+    /// The implementation judged: `engine` (the default, in-process), a reference's name
+    /// (`llamacpp`), or the name an outside engine's dumps carry, with --subject-cmd or
+    /// --subject-dumps (docs/subjects.md).
+    #[arg(long, value_name = "NAME")]
+    pub subject: Option<String>,
+    /// An outside engine's dumper, a shell command line given the dumper contract's options.
+    #[arg(long, value_name = "CMD", conflicts_with = "subject_dumps", requires = "subject")]
+    pub subject_cmd: Option<String>,
+    /// An outside engine's finished dumps, under DIR/<model id>/<prompt id>/<NAME>/.
+    #[arg(long, value_name = "DIR", requires = "subject")]
+    pub subject_dumps: Option<PathBuf>,
     /// Tolerance class of llama.cpp for --model (f32, f16, quantized): the one reference that
     /// rounds activations to the weights' precision. The others compute in f32 and are judged so.
     #[arg(long, default_value_t = Class::F32)]
@@ -76,8 +89,11 @@ pub struct Loaded {
     pub provenance: Provenance,
     pub cases: Vec<Case>,
     pub source: Source,
+    pub subject: Subject,
     /// Where live dumps go: a fresh owner-only folder, removed with this (even on an error).
     pub _live_dir: Option<PrivateDir>,
+    /// Where an outside subject's command writes its dumps, likewise.
+    pub _subject_dir: Option<PrivateDir>,
 }
 
 impl Selection {
@@ -99,6 +115,18 @@ impl Selection {
         let provenance_path = at(&self.provenance);
         let known = references_in(root).with_context(|| format!("listing the reference dumpers under {}", root.join("references").display()))?;
         let provenance = Provenance::load(&provenance_path, &catalog, &known)?;
+        let mut subject_dir = None;
+        let external = match (&self.subject_cmd, &self.subject_dumps) {
+            (Some(line), _) => {
+                let dir = PrivateDir::new("parity-subject").context("making a private folder for the subject's dumps")?;
+                let out = dir.path().to_path_buf();
+                subject_dir = Some(dir);
+                Some(External::Command { line: line.clone(), out, timeout: Duration::from_secs(self.timeout) })
+            }
+            (None, Some(dir)) => Some(External::Dumps(at(dir))),
+            (None, None) => None,
+        };
+        let subject = Subject::pick(self.subject.as_deref(), external, &known, suite.truth.as_deref())?;
         if let Some(t) = self.threads {
             if t == 0 {
                 bail!("--threads must be at least 1");
@@ -146,18 +174,31 @@ impl Selection {
         }
         let mut cases = suite.cases();
         if let Some(refs) = &self.refs {
-            let voters: Vec<&String> = known.iter().filter(|r| Some(r.as_str()) != suite.truth.as_deref()).collect();
+            // The truth is the yardstick, never a vote; the engine can be one when it is not the subject.
+            let mut allowed: Vec<&str> = known.iter().map(String::as_str).filter(|r| Some(*r) != suite.truth.as_deref()).collect();
+            allowed.push(ENGINE);
             for r in refs {
-                if !voters.contains(&r) {
-                    bail!("--refs: unknown reference {r:?} ({})", voters.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "));
+                if !allowed.contains(&r.as_str()) {
+                    bail!("--refs: unknown reference {r:?} ({})", allowed.join(", "));
                 }
             }
+            subject.references_for(refs, true)?;
             for case in &mut cases {
-                case.refs.retain(|r| refs.contains(r));
+                // The suite's references of the model that --refs names, then the engine if named.
+                case.refs.retain(|r| refs.contains(r) && r != ENGINE);
+                if refs.iter().any(|r| r == ENGINE) {
+                    case.refs.push(ENGINE.to_string());
+                }
+            }
+        } else {
+            for case in &mut cases {
+                case.refs = subject.references_for(&case.refs, false)?;
             }
         }
-        // Every reference a case may count, and the truth, must have said whose code it runs.
-        let named: Vec<&str> = cases.iter().flat_map(|c| c.refs.iter().map(String::as_str)).chain(suite.truth.as_deref()).collect();
+        // Every reference a case may count, and the truth, must have said whose code it runs (the
+        // engine's is its own everywhere).
+        let named: Vec<&str> =
+            cases.iter().flat_map(|c| c.refs.iter().map(String::as_str)).chain(suite.truth.as_deref()).filter(|r| *r != ENGINE).collect();
         provenance.covers(&named)?;
         if let Some(shard) = self.shard {
             cases = shard.select(cases);
@@ -184,7 +225,9 @@ impl Selection {
             provenance,
             cases,
             source,
+            subject,
             _live_dir: live_dir,
+            _subject_dir: subject_dir,
         })
     }
 
@@ -222,6 +265,15 @@ impl Loaded {
 
     /// What the pipeline needs to fetch and judge this selection's cases, reading `source`.
     pub fn setup<'a>(&'a self, source: &'a Source) -> Setup<'a> {
-        Setup { root: &self.root, suite: &self.suite, catalog: &self.catalog, spec: &self.spec, provenance: &self.provenance, source, prepare: None }
+        Setup {
+            root: &self.root,
+            suite: &self.suite,
+            catalog: &self.catalog,
+            spec: &self.spec,
+            provenance: &self.provenance,
+            source,
+            subject: &self.subject,
+            prepare: None,
+        }
     }
 }
