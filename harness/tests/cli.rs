@@ -417,7 +417,7 @@ fn llamacpp_as_the_subject_is_judged_against_the_others_and_the_engine() {
     assert!(summary["subject"].as_str().unwrap().starts_with("llamacpp llama-cpp-python"), "{}", summary["subject"]);
     let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(proof.join("run/llamacpp/results.json")).unwrap()).unwrap();
     let refs: std::collections::BTreeSet<&str> = results["cases"].as_array().unwrap().iter().map(|c| c["reference"].as_str().unwrap()).collect();
-    assert_eq!(refs, ["engine", "pytorch", "pytorch-f64", "tinygrad"].into_iter().collect());
+    assert_eq!(refs, ["engine", "mlx", "pytorch", "pytorch-f64", "tinygrad"].into_iter().collect());
     // The engine as a reference: its own code at every checkpoint.
     let engine = results["cases"].as_array().unwrap().iter().find(|c| c["reference"] == "engine").unwrap();
     assert!(engine["provenance"].as_object().unwrap().values().all(|p| p["kind"] == "own"), "{}", engine["provenance"]);
