@@ -21,8 +21,10 @@ enum Command {
     /// Compare the engine with the references at every checkpoint and write a proof bundle
     /// (with no options: the embedded default suite against its committed dumps).
     Run(cli::run::RunArgs),
-    /// One checkpoint in depth: every metric, the worst elements, a histogram, made here or inherited.
+    /// One checkpoint in depth: every metric, the worst elements, a histogram, made here or inherited (by replay).
     Diff(cli::diff::DiffArgs),
+    /// Every layer run on each reference's own input to it: each layer's own error, apart from the inherited.
+    Replay(cli::replay::ReplayArgs),
     /// The first checkpoint, in forward order, that fails, and the last that passes.
     Bisect(cli::bisect::BisectArgs),
     /// Make a suite's reference dumps (the truth first) into its dumps folder, reusing the dump cache.
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(args, &root, started),
         Command::Diff(args) => cli::diff::run(args, &root),
         Command::Bisect(args) => cli::bisect::run(args, &root),
+        Command::Replay(args) => cli::replay::run(args, &root),
         Command::Calibrate(args) => cli::calibrate::run(args, &root),
         Command::Dumps(args) => cli::dumps::run(args, &root),
         Command::Verify { bundle, public_key } => cli::merge::verify(&bundle, public_key.as_deref()),
