@@ -111,11 +111,16 @@ impl Config {
 
     /// The relative size of the noise the planted Perturb fault adds to layer `l`'s block output.
     pub fn perturbation(&self, l: usize) -> Option<f32> {
-        if !cfg!(feature = "fault-injection") {
-            return None;
-        }
         self.faults.iter().find_map(|f| match *f {
-            Fault::Perturb { layer, rel } if layer == l => Some(rel),
+            Fault::Perturb { layer, rel } if cfg!(feature = "fault-injection") && layer == l => Some(rel),
+            _ => None,
+        })
+    }
+
+    /// The relative size of the noise the planted PerturbFfn fault adds to layer `l`'s FFN output.
+    pub fn ffn_perturbation(&self, l: usize) -> Option<f32> {
+        self.faults.iter().find_map(|f| match *f {
+            Fault::PerturbFfn { layer, rel } if cfg!(feature = "fault-injection") && layer == l => Some(rel),
             _ => None,
         })
     }
@@ -287,7 +292,7 @@ mod tests {
     fn a_bad_plant_spec_is_refused_with_the_reason() {
         let err = |s: &str| s.parse::<Fault>().unwrap_err();
         assert!(err("gelu").starts_with("unknown plant \"gelu\" (known: norm-eps, "), "{}", err("gelu"));
-        assert!(err("gelu").ends_with("perturb:LAYER:REL, norm-eps-at:LAYER:TIMES)"));
+        assert!(err("gelu").ends_with("perturb:LAYER:REL, perturb-ffn:LAYER:REL, norm-eps-at:LAYER:TIMES)"));
         assert!(err("norm-eps-at:17").contains("needs a layer and a number"));
         assert!(err("norm-eps-at:17:0").contains("above 0"));
         assert!(err("perturb:3").contains("needs a layer and a relative size"));

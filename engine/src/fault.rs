@@ -42,6 +42,8 @@ pub enum Fault {
     Perturb { layer: usize, rel: f32 },
     /// Layer `layer`'s two norms use `times` the model's epsilon (a per-layer setting misread).
     NormEpsilonAt { layer: usize, times: f32 },
+    /// [`Fault::Perturb`]'s noise on layer `layer`'s FFN output, before the residual add.
+    PerturbFfn { layer: usize, rel: f32 },
 }
 
 impl Fault {
@@ -78,6 +80,10 @@ impl std::str::FromStr for Fault {
             let (layer, times) = layer_and_number(spec, args)?;
             return Ok(Fault::NormEpsilonAt { layer, times });
         }
+        if let Some(args) = spec.strip_prefix("perturb-ffn:") {
+            let (layer, rel) = layer_and_number(spec, args)?;
+            return Ok(Fault::PerturbFfn { layer, rel });
+        }
         if let Some(args) = spec.strip_prefix("perturb:") {
             let (layer, rel) =
                 args.split_once(':').ok_or_else(|| format!("plant {spec:?}: perturb needs a layer and a relative size (perturb:3:1e-4)"))?;
@@ -89,7 +95,7 @@ impl std::str::FromStr for Fault {
             return Ok(Fault::Perturb { layer, rel });
         }
         let known: Vec<&str> = Fault::SPECS.iter().map(|(name, _)| *name).collect();
-        Err(format!("unknown plant {spec:?} (known: {}, perturb:LAYER:REL, norm-eps-at:LAYER:TIMES)", known.join(", ")))
+        Err(format!("unknown plant {spec:?} (known: {}, perturb:LAYER:REL, perturb-ffn:LAYER:REL, norm-eps-at:LAYER:TIMES)", known.join(", ")))
     }
 }
 
@@ -110,6 +116,7 @@ impl std::fmt::Display for Fault {
         match self {
             Fault::Perturb { layer, rel } => write!(f, "perturb:{layer}:{rel:e}"),
             Fault::NormEpsilonAt { layer, times } => write!(f, "norm-eps-at:{layer}:{times}"),
+            Fault::PerturbFfn { layer, rel } => write!(f, "perturb-ffn:{layer}:{rel:e}"),
             other => f.write_str(Fault::SPECS.iter().find(|(_, x)| x == other).map_or("?", |(name, _)| name)),
         }
     }

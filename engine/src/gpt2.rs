@@ -5,7 +5,7 @@
 //! the loader transposes HF's Conv1D `[in, out]` weights onto them.
 
 use crate::attention::{attend, KvCache};
-use crate::block::{matmul, perturb, record_cache, residual};
+use crate::block::{matmul, perturb, perturb_ffn, record_cache, residual};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fault::Fault;
@@ -182,7 +182,8 @@ impl Block {
         } else {
             ops::map_in_place(&mut up, ops::gelu_tanh);
         }
-        let ffn_out = self.ffn_down.forward(&up, n);
+        let mut ffn_out = self.ffn_down.forward(&up, n);
+        perturb_ffn(&mut ffn_out, cfg, l, pos0);
         taps.record(Tap::FfnOut, layer, || TapValue::f32(&[n, d], ffn_out.clone()));
         residual(x, &ffn_out, cfg);
         perturb(x, cfg, l, pos0);

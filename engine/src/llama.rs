@@ -4,7 +4,7 @@
 //! layouts (HF safetensors) onto them.
 
 use crate::attention::{attend, KvCache};
-use crate::block::{matmul, perturb, record_cache, residual};
+use crate::block::{matmul, perturb, perturb_ffn, record_cache, residual};
 use crate::config::Config;
 use crate::error::Result;
 use crate::fault::Fault;
@@ -158,7 +158,8 @@ impl Block {
         let up = matmul(&self.w_up, &h, n);
         ops::map_in_place(&mut gate, ops::silu);
         ops::mul_in_place(&mut gate, &up);
-        let ffn_out = matmul(&self.w_down, &gate, n);
+        let mut ffn_out = matmul(&self.w_down, &gate, n);
+        perturb_ffn(&mut ffn_out, cfg, l, pos0);
         taps.record(Tap::FfnOut, layer, || TapValue::f32(&[n, d], ffn_out.clone()));
         residual(x, &ffn_out, cfg);
         perturb(x, cfg, l, pos0);

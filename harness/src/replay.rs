@@ -7,9 +7,11 @@
 //! inputs, so their one-layer rounding is measured only where their inputs already agree: layer 0,
 //! fed the same embedding rows. A replayed tensor's floor is the plain run's floor of the same
 //! tensor in layer 0, and never more than the plain run's floor at its own layer (which holds the
-//! layer's own rounding plus the inherited). The engine's own error against the truth passes at
-//! [`noise::K`] times it (plus [`noise::FLOOR`]); against an f32 reference, whose own one-layer
-//! rounding is up to one floor, at that allowance beyond one floor. Without a truth, or against a
+//! layer's own rounding plus the inherited). `block_out` is the residual sum, mostly the exact
+//! input deep in a model, so layer 0's is no measure of it: its floor is that of its two terms,
+//! `attn_out` and `ffn_out` (each by the rule above), carried into its scale. The engine's own error against the truth passes at
+//! [`noise::K`] times it (plus [`noise::FLOOR`]); against an f32 reference, at that allowance
+//! beyond the reference's own distance from the truth there (which holds its one-layer rounding). Without a truth, or against a
 //! reference judged in a lower-precision class, the pooled tolerances judge as in a plain run.
 
 use crate::catalog::Entry;
@@ -115,12 +117,16 @@ pub fn replay_case(model: &Model, run: &CaseRun, entries: &[Entry], spec: &Spec,
         let mut cells = Vec::with_capacity(entries.len());
         for entry in &entries {
             let theirs = side.dump.get(&entry.key)?;
-            let floor = floors.one_layer(entry)?;
+            let floor = floors.one_layer(entry.layer.unwrap_or(0), &entry.tensor)?;
             let mine = replayed.get(&entry.key);
             let own = match &floor {
                 Some((floor, scale)) if side.role == Role::Truth || side.class == Class::F32 => {
-                    // An f32 reference's own one-layer rounding is up to one floor from the truth.
-                    let offset = (side.role == Role::Reference).then_some(floor.noise);
+                    // An f32 reference's own one-layer rounding is at most its whole distance from
+                    // the truth there (own plus inherited): the offset a plain run allows it too.
+                    let offset = match side.role {
+                        Role::Reference => Some(floors.distance(side.dump, &entry.key)?.unwrap_or(floor.noise)),
+                        _ => None,
+                    };
                     compare::check_with(entry, mine, &theirs, spec, Class::F32, Some(NoiseBound { floor, scale: *scale, offset }), Tokens::unknown())
                 }
                 _ => compare::check(entry, mine, &theirs, spec, side.class, Tokens::unknown()),
@@ -145,6 +151,13 @@ struct Floors<'a> {
 }
 
 impl Floors<'_> {
+    /// `dump`'s distance from the truth at `key`, when both hold it.
+    fn distance(&self, dump: &Dump, key: &str) -> Result<Option<Distance>, DumpError> {
+        let Some(truth) = self.truth else { return Ok(None) };
+        let (Lookup::Tensor(truth), Lookup::Tensor(theirs)) = (truth.get(key)?, dump.get(key)?) else { return Ok(None) };
+        Ok(measure(&theirs, &truth).map(|(d, _)| d))
+    }
+
     /// The plain run's floor of `key` (the f32 references' largest distance from the truth) and
     /// the truth's scale; `None` without a truth or an f32 reference that has the tensor.
     fn accumulated(&self, key: &str) -> Result<Option<(Distance, Scale)>, DumpError> {
@@ -160,14 +173,30 @@ impl Floors<'_> {
         Ok(worst)
     }
 
-    /// `entry`'s one-layer floor: its tensor's floor in layer 0, at most its own accumulated one.
-    fn one_layer(&self, entry: &Entry) -> Result<Option<(Floor, Scale)>, DumpError> {
-        let Some((here, scale)) = self.accumulated(&entry.key)? else { return Ok(None) };
-        let noise = match self.accumulated(&format!("blk.0.{}", entry.tensor))? {
-            Some((first, _)) => Distance { rms: first.rms.min(here.rms), max: first.max.min(here.max) },
-            None => here,
+    /// The one-layer floor of `tensor` in `layer`, and the truth's scale there: the tensor's floor
+    /// in layer 0, at most its accumulated one; for `block_out`, the residual sum, the floors of
+    /// its two terms carried into its scale instead (see the module doc).
+    fn one_layer(&self, layer: usize, tensor: &str) -> Result<Option<(Floor, Scale)>, DumpError> {
+        let Some((here, scale)) = self.accumulated(&format!("blk.{layer}.{tensor}"))? else { return Ok(None) };
+        let from_layer_0 = if TensorName::BlockOut.is(tensor) {
+            self.of_terms(layer, scale)?
+        } else {
+            self.accumulated(&format!("blk.0.{tensor}"))?.map(|(first, _)| first)
         };
+        let noise = from_layer_0.map_or(here, |d| Distance { rms: d.rms.min(here.rms), max: d.max.min(here.max) });
         Ok(Some((Floor { noise, by: Vec::new() }, scale)))
+    }
+
+    /// `block_out = input + attn_out + ffn_out` on an exact input: its one-layer error is at most
+    /// its two terms' (each at its one-layer floor, in absolute size), relative to its own scale.
+    fn of_terms(&self, layer: usize, scale: Scale) -> Result<Option<Distance>, DumpError> {
+        let mut sum = Distance::ZERO;
+        for term in [TensorName::AttnOut, TensorName::FfnOut] {
+            let Some((floor, s)) = self.one_layer(layer, term.as_str())? else { return Ok(None) };
+            sum.rms += floor.noise.rms * s.energy.sqrt();
+            sum.max += floor.noise.max * s.peak;
+        }
+        Ok(Some(Distance { rms: sum.rms / scale.energy.sqrt(), max: sum.max / scale.peak }))
     }
 }
 

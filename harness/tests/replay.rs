@@ -100,3 +100,13 @@ fn a_layer_out_of_range_is_refused() {
     assert_eq!(err, "layer 2 does not exist: the model has layers 0..2");
     assert_eq!(replay::layers(&model, Some(1)).unwrap(), vec![1]);
 }
+
+#[test]
+fn noise_on_one_layers_ffn_output_is_named_there_and_nowhere_else() {
+    let r = replayed(Some(Fault::PerturbFfn { layer: 1, rel: 1e-4 }));
+    let (_, cell) = r.place_to_look().expect("the plant is found");
+    assert_eq!(cell.own.key, "blk.1.ffn_out");
+    let truth = r.sides.iter().find(|s| s.reference == "pytorch-f64").unwrap();
+    let failing: Vec<&str> = truth.cells.iter().filter(|c| c.own.status.is_failure()).map(|c| c.own.key.as_str()).collect();
+    assert!(failing.iter().all(|k| k.starts_with("blk.1.ffn_out") || *k == "blk.1.block_out"), "{failing:?}");
+}

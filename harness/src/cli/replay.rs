@@ -112,7 +112,8 @@ fn print_table(side: &SideReplay) {
         }
     }
     let in_floors = side.cells.iter().all(|c| c.floor_rms.is_some());
-    let unit = if in_floors { "one-layer noise floors (relative RMS)" } else { "relative RMS (no truth: no floor)" };
+    let unit =
+        if in_floors { "one-layer noise floors (relative RMS; a floor under 2^-20 counts as 2^-20)" } else { "relative RMS (no truth: no floor)" };
     println!("  against {}: own error (replay) / inherited error (plain run), in {unit}", side.reference);
     let width = if in_floors { 11 } else { 19 };
     print!("  {:>5}", "layer");
