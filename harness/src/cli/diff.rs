@@ -21,7 +21,7 @@ pub struct DiffArgs {
     /// The layer, for per-layer checkpoints (default 0).
     #[arg(long, default_value_t = 0)]
     pub layer: usize,
-    /// The reference to compare with (default: the case's first).
+    /// The reference (or the truth) to compare with (default: the case's first reference).
     #[arg(long = "ref")]
     pub reference: Option<String>,
     /// How many of the worst elements to list.
@@ -36,7 +36,7 @@ pub fn run(args: DiffArgs, root: &Path) -> Result<i32> {
     let (results, runs) = loaded.run("diff", None)?;
     let run = runs.first().context("the selection holds no case")?;
     let reference = args.reference.clone().or_else(|| run.case.refs.first().cloned()).context("the case has no reference")?;
-    let dump = match run.dumps.iter().find(|(r, _)| *r == reference) {
+    let dump = match run.dumps.iter().chain(&run.truth).find(|(r, _)| *r == reference) {
         Some((_, Ok(d))) => d,
         Some((_, Err(e))) => bail!("{reference}: {e}"),
         None => bail!("{reference} is not a reference of {} (it has {:?})", run.case.model.id, run.case.refs),
