@@ -5,6 +5,7 @@
 
 use crate::confidence::{glance, Confidence, GLANCE_COLUMNS, GLANCE_NOTE, RULE};
 use crate::markdown::{agreeing_text, cell_summary, noise_summary, thin_text};
+use crate::replay::CaseReplay;
 use crate::results::{CheckResult, Judgement, RunResults, STEP_METRIC};
 use crate::summary::{self, keys_summary, status_name, Subject, Verdict};
 use crate::vocab::{Metric, Op};
@@ -17,6 +18,12 @@ const CSS: &str = include_str!("../templates/report.css");
 const COLORS: [&str; 6] = ["#1f6feb", "#d97706", "#15803d", "#9333ea", "#b42318", "#0891b2"];
 
 pub fn render(run: &RunResults) -> String {
+    render_with(run, &[])
+}
+
+/// [`render`], with what `parity replay` found for its cases: each map cell's panel then shows
+/// the layer's own error beside the inherited.
+pub fn render_with(run: &RunResults, replays: &[CaseReplay]) -> String {
     let verdict = Verdict::of(run);
     let c = Confidence::of(run);
     let mut o = String::new();
@@ -63,7 +70,7 @@ pub fn render(run: &RunResults) -> String {
     let mut next_id = 0;
     for subject in summary::subjects(run) {
         subject_section(&mut o, &subject);
-        heatmap::maps(&mut o, &subject, &mut next_id);
+        heatmap::maps(&mut o, &subject, replays, &mut next_id);
     }
     o += "</body>\n</html>\n";
     o

@@ -23,6 +23,9 @@ pub struct ReplayArgs {
     /// `text`, or `json` (every side's cells, for scripts and report.html).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub format: String,
+    /// Also write report.html of the run, its map panels showing each layer's own error.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub plant: super::plant::PlantArgs,
 }
@@ -52,6 +55,9 @@ pub fn run(args: ReplayArgs, root: &Path) -> Result<i32> {
         if !replays.iter().flat_map(|r| &r.sides).any(|s| &s.reference == name) {
             bail!("--ref {name}: no case has a readable dump of it");
         }
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, reports::html::render_with(&results, &replays)).with_context(|| format!("writing {}", path.display()))?;
     }
     if args.format == "json" {
         println!("{}", serde_json::to_string_pretty(&replays)?);
