@@ -9,10 +9,11 @@
 //! tensor in layer 0, and never more than the plain run's floor at its own layer (which holds the
 //! layer's own rounding plus the inherited). `block_out` is the residual sum, mostly the exact
 //! input deep in a model, so layer 0's is no measure of it: its floor is that of its two terms,
-//! `attn_out` and `ffn_out` (each by the rule above), carried into its scale. The engine's own error against the truth passes at
-//! [`noise::K`] times it (plus [`noise::FLOOR`]); against an f32 reference, at that allowance
-//! beyond the reference's own distance from the truth there (which holds its one-layer rounding). Without a truth, or against a
-//! reference judged in a lower-precision class, the pooled tolerances judge as in a plain run.
+//! `attn_out` and `ffn_out` (each by the rule above), carried into its scale. The engine's own
+//! error against the truth passes at [`crate::noise::K`] times it (plus [`crate::noise::FLOOR`]);
+//! against an f32 reference, at that allowance beyond the reference's own distance from the truth
+//! there (which holds its one-layer rounding). Without a truth, or against a reference judged in a
+//! lower-precision class, the pooled tolerances judge as in a plain run.
 
 use crate::catalog::Entry;
 use crate::compare::{self, NoiseBound, Tokens};
