@@ -110,3 +110,15 @@ fn noise_on_one_layers_ffn_output_is_named_there_and_nowhere_else() {
     let failing: Vec<&str> = truth.cells.iter().filter(|c| c.own.status.is_failure()).map(|c| c.own.key.as_str()).collect();
     assert!(failing.iter().all(|k| k.starts_with("blk.1.ffn_out") || *k == "blk.1.block_out"), "{failing:?}");
 }
+
+#[test]
+fn noise_on_one_layers_output_is_named_at_that_block_out_and_the_next_layer_is_clean() {
+    // The next layer inherits the noise (the plain run fails there too); replayed on the
+    // references' own inputs it is clean, so the place to look is the block output itself.
+    let r = replayed(Some(Fault::Perturb { layer: 0, rel: 1e-4 }));
+    let (_, cell) = r.place_to_look().expect("the plant is found");
+    assert_eq!(cell.own.key, "blk.0.block_out");
+    let truth = r.sides.iter().find(|s| s.reference == "pytorch-f64").unwrap();
+    assert!(truth.cells.iter().filter(|c| c.own.layer == Some(1)).all(|c| !c.own.status.is_failure()));
+    assert!(truth.cells.iter().any(|c| c.own.layer == Some(1) && c.inherited_rms > Some(1e-5)), "layer 1 inherits the noise");
+}
