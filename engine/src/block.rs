@@ -9,6 +9,14 @@ use crate::sampling::splitmix64;
 use crate::tap::{Tap, TapValue, Taps};
 use crate::tensor::QTensor;
 
+/// The planted PerturbFfn fault: layer `l`'s FFN output (rows at positions `pos0..`) plus noise.
+pub(crate) fn perturb_ffn(ffn_out: &mut [f32], cfg: &Config, l: usize, pos0: usize) {
+    if let Some(rel) = cfg.ffn_perturbation(l) {
+        // Another noise stream than the block output's (a layer index no model reaches).
+        add_noise(ffn_out, cfg.d_model, rel, l | 1 << 15, pos0);
+    }
+}
+
 /// The FFN's residual connection `x += ffn_out` (or the planted bug that drops it).
 pub(crate) fn residual(x: &mut [f32], ffn_out: &[f32], cfg: &Config) {
     if cfg.has_fault(Fault::DroppedFfnResidual) {

@@ -99,13 +99,28 @@ impl Config {
         Heads { n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim, scale, faults }
     }
 
+    /// Layer `l`'s normalisation epsilon: [`Config::eps`], times the planted NormEpsilonAt factor
+    /// in that one layer.
+    pub fn layer_eps(&self, l: usize) -> f32 {
+        let times = self.faults.iter().find_map(|f| match *f {
+            Fault::NormEpsilonAt { layer, times } if cfg!(feature = "fault-injection") && layer == l => Some(times),
+            _ => None,
+        });
+        self.eps() * times.unwrap_or(1.0)
+    }
+
     /// The relative size of the noise the planted Perturb fault adds to layer `l`'s block output.
     pub fn perturbation(&self, l: usize) -> Option<f32> {
-        if !cfg!(feature = "fault-injection") {
-            return None;
-        }
         self.faults.iter().find_map(|f| match *f {
-            Fault::Perturb { layer, rel } if layer == l => Some(rel),
+            Fault::Perturb { layer, rel } if cfg!(feature = "fault-injection") && layer == l => Some(rel),
+            _ => None,
+        })
+    }
+
+    /// The relative size of the noise the planted PerturbFfn fault adds to layer `l`'s FFN output.
+    pub fn ffn_perturbation(&self, l: usize) -> Option<f32> {
+        self.faults.iter().find_map(|f| match *f {
+            Fault::PerturbFfn { layer, rel } if cfg!(feature = "fault-injection") && layer == l => Some(rel),
             _ => None,
         })
     }
@@ -258,13 +273,28 @@ mod tests {
         assert_eq!("perturb:3:0.0001".parse::<Fault>(), Ok(perturb));
         assert_eq!(perturb.to_string(), "perturb:3:1e-4");
         assert_eq!(perturb.to_string().parse::<Fault>(), Ok(perturb));
+        let eps = Fault::NormEpsilonAt { layer: 17, times: 10.0 };
+        assert_eq!("norm-eps-at:17:10".parse::<Fault>(), Ok(eps));
+        assert_eq!(eps.to_string().parse::<Fault>(), Ok(eps));
+    }
+
+    #[test]
+    fn a_per_layer_epsilon_plant_changes_that_layer_only() {
+        let mut c =
+            Config::from_hf(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/models/tiny-llama/hf/config.json"))).unwrap();
+        let eps = c.eps();
+        c.faults.push(Fault::NormEpsilonAt { layer: 1, times: 100.0 });
+        assert_eq!((c.layer_eps(0), c.layer_eps(2)), (eps, eps));
+        assert_eq!(c.layer_eps(1), if cfg!(feature = "fault-injection") { eps * 100.0 } else { eps });
     }
 
     #[test]
     fn a_bad_plant_spec_is_refused_with_the_reason() {
         let err = |s: &str| s.parse::<Fault>().unwrap_err();
         assert!(err("gelu").starts_with("unknown plant \"gelu\" (known: norm-eps, "), "{}", err("gelu"));
-        assert!(err("gelu").ends_with("perturb:LAYER:REL)"));
+        assert!(err("gelu").ends_with("perturb:LAYER:REL, perturb-ffn:LAYER:REL, norm-eps-at:LAYER:TIMES)"));
+        assert!(err("norm-eps-at:17").contains("needs a layer and a number"));
+        assert!(err("norm-eps-at:17:0").contains("above 0"));
         assert!(err("perturb:3").contains("needs a layer and a relative size"));
         assert!(err("perturb:x:1e-4").contains("not a whole number"));
         assert!(err("perturb:3:big").contains("not a number"));

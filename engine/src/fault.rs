@@ -40,10 +40,15 @@ pub enum Fault {
     /// Deterministic noise (zero mean, unit variance per element) times `rel` times each row's
     /// RMS, added to layer `layer`'s block output in prefill and decode.
     Perturb { layer: usize, rel: f32 },
+    /// Layer `layer`'s two norms use `times` the model's epsilon (a per-layer setting misread).
+    NormEpsilonAt { layer: usize, times: f32 },
+    /// [`Fault::Perturb`]'s noise on layer `layer`'s FFN output, before the residual add.
+    PerturbFfn { layer: usize, rel: f32 },
 }
 
 impl Fault {
-    /// The command-line names of the faults without parameters; `perturb:LAYER:REL` besides.
+    /// The command-line names of the faults without parameters; `perturb:LAYER:REL` and
+    /// `norm-eps-at:LAYER:TIMES` besides.
     pub const SPECS: [(&'static str, Fault); 15] = [
         ("norm-eps", Fault::NormEpsilon),
         ("rope-pairing", Fault::RopePairing),
@@ -71,6 +76,14 @@ impl std::str::FromStr for Fault {
         if let Some(&(_, fault)) = Fault::SPECS.iter().find(|(name, _)| *name == spec) {
             return Ok(fault);
         }
+        if let Some(args) = spec.strip_prefix("norm-eps-at:") {
+            let (layer, times) = layer_and_number(spec, args)?;
+            return Ok(Fault::NormEpsilonAt { layer, times });
+        }
+        if let Some(args) = spec.strip_prefix("perturb-ffn:") {
+            let (layer, rel) = layer_and_number(spec, args)?;
+            return Ok(Fault::PerturbFfn { layer, rel });
+        }
         if let Some(args) = spec.strip_prefix("perturb:") {
             let (layer, rel) =
                 args.split_once(':').ok_or_else(|| format!("plant {spec:?}: perturb needs a layer and a relative size (perturb:3:1e-4)"))?;
@@ -82,8 +95,19 @@ impl std::str::FromStr for Fault {
             return Ok(Fault::Perturb { layer, rel });
         }
         let known: Vec<&str> = Fault::SPECS.iter().map(|(name, _)| *name).collect();
-        Err(format!("unknown plant {spec:?} (known: {}, perturb:LAYER:REL)", known.join(", ")))
+        Err(format!("unknown plant {spec:?} (known: {}, perturb:LAYER:REL, perturb-ffn:LAYER:REL, norm-eps-at:LAYER:TIMES)", known.join(", ")))
     }
+}
+
+/// `LAYER:X` of a parameterised plant: a whole layer number and a finite number above 0.
+fn layer_and_number(spec: &str, args: &str) -> Result<(usize, f32), String> {
+    let (layer, x) = args.split_once(':').ok_or_else(|| format!("plant {spec:?}: needs a layer and a number (norm-eps-at:17:10)"))?;
+    let layer = layer.parse().map_err(|_| format!("plant {spec:?}: layer {layer:?} is not a whole number"))?;
+    let x: f32 = x.parse().map_err(|_| format!("plant {spec:?}: {x:?} is not a number"))?;
+    if !(x.is_finite() && x > 0.0) {
+        return Err(format!("plant {spec:?}: the number must be finite and above 0"));
+    }
+    Ok((layer, x))
 }
 
 impl std::fmt::Display for Fault {
@@ -91,6 +115,8 @@ impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Fault::Perturb { layer, rel } => write!(f, "perturb:{layer}:{rel:e}"),
+            Fault::NormEpsilonAt { layer, times } => write!(f, "norm-eps-at:{layer}:{times}"),
+            Fault::PerturbFfn { layer, rel } => write!(f, "perturb-ffn:{layer}:{rel:e}"),
             other => f.write_str(Fault::SPECS.iter().find(|(_, x)| x == other).map_or("?", |(name, _)| name)),
         }
     }

@@ -5,7 +5,7 @@
 //! the loader transposes HF's Conv1D `[in, out]` weights onto them.
 
 use crate::attention::{attend, KvCache};
-use crate::block::{matmul, perturb, record_cache, residual};
+use crate::block::{matmul, perturb, perturb_ffn, record_cache, residual};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fault::Fault;
@@ -125,8 +125,8 @@ impl Gpt2 {
         }
         taps.record(Tap::Embed, None, || TapValue::f32(&[n, d], x.clone()));
 
-        for (l, block) in self.blocks.iter().enumerate() {
-            block.forward(l, &mut x, cache, &self.config, taps);
+        for l in 0..self.blocks.len() {
+            self.forward_layer(l, &mut x, cache, taps);
         }
         cache.advance(n);
 
@@ -137,6 +137,12 @@ impl Gpt2 {
         self.output.matmul(rows, rows.len() / d, &mut logits);
         logits
     }
+
+    /// Layer `l` alone on the rows `x` (positions `cache.len()..`), in place: what [`Gpt2::forward`]
+    /// runs for each layer, storing into the cache without advancing it.
+    pub fn forward_layer(&self, l: usize, x: &mut [f32], cache: &mut KvCache, taps: &mut Taps) {
+        self.blocks[l].forward(l, x, cache, &self.config, taps);
+    }
 }
 
 impl Block {
@@ -146,7 +152,7 @@ impl Block {
         let layer = Some(l);
         let pos0 = cache.len();
 
-        let h = self.attn_norm.forward(x, cfg.eps());
+        let h = self.attn_norm.forward(x, cfg.layer_eps(l));
         taps.record(Tap::AttnNorm, layer, || TapValue::f32(&[n, d], h.clone()));
 
         let qkv = self.qkv.forward(&h, n);
@@ -167,7 +173,7 @@ impl Block {
         taps.record(Tap::AttnOut, layer, || TapValue::f32(&[n, d], attn_out.clone()));
         ops::add_in_place(x, &attn_out);
 
-        let h = self.ffn_norm.forward(x, cfg.eps());
+        let h = self.ffn_norm.forward(x, cfg.layer_eps(l));
         taps.record(Tap::FfnNorm, layer, || TapValue::f32(&[n, d], h.clone()));
         let mut up = self.ffn_up.forward(&h, n);
         // The planted GeluErf fault: the exact GELU where GPT-2 was trained with the tanh form.
@@ -176,7 +182,8 @@ impl Block {
         } else {
             ops::map_in_place(&mut up, ops::gelu_tanh);
         }
-        let ffn_out = self.ffn_down.forward(&up, n);
+        let mut ffn_out = self.ffn_down.forward(&up, n);
+        perturb_ffn(&mut ffn_out, cfg, l, pos0);
         taps.record(Tap::FfnOut, layer, || TapValue::f32(&[n, d], ffn_out.clone()));
         residual(x, &ffn_out, cfg);
         perturb(x, cfg, l, pos0);

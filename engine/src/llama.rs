@@ -4,7 +4,7 @@
 //! layouts (HF safetensors) onto them.
 
 use crate::attention::{attend, KvCache};
-use crate::block::{matmul, perturb, record_cache, residual};
+use crate::block::{matmul, perturb, perturb_ffn, record_cache, residual};
 use crate::config::Config;
 use crate::error::Result;
 use crate::fault::Fault;
@@ -90,10 +90,8 @@ impl Llama {
         }
         taps.record(Tap::Embed, None, || TapValue::f32(&[n, d], x.clone()));
 
-        let rope = self.config.rope();
-        for (l, block) in self.blocks.iter().enumerate() {
-            let own = self.config.layer_rope(l);
-            block.forward(l, &mut x, cache, &self.config, own.as_ref().unwrap_or(&rope), taps);
+        for l in 0..self.blocks.len() {
+            self.forward_layer(l, &mut x, cache, taps);
         }
         cache.advance(n);
 
@@ -103,6 +101,13 @@ impl Llama {
         let mut logits = vec![0.0f32; rows.len() / d * self.config.vocab_size];
         self.output.matmul(rows, rows.len() / d, &mut logits);
         logits
+    }
+
+    /// Layer `l` alone on the rows `x` (positions `cache.len()..`), in place: what [`Llama::forward`]
+    /// runs for each layer, storing into the cache without advancing it.
+    pub fn forward_layer(&self, l: usize, x: &mut [f32], cache: &mut KvCache, taps: &mut Taps) {
+        let rope = self.config.layer_rope(l).unwrap_or_else(|| self.config.rope());
+        self.blocks[l].forward(l, x, cache, &self.config, &rope, taps);
     }
 }
 
@@ -118,7 +123,7 @@ impl Block {
             RopeLayout::HalfSplit => v.to_vec(),
         };
 
-        let h = ops::rms_norm(x, &self.attn_norm, cfg.eps());
+        let h = ops::rms_norm(x, &self.attn_norm, cfg.layer_eps(l));
         taps.record(Tap::AttnNorm, layer, || TapValue::f32(&[n, d], h.clone()));
 
         let mut q = matmul(&self.wq, &h, n);
@@ -147,13 +152,14 @@ impl Block {
         taps.record(Tap::AttnOut, layer, || TapValue::f32(&[n, d], attn_out.clone()));
         ops::add_in_place(x, &attn_out);
 
-        let h = ops::rms_norm(x, &self.ffn_norm, cfg.eps());
+        let h = ops::rms_norm(x, &self.ffn_norm, cfg.layer_eps(l));
         taps.record(Tap::FfnNorm, layer, || TapValue::f32(&[n, d], h.clone()));
         let mut gate = matmul(&self.w_gate, &h, n);
         let up = matmul(&self.w_up, &h, n);
         ops::map_in_place(&mut gate, ops::silu);
         ops::mul_in_place(&mut gate, &up);
-        let ffn_out = matmul(&self.w_down, &gate, n);
+        let mut ffn_out = matmul(&self.w_down, &gate, n);
+        perturb_ffn(&mut ffn_out, cfg, l, pos0);
         taps.record(Tap::FfnOut, layer, || TapValue::f32(&[n, d], ffn_out.clone()));
         residual(x, &ffn_out, cfg);
         perturb(x, cfg, l, pos0);

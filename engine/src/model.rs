@@ -129,6 +129,30 @@ impl Model {
         })
     }
 
+    /// Layer `l` alone on `input` (`[T, d_model]` row-major, positions `0..T`), as the full
+    /// forward pass runs it, with a fresh KV cache: its checkpoints shown to `taps`, its block
+    /// output returned. What `parity replay` feeds a reference's own input to.
+    pub fn forward_layer(&self, l: usize, input: &[f32], taps: &mut Taps) -> Result<Vec<f32>> {
+        let c = self.config();
+        if l >= c.n_layers {
+            return Err(Error::Config(format!("layer {l} does not exist (the model has layers 0..{})", c.n_layers)));
+        }
+        if input.is_empty() || !input.len().is_multiple_of(c.d_model) {
+            return Err(Error::Config(format!("a layer input of {} values is not whole rows of d_model {}", input.len(), c.d_model)));
+        }
+        let rows = input.len() / c.d_model;
+        if rows > c.context {
+            return Err(Error::ContextOverflow { tokens: rows, generate: 0, context: c.context });
+        }
+        let mut cache = self.new_cache(rows);
+        let mut x = input.to_vec();
+        match &self.net {
+            Net::Llama(m) => m.forward_layer(l, &mut x, &mut cache, taps),
+            Net::Gpt2(m) => m.forward_layer(l, &mut x, &mut cache, taps),
+        }
+        Ok(x)
+    }
+
     /// Tokenizes `prompt` and checks that it and `n_generate` more tokens fit the context.
     pub fn prompt_tokens(&self, prompt: &str, n_generate: usize) -> Result<Vec<u32>> {
         let tokens = self.tokenizer.encode(prompt);

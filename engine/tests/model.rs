@@ -320,3 +320,36 @@ fn the_sampling_checkpoint_samples_the_given_logits_when_given_and_its_own_other
         Err(Error::Config(_))
     ));
 }
+
+#[test]
+fn layers_run_one_at_a_time_on_the_traced_inputs_repeat_the_traced_pass_bit_for_bit() {
+    // forward_layer is the same block code the full pass runs: fed the traced `embed` and each
+    // traced `block_out`, every layer's taps are the trace's own, exactly.
+    for rel in ["tiny-llama/model-f32.gguf", "tiny-gpt2/model-f32.gguf"] {
+        let model = load(rel);
+        let rec = trace(&model, 1);
+        for l in 0..model.config().n_layers {
+            let input = if l == 0 { "embed".to_string() } else { format!("blk.{}.block_out", l - 1) };
+            let mut one = Recorder::default();
+            let out = model.forward_layer(l, &f32_tensor(&rec, &input).1, &mut Taps::new(&mut one)).unwrap();
+            assert_eq!(out, f32_tensor(&rec, &format!("blk.{l}.block_out")).1, "{rel} layer {l}");
+            assert!(one.tensors.len() >= 10, "{rel} layer {l}: {:?}", one.tensors.keys());
+            for (key, value) in &one.tensors {
+                assert!(key.starts_with(&format!("blk.{l}.")), "{key}");
+                assert_eq!(Some(value), rec.tensors.get(key), "{rel} {key}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_layer_out_of_range_or_an_input_of_partial_rows_is_refused() {
+    let model = load("tiny-llama/model-f32.gguf");
+    let (n, d) = (model.config().n_layers, model.config().d_model);
+    let err = model.forward_layer(n, &vec![0.0; d], &mut Taps::none()).unwrap_err().to_string();
+    assert!(err.contains(&format!("layer {n} does not exist")), "{err}");
+    for bad in [0, d + 1] {
+        let err = model.forward_layer(0, &vec![0.0; bad], &mut Taps::none()).unwrap_err().to_string();
+        assert!(err.contains("not whole rows"), "{err}");
+    }
+}

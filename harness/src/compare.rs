@@ -548,36 +548,6 @@ pub fn histogram(errors: &[f64]) -> Histogram {
     h
 }
 
-/// Whether a checkpoint's error was made there or carried in from its input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
-    /// No error here.
-    Clean,
-    /// No larger than the input's error times [`INHERIT_GROWTH`]: the op propagated it.
-    Inherited,
-    /// Clean input, or an error more than [`INHERIT_GROWTH`] times the input's: the op added its own.
-    Introduced,
-}
-
-/// How much an op may amplify a relative error it was handed before we say it added its own.
-pub const INHERIT_GROWTH: f64 = 10.0;
-
-/// Classifies a checkpoint for bisect from two scale-free error measures of the same kind (e.g.
-/// nmse here and nmse of the checkpoint feeding it). A NaN here is introduced unless the input was
-/// NaN too.
-pub fn inherited(error_here: f64, error_of_input: f64) -> Origin {
-    if error_here.is_nan() {
-        return if error_of_input.is_nan() { Origin::Inherited } else { Origin::Introduced };
-    }
-    if error_here == 0.0 {
-        Origin::Clean
-    } else if error_of_input.is_nan() || (error_of_input > 0.0 && error_here <= error_of_input * INHERIT_GROWTH) {
-        Origin::Inherited
-    } else {
-        Origin::Introduced
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -804,15 +774,5 @@ mod tests {
         let h = histogram(&[0.0, 0.05, 0.01, -0.5, 2.0, f64::NAN, f64::INFINITY]);
         assert_eq!((h.exact, h.non_finite), (1, 2));
         assert_eq!(h.decades, BTreeMap::from([(-2, 2), (-1, 1), (0, 1)]));
-    }
-
-    #[test]
-    fn inheritance_separates_propagated_from_new_error() {
-        assert_eq!(inherited(0.0, 1e-6), Origin::Clean);
-        assert_eq!(inherited(1e-6, 0.0), Origin::Introduced);
-        assert_eq!(inherited(5e-6, 1e-6), Origin::Inherited);
-        assert_eq!(inherited(1e-4, 1e-6), Origin::Introduced);
-        assert_eq!(inherited(f64::NAN, 1e-6), Origin::Introduced);
-        assert_eq!(inherited(f64::NAN, f64::NAN), Origin::Inherited);
     }
 }

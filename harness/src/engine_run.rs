@@ -75,7 +75,8 @@ pub fn prefill_steps(model: &Model, prompt: &[u32], history: &[u32]) -> Result<T
     Ok(Tensor::f32(vec![history.len(), vocab], all[first..first + history.len() * vocab].to_vec()))
 }
 
-fn to_tensor(value: TapValue) -> Tensor {
+/// A tap's value as the harness's tensor.
+pub(crate) fn to_tensor(value: TapValue) -> Tensor {
     match value {
         TapValue::F32 { shape, data } => Tensor::f32(shape, data),
         TapValue::Ids(ids) => Tensor { shape: vec![ids.len()], values: Values::Ids(ids.into_iter().map(i64::from).collect()) },

@@ -19,6 +19,7 @@ pub mod noise;
 pub mod npy;
 pub mod pipeline;
 pub mod provenance;
+pub mod replay;
 pub mod sampling;
 pub mod spec;
 pub mod steps;

@@ -22,8 +22,10 @@ enum Command {
     /// write a proof bundle (with no options: the engine on the embedded default suite against its
     /// committed dumps).
     Run(cli::run::RunArgs),
-    /// One checkpoint in depth: every metric, the worst elements, a histogram, made here or inherited.
+    /// One checkpoint in depth: every metric, the worst elements, a histogram, made here or inherited (by replay).
     Diff(cli::diff::DiffArgs),
+    /// Every layer run on each reference's own input to it: each layer's own error, apart from the inherited.
+    Replay(cli::replay::ReplayArgs),
     /// The first checkpoint, in forward order, that fails, and the last that passes.
     Bisect(cli::bisect::BisectArgs),
     /// Check an outside engine's dumper against the dump contract on the fixture models (exit 0
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(args, &root, started),
         Command::Diff(args) => cli::diff::run(args, &root),
         Command::Bisect(args) => cli::bisect::run(args, &root),
+        Command::Replay(args) => cli::replay::run(args, &root),
         Command::Calibrate(args) => cli::calibrate::run(args, &root),
         Command::Dumps(args) => cli::dumps::run(args, &root),
         Command::Conform(args) => cli::conform::run(args, &root),

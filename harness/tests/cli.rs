@@ -470,3 +470,20 @@ fn conform_exits_3_when_the_dumper_cannot_run_and_2_without_a_dumper() {
     assert_one_line_error(&parity(&["conform"], &dir, "unused"), "--subject-cmd");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn replay_of_a_layer_out_of_range_or_on_a_dump_without_a_layer_input_is_exit_2() {
+    let proof = scratch("replay-bad-input");
+    let out = parity(&["replay", "--model", "tiny-llama-f32", "--prompt", "fox", "--layer", "7"], &proof, "replay-layer");
+    assert_one_line_error(&out, "layer 7 does not exist");
+    // The PyTorch dump without layer 1's input (blk.0.block_out): no replay of layer 1 on it.
+    let dumps = proof.join("dumps");
+    copy_dir(&root().join("fixtures/dumps/tiny-llama-f32/fox"), &dumps.join("tiny-llama-f32/fox"));
+    std::fs::remove_file(dumps.join("tiny-llama-f32/fox/pytorch/blk.0.block_out.npy")).unwrap();
+    let args = ["replay", "--model", "tiny-llama-f32", "--prompt", "fox", "--dumps", dumps.to_str().unwrap()];
+    assert_one_line_error(&parity(&args, &proof, "replay-missing"), "blk.0.block_out");
+    let clean = parity(&["replay", "--model", "tiny-llama-f32", "--prompt", "fox"], &proof, "replay-clean");
+    assert_eq!(clean.status.code(), Some(0), "{}", stderr(&clean));
+    assert!(stdout(&clean).contains("place to look: none"), "{}", stdout(&clean));
+    std::fs::remove_dir_all(&proof).unwrap();
+}

@@ -1,19 +1,29 @@
 //! report.html: the markdown report's content as one self-contained page (inline CSS, no external
 //! assets), plus per checkpoint and reference an inline SVG chart of the judged error metric against
-//! layer index on a log scale, so error growth through depth is visible. All text is HTML-escaped.
+//! layer index on a log scale, so error growth through depth is visible, and a clickable layer x
+//! checkpoint map of margins per side ([`heatmap`]). All text is HTML-escaped.
 
 use crate::confidence::{glance, Confidence, GLANCE_COLUMNS, GLANCE_NOTE, RULE};
 use crate::markdown::{agreeing_text, cell_summary, noise_summary, thin_text};
+use crate::replay::CaseReplay;
 use crate::results::{CheckResult, Judgement, RunResults, STEP_METRIC};
 use crate::summary::{self, keys_summary, status_name, Subject, Verdict};
 use crate::vocab::{Metric, Op};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+mod heatmap;
+
 const CSS: &str = include_str!("../templates/report.css");
 const COLORS: [&str; 6] = ["#1f6feb", "#d97706", "#15803d", "#9333ea", "#b42318", "#0891b2"];
 
 pub fn render(run: &RunResults) -> String {
+    render_with(run, &[])
+}
+
+/// [`render`], with what `parity replay` found for its cases: each map cell's panel then shows
+/// the layer's own error beside the inherited.
+pub fn render_with(run: &RunResults, replays: &[CaseReplay]) -> String {
     let verdict = Verdict::of(run);
     let c = Confidence::of(run);
     let mut o = String::new();
@@ -58,8 +68,10 @@ pub fn render(run: &RunResults) -> String {
         }
         o += "</ul>\n";
     }
+    let mut next_id = 0;
     for subject in summary::subjects(run) {
         subject_section(&mut o, &subject);
+        heatmap::maps(&mut o, &subject, replays, &mut next_id);
     }
     o += "</body>\n</html>\n";
     o

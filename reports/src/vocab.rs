@@ -298,6 +298,11 @@ vocabulary! {
         Tokens = "tokens",
         /// The embedding rows looked up for the prompt: a copy of weights, so references may share it bit for bit.
         Embed = "embed",
+        /// A layer's output: the next layer's input, which `parity replay` feeds it from a dump.
+        BlockOut = "block_out",
+        /// The two terms a layer adds to its input (its one-layer floor is theirs, in `parity replay`).
+        AttnOut = "attn_out",
+        FfnOut = "ffn_out",
         LastLogits = "last_logits",
         /// softmax(last_logits / temperature): a probability vector.
         Probs = "probs",

@@ -3,11 +3,12 @@
 use super::select::Selection;
 use anyhow::{bail, Context, Result};
 use harness::catalog::Entry;
-use harness::compare::{self, Origin};
+use harness::compare;
 use harness::dumps::{Dump, Lookup};
 use harness::pipeline::CaseRun;
+use harness::replay;
 use harness::tensor::{Tensor, Values};
-use reports::vocab::{Metric, TensorName};
+use reports::vocab::TensorName;
 use std::path::Path;
 
 #[derive(clap::Args, Debug)]
@@ -20,7 +21,7 @@ pub struct DiffArgs {
     /// The layer, for per-layer checkpoints (default 0).
     #[arg(long, default_value_t = 0)]
     pub layer: usize,
-    /// The reference to compare with (default: the case's first).
+    /// The reference (or the truth) to compare with (default: the case's first reference).
     #[arg(long = "ref")]
     pub reference: Option<String>,
     /// How many of the worst elements to list.
@@ -35,7 +36,7 @@ pub fn run(args: DiffArgs, root: &Path) -> Result<i32> {
     let (results, runs) = loaded.run("diff", None)?;
     let run = runs.first().context("the selection holds no case")?;
     let reference = args.reference.clone().or_else(|| run.case.refs.first().cloned()).context("the case has no reference")?;
-    let dump = match run.dumps.iter().find(|(r, _)| *r == reference) {
+    let dump = match run.dumps.iter().chain(&run.truth).find(|(r, _)| *r == reference) {
         Some((_, Ok(d))) => d,
         Some((_, Err(e))) => bail!("{reference}: {e}"),
         None => bail!("{reference} is not a reference of {} (it has {:?})", run.case.model.id, run.case.refs),
@@ -52,6 +53,10 @@ pub fn run(args: DiffArgs, root: &Path) -> Result<i32> {
     let subject = loaded.subject.name();
     println!("{} / {}: {subject} against {} ({})", run.case.model.id, run.case.prompt.id, reference, dump.manifest.version);
     let checks = results.cases.iter().filter(|c| c.reference == reference).flat_map(|c| &c.checks);
+    // Made here or inherited: the layer run on the reference's own input (parity replay).
+    let layers = if wanted.iter().any(|e| e.layer.is_some()) { replay::layers(&model, Some(args.layer))? } else { Vec::new() };
+    let replayed = replay::replay_case(&model, run, &entries, &loaded.spec, &layers)?;
+    let check_failed = |key: &str| checks.clone().any(|c| c.key == key && c.status.is_failure());
     for entry in wanted {
         println!();
         println!("== checkpoint {} {}: {}", entry.checkpoint_id, entry.checkpoint, entry.key);
@@ -88,17 +93,24 @@ pub fn run(args: DiffArgs, root: &Path) -> Result<i32> {
         for (decade, count) in &h.decades {
             println!("  [1e{decade}, 1e{}) {count:>8} {}", decade + 1, "#".repeat(((*count as f64).log2().max(0.0) as usize) + 1));
         }
-        match input_of(&entries, entry).and_then(|input| f32_pair(run, dump, &input.key).map(|p| (input, p))) {
-            Some((input, (ie, ir, _))) => {
-                let (here, before) = (metrics.get(&Metric::Nmse).copied().unwrap_or(f64::NAN), compare::f32_metrics(&ir, ie, false)[&Metric::Nmse]);
-                let verdict = match compare::inherited(here, before) {
-                    Origin::Clean => "no error here",
-                    Origin::Inherited => "inherited: no larger than its input's error allows",
-                    Origin::Introduced => "made here: larger than its input's error explains",
+        match entry.layer.and_then(|_| replayed.sides.iter().find(|s| s.reference == reference)?.cells.iter().find(|c| c.own.key == entry.key)) {
+            Some(cell) => {
+                let rms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3e}"));
+                let verdict = if cell.own.status.is_failure() {
+                    "made here: the layer's own error exceeds the noise"
+                } else if check_failed(&entry.key) {
+                    "inherited: the layer's own error is within the noise"
+                } else {
+                    "within the noise, own and inherited"
                 };
-                println!("origin: {verdict} (nmse {here:.3e} here, {before:.3e} at its input {})", input.key);
+                println!(
+                    "origin: {verdict} (relative RMS {} replayed on {reference}'s input to layer {}, {} in the plain run; parity replay shows every layer)",
+                    rms(cell.own_rms),
+                    args.layer,
+                    rms(cell.inherited_rms)
+                );
             }
-            None => println!("origin: no f32 input checkpoint before it"),
+            None => println!("origin: not a layer's checkpoint (parity replay covers the layers)"),
         }
     }
     Ok(0)
@@ -114,12 +126,6 @@ fn f32_pair<'a>(run: &'a CaseRun, dump: &Dump, key: &str) -> Option<(&'a [f32], 
         Values::F32(e) if eng.shape == shape && !e.is_empty() => Some((e, r, shape)),
         _ => None,
     }
-}
-
-/// The checkpoint feeding `entry`: the nearest earlier entry of another checkpoint.
-fn input_of<'a>(entries: &'a [Entry], entry: &Entry) -> Option<&'a Entry> {
-    let at = entries.iter().position(|e| e.key == entry.key)?;
-    entries[..at].iter().rev().find(|e| e.checkpoint_id != entry.checkpoint_id && !e.is_ids)
 }
 
 /// Readable names of a catalog tensor's axes, from its shape symbols.

@@ -11,7 +11,9 @@ pub struct PlantArgs {
     /// Plant a known bug in the engine (repeatable): norm-eps, rope-pairing, missing-attn-scale,
     /// dropped-ffn-residual, norm-eps-x100, gelu-erf, softmax-off, rope-theta-one-layer,
     /// f16-subnormals-flushed, q8-scale-bf16, q4_1-scale-bf16, decode-rope-off-by-one,
-    /// decode-attends-one-fewer, or perturb:LAYER:REL (noise of relative RMS REL on a block output).
+    /// decode-attends-one-fewer, perturb:LAYER:REL (noise of relative RMS REL on a block output),
+    /// perturb-ffn:LAYER:REL (the same on one layer's FFN output),
+    /// or norm-eps-at:LAYER:TIMES (one layer's norms with TIMES the model's epsilon).
     #[cfg_attr(feature = "plant", arg(long = "plant", value_name = "SPEC"))]
     #[cfg_attr(not(feature = "plant"), arg(skip))]
     plant: Vec<String>,
@@ -33,7 +35,7 @@ pub fn label(faults: &[Fault]) -> Option<String> {
 /// Plants `faults` in a freshly loaded model (the pipeline's `prepare` hook).
 pub fn plant_in(faults: &[Fault], model: &mut Model) {
     for &fault in faults {
-        if let Fault::Perturb { layer, .. } = fault {
+        if let Fault::Perturb { layer, .. } | Fault::PerturbFfn { layer, .. } | Fault::NormEpsilonAt { layer, .. } = fault {
             let n = model.config().n_layers;
             if layer >= n {
                 eprintln!("parity: warning: {fault} does nothing to {} (layers 0..{n})", model.path.display());
