@@ -403,16 +403,7 @@ pub fn external_dump(ctx: &Setup, case: &Case, name: &str, from: &External, fed:
         External::Command { line, out, timeout } => {
             let dir = out.join(&case.model.id).join(&case.prompt.id).join(name);
             let history = fed.history_ids();
-            let req = DumpRequest {
-                model: &model,
-                prompt: &case.prompt.text,
-                n_generate: ctx.suite.n_generate,
-                temperature: ctx.suite.temperature,
-                threads: ctx.suite.threads,
-                force_tokens: history.as_deref(),
-                sampler_logits: fed.sampler_logits.as_ref().map(|s| s.path.as_path()),
-                out: &dir,
-            };
+            let req = dump_request(ctx, case, &model, history.as_deref(), fed, &dir);
             let dumpers = Dumpers { root: ctx.root.to_path_buf(), python: PathBuf::from("sh"), timeout: *timeout };
             dumpers.run_line(name, line, &req, &dir.with_extension("stderr.log"))?;
             dir
@@ -606,6 +597,21 @@ impl Fed {
     }
 }
 
+/// What a dumper is asked for `case`: the suite's settings on `model`, fed the truth's `history`
+/// and logits, written to `out`.
+fn dump_request<'a>(ctx: &'a Setup, case: &'a Case, model: &'a Path, history: Option<&'a [i64]>, fed: &'a Fed, out: &'a Path) -> DumpRequest<'a> {
+    DumpRequest {
+        model,
+        prompt: &case.prompt.text,
+        n_generate: ctx.suite.n_generate,
+        temperature: ctx.suite.temperature,
+        threads: ctx.suite.threads,
+        force_tokens: history,
+        sampler_logits: fed.sampler_logits.as_ref().map(|s| s.path.as_path()),
+        out,
+    }
+}
+
 /// What a case's truth feeds the rest of the case ([`Fed`]), or nothing when the suite has no truth.
 pub fn case_fed(ctx: &Setup, case: &Case) -> Result<Fed> {
     let Some(truth) = &ctx.suite.truth else { return Ok(Fed::default()) };
@@ -631,16 +637,7 @@ pub fn fetch(ctx: &Setup, case: &Case, reference: &str, fed: &Fed) -> Result<(Du
         }
         Source::Live { dumpers, out, cache } => {
             let dir = out.join(&case.model.id).join(&case.prompt.id).join(reference);
-            let req = DumpRequest {
-                model: &model,
-                prompt: &case.prompt.text,
-                n_generate: ctx.suite.n_generate,
-                temperature: ctx.suite.temperature,
-                threads: ctx.suite.threads,
-                force_tokens: history.as_deref(),
-                sampler_logits: fed.sampler_logits.as_ref().map(|s| s.path.as_path()),
-                out: &dir,
-            };
+            let req = dump_request(ctx, case, &model, history.as_deref(), fed, &dir);
             let log = dir.with_extension("stderr.log");
             // Without the dumper's identity (no reference environment) there is no key: the
             // dumper runs, and says what is missing.
