@@ -12,7 +12,7 @@ attention probabilities (watch.py).
 
 import mlx.core as mx
 from mlx_lm.models import gpt2 as mlx_gpt2
-from watch import Watched, load_into, meta_value
+from watch import Watched, load_into, meta_value, mlx_names
 
 PER_BLOCK = {
     "attn_norm": "ln_1",
@@ -23,24 +23,6 @@ PER_BLOCK = {
     "ffn_down": "mlp.c_proj",
 }
 GLOBAL = {"token_embd": "model.wte", "position_embd": "model.wpe", "output_norm": "model.ln_f"}
-
-
-def _mlx_names(gguf):
-    out = {}
-    for key, value in gguf.items():
-        stem, part = key.rsplit(".", 1)
-        if stem.startswith("blk."):
-            _, layer, name = stem.split(".", 2)
-            if name not in PER_BLOCK:
-                raise ValueError(f"GGUF tensor {key} has no place in mlx-lm's GPT-2")
-            stem = f"model.h.{layer}.{PER_BLOCK[name]}"
-        elif stem in GLOBAL:
-            stem = GLOBAL[stem]
-        else:
-            # an untied `output.weight` included: mlx-lm's GPT-2 always ties the head to wte
-            raise ValueError(f"GGUF tensor {key} has no place in mlx-lm's GPT-2")
-        out[f"{stem}.{part}"] = value
-    return out
 
 
 class Gpt2(Watched):
@@ -59,7 +41,8 @@ class Gpt2(Watched):
             vocab_size=gguf["token_embd.weight"].shape[0],
         )
         model = mlx_gpt2.Model(self.args)
-        load_into(model, _mlx_names(gguf))
+        # an untied `output.weight` has no place: mlx-lm's GPT-2 always ties the head to wte
+        load_into(model, mlx_names(gguf, "GPT-2", "model.h", PER_BLOCK, GLOBAL))
         super().__init__(model, self.args.n_layer, heads, heads, d // heads, context)
         inner = model.model
         self.watch(inner.ln_f, lambda out: {"final_norm": out[0]})

@@ -12,7 +12,7 @@ arithmetic), and the attention probabilities (watch.py).
 
 import mlx.core as mx
 from mlx_lm.models import llama as mlx_llama
-from watch import Watched, load_into, meta_value, rows
+from watch import Watched, load_into, meta_value, mlx_names, rows
 
 # Metadata keys that change the computation in ways this mapping does not carry over.
 UNSUPPORTED = ("llama.rope.scaling.type", "llama.rope.scaling.factor", "llama.expert_count")
@@ -39,20 +39,10 @@ def _unpermute(w, n_head):
 
 def _mlx_names(gguf, n_head, n_kv):
     """The GGUF tensors under mlx-lm's names, Q/K rows in the half-split order."""
-    out = {}
-    for key, value in gguf.items():
-        stem, part = key.rsplit(".", 1)
-        if stem.startswith("blk."):
-            _, layer, name = stem.split(".", 2)
-            if name not in PER_BLOCK:
-                raise ValueError(f"GGUF tensor {key} has no place in mlx-lm's Llama")
-            stem = f"model.layers.{layer}.{PER_BLOCK[name]}"
-            value = _unpermute(value, {"attn_q": n_head, "attn_k": n_kv}[name]) if name in ("attn_q", "attn_k") else value
-        elif stem in GLOBAL:
-            stem = GLOBAL[stem]
-        else:
-            raise ValueError(f"GGUF tensor {key} has no place in mlx-lm's Llama")
-        out[f"{stem}.{part}"] = value
+    out = mlx_names(gguf, "Llama", "model.layers", PER_BLOCK, GLOBAL)
+    for key, value in out.items():
+        if ".self_attn.q_proj." in key or ".self_attn.k_proj." in key:
+            out[key] = _unpermute(value, n_head if ".q_proj." in key else n_kv)
     return out
 
 

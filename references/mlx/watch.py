@@ -21,6 +21,20 @@ def meta_value(meta, key, default=None):
     return value
 
 
+def mlx_names(gguf, family, blocks, per_block, globals_):
+    """The GGUF tensors under mlx-lm's names: `blk.L.<name>` as `<blocks>.L.<per_block[name]>`, the
+    rest by `globals_`; a tensor with no place in the model (an untied GPT-2 head, say) is refused."""
+    out = {}
+    for key, value in gguf.items():
+        stem, part = key.rsplit(".", 1)
+        layer, name = stem.split(".", 2)[1:] if stem.startswith("blk.") else (None, stem)
+        target = f"{blocks}.{layer}.{per_block.get(name)}" if layer is not None else globals_.get(name)
+        if target is None or target.endswith(".None"):
+            raise ValueError(f"GGUF tensor {key} has no place in mlx-lm's {family}")
+        out[f"{target}.{part}"] = value
+    return out
+
+
 def quantization(weights):
     """MLX's (group size, bits) per quantized matrix, from its packed width and scales: GGUF's
     quantized blocks are 32 wide."""
