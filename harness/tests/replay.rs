@@ -61,7 +61,16 @@ fn replayed(fault: Option<Fault>) -> reports::replay::CaseReplay {
     let provenance = harness::provenance::Provenance::load(&root.join("checkpoints/provenance.toml"), &catalog, &known).unwrap();
     let source = Source::Dumps(resolve(&root, &suite.dumps));
     let plant = move |m: &mut Model| fault.into_iter().for_each(|f| m.inject_fault(f));
-    let setup = Setup { root: &root, suite: &suite, catalog: &catalog, spec: &spec, provenance: &provenance, source: &source, prepare: Some(&plant) };
+    let setup = Setup {
+        root: &root,
+        suite: &suite,
+        catalog: &catalog,
+        spec: &spec,
+        provenance: &provenance,
+        source: &source,
+        subject: &harness::subject::Subject::Engine,
+        prepare: Some(&plant),
+    };
     let (_, runs): (_, Vec<CaseRun>) = pipeline::run(&setup, suite.cases(), "replay").unwrap();
     let mut model = Model::load(&runs[0].model_path).unwrap();
     plant(&mut model);
