@@ -82,7 +82,7 @@ fn replayed(fault: Option<Fault>) -> reports::replay::CaseReplay {
 #[test]
 fn an_unplanted_engine_has_no_layer_whose_own_error_exceeds_the_noise() {
     let r = replayed(None);
-    assert_eq!(r.sides.len(), 4, "three references and the truth");
+    assert_eq!(r.sides.len(), 5, "four references and the truth");
     assert!(r.place_to_look().is_none(), "{:?}", r.place_to_look().map(|(_, c)| &c.own));
     // Layer 0's input is the same embedding everywhere, so its own error is its plain-run error.
     let truth = r.sides.iter().find(|s| s.reference == "pytorch-f64").unwrap();
