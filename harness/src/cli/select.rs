@@ -28,7 +28,7 @@ pub struct Selection {
     pub prompt: Option<String>,
     /// References to compare against, comma-separated, `engine` among them when another is the
     /// subject (default: each model's list in the suite, less the subject, plus the engine when
-    /// it is not the subject; with --model: llama.cpp, PyTorch and tinygrad).
+    /// it is not the subject; with --model FILE: llama.cpp, PyTorch, tinygrad and MLX).
     #[arg(long, value_delimiter = ',')]
     pub refs: Option<Vec<String>>,
     /// The implementation judged: `engine` (the default, in-process), a reference's name
@@ -44,8 +44,9 @@ pub struct Selection {
     pub subject_dumps: Option<PathBuf>,
     /// Tolerance class of llama.cpp for --model (f32, f16, quantized): the one reference that
     /// rounds activations to the weights' precision. The others compute in f32 and are judged so.
-    #[arg(long, default_value_t = Class::F32)]
-    pub class: Class,
+    /// Default: from the file's block matrices (quantized, else f16/bf16, else f32).
+    #[arg(long)]
+    pub class: Option<Class>,
     /// Run the reference dumpers now (needs scripts/setup-references.sh) instead of reading dumps.
     #[arg(long, conflicts_with = "dumps")]
     pub live: bool,
@@ -145,16 +146,19 @@ impl Selection {
                 .map(|s| s.to_string_lossy().into_owned())
                 .filter(|id| harness::suite::check_name("model id", id).is_ok())
                 .unwrap_or_else(|| "model".into());
-            let refs = self.refs.clone().unwrap_or_else(|| vec!["llamacpp".into(), "pytorch".into(), "tinygrad".into()]);
+            let refs = self.refs.clone().unwrap_or_else(|| ["llamacpp", "pytorch", "tinygrad", "mlx"].map(String::from).to_vec());
             let path = std::fs::canonicalize(model).with_context(|| format!("model {} not found", model.display()))?;
-            // Only llama.cpp rounds activations to the weights' precision; PyTorch and tinygrad
-            // dequantize and compute in f32 whatever the file holds, so --class is llama.cpp's.
+            // Only llama.cpp rounds activations to the weights' precision; PyTorch, tinygrad and
+            // MLX dequantize and compute in f32 whatever the file holds, so --class is llama.cpp's.
             let ref_class = refs.iter().filter(|r| r.as_str() != "llamacpp").map(|r| (r.clone(), Class::F32)).collect();
             suite.models = vec![SuiteModel {
                 id,
                 path: path.display().to_string(),
                 refs,
-                class: self.class,
+                class: match self.class {
+                    Some(class) => class,
+                    None => llamacpp_class(&path)?,
+                },
                 ref_class,
                 about: None,
                 ref_paths: Default::default(),
@@ -275,5 +279,40 @@ impl Loaded {
             subject: &self.subject,
             prepare: None,
         }
+    }
+}
+
+/// llama.cpp's tolerance class on `model`: it rounds activations to the precision of the block
+/// matrices it multiplies, so a file with any quantized one is `quantized`, else any F16/BF16 one
+/// `f16`, else `f32`. An HF folder is read as f32 (the suites convert it to F32 GGUF for llama.cpp).
+fn llamacpp_class(model: &Path) -> Result<Class> {
+    if model.is_dir() {
+        return Ok(Class::F32);
+    }
+    let file = engine::gguf::GgufFile::open(model)
+        .with_context(|| format!("reading {} for llama.cpp's tolerance class (or pass --class)", model.display()))?;
+    let types: Vec<&str> =
+        file.tensor_infos().iter().filter(|t| t.name.starts_with("blk.") && t.shape.len() == 2).map(|t| t.type_name.as_str()).collect();
+    Ok(if types.iter().any(|t| !matches!(*t, "F32" | "F16" | "BF16")) {
+        Class::Quantized
+    } else if types.iter().any(|t| matches!(*t, "F16" | "BF16")) {
+        Class::F16
+    } else {
+        Class::F32
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llamacpp_class_follows_the_block_matrices_of_the_file() {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/models");
+        assert_eq!(llamacpp_class(&models.join("tiny-llama/model-f32.gguf")).unwrap(), Class::F32);
+        assert_eq!(llamacpp_class(&models.join("tiny-llama/model-f16.gguf")).unwrap(), Class::F16);
+        assert_eq!(llamacpp_class(&models.join("tiny-llama/model-q8_0.gguf")).unwrap(), Class::Quantized);
+        assert_eq!(llamacpp_class(&models.join("tiny-llama/hf")).unwrap(), Class::F32);
+        assert!(llamacpp_class(&models.join("tiny-llama/hf/config.json")).is_err());
     }
 }
