@@ -27,22 +27,25 @@ def mlx_names(gguf, family, blocks, per_block, globals_):
     out = {}
     for key, value in gguf.items():
         stem, part = key.rsplit(".", 1)
-        layer, name = stem.split(".", 2)[1:] if stem.startswith("blk.") else (None, stem)
-        target = f"{blocks}.{layer}.{per_block.get(name)}" if layer is not None else globals_.get(name)
-        if target is None or target.endswith(".None"):
+        if stem.startswith("blk."):
+            _, layer, name = stem.split(".", 2)
+            target = f"{blocks}.{layer}.{per_block[name]}" if name in per_block else None
+        else:
+            target = globals_.get(stem)
+        if target is None:
             raise ValueError(f"GGUF tensor {key} has no place in mlx-lm's {family}")
         out[f"{target}.{part}"] = value
     return out
 
 
 def quantization(weights):
-    """MLX's (group size, bits) per quantized matrix, from its packed width and scales: GGUF's
-    quantized blocks are 32 wide."""
+    """MLX's (group size, bits) per quantized matrix: GGUF's quantized blocks are 32 wide, one
+    scale each, so a row of G scales packs G * 32 values into its uint32 words, bits = words / G."""
     found = {}
     for key, scales in weights.items():
         if key.endswith(".scales"):
             prefix = key.removesuffix(".scales")
-            found[prefix] = (32, weights[f"{prefix}.weight"].shape[-1] * 32 // (scales.shape[-1] * 32))
+            found[prefix] = (32, weights[f"{prefix}.weight"].shape[-1] // scales.shape[-1])
     return found
 
 
