@@ -2,53 +2,27 @@
 //! where they live (layer 0 unless the bug is in another), with everything before it passing: the promise `parity bisect`
 //! makes to an engineer hunting a regression. Runs on the committed default-suite dumps.
 
-use engine::fault::Fault;
-use engine::model::Model;
-use harness::bisect::bisect;
-use harness::catalog::Catalog;
-use harness::pipeline::{self, CaseRun, Setup, Source};
-use harness::spec::Spec;
-use harness::suite::{resolve, Suite};
-use reports::results::RunResults;
-use std::path::{Path, PathBuf};
+mod common;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use common::{root, run_engine, Checkpoints};
+use engine::fault::Fault;
+use harness::bisect::bisect;
+use harness::pipeline::CaseRun;
+use harness::suite::Suite;
+use reports::results::RunResults;
 
 /// The run of `model` x fox with `fault` planted, against `refs` (default: the model's own).
 fn run(model_id: &str, fault: Option<Fault>, refs: Option<&[&str]>) -> (RunResults, Vec<CaseRun>) {
-    let root = root();
-    let mut suite = Suite::load(&root.join("checkpoints/suite.toml")).unwrap();
+    let mut suite = Suite::load(&root().join("checkpoints/suite.toml")).unwrap();
     suite.models.retain(|m| m.id == model_id);
     suite.prompts.retain(|p| p.id == "fox");
-    let catalog = Catalog::load(&root.join("checkpoints/catalog.toml")).unwrap();
-    let spec = Spec::load(&root.join("checkpoints/tolerances.toml")).unwrap();
-    let known = harness::provenance::references_in(&root).unwrap();
-    let provenance = harness::provenance::Provenance::load(&root.join("checkpoints/provenance.toml"), &catalog, &known).unwrap();
-    let source = Source::Dumps(resolve(&root, &suite.dumps));
-    let plant = move |m: &mut Model| {
-        if let Some(f) = fault {
-            m.inject_fault(f)
-        }
-    };
-    let setup = Setup {
-        root: &root,
-        suite: &suite,
-        catalog: &catalog,
-        spec: &spec,
-        provenance: &provenance,
-        source: &source,
-        subject: &harness::subject::Subject::Engine,
-        prepare: Some(&plant),
-    };
     let mut cases = suite.cases();
     if let Some(refs) = refs {
         for case in &mut cases {
             case.refs = refs.iter().map(|r| r.to_string()).collect();
         }
     }
-    pipeline::run(&setup, cases, "planted").unwrap()
+    run_engine(&Checkpoints::load(), &suite, cases, fault, "planted")
 }
 
 /// (first failing checkpoint key, last passing key) for `model` x fox against pytorch, with `fault` planted.

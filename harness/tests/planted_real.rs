@@ -7,19 +7,13 @@
 //! Without them the tests say so and pass, unless `PARITY_REQUIRE_REFERENCES` is set (CI sets it),
 //! where a missing dump is a failure.
 
+mod common;
+
+use common::{root, run_engine, Checkpoints};
 use engine::fault::Fault;
-use engine::model::Model;
 use harness::bisect::bisect;
-use harness::catalog::Catalog;
-use harness::pipeline::{self, Setup, Source};
-use harness::spec::Spec;
 use harness::suite::{resolve, Suite};
 use reports::summary::Verdict;
-use std::path::{Path, PathBuf};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Every reference's (and the truth's, last) checks of `model` x its first real-suite prompt with
 /// `fault` planted; `None` when the dumps are not there and the environment does not require them.
@@ -50,29 +44,9 @@ fn run(model_id: &str, fault: Option<Fault>) -> Option<Run> {
         eprintln!("skipped: {why}");
         return None;
     }
-    let catalog = Catalog::load(&root.join("checkpoints/catalog.toml")).unwrap();
-    let spec = Spec::load(&root.join("checkpoints/tolerances.toml")).unwrap();
-    let known = harness::provenance::references_in(&root).unwrap();
-    let provenance = harness::provenance::Provenance::load(&root.join("checkpoints/provenance.toml"), &catalog, &known).unwrap();
-    let source = Source::Dumps(dumps);
-    let plant = move |m: &mut Model| {
-        if let Some(f) = fault {
-            m.inject_fault(f)
-        }
-    };
-    let setup = Setup {
-        root: &root,
-        suite: &suite,
-        catalog: &catalog,
-        spec: &spec,
-        provenance: &provenance,
-        source: &source,
-        subject: &harness::subject::Subject::Engine,
-        prepare: Some(&plant),
-    };
     let cases = suite.cases();
     assert_eq!(cases.len(), 1, "{model_id} x {prompt}");
-    let (results, runs) = pipeline::run(&setup, cases, "planted-real").unwrap();
+    let (results, runs) = run_engine(&Checkpoints::load(), &suite, cases, fault, "planted-real");
     assert!(results.reference_errors.is_empty(), "{:?}", results.reference_errors);
     if fault.is_some() {
         assert_eq!(Verdict::of(&results).exit_code(), 1, "a planted run must fail");

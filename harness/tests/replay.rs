@@ -2,20 +2,17 @@
 //! exactly when the dump is the engine's own, and a fault planted in one layer is named at that
 //! layer with every other layer's own error within the noise.
 
+mod common;
+
+use common::{root, run_engine, Checkpoints};
 use engine::fault::Fault;
 use engine::model::Model;
 use harness::catalog::Catalog;
 use harness::dumps::{Dump, Lookup};
-use harness::pipeline::{self, CaseRun, Setup, Source};
+use harness::pipeline::CaseRun;
 use harness::replay;
-use harness::spec::Spec;
-use harness::suite::{resolve, Suite};
+use harness::suite::Suite;
 use harness::tensor::Values;
-use std::path::{Path, PathBuf};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 #[test]
 fn replaying_the_engine_on_a_dump_of_its_own_leaves_no_own_error() {
@@ -51,32 +48,16 @@ fn replaying_the_engine_on_a_dump_of_its_own_leaves_no_own_error() {
 
 /// The replay of tiny-llama-f32 x fox against its committed dumps, with `fault` planted.
 fn replayed(fault: Option<Fault>) -> reports::replay::CaseReplay {
-    let root = root();
-    let mut suite = Suite::load(&root.join("checkpoints/suite.toml")).unwrap();
+    let mut suite = Suite::load(&root().join("checkpoints/suite.toml")).unwrap();
     suite.models.retain(|m| m.id == "tiny-llama-f32");
     suite.prompts.retain(|p| p.id == "fox");
-    let catalog = Catalog::load(&root.join("checkpoints/catalog.toml")).unwrap();
-    let spec = Spec::load(&root.join("checkpoints/tolerances.toml")).unwrap();
-    let known = harness::provenance::references_in(&root).unwrap();
-    let provenance = harness::provenance::Provenance::load(&root.join("checkpoints/provenance.toml"), &catalog, &known).unwrap();
-    let source = Source::Dumps(resolve(&root, &suite.dumps));
-    let plant = move |m: &mut Model| fault.into_iter().for_each(|f| m.inject_fault(f));
-    let setup = Setup {
-        root: &root,
-        suite: &suite,
-        catalog: &catalog,
-        spec: &spec,
-        provenance: &provenance,
-        source: &source,
-        subject: &harness::subject::Subject::Engine,
-        prepare: Some(&plant),
-    };
-    let (_, runs): (_, Vec<CaseRun>) = pipeline::run(&setup, suite.cases(), "replay").unwrap();
+    let checkpoints = Checkpoints::load();
+    let (_, runs): (_, Vec<CaseRun>) = run_engine(&checkpoints, &suite, suite.cases(), fault, "replay");
     let mut model = Model::load(&runs[0].model_path).unwrap();
-    plant(&mut model);
+    fault.into_iter().for_each(|f| model.inject_fault(f));
     let layers = replay::layers(&model, None).unwrap();
-    let entries = catalog.entries("llama", model.config().n_layers);
-    replay::replay_case(&model, &runs[0], &entries, &spec, &layers).unwrap()
+    let entries = checkpoints.catalog.entries("llama", model.config().n_layers);
+    replay::replay_case(&model, &runs[0], &entries, &checkpoints.spec, &layers).unwrap()
 }
 
 #[test]
