@@ -1,0 +1,255 @@
+"""Builds the model-family suite's models with seeded random weights, in the cache, converted by llama.cpp.
+
+    ~/.cache/parity/venv/bin/python scripts/make-family-models.py            # build what is missing
+    ~/.cache/parity/venv/bin/python scripts/make-family-models.py --only qwen3
+
+Each family is built with transformers' own model class from a config of that family at a small
+but realistic shape (several layers, grouped-query attention, head dim 64 or 128), with seeded
+random weights, saved as HF safetensors, and converted to GGUF by llama.cpp's own converter
+(`convert_hf_to_gguf.py`, vendored in the pinned llama-cpp-python source distribution), F32 and
+Q8_0: a conversion mistake of ours cannot hide behind our own GGUF reader.
+
+Weights: every matrix and embedding normal(0, 0.02) (transformers' own initializer range), norm
+weights 1 + 0.1*noise and projection biases 0.1*noise instead of exactly 1 and 0, so a dropped or
+misapplied one changes the result.
+
+Tokenizers: the real ones of each family, from the vocab-only GGUF files llama.cpp ships for its
+tokenizer tests (`models/ggml-vocab-*.gguf`: Llama-3's and Qwen2's byte-level BPE), turned into an
+HF tokenizer by transformers' GGUF reader. For Llama-3 its post-processor is given the `<|begin_of_text|>`
+prefix the real tokenizer.json has, and the pad token transformers adds is left out; the converter
+recognises both by the hash of their output on its test string (llama-bpe, qwen2), so the GGUF
+carries llama.cpp's own pre-tokenizer name for them.
+
+Output $PARITY_CACHE/models/families/<family>/: hf/ (config.json, model.safetensors, tokenizer
+files), model-f32.gguf, model-q8_0.gguf. Skipped when present with a matching sha256 manifest
+(parity_assets.py). The llama-cpp-python source distribution is downloaded once into
+$PARITY_CACHE/src/ with pip (the pin of scripts/setup-references.sh).
+"""
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from parity_assets import build_dir, build_file, is_complete, models_dir, size_report
+
+SEED = 20261129
+SCRIPTS = Path(__file__).resolve().parent
+
+# family -> (transformers config class, config keywords, vocab file, tokenizer fix)
+FAMILIES = {
+    "llama3": (
+        "LlamaConfig",
+        dict(
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=64,
+            max_position_embeddings=1024,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            # Llama-3.1's frequency scaling, with a short original context so that most of the
+            # 32 frequency pairs are scaled or interpolated (wavelengths above 128 scaled by 1/8).
+            rope_parameters=dict(
+                rope_type="llama3",
+                rope_theta=500000.0,
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=128,
+            ),
+            bos_token_id=128000,
+            eos_token_id=128001,
+        ),
+        "llama-bpe",
+    ),
+    "qwen2": (
+        "Qwen2Config",
+        dict(
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+            rope_parameters=dict(rope_type="default", rope_theta=1000000.0),
+            bos_token_id=151643,
+            eos_token_id=151643,
+        ),
+        "qwen2",
+    ),
+    "qwen3": (
+        "Qwen3Config",
+        dict(
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            # Qwen3's heads are wider than hidden_size / heads: q and k are 512 wide.
+            head_dim=128,
+            max_position_embeddings=1024,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+            rope_parameters=dict(rope_type="default", rope_theta=1000000.0),
+            bos_token_id=151643,
+            eos_token_id=151643,
+        ),
+        "qwen2",
+    ),
+}
+OUT_TYPES = ("f32", "q8_0")
+
+
+def llama_pin():
+    """The llama-cpp-python version setup-references.sh installs."""
+    text = (SCRIPTS / "setup-references.sh").read_text()
+    match = re.search(r'LLAMA_PIN="llama-cpp-python==([0-9.]+)"', text)
+    if not match:
+        sys.exit("make-family-models: no LLAMA_PIN in scripts/setup-references.sh")
+    return match.group(1)
+
+
+def llama_cpp_tree():
+    """The vendored llama.cpp tree of the pinned llama-cpp-python sdist, downloaded once."""
+    version = llama_pin()
+    src = models_dir().parent / "src"
+    tree = src / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
+    if (tree / "convert_hf_to_gguf.py").is_file():
+        return tree
+    src.mkdir(parents=True, exist_ok=True)
+    tarball = src / f"llama_cpp_python-{version}.tar.gz"
+    if not tarball.is_file():
+        tmp = src / "download.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        pip = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "-d", str(tmp)]
+        subprocess.run([*pip, f"llama-cpp-python=={version}"], check=True)
+        (tmp / tarball.name).rename(tarball)
+        shutil.rmtree(tmp)
+    partial = src / f"llama_cpp_python-{version}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    with tarfile.open(tarball) as tar:
+        prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+        wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "models/ggml-vocab-")
+        members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.name[len(prefix) :].startswith(wanted)]
+        tar.extractall(partial, members=members, filter="data")
+    (partial / f"llama_cpp_python-{version}").rename(src / f"llama_cpp_python-{version}")
+    partial.rmdir()
+    return tree
+
+
+def tokenizer(tree, vocab, folder):
+    """The family's real tokenizer from llama.cpp's vocab-only GGUF, saved as HF files in `folder`."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    name = f"ggml-vocab-{vocab}.gguf"
+    scratch = folder / "vocab"
+    scratch.mkdir()
+    shutil.copy(tree / "models" / name, scratch / name)
+    tok = AutoTokenizer.from_pretrained(str(scratch), gguf_file=name)
+    if vocab == "llama-bpe":
+        bos = tok.convert_tokens_to_ids("<|begin_of_text|>")
+        template = processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos)])
+        tok.backend_tokenizer.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=False), template])
+    tok.save_pretrained(str(folder))
+    shutil.rmtree(scratch)
+    if vocab == "llama-bpe":
+        drop_added_pad(folder, limit=128256)
+
+
+def drop_added_pad(folder, limit):
+    """Removes the tokens transformers added past the vocabulary's `limit` ids (a pad token)."""
+    import json
+
+    path = folder / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["id"] < limit]
+    spec["model"]["vocab"] = {k: v for k, v in spec["model"]["vocab"].items() if v < limit}
+    path.write_text(json.dumps(spec, ensure_ascii=False))
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("pad_token", None)
+    for key in [k for k, v in config.get("added_tokens_decoder", {}).items() if int(k) >= limit]:
+        del config["added_tokens_decoder"][key]
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
+
+
+def randomize(model, seed):
+    """Seeded weights: matrices normal(0, 0.02), norm weights 1 + 0.1 noise, biases 0.1 noise."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * noise)
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(0.02 * noise)
+
+
+def build_hf(family, tree, out):
+    import torch
+    import transformers
+
+    config_class, kwargs, vocab = FAMILIES[family]
+
+    def write(folder):
+        tokenizer(tree, vocab, folder)
+        from transformers import AutoTokenizer
+
+        n_vocab = len(AutoTokenizer.from_pretrained(str(folder)))
+        config = getattr(transformers, config_class)(vocab_size=n_vocab if vocab == "llama-bpe" else 151936, **kwargs)
+        torch.manual_seed(SEED)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        randomize(model, SEED + sum(map(ord, family)))
+        model.save_pretrained(str(folder), safe_serialization=True)
+
+    build_dir(out, write)
+
+
+def convert(tree, hf, out, outtype):
+    def write(tmp):
+        cmd = [sys.executable, str(tree / "convert_hf_to_gguf.py"), str(hf), "--outfile", str(tmp), "--outtype", outtype]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+    build_file(out, write)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=sorted(FAMILIES), action="append", help="build only these families")
+    args = parser.parse_args()
+    tree = llama_cpp_tree()
+    for family in args.only or sorted(FAMILIES):
+        start = time.time()
+        folder = models_dir() / "families" / family
+        folder.mkdir(parents=True, exist_ok=True)
+        hf = folder / "hf"
+        outputs = [hf] + [folder / f"model-{t}.gguf" for t in OUT_TYPES]
+        if all(is_complete(p) for p in outputs):
+            print(f"{family}: present")
+            continue
+        if not is_complete(hf):
+            build_hf(family, tree, hf)
+        for t in OUT_TYPES:
+            if not is_complete(folder / f"model-{t}.gguf"):
+                convert(tree, hf, folder / f"model-{t}.gguf", t)
+        print(f"{family}: built in {time.time() - start:.0f} s")
+        print("\n".join(size_report(outputs)))
+
+
+if __name__ == "__main__":
+    main()
