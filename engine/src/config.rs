@@ -9,17 +9,125 @@ use crate::sampling::SamplerFaults;
 use serde_json::Value as Json;
 use std::path::Path;
 
+/// The architectures the engine runs, named as GGUF names them (`general.architecture`) and as
+/// the catalog and the dumps do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
+    /// Llama 2 and 3, SmolLM2: RMSNorm, RoPE, grouped-query attention, SwiGLU.
     Llama,
+    /// The Llama block with biases on the Q, K and V projections.
+    Qwen2,
+    /// The Llama block with an RMSNorm per head on q and k before RoPE.
+    Qwen3,
     Gpt2,
 }
 
 impl Arch {
+    pub const ALL: [Arch; 4] = [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gpt2];
+
     pub fn name(self) -> &'static str {
         match self {
             Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
             Arch::Gpt2 => "gpt2",
+        }
+    }
+
+    /// The architecture of a GGUF `general.architecture` or an HF `model_type` (both spell these
+    /// four alike).
+    pub fn from_name(name: &str) -> Option<Arch> {
+        Arch::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// Whether the forward pass is the Llama block ([`crate::llama`]) rather than GPT-2's.
+    pub fn is_llama_block(self) -> bool {
+        self != Arch::Gpt2
+    }
+
+    fn known() -> String {
+        Arch::ALL.map(Arch::name).join(", ")
+    }
+}
+
+/// How RoPE's frequencies are changed from `theta^(-2i/hd)`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Llama 3.1's: pair i's frequency divided by `divisors[i]` (1 for high frequencies, the
+    /// factor for low ones, interpolated between). GGUF files carry the divisors as llama.cpp's
+    /// converter computed them (`rope_freqs.weight`); for HF they are computed from
+    /// `rope_parameters` the way transformers does.
+    Llama3 {
+        divisors: Vec<f32>,
+    },
+}
+
+/// Llama 3.1's RoPE scaling parameters (HF `rope_parameters` with `rope_type = "llama3"`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_context: f64,
+}
+
+impl Llama3Scaling {
+    /// Pair i's divisor: 1 where the wavelength 2 pi / f_i is below original_context /
+    /// high_freq_factor, `factor` where it is above original_context / low_freq_factor, and
+    /// between them the divisor that makes the frequency (1 - s) f / factor + s f, with
+    /// s = (original_context / wavelength - low) / (high - low).
+    pub fn divisors(&self, theta: f32, head_dim: usize) -> Vec<f32> {
+        let Llama3Scaling { factor, low_freq_factor: low, high_freq_factor: high, original_context } = *self;
+        (0..head_dim / 2)
+            .map(|i| {
+                let freq = 1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64);
+                let wavelength = 2.0 * std::f64::consts::PI / freq;
+                if wavelength < original_context / high {
+                    1.0
+                } else if wavelength > original_context / low {
+                    factor as f32
+                } else {
+                    let s = (original_context / wavelength - low) / (high - low);
+                    (1.0 / ((1.0 - s) / factor + s)) as f32
+                }
+            })
+            .collect()
+    }
+}
+
+/// A mechanism a model family uses, for `parity inspect`: what the engine implements, by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mechanism {
+    RmsNorm,
+    LayerNorm,
+    LearnedPositions,
+    Rope,
+    RopeLlama3Scaling,
+    GroupedQueryAttention,
+    QkvBias,
+    QkNorm,
+    WideHeads,
+    SwiGlu,
+    Gelu,
+    TiedOutput,
+}
+
+impl Mechanism {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Mechanism::RmsNorm => "RMSNorm",
+            Mechanism::LayerNorm => "LayerNorm",
+            Mechanism::LearnedPositions => "learned position embeddings",
+            Mechanism::Rope => "RoPE",
+            Mechanism::RopeLlama3Scaling => "Llama 3.1 RoPE frequency scaling",
+            Mechanism::GroupedQueryAttention => "grouped-query attention",
+            Mechanism::QkvBias => "Q/K/V projection biases",
+            Mechanism::QkNorm => "per-head RMSNorm on q and k before RoPE",
+            Mechanism::WideHeads => "heads x head dim wider than the hidden size",
+            Mechanism::SwiGlu => "SwiGLU FFN",
+            Mechanism::Gelu => "GELU FFN",
+            Mechanism::TiedOutput => "output tied to the token embedding",
         }
     }
 }
@@ -36,8 +144,9 @@ pub struct Config {
     pub vocab_size: usize,
     pub context: usize,
     pub norm_eps: f32,
-    /// Llama only.
+    /// Llama block only.
     pub rope_theta: f32,
+    pub rope_scaling: RopeScaling,
     /// How the Q/K rows of these weights pair dimensions for RoPE.
     pub rope_layout: RopeLayout,
     /// Bugs planted on purpose (only with the `fault-injection` feature), so the harness's tests
@@ -70,7 +179,22 @@ impl Config {
             (RopeLayout::Interleaved, true) => RopeLayout::HalfSplit,
             (RopeLayout::HalfSplit, true) => RopeLayout::Interleaved,
         };
-        Rope::new(layout, self.head_dim, self.rope_theta)
+        Rope::new(layout, self.head_dim, self.rope_theta, self.rope_divisors().as_deref())
+    }
+
+    /// The scaling divisors RoPE uses (reversed by the planted RopeScalingReversed fault).
+    fn rope_divisors(&self) -> Option<Vec<f32>> {
+        match &self.rope_scaling {
+            RopeScaling::None => None,
+            RopeScaling::Llama3 { divisors } if self.has_fault(Fault::RopeScalingReversed) => Some(divisors.iter().rev().copied().collect()),
+            RopeScaling::Llama3 { divisors } => Some(divisors.clone()),
+        }
+    }
+
+    /// The width of q (and of the attention output before its projection): heads x head dim,
+    /// which Qwen3 makes wider than the hidden size.
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
     }
 
     /// Layer `l`'s own RoPE where it differs from [`Config::rope`]: only ever with the planted
@@ -81,7 +205,7 @@ impl Config {
             return None;
         }
         let theta = if self.rope_theta == 10000.0 { 5000.0 } else { 10000.0 };
-        Some(Rope::new(self.rope().layout, self.head_dim, theta))
+        Some(Rope::new(self.rope().layout, self.head_dim, theta, self.rope_divisors().as_deref()))
     }
 
     /// The sampler's planted bugs, if any.
@@ -129,27 +253,43 @@ impl Config {
 impl Config {
     /// Reads `<arch>.*` keys as llama.cpp does; the vocabulary size comes from the token embedding.
     pub fn from_gguf(file: &GgufFile, vocab_size: usize) -> Result<Config> {
-        let arch = match file.architecture()? {
-            "llama" => Arch::Llama,
-            "gpt2" => Arch::Gpt2,
-            other => return Err(Error::Config(format!("architecture {other:?} is not supported (llama, gpt2)"))),
-        };
+        let name = file.architecture()?;
+        let arch = Arch::from_name(name).ok_or_else(|| Error::Config(format!("architecture {name:?} is not supported ({})", Arch::known())))?;
         let key = |k: &str| format!("{}.{k}", arch.name());
+        let u32_or = |k: &str, default: usize| -> Result<usize> {
+            Ok(match file.get(&key(k)) {
+                Some(_) => file.get_u32(&key(k))? as usize,
+                None => default,
+            })
+        };
         let n_heads = file.get_u32(&key("attention.head_count"))? as usize;
         let d_model = file.get_u32(&key("embedding_length"))? as usize;
-        let n_kv_heads = match file.get(&key("attention.head_count_kv")) {
-            Some(_) => file.get_u32(&key("attention.head_count_kv"))? as usize,
-            None => n_heads,
-        };
-        let (norm_eps, rope_theta) = match arch {
-            Arch::Llama => {
-                let theta = match file.get(&key("rope.freq_base")) {
-                    Some(_) => file.get_f32(&key("rope.freq_base"))?,
-                    None => 10000.0,
-                };
-                (file.get_f32(&key("attention.layer_norm_rms_epsilon"))?, theta)
+        let n_kv_heads = u32_or("attention.head_count_kv", n_heads)?;
+        let head_dim = u32_or("attention.key_length", d_model.checked_div(n_heads).unwrap_or(0))?;
+        if u32_or("attention.value_length", head_dim)? != head_dim {
+            return Err(Error::Config("value heads of another width than key heads are not supported".into()));
+        }
+        for unsupported in ["attention.sliding_window", "attn_logit_softcapping", "final_logit_softcapping"] {
+            if file.get(&key(unsupported)).is_some() {
+                return Err(Error::Config(format!("{} is set: the engine does not implement it", key(unsupported))));
             }
-            Arch::Gpt2 => (file.get_f32(&key("attention.layer_norm_epsilon"))?, 0.0),
+        }
+        let (norm_eps, rope_theta, rope_scaling) = if arch.is_llama_block() {
+            let theta = match file.get(&key("rope.freq_base")) {
+                Some(_) => file.get_f32(&key("rope.freq_base"))?,
+                None => 10000.0,
+            };
+            match file.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
+                None | Some("none") => {}
+                Some(other) => return Err(Error::Config(format!("RoPE scaling {other:?} is not supported (none, or llama3 as rope_freqs)"))),
+            }
+            let scaling = match file.has_tensor("rope_freqs.weight") {
+                true => RopeScaling::Llama3 { divisors: file.tensor("rope_freqs.weight")?.to_f32() },
+                false => RopeScaling::None,
+            };
+            (file.get_f32(&key("attention.layer_norm_rms_epsilon"))?, theta, scaling)
+        } else {
+            (file.get_f32(&key("attention.layer_norm_epsilon"))?, 0.0, RopeScaling::None)
         };
         let config = Config {
             arch,
@@ -157,23 +297,26 @@ impl Config {
             d_model,
             n_heads,
             n_kv_heads,
-            head_dim: d_model.checked_div(n_heads).unwrap_or(0),
+            head_dim,
             ffn_dim: file.get_u32(&key("feed_forward_length"))? as usize,
             vocab_size,
             context: file.get_u32(&key("context_length"))? as usize,
             norm_eps,
             rope_theta,
-            // llama.cpp's converter permutes llama Q/K rows so RoPE pairs adjacent dimensions.
+            rope_scaling,
             faults: Vec::new(),
+            // llama.cpp's converter permutes Llama's Q/K rows so RoPE pairs adjacent dimensions;
+            // Qwen's it leaves alone (llama.cpp rotates them as halves, "NEOX" style).
             rope_layout: match arch {
                 Arch::Llama => RopeLayout::Interleaved,
-                Arch::Gpt2 => RopeLayout::HalfSplit,
+                Arch::Qwen2 | Arch::Qwen3 | Arch::Gpt2 => RopeLayout::HalfSplit,
             },
         };
         config.validate()
     }
 
-    /// Reads an HF `config.json` (LlamaForCausalLM or GPT2LMHeadModel).
+    /// Reads an HF `config.json` (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM or
+    /// GPT2LMHeadModel).
     pub fn from_hf(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
         let json: Json =
@@ -186,53 +329,108 @@ impl Config {
                 .ok_or_else(|| Error::Config(format!("{}: missing or non-integer {k:?}", path.display())))
         };
         let f32_of = |k: &str| get(k).and_then(Json::as_f64).map(|v| v as f32);
+        let refuse = |what: String| Err(Error::Config(format!("{}: {what}", path.display())));
         let model_type = get("model_type").and_then(Json::as_str).unwrap_or("");
-        let config = match model_type {
-            "llama" => {
-                let n_heads = usize_of("num_attention_heads")?;
-                let d_model = usize_of("hidden_size")?;
-                // transformers 5 moved rope_theta into rope_parameters.
-                let theta = f32_of("rope_theta")
-                    .or_else(|| get("rope_parameters").and_then(|r| r.get("rope_theta")).and_then(Json::as_f64).map(|v| v as f32))
-                    .unwrap_or(10000.0);
-                Config {
-                    arch: Arch::Llama,
-                    n_layers: usize_of("num_hidden_layers")?,
-                    d_model,
-                    n_heads,
-                    n_kv_heads: usize_of("num_key_value_heads").unwrap_or(n_heads),
-                    head_dim: usize_of("head_dim").unwrap_or(d_model.checked_div(n_heads).unwrap_or(0)),
-                    ffn_dim: usize_of("intermediate_size")?,
-                    vocab_size: usize_of("vocab_size")?,
-                    context: usize_of("max_position_embeddings")?,
-                    norm_eps: f32_of("rms_norm_eps").unwrap_or(1e-6),
-                    rope_theta: theta,
-                    rope_layout: RopeLayout::HalfSplit,
-                    faults: Vec::new(),
-                }
+        let Some(arch) = Arch::from_name(model_type) else {
+            return refuse(format!("model_type {model_type:?} is not supported ({})", Arch::known()));
+        };
+        let config = if arch.is_llama_block() {
+            let n_heads = usize_of("num_attention_heads")?;
+            let d_model = usize_of("hidden_size")?;
+            let head_dim = usize_of("head_dim").unwrap_or(d_model.checked_div(n_heads).unwrap_or(0));
+            if get("mlp_bias").and_then(Json::as_bool) == Some(true) {
+                return refuse("mlp_bias is set: the engine does not implement FFN biases".into());
             }
-            "gpt2" => {
-                let d_model = usize_of("n_embd")?;
-                let n_heads = usize_of("n_head")?;
-                Config {
-                    arch: Arch::Gpt2,
-                    n_layers: usize_of("n_layer")?,
-                    d_model,
-                    n_heads,
-                    n_kv_heads: n_heads,
-                    head_dim: d_model.checked_div(n_heads).unwrap_or(0),
-                    ffn_dim: usize_of("n_inner").unwrap_or(4 * d_model),
-                    vocab_size: usize_of("vocab_size")?,
-                    context: usize_of("n_positions")?,
-                    norm_eps: f32_of("layer_norm_epsilon").unwrap_or(1e-5),
-                    rope_theta: 0.0,
-                    rope_layout: RopeLayout::HalfSplit,
-                    faults: Vec::new(),
-                }
+            if get("use_sliding_window").and_then(Json::as_bool) == Some(true) {
+                return refuse("use_sliding_window is set: the engine does not implement sliding-window attention".into());
             }
-            other => return Err(Error::Config(format!("{}: model_type {other:?} is not supported (llama, gpt2)", path.display()))),
+            // transformers 5 moved rope_theta and the scaling into rope_parameters; 4 had rope_scaling.
+            let rope = get("rope_parameters").or_else(|| get("rope_scaling"));
+            let theta =
+                f32_of("rope_theta").or_else(|| rope.and_then(|r| r.get("rope_theta")).and_then(Json::as_f64).map(|v| v as f32)).unwrap_or(10000.0);
+            let rope_scaling = match rope.and_then(|r| r.get("rope_type").or_else(|| r.get("type"))).and_then(Json::as_str) {
+                None | Some("default") => RopeScaling::None,
+                Some("llama3") => {
+                    let param = |k: &str| {
+                        rope.and_then(|r| r.get(k))
+                            .and_then(Json::as_f64)
+                            .ok_or_else(|| Error::Config(format!("{}: llama3 RoPE scaling without {k:?}", path.display())))
+                    };
+                    let llama3 = Llama3Scaling {
+                        factor: param("factor")?,
+                        low_freq_factor: param("low_freq_factor")?,
+                        high_freq_factor: param("high_freq_factor")?,
+                        original_context: param("original_max_position_embeddings")?,
+                    };
+                    RopeScaling::Llama3 { divisors: llama3.divisors(theta, head_dim) }
+                }
+                Some(other) => return refuse(format!("RoPE scaling {other:?} is not supported (default, llama3)")),
+            };
+            Config {
+                arch,
+                n_layers: usize_of("num_hidden_layers")?,
+                d_model,
+                n_heads,
+                n_kv_heads: usize_of("num_key_value_heads").unwrap_or(n_heads),
+                head_dim,
+                ffn_dim: usize_of("intermediate_size")?,
+                vocab_size: usize_of("vocab_size")?,
+                context: usize_of("max_position_embeddings")?,
+                norm_eps: f32_of("rms_norm_eps").unwrap_or(1e-6),
+                rope_theta: theta,
+                rope_scaling,
+                rope_layout: RopeLayout::HalfSplit,
+                faults: Vec::new(),
+            }
+        } else {
+            let d_model = usize_of("n_embd")?;
+            let n_heads = usize_of("n_head")?;
+            Config {
+                arch: Arch::Gpt2,
+                n_layers: usize_of("n_layer")?,
+                d_model,
+                n_heads,
+                n_kv_heads: n_heads,
+                head_dim: d_model.checked_div(n_heads).unwrap_or(0),
+                ffn_dim: usize_of("n_inner").unwrap_or(4 * d_model),
+                vocab_size: usize_of("vocab_size")?,
+                context: usize_of("n_positions")?,
+                norm_eps: f32_of("layer_norm_epsilon").unwrap_or(1e-5),
+                rope_theta: 0.0,
+                rope_scaling: RopeScaling::None,
+                rope_layout: RopeLayout::HalfSplit,
+                faults: Vec::new(),
+            }
         };
         config.validate()
+    }
+
+    /// The mechanisms this model uses, each of which the engine implements (anything else is
+    /// refused when the model is read).
+    pub fn mechanisms(&self, tied_output: bool) -> Vec<Mechanism> {
+        use Mechanism::*;
+        let mut out = match self.arch {
+            Arch::Gpt2 => vec![LayerNorm, LearnedPositions, Gelu],
+            _ => vec![RmsNorm, Rope, SwiGlu],
+        };
+        if matches!(self.rope_scaling, RopeScaling::Llama3 { .. }) {
+            out.push(RopeLlama3Scaling);
+        }
+        if self.n_kv_heads < self.n_heads {
+            out.push(GroupedQueryAttention);
+        }
+        if self.q_dim() != self.d_model {
+            out.push(WideHeads);
+        }
+        out.extend(match self.arch {
+            Arch::Qwen2 => Some(QkvBias),
+            Arch::Qwen3 => Some(QkNorm),
+            _ => None,
+        });
+        if tied_output {
+            out.push(TiedOutput);
+        }
+        out
     }
 
     /// Rejects shapes no forward pass can run, before any tensor is touched.
@@ -244,11 +442,16 @@ impl Config {
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!("{} query heads cannot share {} KV heads evenly", self.n_heads, self.n_kv_heads));
         }
-        if self.head_dim * self.n_heads != self.d_model || !self.head_dim.is_multiple_of(2) {
-            return bad(format!("head dim {} x {} heads does not make d_model {} (or head dim is odd)", self.head_dim, self.n_heads, self.d_model));
+        if (self.arch == Arch::Gpt2 && self.q_dim() != self.d_model) || self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return bad(format!("head dim {} x {} heads does not fit d_model {} (or head dim is odd)", self.head_dim, self.n_heads, self.d_model));
+        }
+        if let RopeScaling::Llama3 { divisors } = &self.rope_scaling {
+            if divisors.len() != self.head_dim / 2 || divisors.iter().any(|d| !(d.is_finite() && *d > 0.0)) {
+                return bad(format!("RoPE frequency divisors: {} finite positive values needed, found {divisors:?}", self.head_dim / 2));
+            }
         }
         const LIMIT: usize = 1 << 20;
-        if [self.n_layers, self.d_model, self.ffn_dim, self.vocab_size, self.context].iter().any(|&v| v > LIMIT * 4) {
+        if [self.n_layers, self.d_model, self.head_dim, self.ffn_dim, self.vocab_size, self.context].iter().any(|&v| v > LIMIT * 4) {
             return bad(format!("absurd dimensions: {self:?}"));
         }
         if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0 && self.rope_theta.is_finite()) {
@@ -300,6 +503,67 @@ mod tests {
         assert!(err("perturb:3:big").contains("not a number"));
         for bad in ["perturb:3:0", "perturb:3:-1e-3", "perturb:3:inf", "perturb:3:NaN"] {
             assert!(err(bad).contains("above 0"), "{bad}: {}", err(bad));
+        }
+    }
+}
+
+#[cfg(test)]
+mod family_tests {
+    use super::*;
+
+    #[test]
+    fn llama3_divisors_keep_high_frequencies_scale_low_ones_and_blend_between() {
+        // theta 500000, hd 64, original context 128, factor 8, low 1, high 4: the wavelength of
+        // pair i is 2 pi * 500000^(i/32). Pair 0: 6.28 < 128/4 = 32, kept (1). Pair 31: about
+        // 1.4e6 > 128, scaled by 8. Pair 5: 2 pi * 500000^(5/32) = 48.83, between: s = (128/48.83
+        // - 1) / 3 = 0.5405, divisor 1 / ((1 - s) / 8 + s) = 1.6723.
+        let s = Llama3Scaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_context: 128.0 };
+        let d = s.divisors(500000.0, 64);
+        assert_eq!(d.len(), 32);
+        assert_eq!((d[0], d[31]), (1.0, 8.0));
+        assert!((d[5] - 1.6723).abs() < 1e-3, "{}", d[5]);
+        assert!(d.windows(2).all(|w| w[0] <= w[1]), "divisors grow with the wavelength: {d:?}");
+    }
+
+    #[test]
+    fn unsupported_rope_scaling_and_model_types_are_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("parity-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.json");
+        let refused = |json: &str| {
+            std::fs::write(&path, json).unwrap();
+            Config::from_hf(&path).unwrap_err().to_string()
+        };
+        let llama = r#""hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1, "intermediate_size": 128, "vocab_size": 10, "max_position_embeddings": 64"#;
+        let yarn = refused(&format!(r#"{{"model_type": "llama", {llama}, "rope_scaling": {{"rope_type": "yarn", "factor": 4.0}}}}"#));
+        assert!(yarn.contains("RoPE scaling \"yarn\" is not supported"), "{yarn}");
+        let mistral = refused(&format!(r#"{{"model_type": "mistral", {llama}}}"#));
+        assert!(mistral.contains("model_type \"mistral\" is not supported (llama, qwen2, qwen3, gpt2)"), "{mistral}");
+        let window = refused(&format!(r#"{{"model_type": "qwen2", {llama}, "use_sliding_window": true}}"#));
+        assert!(window.contains("sliding-window attention"), "{window}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// llama.cpp's converter wrote the divisors it computed into the Llama-3 family file
+    /// (`rope_freqs.weight`); the engine computes them from the HF folder's config.
+    #[test]
+    fn llama3_divisors_from_hf_config_equal_the_converters() {
+        let cache = std::env::var_os("PARITY_CACHE")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/parity")));
+        let Some(dir) = cache.map(|c| c.join("models/families/llama3")).filter(|d| d.join("model-f32.gguf").is_file()) else {
+            assert!(std::env::var_os("PARITY_REQUIRE_REFERENCES").is_none(), "no Llama-3 family model: run scripts/make-family-models.py");
+            return eprintln!("skipped: no Llama-3 family model");
+        };
+        let file = GgufFile::open(&dir.join("model-f32.gguf")).unwrap();
+        let from_gguf = Config::from_gguf(&file, 128256).unwrap().rope_scaling;
+        let from_hf = Config::from_hf(&dir.join("hf/config.json")).unwrap().rope_scaling;
+        let (RopeScaling::Llama3 { divisors: a }, RopeScaling::Llama3 { divisors: b }) = (from_gguf, from_hf) else {
+            panic!("both should carry Llama 3 scaling")
+        };
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!((x - y).abs() <= 1e-6 * x, "pair {i}: converter {x}, engine {y}");
         }
     }
 }

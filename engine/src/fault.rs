@@ -37,6 +37,13 @@ pub enum Fault {
     TemperatureAfterSoftmax,
     /// The sampler's top-p keeps one token fewer than the smallest set reaching p.
     TopPOneTooFew,
+    /// Llama 3.1 RoPE scaling divides the wrong frequencies: pair i gets pair (hd/2 - 1 - i)'s
+    /// divisor, as when the wavelength is computed from the index counted from the other end.
+    RopeScalingReversed,
+    /// Qwen2's Q and K biases are added after RoPE instead of before it.
+    BiasAfterRope,
+    /// Qwen3's per-head q/k RMSNorm is applied after RoPE instead of before it.
+    QkNormAfterRope,
     /// Deterministic noise (zero mean, unit variance per element) times `rel` times each row's
     /// RMS, added to layer `layer`'s block output in prefill and decode.
     Perturb { layer: usize, rel: f32 },
@@ -49,7 +56,7 @@ pub enum Fault {
 impl Fault {
     /// The command-line names of the faults without parameters; `perturb:LAYER:REL` and
     /// `norm-eps-at:LAYER:TIMES` besides.
-    pub const SPECS: [(&'static str, Fault); 15] = [
+    pub const SPECS: [(&'static str, Fault); 18] = [
         ("norm-eps", Fault::NormEpsilon),
         ("rope-pairing", Fault::RopePairing),
         ("missing-attn-scale", Fault::MissingAttnScale),
@@ -65,6 +72,9 @@ impl Fault {
         ("decode-attends-one-fewer", Fault::DecodeAttendsOneFewer),
         ("temperature-after-softmax", Fault::TemperatureAfterSoftmax),
         ("top-p-one-too-few", Fault::TopPOneTooFew),
+        ("rope-scaling-reversed", Fault::RopeScalingReversed),
+        ("bias-after-rope", Fault::BiasAfterRope),
+        ("qk-norm-after-rope", Fault::QkNormAfterRope),
     ];
 }
 

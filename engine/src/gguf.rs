@@ -205,6 +205,10 @@ impl GgufFile {
             .collect()
     }
 
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.tensors.iter().any(|t| t.name == name)
+    }
+
     /// A view of tensor `name` in its stored type.
     pub fn tensor(&self, name: &str) -> Result<QTensor> {
         let info = self.tensors.iter().find(|t| t.name == name).ok_or_else(|| Error::MissingTensor {

@@ -1,11 +1,13 @@
-//! The Llama family: RMSNorm, RoPE, grouped-query attention, SwiGLU, optionally tied output.
+//! The Llama block: RMSNorm, RoPE, grouped-query attention, SwiGLU, optionally tied output; with
+//! what the families built on it add: Llama 3.1's RoPE scaling (in [`Rope`]), Qwen2's Q/K/V
+//! biases, Qwen3's per-head RMSNorm on q and k before RoPE and heads wider than the model.
 //!
 //! Weights are addressed by their GGUF names (`blk.0.attn_q.weight`); the loader maps other
 //! layouts (HF safetensors) onto them.
 
 use crate::attention::{attend, KvCache};
 use crate::block::{matmul, perturb, perturb_ffn, record_cache, residual};
-use crate::config::Config;
+use crate::config::{Arch, Config};
 use crate::error::Result;
 use crate::fault::Fault;
 use crate::loader::WeightStore;
@@ -18,11 +20,21 @@ pub struct Block {
     wq: QTensor,
     wk: QTensor,
     wv: QTensor,
+    /// Qwen2's projection biases.
+    bias: Option<QkvBias>,
+    /// Qwen3's per-head norms of q and k (`head_dim` wide each).
+    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     wo: QTensor,
     ffn_norm: Vec<f32>,
     w_gate: QTensor,
     w_up: QTensor,
     w_down: QTensor,
+}
+
+struct QkvBias {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
 }
 
 pub struct Llama {
@@ -32,21 +44,39 @@ pub struct Llama {
     output_norm: Vec<f32>,
     /// The token embedding when the output projection is tied.
     output: QTensor,
+    tied: bool,
 }
 
 impl Llama {
     pub fn load(config: Config, store: &dyn WeightStore) -> Result<Llama> {
-        let (d, kv_dim, ffn, vocab) = (config.d_model, config.n_kv_heads * config.head_dim, config.ffn_dim, config.vocab_size);
+        let (d, q_dim, kv_dim, ffn, vocab) = (config.d_model, config.q_dim(), config.n_kv_heads * config.head_dim, config.ffn_dim, config.vocab_size);
+        let hd = config.head_dim;
         let token_embd = store.matrix("token_embd.weight", vocab, d)?;
         let blocks = (0..config.n_layers)
             .map(|l| {
                 let w = |name: &str| format!("blk.{l}.{name}.weight");
+                let b = |name: &str| format!("blk.{l}.{name}.bias");
+                // Biases are Qwen2's, and any Llama file's that has them (HF `attention_bias`).
+                let bias = match config.arch == Arch::Qwen2 || store.has(&b("attn_q")) {
+                    true => Some(QkvBias {
+                        q: store.vector(&b("attn_q"), q_dim)?,
+                        k: store.vector(&b("attn_k"), kv_dim)?,
+                        v: store.vector(&b("attn_v"), kv_dim)?,
+                    }),
+                    false => None,
+                };
+                let qk_norm = match config.arch == Arch::Qwen3 {
+                    true => Some((store.vector(&w("attn_q_norm"), hd)?, store.vector(&w("attn_k_norm"), hd)?)),
+                    false => None,
+                };
                 Ok(Block {
                     attn_norm: store.vector(&w("attn_norm"), d)?,
-                    wq: store.matrix(&w("attn_q"), d, d)?,
+                    wq: store.matrix(&w("attn_q"), q_dim, d)?,
                     wk: store.matrix(&w("attn_k"), kv_dim, d)?,
                     wv: store.matrix(&w("attn_v"), kv_dim, d)?,
-                    wo: store.matrix(&w("attn_output"), d, d)?,
+                    bias,
+                    qk_norm,
+                    wo: store.matrix(&w("attn_output"), d, q_dim)?,
                     ffn_norm: store.vector(&w("ffn_norm"), d)?,
                     w_gate: store.matrix(&w("ffn_gate"), ffn, d)?,
                     w_up: store.matrix(&w("ffn_up"), ffn, d)?,
@@ -54,11 +84,12 @@ impl Llama {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let output = match store.has("output.weight") {
-            true => store.matrix("output.weight", vocab, d)?,
-            false => token_embd.clone(),
+        let tied = !store.has("output.weight");
+        let output = match tied {
+            false => store.matrix("output.weight", vocab, d)?,
+            true => token_embd.clone(),
         };
-        Ok(Llama { output_norm: store.vector("output_norm.weight", d)?, config, token_embd, blocks, output })
+        Ok(Llama { output_norm: store.vector("output_norm.weight", d)?, config, token_embd, blocks, output, tied })
     }
 
     /// The matrices every token multiplies by (the embedding is only looked up, unless tied).
@@ -68,6 +99,11 @@ impl Llama {
             out.extend([&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down]);
         }
         out
+    }
+
+    /// Whether the output projection is the token embedding.
+    pub fn tied_output(&self) -> bool {
+        self.tied
     }
 
     /// Every weight matrix, for planting a dequantization bug in it.
@@ -128,17 +164,47 @@ impl Block {
 
         let mut q = matmul(&self.wq, &h, n);
         let mut k = matmul(&self.wk, &h, n);
-        let v = matmul(&self.wv, &h, n);
-        let kv_dim = k.len() / n;
-        taps.record(Tap::Q, layer, || TapValue::f32(&[n, d], canonical(&q)));
+        let mut v = matmul(&self.wv, &h, n);
+        let (q_dim, kv_dim) = (q.len() / n, k.len() / n);
+        let bias_after_rope = cfg.has_fault(Fault::BiasAfterRope);
+        if let Some(b) = &self.bias {
+            if !bias_after_rope {
+                ops::add_bias(&mut q, &b.q);
+                ops::add_bias(&mut k, &b.k);
+            }
+            ops::add_bias(&mut v, &b.v);
+        }
+        taps.record(Tap::Q, layer, || TapValue::f32(&[n, q_dim], canonical(&q)));
         taps.record(Tap::K, layer, || TapValue::f32(&[n, kv_dim], canonical(&k)));
         taps.record(Tap::V, layer, || TapValue::f32(&[n, kv_dim], v.clone()));
+
+        let norm_after_rope = cfg.has_fault(Fault::QkNormAfterRope);
+        let qk_norm = |q: &mut Vec<f32>, k: &mut Vec<f32>| {
+            if let Some((qn, kn)) = &self.qk_norm {
+                *q = ops::rms_norm(q, qn, cfg.layer_eps(l));
+                *k = ops::rms_norm(k, kn, cfg.layer_eps(l));
+            }
+        };
+        if !norm_after_rope {
+            qk_norm(&mut q, &mut k);
+        }
+        if self.qk_norm.is_some() {
+            taps.record(Tap::QNorm, layer, || TapValue::f32(&[n, q_dim], canonical(&q)));
+            taps.record(Tap::KNorm, layer, || TapValue::f32(&[n, kv_dim], canonical(&k)));
+        }
 
         // The planted DecodeRopeOffByOne fault: a decoded token is rotated one position on.
         let rope_pos = pos0 + usize::from(cfg.has_fault(Fault::DecodeRopeOffByOne) && n == 1 && pos0 > 0);
         rope.apply(&mut q, n, rope_pos);
         rope.apply(&mut k, n, rope_pos);
-        taps.record(Tap::QRope, layer, || TapValue::f32(&[n, d], canonical(&q)));
+        if norm_after_rope {
+            qk_norm(&mut q, &mut k);
+        }
+        if let (Some(b), true) = (&self.bias, bias_after_rope) {
+            ops::add_bias(&mut q, &b.q);
+            ops::add_bias(&mut k, &b.k);
+        }
+        taps.record(Tap::QRope, layer, || TapValue::f32(&[n, q_dim], canonical(&q)));
         taps.record(Tap::KRope, layer, || TapValue::f32(&[n, kv_dim], canonical(&k)));
 
         cache.store(l, &k, &v);

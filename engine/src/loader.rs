@@ -41,7 +41,7 @@ impl WeightStore for GgufFile {
     }
 
     fn has(&self, name: &str) -> bool {
-        self.tensor_infos().iter().any(|t| t.name == name)
+        self.has_tensor(name)
     }
 }
 
@@ -68,7 +68,7 @@ impl HfStore {
         };
         let (stem, suffix) = rest.rsplit_once('.')?;
         match self.arch {
-            Arch::Llama => {
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => {
                 let base = match (layer, stem) {
                     (None, "token_embd") => "model.embed_tokens".to_string(),
                     (None, "output_norm") => "model.norm".to_string(),
@@ -79,6 +79,8 @@ impl HfStore {
                             "attn_q" => "self_attn.q_proj",
                             "attn_k" => "self_attn.k_proj",
                             "attn_v" => "self_attn.v_proj",
+                            "attn_q_norm" => "self_attn.q_norm",
+                            "attn_k_norm" => "self_attn.k_norm",
                             "attn_output" => "self_attn.o_proj",
                             "ffn_norm" => "post_attention_layernorm",
                             "ffn_gate" => "mlp.gate_proj",

@@ -2,7 +2,7 @@
 //! run that shows every checkpoint to an observer.
 
 use crate::attention::KvCache;
-use crate::config::{Arch, Config};
+use crate::config::{Arch, Config, Mechanism};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::gpt2::Gpt2;
@@ -77,6 +77,15 @@ impl Model {
             Net::Llama(m) => &m.config,
             Net::Gpt2(m) => &m.config,
         }
+    }
+
+    /// The mechanisms this model uses (every one the engine implements; see [`Config::mechanisms`]).
+    pub fn mechanisms(&self) -> Vec<Mechanism> {
+        let tied = match &self.net {
+            Net::Llama(m) => m.tied_output(),
+            Net::Gpt2(_) => true,
+        };
+        self.config().mechanisms(tied)
     }
 
     /// Plants a deliberate bug (see [`Fault`](crate::fault::Fault)) for the harness's own tests
@@ -253,12 +262,15 @@ impl Model {
     fn decode_tap_shapes(&self, context: usize) -> Vec<(Tap, Vec<usize>)> {
         let c = self.config();
         let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-        let rope = c.arch == Arch::Llama;
+        let rope = c.arch.is_llama_block();
+        let qk_norm = c.arch == Arch::Qwen3;
         let shapes = [
             (Tap::DecAttnNorm, vec![c.d_model]),
             (Tap::DecQ, vec![q]),
             (Tap::DecK, vec![kv]),
             (Tap::DecV, vec![kv]),
+            (Tap::DecQNorm, if qk_norm { vec![q] } else { vec![] }),
+            (Tap::DecKNorm, if qk_norm { vec![kv] } else { vec![] }),
             (Tap::DecQRope, if rope { vec![q] } else { vec![] }),
             (Tap::DecKRope, if rope { vec![kv] } else { vec![] }),
             (Tap::DecKCache, vec![c.n_kv_heads, context, c.head_dim]),
@@ -346,7 +358,7 @@ fn hf_chat_template(path: &Path) -> Result<Option<String>> {
 impl Net {
     fn build(config: Config, store: &dyn WeightStore) -> Result<Net> {
         Ok(match config.arch {
-            Arch::Llama => Net::Llama(Llama::load(config, store)?),
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => Net::Llama(Llama::load(config, store)?),
             Arch::Gpt2 => Net::Gpt2(Gpt2::load(config, store)?),
         })
     }

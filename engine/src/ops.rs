@@ -137,13 +137,19 @@ pub enum RopeLayout {
 pub struct Rope {
     pub layout: RopeLayout,
     head_dim: usize,
-    /// `theta^(-2i/hd)` for pair i, rounded to f32 as HF and llama.cpp do.
+    /// `theta^(-2i/hd)` for pair i, rounded to f32 as HF and llama.cpp do, then divided by the
+    /// pair's scaling divisor, if any, in f32.
     inv_freq: Vec<f32>,
 }
 
 impl Rope {
-    pub fn new(layout: RopeLayout, head_dim: usize, theta: f32) -> Rope {
-        let inv_freq = (0..head_dim / 2).map(|i| (1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64)) as f32).collect();
+    pub fn new(layout: RopeLayout, head_dim: usize, theta: f32, divisors: Option<&[f32]>) -> Rope {
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| {
+                let f = (1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64)) as f32;
+                divisors.and_then(|d| d.get(i)).map_or(f, |d| f / d)
+            })
+            .collect();
         Rope { layout, head_dim, inv_freq }
     }
 
@@ -322,7 +328,7 @@ mod tests {
         // hd = 4, theta = 10000: frequencies 1 and 0.01. At position 1, the pair (x0, x2) turns by
         // 1 rad and (x1, x3) by 0.01 rad: x0' = cos1 - 3 sin1, x2' = sin1 + 3 cos1,
         // x1' = 2 cos.01 - 4 sin.01, x3' = 2 sin.01 + 4 cos.01.
-        let rope = Rope::new(RopeLayout::HalfSplit, 4, 10000.0);
+        let rope = Rope::new(RopeLayout::HalfSplit, 4, 10000.0, None);
         let mut x = [1.0, 2.0, 3.0, 4.0];
         rope.apply(&mut x, 1, 1);
         assert_close(&x, &[-1.984111, 1.959901, 2.462378, 4.019799], 1e-5);
@@ -332,7 +338,7 @@ mod tests {
     fn rope_interleaved_equals_half_split_after_reordering() {
         // The same vector in GGUF's permuted order [x0, x2, x1, x3] rotated on adjacent pairs
         // must give the half-split result once put back in HF order.
-        let rope = Rope::new(RopeLayout::Interleaved, 4, 10000.0);
+        let rope = Rope::new(RopeLayout::Interleaved, 4, 10000.0, None);
         let mut x = [1.0, 3.0, 2.0, 4.0];
         rope.apply(&mut x, 1, 1);
         assert_close(&interleaved_to_half_split(&x, 4), &[-1.984111, 1.959901, 2.462378, 4.019799], 1e-5);
@@ -340,7 +346,7 @@ mod tests {
 
     #[test]
     fn rope_at_position_zero_is_identity_and_positions_advance_per_token() {
-        let rope = Rope::new(RopeLayout::HalfSplit, 4, 10000.0);
+        let rope = Rope::new(RopeLayout::HalfSplit, 4, 10000.0, None);
         let mut x = [1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0];
         rope.apply(&mut x, 2, 0);
         assert_close(&x[..4], &[1.0, 2.0, 3.0, 4.0], 0.0);

@@ -228,3 +228,51 @@ fn encode_never_panics_and_byte_level_bpe_is_lossless_on_arbitrary_input() {
     }
     let _ = smol.decode(&[u32::MAX, 0, 49151]);
 }
+
+/// llama.cpp's own tokenizer test data for a vocabulary (`models/ggml-vocab-<name>.gguf` with its
+/// `.inp` strings and the `.out` ids HF's tokenizer gave them, `add_special_tokens=False`), from
+/// the llama-cpp-python source tree `scripts/make-family-models.py` unpacks into the parity cache.
+/// `None` when that tree is absent, unless PARITY_REQUIRE_REFERENCES is set.
+fn llama_cpp_vocab_test(name: &str) -> Option<(Tokenizer, Vec<(String, Vec<u32>)>)> {
+    let cache =
+        std::env::var_os("PARITY_CACHE").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/parity")))?;
+    let models = std::fs::read_dir(cache.join("src"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("vendor/llama.cpp/models"))
+        .find(|m| m.join(format!("ggml-vocab-{name}.gguf")).is_file());
+    let Some(models) = models else {
+        assert!(
+            std::env::var_os("PARITY_REQUIRE_REFERENCES").is_none(),
+            "no llama.cpp vocab tests in {}: run scripts/make-family-models.py",
+            cache.display()
+        );
+        eprintln!("skipped: no llama.cpp vocab tests under {}", cache.display());
+        return None;
+    };
+    let vocab = models.join(format!("ggml-vocab-{name}.gguf"));
+    let file = crate::gguf::GgufFile::open(&vocab).unwrap_or_else(|e| panic!("{}: {e}", vocab.display()));
+    let tok = Tokenizer::from_gguf(&file).unwrap_or_else(|e| panic!("{}: {e}", vocab.display()));
+    let inputs = read(&models.join(format!("ggml-vocab-{name}.gguf.inp")));
+    let outputs = read(&models.join(format!("ggml-vocab-{name}.gguf.out")));
+    let texts: Vec<String> = inputs.split("\n__ggml_vocab_test__\n").map(String::from).collect();
+    let ids: Vec<Vec<u32>> = outputs.lines().map(|l| l.split_whitespace().map(|i| i.parse().expect("an id")).collect()).collect();
+    // The .inp file ends with a separator and an empty piece; the .out file has a line per string.
+    assert!(texts.len() >= ids.len() && ids.len() > 20, "{name}: {} strings, {} id lines", texts.len(), ids.len());
+    Some((tok, texts.into_iter().zip(ids).collect()))
+}
+
+#[test]
+fn llama3_and_qwen2_ids_equal_hf_on_llama_cpp_vocab_tests() {
+    for name in ["llama-bpe", "qwen2", "gpt-2"] {
+        let Some((tok, cases)) = llama_cpp_vocab_test(name) else { return };
+        for (text, want) in &cases {
+            let mut got = tok.encode_with_special(text);
+            if tok.add_bos() && got.first() == tok.bos_id().as_ref() {
+                got.remove(0);
+            }
+            assert_ids(&tok, name, "HF (llama.cpp's vocab test)", text, &got, want);
+        }
+    }
+}

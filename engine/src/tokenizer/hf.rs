@@ -34,10 +34,12 @@ pub fn spec_from_hf_json(path: &Path) -> Result<TokenizerSpec> {
     }
     let pre = match sentencepiece {
         true => None,
-        false => Some(
-            pre_tokenizer_name(json.get("pre_tokenizer").unwrap_or(&Value::Null))
-                .map_err(|found| err(format!("{}: pre_tokenizer {found} is not supported (ByteLevel, or Digits then ByteLevel)", path.display())))?,
-        ),
+        false => Some(pre_tokenizer_name(json.get("pre_tokenizer").unwrap_or(&Value::Null)).map_err(|found| {
+            err(format!(
+                "{}: pre_tokenizer {found} is not supported (ByteLevel, Digits then ByteLevel, or the Llama 3 or Qwen2 Split then ByteLevel)",
+                path.display()
+            ))
+        })?),
     };
 
     // Ids come from the model vocabulary and the added tokens; together they must be 0..n.
@@ -183,6 +185,9 @@ fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).map_err(|e| Error::Format { path: path.to_path_buf(), format: "JSON", reason: e.to_string() })
 }
 
+/// Llama 3's pre-tokenizer regex as its tokenizer.json spells it; Qwen2's differs only in `\p{N}`.
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// The GGUF pre-tokenizer name for an HF pre_tokenizer, or a description of what was found.
 fn pre_tokenizer_name(pre: &Value) -> std::result::Result<&'static str, String> {
     let kind = |v: &Value| v.get("type").and_then(Value::as_str).unwrap_or("?").to_string();
@@ -196,10 +201,19 @@ fn pre_tokenizer_name(pre: &Value) -> std::result::Result<&'static str, String> 
     }
     if kind(pre) == "Sequence" {
         let parts: Vec<&Value> = pre.get("pretokenizers").and_then(Value::as_array).into_iter().flatten().collect();
-        if let [digits, byte_level] = parts[..] {
-            let individual = digits.get("individual_digits").and_then(Value::as_bool).unwrap_or(false);
-            if kind(digits) == "Digits" && individual && is_plain_byte_level(byte_level) {
+        if let [first, byte_level] = parts[..] {
+            let individual = first.get("individual_digits").and_then(Value::as_bool).unwrap_or(false);
+            if kind(first) == "Digits" && individual && is_plain_byte_level(byte_level) {
                 return Ok("smollm");
+            }
+            let regex_free = kind(byte_level) == "ByteLevel" && !byte_level.get("use_regex").and_then(Value::as_bool).unwrap_or(true);
+            let pattern = first.get("pattern").and_then(|p| p.get("Regex")).and_then(Value::as_str);
+            if kind(first) == "Split" && regex_free {
+                match pattern {
+                    Some(LLAMA3_PATTERN) => return Ok("llama-bpe"),
+                    Some(p) if p == LLAMA3_PATTERN.replace("\\p{N}{1,3}", "\\p{N}") => return Ok("qwen2"),
+                    _ => {}
+                }
             }
         }
         return Err(format!("Sequence[{}]", parts.iter().map(|p| kind(p)).collect::<Vec<_>>().join(", ")));

@@ -218,7 +218,7 @@ impl Tokenizer {
             "gpt2" => {
                 let pre = PreTokenizer::from_gguf_name(spec.pre.as_deref()).ok_or_else(|| {
                     err(format!(
-                        "pre-tokenizer '{}' is not supported (supported: default, gpt-2 and its aliases, smollm and its aliases)",
+                        "pre-tokenizer '{}' is not supported (supported: default, gpt-2, smollm, llama-bpe, qwen2 and their aliases)",
                         spec.pre.as_deref().unwrap_or("")
                     ))
                 })?;
@@ -363,11 +363,19 @@ impl Tokenizer {
         let fragments = if text.is_empty() { Vec::new() } else { self.partition(text, parse_special) };
         match &self.model {
             Model::Bpe { pre, merges, byte_ids } => {
+                let whole_words = pre.ignores_merges().then(bpe::byte_to_char_table);
                 for fragment in fragments {
                     match fragment {
                         Fragment::Token(id) => out.push(id),
                         Fragment::Text(text) => {
                             for word in pre.split(text) {
+                                // Llama 3 takes a word that is a token as it is, merges or not.
+                                let whole =
+                                    whole_words.and_then(|table| self.token_to_id.get(&word.bytes().map(|b| table[b as usize]).collect::<String>()));
+                                if let Some(&id) = whole {
+                                    out.push(id);
+                                    continue;
+                                }
                                 let symbols: Vec<Option<u32>> = word.bytes().map(|b| byte_ids[b as usize]).collect();
                                 // A byte whose character is missing from the vocabulary is dropped, as in llama.cpp.
                                 out.extend(merges.apply(&symbols).into_iter().flatten());
@@ -608,7 +616,7 @@ mod tests {
         let mut s = tiny_bpe("gpt-2");
         s.token_types.as_mut().unwrap()[3] = 42;
         assert!(message(s).contains("type 42"));
-        assert!(message(tiny_bpe("llama3")).contains("pre-tokenizer 'llama3'"));
+        assert!(message(tiny_bpe("chatglm-bpe")).contains("pre-tokenizer 'chatglm-bpe'"));
         let mut s = tiny_bpe("gpt-2");
         s.model = "bert".into();
         assert!(message(s).contains("'bert'"));

@@ -9,6 +9,13 @@
 //! 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 //! ```
 //!
+//! Llama 3 and Qwen2 use one longer pattern, also written by hand (`split_llama3`), which differs
+//! between them only in how many digits a number piece takes (`\p{N}{1,3}` or `\p{N}`):
+//!
+//! ```text
+//! (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+//! ```
+//!
 //! Character classes: `\p{L}` and `\p{N}` are Unicode general categories, `\s` is the Unicode
 //! White_Space property (the same set llama.cpp's tables and Rust's `char::is_whitespace` use).
 
@@ -25,6 +32,10 @@ pub enum PreTokenizer {
     /// llama.cpp's fallback for a missing or `default` pre-tokenizer: runs of punctuation, then
     /// the GPT-2 pattern, then runs of `\p{N}`, then groups of three ASCII digits.
     Default,
+    /// The Llama 3 pattern (`llama-bpe`, `llama3`): numbers in pieces of up to three digits.
+    Llama3,
+    /// The same pattern with every digit alone (`qwen2`).
+    Qwen2,
 }
 
 impl PreTokenizer {
@@ -39,8 +50,16 @@ impl PreTokenizer {
                 | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0" | "mellum",
             ) => Some(PreTokenizer::Gpt2),
             Some("smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b") => Some(PreTokenizer::DigitsThenGpt2),
+            Some("llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral") => Some(PreTokenizer::Llama3),
+            Some("qwen2" | "deepseek-r1-qwen") => Some(PreTokenizer::Qwen2),
             Some(_) => None,
         }
+    }
+
+    /// Whether a word that is itself a token is taken whole, before any merge (HF's
+    /// `ignore_merges`, llama.cpp's for Llama 3): merges alone may not reach such a token.
+    pub fn ignores_merges(&self) -> bool {
+        *self == PreTokenizer::Llama3
     }
 
     /// Cuts `text` into words; the words are consecutive, non-empty, and cover `text` exactly.
@@ -51,6 +70,8 @@ impl PreTokenizer {
             PreTokenizer::Gpt2 => &[Pass::Gpt2],
             PreTokenizer::DigitsThenGpt2 => &[Pass::EachNumber, Pass::Gpt2],
             PreTokenizer::Default => &[Pass::PunctuationRuns, Pass::Gpt2, Pass::NumberRuns, Pass::AsciiDigitTriples],
+            PreTokenizer::Llama3 => &[Pass::Llama3 { max_digits: 3 }],
+            PreTokenizer::Qwen2 => &[Pass::Llama3 { max_digits: 1 }],
         };
         for pass in passes {
             let mut next = Vec::with_capacity(pieces.len());
@@ -103,6 +124,8 @@ enum Pass {
     PunctuationRuns,
     /// The GPT-2 pattern.
     Gpt2,
+    /// The Llama 3 pattern, numbers in pieces of at most `max_digits`.
+    Llama3 { max_digits: usize },
 }
 
 impl Pass {
@@ -113,6 +136,7 @@ impl Pass {
             Pass::AsciiDigitTriples => split_ascii_triples(window),
             Pass::PunctuationRuns => split_runs(window, |c| is_punctuation(c) || matches!(c, '$' | '+' | '<' | '=' | '>' | '^' | '~' | '|'), None),
             Pass::Gpt2 => split_gpt2(window),
+            Pass::Llama3 { max_digits } => split_llama3(window, max_digits),
         }
     }
 }
@@ -226,6 +250,65 @@ fn split_gpt2(window: &[(usize, char)]) -> Vec<usize> {
             }
         }
         lens.push(pos - start);
+    }
+    lens
+}
+
+fn is_newline(c: char) -> bool {
+    matches!(c, '\r' | '\n')
+}
+
+fn split_llama3(window: &[(usize, char)], max_digits: usize) -> Vec<usize> {
+    let n = window.len();
+    let ch = |i: usize| window.get(i).map(|&(_, c)| c);
+    let is = |i: usize, f: fn(char) -> bool| ch(i).is_some_and(f);
+    let run = |from: usize, f: fn(char) -> bool| (from..n).take_while(|&i| is(i, f)).count();
+    let other = |c: char| !c.is_whitespace() && !is_letter(c) && !is_number(c);
+
+    let mut lens = Vec::new();
+    let mut pos = 0;
+    while pos < n {
+        let c = ch(pos).unwrap_or(' ');
+        let len = 'matched: {
+            // (?i:'s|'t|'re|'ve|'m|'ll|'d)
+            if c == '\'' {
+                let lower = |i| ch(i).map(|c: char| c.to_ascii_lowercase());
+                match (lower(pos + 1), lower(pos + 2)) {
+                    (Some('s' | 't' | 'm' | 'd'), _) => break 'matched 2,
+                    (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l')) => break 'matched 3,
+                    _ => {}
+                }
+            }
+            // [^\r\n\p{L}\p{N}]?\p{L}+
+            if is_letter(c) {
+                break 'matched run(pos, is_letter);
+            }
+            if !is_newline(c) && !is_number(c) && is(pos + 1, is_letter) {
+                break 'matched 1 + run(pos + 1, is_letter);
+            }
+            // \p{N}{1,max}
+            if is_number(c) {
+                break 'matched run(pos, is_number).min(max_digits);
+            }
+            // ' '?[^\s\p{L}\p{N}]+[\r\n]*
+            let lead = usize::from(c == ' ');
+            let others = run(pos + lead, other);
+            if others > 0 {
+                break 'matched lead + others + run(pos + lead + others, is_newline);
+            }
+            // \s*[\r\n]+ : the whitespace run up to its last newline
+            let spaces = run(pos, char::is_whitespace);
+            if let Some(last) = (pos..pos + spaces).rev().find(|&i| is(i, is_newline)) {
+                break 'matched last + 1 - pos;
+            }
+            // \s+(?!\S) | \s+
+            if spaces > 1 && pos + spaces < n {
+                break 'matched spaces - 1;
+            }
+            spaces.max(1)
+        };
+        lens.push(len);
+        pos += len;
     }
     lens
 }
