@@ -83,6 +83,13 @@ fn main() -> ExitCode {
             None => unreachable!("`parity run` always parses to the run command"),
         },
     };
+    // Output piped into `head` and closed early ends the process quietly, as other tools do,
+    // instead of a panic in println!; the server keeps Rust's default (it writes to sockets).
+    #[cfg(unix)]
+    if !matches!(command, Command::Serve(_)) {
+        // SAFETY: called before any thread is started; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // Input hashes are remembered between runs while the files stay unchanged (reports::hashes).
     if let Err(e) = reports::hashes::keep_in(harness::suite::parity_cache().join("sha256.tsv")) {
         eprintln!("parity: warning: input hashes are not remembered between runs: {e}");

@@ -1,9 +1,11 @@
 //! Small bugs planted in the engine must be caught on real weights, at the checkpoint and layer
 //! where they live, against the f64 truth and against every reference: the sharpness the noise
-//! floor promises, on SmolLM2-135M (Q4_1 as shipped, F32, F16) and GPT-2-small.
+//! floor promises, on SmolLM2-135M (Q4_1 as shipped, F32, F16) and GPT-2-small; and the bug people
+//! make in each mechanism the model families add, on the family suite's Llama-3, Qwen2 and Qwen3.
 //!
-//! Needs the real-suite dumps in the parity cache (`scripts/make-real-models.sh`, then
-//! `scripts/make-dumps.sh checkpoints/suite-real.toml`); `.ci/run` makes them before running this.
+//! Needs the real-suite and family-suite dumps in the parity cache (`scripts/make-real-models.sh`,
+//! then `scripts/make-dumps.sh checkpoints/suite-real.toml` and `checkpoints/suite-families.toml`);
+//! `.ci/run` makes them before running this.
 //! Without them the tests say so and pass, unless `PARITY_REQUIRE_REFERENCES` is set (CI sets it),
 //! where a missing dump is a failure.
 
@@ -28,9 +30,11 @@ type Run = (reports::results::RunResults, Vec<harness::pipeline::CaseRun>, Vec<S
 
 fn run(model_id: &str, fault: Option<Fault>) -> Option<Run> {
     let root = root();
-    let mut suite = Suite::load(&root.join("checkpoints/suite-real.toml")).unwrap();
+    let holds = |file: &str| Suite::load(&root.join(file)).unwrap().models.iter().any(|m| m.id == model_id);
+    let file = ["checkpoints/suite-real.toml", "checkpoints/suite-families.toml"].into_iter().find(|f| holds(f));
+    let file = file.unwrap_or_else(|| panic!("{model_id} is in neither the real nor the family suite"));
+    let mut suite = Suite::load(&root.join(file)).unwrap();
     suite.models.retain(|m| m.id == model_id);
-    assert_eq!(suite.models.len(), 1, "{model_id} is not in the real suite");
     // `short`, or the model's first prompt when it does not run that one.
     let prompt = suite.models[0].prompts.as_ref().map_or("short".to_string(), |p| p[0].clone());
     suite.prompts.retain(|p| p.id == prompt);
@@ -39,7 +43,7 @@ fn run(model_id: &str, fault: Option<Fault>) -> Option<Run> {
     let truth = suite.truth.clone().expect("the real suite has a truth");
     let wanted: Vec<String> = suite.models[0].refs.iter().cloned().chain([truth.clone()]).collect();
     if let Some(absent) = wanted.iter().find(|r| !case_dir.join(r).join("manifest.toml").is_file()) {
-        let why = format!("no {absent} dump at {}: run scripts/make-dumps.sh checkpoints/suite-real.toml", case_dir.display());
+        let why = format!("no {absent} dump at {}: run scripts/make-dumps.sh {file}", case_dir.display());
         assert!(std::env::var_os("PARITY_REQUIRE_REFERENCES").is_none(), "{why}");
         eprintln!("skipped: {why}");
         return None;
@@ -86,6 +90,30 @@ fn the_clean_engine_passes_every_real_model() {
         let Some(found) = first_failures(model, None) else { return };
         assert!(found.iter().all(|(_, at)| at.is_none()), "{model}: {found:?}");
     }
+}
+
+#[test]
+fn the_clean_engine_passes_every_family_model() {
+    for model in ["llama3-f32", "llama3-q8_0", "qwen2-f32", "qwen2-q8_0", "qwen3-f32", "qwen3-q8_0"] {
+        let Some(found) = first_failures(model, None) else { return };
+        assert!(found.iter().all(|(_, at)| at.is_none()), "{model}: {found:?}");
+    }
+}
+
+#[test]
+fn llama3_rope_scaling_on_the_wrong_frequencies_is_caught_at_the_first_rotated_queries() {
+    caught_at("llama3-f32", Fault::RopeScalingReversed, "blk.0.q_rope");
+}
+
+#[test]
+fn qwen2_biases_added_after_rope_are_caught_at_the_first_queries() {
+    // The buggy q is the projection without its bias: wrong already before RoPE.
+    caught_at("qwen2-f32", Fault::BiasAfterRope, "blk.0.q");
+}
+
+#[test]
+fn qwen3_qk_norm_after_rope_is_caught_at_the_first_normalised_queries() {
+    caught_at("qwen3-f32", Fault::QkNormAfterRope, "blk.0.q_norm");
 }
 
 #[test]

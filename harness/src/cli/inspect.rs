@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use engine::config::Mechanism;
 use engine::gguf::GgufFile;
 use engine::{Config, Model};
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::path::Path;
 pub fn run(path: &Path) -> Result<()> {
     if path.is_dir() {
         let model = Model::load(path).with_context(|| format!("loading {}", path.display()))?;
-        print_config(model.config());
+        print_config(model.config(), &model.mechanisms());
         let store = engine::safetensors::SafeTensors::open(path)?;
         let mut table = tensor_table();
         for name in store.names() {
@@ -22,8 +23,8 @@ pub fn run(path: &Path) -> Result<()> {
     let file = GgufFile::open(path).with_context(|| format!("reading {}", path.display()))?;
     let vocab = file.tensor("token_embd.weight").map(|t| t.rows()).unwrap_or(0);
     match Config::from_gguf(&file, vocab.max(1)) {
-        Ok(config) => print_config(&config),
-        Err(e) => println!("architecture: {} ({e})", file.architecture().unwrap_or("unknown")),
+        Ok(config) => print_config(&config, &config.mechanisms(!file.has_tensor("output.weight"))),
+        Err(e) => println!("architecture: {}: not supported by the engine ({e})", file.architecture().unwrap_or("unknown")),
     }
     let mut meta = Table::new();
     meta.load_preset(UTF8_FULL_CONDENSED).set_header(vec!["metadata key", "value"]);
@@ -46,7 +47,7 @@ pub fn run(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn print_config(c: &Config) {
+fn print_config(c: &Config, mechanisms: &[Mechanism]) {
     println!(
         "architecture: {}  layers: {}  d_model: {}  heads: {} (kv {})  head_dim: {}  ffn: {}  vocab: {}  context: {}  norm_eps: {:e}  rope_theta: {}",
         c.arch.name(),
@@ -61,6 +62,8 @@ fn print_config(c: &Config) {
         c.norm_eps,
         c.rope_theta
     );
+    let names: Vec<&str> = mechanisms.iter().map(|m| m.describe()).collect();
+    println!("mechanisms (all implemented by the engine): {}", names.join(", "));
 }
 
 fn tensor_table() -> Table {
