@@ -57,15 +57,14 @@ FIXTURES = {
     "tiny-gpt2/model-f32.gguf": GPT2_IDS,
 }
 FORCED = [300, 7, 42, 128]
-# The family models (scripts/make-family-models.py) and llama-cpp-python 0.3.36's ids for their
-# prompt, as in references/tinygrad/test_dump.py: Llama-3 adds BOS 128000, Qwen none.
+# The family models (scripts/make-family-models.py) dumped, and llama.cpp's ids for their prompt
+# (pinned beside the tokenizer, shared with references/tinygrad/test_dump.py).
 CACHE = Path(os.environ.get("PARITY_CACHE", Path.home() / ".cache" / "parity"))
-FAMILY_PROMPT = "The capital of France is"
+FAMILY_IDS = json.loads((ROOT / "references" / "tinygrad" / "family_prompt_ids.json").read_text())
+FAMILY_PROMPT = FAMILY_IDS["prompt"]
 FAMILIES = {
-    "llama3/model-f32.gguf": [128000, 791, 6864, 315, 9822, 374],
-    "llama3/model-q8_0.gguf": [128000, 791, 6864, 315, 9822, 374],
-    "qwen2/model-f32.gguf": [785, 6722, 315, 9625, 374],
-    "qwen3/model-f32.gguf": [785, 6722, 315, 9625, 374],
+    rel: FAMILY_IDS["ids"][rel.split("/")[0]]
+    for rel in ("llama3/model-f32.gguf", "llama3/model-q8_0.gguf", "qwen2/model-f32.gguf", "qwen3/model-f32.gguf")
 }
 
 

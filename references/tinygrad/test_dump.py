@@ -52,15 +52,13 @@ GPT2_IDS = [279, 220, 80, 84, 72, 334, 271, 289, 283, 272, 78, 87, 220, 73, 84, 
 FIXTURES = {"tiny-llama/model-f32.gguf": LLAMA_IDS, "tiny-llama/model-f16.gguf": LLAMA_IDS, "tiny-gpt2/model-f32.gguf": GPT2_IDS}
 
 
-# The family models (scripts/make-family-models.py) and their prompt ids from llama-cpp-python
-# 0.3.36 (`Llama.tokenize(text, add_bos=True, special=False)`): Llama-3 adds BOS 128000, Qwen none.
+# The family models (scripts/make-family-models.py) dumped, and llama.cpp's ids for their prompt.
 CACHE = Path(os.environ.get("PARITY_CACHE", Path.home() / ".cache" / "parity"))
-FAMILY_PROMPT = "The capital of France is"
+FAMILY_IDS = json.loads((HERE / "family_prompt_ids.json").read_text())
+FAMILY_PROMPT = FAMILY_IDS["prompt"]
 FAMILIES = {
-    "llama3/model-f32.gguf": [128000, 791, 6864, 315, 9822, 374],
-    "llama3/model-q8_0.gguf": [128000, 791, 6864, 315, 9822, 374],
-    "qwen2/model-f32.gguf": [785, 6722, 315, 9625, 374],
-    "qwen3/model-f32.gguf": [785, 6722, 315, 9625, 374],
+    rel: FAMILY_IDS["ids"][rel.split("/")[0]]
+    for rel in ("llama3/model-f32.gguf", "llama3/model-q8_0.gguf", "qwen2/model-f32.gguf", "qwen3/model-f32.gguf")
 }
 
 

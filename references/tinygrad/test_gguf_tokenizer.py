@@ -38,10 +38,9 @@ FAMILY_VOCABS = {
 # A whole Llama-3 token its merge list cannot build: only llama.cpp's ignore_merges gives one id.
 UNMERGEABLE = "ilmektedir"
 # llama-cpp-python 0.3.36 on the family GGUFs: Llama-3 adds BOS 128000, Qwen2 no BOS.
-PINNED = {
-    "llama3": {"The capital of France is": [128000, 791, 6864, 315, 9822, 374], UNMERGEABLE: [128000, 108577]},
-    "qwen2": {"The capital of France is": [785, 6722, 315, 9625, 374]},
-}
+FAMILY_IDS = json.loads((HERE / "family_prompt_ids.json").read_text())
+PINNED = {vocab: {FAMILY_IDS["prompt"]: FAMILY_IDS["ids"][vocab]} for vocab in FAMILY_VOCABS}
+PINNED["llama3"][UNMERGEABLE] = [128000, 108577]
 
 
 def main():
