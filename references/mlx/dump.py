@@ -1,5 +1,5 @@
 """Dumps the checkpoint catalog from MLX (Apple's array framework, its CPU build) running mlx-lm's
-own Llama model code, in float32 (quantized GGUF types stay MLX-quantized).
+own model code, in float32 (quantized GGUF types stay MLX-quantized).
 
     ~/.cache/parity/venv-mlx/bin/python references/mlx/dump.py --model M.gguf --prompt TEXT --out DIR
 
