@@ -1,9 +1,10 @@
 """Dumps the checkpoint catalog from MLX (Apple's array framework, its CPU build) running mlx-lm's
-own Llama model code, in float32 (quantized GGUF types stay MLX-quantized).
+own model code, in float32 (quantized GGUF types stay MLX-quantized).
 
     ~/.cache/parity/venv-mlx/bin/python references/mlx/dump.py --model M.gguf --prompt TEXT --out DIR
 
-GGUF Llama and GPT-2, through mlx-lm's models (llama.py, gpt2.py, watched by watch.py). It runs in its own
+GGUF Llama (2 and 3), Qwen2, Qwen3 and GPT-2, through mlx-lm's models (llama.py, qwen.py,
+gpt2.py, watched by watch.py). It runs in its own
 environment, $PARITY_CACHE/venv-mlx (references/mlx/requirements.txt). Prompt ids come from our
 GGUF tokenizer (references/tinygrad/gguf_tokenizer.py, pure Python), as for tinygrad, matching
 llama.cpp. `step_logits` and `generated` feed one token at a time through mlx-lm's KVCache; at
@@ -32,6 +33,7 @@ def run(args):
     from importlib.metadata import version
 
     import mlx.core as mx
+    from watch import meta_value
 
     model_path = Path(args.model)
     if model_path.is_dir():
@@ -46,14 +48,21 @@ def run(args):
         raise DumpError(f"cannot read {model_path}: {e}", EXIT_USAGE)
     arch = meta.get("general.architecture")
     if arch == "llama":
-        from llama import Llama as Family
+        from llama import Llama
+
+        model = Llama(str(model_path))
+    elif arch in ("qwen2", "qwen3"):
+        from qwen import Qwen
+
+        model = Qwen(str(model_path), arch)
     elif arch == "gpt2":
-        from gpt2 import Gpt2 as Family
+        from gpt2 import Gpt2
+
+        model = Gpt2(str(model_path))
     else:
-        raise DumpError(f"architecture {arch!r} is not supported by the MLX dumper (llama, gpt2)")
+        raise DumpError(f"architecture {arch!r} is not supported by the MLX dumper (llama, qwen2, qwen3, gpt2)")
     from gguf_tokenizer import Tokenizer, TokenizerError
 
-    model = Family(str(model_path))
     try:
         ids = Tokenizer(_tokenizer_kv(meta)).encode(args.prompt)
     except TokenizerError as e:
@@ -77,7 +86,7 @@ def run(args):
     e = np.exp(scaled - scaled.max())
     dump.put("probs", e / e.sum())
 
-    sizes = dict(d=model.n_heads * model.hd, H=model.n_heads, KV=model.n_kv, hd=model.hd)
+    sizes = dict(d=meta_value(meta, f"{arch}.embedding_length"), H=model.n_heads, KV=model.n_kv, hd=model.hd)
     decode_taps = DecodeTaps(len(ids), args.n_generate, sizes)
 
     def feed(token, step):

@@ -2,7 +2,8 @@
 
     ~/.cache/parity/venv/bin/python references/tinygrad/dump.py --model M.gguf --prompt TEXT --out DIR
 
-GGUF only. Llama runs through tinygrad's own `tinygrad.llm.model.Transformer` (llama.py), GPT-2
+GGUF only. Llama (2 and 3), Qwen2 and Qwen3 run through tinygrad's own
+`tinygrad.llm.model.Transformer` (llama.py), GPT-2
 through our forward pass on tinygrad Tensors (gpt2.py). Prompt ids come from the GGUF vocabulary
 (gguf_tokenizer.py), matching llama.cpp. `step_logits` and `generated` feed one token at a time
 through the models' KV cache (a TinyJit-replayed decode step): the greedy tokens, or the
@@ -49,15 +50,15 @@ def gguf_architecture(path):
 
 
 def load_model(path, arch):
-    if arch == "llama":
-        from llama import Llama
+    from llama import ARCHS, Llama
 
+    if arch in ARCHS:
         return Llama(path)
     if arch == "gpt2":
         from gpt2 import Gpt2
 
         return Gpt2(path)
-    raise DumpError(f"architecture {arch!r} is not supported (llama, gpt2)")
+    raise DumpError(f"architecture {arch!r} is not supported ({', '.join(ARCHS)}, gpt2)")
 
 
 def run(args):

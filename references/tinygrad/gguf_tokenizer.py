@@ -6,7 +6,8 @@ for SmolLM2 (`smollm` pre-tokenizer), GPT-2 or the tiny SentencePiece fixture. T
 vocabulary kinds the project's models use:
 
 - `tokenizer.ggml.model = "gpt2"`: byte-level BPE; words from the pre-tokenizer regexes, then merges
-  by rank from `tokenizer.ggml.merges`.
+  by rank from `tokenizer.ggml.merges`. Pre-tokenizers (`tokenizer.ggml.pre`): `gpt-2`/`default`,
+  `smollm`, `llama-bpe` (Llama-3) and `qwen2`, each with llama.cpp's regex and flags (`PreTokenizer`).
 - `tokenizer.ggml.model = "llama"`: SentencePiece-style BPE; a "▁" prefix and "▁" for spaces, then
   the highest-scoring adjacent merge first, and `<0xXX>` tokens for characters without a piece.
 
@@ -14,19 +15,46 @@ Control-token text in the prompt is not parsed (llama.cpp's `parse_special=false
 tokens (token type 4, e.g. an added `<tool>`) are, as llama.cpp always does.
 """
 
+from dataclasses import dataclass
+
 import regex
 
 # GPT-2's word pattern. llama.cpp keeps text that no alternative matches as a piece of its own; the
 # final `\s+` does that here.
 GPT2_WORDS = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 
+# The Llama-3 and Qwen2 word patterns as llama.cpp writes them (llama-vocab.cpp, its adaptation of
+# the tokenizer.json regexes with the case-insensitive contractions spelled out); they differ only
+# in how many digits make a word: up to three for Llama-3, one for Qwen2.
+LLAMA3_WORDS = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_WORDS = LLAMA3_WORDS.replace(r"\p{N}{1,3}", r"\p{N}")
+
 USER_DEFINED = 4  # llama.cpp's token type for added tokens that match in plain text
 
-# Pre-tokenizers by `tokenizer.ggml.pre`: regexes applied in turn, each splitting the previous pieces.
+
+@dataclass(frozen=True)
+class PreTokenizer:
+    """How llama.cpp splits a byte-level BPE vocabulary's text before merging (llama-vocab.cpp).
+
+    `patterns` are applied in turn, each splitting the previous pieces; with `ignore_merges` a piece
+    that is a token as a whole is that token, unmerged; `add_bos` is the default when the GGUF has
+    no `tokenizer.ggml.add_bos_token`."""
+
+    patterns: tuple
+    ignore_merges: bool = False
+    add_bos: bool = False
+
+
+# By `tokenizer.ggml.pre`.
 PRE_TOKENIZERS = {
-    "gpt-2": [GPT2_WORDS],
-    "default": [GPT2_WORDS],
-    "smollm": [r"\p{N}", GPT2_WORDS],
+    "gpt-2": PreTokenizer((GPT2_WORDS,)),
+    "default": PreTokenizer((GPT2_WORDS,)),
+    "smollm": PreTokenizer((r"\p{N}", GPT2_WORDS)),
+    "llama-bpe": PreTokenizer((LLAMA3_WORDS,), ignore_merges=True, add_bos=True),
+    "qwen2": PreTokenizer((QWEN2_WORDS,)),
 }
 
 
@@ -70,7 +98,6 @@ class Tokenizer:
             raise TokenizerError(f"tokenizer model {self.model!r} is not supported (only gpt2 and llama)")
         self.tokens = kv["tokenizer.ggml.tokens"]
         self.ids = {t: i for i, t in enumerate(self.tokens)}
-        self.add_bos = bool(kv.get("tokenizer.ggml.add_bos_token", self.model == "llama"))
         self.bos = kv.get("tokenizer.ggml.bos_token_id")
         types = kv.get("tokenizer.ggml.token_type", [])
         user = sorted((t for t, ty in zip(self.tokens, types) if ty == USER_DEFINED), key=len, reverse=True)
@@ -79,12 +106,14 @@ class Tokenizer:
             pre = kv.get("tokenizer.ggml.pre", "default")
             if pre not in PRE_TOKENIZERS:
                 raise TokenizerError(f"pre-tokenizer {pre!r} is not supported (known: {', '.join(PRE_TOKENIZERS)})")
-            self.patterns = PRE_TOKENIZERS[pre]
+            self.pre = PRE_TOKENIZERS[pre]
             self.ranks = {tuple(m.split(" ", 1)): r for r, m in enumerate(kv["tokenizer.ggml.merges"])}
             self.byte_chars = _bytes_to_unicode()
         else:
             self.scores = kv["tokenizer.ggml.scores"]
             self.space_prefix = bool(kv.get("tokenizer.ggml.add_space_prefix", True))
+        default_bos = self.pre.add_bos if self.model == "gpt2" else True
+        self.add_bos = bool(kv.get("tokenizer.ggml.add_bos_token", default_bos))
 
     def encode(self, text):
         ids = [self.bos] if self.add_bos and self.bos is not None else []
@@ -114,11 +143,14 @@ class Tokenizer:
 
     def _encode_bpe(self, text):
         pieces = [text] if text else []
-        for pattern in self.patterns:
+        for pattern in self.pre.patterns:
             pieces = _split(pieces, pattern)
         out = []
         for piece in pieces:
             word = "".join(self.byte_chars[b] for b in piece.encode("utf-8"))
+            if self.pre.ignore_merges and word in self.ids:
+                out.append(self.ids[word])
+                continue
             for sym in self._merge_by_rank(list(word)):
                 if sym in self.ids:
                     out.append(self.ids[sym])

@@ -8,6 +8,14 @@ pinned from llama.cpp, attention probabilities (rows sum to 1, causal), the deco
 and with --force-tokens on the f32 files) against a prompt forward of the prompt plus the history
 before each step, and exit code 2 for a missing model or a wrong-length --force-tokens. Exits 0 with a printed reason when tinygrad or numpy is not importable (1 when PARITY_REQUIRE_REFERENCES
 is set: references/common/testkit.py), 1 on any failure.
+
+The family models (Llama-3, Qwen2, Qwen3 in the parity cache; skipped with a message when absent,
+failing when PARITY_REQUIRE_REFERENCES is set) are dumped once each (F32, and Llama-3's Q8_0) and
+checked against the catalog, llama.cpp's pinned prompt ids, and float64 numpy from the GGUF read by
+the `gguf` package (not tinygrad's loader): q/k/v from attn_norm and the file's rows (llama.cpp's
+Q/K interleave undone by index on Llama only, Qwen2's biases added), Qwen3's q_norm/k_norm as
+per-head RMSNorms (prompt and decode path), and q_rope/k_rope as the half-split RoPE at each pair's
+frequency divided by the file's rope_freqs factor (Llama-3; checked to differ from the unscaled one).
 """
 
 import json
@@ -44,22 +52,33 @@ GPT2_IDS = [279, 220, 80, 84, 72, 334, 271, 289, 283, 272, 78, 87, 220, 73, 84, 
 FIXTURES = {"tiny-llama/model-f32.gguf": LLAMA_IDS, "tiny-llama/model-f16.gguf": LLAMA_IDS, "tiny-gpt2/model-f32.gguf": GPT2_IDS}
 
 
+# The family models (scripts/make-family-models.py) dumped, and llama.cpp's ids for their prompt.
+CACHE = Path(os.environ.get("PARITY_CACHE", Path.home() / ".cache" / "parity"))
+FAMILY_IDS = json.loads((HERE / "family_prompt_ids.json").read_text())
+FAMILY_PROMPT = FAMILY_IDS["prompt"]
+FAMILIES = {
+    rel: FAMILY_IDS["ids"][rel.split("/")[0]]
+    for rel in ("llama3/model-f32.gguf", "llama3/model-q8_0.gguf", "qwen2/model-f32.gguf", "qwen3/model-f32.gguf")
+}
+
+
 def dims_from_hf_config(model_dir, n_tokens):
+    """(arch, layers, sizes) from the HF config.json beside a GGUF; the arch is GGUF's name for it."""
     c = json.loads((model_dir / "hf" / "config.json").read_text())
     if c["model_type"] == "gpt2":
         d, h = c["n_embd"], c["n_head"]
         return "gpt2", c["n_layer"], {"d": d, "H": h, "KV": h, "hd": d // h, "V": c["vocab_size"], "T": n_tokens, "N": N_GENERATE}
     d, h = c["hidden_size"], c["num_attention_heads"]
-    dims = {"d": d, "H": h, "KV": c["num_key_value_heads"], "hd": c.get("head_dim", d // h), "V": c["vocab_size"], "T": n_tokens, "N": N_GENERATE}
-    return "llama", c["num_hidden_layers"], dims
+    dims = {"d": d, "H": h, "KV": c["num_key_value_heads"], "hd": c.get("head_dim") or d // h, "V": c["vocab_size"], "T": n_tokens, "N": N_GENERATE}
+    return c["model_type"], c["num_hidden_layers"], dims
 
 
 # A decode history unlike each f32 fixture's own greedy one (checked), fed with --force-tokens.
 FORCED = [300, 7, 42, 128]
 
 
-def run_dumper(model, out, force_tokens=None):
-    cmd = [sys.executable, str(DUMPER), "--model", str(model), "--prompt", PROMPT, "--n-generate", str(N_GENERATE), "--out", str(out)]
+def run_dumper(model, out, force_tokens=None, prompt=PROMPT):
+    cmd = [sys.executable, str(DUMPER), "--model", str(model), "--prompt", prompt, "--n-generate", str(N_GENERATE), "--out", str(out)]
     if force_tokens is not None:
         cmd += ["--force-tokens", ",".join(map(str, force_tokens))]
     return subprocess.run(cmd, capture_output=True, text=True)
@@ -124,13 +143,19 @@ def check_wrong_length_force_tokens_exits_2(tmp, fail):
 
 
 def check_fixture(rel, pinned, tmp, fail):
-    model = ROOT / "fixtures" / "models" / rel
-    arch, n_layers, dims = dims_from_hf_config(model.parent, len(pinned))
     out = tmp / rel.replace("/", "-")
-    r = run_dumper(model, out)
+    if check_dump(ROOT / "fixtures" / "models" / rel, rel, pinned, out, PROMPT, fail):
+        check_decode_steps(rel, dims_from_hf_config((ROOT / "fixtures" / "models" / rel).parent, 0)[0], out, tmp, fail)
+
+
+def check_dump(model, rel, pinned, out, prompt, fail):
+    """Dumps `model` into `out` and checks it against the catalog and its own invariants; False
+    when the dumper failed."""
+    arch, n_layers, dims = dims_from_hf_config(model.parent, len(pinned))
+    r = run_dumper(model, out, prompt=prompt)
     if r.returncode != 0:
         fail(f"{rel}: dumper exited {r.returncode}: {r.stderr.strip()}")
-        return
+        return False
     manifest = tomllib.loads((out / "manifest.toml").read_text())
     catalog = tomllib.loads((ROOT / "checkpoints" / "catalog.toml").read_text())
     if manifest["token_ids"] != pinned:
@@ -166,7 +191,7 @@ def check_fixture(rel, pinned, tmp, fail):
         if (np.triu(np.ones(p.shape[-2:], bool), 1)[None] & (p != 0)).any():
             fail(f"{rel}: blk.{i}.attn_probs has non-zero entries above the diagonal (not causal)")
         kc, kr = np.load(out / f"blk.{i}.k_cache.npy"), None
-        if arch == "llama":
+        if arch != "gpt2":
             kr = np.load(out / f"blk.{i}.k_rope.npy").reshape(dims["T"], dims["KV"], dims["hd"]).transpose(1, 0, 2)
             if not np.array_equal(kc, kr):
                 fail(f"{rel}: blk.{i}.k_cache differs from k_rope in [KV, T, hd] order")
@@ -189,7 +214,98 @@ def check_fixture(rel, pinned, tmp, fail):
     if abs(float(probs.sum()) - 1) > 1e-5 or int(np.argmax(probs)) != int(argmax):
         fail(f"{rel}: probs sum {probs.sum()} or argmax {np.argmax(probs)} wrong")
     print(f"ok {rel}: {len(pinned)} tokens, generated {generated.tolist()}")
-    check_decode_steps(rel, arch, out, tmp, fail)
+    return True
+
+
+def gguf_tensors(path):
+    """Every tensor of a GGUF as float64 [rows, cols] (dequantized) and its metadata, read with the
+    `gguf` package (llama.cpp's reader), not tinygrad's loader."""
+    import gguf
+    from gguf import quants
+
+    reader = gguf.GGUFReader(str(path))
+    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
+    tensors = {t.name: quants.dequantize(t.data, t.tensor_type).astype(np.float64) for t in reader.tensors}
+    return tensors, meta
+
+
+def rope_half_split(x, theta, factors=None):
+    """Textbook RoPE on [T, heads, hd] in the half-split (HF) order, in float64; pair i turns at
+    theta^(-2i/hd), divided by factors[i] when given (llama.cpp's rope_freqs)."""
+    t, _, hd = x.shape
+    inv = theta ** (-np.arange(0, hd, 2) / hd)
+    if factors is not None:
+        inv = inv / factors
+    angles = np.arange(t)[:, None] * inv[None, :]
+    cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+    a, b = x[..., : hd // 2], x[..., hd // 2 :]
+    return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+
+
+def rms_norm_heads(x, weight, eps, hd):
+    """Per-head RMSNorm of [rows, heads*hd] in float64 (Qwen3's q/k norms)."""
+    h = x.reshape(x.shape[0], -1, hd)
+    return (h / np.sqrt((h * h).mean(-1, keepdims=True) + eps) * weight).reshape(x.shape)
+
+
+def check_family_values(rel, model, out, fail):
+    """A family dump's q/k/v, q_norm/k_norm, RoPE and KV cache against float64 numpy from the GGUF."""
+    arch, n_layers, dims = dims_from_hf_config(model.parent, len(FAMILIES[rel]))
+    w, meta = gguf_tensors(model)
+    t, h, kv, hd = dims["T"], dims["H"], dims["KV"], dims["hd"]
+    theta, eps = float(meta[f"{arch}.rope.freq_base"]), float(meta[f"{arch}.attention.layer_norm_rms_epsilon"])
+    factors = w.get("rope_freqs.weight")
+    if (factors is not None) != (arch == "llama"):
+        fail(f"{rel}: rope_freqs.weight {'present' if factors is not None else 'absent'} for {arch}")
+    tol = 1e-5 if "f32" in rel else 1e-4
+    worst = 0.0
+    for i in range(n_layers):
+        load = lambda name: np.load(out / f"blk.{i}.{name}.npy").astype(np.float64)  # noqa: E731
+        xn = load("attn_norm")
+        for name, heads in (("q", h), ("k", kv), ("v", kv)):
+            rows = w[f"blk.{i}.attn_{name}.weight"]
+            if arch == "llama" and name != "v":  # llama.cpp stores HF row g*hd + s*hd/2 + j at g*hd + 2j + s
+                rows = rows[[g * hd + 2 * j + s for g in range(heads) for s in range(2) for j in range(hd // 2)]]
+            want = xn @ rows.T + w.get(f"blk.{i}.attn_{name}.bias", 0.0)
+            err = relative_rms(load(name), want)
+            worst = max(worst, err)
+            if err > tol:
+                fail(f"{rel}: blk.{i}.{name} is {err:.2g} from attn_norm times the GGUF's rows (+ bias)")
+        q, k = load("q"), load("k")
+        if arch == "qwen3":
+            q_want, k_want = (rms_norm_heads(x, w[f"blk.{i}.attn_{n}_norm.weight"], eps, hd) for x, n in ((q, "q"), (k, "k")))
+            for name, want in (("q_norm", q_want), ("k_norm", k_want)):
+                err = relative_rms(load(name), want)
+                worst = max(worst, err)
+                if err > 1e-5:
+                    fail(f"{rel}: blk.{i}.{name} is {err:.2g} from the per-head RMSNorm of {name[0]}")
+            dec_q = np.load(out / f"blk.{i}.dec_q.npy").astype(np.float64)
+            err = relative_rms(np.load(out / f"blk.{i}.dec_q_norm.npy"), rms_norm_heads(dec_q, w[f"blk.{i}.attn_q_norm.weight"], eps, hd))
+            if err > 1e-5:
+                fail(f"{rel}: blk.{i}.dec_q_norm is {err:.2g} from the per-head RMSNorm of dec_q")
+            q, k = load("q_norm"), load("k_norm")
+        for name, x, heads in (("q_rope", q, h), ("k_rope", k, kv)):
+            want = rope_half_split(x.reshape(t, heads, hd), theta, factors).reshape(t, -1)
+            err = relative_rms(load(name), want)
+            worst = max(worst, err)
+            if err > 1e-5:
+                fail(f"{rel}: blk.{i}.{name} is {err:.2g} from the half-split RoPE of {name[0]}")
+            if factors is not None and relative_rms(load(name), rope_half_split(x.reshape(t, heads, hd), theta).reshape(t, -1)) < 1e-3:
+                fail(f"{rel}: blk.{i}.{name} is as close to the unscaled RoPE: the prompt cannot show the frequency scaling")
+    print(f"ok {rel}: q/k/v, q/k norms and RoPE within {worst:.2g} of float64 numpy from the GGUF")
+
+
+def check_families(tmp, fail):
+    for rel, pinned in FAMILIES.items():
+        model = CACHE / "models" / "families" / rel
+        missing = testkit.missing_file(model, "scripts/make-family-models.py")
+        if missing:
+            if testkit.REQUIRED:
+                fail(missing)
+            continue
+        out = tmp / rel.replace("/", "-")
+        if check_dump(model, rel, pinned, out, FAMILY_PROMPT, fail):
+            check_family_values(rel, model, out, fail)
 
 
 def check_missing_model_exits_2(tmp, fail):
@@ -210,6 +326,7 @@ def main():
         tmp = Path(d)
         for rel, pinned in FIXTURES.items():
             check_fixture(rel, pinned, tmp, failures.append)
+        check_families(tmp, failures.append)
         check_missing_model_exits_2(tmp, failures.append)
         check_wrong_length_force_tokens_exits_2(tmp, failures.append)
     for f in failures:
