@@ -139,7 +139,7 @@ pub fn run(ctx: &Setup, cases: Vec<Case>, run_id: &str) -> Result<(RunResults, V
             let declared = subject_provenance(ctx, dump, model.config().arch.name()).unwrap_or_else(|e| {
                 let at = format!("{}/{}/{} (the subject)", run.case.model.id, run.case.prompt.id, ctx.subject.name());
                 results.reference_errors.insert(at, format!("{e:#}"));
-                crate::provenance::undeclared(&ctx.catalog)
+                crate::provenance::undeclared(ctx.catalog)
             });
             results.subject_provenance.insert(run.case.model.id.clone(), declared);
         }
@@ -476,7 +476,7 @@ fn subject_provenance(ctx: &Setup, dump: &Dump, arch: &str) -> Result<BTreeMap<S
     match ctx.subject {
         Subject::External { .. } => {
             let origin = dump.dir.join("manifest.toml").display().to_string();
-            Ok(crate::provenance::declared(dump.manifest.provenance.as_ref(), &origin, &ctx.catalog)?)
+            Ok(crate::provenance::declared(dump.manifest.provenance.as_ref(), &origin, ctx.catalog)?)
         }
         _ => provenance_of(ctx, ctx.subject.name(), arch),
     }

@@ -408,6 +408,10 @@ fn the_truth_is_never_a_subject_and_a_subject_is_never_also_a_reference() {
     assert_one_line_error(&parity(&["run", "--refs", "pytorch,engine"], &dir, "s3"), "cannot also be a reference");
     assert_one_line_error(&parity(&["run", "--subject", "candle"], &dir, "s4"), "--subject-cmd");
     assert_one_line_error(&parity(&["run", "--subject", "llamacpp", "--repeat", "2"], &dir, "s5"), "in-process");
+    // A pinned release is named DUMPER@VERSION, dotted numbers, of a dumper that exists.
+    assert_one_line_error(&parity(&["run", "--refs", "llamacpp@latest,pytorch"], &dir, "s6"), "dotted numbers");
+    assert_one_line_error(&parity(&["run", "--refs", "candle@0.11.1"], &dir, "s7"), "unknown reference");
+    assert_one_line_error(&parity(&["run", "--subject", "llamacpp@0.3", "--refs", "engine@1.0"], &dir, "s8"), "unknown reference");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

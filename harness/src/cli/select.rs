@@ -185,7 +185,7 @@ impl Selection {
             for r in refs {
                 // A reference may be named at a pinned release: llamacpp@0.3.20.
                 let name = RefName::parse(r).map_err(|e| anyhow::anyhow!("--refs: {e}"))?;
-                if !allowed.contains(&name.dumper()) || (r == ENGINE && name.version().is_some()) {
+                if !allowed.contains(&name.dumper()) || (name.dumper() == ENGINE && name.version().is_some()) {
                     bail!("--refs: unknown reference {r:?} ({}; a reference's pinned release as NAME@VERSION)", allowed.join(", "));
                 }
             }
