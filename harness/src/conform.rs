@@ -26,6 +26,9 @@ pub enum Problem {
     Dtype,
     Shape,
     NonFinite,
+    /// The manifest's `[provenance]` is missing or not a valid table: a run then credits the
+    /// subject with no checkpoint.
+    Provenance,
     /// The values are too far from the truth (the run's noise-floor judgement).
     Value,
 }
@@ -41,6 +44,7 @@ impl Problem {
             Problem::Dtype => "dtype",
             Problem::Shape => "shape",
             Problem::NonFinite => "non-finite",
+            Problem::Provenance => "provenance",
             Problem::Value => "value",
         }
     }
@@ -105,6 +109,19 @@ pub fn check_manifest(case: &str, dump: &Dump, truth: &Dump, expected: &Expected
             detail: format!("is {got}, expected {want}"),
         })
         .collect()
+}
+
+/// The manifest's `[provenance]`: declared, and a table every checkpoint of `catalog` is in with
+/// its kind (and a reason unless `own`), as checkpoints/provenance.toml's.
+pub fn check_provenance(case: &str, dump: &Dump, catalog: &crate::catalog::Catalog) -> Option<Finding> {
+    let detail = match &dump.manifest.provenance {
+        None => {
+            "the manifest declares no [provenance]: a run credits the subject with no checkpoint (`ours` everywhere); say whose code computed each"
+                .to_string()
+        }
+        Some(table) => crate::provenance::declared(Some(table), "manifest.toml", catalog).err()?.to_string(),
+    };
+    Some(Finding { problem: Problem::Provenance, case: case.into(), key: "provenance".into(), detail })
 }
 
 /// Every catalog entry of the model in the dump, each against the truth's tensor: listed, readable,

@@ -53,6 +53,10 @@ pub struct Manifest {
     /// its own last logits, or those it was given (`--sampler-logits`).
     #[serde(default)]
     pub sampler_logits_sha256: Option<String>,
+    /// An outside engine's word on whose code computed each checkpoint (checkpoints/provenance.toml's
+    /// table format); checked by [`crate::provenance::declared`].
+    #[serde(default)]
+    pub provenance: Option<toml::Table>,
     #[serde(default)]
     pub tensors: BTreeMap<String, TensorRecord>,
 }

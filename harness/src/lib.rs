@@ -19,6 +19,7 @@ pub mod noise;
 pub mod npy;
 pub mod pipeline;
 pub mod provenance;
+pub mod reference;
 pub mod replay;
 pub mod sampling;
 pub mod spec;

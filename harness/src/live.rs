@@ -1,6 +1,7 @@
 //! Running a reference dumper (`references/<name>/dump.py`) in the reference environment, with a
 //! timeout, keeping its stderr.
 
+use crate::reference::{dumper_of, RefName};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant};
 pub enum ReferenceError {
     #[error("{reference}: reference environment not found at {python}; run scripts/setup-references.sh")]
     NotInstalled { reference: String, python: PathBuf },
+    #[error("{reference}: no finished environment at {} for that release; run scripts/setup-reference-version.sh {dumper} {version}", env.display())]
+    ReleaseNotInstalled { reference: String, dumper: String, version: String, env: PathBuf },
     #[error("{reference}: no dumper at {path}")]
     NoDumper { reference: String, path: PathBuf },
     #[error("{reference}: timed out after {seconds} s (killed); stderr kept in {log}")]
@@ -58,13 +61,16 @@ impl Dumpers {
         Dumpers { root: root.to_path_buf(), python: crate::suite::parity_cache().join("venv/bin/python"), timeout }
     }
 
-    /// The Python `reference`'s dumper runs in: the shared environment, or, for a reference that
-    /// pins its own packages (`references/<reference>/requirements.txt`, whose pins clash with the
-    /// shared ones), `venv-<reference>` beside the shared `venv`, made by setup-references.sh.
+    /// The Python `reference`'s dumper runs in: the shared environment, or `venv-<reference>`
+    /// beside the shared `venv` for a reference that pins its own packages
+    /// (`references/<reference>/requirements.txt`, whose pins clash with the shared ones, made by
+    /// setup-references.sh) and for a pinned release (`llamacpp@0.3.20`, made by
+    /// setup-reference-version.sh).
     pub fn python_for(&self, reference: &str) -> PathBuf {
-        let own = self.root.join("references").join(reference).join("requirements.txt").is_file();
+        let own = self.root.join("references").join(dumper_of(reference)).join("requirements.txt").is_file();
+        let pinned = reference.contains('@');
         match self.python.parent().and_then(Path::parent).and_then(Path::parent) {
-            Some(envs) if own => envs.join(format!("venv-{reference}")).join("bin/python"),
+            Some(envs) if own || pinned => envs.join(format!("venv-{reference}")).join("bin/python"),
             _ => self.python.clone(),
         }
     }
@@ -85,7 +91,7 @@ impl Dumpers {
             text += &format!("env {name}={value}\n");
         }
         let references = self.root.join("references");
-        let folders = dumper_folders(&references, reference).map_err(err(&references))?;
+        let folders = dumper_folders(&references, dumper_of(reference)).map_err(err(&references))?;
         let mut sources = Vec::new();
         for folder in &folders {
             python_sources(&references.join(folder), &mut sources).map_err(err(&references.join(folder)))?;
@@ -119,8 +125,22 @@ impl Dumpers {
     /// Runs one dumper; its stderr goes to `log`. The dump folder appears only when the dumper
     /// finished (it writes to a temporary folder and renames).
     pub fn run(&self, reference: &str, req: &DumpRequest, log: &Path) -> Result<(), ReferenceError> {
-        let script = self.root.join("references").join(reference).join("dump.py");
+        let script = self.root.join("references").join(dumper_of(reference)).join("dump.py");
         let python = self.python_for(reference);
+        if let Ok(name) = RefName::parse(reference) {
+            if let Some(version) = name.version() {
+                // The setup script writes its stamp last: an environment without it is half made.
+                let env = python.parent().and_then(Path::parent).unwrap_or(Path::new("/")).to_path_buf();
+                if !env.join(".parity-setup-done").is_file() {
+                    return Err(ReferenceError::ReleaseNotInstalled {
+                        reference: reference.into(),
+                        dumper: name.dumper().into(),
+                        version: version.into(),
+                        env,
+                    });
+                }
+            }
+        }
         if !python.exists() {
             return Err(ReferenceError::NotInstalled { reference: reference.into(), python });
         }
@@ -521,6 +541,35 @@ mod tests {
         )
         .unwrap();
         assert_ne!(d.identity("fake").unwrap(), after_common[0], "another torch is another dumper");
+    }
+
+    #[test]
+    fn a_pinned_release_runs_the_same_dumper_in_its_own_finished_environment() {
+        // The stand-in fails with the interpreter running it, which the error carries.
+        let root = fake_root("release", "import sys\nsys.stderr.write(sys.executable + '\\n')\nsys.exit(3)\n");
+        let Some(system) = dumpers(&root, 20_000) else {
+            return eprintln!("skipped: no python3 on this machine");
+        };
+        let envs = root.join("envs");
+        let (shared, pinned) = (envs.join("venv"), envs.join("venv-fake@1.2"));
+        let _ = std::fs::remove_dir_all(&envs);
+        for venv in [&shared, &pinned] {
+            std::fs::create_dir_all(venv.join("bin")).unwrap();
+            std::fs::create_dir_all(venv.join("lib/python3.11/site-packages")).unwrap();
+            std::fs::write(venv.join("pyvenv.cfg"), "version = 3.11.2\n").unwrap();
+            std::os::unix::fs::symlink(&system.python, venv.join("bin/python")).unwrap();
+        }
+        std::fs::create_dir_all(pinned.join("lib/python3.11/site-packages/fakelib-1.2.dist-info")).unwrap();
+        let d = Dumpers { root: root.clone(), python: shared.join("bin/python"), timeout: Duration::from_secs(20) };
+        assert_eq!(d.python_for("fake@1.2"), pinned.join("bin/python"));
+        assert_eq!(d.python_for("fake"), shared.join("bin/python"));
+        let half_made = d.run("fake@1.2", &request(&root.join("out")), &root.join("release.log")).unwrap_err().to_string();
+        assert!(half_made.contains("setup-reference-version.sh fake 1.2"), "{half_made}");
+        std::fs::write(pinned.join(".parity-setup-done"), "fakelib==1.2").unwrap();
+        let ran = d.run("fake@1.2", &request(&root.join("out")), &root.join("release.log")).unwrap_err().to_string();
+        assert!(ran.contains(&pinned.join("bin/python").display().to_string()), "{ran}");
+        // Same dumper code, another environment: another identity, so its dumps are cached apart.
+        assert_ne!(d.identity("fake@1.2").unwrap(), d.identity("fake").unwrap());
     }
 
     #[test]

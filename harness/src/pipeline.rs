@@ -11,6 +11,7 @@ use crate::duplicates;
 use crate::engine_run;
 use crate::live::{DumpRequest, Dumpers};
 use crate::provenance::Provenance;
+use crate::reference::RefName;
 use crate::sampling;
 use crate::spec::{Class, Spec};
 use crate::steps;
@@ -104,6 +105,7 @@ pub fn run(ctx: &Setup, cases: Vec<Case>, run_id: &str) -> Result<(RunResults, V
             Subject::Engine => env!("CARGO_PKG_VERSION").to_string(),
             _ => String::new(),
         },
+        subject_provenance: BTreeMap::new(),
         cases: Vec::new(),
         reference_errors: BTreeMap::new(),
     };
@@ -134,6 +136,12 @@ pub fn run(ctx: &Setup, cases: Vec<Case>, run_id: &str) -> Result<(RunResults, V
             if !subject_versions.contains(&dump.manifest.version) {
                 subject_versions.push(dump.manifest.version.clone());
             }
+            let declared = subject_provenance(ctx, dump, model.config().arch.name()).unwrap_or_else(|e| {
+                let at = format!("{}/{}/{} (the subject)", run.case.model.id, run.case.prompt.id, ctx.subject.name());
+                results.reference_errors.insert(at, format!("{e:#}"));
+                crate::provenance::undeclared(ctx.catalog)
+            });
+            results.subject_provenance.insert(run.case.model.id.clone(), declared);
         }
         runs.push(run);
     }
@@ -436,6 +444,7 @@ fn engine_dump(ctx: &Setup, case: &Case, model: &Model, sha: &str, fed: &Fed, te
         command: "parity (the engine, in-process)".to_string(),
         force_tokens: fed.history_ids(),
         sampler_logits_sha256: fed.sampler_logits.as_ref().map(|s| s.sha256.clone()),
+        provenance: None,
         tensors: BTreeMap::new(),
     };
     Dump::in_memory("(the engine, in-process)", manifest, tensors)
@@ -458,6 +467,19 @@ fn provenance_of(ctx: &Setup, name: &str, arch: &str) -> Result<BTreeMap<String,
         return Ok(ctx.catalog.checkpoints.iter().map(|c| (c.name.clone(), own.clone())).collect());
     }
     Ok(ctx.provenance.of(name, arch)?.clone())
+}
+
+/// Whose code computed each checkpoint of a dumped subject: a reference dumper's from
+/// checkpoints/provenance.toml, an outside engine's from its manifest's `[provenance]` (nothing
+/// credited when it declares none).
+fn subject_provenance(ctx: &Setup, dump: &Dump, arch: &str) -> Result<BTreeMap<String, reports::results::Provenance>> {
+    match ctx.subject {
+        Subject::External { .. } => {
+            let origin = dump.dir.join("manifest.toml").display().to_string();
+            Ok(crate::provenance::declared(dump.manifest.provenance.as_ref(), &origin, ctx.catalog)?)
+        }
+        _ => provenance_of(ctx, ctx.subject.name(), arch),
+    }
 }
 
 /// Finds the tensors two references dumped bit for bit alike (returned per reference, to be
@@ -720,8 +742,9 @@ fn live_dump(
 pub fn check_provenance(dump: &Dump, reference: &str, prompt: &str, model_sha256: &str) -> Result<()> {
     let m = &dump.manifest;
     let at = dump.dir.display();
-    if m.reference != reference {
-        anyhow::bail!("{at}: expected a {reference} dump, but its manifest says it is {}'s", m.reference);
+    let name = RefName::parse(reference)?;
+    if !name.made(&m.reference, &m.version) {
+        anyhow::bail!("{at}: expected a {reference} dump, but its manifest says it is {}'s ({})", m.reference, m.version);
     }
     if m.model_sha256 != model_sha256 {
         anyhow::bail!(
@@ -769,6 +792,14 @@ mod tests {
         assert!(check_provenance(&dump("pytorch", "aa", "hi"), "pytorch", "hi", "aa").is_ok());
         let copied = check_provenance(&dump("pytorch", "aa", "hi"), "tinygrad", "hi", "aa").unwrap_err().to_string();
         assert!(copied.contains("expected a tinygrad dump") && copied.contains("pytorch"), "{copied}");
+        let release = |version: &str| {
+            let mut d = dump("llamacpp", "aa", "hi");
+            d.manifest.version = format!("llama-cpp-python {version}, kv cache f32");
+            d
+        };
+        assert!(check_provenance(&release("0.3.20"), "llamacpp@0.3.20", "hi", "aa").is_ok());
+        let other_release = check_provenance(&release("0.3.36"), "llamacpp@0.3.20", "hi", "aa").unwrap_err().to_string();
+        assert!(other_release.contains("expected a llamacpp@0.3.20 dump") && other_release.contains("0.3.36"), "{other_release}");
         let stale_model = check_provenance(&dump("pytorch", "bb", "hi"), "pytorch", "hi", "aa").unwrap_err().to_string();
         assert!(stale_model.contains("another model file"), "{stale_model}");
         let stale_prompt = check_provenance(&dump("pytorch", "aa", "hi"), "pytorch", "hi!", "aa").unwrap_err().to_string();

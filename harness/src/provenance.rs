@@ -7,6 +7,7 @@
 //! reason is required where the kind is not `own`.
 
 use crate::catalog::Catalog;
+use crate::reference::dumper_of;
 use crate::spec::FAMILIES;
 use reports::results::Provenance as Entry;
 use reports::vocab::Authorship;
@@ -57,25 +58,16 @@ impl Provenance {
                     return Err(invalid(at, format!("{family:?} is not a model family (known: {})", FAMILIES.join(", "))));
                 }
                 let checkpoints = checkpoints.as_table().ok_or_else(|| invalid(at.clone(), "must be a table of checkpoints".into()))?;
-                let mut entries = BTreeMap::new();
-                for (name, value) in checkpoints {
-                    let at = format!("{at} {name}");
-                    if !catalog.checkpoints.iter().any(|c| &c.name == name) {
-                        return Err(invalid(at, format!("{name:?} is not a checkpoint of the catalog")));
-                    }
-                    entries.insert(name.clone(), entry(value).map_err(|problem| invalid(at, problem))?);
-                }
-                if let Some(missing) = catalog.checkpoints.iter().find(|c| !entries.contains_key(&c.name)) {
-                    return Err(invalid(at, format!("checkpoint {:?} is not listed (every catalog checkpoint must be)", missing.name)));
-                }
-                by.insert((reference.clone(), family.clone()), entries);
+                by.insert((reference.clone(), family.clone()), checkpoints_table(checkpoints, origin, &at, catalog)?);
             }
         }
         Ok(Provenance { origin: origin.to_string(), by })
     }
 
     /// The checkpoints' provenance of `reference` on `family` models.
+    /// A pinned release (`llamacpp@0.3.20`) runs its dumper's code: its dumper's table.
     pub fn of(&self, reference: &str, family: &str) -> Result<&BTreeMap<String, Entry>, ProvenanceError> {
+        let reference = dumper_of(reference);
         self.by.get(&(reference.to_string(), family.to_string())).ok_or_else(|| ProvenanceError::Uncovered {
             origin: self.origin.clone(),
             reference: reference.to_string(),
@@ -89,12 +81,47 @@ impl Provenance {
     /// is refused by [`Provenance::of`] when the case is judged.
     pub fn covers(&self, references: &[&str]) -> Result<(), ProvenanceError> {
         for reference in references {
-            if !self.by.keys().any(|(r, _)| r == reference) {
+            if !self.by.keys().any(|(r, _)| r == dumper_of(reference)) {
                 self.of(reference, FAMILIES[0])?;
             }
         }
         Ok(())
     }
+}
+
+/// One table of checkpoints, `at` in `origin`: every catalog checkpoint, each with its kind (and a
+/// reason unless `own`).
+fn checkpoints_table(checkpoints: &toml::Table, origin: &str, at: &str, catalog: &Catalog) -> Result<BTreeMap<String, Entry>, ProvenanceError> {
+    let invalid = |at: String, problem: String| ProvenanceError::Invalid { origin: origin.to_string(), at, problem };
+    let mut entries = BTreeMap::new();
+    for (name, value) in checkpoints {
+        let at = format!("{at} {name}");
+        if !catalog.checkpoints.iter().any(|c| &c.name == name) {
+            return Err(invalid(at, format!("{name:?} is not a checkpoint of the catalog")));
+        }
+        entries.insert(name.clone(), entry(value).map_err(|problem| invalid(at, problem))?);
+    }
+    if let Some(missing) = catalog.checkpoints.iter().find(|c| !entries.contains_key(&c.name)) {
+        return Err(invalid(at.to_string(), format!("checkpoint {:?} is not listed (every catalog checkpoint must be)", missing.name)));
+    }
+    Ok(entries)
+}
+
+/// An outside subject's own word on whose code computed each checkpoint: its manifest's
+/// `[provenance]` table (`origin` names the manifest), checked as a table of this file is. A
+/// manifest without one gets [`undeclared`].
+pub fn declared(provenance: Option<&toml::Table>, origin: &str, catalog: &Catalog) -> Result<BTreeMap<String, Entry>, ProvenanceError> {
+    match provenance {
+        Some(checkpoints) => checkpoints_table(checkpoints, origin, "[provenance]", catalog),
+        None => Ok(undeclared(catalog)),
+    }
+}
+
+/// What a subject that declared nothing is credited with: nothing (`ours` everywhere), so that no
+/// pass is read as its own evidence until its dumper says where its own code ran.
+pub fn undeclared(catalog: &Catalog) -> BTreeMap<String, Entry> {
+    let why = "undeclared: the subject's manifests have no [provenance] table (docs/subjects.md)";
+    catalog.checkpoints.iter().map(|c| (c.name.clone(), Entry { kind: Authorship::Ours, reason: Some(why.to_string()) })).collect()
 }
 
 /// The references that exist: `references/<name>/dump.py` under `root`.
@@ -177,6 +204,24 @@ mod tests {
     }
 
     #[test]
+    fn a_subjects_manifest_table_is_checked_as_ours_and_nothing_is_credited_without_one() {
+        let full: String = catalog().checkpoints.iter().map(|c| format!("{} = \"own\"\n", c.name)).collect();
+        let text = full.replace("sampling = \"own\"", "sampling = { kind = \"ours\", reason = \"our sampler\" }");
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let entries = declared(Some(&table), "m/manifest.toml", &catalog()).unwrap();
+        assert_eq!(entries["sampling"], Entry { kind: Authorship::Ours, reason: Some("our sampler".into()) });
+        assert_eq!(entries["norm"].kind, Authorship::Own);
+        let unexplained: toml::Table = toml::from_str(&full.replace("norm = \"own\"", "norm = \"kernels\"")).unwrap();
+        let e = declared(Some(&unexplained), "m/manifest.toml", &catalog()).unwrap_err().to_string();
+        assert!(e.starts_with("m/manifest.toml: [provenance] norm: "), "{e}");
+        let partial: toml::Table = toml::from_str("norm = \"own\"").unwrap();
+        assert!(declared(Some(&partial), "m", &catalog()).unwrap_err().to_string().contains("is not listed"));
+        let none = declared(None, "m", &catalog()).unwrap();
+        assert_eq!(none.len(), catalog().checkpoints.len());
+        assert!(none.values().all(|e| e.kind == Authorship::Ours && e.reason.as_deref().is_some_and(|r| r.starts_with("undeclared"))));
+    }
+
+    #[test]
     fn a_kind_with_its_reason_is_read_per_checkpoint() {
         let p = parse(&table("tinygrad.llama", &[("attn_probs", "{ kind = \"kernels\", reason = \"our attention core\" }")])).unwrap();
         let entries = p.of("tinygrad", "llama").unwrap();
@@ -185,6 +230,8 @@ mod tests {
         assert!(matches!(p.of("tinygrad", "gpt2"), Err(ProvenanceError::Uncovered { .. })));
         // A reference with some family's table is covered; one with none is refused up front.
         p.covers(&["tinygrad"]).unwrap();
+        p.covers(&["tinygrad@0.14.0"]).unwrap();
+        assert!(std::ptr::eq(p.of("tinygrad@0.14.0", "llama").unwrap(), p.of("tinygrad", "llama").unwrap()), "a release has its dumper's table");
         assert!(matches!(p.covers(&["pytorch"]), Err(ProvenanceError::Uncovered { .. })));
     }
 

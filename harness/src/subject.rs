@@ -6,6 +6,7 @@
 //! can take its place: a reference's dumper, an outside command, or a folder of dumps. Judging
 //! does not care which: every subject's tensors reach the comparison as one map by dump key.
 
+use crate::reference::{dumper_of, RefName};
 use std::path::PathBuf;
 
 /// The engine's name wherever an implementation is named: in `--subject`, `--refs`, results.
@@ -50,20 +51,26 @@ pub enum SubjectError {
 
 impl Subject {
     /// The subject the options name. `references` are the dumpers that exist, `truth` the suite's.
+    /// A reference may be named at a pinned release (`llamacpp@0.3.20`, [`RefName`]).
     pub fn pick(name: Option<&str>, external: Option<External>, references: &[String], truth: Option<&str>) -> Result<Subject, SubjectError> {
+        let dumper = |name: &str| RefName::parse(name).map(|n| n.dumper().to_string());
+        let is_reference = |name: &str| dumper(name).is_ok_and(|d| references.contains(&d));
         let taken = |name: &str| {
             if name == ENGINE {
                 Some("the engine".to_string())
             } else {
-                references.iter().any(|r| r == name).then(|| format!("the {name} reference"))
+                is_reference(name).then(|| format!("the {name} reference"))
             }
         };
-        if let Some(name) = name.filter(|n| Some(*n) == truth) {
+        if let Some(name) = name.filter(|n| truth.is_some_and(|t| dumper(n).is_ok_and(|d| d == t))) {
             return Err(SubjectError::Truth { name: name.to_string() });
+        }
+        if let Some((name, Err(e))) = name.filter(|n| external.is_none() && n.contains('@')).map(|n| (n, RefName::parse(n))) {
+            return Err(SubjectError::BadName { name: name.to_string(), problem: e.to_string() });
         }
         match (name, external) {
             (None | Some(ENGINE), None) => Ok(Subject::Engine),
-            (Some(name), None) if references.iter().any(|r| r == name) => Ok(Subject::Reference(name.to_string())),
+            (Some(name), None) if is_reference(name) => Ok(Subject::Reference(name.to_string())),
             (Some(name), None) => {
                 let mut known = vec![ENGINE.to_string()];
                 known.extend(references.iter().filter(|r| Some(r.as_str()) != truth).cloned());
@@ -92,7 +99,8 @@ impl Subject {
         matches!(self, Subject::Engine)
     }
 
-    /// The references a case judges this subject against: an explicit list must not name it;
+    /// The references a case judges this subject against: an explicit list must not name it (it
+    /// may name another release of it: `--subject llamacpp --refs llamacpp@0.3.20,...`);
     /// a suite's own list loses it and gains the engine in its place (when the engine is not the
     /// subject), so `--subject llamacpp` alone is judged against the others and the engine.
     pub fn references_for(&self, suite_refs: &[String], explicit: bool) -> Result<Vec<String>, SubjectError> {
@@ -103,7 +111,8 @@ impl Subject {
             }
             return Ok(suite_refs.to_vec());
         }
-        let mut refs: Vec<String> = suite_refs.iter().filter(|r| *r != name).cloned().collect();
+        // Another release of the subject's own dumper is left out too: it is named, not implied.
+        let mut refs: Vec<String> = suite_refs.iter().filter(|r| dumper_of(r) != dumper_of(name)).cloned().collect();
         if !self.is_engine() && !refs.iter().any(|r| r == ENGINE) {
             refs.push(ENGINE.to_string());
         }
@@ -142,6 +151,19 @@ mod tests {
         assert!(matches!(pick(Some("engine"), Some(dumps.clone())), Err(SubjectError::Taken { .. })));
         assert!(matches!(pick(None, Some(dumps.clone())), Err(SubjectError::Unnamed)));
         assert!(matches!(pick(Some("../x"), Some(dumps)), Err(SubjectError::BadName { .. })));
+    }
+
+    #[test]
+    fn a_reference_can_be_the_subject_at_a_pinned_release_and_judged_by_another() {
+        let new = pick(Some("llamacpp@0.3.36"), None).unwrap();
+        assert_eq!(new, Subject::Reference("llamacpp@0.3.36".into()));
+        let explicit: Vec<String> = ["llamacpp@0.3.20", "pytorch", "tinygrad"].map(String::from).to_vec();
+        assert_eq!(new.references_for(&explicit, true).unwrap(), explicit);
+        let suite: Vec<String> = ["llamacpp", "pytorch"].map(String::from).to_vec();
+        assert_eq!(new.references_for(&suite, false).unwrap(), ["pytorch", "engine"], "the suite's llamacpp is not implied");
+        assert!(matches!(pick(Some("llamacpp@latest"), None), Err(SubjectError::BadName { .. })));
+        assert!(matches!(pick(Some("pytorch-f64@2.15"), None), Err(SubjectError::Truth { .. })));
+        assert!(matches!(pick(Some("candle@0.9"), None), Err(SubjectError::Unknown { .. })));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The suite: a matrix of models x prompts x references (`checkpoints/suite.toml`), and how it is
 //! split into shards for a CI matrix.
 
+use crate::reference::{dumper_of, RefName};
 use anyhow::{bail, Context, Result};
 use reports::vocab::Class;
 use serde::Deserialize;
@@ -62,12 +63,15 @@ pub struct SuiteModel {
 
 impl SuiteModel {
     /// The tolerance class comparisons against `reference` are judged with.
+    /// The class `reference` is judged in: its own entry, else its dumper's (a pinned release,
+    /// `llamacpp@0.3.20`, computes as its dumper does), else the model's.
     pub fn class_for(&self, reference: &str) -> Class {
-        self.ref_class.get(reference).copied().unwrap_or(self.class)
+        self.ref_class.get(reference).or_else(|| self.ref_class.get(dumper_of(reference))).copied().unwrap_or(self.class)
     }
 
+    /// The file `reference` reads: its own entry, else its dumper's, else the model's.
     pub fn reference_path(&self, reference: &str) -> &str {
-        self.ref_paths.get(reference).map_or(&self.path, String::as_str)
+        self.ref_paths.get(reference).or_else(|| self.ref_paths.get(dumper_of(reference))).map_or(&self.path, String::as_str)
     }
 }
 
@@ -135,7 +139,15 @@ impl Suite {
             check_name("model id", &model.id)?;
             let refs = model.refs.iter().chain(model.ref_class.keys()).chain(model.ref_paths.keys());
             for reference in refs {
-                check_name(&format!("model {}: reference", model.id), reference)?;
+                let what = format!("model {}: reference", model.id);
+                check_name(&what, reference)?;
+                if let Err(e) = RefName::parse(reference) {
+                    let why = match e {
+                        crate::reference::RefNameError::BadVersion { .. } => "the version after @ must be dotted numbers, like llamacpp@0.3.20",
+                        crate::reference::RefNameError::NoDumper { .. } => "no dumper before the @",
+                    };
+                    return Err(NameError { what, name: reference.clone(), why });
+                }
             }
         }
         Ok(())

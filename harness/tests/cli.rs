@@ -383,15 +383,18 @@ fn a_tolerance_spec_with_a_reversed_operator_a_bad_threshold_or_one_its_spread_d
 }
 
 /// The fixture's PyTorch dumps of `model` copied under DIR/<model>/<prompt>/NAME, each manifest
-/// renamed to NAME: an outside engine's dumps that keep the contract.
+/// renamed to NAME and declaring PyTorch's provenance: an outside engine's dumps that keep the contract.
 fn pytorch_dumps_as(dir: &Path, model: &str, name: &str) -> Vec<PathBuf> {
+    let table: toml::Table = toml::from_str(&std::fs::read_to_string(root().join("checkpoints/provenance.toml")).unwrap()).unwrap();
+    let declared = toml::to_string(&toml::Table::from_iter([("provenance".to_string(), table["pytorch"]["llama"].clone())])).unwrap();
     let mut out = Vec::new();
     for prompt in std::fs::read_dir(root().join("fixtures/dumps").join(model)).unwrap() {
         let prompt = prompt.unwrap().path();
         let to = dir.join(model).join(prompt.file_name().unwrap()).join(name);
         copy_dir(&prompt.join("pytorch"), &to);
         let manifest = std::fs::read_to_string(to.join("manifest.toml")).unwrap();
-        std::fs::write(to.join("manifest.toml"), manifest.replacen("reference = \"pytorch\"", &format!("reference = {name:?}"), 1)).unwrap();
+        let renamed = manifest.replacen("reference = \"pytorch\"", &format!("reference = {name:?}"), 1);
+        std::fs::write(to.join("manifest.toml"), format!("{renamed}\n{declared}")).unwrap();
         out.push(to);
     }
     out
@@ -405,6 +408,10 @@ fn the_truth_is_never_a_subject_and_a_subject_is_never_also_a_reference() {
     assert_one_line_error(&parity(&["run", "--refs", "pytorch,engine"], &dir, "s3"), "cannot also be a reference");
     assert_one_line_error(&parity(&["run", "--subject", "candle"], &dir, "s4"), "--subject-cmd");
     assert_one_line_error(&parity(&["run", "--subject", "llamacpp", "--repeat", "2"], &dir, "s5"), "in-process");
+    // A pinned release is named DUMPER@VERSION, dotted numbers, of a dumper that exists.
+    assert_one_line_error(&parity(&["run", "--refs", "llamacpp@latest,pytorch"], &dir, "s6"), "dotted numbers");
+    assert_one_line_error(&parity(&["run", "--refs", "candle@0.11.1"], &dir, "s7"), "unknown reference");
+    assert_one_line_error(&parity(&["run", "--subject", "llamacpp@0.3", "--refs", "engine@1.0"], &dir, "s8"), "unknown reference");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -447,7 +454,8 @@ fn conform_reports_a_missing_checkpoint_on_one_line_and_exits_1() {
     let dumps = dir.join("dumps");
     for to in pytorch_dumps_as(&dumps, "tiny-llama-f32", "mine") {
         let manifest = std::fs::read_to_string(to.join("manifest.toml")).unwrap();
-        std::fs::write(to.join("manifest.toml"), manifest.replacen("[tensors.\"blk.1.ffn_out\"]", "[tensors.\"ffn_out_1\"]", 1)).unwrap();
+        let undeclared = manifest.split("\n[provenance]").next().unwrap();
+        std::fs::write(to.join("manifest.toml"), undeclared.replacen("[tensors.\"blk.1.ffn_out\"]", "[tensors.\"ffn_out_1\"]", 1)).unwrap();
     }
     let out = parity(
         &["conform", "--model", "tiny-llama-f32", "--prompt", "fox", "--subject", "mine", "--subject-dumps", dumps.to_str().unwrap()],
@@ -458,6 +466,7 @@ fn conform_reports_a_missing_checkpoint_on_one_line_and_exits_1() {
     let text = stdout(&out);
     assert!(text.lines().any(|l| l == "tiny-llama-f32/fox: missing: blk.1.ffn_out: checkpoint ffn_out is not in the manifest"), "{text}");
     assert!(text.lines().any(|l| l.starts_with("tiny-llama-f32/fox: unknown: ffn_out_1: ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("tiny-llama-f32/fox: provenance: provenance: the manifest declares no [provenance]")), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

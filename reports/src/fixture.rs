@@ -86,6 +86,7 @@ pub fn all_pass_run() -> RunResults {
         engine_version: "0.1.0 (abc1234)".into(),
         subject: "engine".into(),
         subject_version: "0.1.0 (abc1234)".into(),
+        subject_provenance: Default::default(),
         cases: vec![
             case("tiny-llama-f32", "llamacpp", "0.3.36", passing_checks(1.0, Status::Pass)),
             case("tiny-llama-f32", "pytorch", "2.5.1", passing_checks(0.5, Status::NearTie)),

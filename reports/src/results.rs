@@ -128,6 +128,12 @@ pub struct RunResults {
     /// Its version: the engine's crate version, or what its dumps' manifests say.
     #[serde(default)]
     pub subject_version: String,
+    /// Whose code computed each checkpoint of a dumped subject, by model id and checkpoint (a
+    /// reference's from checkpoints/provenance.toml, an outside engine's from its manifests'
+    /// `[provenance]`); empty for the engine, whose code is its own everywhere. Reports list the
+    /// entries that are not `own`, so a pass there is never read as the subject's own evidence.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subject_provenance: BTreeMap<String, BTreeMap<String, Provenance>>,
     pub cases: Vec<CaseResult>,
     /// References that could not run, with their one-line error (exit code 3 when non-empty).
     pub reference_errors: BTreeMap<String, String>,

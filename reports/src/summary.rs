@@ -275,6 +275,8 @@ impl NotOwn {
     }
 }
 
+/// Every reference's, and a dumped subject's, checkpoints computed by code not its own, among
+/// those the run compared.
 pub fn not_own(run: &RunResults) -> Vec<NotOwn> {
     let mut rows: BTreeMap<(String, u32, String, Authorship, String), BTreeSet<String>> = BTreeMap::new();
     for case in &run.cases {
@@ -282,6 +284,16 @@ pub fn not_own(run: &RunResults) -> Vec<NotOwn> {
         for (id, name) in checkpoints {
             let Some(p) = case.provenance.get(name).filter(|p| p.kind != Authorship::Own) else { continue };
             let key = (case.reference.clone(), id, name.to_string(), p.kind, p.reason.clone().unwrap_or_default());
+            rows.entry(key).or_default().insert(case.model.clone());
+        }
+    }
+    // A dumped subject's own entries: its checks there pass or fail on code that is not its own.
+    let subject = format!("{} (the subject)", run.subject);
+    for case in &run.cases {
+        let Some(declared) = run.subject_provenance.get(&case.model) else { continue };
+        for check in &case.checks {
+            let Some(p) = declared.get(&check.checkpoint).filter(|p| p.kind != Authorship::Own) else { continue };
+            let key = (subject.clone(), check.checkpoint_id, check.checkpoint.clone(), p.kind, p.reason.clone().unwrap_or_default());
             rows.entry(key).or_default().insert(case.model.clone());
         }
     }
@@ -331,10 +343,33 @@ mod tests {
             engine_version: "e".into(),
             subject: "engine".into(),
             subject_version: "e".into(),
+            subject_provenance: Default::default(),
             cases: vec![],
             reference_errors: Default::default(),
         };
         assert_eq!(Verdict::of(&run), Verdict::Fail);
+    }
+
+    #[test]
+    fn a_subjects_checkpoints_computed_by_other_code_are_listed_as_the_subjects() {
+        use crate::results::Provenance;
+        use crate::vocab::Authorship;
+        let mut run = fixture::all_pass_run();
+        run.subject = "candle".into();
+        let model = run.cases[0].model.clone();
+        let checkpoint = run.cases[0].checks[0].checkpoint.clone();
+        let declared = [
+            (checkpoint.clone(), Provenance { kind: Authorship::Ours, reason: Some("our sampler".into()) }),
+            ("no-such-checkpoint".to_string(), Provenance { kind: Authorship::Kernels, reason: Some("never compared".into()) }),
+        ];
+        run.subject_provenance.insert(model.clone(), declared.into_iter().collect());
+        let rows: Vec<NotOwn> = not_own(&run).into_iter().filter(|r| r.reference == "candle (the subject)").collect();
+        assert_eq!(rows.len(), 1, "only checkpoints the run compared: {rows:?}");
+        assert_eq!(
+            (rows[0].checkpoint.as_str(), rows[0].authorship, rows[0].reason.as_str()),
+            (checkpoint.as_str(), Authorship::Ours, "our sampler")
+        );
+        assert_eq!(rows[0].models, [model]);
     }
 
     #[test]

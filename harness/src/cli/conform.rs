@@ -59,6 +59,7 @@ pub fn run(args: ConformArgs, root: &Path) -> Result<i32> {
         let expected =
             Expected { name: &name, prompt: &case.prompt.text, model_sha256: &model_sha256, n_generate: loaded.suite.n_generate, fed: &fed };
         findings.extend(conform::check_manifest(&at, &dump, &truth, &expected));
+        findings.extend(conform::check_provenance(&at, &dump, &loaded.catalog));
         let entries = loaded.catalog.entries(&truth.manifest.arch, truth.manifest.n_layers);
         tensors += entries.len();
         findings.extend(conform::check_tensors(&at, &dump, &truth, &entries));

@@ -7,6 +7,7 @@ use harness::dump_cache::DumpCache;
 use harness::live::{Dumpers, PrivateDir};
 use harness::pipeline::{self, CaseRun, Setup, Source};
 use harness::provenance::{references_in, Provenance};
+use harness::reference::{dumper_of, RefName};
 use harness::spec::{Class, Spec};
 use harness::subject::{External, Subject, ENGINE};
 use harness::suite::{Case, Shard, Suite, SuiteModel, SuitePrompt};
@@ -150,7 +151,7 @@ impl Selection {
             let path = std::fs::canonicalize(model).with_context(|| format!("model {} not found", model.display()))?;
             // Only llama.cpp rounds activations to the weights' precision; PyTorch, tinygrad and
             // MLX dequantize and compute in f32 whatever the file holds, so --class is llama.cpp's.
-            let ref_class = refs.iter().filter(|r| r.as_str() != "llamacpp").map(|r| (r.clone(), Class::F32)).collect();
+            let ref_class = refs.iter().filter(|r| dumper_of(r) != "llamacpp").map(|r| (r.clone(), Class::F32)).collect();
             suite.models = vec![SuiteModel {
                 id,
                 path: path.display().to_string(),
@@ -182,14 +183,22 @@ impl Selection {
             let mut allowed: Vec<&str> = known.iter().map(String::as_str).filter(|r| Some(*r) != suite.truth.as_deref()).collect();
             allowed.push(ENGINE);
             for r in refs {
-                if !allowed.contains(&r.as_str()) {
-                    bail!("--refs: unknown reference {r:?} ({})", allowed.join(", "));
+                // A reference may be named at a pinned release: llamacpp@0.3.20.
+                let name = RefName::parse(r).map_err(|e| anyhow::anyhow!("--refs: {e}"))?;
+                if !allowed.contains(&name.dumper()) || (name.dumper() == ENGINE && name.version().is_some()) {
+                    bail!("--refs: unknown reference {r:?} ({}; a reference's pinned release as NAME@VERSION)", allowed.join(", "));
                 }
             }
             subject.references_for(refs, true)?;
             for case in &mut cases {
-                // The suite's references of the model that --refs names, then the engine if named.
-                case.refs.retain(|r| refs.contains(r) && r != ENGINE);
+                // The suite's references of the model that --refs names (at any release named),
+                // in the suite's order, then the engine if named.
+                let mut named: Vec<String> = Vec::new();
+                for s in case.refs.iter().filter(|s| s.as_str() != ENGINE) {
+                    let of_this = refs.iter().filter(|r| dumper_of(r) == dumper_of(s) && !named.contains(r)).cloned().collect::<Vec<_>>();
+                    named.extend(of_this);
+                }
+                case.refs = named;
                 if refs.iter().any(|r| r == ENGINE) {
                     case.refs.push(ENGINE.to_string());
                 }
