@@ -74,7 +74,9 @@ pub fn shrink(src: &Path, layers: usize, prompt: &str, out: &Path) -> Result<Shr
             }
         } else if key == "tokenizer.ggml.merges" {
             let Value::Array(items) = value else { return Err(bad(format!("metadata {key} is not an array"))) };
-            Value::Array(items.iter().filter(|m| m.as_str().and_then(split_merge).is_some_and(|(l, r)| merge_kept(&kept_text, l, r))).cloned().collect())
+            Value::Array(
+                items.iter().filter(|m| m.as_str().and_then(split_merge).is_some_and(|(l, r)| merge_kept(&kept_text, l, r))).cloned().collect(),
+            )
         } else if key.starts_with("tokenizer.ggml.") && key.ends_with("_token_id") {
             let id = value.as_u64().and_then(|id| u32::try_from(id).ok()).and_then(|id| new_id.get(&id));
             match id {

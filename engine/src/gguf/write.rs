@@ -38,7 +38,8 @@ pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[TensorOut]) -
     let mut offset = 0u64;
     let mut offsets = Vec::with_capacity(tensors.len());
     for t in tensors {
-        let (type_name, block, block_bytes) = ggml_type(t.type_id).ok_or_else(|| fail(format!("tensor {}: unknown type id {}", t.name, t.type_id)))?;
+        let (type_name, block, block_bytes) =
+            ggml_type(t.type_id).ok_or_else(|| fail(format!("tensor {}: unknown type id {}", t.name, t.type_id)))?;
         let elements: usize = t.shape.iter().product();
         let row = t.shape.last().copied().unwrap_or(0);
         if t.shape.is_empty() || row % block != 0 || elements / block * block_bytes != t.data.len() {
