@@ -59,13 +59,19 @@ pub fn run(args: ReduceArgs, root: &Path) -> Result<i32> {
     let plant = |m: &mut engine::Model| super::plant::plant_in(&faults, m);
     let prepare = (!faults.is_empty()).then_some(&plant as &dyn Fn(&mut engine::Model));
     let side = loaded.suite.truth.clone().or_else(|| case.refs.first().cloned()).context("the case has no reference to fail against")?;
-    for r in &args.trial_refs {
+    let mut trial_refs = args.trial_refs.clone();
+    for r in &trial_refs {
         if !case.refs.contains(r) {
             bail!("--trial-refs: {r} is not one of the case's references ({})", case.refs.join(", "));
         }
     }
+    // Without a truth the failure is judged against the case's first reference: trials need it.
+    if loaded.suite.truth.is_none() && !trial_refs.contains(&side) {
+        trial_refs.push(side.clone());
+    }
 
-    println!("reduce {} / {}: the case as given, against {} and the truth", case.model.id, case.prompt.id, case.refs.join(", "));
+    let and_truth = if loaded.suite.truth.is_some() { " and the truth" } else { "" };
+    println!("reduce {} / {}: the case as given, against {}{and_truth}", case.model.id, case.prompt.id, case.refs.join(", "));
     let t = Instant::now();
     let (results, runs) = pipeline::run(&Setup { prepare, ..loaded.setup(&loaded.source) }, loaded.cases.clone(), "reduce")?;
     let Some(target) = first_failure(&runs, &results, &side) else {
@@ -107,14 +113,14 @@ pub fn run(args: ReduceArgs, root: &Path) -> Result<i32> {
         class: case.model.class_for("llamacpp"),
         side: &side,
         target: &target.key,
-        trial_refs: &args.trial_refs,
+        trial_refs: &trial_refs,
         prepare,
         work: work.path(),
         count: std::cell::Cell::new(0),
     };
     // The search, judged against the trial references and the truth; then the reproducer found,
     // against all of the case's; if that does not fail, the search again with all of them.
-    let search = reduce::shortest_failing(candidates.len(), |i| Ok::<_, anyhow::Error>(ctx.trial(&candidates[i], &args.trial_refs)?.fails()))?;
+    let search = reduce::shortest_failing(candidates.len(), |i| Ok::<_, anyhow::Error>(ctx.trial(&candidates[i], &trial_refs)?.fails()))?;
     let mut found = search.found;
     let mut last = ctx.trial(&candidates[found], &case.refs)?;
     if !last.fails() && found + 1 < candidates.len() {
@@ -272,12 +278,13 @@ impl Trials<'_> {
         let first = first_failure(&runs, &results, self.side);
         let trial = Trial { dir, shrunk, loaded, results, runs, first, target: self.target.to_string() };
         println!(
-            "  trial {n}: {} prompt tokens, {} layers, {} tokens in the vocabulary ({:.2} MB), against {} + the truth: {} ({:.0} s)",
+            "  trial {n}: {} prompt tokens, {} layers, {} tokens in the vocabulary ({:.2} MB), against {}{}: {} ({:.0} s)",
             prefix.tokens,
             trial.shrunk.layers,
             trial.shrunk.vocab,
             trial.shrunk.bytes as f64 / 1e6,
             refs.join(","),
+            if self.loaded.suite.truth.is_some() { " + the truth" } else { "" },
             match &trial.first {
                 Some(f) if trial.fails() => format!("fails {}", f.key),
                 Some(f) => format!("first fails {}, another checkpoint", f.key),
@@ -349,8 +356,9 @@ fn write_bundle(bundle: &mut Bundle, ctx: &Trials, last: &Trial, target: &CheckR
     );
     bundle.write_bytes("rerun.sh", script.as_bytes())?;
     let case = &ctx.loaded.cases[0];
+    let truth = ctx.loaded.suite.truth.as_ref().map_or(String::new(), |t| format!(" and the truth ({t})"));
     let readme = format!(
-        "# A reduced reproducer\n\nThe case `{} / {}` fails `{}` against `{}` ({}). Cut to layers 0..{} of {} and the first {} prompt tokens ({} tokens kept in the vocabulary of {}), it fails the same checkpoint.\n\nPrompt: {:?}\n\nRe-run from this folder alone (exit 1 expected):\n\n    sh rerun.sh\n\nwhich runs\n\n    {}\n\nwith `$B` this folder. The search ran {} trials, each judged against {} and the truth; the reproducer was confirmed against {} and the truth, whose dumps are under `dumps/`. `parity verify` checks this folder's integrity.\n",
+        "# A reduced reproducer\n\nThe case `{} / {}` fails `{}` against `{}` ({}). Cut to layers 0..{} of {} and the first {} prompt tokens ({} tokens kept in the vocabulary of {}), it fails the same checkpoint.\n\nPrompt: {:?}\n\nRe-run from this folder alone (exit 1 expected):\n\n    sh rerun.sh\n\nwhich runs\n\n    {}\n\nwith `$B` this folder. The search ran {} trials, each judged against {}{truth}; the reproducer was confirmed against {}{truth}, whose dumps are under `dumps/`. `parity verify` checks this folder's integrity.\n",
         case.model.id,
         case.prompt.id,
         target.key,
