@@ -182,7 +182,7 @@ fn with_number(value: &Value, n: u64) -> Value {
 
 /// A `[vocab, d]` tensor's rows of the `kept` ids, its stored bytes copied row by row.
 fn rows<'a>(info: &TensorInfo, data: &'a [u8], kept: &[u32], vocab: usize) -> Result<TensorOut<'a>, String> {
-    if info.shape.len() != 2 || info.shape[0] != vocab || data.len() % vocab != 0 {
+    if info.shape.len() != 2 || info.shape[0] != vocab || !data.len().is_multiple_of(vocab) {
         return Err(format!("{} has shape {:?}, not one row per token of {vocab}", info.name, info.shape));
     }
     let row = data.len() / vocab;

@@ -42,7 +42,7 @@ pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[TensorOut]) -
             ggml_type(t.type_id).ok_or_else(|| fail(format!("tensor {}: unknown type id {}", t.name, t.type_id)))?;
         let elements: usize = t.shape.iter().product();
         let row = t.shape.last().copied().unwrap_or(0);
-        if t.shape.is_empty() || row % block != 0 || elements / block * block_bytes != t.data.len() {
+        if t.shape.is_empty() || !row.is_multiple_of(block) || elements / block * block_bytes != t.data.len() {
             return Err(fail(format!("tensor {}: {} bytes do not hold a {type_name} tensor of shape {:?}", t.name, t.data.len(), t.shape)));
         }
         put_str(&mut head, &t.name);
