@@ -7,6 +7,9 @@ pub enum Error {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+
     #[error("{path}: not a valid {format} file: {reason}")]
     Format { path: PathBuf, format: &'static str, reason: String },
 

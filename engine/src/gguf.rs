@@ -209,6 +209,15 @@ impl GgufFile {
         self.tensors.iter().any(|t| t.name == name)
     }
 
+    /// The stored bytes of one of this file's tensors, whatever its type (for copying it unchanged).
+    pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
+        let bytes: &[u8] = match &self.backing {
+            Backing::Map(m) => m,
+            Backing::Memory(v) => v,
+        };
+        &bytes[info.offset..info.offset + info.n_bytes]
+    }
+
     /// A view of tensor `name` in its stored type.
     pub fn tensor(&self, name: &str) -> Result<QTensor> {
         let info = self.tensors.iter().find(|t| t.name == name).ok_or_else(|| Error::MissingTensor {
@@ -478,6 +487,8 @@ impl<'a> Reader<'a> {
         })
     }
 }
+
+pub mod write;
 
 #[cfg(test)]
 mod tests;

@@ -496,3 +496,13 @@ fn replay_of_a_layer_out_of_range_or_on_a_dump_without_a_layer_input_is_exit_2()
     assert!(stdout(&clean).contains("place to look: none"), "{}", stdout(&clean));
     std::fs::remove_dir_all(&proof).unwrap();
 }
+
+#[test]
+fn reduce_takes_one_case_and_one_of_its_references_for_its_trials() {
+    let dir = scratch("reduce-input");
+    let many = parity(&["reduce"], &dir, "reduce-many");
+    assert_one_line_error(&many, "parity reduce takes one case");
+    let stranger = parity(&["reduce", "--model", "tiny-llama-f32", "--prompt", "fox", "--trial-refs", "nobody"], &dir, "reduce-stranger");
+    assert_one_line_error(&stranger, "--trial-refs: nobody is not one of the case's references");
+    assert!(!dir.join("reduce").exists(), "no bundle is started on bad input");
+}

@@ -16,7 +16,7 @@
 //! A tokenizer is built from plain data ([`TokenizerSpec`], filled from GGUF metadata by the
 //! caller) or from an HF `tokenizer.json` ([`Tokenizer::from_hf_json`]).
 
-mod bpe;
+pub mod bpe;
 mod hf;
 pub mod pretokenize;
 mod spm;

@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod keygen;
 pub mod merge;
 pub mod plant;
+pub mod reduce;
 pub mod replay;
 pub mod run;
 pub mod select;

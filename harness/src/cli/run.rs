@@ -276,7 +276,7 @@ fn save_failed(
     Ok(())
 }
 
-fn run_info(loaded: &Loaded, runs: &[CaseRun]) -> RunInfo {
+pub fn run_info(loaded: &Loaded, runs: &[CaseRun]) -> RunInfo {
     let mut versions = BTreeMap::new();
     versions.insert("engine".to_string(), env!("CARGO_PKG_VERSION").to_string());
     for run in runs {
@@ -300,7 +300,7 @@ fn run_info(loaded: &Loaded, runs: &[CaseRun]) -> RunInfo {
     RunInfo { versions, host, threads: loaded.suite.threads, replay: command_line(), dumps, shard: None }
 }
 
-fn command_line() -> String {
+pub fn command_line() -> String {
     std::env::args().map(|a| if a.contains(char::is_whitespace) { format!("{a:?}") } else { a }).collect::<Vec<_>>().join(" ")
 }
 
@@ -324,7 +324,7 @@ fn print_timings(runs: &[CaseRun], total: std::time::Duration) {
 }
 
 /// The engine's git commit, if the project is a git checkout.
-fn git_commit(root: &Path) -> String {
+pub fn git_commit(root: &Path) -> String {
     std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .current_dir(root)
