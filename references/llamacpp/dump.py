@@ -71,6 +71,45 @@ GRAPH = {
         "blk.{L}.block_out": ["l_out-{L}", "ADD"],
         "final_norm": ["result_norm", "MUL"],
     },
+    "qwen2": {
+        "embed": ["embd", "GET_ROWS"],
+        "blk.{L}.attn_norm": ["attn_norm-{L}", "MUL"],
+        # build_qkv names the projection and then its bias add "Qcur-L": the ADD is q as the model uses it.
+        "blk.{L}.q": ["Qcur-{L}", "ADD"],
+        "blk.{L}.k": ["Kcur-{L}", "ADD"],
+        "blk.{L}.v": ["Vcur-{L}", "ADD"],
+        "blk.{L}.q_rope": ["Qcur-{L}", "ROPE"],
+        "blk.{L}.k_rope": ["Kcur-{L}", "ROPE"],
+        "blk.{L}.k_cache": ["cache_k_l{L} (view) (permuted)", "PERMUTE"],
+        "blk.{L}.v_cache": ["cache_v_l{L} (view) (permuted)", "PERMUTE"],
+        "blk.{L}.attn_probs": ["kq_soft_max-{L}", "SOFT_MAX"],
+        # qwen2.cpp names no attn_out: the output projection of the merged heads.
+        "blk.{L}.attn_out": ["MUL_MAT(blk.{L}.attn_output.weight, kqv_out-{L})", "MUL_MAT"],
+        "blk.{L}.ffn_norm": ["ffn_norm-{L}", "MUL"],
+        "blk.{L}.ffn_out": ["ffn_out-{L}", "MUL_MAT"],
+        "blk.{L}.block_out": ["l_out-{L}", "ADD"],
+        "final_norm": ["result_norm", "MUL"],
+    },
+    "qwen3": {
+        "embed": ["embd", "GET_ROWS"],
+        "blk.{L}.attn_norm": ["attn_norm-{L}", "MUL"],
+        "blk.{L}.q": ["Qcur-{L}", "MUL_MAT"],
+        "blk.{L}.k": ["Kcur-{L}", "MUL_MAT"],
+        "blk.{L}.v": ["Vcur-{L}", "MUL_MAT"],
+        # The per-head RMSNorm times attn_q_norm/attn_k_norm, before RoPE.
+        "blk.{L}.q_norm": ["Qcur_normed-{L}", "MUL"],
+        "blk.{L}.k_norm": ["Kcur_normed-{L}", "MUL"],
+        "blk.{L}.q_rope": ["Qcur-{L}", "ROPE"],
+        "blk.{L}.k_rope": ["Kcur-{L}", "ROPE"],
+        "blk.{L}.k_cache": ["cache_k_l{L} (view) (permuted)", "PERMUTE"],
+        "blk.{L}.v_cache": ["cache_v_l{L} (view) (permuted)", "PERMUTE"],
+        "blk.{L}.attn_probs": ["kq_soft_max-{L}", "SOFT_MAX"],
+        "blk.{L}.attn_out": ["MUL_MAT(blk.{L}.attn_output.weight, kqv_out-{L})", "MUL_MAT"],
+        "blk.{L}.ffn_norm": ["ffn_norm-{L}", "MUL"],
+        "blk.{L}.ffn_out": ["ffn_out-{L}", "MUL_MAT"],
+        "blk.{L}.block_out": ["l_out-{L}", "ADD"],
+        "final_norm": ["result_norm", "MUL"],
+    },
     "gpt2": {
         "embed": ["inpL", "ADD"],
         "blk.{L}.attn_norm": ["attn_norm-{L}", "ADD"],
@@ -89,6 +128,7 @@ GRAPH = {
 }
 
 LLAMA_ROPE_TYPE_NORM = 0
+LLAMA_ROPE_TYPE_NEOX = 2  # llama.h: GGML_ROPE_TYPE_NEOX
 
 
 def capture(args, kv_type):
@@ -197,9 +237,10 @@ def layer_tensors(g, prefix, layer, n_rows, n_cells, sizes):
     out["q"] = unpermute(rows(node("q"), H * hd))
     out["k"] = unpermute(rows(node("k"), KV * hd))
     out["v"] = rows(node("v"), KV * hd)
-    if sizes["arch"] == "llama":
-        out["q_rope"] = unpermute(rows(node("q_rope"), H * hd))
-        out["k_rope"] = unpermute(rows(node("k_rope"), KV * hd))
+    # What the architecture has beyond q/k/v (GRAPH names it): Qwen3's per-head norms, RoPE.
+    for name, heads in (("q_norm", H), ("k_norm", KV), ("q_rope", H), ("k_rope", KV)):
+        if f"blk.{{L}}.{name}" in GRAPH[sizes["arch"]]:
+            out[name] = unpermute(rows(node(name), heads * hd))
     # The cache views: keys [KV, cells, hd], values transposed [KV, hd, cells].
     k_cells = node("k_cache").reshape(KV, -1, hd)
     v_cells = node("v_cache").reshape(KV, hd, -1).transpose(0, 2, 1)
@@ -226,9 +267,13 @@ def run(args):
     dump.started = started
     tokens = meta["tokens"]
     T = len(tokens)
+    # The Q/K row order RoPE works on: llama.cpp's converter permutes llama's rows for its pairwise
+    # ("norm") RoPE, and leaves the Qwen ones in HF's order, which its "neox" RoPE rotates by halves.
     permuted = arch == "llama"
     if permuted and meta["rope_type"] != LLAMA_ROPE_TYPE_NORM:
         raise DumpError(f"llama model with RoPE type {meta['rope_type']}: its Q/K row order is not the one this dumper undoes")
+    if arch in ("qwen2", "qwen3") and meta["rope_type"] != LLAMA_ROPE_TYPE_NEOX:
+        raise DumpError(f"{arch} model with RoPE type {meta['rope_type']}: its Q/K rows are not in the half-split order this dumper expects")
     hd = g["blk.0.k_cache"].shape[-1]
     unpermute = (lambda x: hf_head_order(x, hd)) if permuted else (lambda x: x)
 
