@@ -51,64 +51,44 @@ except ImportError as e:  # outside the reference environment: the documented ex
 
 # Catalog key (with {L} for the layer) -> [graph node name, ggml op] in llama.cpp's graph. A name
 # can label several nodes (Qcur-L is the projection, its reshape and its RoPE), so the op picks one.
-# GPT-2's attention output projection has a bias and llama.cpp names neither node; it is found by
-# what it computes (ggml_tensor.Ggml.label).
+# GPT-2's attention output projection has a bias and llama.cpp names neither node, nor do the Qwen
+# graphs name theirs; it is found by what it computes (ggml_tensor.Ggml.label).
+#
+# The RMSNorm decoders (src/models/llama.cpp, qwen2.cpp, qwen3.cpp) name these nodes alike:
+DECODER_NODES = {
+    "embed": ["embd", "GET_ROWS"],
+    "blk.{L}.attn_norm": ["attn_norm-{L}", "MUL"],
+    "blk.{L}.q": ["Qcur-{L}", "MUL_MAT"],
+    "blk.{L}.k": ["Kcur-{L}", "MUL_MAT"],
+    "blk.{L}.v": ["Vcur-{L}", "MUL_MAT"],
+    "blk.{L}.q_rope": ["Qcur-{L}", "ROPE"],
+    "blk.{L}.k_rope": ["Kcur-{L}", "ROPE"],
+    "blk.{L}.k_cache": ["cache_k_l{L} (view) (permuted)", "PERMUTE"],
+    "blk.{L}.v_cache": ["cache_v_l{L} (view) (permuted)", "PERMUTE"],
+    "blk.{L}.attn_probs": ["kq_soft_max-{L}", "SOFT_MAX"],
+    "blk.{L}.ffn_norm": ["ffn_norm-{L}", "MUL"],
+    "blk.{L}.ffn_out": ["ffn_out-{L}", "MUL_MAT"],
+    "blk.{L}.block_out": ["l_out-{L}", "ADD"],
+    "final_norm": ["result_norm", "MUL"],
+}
+# The output projection of the merged heads, where the graph leaves it unnamed.
+UNNAMED_ATTN_OUT = ["MUL_MAT(blk.{L}.attn_output.weight, kqv_out-{L})", "MUL_MAT"]
 GRAPH = {
-    "llama": {
-        "embed": ["embd", "GET_ROWS"],
-        "blk.{L}.attn_norm": ["attn_norm-{L}", "MUL"],
-        "blk.{L}.q": ["Qcur-{L}", "MUL_MAT"],
-        "blk.{L}.k": ["Kcur-{L}", "MUL_MAT"],
-        "blk.{L}.v": ["Vcur-{L}", "MUL_MAT"],
-        "blk.{L}.q_rope": ["Qcur-{L}", "ROPE"],
-        "blk.{L}.k_rope": ["Kcur-{L}", "ROPE"],
-        "blk.{L}.k_cache": ["cache_k_l{L} (view) (permuted)", "PERMUTE"],
-        "blk.{L}.v_cache": ["cache_v_l{L} (view) (permuted)", "PERMUTE"],
-        "blk.{L}.attn_probs": ["kq_soft_max-{L}", "SOFT_MAX"],
-        "blk.{L}.attn_out": ["attn_out-{L}", "MUL_MAT"],
-        "blk.{L}.ffn_norm": ["ffn_norm-{L}", "MUL"],
-        "blk.{L}.ffn_out": ["ffn_out-{L}", "MUL_MAT"],
-        "blk.{L}.block_out": ["l_out-{L}", "ADD"],
-        "final_norm": ["result_norm", "MUL"],
-    },
+    "llama": {**DECODER_NODES, "blk.{L}.attn_out": ["attn_out-{L}", "MUL_MAT"]},
+    # build_qkv names the projection and then its bias add "Qcur-L": the ADD is q as the model uses it.
     "qwen2": {
-        "embed": ["embd", "GET_ROWS"],
-        "blk.{L}.attn_norm": ["attn_norm-{L}", "MUL"],
-        # build_qkv names the projection and then its bias add "Qcur-L": the ADD is q as the model uses it.
+        **DECODER_NODES,
         "blk.{L}.q": ["Qcur-{L}", "ADD"],
         "blk.{L}.k": ["Kcur-{L}", "ADD"],
         "blk.{L}.v": ["Vcur-{L}", "ADD"],
-        "blk.{L}.q_rope": ["Qcur-{L}", "ROPE"],
-        "blk.{L}.k_rope": ["Kcur-{L}", "ROPE"],
-        "blk.{L}.k_cache": ["cache_k_l{L} (view) (permuted)", "PERMUTE"],
-        "blk.{L}.v_cache": ["cache_v_l{L} (view) (permuted)", "PERMUTE"],
-        "blk.{L}.attn_probs": ["kq_soft_max-{L}", "SOFT_MAX"],
-        # qwen2.cpp names no attn_out: the output projection of the merged heads.
-        "blk.{L}.attn_out": ["MUL_MAT(blk.{L}.attn_output.weight, kqv_out-{L})", "MUL_MAT"],
-        "blk.{L}.ffn_norm": ["ffn_norm-{L}", "MUL"],
-        "blk.{L}.ffn_out": ["ffn_out-{L}", "MUL_MAT"],
-        "blk.{L}.block_out": ["l_out-{L}", "ADD"],
-        "final_norm": ["result_norm", "MUL"],
+        "blk.{L}.attn_out": UNNAMED_ATTN_OUT,
     },
+    # The per-head RMSNorm times attn_q_norm/attn_k_norm, before RoPE.
     "qwen3": {
-        "embed": ["embd", "GET_ROWS"],
-        "blk.{L}.attn_norm": ["attn_norm-{L}", "MUL"],
-        "blk.{L}.q": ["Qcur-{L}", "MUL_MAT"],
-        "blk.{L}.k": ["Kcur-{L}", "MUL_MAT"],
-        "blk.{L}.v": ["Vcur-{L}", "MUL_MAT"],
-        # The per-head RMSNorm times attn_q_norm/attn_k_norm, before RoPE.
+        **DECODER_NODES,
         "blk.{L}.q_norm": ["Qcur_normed-{L}", "MUL"],
         "blk.{L}.k_norm": ["Kcur_normed-{L}", "MUL"],
-        "blk.{L}.q_rope": ["Qcur-{L}", "ROPE"],
-        "blk.{L}.k_rope": ["Kcur-{L}", "ROPE"],
-        "blk.{L}.k_cache": ["cache_k_l{L} (view) (permuted)", "PERMUTE"],
-        "blk.{L}.v_cache": ["cache_v_l{L} (view) (permuted)", "PERMUTE"],
-        "blk.{L}.attn_probs": ["kq_soft_max-{L}", "SOFT_MAX"],
-        "blk.{L}.attn_out": ["MUL_MAT(blk.{L}.attn_output.weight, kqv_out-{L})", "MUL_MAT"],
-        "blk.{L}.ffn_norm": ["ffn_norm-{L}", "MUL"],
-        "blk.{L}.ffn_out": ["ffn_out-{L}", "MUL_MAT"],
-        "blk.{L}.block_out": ["l_out-{L}", "ADD"],
-        "final_norm": ["result_norm", "MUL"],
+        "blk.{L}.attn_out": UNNAMED_ATTN_OUT,
     },
     "gpt2": {
         "embed": ["inpL", "ADD"],
