@@ -51,25 +51,44 @@ except ImportError as e:  # outside the reference environment: the documented ex
 
 # Catalog key (with {L} for the layer) -> [graph node name, ggml op] in llama.cpp's graph. A name
 # can label several nodes (Qcur-L is the projection, its reshape and its RoPE), so the op picks one.
-# GPT-2's attention output projection has a bias and llama.cpp names neither node; it is found by
-# what it computes (ggml_tensor.Ggml.label).
+# GPT-2's attention output projection has a bias and llama.cpp names neither node, nor do the Qwen
+# graphs name theirs; it is found by what it computes (ggml_tensor.Ggml.label).
+#
+# The RMSNorm decoders (src/models/llama.cpp, qwen2.cpp, qwen3.cpp) name these nodes alike:
+DECODER_NODES = {
+    "embed": ["embd", "GET_ROWS"],
+    "blk.{L}.attn_norm": ["attn_norm-{L}", "MUL"],
+    "blk.{L}.q": ["Qcur-{L}", "MUL_MAT"],
+    "blk.{L}.k": ["Kcur-{L}", "MUL_MAT"],
+    "blk.{L}.v": ["Vcur-{L}", "MUL_MAT"],
+    "blk.{L}.q_rope": ["Qcur-{L}", "ROPE"],
+    "blk.{L}.k_rope": ["Kcur-{L}", "ROPE"],
+    "blk.{L}.k_cache": ["cache_k_l{L} (view) (permuted)", "PERMUTE"],
+    "blk.{L}.v_cache": ["cache_v_l{L} (view) (permuted)", "PERMUTE"],
+    "blk.{L}.attn_probs": ["kq_soft_max-{L}", "SOFT_MAX"],
+    "blk.{L}.ffn_norm": ["ffn_norm-{L}", "MUL"],
+    "blk.{L}.ffn_out": ["ffn_out-{L}", "MUL_MAT"],
+    "blk.{L}.block_out": ["l_out-{L}", "ADD"],
+    "final_norm": ["result_norm", "MUL"],
+}
+# The output projection of the merged heads, where the graph leaves it unnamed.
+UNNAMED_ATTN_OUT = ["MUL_MAT(blk.{L}.attn_output.weight, kqv_out-{L})", "MUL_MAT"]
 GRAPH = {
-    "llama": {
-        "embed": ["embd", "GET_ROWS"],
-        "blk.{L}.attn_norm": ["attn_norm-{L}", "MUL"],
-        "blk.{L}.q": ["Qcur-{L}", "MUL_MAT"],
-        "blk.{L}.k": ["Kcur-{L}", "MUL_MAT"],
-        "blk.{L}.v": ["Vcur-{L}", "MUL_MAT"],
-        "blk.{L}.q_rope": ["Qcur-{L}", "ROPE"],
-        "blk.{L}.k_rope": ["Kcur-{L}", "ROPE"],
-        "blk.{L}.k_cache": ["cache_k_l{L} (view) (permuted)", "PERMUTE"],
-        "blk.{L}.v_cache": ["cache_v_l{L} (view) (permuted)", "PERMUTE"],
-        "blk.{L}.attn_probs": ["kq_soft_max-{L}", "SOFT_MAX"],
-        "blk.{L}.attn_out": ["attn_out-{L}", "MUL_MAT"],
-        "blk.{L}.ffn_norm": ["ffn_norm-{L}", "MUL"],
-        "blk.{L}.ffn_out": ["ffn_out-{L}", "MUL_MAT"],
-        "blk.{L}.block_out": ["l_out-{L}", "ADD"],
-        "final_norm": ["result_norm", "MUL"],
+    "llama": {**DECODER_NODES, "blk.{L}.attn_out": ["attn_out-{L}", "MUL_MAT"]},
+    # build_qkv names the projection and then its bias add "Qcur-L": the ADD is q as the model uses it.
+    "qwen2": {
+        **DECODER_NODES,
+        "blk.{L}.q": ["Qcur-{L}", "ADD"],
+        "blk.{L}.k": ["Kcur-{L}", "ADD"],
+        "blk.{L}.v": ["Vcur-{L}", "ADD"],
+        "blk.{L}.attn_out": UNNAMED_ATTN_OUT,
+    },
+    # The per-head RMSNorm times attn_q_norm/attn_k_norm, before RoPE.
+    "qwen3": {
+        **DECODER_NODES,
+        "blk.{L}.q_norm": ["Qcur_normed-{L}", "MUL"],
+        "blk.{L}.k_norm": ["Kcur_normed-{L}", "MUL"],
+        "blk.{L}.attn_out": UNNAMED_ATTN_OUT,
     },
     "gpt2": {
         "embed": ["inpL", "ADD"],
@@ -89,6 +108,7 @@ GRAPH = {
 }
 
 LLAMA_ROPE_TYPE_NORM = 0
+LLAMA_ROPE_TYPE_NEOX = 2  # llama.h: GGML_ROPE_TYPE_NEOX
 
 
 def capture(args, kv_type):
@@ -197,9 +217,10 @@ def layer_tensors(g, prefix, layer, n_rows, n_cells, sizes):
     out["q"] = unpermute(rows(node("q"), H * hd))
     out["k"] = unpermute(rows(node("k"), KV * hd))
     out["v"] = rows(node("v"), KV * hd)
-    if sizes["arch"] == "llama":
-        out["q_rope"] = unpermute(rows(node("q_rope"), H * hd))
-        out["k_rope"] = unpermute(rows(node("k_rope"), KV * hd))
+    # What the architecture has beyond q/k/v (GRAPH names it): Qwen3's per-head norms, RoPE.
+    for name, heads in (("q_norm", H), ("k_norm", KV), ("q_rope", H), ("k_rope", KV)):
+        if f"blk.{{L}}.{name}" in GRAPH[sizes["arch"]]:
+            out[name] = unpermute(rows(node(name), heads * hd))
     # The cache views: keys [KV, cells, hd], values transposed [KV, hd, cells].
     k_cells = node("k_cache").reshape(KV, -1, hd)
     v_cells = node("v_cache").reshape(KV, hd, -1).transpose(0, 2, 1)
@@ -226,9 +247,13 @@ def run(args):
     dump.started = started
     tokens = meta["tokens"]
     T = len(tokens)
+    # The Q/K row order RoPE works on: llama.cpp's converter permutes llama's rows for its pairwise
+    # ("norm") RoPE, and leaves the Qwen ones in HF's order, which its "neox" RoPE rotates by halves.
     permuted = arch == "llama"
     if permuted and meta["rope_type"] != LLAMA_ROPE_TYPE_NORM:
         raise DumpError(f"llama model with RoPE type {meta['rope_type']}: its Q/K row order is not the one this dumper undoes")
+    if arch in ("qwen2", "qwen3") and meta["rope_type"] != LLAMA_ROPE_TYPE_NEOX:
+        raise DumpError(f"{arch} model with RoPE type {meta['rope_type']}: its Q/K rows are not in the half-split order this dumper expects")
     hd = g["blk.0.k_cache"].shape[-1]
     unpermute = (lambda x: hf_head_order(x, hd)) if permuted else (lambda x: x)
 

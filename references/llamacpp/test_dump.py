@@ -30,7 +30,10 @@ import testkit  # noqa: E402  (stdlib only: it decides skip or fail when the res
 ROOT = Path(__file__).resolve().parents[2]
 DUMPER = ROOT / "references" / "llamacpp" / "dump.py"
 MODELS = ROOT / "fixtures" / "models"
-SMOLLM2 = Path(os.environ.get("PARITY_CACHE", Path.home() / ".cache" / "parity")) / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE = Path(os.environ.get("PARITY_CACHE", Path.home() / ".cache" / "parity"))
+SMOLLM2 = CACHE / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The model-family suite's models (scripts/make-family-models.py): seeded random weights, llama.cpp's converter.
+FAMILY_MODELS = CACHE / "models" / "families"
 
 PROMPT = "  The capital of France is"
 N_GENERATE = 4
@@ -482,6 +485,106 @@ class SmolLM2(unittest.TestCase):
             # " Paris.\n\nThe United States", llama.cpp's own greedy decode with its default float16 KV cache.
             self.assertEqual(np.load(Path(tmp) / "out" / "generated.npy").tolist(), [7042, 30, 198, 198, 504, 1797, 1918])
             self.assertIn("' Paris.\\n\\nThe United States'", result.stderr)
+
+
+def gguf_weights(path):
+    """name -> float64 array of an F32 GGUF's tensors (numpy shape: ggml's axes reversed, so a
+    projection is [out, in]), and its metadata reader."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(path))
+    return {t.name: np.asarray(t.data, dtype=np.float64) for t in reader.tensors}, reader
+
+
+def rotate_halves(x, inv_freq, head_dim):
+    """[T, heads*hd] rotated by position * inv_freq in HF's half-split pairs (i, i + hd/2), in numpy float64."""
+    import numpy as np
+
+    T = len(x)
+    angles = np.arange(T, dtype=np.float64)[:, None, None] * inv_freq
+    heads = x.reshape(T, -1, head_dim).astype(np.float64)
+    a, b = heads[..., : head_dim // 2], heads[..., head_dim // 2 :]
+    return np.concatenate([a * np.cos(angles) - b * np.sin(angles), b * np.cos(angles) + a * np.sin(angles)], axis=-1).reshape(T, -1)
+
+
+@testkit.needs_file(FAMILY_MODELS / "qwen3" / "model-f32.gguf", "~/.cache/parity/venv/bin/python scripts/make-family-models.py")
+class FamilyDumps(unittest.TestCase):
+    """Llama-3, Qwen2 and Qwen3 F32 GGUFs: the graph nodes tapped are the tensors the catalog names,
+    recomputed in numpy from each other and the GGUF's own weights."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="parity-llamacpp-family-test-")
+        cls.addClassCleanup(cls.tmp.cleanup)
+        cls.dumps = {}
+        for family in ("llama3", "qwen2", "qwen3"):
+            out = Path(cls.tmp.name) / family
+            result = run_dumper(FAMILY_MODELS / family / "model-f32.gguf", out, prompt="The capital of France is", n_generate=3)
+            if result.returncode != 0:
+                raise AssertionError(f"dump.py on {family} exited {result.returncode}: {result.stderr.strip()}")
+            cls.dumps[family] = out
+
+    def load(self, family, key):
+        import numpy as np
+
+        return np.load(self.dumps[family] / f"{key}.npy")
+
+    def test_manifest_arch_is_the_gguf_architecture_and_only_qwen3_has_q_norm(self):
+        for family, arch in (("llama3", "llama"), ("qwen2", "qwen2"), ("qwen3", "qwen3")):
+            with self.subTest(family=family):
+                with open(self.dumps[family] / "manifest.toml", "rb") as f:
+                    manifest = tomllib.load(f)
+                self.assertEqual(manifest["arch"], arch)
+                self.assertEqual("file" in manifest["tensors"]["blk.1.q_norm"], family == "qwen3")
+                self.assertEqual("file" in manifest["tensors"]["blk.1.dec_k_norm"], family == "qwen3")
+                self.assertIn("file", manifest["tensors"]["blk.1.q_rope"])
+
+    def test_qwen2_q_k_v_are_the_bias_adds_after_the_projections(self):
+        import numpy as np
+
+        w, _ = gguf_weights(FAMILY_MODELS / "qwen2" / "model-f32.gguf")
+        for layer in (0, 3):
+            x = self.load("qwen2", f"blk.{layer}.attn_norm").astype(np.float64)
+            for name in ("q", "k", "v"):
+                got, bias = self.load("qwen2", f"blk.{layer}.{name}"), w[f"blk.{layer}.attn_{name}.bias"]
+                np.testing.assert_allclose(got - bias, x @ w[f"blk.{layer}.attn_{name}.weight"].T, rtol=1e-4, atol=1e-5, err_msg=f"{layer} {name}")
+                self.assertGreater(np.abs(bias).max(), 0.01, "a zero bias would not show it was added")
+
+    def test_qwen3_q_norm_and_k_norm_are_the_per_head_rms_norms_rope_rotates(self):
+        import numpy as np
+
+        w, reader = gguf_weights(FAMILY_MODELS / "qwen3" / "model-f32.gguf")
+        eps = float(reader.fields["qwen3.attention.layer_norm_rms_epsilon"].contents())
+        theta = float(reader.fields["qwen3.rope.freq_base"].contents())
+        hd = 128
+        inv_freq = theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+        for layer in (0, 3):
+            x = self.load("qwen3", f"blk.{layer}.attn_norm").astype(np.float64)
+            for raw, normed, weight in (("q", "q_norm", "attn_q_norm"), ("k", "k_norm", "attn_k_norm")):
+                q = self.load("qwen3", f"blk.{layer}.{raw}")
+                np.testing.assert_allclose(q, x @ w[f"blk.{layer}.attn_{raw}.weight"].T, rtol=1e-4, atol=1e-5, err_msg=f"layer {layer} {raw}")
+                heads = q.astype(np.float64).reshape(len(q), -1, hd)
+                expected = (heads / np.sqrt((heads**2).mean(-1, keepdims=True) + eps) * w[f"blk.{layer}.{weight}.weight"]).reshape(q.shape)
+                got = self.load("qwen3", f"blk.{layer}.{normed}")
+                np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=f"layer {layer} {normed}")
+                # Qwen's rows are in HF order (llama.cpp's neox RoPE rotates halves): no permutation to undo.
+                rotated = self.load("qwen3", f"blk.{layer}.{raw}_rope")
+                np.testing.assert_allclose(rotated, rotate_halves(got, inv_freq, hd), rtol=1e-4, atol=1e-5, err_msg=f"layer {layer} {raw}_rope")
+
+    def test_llama3_rope_divides_each_frequency_by_the_rope_freqs_factor(self):
+        import numpy as np
+
+        w, reader = gguf_weights(FAMILY_MODELS / "llama3" / "model-f32.gguf")
+        theta = float(reader.fields["llama.rope.freq_base"].contents())
+        hd = 64
+        plain = theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+        scaled = plain / w["rope_freqs.weight"]
+        for layer in (0, 3):
+            for name in ("q", "k"):
+                x, got = self.load("llama3", f"blk.{layer}.{name}"), self.load("llama3", f"blk.{layer}.{name}_rope")
+                np.testing.assert_allclose(got, rotate_halves(x, scaled, hd), rtol=1e-4, atol=1e-5, err_msg=f"layer {layer} {name}_rope")
+                self.assertGreater(np.abs(got - rotate_halves(x, plain, hd)).max(), 1e-2, "the scaling must show")
 
 
 class Failures(unittest.TestCase):

@@ -15,6 +15,8 @@ instead when PARITY_REQUIRE_REFERENCES is set (references/common/testkit.py).
 """
 
 import functools
+import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,9 @@ import testkit  # noqa: E402  (stdlib only: it decides skip or fail when the res
 ROOT = Path(__file__).resolve().parents[2]
 DUMPERS = {"pytorch": ROOT / "references" / "pytorch" / "dump.py", "pytorch-f64": ROOT / "references" / "pytorch-f64" / "dump.py"}
 MODELS = {name: ROOT / "fixtures" / "models" / name / "model-f32.gguf" for name in ("tiny-llama", "tiny-gpt2")}
+# The model-family suite's models (scripts/make-family-models.py): seeded random weights, llama.cpp's converter.
+FAMILY_MODELS = Path(os.environ.get("PARITY_CACHE", Path.home() / ".cache" / "parity")) / "models" / "families"
+FAMILY_HINT = "~/.cache/parity/venv/bin/python scripts/make-family-models.py"
 PROMPT = "The quick brown fox jumps over the lazy dog."
 N_GENERATE = 4
 
@@ -226,6 +231,76 @@ class TruthBesideFloat32(unittest.TestCase):
 
         ulp = np.spacing(np.abs(expected).astype(np.float32)).astype(np.float64)
         return float(np.max(np.abs(self.load(name, reference, key).astype(np.float64) - expected) / ulp))
+
+
+def float64_module():
+    """references/pytorch/float64.py (the truth's float64 replacements) as a module."""
+    sys.path.insert(0, str(ROOT / "references" / "pytorch"))
+    import float64
+
+    return float64
+
+
+@testkit.needs_file(FAMILY_MODELS / "llama3" / "model-f32.gguf", FAMILY_HINT)
+class Llama3Frequencies(unittest.TestCase):
+    def test_float64_llama3_divisors_of_config_json_are_the_gguf_rope_freqs_llama_cpp_computed(self):
+        import gguf
+        import numpy as np
+        import torch
+
+        params = json.loads((FAMILY_MODELS / "llama3" / "hf" / "config.json").read_text())["rope_parameters"]
+        self.assertEqual(params["rope_type"], "llama3")
+        inv_freq = params["rope_theta"] ** (-torch.arange(0, 64, 2, dtype=torch.float64) / 64)
+        ours = float64_module().rope_divisors(params, inv_freq, 64).numpy()
+        reader = gguf.GGUFReader(str(FAMILY_MODELS / "llama3" / "model-f32.gguf"))
+        file = next(np.asarray(t.data, dtype=np.float64) for t in reader.tensors if t.name == "rope_freqs.weight")
+        # llama.cpp's converter computed them from the same parameters and stored float32: equal to its rounding.
+        np.testing.assert_allclose(ours, file, rtol=2**-23, atol=0)
+        self.assertEqual(sorted({float(d) for d in file if d in (1.0, 8.0)}), [1.0, 8.0])
+        self.assertGreater(np.sum((file > 1) & (file < 8)), 1, "interpolated pairs must be there to test the ramp")
+
+    def test_per_pair_factors_are_taken_as_they_are_and_other_scalings_refused(self):
+        import torch
+
+        f64 = float64_module()
+        inv_freq = 1e4 ** (-torch.arange(0, 8, 2, dtype=torch.float64) / 8)
+        factors = [1.0, 1.5, 4.0, 8.0]
+        given = dict(rope_type="longrope", rope_theta=1e4, short_factor=factors, long_factor=factors, attention_factor=1.0)
+        self.assertEqual(f64.rope_divisors(given, inv_freq, 8).tolist(), factors)
+        for refused in (dict(given, long_factor=[2.0] * 4), dict(given, attention_factor=1.2), dict(rope_type="yarn", factor=4.0)):
+            with self.subTest(params=refused), self.assertRaises(f64.DumpError):
+                f64.rope_divisors(refused, inv_freq, 8)
+
+
+@testkit.needs_file(FAMILY_MODELS / "qwen3" / "hf" / "model.safetensors", FAMILY_HINT)
+class Qwen3Truth(unittest.TestCase):
+    """Qwen3 (its per-head q/k RMSNorms are Qwen3RMSNorm, replaced like the block norms) in float64
+    beside float32, from its HF folder."""
+
+    def test_every_tensor_is_within_float32_noise_of_the_float32_dump_and_q_norm_is_recomputed(self):
+        import numpy as np
+
+        with tempfile.TemporaryDirectory(prefix="parity-f64-qwen3-") as tmp:
+            outs = {r: Path(tmp) / r for r in DUMPERS}
+            running = {
+                r: subprocess.Popen(dumper_command(r, FAMILY_MODELS / "qwen3" / "hf", out), stderr=subprocess.PIPE, text=True)
+                for r, out in outs.items()
+            }
+            for r, process in running.items():
+                _, stderr = process.communicate()
+                self.assertEqual(process.returncode, 0, f"{r}: {stderr.strip()}")  # the dtype guard passed
+            with open(outs["pytorch-f64"] / "manifest.toml", "rb") as f:
+                tensors = {k: t["file"] for k, t in tomllib.load(f)["tensors"].items() if "file" in t}
+            self.assertIn("blk.3.q_norm", tensors)
+            for key, file in tensors.items():
+                truth, f32 = np.load(outs["pytorch-f64"] / file), np.load(outs["pytorch"] / file)
+                if truth.dtype.kind == "i":
+                    continue
+                t, f = truth.astype(np.float64), f32.astype(np.float64)
+                rel_rms = np.sqrt(np.mean((t - f) ** 2) / np.mean(t**2))
+                self.assertLess(rel_rms, NOISE, f"{key}: relative RMS {rel_rms:.3g} from the float32 dump")
+                if key.endswith(("q_norm", "k_norm")):
+                    self.assertFalse(np.array_equal(truth, f32), f"{key} is the float32 dump's")
 
 
 class Usage(unittest.TestCase):

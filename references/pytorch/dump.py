@@ -1,4 +1,4 @@
-"""The PyTorch reference: HF transformers' own Llama and GPT-2 classes, instrumented with hooks.
+"""The PyTorch reference: HF transformers' own model classes (Llama, Qwen2, Qwen3, GPT-2), instrumented with hooks.
 
     ~/.cache/parity/venv/bin/python references/pytorch/dump.py --model FILE_OR_HF_DIR \
         --prompt TEXT --n-generate N --temperature T --out DIR [--threads 2] [--force-tokens IDS]
@@ -6,13 +6,23 @@
 A GGUF file is loaded through transformers' GGUF support (weights dequantized to float32, tokenizer
 rebuilt from the file's metadata, then corrected where it tokenizes differently from llama.cpp, so the
 prompt ids are llama.cpp's); a folder is loaded as an HF checkpoint with its own tokenizer. The model
-runs in float32, eval mode, with eager attention so the attention probabilities exist.
+runs in float32, eval mode, with eager attention so the attention probabilities exist. The families
+and where transformers keeps their code are in family.py.
 
-Tensors come from one forward over the prompt: forward hooks on the norms, projections, attention,
-MLP and decoder layers; a pre-hook on layer 0 for the residual stream entering it; the attention
+RoPE scaling from a GGUF: transformers' GGUF loader reads no RoPE scaling at all. llama.cpp's
+converter stores Llama-3's frequency scaling as the `rope_freqs.weight` tensor (one divisor per
+frequency pair) and no metadata, so transformers would silently run Llama-3 unscaled. The dumper
+hands that tensor to transformers as the per-pair factors of its own LongRoPE frequency code
+(short and long factors both the file's, attention factor 1), which divides each frequency by its
+factor, as llama.cpp does with rope_freqs. A GGUF that declares a RoPE scaling type in its metadata
+(`<arch>.rope.scaling.type`, which transformers ignores too) is refused.
+
+Tensors come from one forward over the prompt: forward hooks on the norms, projections (q, k, v
+with their biases where the model has them), Qwen3's per-head q/k norms, attention, MLP and
+decoder layers; a pre-hook on layer 0 for the residual stream entering it; the attention
 probabilities from `output_attentions`; the KV cache from the model's own `past_key_values`. RoPE
-is a plain function in transformers' Llama, not a module, so `q_rope`/`k_rope` come from wrapping
-that function for the duration of the prompt forward. `step_logits` and `generated` come from a
+is a plain function in each family's modeling module, not a module, so `q_rope`/`k_rope` come from
+wrapping that function for the duration of the prompt forward. `step_logits` and `generated` come from a
 loop that feeds one token at a time with the cache (not `generate()`), so the incremental path is
 what gets exercised: the greedy tokens, or the `--force-tokens` history (dumpkit.decode). At the
 chosen decode steps (dumpkit.decode_steps) the same hooks and RoPE wrapper stay on for that one-token
@@ -27,12 +37,13 @@ TopPLogitsWarper) and a softmax, on the logits dumpkit.sample_catalog hands them
 dequantized to float32 by transformers) and then cast, which is exact, so the float64 truth runs on
 the very weights the engine runs on. In float64 every op is float64: the embedding, norms,
 projections, RoPE, attention, KV cache, the `probs` softmax and the greedy choice. transformers'
-Llama does three things in float32 whatever the model's dtype (RMSNorm upcasts its input to
+decoder families do three things in float32 whatever the model's dtype (RMSNorm upcasts its input to
 float32, RoPE builds inv_freq, the angles and cos/sin in float32, eager attention takes its softmax
-in float32); for float64 those three are replaced, for the run, by float64 code of our own, and the
-whole computation runs under a dispatch guard that fails the dump (exit 3) if any floating-point op
-still reads or writes another dtype. Tensors are written as float32 .npy all the same (dumpkit): the
-truth is rounded once, at the end, and the manifest's `dtype` says what it was computed in.
+in float32); for float64 those three are replaced, for the run, by float64 code of our own
+(float64.py), and the whole computation runs under a dispatch guard that fails the dump (exit 3) if
+any floating-point op still reads or writes another dtype. Tensors are written as float32 .npy all
+the same (dumpkit): the truth is rounded once, at the end, and the manifest's `dtype` says what it
+was computed in.
 """
 
 import os
@@ -41,14 +52,16 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # family.py, float64.py (also when pytorch-f64 loads this file)
 
 try:
     from dumpkit import EXIT_USAGE, DecodeTaps, Dump, DumpError, decode, main, sample_catalog
+    from family import FAMILIES
+    from float64 import computing_in
 except ImportError as e:  # dumpkit needs numpy: without it, still fail the documented way (exit 3, one line)
     print(f"pytorch: reference not installed ({e}); run scripts/setup-references.sh", file=sys.stderr)
     sys.exit(3)
 
-ARCHS = {"llama": "llama", "gpt2": "gpt2"}  # transformers model_type -> catalog arch
 DTYPES = ("float32", "float64")  # what `run` computes in; the names are torch's and the manifest's
 
 
@@ -69,19 +82,39 @@ class Model:
         else:
             self.path, self.where, self.gguf_kw, self.gguf_meta = path, str(path.parent), {"gguf_file": path.name}, read_gguf_metadata(path)
             arch = self.gguf_meta.get("general.architecture")
-            if arch not in ARCHS:
-                raise DumpError(f"unsupported GGUF architecture {arch!r} in {path} (the PyTorch dumper knows {sorted(ARCHS)})")
+            if arch not in FAMILIES:
+                raise DumpError(f"unsupported GGUF architecture {arch!r} in {path} (the PyTorch dumper knows {sorted(FAMILIES)})")
         self.config = AutoConfig.from_pretrained(self.where, **self.gguf_kw)
-        if self.config.model_type not in ARCHS:
-            raise DumpError(f"unsupported model type {self.config.model_type!r} (the PyTorch dumper knows {sorted(ARCHS)})")
-        if self.gguf_meta is not None and self.config.model_type == "gpt2":
-            # transformers maps gpt2.context_length to n_ctx only, not to n_positions (the size of the
-            # learned position table), so a GPT-2 file whose context is not 1024 would not load.
-            self.config.n_positions = int(self.gguf_meta["gpt2.context_length"])
-        self.arch = ARCHS[self.config.model_type]
+        if self.config.model_type not in FAMILIES:
+            raise DumpError(f"unsupported model type {self.config.model_type!r} (the PyTorch dumper knows {sorted(FAMILIES)})")
+        self.family = FAMILIES[self.config.model_type]
+        if self.gguf_meta is not None:
+            self.complete_gguf_config()
+        self.arch = self.family.arch
         self.n_layers = self.config.num_hidden_layers
         self.model = None
         self.tokenizer = None
+
+    def complete_gguf_config(self):
+        """What transformers' GGUF loader leaves out of the config, from the file itself."""
+        meta, arch = self.gguf_meta, self.gguf_meta["general.architecture"]
+        if arch == "gpt2":
+            # transformers maps gpt2.context_length to n_ctx only, not to n_positions (the size of the
+            # learned position table), so a GPT-2 file whose context is not 1024 would not load.
+            self.config.n_positions = int(meta["gpt2.context_length"])
+            return
+        # Qwen3's heads are wider than hidden_size / heads; transformers maps no key_length for it
+        # and would fall back on Qwen3Config's default head_dim.
+        if f"{arch}.attention.key_length" in meta:
+            self.config.head_dim = int(meta[f"{arch}.attention.key_length"])
+        scaling = meta.get(f"{arch}.rope.scaling.type")
+        if scaling not in (None, "none"):
+            raise DumpError(
+                f"{self.path} declares RoPE scaling {scaling!r}, which transformers' GGUF loader does not read: refused rather than run unscaled"
+            )
+        factors = read_gguf_tensor(self.path, "rope_freqs.weight")
+        if factors is not None:
+            self.config.rope_parameters = rope_factor_parameters(self.config, factors, self.path)
 
     def load(self, dtype="float32"):
         """The weights (eval, eager attention) and the tokenizer: the slow part.
@@ -128,6 +161,42 @@ def read_gguf_metadata(path):
     return {k: f.contents() for k, f in reader.fields.items() if k not in big and not k.startswith("GGUF.")}
 
 
+def read_gguf_tensor(path, name):
+    """A float tensor of a GGUF file as a float32 numpy array, or None when the file has none of that name."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(path))
+    for t in reader.tensors:
+        if t.name == name:
+            if t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+                raise DumpError(f"{path}: {name} is {t.tensor_type.name}, not a float tensor", EXIT_USAGE)
+            return np.asarray(t.data, dtype=np.float32).reshape(-1)
+    return None
+
+
+def rope_factor_parameters(config, factors, path):
+    """rope_parameters under which transformers divides each RoPE frequency by the GGUF's
+    `rope_freqs` factor of its pair, as llama.cpp does: its LongRoPE type with the file's factors as
+    both the short and the long list (so the context length never switches them) and attention
+    factor 1 (no cos/sin scaling)."""
+    params = dict(config.rope_parameters or {})
+    if params.get("rope_type", "default") != "default":
+        raise DumpError(f"{path} has rope_freqs and transformers already set RoPE type {params['rope_type']!r}: the dumper does not combine them")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if factors.shape != (head_dim // 2,):
+        raise DumpError(f"{path}: rope_freqs has {factors.size} factors for {head_dim // 2} frequency pairs", EXIT_USAGE)
+    listed = [float(f) for f in factors]
+    return dict(
+        rope_type="longrope",
+        rope_theta=params["rope_theta"],
+        short_factor=listed,
+        long_factor=listed,
+        attention_factor=1.0,
+        original_max_position_embeddings=config.max_position_embeddings,
+    )
+
+
 def gguf_tokenizer(folder, name, meta):
     """transformers' tokenizer rebuilt from a GGUF's metadata, corrected where it differs from llama.cpp.
 
@@ -136,6 +205,8 @@ def gguf_tokenizer(folder, name, meta):
     sentencepiece) always prepends one and turns every space into the marker.
     `smollm` pre-tokenizer: llama.cpp splits digits one by one before the GPT-2 split; transformers
     builds a plain ByteLevel pre-tokenizer, which differs when spaces precede a number.
+    `llama-bpe` (Llama-3) and `qwen2`: transformers builds each one's own split pattern, and the ids
+    agree with llama.cpp's (BOS from the GGUF metadata added as below), so they are left as built.
     Checked against llama.cpp's ids for the strings in fixtures/tokenizer/expected.json (test_dump.py).
     """
     from tokenizers import normalizers, pre_tokenizers
@@ -201,14 +272,13 @@ class Recorder:
 
 
 @contextmanager
-def rope_recorder(recorder, attention_modules):
-    """Wraps transformers' Llama `apply_rotary_pos_emb` to record its outputs per layer.
+def rope_recorder(recorder, attention_modules, modeling):
+    """Wraps `apply_rotary_pos_emb` of the family's modeling module (the function its attention
+    calls by that global name) to record its outputs per layer.
 
     The function knows no layer, so a pre-hook on each attention module says which one is running.
     """
-    from transformers.models.llama import modeling_llama
-
-    original = modeling_llama.apply_rotary_pos_emb
+    original = modeling.apply_rotary_pos_emb
     current = {"layer": None}
 
     def wrapped(q, k, *args, **kwargs):
@@ -222,22 +292,27 @@ def rope_recorder(recorder, attention_modules):
     handles = []
     for i, attn in enumerate(attention_modules):
         handles.append(attn.register_forward_pre_hook(lambda _m, _a, i=i: current.__setitem__("layer", i)))
-    modeling_llama.apply_rotary_pos_emb = wrapped
+    modeling.apply_rotary_pos_emb = wrapped
     try:
         yield
     finally:
-        modeling_llama.apply_rotary_pos_emb = original
+        modeling.apply_rotary_pos_emb = original
         for h in handles:
             h.remove()
 
 
-def hook_llama(rec, model):
+def hook_decoder(rec, model, family):
+    """Hooks on a Llama-layout decoder (Llama, Qwen2, Qwen3). q/k/v are the projections' outputs,
+    biases included (Qwen2's nn.Linear adds them); Qwen3's q_norm/k_norm run on [1, T, heads, hd]."""
     for i, layer in enumerate(model.model.layers):
         p = f"blk.{i}."
         rec.output(layer.input_layernorm, p + "attn_norm")
         rec.output(layer.self_attn.q_proj, p + "q", lambda t: t[0])
         rec.output(layer.self_attn.k_proj, p + "k", lambda t: t[0])
         rec.output(layer.self_attn.v_proj, p + "v", lambda t: t[0])
+        if family.qk_norm:
+            rec.output(layer.self_attn.q_norm, p + "q_norm", lambda t: t[0].flatten(1))
+            rec.output(layer.self_attn.k_norm, p + "k_norm", lambda t: t[0].flatten(1))
         rec.output(layer.self_attn, p + "attn_out")
         rec.output(layer.post_attention_layernorm, p + "ffn_norm")
         rec.output(layer.mlp, p + "ffn_out")
@@ -279,119 +354,6 @@ def squeeze_batch(t):
     return t[0] if t.dim() == 3 else t
 
 
-def float64_rms_norm(norm):
-    """A Llama RMSNorm's forward in its input's dtype (transformers' own upcasts the input to float32)."""
-
-    def forward(x):
-        return norm.weight * (x * (x * x).mean(-1, keepdim=True).add(norm.variance_epsilon).rsqrt())
-
-    return forward
-
-
-def float64_rope(rotary, config):
-    """A Llama rotary embedding's forward with inv_freq, the angles and cos/sin in float64.
-
-    transformers' builds inv_freq in float32 and computes the angles and cos/sin in float32 (then
-    casts them to the model's dtype), so a float64 model would rotate by float32-rounded angles.
-    Only plain RoPE is rebuilt here: a scaled variant (llama3, yarn, ...) is refused rather than
-    silently left in float32.
-    """
-    import torch
-
-    params = dict(getattr(config, "rope_parameters", None) or {})
-    rope_type = params.get("rope_type", "default")
-    if rope_type != "default" or rotary.attention_scaling != 1.0:
-        raise DumpError(f"RoPE type {rope_type!r}: the float64 dumper rebuilds only plain RoPE in float64")
-    if "rope_theta" not in params:
-        raise DumpError("the model config has no rope_parameters.rope_theta: the float64 RoPE does not guess a base")
-    theta = float(params["rope_theta"])
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    # theta^(-2i/hd) for i < hd/2, the frequency of pair (i, i + hd/2) in HF's rotate-half layout.
-    inv_freq = torch.pow(torch.tensor(theta, dtype=torch.float64), -torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-
-    def forward(x, position_ids):
-        angles = position_ids.to(torch.float64)[..., None] * inv_freq  # [B, T, hd/2]
-        angles = torch.cat((angles, angles), dim=-1)
-        return angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-
-    return forward
-
-
-def float64_eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **_kwargs):
-    """Eager attention with the softmax in the scores' dtype (transformers' Llama one takes it in float32).
-
-    query [B, H, T, hd], key/value [B, KV, S, hd]; returns the output [B, T, H, hd] and the probabilities.
-    """
-    import torch
-
-    groups = query.shape[1] // key.shape[1]  # query head h reads key/value head h // groups
-    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask
-    probs = torch.softmax(scores, dim=-1)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
-
-
-def dtype_guard(dtype):
-    """A torch dispatch mode that lists every op reading or writing a floating-point tensor of
-    another dtype than `dtype`: the check that nothing inside transformers fell back to float32."""
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
-
-    class Guard(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.offenders = {}  # op name -> the other dtypes it touched
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in tree_flatten((args, kwargs, out))[0]:
-                if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype:
-                    self.offenders.setdefault(str(func), set()).add(str(t.dtype).removeprefix("torch."))
-            return out
-
-    return Guard()
-
-
-@contextmanager
-def computing_in(model, arch, dtype):
-    """The model's forward passes in `dtype`: as they are for float32; for float64, with Llama's three
-    float32 pieces replaced by our float64 ones and every op checked by `dtype_guard`."""
-    import torch
-
-    if dtype == "float32":
-        yield
-        return
-    from transformers.models.llama import modeling_llama
-
-    patched = []  # (module, attribute, original) to put back
-    if arch == "llama":
-        for m in model.modules():
-            if isinstance(m, modeling_llama.LlamaRMSNorm):
-                patched.append((m, "forward", None))
-                m.forward = float64_rms_norm(m)
-        rotary = model.model.rotary_emb
-        patched.append((rotary, "forward", None))
-        rotary.forward = float64_rope(rotary, model.config)
-        patched.append((modeling_llama, "eager_attention_forward", modeling_llama.eager_attention_forward))
-        modeling_llama.eager_attention_forward = float64_eager_attention
-    guard = dtype_guard(getattr(torch, dtype))
-    try:
-        with guard:
-            yield
-    finally:
-        for owner, name, original in reversed(patched):
-            if original is None:
-                delattr(owner, name)  # the instance attribute goes, the class's forward is back
-            else:
-                setattr(owner, name, original)
-    if guard.offenders:
-        ops = "; ".join(f"{op} ({', '.join(sorted(d))})" for op, d in sorted(guard.offenders.items()))
-        raise DumpError(f"not every op ran in {dtype}: {ops}")
-
-
 def run(args, dtype="float32", reference="pytorch"):
     """The dump of `args` computed in `dtype` (one of DTYPES), under the reference name `reference`."""
     import torch
@@ -422,19 +384,20 @@ def run(args, dtype="float32", reference="pytorch"):
     dump.put("tokens", ids)
 
     rec = Recorder()
-    attention_modules = hook_llama(rec, model) if ref.arch == "llama" else hook_gpt2(rec, model)
-    rope = rope_recorder(rec, attention_modules) if ref.arch == "llama" else nullcontext()
-    with torch.no_grad(), computing_in(model, ref.arch, dtype), rope:
+    family = ref.family
+    attention_modules = hook_gpt2(rec, model) if family.arch == "gpt2" else hook_decoder(rec, model, family)
+    rope = rope_recorder(rec, attention_modules, family.module()) if family.rope else nullcontext()
+    with torch.no_grad(), computing_in(model, family, dtype), rope:
         rec.active = True
         out = model(torch.tensor([ids]), use_cache=True, output_attentions=True)
         rec.active = False
 
         for key, t in rec.out.items():
             dump.put(key, squeeze_batch(t).numpy())
-        if ref.arch == "llama" and not any(k.endswith("q_rope") for k in rec.out):
+        if family.rope and not any(k.endswith("q_rope") for k in rec.out):
             for i in range(n_layers):
                 for name in ("q_rope", "k_rope"):
-                    dump.mark_unavailable(f"blk.{i}.{name}", "transformers did not call modeling_llama.apply_rotary_pos_emb (kernelized RoPE?)")
+                    dump.mark_unavailable(f"blk.{i}.{name}", f"transformers did not call {family.modeling}.apply_rotary_pos_emb (kernelized RoPE?)")
 
         cache = out.past_key_values
         for i in range(n_layers):

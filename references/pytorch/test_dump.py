@@ -30,7 +30,11 @@ import testkit  # noqa: E402  (stdlib only: it decides skip or fail when the res
 ROOT = Path(__file__).resolve().parents[2]
 DUMPER = ROOT / "references" / "pytorch" / "dump.py"
 MODELS = ROOT / "fixtures" / "models"
-SMOLLM2 = Path(os.environ.get("PARITY_CACHE", Path.home() / ".cache" / "parity")) / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE = Path(os.environ.get("PARITY_CACHE", Path.home() / ".cache" / "parity"))
+SMOLLM2 = CACHE / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The model-family suite's models (scripts/make-family-models.py): seeded random weights, llama.cpp's converter.
+FAMILY_MODELS = CACHE / "models" / "families"
+FAMILY_HINT = "~/.cache/parity/venv/bin/python scripts/make-family-models.py"
 
 # Two leading spaces: transformers' own GGUF SentencePiece tokenizer drops one of them, llama.cpp does not.
 PROMPT = "  The capital of France is"
@@ -383,6 +387,166 @@ class TinyFixtureDumps(unittest.TestCase):
                 for key in ("blk.0.q", "blk.0.k", "blk.1.attn_probs", "logits"):
                     np.testing.assert_allclose(self.load(name, "gguf", key), self.load(name, "hf", key), rtol=1e-4, atol=1e-4, err_msg=key)
                 np.testing.assert_array_equal(self.load(name, "gguf", "generated"), self.load(name, "hf", "generated"))
+
+
+# llama.cpp's ids (llama-cpp-python 0.3.36) for FAMILY_PROMPT: Llama-3's BPE with BOS 128000, Qwen2's without BOS.
+FAMILY_PROMPT = "The capital of France is"
+FAMILY_TOKENS = {"llama3": [128000, 791, 6864, 315, 9822, 374], "qwen2": [785, 6722, 315, 9625, 374], "qwen3": [785, 6722, 315, 9625, 374]}
+
+
+def gguf_weights(path):
+    """name -> float64 array of an F32 GGUF's tensors (numpy shape: ggml's axes reversed, so a
+    projection is [out, in] as in HF), and its metadata reader."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(path))
+    return {t.name: np.asarray(t.data, dtype=np.float64) for t in reader.tensors}, reader
+
+
+def rotate_halves(x, inv_freq, head_dim):
+    """[T, heads*hd] rotated by position * inv_freq in HF's half-split pairs (i, i + hd/2), in numpy float64."""
+    import numpy as np
+
+    T = len(x)
+    angles = np.arange(T, dtype=np.float64)[:, None, None] * inv_freq
+    heads = x.reshape(T, -1, head_dim).astype(np.float64)
+    a, b = heads[..., : head_dim // 2], heads[..., head_dim // 2 :]
+    return np.concatenate([a * np.cos(angles) - b * np.sin(angles), b * np.cos(angles) + a * np.sin(angles)], axis=-1).reshape(T, -1)
+
+
+@testkit.needs_file(FAMILY_MODELS / "qwen3" / "model-f32.gguf", FAMILY_HINT)
+class FamilyDumps(unittest.TestCase):
+    """Llama-3 from its F32 GGUF (the rope_freqs path), Qwen2 and Qwen3 from their HF folders (their
+    GGUF route is the suite's; the F32 GGUF holds the same weights, used here as the independent values)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="parity-pytorch-family-test-")
+        cls.addClassCleanup(cls.tmp.cleanup)
+        cls.dumps = {}
+        for family, model in (("llama3", "model-f32.gguf"), ("qwen2", "hf"), ("qwen3", "hf")):
+            out = Path(cls.tmp.name) / family
+            result = run_dumper(FAMILY_MODELS / family / model, out, prompt=FAMILY_PROMPT, n_generate=3)
+            if result.returncode != 0:
+                raise AssertionError(f"dump.py on {family} {model} exited {result.returncode}: {result.stderr.strip()}")
+            cls.dumps[family] = out
+
+    def load(self, family, key):
+        import numpy as np
+
+        return np.load(self.dumps[family] / f"{key}.npy")
+
+    def test_prompt_ids_are_llama_cpps(self):
+        for family, out in self.dumps.items():
+            with self.subTest(family=family):
+                self.assertEqual(self.load(family, "tokens").tolist(), FAMILY_TOKENS[family])
+
+    def test_every_family_tensor_is_dumped_and_qwen3_has_its_q_and_k_norms(self):
+        with open(ROOT / "checkpoints" / "catalog.toml", "rb") as f:
+            catalog = tomllib.load(f)
+        sizes = {"llama3": dict(H=4, KV=1, hd=64), "qwen2": dict(H=4, KV=2, hd=64), "qwen3": dict(H=4, KV=2, hd=128)}
+        for family, out in self.dumps.items():
+            with self.subTest(family=family):
+                with open(out / "manifest.toml", "rb") as f:
+                    manifest = tomllib.load(f)
+                arch = "llama" if family == "llama3" else family
+                self.assertEqual(manifest["arch"], arch)
+                dims = dict(sizes[family], d=256, T=len(FAMILY_TOKENS[family]), N=3, V=self.load(family, "logits").shape[-1])
+                for entry in catalog["tensor"]:
+                    if entry["scope"] != "layer" or arch not in entry.get("arch", [arch]):
+                        continue
+                    self.assertEqual(
+                        self.load(family, f"blk.3.{entry['name']}").shape, testkit.catalog_shape(entry["shape"], dims, catalog), entry["name"]
+                    )
+                self.assertEqual("file" in manifest["tensors"]["blk.0.q_norm"], family == "qwen3")
+
+    def test_qwen2_q_k_v_are_the_projections_plus_their_biases(self):
+        import numpy as np
+
+        w, _ = gguf_weights(FAMILY_MODELS / "qwen2" / "model-f32.gguf")
+        for layer in (0, 3):
+            x = self.load("qwen2", f"blk.{layer}.attn_norm").astype(np.float64)
+            for name in ("q", "k", "v"):
+                got, bias = self.load("qwen2", f"blk.{layer}.{name}"), w[f"blk.{layer}.attn_{name}.bias"]
+                np.testing.assert_allclose(got - bias, x @ w[f"blk.{layer}.attn_{name}.weight"].T, rtol=1e-4, atol=1e-5, err_msg=f"{layer} {name}")
+                self.assertGreater(np.abs(bias).max(), 0.01, "a zero bias would not show it was added")
+
+    def test_qwen3_q_norm_and_k_norm_are_a_per_head_rms_norm_of_q_and_k_before_rope(self):
+        import numpy as np
+
+        w, reader = gguf_weights(FAMILY_MODELS / "qwen3" / "model-f32.gguf")
+        eps = float(reader.fields["qwen3.attention.layer_norm_rms_epsilon"].contents())
+        theta = float(reader.fields["qwen3.rope.freq_base"].contents())
+        hd = 128
+        inv_freq = theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+        for layer in (0, 3):
+            for raw, normed, weight in (("q", "q_norm", "attn_q_norm"), ("k", "k_norm", "attn_k_norm")):
+                x = self.load("qwen3", f"blk.{layer}.{raw}").astype(np.float64)
+                heads = x.reshape(len(x), -1, hd)
+                expected = (heads / np.sqrt((heads**2).mean(-1, keepdims=True) + eps) * w[f"blk.{layer}.{weight}.weight"]).reshape(x.shape)
+                got = self.load("qwen3", f"blk.{layer}.{normed}")
+                np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=f"layer {layer} {normed}")
+                rotated = self.load("qwen3", f"blk.{layer}.{raw}_rope")
+                np.testing.assert_allclose(rotated, rotate_halves(got, inv_freq, hd), rtol=1e-4, atol=1e-5, err_msg=f"layer {layer} {raw}_rope")
+
+    def test_llama3_rope_divides_each_frequency_by_the_gguf_rope_freqs_factor(self):
+        import numpy as np
+
+        w, reader = gguf_weights(FAMILY_MODELS / "llama3" / "model-f32.gguf")
+        theta = float(reader.fields["llama.rope.freq_base"].contents())
+        hd = 64
+        plain = theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+        scaled = plain / w["rope_freqs.weight"]
+        self.assertEqual(float(w["rope_freqs.weight"].max()), 8.0)
+        for layer in (0, 3):
+            for name in ("q", "k"):
+                x, got = self.load("llama3", f"blk.{layer}.{name}"), self.load("llama3", f"blk.{layer}.{name}_rope")
+                np.testing.assert_allclose(got, rotate_halves(x, scaled, hd), rtol=1e-4, atol=1e-5, err_msg=f"layer {layer} {name}_rope")
+                # Unscaled frequencies would rotate visibly otherwise (transformers' GGUF loader alone ignores rope_freqs).
+                self.assertGreater(np.abs(got - rotate_halves(x, plain, hd)).max(), 1e-2)
+
+
+@testkit.needs_file(FAMILY_MODELS / "qwen2" / "model-f32.gguf", FAMILY_HINT)
+class FamilyGgufTokenizers(unittest.TestCase):
+    """transformers' GGUF tokenizer for Llama-3's llama-bpe and Qwen2's qwen2 pre-tokenizers, left
+    uncorrected, against llama.cpp's own tokenizer on the fixture strings and the suite prompts."""
+
+    def test_llama_bpe_and_qwen2_give_llama_cpps_ids(self):
+        try:
+            import llama_cpp
+        except ImportError as e:
+            if testkit.REQUIRED:
+                raise
+            self.skipTest(f"llama_cpp is not importable: {e}")
+
+        sys.path.insert(0, str(DUMPER.parent))
+        import dump
+
+        texts = [c["text"] for c in json.loads((ROOT / "fixtures" / "tokenizer" / "expected.json").read_text())["cases"] if c["vocab"] == "bpe-tiny"]
+        with open(ROOT / "checkpoints" / "suite-families.toml", "rb") as f:
+            texts += [p["text"] for p in tomllib.load(f)["prompt"]]
+        quiet = llama_cpp.llama_log_callback(lambda _level, _text, _user_data: None)  # kept alive: llama.cpp holds the pointer
+        llama_cpp.llama_log_set(quiet, None)
+        llama_cpp.llama_backend_init()
+        for family in ("llama3", "qwen2"):
+            path = FAMILY_MODELS / family / "model-f32.gguf"
+            params = llama_cpp.llama_model_default_params()
+            params.vocab_only = True
+            model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+            self.assertTrue(model, f"llama.cpp could not load {path}")
+            try:
+                vocab = llama_cpp.llama_model_get_vocab(model)
+                meta = dump.read_gguf_metadata(path)
+                tokenizer = dump.gguf_tokenizer(str(path.parent), path.name, meta)
+                for text in texts:
+                    data = text.encode()
+                    buf = (llama_cpp.llama_token * (len(data) + 8))()
+                    n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, len(buf), True, False)
+                    with self.subTest(family=family, text=text):
+                        self.assertEqual(dump.encode_like_llama_cpp(tokenizer, meta, text), list(buf[:n]))
+            finally:
+                llama_cpp.llama_model_free(model)
 
 
 class Usage(unittest.TestCase):
