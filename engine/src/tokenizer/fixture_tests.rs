@@ -233,7 +233,10 @@ fn encode_never_panics_and_byte_level_bpe_is_lossless_on_arbitrary_input() {
 /// `.inp` strings and the `.out` ids HF's tokenizer gave them, `add_special_tokens=False`), from
 /// the llama-cpp-python source tree `scripts/make-family-models.py` unpacks into the parity cache.
 /// `None` when that tree is absent, unless PARITY_REQUIRE_REFERENCES is set.
-fn llama_cpp_vocab_test(name: &str) -> Option<(Tokenizer, Vec<(String, Vec<u32>)>)> {
+/// A text and the ids it should give.
+type VocabCase = (String, Vec<u32>);
+
+fn llama_cpp_vocab_test(name: &str) -> Option<(Tokenizer, Vec<VocabCase>)> {
     let cache =
         std::env::var_os("PARITY_CACHE").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/parity")))?;
     let models = std::fs::read_dir(cache.join("src"))
