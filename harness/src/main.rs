@@ -26,6 +26,9 @@ enum Command {
     Diff(cli::diff::DiffArgs),
     /// Every layer run on each reference's own input to it: each layer's own error, apart from the inherited.
     Replay(cli::replay::ReplayArgs),
+    /// One case along axes of conditions (positions, thread counts, prefill modes): worst margin
+    /// per point, and where checks first fail.
+    Sweep(cli::sweep::SweepArgs),
     /// The first checkpoint, in forward order, that fails, and the last that passes.
     Bisect(cli::bisect::BisectArgs),
     /// Check an outside engine's dumper against the dump contract on the fixture models (exit 0
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         Command::Diff(args) => cli::diff::run(args, &root),
         Command::Bisect(args) => cli::bisect::run(args, &root),
         Command::Replay(args) => cli::replay::run(args, &root),
+        Command::Sweep(args) => cli::sweep::run(args, &root),
         Command::Calibrate(args) => cli::calibrate::run(args, &root),
         Command::Dumps(args) => cli::dumps::run(args, &root),
         Command::Conform(args) => cli::conform::run(args, &root),
