@@ -13,8 +13,9 @@
 use crate::catalog::Entry;
 use crate::compare;
 use crate::dumps::{Dump, DumpError, Lookup};
-use crate::pipeline::CaseRun;
+use crate::pipeline::{self, CaseRun, Setup};
 use crate::spec::{Class, Spec};
+use crate::suite::Case;
 use crate::tensor::{Tensor, Values};
 use reports::results::CheckResult;
 use reports::sweep::{Axis, Point, Sweep};
@@ -152,6 +153,32 @@ pub fn positions(run: &CaseRun, entries: &[Entry], spec: &Spec, window: usize) -
         truth.name
     );
     Ok(Sweep { axis: Axis::Position, compared, points })
+}
+
+/// `case` of `base` rerun as one point: the engine on a pool of `threads` threads, prepared by
+/// `prepare` (a planted bug) and its prompt prefilled as `prefill`; the references' dumps are
+/// fetched as `base` fetches them (the same files, or the dump cache's). `base.prepare` is not used.
+pub fn rerun(
+    base: &Setup,
+    case: &Case,
+    at: impl Into<String>,
+    threads: usize,
+    prefill: engine::Prefill,
+    prepare: &(dyn Fn(&mut engine::Model) + Sync),
+) -> anyhow::Result<Point> {
+    use anyhow::Context;
+    let Setup { root, suite, catalog, spec, provenance, source, subject, .. } = *base;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("making the engine's thread pool")?;
+    let (results, runs) = pool.install(|| {
+        let prepare = |m: &mut engine::Model| {
+            prepare(m);
+            m.prefill = prefill;
+        };
+        let setup = Setup { root, suite, catalog, spec, provenance, source, subject, prepare: Some(&prepare) };
+        pipeline::run(&setup, vec![case.clone()], "sweep")
+    })?;
+    let run = runs.first().context("the case did not run")?;
+    Ok(whole_case(at, run, &results))
 }
 
 /// A whole case's results regrouped as one point of an axis: every check against every side.

@@ -122,12 +122,15 @@ impl Sweep {
     }
 }
 
-/// A margin as the reports print it (`+93.1%`), or `-` where nothing was judged.
+/// A margin as the reports print it (`+93.1%`), in powers of ten past -10,000% (a bug found is
+/// often millions of allowances out), or `-` where nothing was judged.
 fn margin_text(margin: f64) -> String {
-    if margin.is_finite() {
-        crate::summary::margin_text(margin)
-    } else {
+    if !margin.is_finite() {
         "-".into()
+    } else if margin.abs() >= 100.0 {
+        format!("{:+.1e}%", margin * 100.0)
+    } else {
+        crate::summary::margin_text(margin)
     }
 }
 
@@ -172,7 +175,10 @@ pub fn svg(sweep: &Sweep) -> String {
     let x = |i: f64| left + (w - left - right) * if n == 1 { 0.5 } else { i / (n - 1) as f64 };
     let y = |m: f64| top + (h - top - bottom) * (CLIP.1 - m.clamp(CLIP.0, CLIP.1)) / (CLIP.1 - CLIP.0);
     let mut out = String::new();
-    let _ = writeln!(out, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"11\">");
+    let _ = writeln!(
+        out,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"11\">"
+    );
     for m in [-1.0, -0.5, 0.0, 0.5, 1.0] {
         let stroke = if m == 0.0 { "#000" } else { "#ddd" };
         let _ = writeln!(out, "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"{stroke}\"/>", w - right, y = y(m));
@@ -208,7 +214,13 @@ pub fn svg(sweep: &Sweep) -> String {
     if let Some(b) = sweep.boundary() {
         let at = b.last_pass.map_or(x(0.0) - 8.0, |i| (x(i as f64) + x(b.first_fail as f64)) / 2.0);
         let _ = writeln!(out, "<line x1=\"{at:.1}\" x2=\"{at:.1}\" y1=\"{top}\" y2=\"{}\" stroke=\"#c00\" stroke-dasharray=\"4 3\"/>", h - bottom);
-        let _ = writeln!(out, "<text x=\"{:.1}\" y=\"{}\" fill=\"#c00\">first failure: {}</text>", at + 4.0, top + 10.0, escape(&sweep.points[b.first_fail].at));
+        let _ = writeln!(
+            out,
+            "<text x=\"{:.1}\" y=\"{}\" fill=\"#c00\">first failure: {}</text>",
+            at + 4.0,
+            top + 10.0,
+            escape(&sweep.points[b.first_fail].at)
+        );
     }
     let _ = writeln!(out, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>", (left + w - right) / 2.0, h - 4.0, sweep.axis.name());
     out.push_str("</svg>\n");
@@ -229,7 +241,7 @@ mod tests {
         let s = sweep(vec![point("0..4", 0.9, false), point("4..8", 0.8, false), point("8..12", -3.0, true), point("12..16", 0.5, false)]);
         assert_eq!(s.boundary(), Some(Boundary { last_pass: Some(1), first_fail: 2 }));
         assert_eq!(s.boundary_text(), "first failure at position 8..12, after 4..8 passed: step_logits at 8..12");
-        assert!(s.table().contains("8..12       -300.0%  FAIL     step_logits at 8..12  <- first failure"), "{}", s.table());
+        assert!(s.table().contains("\n  8..12        -300.0%  FAIL     step_logits at 8..12  <- first failure\n"), "{}", s.table());
         assert_eq!(sweep(vec![point("0..4", -1.0, true)]).boundary(), Some(Boundary { last_pass: None, first_fail: 0 }));
         assert_eq!(sweep(vec![point("0..4", 0.1, false)]).boundary(), None);
         assert_eq!(sweep(vec![point("0..4", 0.1, false)]).boundary_text(), "no failure along position");
@@ -245,6 +257,7 @@ mod tests {
         assert!(svg.contains("first failure: 2"));
         let page = html("sweep <x>", &[s]);
         assert!(page.contains("<title>sweep &lt;x&gt;</title>") && page.contains("-5000.0%"));
+        assert_eq!(margin_text(-442512.856), "-4.4e7%");
         assert!(!page.contains("http://") || page.matches("http://").count() == 1, "only the SVG namespace, no outside asset");
     }
 }

@@ -5,7 +5,6 @@
 use super::select::Selection;
 use anyhow::{bail, Context, Result};
 use engine::{Model, Prefill};
-use harness::pipeline::{self, Setup};
 use harness::sweep;
 use reports::sweep::{Axis, Sweep};
 use std::path::{Path, PathBuf};
@@ -72,19 +71,8 @@ pub fn run(args: SweepArgs, root: &Path) -> Result<i32> {
     }
     // The other axes rerun the whole case with the engine under the condition; the references'
     // dumps are the same (read again, or reused from the dump cache).
-    let rerun = |at: String, threads: usize, prefill: Prefill| -> Result<reports::sweep::Point> {
-        let prepare = |m: &mut Model| {
-            plant(m);
-            m.prefill = prefill;
-        };
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("making the engine's thread pool")?;
-        let (results, runs) = pool.install(|| {
-            let setup = Setup { prepare: Some(&prepare), ..loaded.setup(&loaded.source) };
-            pipeline::run(&setup, loaded.cases.clone(), "sweep")
-        })?;
-        let run = runs.first().context("the sweep's case did not run")?;
-        Ok(sweep::whole_case(at, run, &results))
-    };
+    let (base, case) = (loaded.setup(&loaded.source), &loaded.cases[0]);
+    let rerun = |at: String, threads: usize, prefill: Prefill| sweep::rerun(&base, case, at, threads, prefill, &plant);
     if !args.thread_counts.is_empty() {
         let points = args.thread_counts.iter().map(|&n| rerun(n.to_string(), n, Prefill::OneBatch)).collect::<Result<_>>()?;
         sweeps.push(Sweep { axis: Axis::Threads, compared: "the whole case, every checkpoint, the engine on this many threads".into(), points });
@@ -92,9 +80,12 @@ pub fn run(args: SweepArgs, root: &Path) -> Result<i32> {
     if !prefills.is_empty() {
         let threads = loaded.suite.threads;
         let points = prefills.iter().map(|&p| rerun(p.to_string(), threads, p)).collect::<Result<_>>()?;
-        sweeps.push(Sweep { axis: Axis::Prefill, compared: "the whole case, every checkpoint, the engine's prompt prefilled this way".into(), points });
+        sweeps.push(Sweep {
+            axis: Axis::Prefill,
+            compared: "the whole case, every checkpoint, the engine's prompt prefilled this way".into(),
+            points,
+        });
     }
-    let case = &run.case;
     let title = format!("parity sweep: {} / {}", case.model.id, case.prompt.id);
     if let Some(path) = &args.html {
         write_atomic(path, &reports::sweep::html(&title, &sweeps))?;
