@@ -51,8 +51,11 @@ impl std::fmt::Display for Prefill {
 #[derive(Default)]
 pub struct ChunkJoin {
     /// Per tap and layer, each chunk's value in order.
-    chunks: BTreeMap<(Tap, Option<usize>), Vec<(Vec<usize>, Vec<f32>)>>,
+    chunks: BTreeMap<(Tap, Option<usize>), Vec<Chunk>>,
 }
+
+/// One chunk's value of one tap: its shape and data.
+type Chunk = (Vec<usize>, Vec<f32>);
 
 impl Observer for ChunkJoin {
     fn observe(&mut self, tap: Tap, layer: Option<usize>, value: TapValue) {
@@ -75,7 +78,7 @@ impl ChunkJoin {
 }
 
 /// One tap's chunks joined into the one-batch layout for `t` positions.
-fn join(tap: Tap, mut chunks: Vec<(Vec<usize>, Vec<f32>)>, t: usize) -> Option<(Vec<usize>, Vec<f32>)> {
+fn join(tap: Tap, mut chunks: Vec<Chunk>, t: usize) -> Option<Chunk> {
     match tap {
         // The cache after the last chunk holds every position.
         Tap::KCache | Tap::VCache => chunks.pop().filter(|(shape, _)| shape.get(1) == Some(&t)),
