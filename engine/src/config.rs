@@ -179,7 +179,15 @@ impl Config {
             (RopeLayout::Interleaved, true) => RopeLayout::HalfSplit,
             (RopeLayout::HalfSplit, true) => RopeLayout::Interleaved,
         };
-        Rope::new(layout, self.head_dim, self.rope_theta, self.rope_divisors().as_deref())
+        Rope::new(layout, self.head_dim, self.rope_theta, self.rope_divisors().as_deref()).wrapping_at(self.rope_table_wrap())
+    }
+
+    /// The planted RopeTableWrap fault's table length, if planted.
+    fn rope_table_wrap(&self) -> Option<usize> {
+        self.faults.iter().find_map(|f| match *f {
+            Fault::RopeTableWrap { positions } if cfg!(feature = "fault-injection") => Some(positions),
+            _ => None,
+        })
     }
 
     /// The scaling divisors RoPE uses (reversed by the planted RopeScalingReversed fault).
@@ -205,7 +213,7 @@ impl Config {
             return None;
         }
         let theta = if self.rope_theta == 10000.0 { 5000.0 } else { 10000.0 };
-        Some(Rope::new(self.rope().layout, self.head_dim, theta, self.rope_divisors().as_deref()))
+        Some(Rope::new(self.rope().layout, self.head_dim, theta, self.rope_divisors().as_deref()).wrapping_at(self.rope_table_wrap()))
     }
 
     /// The sampler's planted bugs, if any.
@@ -476,6 +484,9 @@ mod tests {
         assert_eq!("perturb:3:0.0001".parse::<Fault>(), Ok(perturb));
         assert_eq!(perturb.to_string(), "perturb:3:1e-4");
         assert_eq!(perturb.to_string().parse::<Fault>(), Ok(perturb));
+        let wrap = Fault::RopeTableWrap { positions: 4096 };
+        assert_eq!("rope-wrap:4096".parse::<Fault>(), Ok(wrap));
+        assert_eq!(wrap.to_string(), "rope-wrap:4096");
         let eps = Fault::NormEpsilonAt { layer: 17, times: 10.0 };
         assert_eq!("norm-eps-at:17:10".parse::<Fault>(), Ok(eps));
         assert_eq!(eps.to_string().parse::<Fault>(), Ok(eps));
@@ -495,7 +506,9 @@ mod tests {
     fn a_bad_plant_spec_is_refused_with_the_reason() {
         let err = |s: &str| s.parse::<Fault>().unwrap_err();
         assert!(err("gelu").starts_with("unknown plant \"gelu\" (known: norm-eps, "), "{}", err("gelu"));
-        assert!(err("gelu").ends_with("perturb:LAYER:REL, perturb-ffn:LAYER:REL, norm-eps-at:LAYER:TIMES)"));
+        assert!(err("gelu").ends_with("perturb:LAYER:REL, perturb-ffn:LAYER:REL, norm-eps-at:LAYER:TIMES, rope-wrap:POSITIONS)"));
+        assert!(err("rope-wrap:0").contains("above 0"));
+        assert!(err("rope-wrap:x").contains("whole number of positions"));
         assert!(err("norm-eps-at:17").contains("needs a layer and a number"));
         assert!(err("norm-eps-at:17:0").contains("above 0"));
         assert!(err("perturb:3").contains("needs a layer and a relative size"));

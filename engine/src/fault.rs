@@ -51,11 +51,15 @@ pub enum Fault {
     NormEpsilonAt { layer: usize, times: f32 },
     /// [`Fault::Perturb`]'s noise on layer `layer`'s FFN output, before the residual add.
     PerturbFfn { layer: usize, rel: f32 },
+    /// RoPE angles read from a table of `positions` rows, as an engine that precomputes cos/sin
+    /// for a training context would: position p at or past `positions` gets row p mod
+    /// `positions`, so every position before it is exact and every one after is rotated wrong.
+    RopeTableWrap { positions: usize },
 }
 
 impl Fault {
-    /// The command-line names of the faults without parameters; `perturb:LAYER:REL` and
-    /// `norm-eps-at:LAYER:TIMES` besides.
+    /// The command-line names of the faults without parameters; `perturb:LAYER:REL`,
+    /// `perturb-ffn:LAYER:REL`, `norm-eps-at:LAYER:TIMES` and `rope-wrap:POSITIONS` besides.
     pub const SPECS: [(&'static str, Fault); 18] = [
         ("norm-eps", Fault::NormEpsilon),
         ("rope-pairing", Fault::RopePairing),
@@ -90,6 +94,14 @@ impl std::str::FromStr for Fault {
             let (layer, times) = layer_and_number(spec, args)?;
             return Ok(Fault::NormEpsilonAt { layer, times });
         }
+        if let Some(args) = spec.strip_prefix("rope-wrap:") {
+            let positions = args
+                .parse()
+                .ok()
+                .filter(|&p: &usize| p > 0)
+                .ok_or_else(|| format!("plant {spec:?}: needs a whole number of positions above 0 (rope-wrap:4096)"))?;
+            return Ok(Fault::RopeTableWrap { positions });
+        }
         if let Some(args) = spec.strip_prefix("perturb-ffn:") {
             let (layer, rel) = layer_and_number(spec, args)?;
             return Ok(Fault::PerturbFfn { layer, rel });
@@ -105,7 +117,10 @@ impl std::str::FromStr for Fault {
             return Ok(Fault::Perturb { layer, rel });
         }
         let known: Vec<&str> = Fault::SPECS.iter().map(|(name, _)| *name).collect();
-        Err(format!("unknown plant {spec:?} (known: {}, perturb:LAYER:REL, perturb-ffn:LAYER:REL, norm-eps-at:LAYER:TIMES)", known.join(", ")))
+        Err(format!(
+            "unknown plant {spec:?} (known: {}, perturb:LAYER:REL, perturb-ffn:LAYER:REL, norm-eps-at:LAYER:TIMES, rope-wrap:POSITIONS)",
+            known.join(", ")
+        ))
     }
 }
 
@@ -127,6 +142,7 @@ impl std::fmt::Display for Fault {
             Fault::Perturb { layer, rel } => write!(f, "perturb:{layer}:{rel:e}"),
             Fault::NormEpsilonAt { layer, times } => write!(f, "norm-eps-at:{layer}:{times}"),
             Fault::PerturbFfn { layer, rel } => write!(f, "perturb-ffn:{layer}:{rel:e}"),
+            Fault::RopeTableWrap { positions } => write!(f, "rope-wrap:{positions}"),
             other => f.write_str(Fault::SPECS.iter().find(|(_, x)| x == other).map_or("?", |(name, _)| name)),
         }
     }

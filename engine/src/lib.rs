@@ -4,7 +4,7 @@
 //! [`gguf`] and [`safetensors`] (where weights come from) and [`loader`] (both seen through GGUF
 //! names), [`config`] (hyperparameters from metadata), [`ops`] and [`attention`] (the layer math),
 //! [`block`], [`llama`] and [`gpt2`] (the forward passes, one tap per checkpoint), [`model`] (loading, prefill,
-//! decode, generation, the traced run), [`tokenizer`], [`sampling`], and [`tap`] (the checkpoint
+//! decode, generation, the traced run) and [`prefill`] (one batch or chunks), [`tokenizer`], [`sampling`], and [`tap`] (the checkpoint
 //! observer contract).
 
 pub mod attention;
@@ -20,6 +20,7 @@ pub mod llama;
 pub mod loader;
 pub mod model;
 pub mod ops;
+pub mod prefill;
 pub mod safetensors;
 pub mod sampling;
 pub mod tap;
@@ -29,5 +30,6 @@ pub mod tokenizer;
 pub use config::{Arch, Config};
 pub use error::{Error, Result};
 pub use model::{Model, Shared};
+pub use prefill::Prefill;
 pub use sampling::{Sampler, SamplerConfig};
 pub use tap::{Observer, Recorder, Tap, TapValue, Taps};

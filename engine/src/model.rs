@@ -9,6 +9,7 @@ use crate::gpt2::Gpt2;
 use crate::llama::Llama;
 use crate::loader::{HfStore, WeightStore};
 use crate::ops::{argmax, softmax_in_place};
+use crate::prefill::{ChunkJoin, Prefill};
 use crate::sampling::{Sampler, SamplerConfig, CATALOG_SAMPLERS, SAMPLING_DRAWS};
 use crate::tap::{decode_steps, DecodeStack, Observer, Tap, TapValue, Taps};
 use crate::tokenizer::Tokenizer;
@@ -43,6 +44,8 @@ pub struct Model {
     /// The model's own Jinja chat template: GGUF `tokenizer.chat_template`, or `chat_template`
     /// in an HF folder's `tokenizer_config.json`; rendering it is the server's business.
     pub chat_template: Option<String>,
+    /// How the traced run ([`Model::trace_forced`]) prefills the prompt: one batch unless set.
+    pub prefill: Prefill,
 }
 
 impl Model {
@@ -61,7 +64,7 @@ impl Model {
         let config = Config::from_gguf(&file, vocab)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let chat_template = file.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
-        Ok(Model { net: Net::build(config, &file)?, tokenizer, path: path.to_path_buf(), chat_template })
+        Ok(Model { net: Net::build(config, &file)?, tokenizer, path: path.to_path_buf(), chat_template, prefill: Prefill::OneBatch })
     }
 
     fn load_hf(dir: &Path) -> Result<Model> {
@@ -69,7 +72,7 @@ impl Model {
         let store = HfStore::open(dir, config.arch)?;
         let tokenizer = Tokenizer::from_hf_json(&dir.join("tokenizer.json"))?;
         let chat_template = hf_chat_template(&dir.join("tokenizer_config.json"))?;
-        Ok(Model { net: Net::build(config, &store)?, tokenizer, path: dir.to_path_buf(), chat_template })
+        Ok(Model { net: Net::build(config, &store)?, tokenizer, path: dir.to_path_buf(), chat_template, prefill: Prefill::OneBatch })
     }
 
     pub fn config(&self) -> &Config {
@@ -212,7 +215,7 @@ impl Model {
         taps.record(Tap::Tokens, None, || TapValue::Ids(tokens.clone()));
 
         let mut cache = self.new_cache(tokens.len() + n_generate);
-        let logits = self.forward(&tokens, &mut cache, &mut taps, true)?;
+        let logits = self.prefill_traced(&tokens, &mut cache, &mut taps)?;
         taps.record(Tap::Logits, None, || TapValue::f32(&[tokens.len(), vocab], logits.clone()));
         let last = &logits[(tokens.len() - 1) * vocab..];
         taps.record(Tap::LastLogits, None, || TapValue::f32(&[vocab], last.to_vec()));
@@ -243,6 +246,20 @@ impl Model {
         taps.record(Tap::StepLogits, None, || TapValue::f32(&[generated.len(), vocab], rows));
         taps.record(Tap::Generated, None, || TapValue::Ids(generated));
         Ok(())
+    }
+
+    /// The prompt through the cache as [`Model::prefill`] says, every position's logits returned
+    /// and the taps shown to `taps` in the one-batch layout whatever the chunks.
+    fn prefill_traced(&self, tokens: &[u32], cache: &mut KvCache, taps: &mut Taps) -> Result<Vec<f32>> {
+        let Prefill::Chunks(size) = self.prefill else { return self.forward(tokens, cache, taps, true) };
+        let mut join = ChunkJoin::default();
+        let mut logits = Vec::with_capacity(tokens.len() * self.config().vocab_size);
+        for chunk in tokens.chunks(size.max(1)) {
+            let mut chunk_taps = if taps.active() { Taps::new(&mut join) } else { Taps::none() };
+            logits.extend(self.forward(chunk, cache, &mut chunk_taps, true)?);
+        }
+        join.finish(tokens.len(), taps);
+        Ok(logits)
     }
 
     /// The `sampling` checkpoint: each catalog sampler's distribution over `logits`, and its first

@@ -140,6 +140,8 @@ pub struct Rope {
     /// `theta^(-2i/hd)` for pair i, rounded to f32 as HF and llama.cpp do, then divided by the
     /// pair's scaling divisor, if any, in f32.
     inv_freq: Vec<f32>,
+    /// The planted RopeTableWrap fault: positions taken modulo this (none without the fault).
+    wrap: Option<usize>,
 }
 
 impl Rope {
@@ -150,7 +152,12 @@ impl Rope {
                 divisors.and_then(|d| d.get(i)).map_or(f, |d| f / d)
             })
             .collect();
-        Rope { layout, head_dim, inv_freq }
+        Rope { layout, head_dim, inv_freq, wrap: None }
+    }
+
+    /// This rotation with positions read modulo `wrap` (the planted RopeTableWrap fault).
+    pub fn wrapping_at(self, wrap: Option<usize>) -> Rope {
+        Rope { wrap, ..self }
     }
 
     /// Rotates `x` ([n_tokens, n_heads*hd], token t at position `pos0 + t`) in place.
@@ -161,7 +168,7 @@ impl Rope {
         let hd = self.head_dim;
         let half = hd / 2;
         for (t, row) in x.chunks_exact_mut(x.len() / n_tokens).enumerate() {
-            let pos = (pos0 + t) as f32;
+            let pos = self.wrap.map_or(pos0 + t, |n| (pos0 + t) % n) as f32;
             for head in row.chunks_exact_mut(hd) {
                 for (i, &f) in self.inv_freq.iter().enumerate() {
                     let angle = (pos * f) as f64;
@@ -351,5 +358,29 @@ mod tests {
         rope.apply(&mut x, 2, 0);
         assert_close(&x[..4], &[1.0, 2.0, 3.0, 4.0], 0.0);
         assert_close(&x[4..], &[-1.984111, 1.959901, 2.462378, 4.019799], 1e-5);
+    }
+
+    #[test]
+    fn a_wrapping_rope_table_is_exact_before_its_length_and_repeats_after() {
+        // hd = 4, a table of 8 positions: positions 0..8 rotate as the exact RoPE does, position
+        // 8 + k as position k (position 9: the identity's neighbour, angle 1 rad on pair 0).
+        let exact = Rope::new(RopeLayout::HalfSplit, 4, 10000.0, None);
+        let wrapped = Rope::new(RopeLayout::HalfSplit, 4, 10000.0, None).wrapping_at(Some(8));
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let at = |rope: &Rope, pos: usize| {
+            let mut y = x;
+            rope.apply(&mut y, 1, pos);
+            y
+        };
+        for pos in 0..8 {
+            assert_eq!(at(&wrapped, pos), at(&exact, pos), "position {pos}");
+        }
+        assert_eq!(at(&wrapped, 8), x);
+        assert_eq!(at(&wrapped, 9), at(&exact, 1));
+        assert_ne!(at(&wrapped, 9), at(&exact, 9));
+        // A prefill crossing the table's end: row t at position 6 + t.
+        let mut rows = [x, x, x, x].concat();
+        wrapped.apply(&mut rows, 4, 6);
+        assert_eq!(rows, [at(&exact, 6), at(&exact, 7), x, at(&exact, 1)].concat());
     }
 }

@@ -133,3 +133,21 @@ fn each_small_bug_first_changes_the_tensor_where_it_lives() {
 /// A layer's taps in the order the forward pass records them.
 const TAPS: [&str; 13] =
     ["attn_norm", "q", "k", "v", "q_rope", "k_rope", "k_cache", "v_cache", "attn_probs", "attn_out", "ffn_norm", "ffn_out", "block_out"];
+
+#[test]
+fn a_wrapping_rope_table_changes_nothing_before_its_length_and_every_rotation_after() {
+    // tiny-llama's prompt has 11 tokens; a table of 8 positions leaves positions 0..8 exact.
+    let (clean, planted) =
+        (trace("tiny-llama/model-f32.gguf", None), trace("tiny-llama/model-f32.gguf", Some(Fault::RopeTableWrap { positions: 8 })));
+    let rows = |run: &Run, key: &str| match &run.taps.tensors[key] {
+        TapValue::F32 { shape, data } => data.chunks(data.len() / shape[0]).map(<[f32]>::to_vec).collect::<Vec<_>>(),
+        other => panic!("{key}: {other:?}"),
+    };
+    let (a, b) = (rows(&clean, "blk.0.q_rope"), rows(&planted, "blk.0.q_rope"));
+    assert!(a.len() > 8);
+    assert_eq!(a[..8], b[..8]);
+    for pos in 8..a.len() {
+        assert_ne!(a[pos], b[pos], "position {pos}");
+    }
+    assert_eq!(rows(&clean, "blk.0.q"), rows(&planted, "blk.0.q"), "before RoPE nothing changes");
+}

@@ -358,3 +358,28 @@ fn a_layer_out_of_range_or_an_input_of_partial_rows_is_refused() {
         assert!(err.contains("not whole rows"), "{err}");
     }
 }
+
+#[test]
+fn a_prefill_in_chunks_shows_the_same_taps_as_one_batch() {
+    // Chunks of 3 and token by token: the same keys and shapes as one batch, every value within
+    // f32 rounding (attention sums grouped differently), the decode after it the same.
+    for rel in ["tiny-llama/model-f32.gguf", "tiny-gpt2/model-f32.gguf"] {
+        let mut model = load(rel);
+        let one = trace(&model, 4);
+        for prefill in [engine::Prefill::Chunks(3), engine::Prefill::Chunks(1)] {
+            model.prefill = prefill;
+            let chunked = trace(&model, 4);
+            assert_eq!(one.tensors.keys().collect::<Vec<_>>(), chunked.tensors.keys().collect::<Vec<_>>(), "{rel} {prefill}");
+            for (key, value) in &one.tensors {
+                match (value, &chunked.tensors[key]) {
+                    (TapValue::F32 { shape, data }, TapValue::F32 { shape: s, data: d }) => {
+                        assert_eq!(shape, s, "{rel} {prefill} {key}");
+                        let scale = data.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                        assert!(max_abs_diff(data, d) <= 1e-5 * scale, "{rel} {prefill} {key}: {}", max_abs_diff(data, d));
+                    }
+                    (a, b) => assert_eq!(a, b, "{rel} {prefill} {key}"),
+                }
+            }
+        }
+    }
+}

@@ -28,4 +28,5 @@ pub mod spec;
 pub mod steps;
 pub mod subject;
 pub mod suite;
+pub mod sweep;
 pub mod tensor;

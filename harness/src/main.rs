@@ -29,6 +29,9 @@ enum Command {
     /// A failing case cut to its smallest reproducer (fewest layers, shortest prompt, its tokens
     /// only), written as a self-contained proof bundle that fails the same checkpoint.
     Reduce(cli::reduce::ReduceArgs),
+    /// One case along axes of conditions (positions, thread counts, prefill modes): worst margin
+    /// per point, and where checks first fail.
+    Sweep(cli::sweep::SweepArgs),
     /// The first checkpoint, in forward order, that fails, and the last that passes.
     Bisect(cli::bisect::BisectArgs),
     /// Check an outside engine's dumper against the dump contract on the fixture models (exit 0
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Command::Bisect(args) => cli::bisect::run(args, &root),
         Command::Replay(args) => cli::replay::run(args, &root),
         Command::Reduce(args) => cli::reduce::run(args, &root),
+        Command::Sweep(args) => cli::sweep::run(args, &root),
         Command::Calibrate(args) => cli::calibrate::run(args, &root),
         Command::Dumps(args) => cli::dumps::run(args, &root),
         Command::Conform(args) => cli::conform::run(args, &root),

@@ -506,3 +506,24 @@ fn reduce_takes_one_case_and_one_of_its_references_for_its_trials() {
     assert_one_line_error(&stranger, "--trial-refs: nobody is not one of the case's references");
     assert!(!dir.join("reduce").exists(), "no bundle is started on bad input");
 }
+
+#[test]
+fn sweep_refuses_several_cases_and_bad_conditions_with_exit_2_and_passes_the_clean_fixture() {
+    let proof = scratch("sweep");
+    let several = parity(&["sweep", "--model", "tiny-llama-f32"], &proof, "sweep-several");
+    assert_one_line_error(&several, "parity sweep judges one case");
+    let one = ["sweep", "--model", "tiny-llama-f32", "--prompt", "fox"];
+    assert_one_line_error(&parity(&[&one[..], &["--prefill", "chunks:0"]].concat(), &proof, "sweep-prefill"), "chunks:N");
+    assert_one_line_error(&parity(&[&one[..], &["--thread-counts", "0"]].concat(), &proof, "sweep-threads"), "at least 1");
+    let html = proof.join("sweep.html");
+    let args = [&one[..], &["--window", "8", "--thread-counts", "1,2", "--prefill", "token-by-token", "--html", html.to_str().unwrap()]].concat();
+    let clean = parity(&args, &proof, "sweep-clean");
+    assert_eq!(clean.status.code(), Some(0), "{}", stderr(&clean));
+    let text = stdout(&clean);
+    for line in ["no failure along position", "no failure along threads", "no failure along prefill", "  32..34 "] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert_eq!(page.matches("<svg").count(), 3, "one chart per axis");
+    std::fs::remove_dir_all(&proof).unwrap();
+}

@@ -2,7 +2,7 @@
 //!
 //! [`results`] is the data model comparison produces and every report reads; [`summary`] regroups
 //! it into the checkpoint x reference grid and the verdict; [`confidence`] grades the run by a
-//! documented rule; [`replay`] holds what `parity replay` found; [`vocab`] names every closed set
+//! documented rule; [`replay`] holds what `parity replay` found, [`sweep`] what `parity sweep` found; [`vocab`] names every closed set
 //! once; [`markdown`], [`html`], [`junit`] and [`json`] render it; [`bundle`] writes a proof
 //! bundle, whose input hashes [`hashes`] remembers between runs, signed by [`signing`] when a key
 //! is given.
@@ -19,6 +19,7 @@ pub mod replay;
 pub mod results;
 pub mod signing;
 pub mod summary;
+pub mod sweep;
 pub mod vocab;
 
 #[cfg(test)]

@@ -310,6 +310,10 @@ vocabulary! {
         Generated = "generated",
         /// The decode path's logits, read as evidence for token flips.
         StepLogits = "step_logits",
+        /// The KV cache at the chosen decode steps: every position's keys and values, which
+        /// `parity sweep` judges position by position.
+        DecKCache = "dec_k_cache",
+        DecVCache = "dec_v_cache",
         /// Each sampler's distribution: probability vectors, judged knowing the samplers' cuts.
         SamplerProbs = "sampler_probs",
         /// Each sampler's seeded draws.

@@ -17,6 +17,7 @@ pub mod replay;
 pub mod run;
 pub mod select;
 pub mod serve;
+pub mod sweep;
 pub mod threads;
 
 /// Where proof bundles go, what this run is called and who signs them, from `LLORCH_PROOF_DIR`,

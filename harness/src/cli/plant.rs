@@ -13,7 +13,8 @@ pub struct PlantArgs {
     /// f16-subnormals-flushed, q8-scale-bf16, q4_1-scale-bf16, decode-rope-off-by-one,
     /// decode-attends-one-fewer, perturb:LAYER:REL (noise of relative RMS REL on a block output),
     /// perturb-ffn:LAYER:REL (the same on one layer's FFN output),
-    /// or norm-eps-at:LAYER:TIMES (one layer's norms with TIMES the model's epsilon).
+    /// norm-eps-at:LAYER:TIMES (one layer's norms with TIMES the model's epsilon),
+    /// or rope-wrap:POSITIONS (RoPE angles from a table of POSITIONS rows, wrapping past it).
     #[cfg_attr(feature = "plant", arg(long = "plant", value_name = "SPEC"))]
     #[cfg_attr(not(feature = "plant"), arg(skip))]
     plant: Vec<String>,
