@@ -40,18 +40,25 @@ from parity_assets import build_dir, build_file, is_complete, models_dir, size_r
 SEED = 20261129
 SCRIPTS = Path(__file__).resolve().parent
 
-# family -> (transformers config class, config keywords, vocab file, tokenizer fix)
+# What the three share: 4 layers, hidden size 256, 4 query heads, FFN 768, context 1024.
+SHAPE = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=1024)
+QWEN = dict(
+    SHAPE,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    rope_parameters=dict(rope_type="default", rope_theta=1000000.0),
+    bos_token_id=151643,
+    eos_token_id=151643,
+)
+
+# family -> (transformers config class, config keywords, vocab file)
 FAMILIES = {
     "llama3": (
         "LlamaConfig",
         dict(
-            hidden_size=256,
-            intermediate_size=768,
-            num_hidden_layers=4,
-            num_attention_heads=4,
+            SHAPE,
             num_key_value_heads=1,
             head_dim=64,
-            max_position_embeddings=1024,
             rms_norm_eps=1e-5,
             tie_word_embeddings=False,
             # Llama-3.1's frequency scaling, with a short original context so that most of the
@@ -69,42 +76,9 @@ FAMILIES = {
         ),
         "llama-bpe",
     ),
-    "qwen2": (
-        "Qwen2Config",
-        dict(
-            hidden_size=256,
-            intermediate_size=768,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=1024,
-            rms_norm_eps=1e-6,
-            tie_word_embeddings=True,
-            rope_parameters=dict(rope_type="default", rope_theta=1000000.0),
-            bos_token_id=151643,
-            eos_token_id=151643,
-        ),
-        "qwen2",
-    ),
-    "qwen3": (
-        "Qwen3Config",
-        dict(
-            hidden_size=256,
-            intermediate_size=768,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            # Qwen3's heads are wider than hidden_size / heads: q and k are 512 wide.
-            head_dim=128,
-            max_position_embeddings=1024,
-            rms_norm_eps=1e-6,
-            tie_word_embeddings=True,
-            rope_parameters=dict(rope_type="default", rope_theta=1000000.0),
-            bos_token_id=151643,
-            eos_token_id=151643,
-        ),
-        "qwen2",
-    ),
+    "qwen2": ("Qwen2Config", dict(QWEN, num_key_value_heads=2), "qwen2"),
+    # Qwen3's heads are wider than hidden_size / heads: q and k are 512 wide.
+    "qwen3": ("Qwen3Config", dict(QWEN, num_key_value_heads=2, head_dim=128), "qwen2"),
 }
 OUT_TYPES = ("f32", "q8_0")
 
