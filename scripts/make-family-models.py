@@ -15,7 +15,11 @@ misapplied one changes the result.
 
 Tokenizers: the real ones of each family, from the vocab-only GGUF files llama.cpp ships for its
 tokenizer tests (`models/ggml-vocab-*.gguf`: Llama-3's and Qwen2's byte-level BPE), turned into an
-HF tokenizer by transformers' GGUF reader. For Llama-3 its post-processor is given the `<|begin_of_text|>`
+HF tokenizer by transformers' GGUF reader. Gemma's own 256k SentencePiece vocabulary is not
+available offline; Gemma-2 gets Llama's 32k SentencePiece vocabulary (`llama-spm`) without the
+leading space, as Gemma's tokenizer has none: the same code path (SentencePiece BPE with byte
+fallback, no dummy prefix). Its `tokenizer.model`, which llama.cpp's converter reads, is written
+from the vocab GGUF's pieces, scores and types (`sentencepiece_model`). For Llama-3 its post-processor is given the `<|begin_of_text|>`
 prefix the real tokenizer.json has, and the pad token transformers adds is left out; the converter
 recognises both by the hash of their output on its test string (llama-bpe, qwen2), so the GGUF
 carries llama.cpp's own pre-tokenizer name for them.
@@ -79,6 +83,30 @@ FAMILIES = {
     "qwen2": ("Qwen2Config", dict(QWEN, num_key_value_heads=2), "qwen2"),
     # Qwen3's heads are wider than hidden_size / heads: q and k are 512 wide.
     "qwen3": ("Qwen3Config", dict(QWEN, num_key_value_heads=2, head_dim=128), "qwen2"),
+    # Gemma-2: every other layer (0 and 2) attends to an 8-token window, so that prompts and
+    # generations longer than 8 tokens reach past it; the soft-caps are set at these weights' score
+    # and logit scale (about 0.1-1, where real Gemma-2 has 50 and 30 at its scale), so that tanh
+    # is curved where the values are. llama.cpp scales scores by 1/sqrt(head_dim), so
+    # query_pre_attn_scalar is the head dim, as in Gemma-2 2B and 9B.
+    "gemma2": (
+        "Gemma2Config",
+        dict(
+            SHAPE,
+            num_key_value_heads=2,
+            head_dim=128,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+            query_pre_attn_scalar=128,
+            sliding_window=8,
+            attn_logit_softcapping=0.5,
+            final_logit_softcapping=1.0,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+        "llama-spm",
+    ),
 }
 OUT_TYPES = ("f32", "q8_0")
 
@@ -123,7 +151,7 @@ def llama_cpp_tree():
 
 def tokenizer(tree, vocab, folder):
     """The family's real tokenizer from llama.cpp's vocab-only GGUF, saved as HF files in `folder`."""
-    from tokenizers import processors
+    from tokenizers import pre_tokenizers, processors
     from transformers import AutoTokenizer
 
     name = f"ggml-vocab-{vocab}.gguf"
@@ -131,6 +159,11 @@ def tokenizer(tree, vocab, folder):
     scratch.mkdir()
     shutil.copy(tree / "models" / name, scratch / name)
     tok = AutoTokenizer.from_pretrained(str(scratch), gguf_file=name)
+    if vocab == "llama-spm":
+        # Gemma's SentencePiece adds no dummy prefix: "The" is one piece, not "▁The".
+        tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never", split=False)
+        sys.path.insert(0, str(tree / "gguf-py"))
+        (folder / "tokenizer.model").write_bytes(sentencepiece_model(scratch / name, dummy_prefix=False))
     if vocab == "llama-bpe":
         bos = tok.convert_tokens_to_ids("<|begin_of_text|>")
         template = processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos)])
@@ -139,6 +172,46 @@ def tokenizer(tree, vocab, folder):
     shutil.rmtree(scratch)
     if vocab == "llama-bpe":
         drop_added_pad(folder, limit=128256)
+
+
+def sentencepiece_model(vocab_gguf, dummy_prefix):
+    """A SentencePiece `ModelProto` (BPE, byte fallback) of a vocab GGUF's pieces, scores and types.
+
+    Written as protobuf wire format by hand (fields of sentencepiece_model.proto: ModelProto pieces
+    1, trainer_spec 2, normalizer_spec 3; SentencePiece piece 1, score 2, type 3; TrainerSpec
+    model_type 3, vocab_size 4, byte_fallback 35; NormalizerSpec name 1, add_dummy_prefix 3,
+    remove_extra_whitespaces 4, escape_whitespaces 5), so no protobuf package is needed.
+    """
+    import struct
+
+    import gguf
+
+    def varint(n):
+        out = bytearray()
+        while True:
+            low, n = n & 0x7F, n >> 7
+            out.append(low | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    def field(number, value):
+        if isinstance(value, bytes):
+            return varint(number << 3 | 2) + varint(len(value)) + value
+        if isinstance(value, float):
+            return varint(number << 3 | 5) + struct.pack("<f", value)
+        return varint(number << 3) + varint(value)
+
+    reader = gguf.GGUFReader(str(vocab_gguf))
+
+    def array(key):
+        f = reader.fields[key]
+        return [f.parts[i] for i in f.data]
+
+    pieces = zip(array("tokenizer.ggml.tokens"), array("tokenizer.ggml.scores"), array("tokenizer.ggml.token_type"))
+    body = b"".join(field(1, field(1, bytes(t)) + field(2, float(s[0])) + field(3, int(ty[0]))) for t, s, ty in pieces)
+    trainer = field(3, 2) + field(4, len(reader.fields["tokenizer.ggml.tokens"].data)) + field(35, 1)
+    normalizer = field(1, b"identity") + field(3, int(dummy_prefix)) + field(4, 0) + field(5, 1)
+    return body + field(2, trainer) + field(3, normalizer)
 
 
 def drop_added_pad(folder, limit):
@@ -159,15 +232,17 @@ def drop_added_pad(folder, limit):
 
 
 def randomize(model, seed):
-    """Seeded weights: matrices normal(0, 0.02), norm weights 1 + 0.1 noise, biases 0.1 noise."""
+    """Seeded weights: matrices normal(0, 0.02), norm scales 1 + 0.1 noise, biases 0.1 noise."""
     import torch
 
+    gemma = model.config.model_type.startswith("gemma")
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
             if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * noise)
+                # Gemma's norms scale by (1 + weight): its weights are centred on 0.
+                p.copy_((0.0 if gemma else 1.0) + 0.1 * noise)
             elif name.endswith(".bias"):
                 p.copy_(0.1 * noise)
             else:
@@ -185,7 +260,7 @@ def build_hf(family, tree, out):
         from transformers import AutoTokenizer
 
         n_vocab = len(AutoTokenizer.from_pretrained(str(folder)))
-        config = getattr(transformers, config_class)(vocab_size=n_vocab if vocab == "llama-bpe" else 151936, **kwargs)
+        config = getattr(transformers, config_class)(vocab_size=151936 if vocab == "qwen2" else n_vocab, **kwargs)
         torch.manual_seed(SEED)
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         randomize(model, SEED + sum(map(ord, family)))
