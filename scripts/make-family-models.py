@@ -15,7 +15,7 @@ misapplied one changes the result.
 
 Tokenizers: the real ones of each family, from the vocab-only GGUF files llama.cpp ships for its
 tokenizer tests (`models/ggml-vocab-*.gguf`: Llama-3's and Qwen2's byte-level BPE), turned into an
-HF tokenizer by transformers' GGUF reader. Gemma's own 256k SentencePiece vocabulary is not
+HF tokenizer by transformers' GGUF reader; Phi-3's SentencePiece likewise. Gemma's own 256k SentencePiece vocabulary is not
 available offline; Gemma-2 gets Llama's 32k SentencePiece vocabulary (`llama-spm`) without the
 leading space, as Gemma's tokenizer has none: the same code path (SentencePiece BPE with byte
 fallback, no dummy prefix). Its `tokenizer.model`, which llama.cpp's converter reads, is written
@@ -107,6 +107,25 @@ FAMILIES = {
         ),
         "llama-spm",
     ),
+    # Phi-3: Q, K and V in one fused projection, gate and up in another; grouped-query attention
+    # as in Phi-3-medium (Phi-3-mini has as many KV heads as query heads); no sliding window
+    # (llama.cpp's converter writes 0, as for Phi-4).
+    "phi3": (
+        "Phi3Config",
+        dict(
+            SHAPE,
+            num_key_value_heads=2,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=1.0),
+            original_max_position_embeddings=1024,
+            sliding_window=None,
+            bos_token_id=1,
+            eos_token_id=32000,
+            pad_token_id=32000,
+        ),
+        "phi-3",
+    ),
 }
 OUT_TYPES = ("f32", "q8_0")
 
@@ -159,11 +178,16 @@ def tokenizer(tree, vocab, folder):
     scratch.mkdir()
     shutil.copy(tree / "models" / name, scratch / name)
     tok = AutoTokenizer.from_pretrained(str(scratch), gguf_file=name)
-    if vocab == "llama-spm":
+    if vocab in ("llama-spm", "phi-3"):
         # Gemma's SentencePiece adds no dummy prefix: "The" is one piece, not "▁The".
-        tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never", split=False)
+        gemma = vocab == "llama-spm"
+        if gemma:
+            tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never", split=False)
+        # Phi-3's tokenizer.model is Llama's 32,000 pieces (its vocab GGUF retypes some of them);
+        # its added tokens are in tokenizer.json.
         sys.path.insert(0, str(tree / "gguf-py"))
-        (folder / "tokenizer.model").write_bytes(sentencepiece_model(scratch / name, dummy_prefix=False))
+        spm = tree / "models" / "ggml-vocab-llama-spm.gguf"
+        (folder / "tokenizer.model").write_bytes(sentencepiece_model(spm, dummy_prefix=not gemma))
     if vocab == "llama-bpe":
         bos = tok.convert_tokens_to_ids("<|begin_of_text|>")
         template = processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos)])
@@ -260,7 +284,9 @@ def build_hf(family, tree, out):
         from transformers import AutoTokenizer
 
         n_vocab = len(AutoTokenizer.from_pretrained(str(folder)))
-        config = getattr(transformers, config_class)(vocab_size=151936 if vocab == "qwen2" else n_vocab, **kwargs)
+        # The embedding rows the real models have, past the tokenizer's ids.
+        n_rows = {"qwen2": 151936, "phi-3": 32064}.get(vocab, n_vocab)
+        config = getattr(transformers, config_class)(vocab_size=n_rows, **kwargs)
         torch.manual_seed(SEED)
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         randomize(model, SEED + sum(map(ord, family)))

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The model families (the engine's and the dumps' `arch`) a `[family.<arch>]` table may name.
-pub const FAMILIES: [&str; 5] = ["llama", "gpt2", "qwen2", "qwen3", "gemma2"];
+pub const FAMILIES: [&str; 6] = ["llama", "gpt2", "qwen2", "qwen3", "gemma2", "phi3"];
 
 /// The factor between the spread measured between references and the proposed threshold, in the
 /// metric's amplitude: a metric quadratic in the error (nmse, kl_divergence, 1 - cosine) gets its
