@@ -1,4 +1,4 @@
-"""The PyTorch reference: HF transformers' own model classes (Llama, Qwen2, Qwen3, GPT-2), instrumented with hooks.
+"""The PyTorch reference: HF transformers' own model classes (Llama, Qwen2, Qwen3, Gemma-2, Phi-3, GPT-2), instrumented with hooks.
 
     ~/.cache/parity/venv/bin/python references/pytorch/dump.py --model FILE_OR_HF_DIR \
         --prompt TEXT --n-generate N --temperature T --out DIR [--threads 2] [--force-tokens IDS]
@@ -115,6 +115,10 @@ class Model:
         factors = read_gguf_tensor(self.path, "rope_freqs.weight")
         if factors is not None:
             self.config.rope_parameters = rope_factor_parameters(self.config, factors, self.path)
+        if arch == "gemma2":
+            gemma2_gguf_config(self.config, meta, self.path)
+        elif arch == "phi3":
+            phi3_gguf_config(self.config, meta, self.path)
 
     def load(self, dtype="float32"):
         """The weights (eval, eager attention) and the tokenizer: the slow part.
@@ -175,6 +179,41 @@ def read_gguf_tensor(path, name):
     return None
 
 
+def gemma2_gguf_config(config, meta, path):
+    """Gemma-2's settings transformers' GGUF loader does not map (it would run Gemma2Config's
+    defaults: caps 50 and 30, query_pre_attn_scalar 256), set as llama.cpp reads them from the file.
+
+    Soft-caps: `gemma2.attn_logit_softcapping` and `gemma2.final_logit_softcapping` when present
+    (llama.cpp's defaults when absent are Gemma2Config's, 50 and 30). Score scale: llama.cpp derives
+    it, there is no key: 1/sqrt(d / heads) for the 46-layer (27B) model, 1/sqrt(key_length)
+    otherwise; transformers' is query_pre_attn_scalar^-0.5. Local layers: llama.cpp's Gemma-2
+    pattern makes the even layers sliding-window ones, as transformers' default layer_types does;
+    written out here so it does not hang on a default. A file with its own pattern or a separate
+    RoPE base for the local layers is refused.
+    """
+    for key in ("gemma2.attention.sliding_window_pattern", "gemma2.rope.freq_base_swa"):
+        if key in meta:
+            raise DumpError(f"{path} sets {key}, which the PyTorch dumper does not map onto transformers' Gemma-2: refused rather than guessed")
+    for key, field in (("gemma2.attn_logit_softcapping", "attn_logit_softcapping"), ("gemma2.final_logit_softcapping", "final_logit_softcapping")):
+        if key in meta:
+            setattr(config, field, float(meta[key]))
+    heads = config.num_attention_heads
+    config.query_pre_attn_scalar = config.hidden_size // heads if config.num_hidden_layers == 46 else config.head_dim
+    config.layer_types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(config.num_hidden_layers)]
+
+
+def phi3_gguf_config(config, meta, path):
+    """Phi-3's settings from the file. LongRoPE factors (`rope_factors_long/short.weight`, the
+    128k-context models) are refused: transformers' GGUF loader does not read them. A sliding window
+    (`phi3.attention.sliding_window`) is left out as llama.cpp leaves it out (it disables Phi-3's
+    window); transformers maps none either, so both attend causally over every position."""
+    for name in ("rope_factors_long.weight", "rope_factors_short.weight"):
+        if read_gguf_tensor(path, name) is not None:
+            raise DumpError(f"{path} has {name} (Phi-3 LongRoPE), which transformers' GGUF loader does not read: refused rather than run unscaled")
+    if "phi3.rope.scaling.original_context_length" in meta:
+        config.original_max_position_embeddings = int(meta["phi3.rope.scaling.original_context_length"])
+
+
 def rope_factor_parameters(config, factors, path):
     """rope_parameters under which transformers divides each RoPE frequency by the GGUF's
     `rope_freqs` factor of its pair, as llama.cpp does: its LongRoPE type with the file's factors as
@@ -207,6 +246,9 @@ def gguf_tokenizer(folder, name, meta):
     builds a plain ByteLevel pre-tokenizer, which differs when spaces precede a number.
     `llama-bpe` (Llama-3) and `qwen2`: transformers builds each one's own split pattern, and the ids
     agree with llama.cpp's (BOS from the GGUF metadata added as below), so they are left as built.
+    Gemma-2 (`gemma2` with a SentencePiece vocabulary): transformers rebuilds the merges in the
+    order the tokens appear in the file; llama.cpp merges by the file's token scores, as transformers
+    does for `llama` files, so the merges are rebuilt by score (score_merges).
     Checked against llama.cpp's ids for the strings in fixtures/tokenizer/expected.json (test_dump.py).
     """
     from tokenizers import normalizers, pre_tokenizers
@@ -215,6 +257,8 @@ def gguf_tokenizer(folder, name, meta):
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     backend = tokenizer.backend_tokenizer
     model, pre = meta.get("tokenizer.ggml.model"), meta.get("tokenizer.ggml.pre", "default")
+    if model == "llama" and meta.get("general.architecture") == "gemma2":
+        score_merges(backend, Path(folder) / name)
     if model == "llama":
         steps = [normalizers.Replace(" ", "\u2581")]
         if meta.get("tokenizer.ggml.add_space_prefix", True):
@@ -226,6 +270,29 @@ def gguf_tokenizer(folder, name, meta):
             [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
         )
     return tokenizer
+
+
+def score_merges(backend, path):
+    """Replaces the BPE model of `backend` by one with the same vocabulary whose merges are ranked
+    by the GGUF's token scores (the score of the merged token, best first), the order llama.cpp's
+    SentencePiece tokenizer merges in; transformers' own `generate_merges` builds the list."""
+    import json
+
+    import gguf
+    from tokenizers import models
+    from transformers.tokenization_utils_base import generate_merges
+
+    reader = gguf.GGUFReader(str(path))
+    field = reader.fields.get("tokenizer.ggml.scores")
+    if field is None:
+        raise DumpError(f"{path}: a SentencePiece vocabulary without tokenizer.ggml.scores", EXIT_USAGE)
+    scores = [float(field.parts[i][0]) for i in field.data]
+    bpe = json.loads(backend.to_str())["model"]
+    vocab = bpe["vocab"]
+    if len(vocab) != len(scores):
+        raise DumpError(f"{path}: {len(scores)} token scores for {len(vocab)} tokens", EXIT_USAGE)
+    merges = generate_merges(vocab, {token: scores[i] for token, i in vocab.items()})
+    backend.model = models.BPE(vocab, merges, unk_token=bpe["unk_token"], fuse_unk=bpe["fuse_unk"], byte_fallback=bpe["byte_fallback"])
 
 
 def encode_like_llama_cpp(tokenizer, meta, text):
@@ -302,19 +369,35 @@ def rope_recorder(recorder, attention_modules, modeling):
 
 
 def hook_decoder(rec, model, family):
-    """Hooks on a Llama-layout decoder (Llama, Qwen2, Qwen3). q/k/v are the projections' outputs,
-    biases included (Qwen2's nn.Linear adds them); Qwen3's q_norm/k_norm run on [1, T, heads, hd]."""
+    """Hooks on a Llama-layout decoder (Llama, Qwen2, Qwen3, Gemma-2, Phi-3). q/k/v are the
+    projections' outputs, biases included (Qwen2's nn.Linear adds them), or for Phi-3 the three
+    slices of its fused qkv_proj's output, as its attention cuts them; Qwen3's q_norm/k_norm run on
+    [1, T, heads, hd]. Gemma-2's norm after attention is post_attn_norm, the one before the FFN
+    ffn_norm, the one after it post_ffn_norm."""
+    c = model.config
+    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    q_width, kv_width = c.num_attention_heads * hd, c.num_key_value_heads * hd
     for i, layer in enumerate(model.model.layers):
         p = f"blk.{i}."
         rec.output(layer.input_layernorm, p + "attn_norm")
-        rec.output(layer.self_attn.q_proj, p + "q", lambda t: t[0])
-        rec.output(layer.self_attn.k_proj, p + "k", lambda t: t[0])
-        rec.output(layer.self_attn.v_proj, p + "v", lambda t: t[0])
+        if family.fused_qkv:
+            rec.output(layer.self_attn.qkv_proj, p + "q", lambda t: t[0, :, :q_width])
+            rec.output(layer.self_attn.qkv_proj, p + "k", lambda t: t[0, :, q_width : q_width + kv_width])
+            rec.output(layer.self_attn.qkv_proj, p + "v", lambda t: t[0, :, q_width + kv_width :])
+        else:
+            rec.output(layer.self_attn.q_proj, p + "q", lambda t: t[0])
+            rec.output(layer.self_attn.k_proj, p + "k", lambda t: t[0])
+            rec.output(layer.self_attn.v_proj, p + "v", lambda t: t[0])
         if family.qk_norm:
             rec.output(layer.self_attn.q_norm, p + "q_norm", lambda t: t[0].flatten(1))
             rec.output(layer.self_attn.k_norm, p + "k_norm", lambda t: t[0].flatten(1))
         rec.output(layer.self_attn, p + "attn_out")
-        rec.output(layer.post_attention_layernorm, p + "ffn_norm")
+        if family.sandwich_norms:
+            rec.output(layer.post_attention_layernorm, p + "post_attn_norm")
+            rec.output(layer.pre_feedforward_layernorm, p + "ffn_norm")
+            rec.output(layer.post_feedforward_layernorm, p + "post_ffn_norm")
+        else:
+            rec.output(layer.post_attention_layernorm, p + "ffn_norm")
         rec.output(layer.mlp, p + "ffn_out")
         rec.output(layer, p + "block_out")
     rec.input(model.model.layers[0], "embed")
@@ -347,6 +430,18 @@ def cache_layer(cache, i):
     if hasattr(cache, "key_cache"):
         return cache.key_cache[i], cache.value_cache[i]
     return cache[i][0], cache[i][1]
+
+
+def full_cache(family):
+    """The cache the prompt forward starts with: None (the model's own) for families without a
+    sliding window; for those with one, a cache that keeps every position on every layer (the
+    model's own keeps only the window on its local layers), so k_cache/v_cache are the catalog's
+    [KV, T, hd] and the window is applied by the attention mask alone."""
+    if not family.sliding_window:
+        return None
+    from transformers import DynamicCache
+
+    return DynamicCache()
 
 
 def squeeze_batch(t):
@@ -389,7 +484,7 @@ def run(args, dtype="float32", reference="pytorch"):
     rope = rope_recorder(rec, attention_modules, family.module()) if family.rope else nullcontext()
     with torch.no_grad(), computing_in(model, family, dtype), rope:
         rec.active = True
-        out = model(torch.tensor([ids]), use_cache=True, output_attentions=True)
+        out = model(torch.tensor([ids]), past_key_values=full_cache(family), use_cache=True, output_attentions=True)
         rec.active = False
 
         for key, t in rec.out.items():

@@ -13,10 +13,21 @@ What the dumper needs to know about each:
 - `qk_norm`: each attention has `q_norm`/`k_norm` modules, a per-head RMSNorm of q and k before
   RoPE (Qwen3; catalog q_norm, k_norm).
 - `float32_softmax`: its `eager_attention_forward` takes the softmax in float32 whatever the dtype
-  (the float64 truth replaces it).
+  (the float64 truth replaces it; Gemma-2's soft-caps the scores first, and so does ours).
+- `norm_plus_one`: the RMSNorm scales by (1 + weight) (Gemma-2; the float64 norm does the same).
+- `sandwich_norms`: each layer also normalises the attention and FFN outputs before adding them
+  (Gemma-2: post_attention_layernorm is catalog post_attn_norm, pre_feedforward_layernorm is
+  ffn_norm, post_feedforward_layernorm is post_ffn_norm).
+- `fused_qkv`: one `qkv_proj` whose output is q | k | v (Phi-3); q, k, v are its slices.
+- `embed_scale`: the embedding is scaled by sqrt(d) (Gemma-2's `embed_tokens.embed_scale`, a
+  float32 buffer; the float64 truth puts sqrt(d) in float64 there).
+- `sliding_window`: some layers attend within a window (Gemma-2): the dumper hands the model a
+  cache that keeps every position (transformers' own keeps only the window on those layers), so
+  k_cache/v_cache have the catalog's full length; the window lives in the mask.
 
 The decoder families share Llama's module layout (model.layers[i].self_attn.q_proj, ...,
-post_attention_layernorm, mlp, model.norm), which is what the dumper's hooks read.
+post_attention_layernorm, mlp, model.norm), which is what the dumper's hooks read, with the
+differences above.
 """
 
 import importlib
@@ -31,6 +42,11 @@ class Family:
     rope: bool
     qk_norm: bool
     float32_softmax: bool
+    norm_plus_one: bool = False
+    sandwich_norms: bool = False
+    fused_qkv: bool = False
+    embed_scale: bool = False
+    sliding_window: bool = False
 
     def module(self):
         """The family's transformers modeling module."""
@@ -44,5 +60,18 @@ FAMILIES = {
     "llama": Family("llama", "transformers.models.llama.modeling_llama", "LlamaRMSNorm", rope=True, qk_norm=False, float32_softmax=True),
     "qwen2": Family("qwen2", "transformers.models.qwen2.modeling_qwen2", "Qwen2RMSNorm", rope=True, qk_norm=False, float32_softmax=True),
     "qwen3": Family("qwen3", "transformers.models.qwen3.modeling_qwen3", "Qwen3RMSNorm", rope=True, qk_norm=True, float32_softmax=True),
+    "gemma2": Family(
+        "gemma2",
+        "transformers.models.gemma2.modeling_gemma2",
+        "Gemma2RMSNorm",
+        rope=True,
+        qk_norm=False,
+        float32_softmax=True,
+        norm_plus_one=True,
+        sandwich_norms=True,
+        embed_scale=True,
+        sliding_window=True,
+    ),
+    "phi3": Family("phi3", "transformers.models.phi3.modeling_phi3", "Phi3RMSNorm", rope=True, qk_norm=False, float32_softmax=True, fused_qkv=True),
     "gpt2": Family("gpt2", "transformers.models.gpt2.modeling_gpt2", None, rope=False, qk_norm=False, float32_softmax=False),
 }

@@ -22,8 +22,16 @@ from contextlib import contextmanager
 from dumpkit import DumpError
 
 
-def float64_rms_norm(norm):
-    """An RMSNorm's forward in its input's dtype (transformers' own upcasts the input to float32)."""
+def float64_rms_norm(norm, plus_one=False):
+    """An RMSNorm's forward in its input's dtype (transformers' own upcasts the input to float32).
+    With `plus_one` (Gemma-2) it scales by (1 + weight) and its epsilon is `norm.eps`."""
+
+    if plus_one:
+
+        def forward(x):
+            return (x * (x * x).mean(-1, keepdim=True).add(norm.eps).rsqrt()) * (1.0 + norm.weight)
+
+        return forward
 
     def forward(x):
         return norm.weight * (x * (x * x).mean(-1, keepdim=True).add(norm.variance_epsilon).rsqrt())
@@ -66,6 +74,8 @@ def float64_rope(rotary, config):
     import torch
 
     params = dict(getattr(config, "rope_parameters", None) or {})
+    if float(params.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise DumpError(f"partial RoPE (factor {params['partial_rotary_factor']}): the float64 dumper rotates whole heads only")
     if rotary.attention_scaling != 1.0:
         raise DumpError(
             f"RoPE type {params.get('rope_type')!r} scales cos/sin by {rotary.attention_scaling}: the float64 dumper does not rebuild that"
@@ -88,9 +98,11 @@ def float64_rope(rotary, config):
     return forward
 
 
-def float64_eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **_kwargs):
+def float64_eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, softcap=None, **_kwargs):
     """Eager attention with the softmax in the scores' dtype (transformers' decoder families take it
-    in float32). A sliding window, where a model has one, is already in `attention_mask`.
+    in float32). Gemma-2 passes `softcap`: the scaled scores become softcap * tanh(scores / softcap)
+    before the mask, as in its own. A sliding window, where a model has one, is already in
+    `attention_mask`.
 
     query [B, H, T, hd], key/value [B, KV, S, hd]; returns the output [B, T, H, hd] and the probabilities.
     """
@@ -99,6 +111,8 @@ def float64_eager_attention(module, query, key, value, attention_mask, scaling, 
     groups = query.shape[1] // key.shape[1]  # query head h reads key/value head h // groups
     key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
         scores = scores + attention_mask
     probs = torch.softmax(scores, dim=-1)
@@ -142,7 +156,13 @@ def computing_in(model, family, dtype):
         for m in model.modules():
             if isinstance(m, norm_class):
                 patched.append((m, "forward", None))
-                m.forward = float64_rms_norm(m)
+                m.forward = float64_rms_norm(m, plus_one=family.norm_plus_one)
+    if family.embed_scale:
+        # transformers keeps sqrt(d) as a float32 buffer (cast with the model, but rounded to
+        # float32 first): ours is sqrt(d) in float64.
+        embed = model.model.embed_tokens
+        patched.append((embed, "embed_scale", embed.embed_scale))
+        embed.embed_scale = torch.tensor(math.sqrt(model.config.hidden_size), dtype=getattr(torch, dtype))
     if family.rope:
         rotary = model.model.rotary_emb
         patched.append((rotary, "forward", None))
