@@ -6,9 +6,10 @@
 Same command line, exit codes and tensors as the PyTorch dumper, computed in float64 on the same
 weights (loaded as float32, then cast exactly): every op, the KV cache, the `probs` softmax, the
 decode steps and their greedy choices (made on the float64 logits), with transformers'
-float32-internal pieces of its decoder families, Llama, Qwen2 and Qwen3 (RMSNorm's upcast, Qwen3's
-q/k norms included; RoPE's float32 frequencies and angles, Llama-3's scaling included; the float32
-attention softmax) replaced by float64 ones (references/pytorch/float64.py) and a guard that fails
+float32-internal pieces of its decoder families, Llama, Qwen2, Qwen3, Gemma-2 and Phi-3 (RMSNorm's
+upcast, Qwen3's q/k norms and Gemma-2's (1 + w) norms included; RoPE's float32 frequencies and
+angles, Llama-3's scaling included; the float32 attention softmax, after Gemma-2's soft-cap;
+Gemma-2's float32 sqrt(d) embedding scale) replaced by float64 ones (references/pytorch/float64.py) and a guard that fails
 the dump if any op still runs in another dtype. The .npy files are float32 like every
 other dump (the truth rounded once, at the end); the manifest says reference = "pytorch-f64",
 dtype = "float64". A suite's `truth` names this reference: every case is also measured against it,

@@ -303,6 +303,72 @@ class Qwen3Truth(unittest.TestCase):
                     self.assertFalse(np.array_equal(truth, f32), f"{key} is the float32 dump's")
 
 
+def both_dumps(test, model, tmp):
+    """The float32 and float64 dumps of `model` (PROMPT, made concurrently into `tmp`), checked to have
+    exited 0 (for the truth: its dtype guard passed); {reference: folder} and the truth's tensor files."""
+    outs = {r: Path(tmp) / r for r in DUMPERS}
+    running = {r: subprocess.Popen(dumper_command(r, model, out), stderr=subprocess.PIPE, text=True) for r, out in outs.items()}
+    for r, process in running.items():
+        _, stderr = process.communicate()
+        test.assertEqual(process.returncode, 0, f"{r}: {stderr.strip()}")
+    with open(outs["pytorch-f64"] / "manifest.toml", "rb") as f:
+        return outs, {k: t["file"] for k, t in tomllib.load(f)["tensors"].items() if "file" in t}
+
+
+@testkit.needs_file(FAMILY_MODELS / "gemma2" / "model-f32.gguf", FAMILY_HINT)
+@testkit.needs_file(FAMILY_MODELS / "phi3" / "model-f32.gguf", FAMILY_HINT)
+class GemmaPhi3Truth(unittest.TestCase):
+    """Gemma-2 (its (1 + w) RMSNorms, soft-capped attention and sqrt(d) scale replaced by float64
+    ones) and Phi-3 in float64 beside float32, from their F32 GGUFs; PROMPT is longer than Gemma-2's
+    8-token window."""
+
+    def check_within_noise(self, outs, tensors, computed):
+        """Every float tensor within NOISE of the float32 dump; those named in `computed` not copies of it."""
+        import numpy as np
+
+        for key, file in tensors.items():
+            truth, f32 = np.load(outs["pytorch-f64"] / file), np.load(outs["pytorch"] / file)
+            if truth.dtype.kind == "i":
+                np.testing.assert_array_equal(truth, f32, err_msg=key)
+                continue
+            t, f = truth.astype(np.float64), f32.astype(np.float64)
+            rel_rms = np.sqrt(np.mean((t - f) ** 2) / np.mean(t**2))
+            self.assertLess(rel_rms, NOISE, f"{key}: relative RMS {rel_rms:.3g} from the float32 dump")
+            if key in computed:
+                self.assertFalse(np.array_equal(truth, f32), f"{key} is the float32 dump's")
+
+    def test_gemma2_truth_is_float32_noise_away_and_its_first_norm_correctly_rounded(self):
+        import gguf
+        import numpy as np
+
+        path = FAMILY_MODELS / "gemma2" / "model-f32.gguf"
+        with tempfile.TemporaryDirectory(prefix="parity-f64-gemma2-") as tmp:
+            outs, tensors = both_dumps(self, path, tmp)
+            self.assertIn("blk.3.post_ffn_norm", tensors)
+            computed = {"blk.0.attn_probs", "blk.0.post_attn_norm", "blk.3.post_ffn_norm", "logits", "blk.0.dec_attn_probs"}
+            self.check_within_noise(outs, tensors, computed)
+            reader = gguf.GGUFReader(str(path))
+            weights = {t.name: np.asarray(t.data, dtype=np.float64) for t in reader.tensors}
+            eps = float(reader.fields["gemma2.attention.layer_norm_rms_epsilon"].contents())
+            ids = np.load(outs["pytorch-f64"] / "tokens.npy")
+            self.assertGreater(len(ids), 8, "the prompt must reach past the window")
+            x = weights["token_embd.weight"][ids] * np.sqrt(256)
+            # The GGUF's norm weight is llama.cpp's 1 + w: the truth's (1 + w) of transformers' w is it exactly.
+            expected = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weights["blk.0.attn_norm.weight"]
+            ulp = np.spacing(np.abs(expected).astype(np.float32)).astype(np.float64)
+            for reference, correctly_rounded in (("pytorch-f64", True), ("pytorch", False)):
+                got = np.load(outs[reference] / "blk.0.attn_norm.npy").astype(np.float64)
+                worst = float(np.max(np.abs(got - expected) / ulp))
+                self.assertEqual(worst <= 0.5 + 1e-6, correctly_rounded, f"{reference}: {worst} ulps")
+            logits = np.load(outs["pytorch-f64"] / "logits.npy")
+            self.assertLessEqual(np.abs(logits).max(), float(reader.fields["gemma2.final_logit_softcapping"].contents()))
+
+    def test_phi3_truth_is_float32_noise_away(self):
+        with tempfile.TemporaryDirectory(prefix="parity-f64-phi3-") as tmp:
+            outs, tensors = both_dumps(self, FAMILY_MODELS / "phi3" / "model-f32.gguf", tmp)
+            self.check_within_noise(outs, tensors, {"blk.0.q", "blk.0.attn_probs", "blk.3.ffn_out", "logits"})
+
+
 class Usage(unittest.TestCase):
     def test_missing_model_file_exits_2(self):
         with tempfile.TemporaryDirectory() as tmp:

@@ -9,6 +9,13 @@ prompt ids are llama.cpp's); a folder is loaded as an HF checkpoint with its own
 runs in float32, eval mode, with eager attention so the attention probabilities exist. The families
 and where transformers keeps their code are in family.py.
 
+Gemma-2 from a GGUF: transformers' loader subtracts the 1 llama.cpp's converter added to the norm
+weights (Gemma2RMSNorm adds it back) but maps neither soft-cap nor the score scale; they are set
+from the file as llama.cpp reads them (gemma2_gguf_config). Its sliding-window layers get a cache
+that keeps every position (full_cache), so k_cache/v_cache have the catalog's length and the window
+is the mask's. Phi-3: q, k, v are slices of the fused qkv_proj's output; the fused gate_up_proj
+stays fused (the FFN's input and output are what the catalog has).
+
 RoPE scaling from a GGUF: transformers' GGUF loader reads no RoPE scaling at all. llama.cpp's
 converter stores Llama-3's frequency scaling as the `rope_freqs.weight` tensor (one divisor per
 frequency pair) and no metadata, so transformers would silently run Llama-3 unscaled. The dumper
@@ -39,7 +46,7 @@ the very weights the engine runs on. In float64 every op is float64: the embeddi
 projections, RoPE, attention, KV cache, the `probs` softmax and the greedy choice. transformers'
 decoder families do three things in float32 whatever the model's dtype (RMSNorm upcasts its input to
 float32, RoPE builds inv_freq, the angles and cos/sin in float32, eager attention takes its softmax
-in float32); for float64 those three are replaced, for the run, by float64 code of our own
+in float32; Gemma-2 also holds sqrt(d) as a float32 buffer); for float64 those are replaced, for the run, by float64 code of our own
 (float64.py), and the whole computation runs under a dispatch guard that fails the dump (exit 3) if
 any floating-point op still reads or writes another dtype. Tensors are written as float32 .npy all
 the same (dumpkit): the truth is rounded once, at the end, and the manifest's `dtype` says what it

@@ -1,19 +1,23 @@
 """The float64 truth's replacements for what transformers computes in float32 whatever the dtype.
 
-transformers' decoder families (Llama, Qwen2, Qwen3: family.Family) do three things in float32 even
-in a float64 model: their RMSNorm upcasts its input to float32, their rotary embedding builds
-inv_freq, the angles and cos/sin in float32, and their eager attention takes its softmax in float32.
-`computing_in` replaces the three, for the run, by the float64 code here, and runs the forward
-under `dtype_guard`, which fails the dump if any floating-point op still reads or writes another
-dtype. GPT-2 needs no replacement (its LayerNorm and softmax run in the model's dtype).
+transformers' decoder families (Llama, Qwen2, Qwen3, Gemma-2, Phi-3: family.Family) do three
+things in float32 even in a float64 model: their RMSNorm upcasts its input to float32 (Gemma-2's
+also its (1 + weight)), their rotary embedding builds inv_freq, the angles and cos/sin in float32,
+and their eager attention takes its softmax in float32 (Gemma-2's soft-caps the scores first, in
+the model's dtype, and so does ours). Gemma-2 also keeps its embedding scale sqrt(d) as a float32
+buffer, replaced by sqrt(d) in float64. `computing_in` replaces these, for the run, by the float64
+code here, and runs the forward under `dtype_guard`, which fails the dump if any floating-point op
+still reads or writes another dtype. GPT-2 needs no replacement (its LayerNorm and softmax run in
+the model's dtype); nor do Gemma-2's tanh GELU and final logit soft-cap, which run in the model's
+dtype (the guard checks that).
 
 RoPE frequencies: plain RoPE (theta^(-2i/hd)); Llama-3's frequency scaling from an HF config
 (rope_type `llama3`: per-pair divisors 1 for wavelengths under original_context / high_freq_factor,
 `factor` above original_context / low_freq_factor, and in between the divisor whose reciprocal
 interpolates linearly in original_context / wavelength); and per-pair divisors given as a list
 (rope_type `longrope` with equal short and long factors and no attention factor: how the PyTorch
-dumper hands transformers a GGUF's `rope_freqs` tensor). Anything else is refused, not left in
-float32.
+dumper hands transformers a GGUF's `rope_freqs` tensor). Anything else, and partial rotary
+embeddings, are refused, not left in float32.
 """
 
 import math

@@ -9,8 +9,11 @@ sizes are those scripts/make-fixtures.py builds, and embed, norms, projections, 
 residual stream are recomputed with numpy from the dumped inputs and the HF checkpoint's weights.
 The decode steps (step_logits, generated), greedy and with --force-tokens, are checked against
 transformers' own full forward of the prompt plus the history before each step, and the
-decode_layers taps at the chosen steps against that forward's taps at the position each step fed. Also checks the GGUF tokenizer correction against fixtures/tokenizer/expected.json and the usage
-exit codes. Skips (exit 0) when the reference environment is not importable or SmolLM2 is not
+decode_layers taps at the chosen steps against that forward's taps at the position each step fed.
+The family models (when built): catalog shapes, llama.cpp's prompt ids, and each family's mechanism
+recomputed in numpy from its F32 GGUF (Llama-3's rope_freqs, Qwen2's biases, Qwen3's q/k norms,
+Gemma-2's whole block with its soft-caps and window, Phi-3's fused projections). Also checks the
+GGUF tokenizer correction against fixtures/tokenizer/expected.json and the usage exit codes. Skips (exit 0) when the reference environment is not importable or SmolLM2 is not
 downloaded, and fails then instead when PARITY_REQUIRE_REFERENCES is set (references/common/testkit.py).
 """
 
@@ -507,12 +510,154 @@ class FamilyDumps(unittest.TestCase):
                 self.assertGreater(np.abs(got - rotate_halves(x, plain, hd)).max(), 1e-2)
 
 
+# llama.cpp's ids (llama-cpp-python 0.3.36, add_bos=True, special=False) for each one's prompt;
+# Gemma-2's is longer than its 8-token window.
+GEMMA_PHI_PROMPTS = {"gemma2": "The capital of France is Paris, and the capital of Italy is", "phi3": FAMILY_PROMPT}
+GEMMA_PHI_TOKENS = {
+    "gemma2": [1, 1576, 7483, 310, 3444, 338, 3681, 29892, 322, 278, 7483, 310, 12730, 338],
+    "phi3": [1, 450, 7483, 310, 3444, 338],
+}
+
+
+def rms_norm(x, weight, eps):
+    """RMSNorm in numpy float64: x / sqrt(mean(x^2) + eps) * weight (the weight as the GGUF stores it:
+    for Gemma-2 llama.cpp's converter has already added the 1)."""
+    import numpy as np
+
+    x = np.asarray(x, np.float64)
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
+
+
+def softmax_rows(scores):
+    import numpy as np
+
+    e = np.exp(scores - scores.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@testkit.needs_file(FAMILY_MODELS / "gemma2" / "model-f32.gguf", FAMILY_HINT)
+@testkit.needs_file(FAMILY_MODELS / "phi3" / "model-f32.gguf", FAMILY_HINT)
+class GemmaPhi3Dumps(unittest.TestCase):
+    """Gemma-2 and Phi-3 from their F32 GGUFs (transformers' GGUF loader, the config completed from
+    the file), recomputed in numpy float64 from the same GGUF's weights."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="parity-pytorch-gemma-phi-test-")
+        cls.addClassCleanup(cls.tmp.cleanup)
+        cls.dumps = {}
+        for family, prompt in GEMMA_PHI_PROMPTS.items():
+            out = Path(cls.tmp.name) / family
+            result = run_dumper(FAMILY_MODELS / family / "model-f32.gguf", out, prompt=prompt, n_generate=3)
+            if result.returncode != 0:
+                raise AssertionError(f"dump.py on {family} exited {result.returncode}: {result.stderr.strip()}")
+            cls.dumps[family] = out
+
+    def load(self, family, key):
+        import numpy as np
+
+        return np.load(self.dumps[family] / f"{key}.npy")
+
+    def test_prompt_ids_are_llama_cpps(self):
+        for family in self.dumps:
+            with self.subTest(family=family):
+                self.assertEqual(self.load(family, "tokens").tolist(), GEMMA_PHI_TOKENS[family])
+
+    def test_every_catalog_tensor_of_the_arch_is_dumped_and_only_gemma2_has_post_norms(self):
+        with open(ROOT / "checkpoints" / "catalog.toml", "rb") as f:
+            catalog = tomllib.load(f)
+        sizes = {"gemma2": dict(H=4, KV=2, hd=128), "phi3": dict(H=4, KV=2, hd=64)}
+        for family, out in self.dumps.items():
+            with self.subTest(family=family):
+                with open(out / "manifest.toml", "rb") as f:
+                    manifest = tomllib.load(f)
+                self.assertEqual(manifest["arch"], family)
+                dims = dict(sizes[family], d=256, T=len(GEMMA_PHI_TOKENS[family]), N=3, V=self.load(family, "logits").shape[-1])
+                for entry in catalog["tensor"]:
+                    if entry["scope"] != "layer" or family not in entry.get("arch", [family]):
+                        continue
+                    self.assertEqual(
+                        self.load(family, f"blk.3.{entry['name']}").shape, testkit.catalog_shape(entry["shape"], dims, catalog), entry["name"]
+                    )
+                for name in ("post_attn_norm", "post_ffn_norm", "dec_post_attn_norm", "dec_post_ffn_norm"):
+                    self.assertEqual("file" in manifest["tensors"][f"blk.0.{name}"], family == "gemma2", name)
+
+    def test_gemma2_block_recomputes_from_the_gguf_weights_scaled_embedding_to_capped_logits(self):
+        import numpy as np
+
+        w, reader = gguf_weights(FAMILY_MODELS / "gemma2" / "model-f32.gguf")
+        eps = float(reader.fields["gemma2.attention.layer_norm_rms_epsilon"].contents())
+        cap = float(reader.fields["gemma2.final_logit_softcapping"].contents())
+        ids = GEMMA_PHI_TOKENS["gemma2"]
+        x = w["token_embd.weight"][ids] * np.sqrt(256)
+        np.testing.assert_allclose(self.load("gemma2", "embed"), x, rtol=1e-6, err_msg="embed")
+        for layer in range(4):
+            p = f"blk.{layer}."
+            load = lambda name: self.load("gemma2", p + name).astype(np.float64)  # noqa: E731
+            close = lambda name, want: np.testing.assert_allclose(load(name), want, rtol=1e-4, atol=1e-5, err_msg=p + name)  # noqa: E731
+            close("attn_norm", rms_norm(x, w[p + "attn_norm.weight"], eps))
+            close("post_attn_norm", rms_norm(load("attn_out"), w[p + "post_attention_norm.weight"], eps))
+            h = x + load("post_attn_norm")
+            close("ffn_norm", rms_norm(h, w[p + "ffn_norm.weight"], eps))
+            gate, up = load("ffn_norm") @ w[p + "ffn_gate.weight"].T, load("ffn_norm") @ w[p + "ffn_up.weight"].T
+            gelu = 0.5 * gate * (1 + np.tanh(np.sqrt(2 / np.pi) * (gate + 0.044715 * gate**3)))
+            close("ffn_out", (gelu * up) @ w[p + "ffn_down.weight"].T)
+            close("post_ffn_norm", rms_norm(load("ffn_out"), w[p + "post_ffw_norm.weight"], eps))
+            close("block_out", h + load("post_ffn_norm"))
+            x = load("block_out")
+        final = rms_norm(x, w["output_norm.weight"], eps)
+        np.testing.assert_allclose(self.load("gemma2", "final_norm"), final, rtol=1e-4, atol=1e-5)
+        logits, raw = self.load("gemma2", "logits"), final @ w["token_embd.weight"].T
+        np.testing.assert_allclose(logits, cap * np.tanh(raw / cap), rtol=1e-4, atol=1e-5)
+        self.assertLessEqual(np.abs(logits).max(), cap)
+        self.assertGreater(np.abs(logits - raw).max(), 0.1, "uncapped logits would pass too")
+
+    def test_gemma2_scores_are_soft_capped_then_windowed_on_layers_0_and_2(self):
+        import numpy as np
+
+        reader = gguf_weights(FAMILY_MODELS / "gemma2" / "model-f32.gguf")[1]
+        cap = float(reader.fields["gemma2.attn_logit_softcapping"].contents())
+        window = int(reader.fields["gemma2.attention.sliding_window"].contents())
+        T, hd = len(GEMMA_PHI_TOKENS["gemma2"]), 128
+        i, j = np.arange(T)[:, None], np.arange(T)[None, :]
+        for layer in range(4):
+            q = self.load("gemma2", f"blk.{layer}.q_rope").astype(np.float64).reshape(T, 4, hd).transpose(1, 0, 2)
+            k = self.load("gemma2", f"blk.{layer}.k_rope").astype(np.float64).reshape(T, 2, hd).transpose(1, 0, 2)
+            scores = q @ np.repeat(k, 2, axis=0).transpose(0, 2, 1) / np.sqrt(hd)  # query head h reads KV head h // 2
+            scores = cap * np.tanh(scores / cap)
+            seen = (j <= i) & ((i - j < window) if layer % 2 == 0 else True)
+            want = softmax_rows(np.where(seen, scores, -np.inf))
+            got = self.load("gemma2", f"blk.{layer}.attn_probs")
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=f"layer {layer}")
+            self.assertEqual(bool((got[:, -1, : T - window] == 0).all()), layer % 2 == 0, f"layer {layer}: the window")
+            # The decode steps (1 and 2, positions T and T+1) see the window too.
+            dec = self.load("gemma2", f"blk.{layer}.dec_attn_probs")
+            counts = (dec > 0).sum(-1)  # [S, H]
+            expected = [[window] * 4, [window] * 4] if layer % 2 == 0 else [[T + 1] * 4, [T + 2] * 4]
+            self.assertEqual(counts.tolist(), expected, f"layer {layer}: decode rows")
+
+    def test_phi3_q_k_v_are_slices_of_the_fused_projection_and_its_ffn_gate_comes_first(self):
+        import numpy as np
+
+        w, _ = gguf_weights(FAMILY_MODELS / "phi3" / "model-f32.gguf")
+        for layer in (0, 3):
+            p = f"blk.{layer}."
+            qkv = self.load("phi3", p + "attn_norm").astype(np.float64) @ w[p + "attn_qkv.weight"].T
+            for name, cut in (("q", slice(0, 256)), ("k", slice(256, 384)), ("v", slice(384, 512))):
+                np.testing.assert_allclose(self.load("phi3", p + name), qkv[:, cut], rtol=1e-4, atol=1e-5, err_msg=p + name)
+            fused = self.load("phi3", p + "ffn_norm").astype(np.float64) @ w[p + "ffn_up.weight"].T
+            gate, up = fused[:, :768], fused[:, 768:]
+            want = (gate / (1 + np.exp(-gate)) * up) @ w[p + "ffn_down.weight"].T
+            np.testing.assert_allclose(self.load("phi3", p + "ffn_out"), want, rtol=1e-4, atol=1e-5, err_msg=p + "ffn_out")
+
+
 @testkit.needs_file(FAMILY_MODELS / "qwen2" / "model-f32.gguf", FAMILY_HINT)
 class FamilyGgufTokenizers(unittest.TestCase):
     """transformers' GGUF tokenizer for Llama-3's llama-bpe and Qwen2's qwen2 pre-tokenizers, left
-    uncorrected, against llama.cpp's own tokenizer on the fixture strings and the suite prompts."""
+    uncorrected, and the corrected SentencePiece ones of Gemma-2 (no dummy prefix, merges by score)
+    and Phi-3, against llama.cpp's own tokenizer on the fixture strings and the suite prompts."""
 
-    def test_llama_bpe_and_qwen2_give_llama_cpps_ids(self):
+    def test_llama_bpe_qwen2_gemma2_and_phi3_give_llama_cpps_ids(self):
         try:
             import llama_cpp
         except ImportError as e:
@@ -523,13 +668,14 @@ class FamilyGgufTokenizers(unittest.TestCase):
         sys.path.insert(0, str(DUMPER.parent))
         import dump
 
-        texts = [c["text"] for c in json.loads((ROOT / "fixtures" / "tokenizer" / "expected.json").read_text())["cases"] if c["vocab"] == "bpe-tiny"]
+        cases = json.loads((ROOT / "fixtures" / "tokenizer" / "expected.json").read_text())["cases"]
+        texts = [c["text"] for c in cases if c["vocab"] in ("bpe-tiny", "spm-tiny")]
         with open(ROOT / "checkpoints" / "suite-families.toml", "rb") as f:
             texts += [p["text"] for p in tomllib.load(f)["prompt"]]
         quiet = llama_cpp.llama_log_callback(lambda _level, _text, _user_data: None)  # kept alive: llama.cpp holds the pointer
         llama_cpp.llama_log_set(quiet, None)
         llama_cpp.llama_backend_init()
-        for family in ("llama3", "qwen2"):
+        for family in ("llama3", "qwen2", "gemma2", "phi3"):
             path = FAMILY_MODELS / family / "model-f32.gguf"
             params = llama_cpp.llama_model_default_params()
             params.vocab_only = True
