@@ -272,37 +272,6 @@ class Llama3Frequencies(unittest.TestCase):
                 f64.rope_divisors(refused, inv_freq, 8)
 
 
-@testkit.needs_file(FAMILY_MODELS / "qwen3" / "hf" / "model.safetensors", FAMILY_HINT)
-class Qwen3Truth(unittest.TestCase):
-    """Qwen3 (its per-head q/k RMSNorms are Qwen3RMSNorm, replaced like the block norms) in float64
-    beside float32, from its HF folder."""
-
-    def test_every_tensor_is_within_float32_noise_of_the_float32_dump_and_q_norm_is_recomputed(self):
-        import numpy as np
-
-        with tempfile.TemporaryDirectory(prefix="parity-f64-qwen3-") as tmp:
-            outs = {r: Path(tmp) / r for r in DUMPERS}
-            running = {
-                r: subprocess.Popen(dumper_command(r, FAMILY_MODELS / "qwen3" / "hf", out), stderr=subprocess.PIPE, text=True)
-                for r, out in outs.items()
-            }
-            for r, process in running.items():
-                _, stderr = process.communicate()
-                self.assertEqual(process.returncode, 0, f"{r}: {stderr.strip()}")  # the dtype guard passed
-            with open(outs["pytorch-f64"] / "manifest.toml", "rb") as f:
-                tensors = {k: t["file"] for k, t in tomllib.load(f)["tensors"].items() if "file" in t}
-            self.assertIn("blk.3.q_norm", tensors)
-            for key, file in tensors.items():
-                truth, f32 = np.load(outs["pytorch-f64"] / file), np.load(outs["pytorch"] / file)
-                if truth.dtype.kind == "i":
-                    continue
-                t, f = truth.astype(np.float64), f32.astype(np.float64)
-                rel_rms = np.sqrt(np.mean((t - f) ** 2) / np.mean(t**2))
-                self.assertLess(rel_rms, NOISE, f"{key}: relative RMS {rel_rms:.3g} from the float32 dump")
-                if key.endswith(("q_norm", "k_norm")):
-                    self.assertFalse(np.array_equal(truth, f32), f"{key} is the float32 dump's")
-
-
 def both_dumps(test, model, tmp):
     """The float32 and float64 dumps of `model` (PROMPT, made concurrently into `tmp`), checked to have
     exited 0 (for the truth: its dtype guard passed); {reference: folder} and the truth's tensor files."""
@@ -313,6 +282,28 @@ def both_dumps(test, model, tmp):
         test.assertEqual(process.returncode, 0, f"{r}: {stderr.strip()}")
     with open(outs["pytorch-f64"] / "manifest.toml", "rb") as f:
         return outs, {k: t["file"] for k, t in tomllib.load(f)["tensors"].items() if "file" in t}
+
+
+@testkit.needs_file(FAMILY_MODELS / "qwen3" / "hf" / "model.safetensors", FAMILY_HINT)
+class Qwen3Truth(unittest.TestCase):
+    """Qwen3 (its per-head q/k RMSNorms are Qwen3RMSNorm, replaced like the block norms) in float64
+    beside float32, from its HF folder."""
+
+    def test_every_tensor_is_within_float32_noise_of_the_float32_dump_and_q_norm_is_recomputed(self):
+        import numpy as np
+
+        with tempfile.TemporaryDirectory(prefix="parity-f64-qwen3-") as tmp:
+            outs, tensors = both_dumps(self, FAMILY_MODELS / "qwen3" / "hf", tmp)
+            self.assertIn("blk.3.q_norm", tensors)
+            for key, file in tensors.items():
+                truth, f32 = np.load(outs["pytorch-f64"] / file), np.load(outs["pytorch"] / file)
+                if truth.dtype.kind == "i":
+                    continue
+                t, f = truth.astype(np.float64), f32.astype(np.float64)
+                rel_rms = np.sqrt(np.mean((t - f) ** 2) / np.mean(t**2))
+                self.assertLess(rel_rms, NOISE, f"{key}: relative RMS {rel_rms:.3g} from the float32 dump")
+                if key.endswith(("q_norm", "k_norm")):
+                    self.assertFalse(np.array_equal(truth, f32), f"{key} is the float32 dump's")
 
 
 @testkit.needs_file(FAMILY_MODELS / "gemma2" / "model-f32.gguf", FAMILY_HINT)
