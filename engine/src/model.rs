@@ -281,6 +281,7 @@ impl Model {
         let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let rope = c.arch.is_llama_block();
         let qk_norm = c.arch == Arch::Qwen3;
+        let post_norms = c.arch == Arch::Gemma2;
         let shapes = [
             (Tap::DecAttnNorm, vec![c.d_model]),
             (Tap::DecQ, vec![q]),
@@ -294,8 +295,10 @@ impl Model {
             (Tap::DecVCache, vec![c.n_kv_heads, context, c.head_dim]),
             (Tap::DecAttnProbs, vec![c.n_heads, context]),
             (Tap::DecAttnOut, vec![c.d_model]),
+            (Tap::DecPostAttnNorm, if post_norms { vec![c.d_model] } else { vec![] }),
             (Tap::DecFfnNorm, vec![c.d_model]),
             (Tap::DecFfnOut, vec![c.d_model]),
+            (Tap::DecPostFfnNorm, if post_norms { vec![c.d_model] } else { vec![] }),
             (Tap::DecBlockOut, vec![c.d_model]),
         ];
         shapes.into_iter().filter(|(_, shape)| !shape.is_empty()).collect()
@@ -375,7 +378,7 @@ fn hf_chat_template(path: &Path) -> Result<Option<String>> {
 impl Net {
     fn build(config: Config, store: &dyn WeightStore) -> Result<Net> {
         Ok(match config.arch {
-            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => Net::Llama(Llama::load(config, store)?),
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma2 | Arch::Phi3 => Net::Llama(Llama::load(config, store)?),
             Arch::Gpt2 => Net::Gpt2(Gpt2::load(config, store)?),
         })
     }
