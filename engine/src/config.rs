@@ -427,8 +427,13 @@ impl Config {
         let f32_of = |k: &str| get(k).and_then(Json::as_f64).map(|v| v as f32);
         let refuse = |what: String| Err(Error::Config(format!("{}: {what}", path.display())));
         let model_type = get("model_type").and_then(Json::as_str).unwrap_or("");
-        let Some(arch) = Arch::from_name(model_type) else {
-            return refuse(format!("model_type {model_type:?} is not supported ({})", Arch::known()));
+        // Mistral is the Llama block (llama.cpp's converter writes it as `llama`); v0.1's sliding
+        // window llama.cpp drops, and no reference here would check ours.
+        if model_type == "mistral" && get("sliding_window").is_some() {
+            return refuse("a mistral model with sliding_window set is not supported (v0.2 and later have none)".into());
+        }
+        let Some(arch) = Arch::from_name(model_type).or((model_type == "mistral").then_some(Arch::Llama)) else {
+            return refuse(format!("model_type {model_type:?} is not supported ({}, mistral)", Arch::known()));
         };
         let config = if arch.is_llama_block() {
             let n_heads = usize_of("num_attention_heads")?;
@@ -696,8 +701,10 @@ mod family_tests {
         let llama = r#""hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1, "intermediate_size": 128, "vocab_size": 10, "max_position_embeddings": 64"#;
         let yarn = refused(&format!(r#"{{"model_type": "llama", {llama}, "rope_scaling": {{"rope_type": "yarn", "factor": 4.0}}}}"#));
         assert!(yarn.contains("RoPE scaling \"yarn\" is not supported"), "{yarn}");
-        let mistral = refused(&format!(r#"{{"model_type": "mistral", {llama}}}"#));
-        assert!(mistral.contains("model_type \"mistral\" is not supported (llama, qwen2, qwen3, gemma2, phi3, gpt2)"), "{mistral}");
+        let falcon = refused(&format!(r#"{{"model_type": "falcon", {llama}}}"#));
+        assert!(falcon.contains("model_type \"falcon\" is not supported (llama, qwen2, qwen3, gemma2, phi3, gpt2, mistral)"), "{falcon}");
+        let mistral = refused(&format!(r#"{{"model_type": "mistral", {llama}, "sliding_window": 4096}}"#));
+        assert!(mistral.contains("mistral model with sliding_window set is not supported"), "{mistral}");
         let window = refused(&format!(r#"{{"model_type": "qwen2", {llama}, "use_sliding_window": true}}"#));
         assert!(window.contains("sliding-window attention"), "{window}");
         let phi_window = refused(&format!(r#"{{"model_type": "phi3", {llama}, "sliding_window": 2047}}"#));
