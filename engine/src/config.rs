@@ -127,6 +127,15 @@ pub struct SlidingWindow {
     pub layers: Vec<bool>,
 }
 
+/// What a model's loaded weights say about its mechanisms, beyond its config.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WeightFacts {
+    /// The output projection is the token embedding (no `output.weight` / `lm_head`).
+    pub tied_output: bool,
+    /// The Q/K/V projections have biases (Qwen2's, or any Llama file's that has them).
+    pub qkv_bias: bool,
+}
+
 /// A mechanism a model family uses, for `parity inspect`: what the engine implements, by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mechanism {
@@ -549,7 +558,7 @@ impl Config {
 
     /// The mechanisms this model uses, each of which the engine implements (anything else is
     /// refused when the model is read).
-    pub fn mechanisms(&self, tied_output: bool) -> Vec<Mechanism> {
+    pub fn mechanisms(&self, weights: WeightFacts) -> Vec<Mechanism> {
         use Mechanism::*;
         let t = &self.traits;
         let mut out = match self.arch {
@@ -574,12 +583,13 @@ impl Config {
         if self.q_dim() != self.d_model {
             out.push(WideHeads);
         }
-        out.extend(match self.arch {
-            Arch::Qwen2 => Some(QkvBias),
-            Arch::Qwen3 => Some(QkNorm),
-            _ => None,
-        });
-        if tied_output {
+        if self.arch == Arch::Qwen3 {
+            out.push(QkNorm);
+        }
+        if weights.qkv_bias {
+            out.push(QkvBias);
+        }
+        if weights.tied_output {
             out.push(TiedOutput);
         }
         out

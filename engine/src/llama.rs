@@ -135,6 +135,11 @@ impl Llama {
         self.tied
     }
 
+    /// Whether the Q/K/V projections carry biases.
+    pub fn qkv_bias(&self) -> bool {
+        self.blocks.iter().any(|b| b.bias.is_some())
+    }
+
     /// Every weight matrix, for planting a dequantization bug in it.
     #[cfg(feature = "fault-injection")]
     pub(crate) fn matrices_mut(&mut self) -> Vec<&mut QTensor> {

@@ -2,7 +2,7 @@
 //! run that shows every checkpoint to an observer.
 
 use crate::attention::KvCache;
-use crate::config::{Arch, Config, Mechanism};
+use crate::config::{Arch, Config, Mechanism, WeightFacts};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::gpt2::Gpt2;
@@ -84,11 +84,11 @@ impl Model {
 
     /// The mechanisms this model uses (every one the engine implements; see [`Config::mechanisms`]).
     pub fn mechanisms(&self) -> Vec<Mechanism> {
-        let tied = match &self.net {
-            Net::Llama(m) => m.tied_output(),
-            Net::Gpt2(_) => true,
+        let weights = match &self.net {
+            Net::Llama(m) => WeightFacts { tied_output: m.tied_output(), qkv_bias: m.qkv_bias() },
+            Net::Gpt2(_) => WeightFacts { tied_output: true, qkv_bias: false },
         };
-        self.config().mechanisms(tied)
+        self.config().mechanisms(weights)
     }
 
     /// Plants a deliberate bug (see [`Fault`](crate::fault::Fault)) for the harness's own tests
