@@ -93,3 +93,22 @@ def load_gguf(path, build):
     nn.state.load_state_dict(model, state, strict=True, verbose=False, realize=False)
     Tensor.realize(*nn.state.get_parameters(model))
     return model, kv
+
+
+def tap_layer(tap, layer, t, n_ctx, xn, q, k, v, qr, kr, k_all, v_all, probs, **rest):
+    """Hands block `layer`'s attention taps to `tap` in the catalog's layouts (q_rope/k_rope as
+    [T, heads*hd], the cache and probabilities cut to the `n_ctx` positions written), then `rest`
+    (name -> [1, T, d] tensor, in order) as [T, d]."""
+    for name, val in (
+        ("attn_norm", xn[0]),
+        ("q", q),
+        ("k", k),
+        ("v", v),
+        ("q_rope", qr.transpose(0, 1).reshape(t, -1)),
+        ("k_rope", kr.transpose(0, 1).reshape(t, -1)),
+        ("k_cache", k_all[:, :n_ctx]),
+        ("v_cache", v_all[:, :n_ctx]),
+        ("attn_probs", probs[:, :, :n_ctx]),
+        *((name, val[0]) for name, val in rest.items()),
+    ):
+        tap(f"blk.{layer}.{name}", val)

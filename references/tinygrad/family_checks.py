@@ -53,6 +53,19 @@ def probs(q, k_cache, positions, scale, softcap=None, window=None):
     return e / e.sum(-1, keepdims=True)
 
 
+class Expect:
+    """expect(name, got, want) fails when got is more than `tol` relative RMS from want; keeps the worst."""
+
+    def __init__(self, rel, fail, tol):
+        self.rel, self.fail, self.tol, self.worst = rel, fail, tol, 0.0
+
+    def __call__(self, name, got, want):
+        err = relative_rms(got, want)
+        self.worst = max(self.worst, err)
+        if err > self.tol:
+            self.fail(f"{self.rel}: {name} is {err:.2g} relative RMS from float64 numpy of the GGUF")
+
+
 class Dump:
     """The tensors of one dump folder as float64."""
 
@@ -66,14 +79,7 @@ class Dump:
 def check_gemma2(rel, folder, w, config, fail, tol=1e-5):
     """A Gemma-2 dump (prompt longer than the window, 4 generated tokens) against float64 numpy of
     the GGUF's tensors `w`; `config` is the model's HF config.json. Returns the worst relative RMS."""
-    load, worst = Dump(folder), 0.0
-
-    def expect(name, got, want):
-        nonlocal worst
-        err = relative_rms(got, want)
-        worst = max(worst, err)
-        if err > tol:
-            fail(f"{rel}: {name} is {err:.2g} relative RMS from float64 numpy of the GGUF")
+    load, expect = Dump(folder), Expect(rel, fail, tol)
 
     tokens = np.load(folder / "tokens.npy")
     t, d, window = len(tokens), config["hidden_size"], config["sliding_window"]
@@ -114,21 +120,14 @@ def check_gemma2(rel, folder, w, config, fail, tol=1e-5):
         expect(f"blk.{i}.dec_post_ffn_norm", load(f"blk.{i}.dec_post_ffn_norm"), rms_norm(load(f"blk.{i}.dec_ffn_out"), blk("post_ffw_norm"), eps))
     cap = config["final_logit_softcapping"]
     expect("logits", load("logits"), cap * np.tanh(load("final_norm") @ w["token_embd.weight"].T / cap))
-    return worst
+    return expect.worst
 
 
 def check_phi3(rel, folder, w, config, fail, tol=1e-5):
     """A Phi-3 dump against float64 numpy of the GGUF's tensors `w`: q, k, v as the slices of the
     fused attn_qkv rows, the FFN from the fused ffn_up rows (gate, then up), the untied logits.
     Returns the worst relative RMS."""
-    load, worst = Dump(folder), 0.0
-
-    def expect(name, got, want):
-        nonlocal worst
-        err = relative_rms(got, want)
-        worst = max(worst, err)
-        if err > tol:
-            fail(f"{rel}: {name} is {err:.2g} relative RMS from float64 numpy of the GGUF")
+    load, expect = Dump(folder), Expect(rel, fail, tol)
 
     h, kv, hd = config["num_attention_heads"], config["num_key_value_heads"], config["hidden_size"] // config["num_attention_heads"]
     ffn = config["intermediate_size"]
@@ -140,4 +139,4 @@ def check_phi3(rel, folder, w, config, fail, tol=1e-5):
         gate_up = load(f"blk.{i}.ffn_norm") @ blk("ffn_up").T
         expect(f"blk.{i}.ffn_out", load(f"blk.{i}.ffn_out"), (silu(gate_up[:, :ffn]) * gate_up[:, ffn:]) @ blk("ffn_down").T)
     expect("logits", load("logits"), load("final_norm") @ w["output.weight"].T)
-    return worst
+    return expect.worst

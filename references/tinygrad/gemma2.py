@@ -23,7 +23,7 @@ layers), the final logit soft-cap, and RoPE's base 10000 (llama.cpp's default wh
 import math
 
 from attention import causal_attention
-from decoder import CachedDecoder, import_model, load_gguf
+from decoder import CachedDecoder, import_model, load_gguf, tap_layer
 from tinygrad import nn
 
 ARCH = "gemma2"
@@ -110,24 +110,8 @@ class Gemma2(CachedDecoder):
             ffn_out = blk.ffn_down(blk.ffn_gate(fn).gelu() * blk.ffn_up(fn))
             post_ffn = blk.post_ffw_norm(ffn_out)
             x = h + post_ffn
-            for name, val in (
-                ("attn_norm", xn[0]),
-                ("q", q),
-                ("k", k),
-                ("v", v),
-                ("q_rope", qr.transpose(0, 1).reshape(t, -1)),
-                ("k_rope", kr.transpose(0, 1).reshape(t, -1)),
-                ("k_cache", k_all[:, :n_ctx]),
-                ("v_cache", v_all[:, :n_ctx]),
-                ("attn_probs", probs[:, :, :n_ctx]),
-                ("attn_out", attn_out[0]),
-                ("post_attn_norm", post_attn[0]),
-                ("ffn_norm", fn[0]),
-                ("ffn_out", ffn_out[0]),
-                ("post_ffn_norm", post_ffn[0]),
-                ("block_out", x[0]),
-            ):
-                tap(f"blk.{i}.{name}", val)
+            rest = dict(attn_out=attn_out, post_attn_norm=post_attn, ffn_norm=fn, ffn_out=ffn_out, post_ffn_norm=post_ffn, block_out=x)
+            tap_layer(tap, i, t, n_ctx, xn, q, k, v, qr, kr, k_all, v_all, probs, **rest)
         final = m.output_norm(x)
         tap("final_norm", final[0])
         logits = m.output(final)[0]

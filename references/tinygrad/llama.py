@@ -21,7 +21,7 @@ factor, as llama.cpp applies them.
 """
 
 from attention import as_f32, causal_attention
-from decoder import CachedDecoder, import_model
+from decoder import CachedDecoder, import_model, tap_layer
 from tinygrad import Tensor, nn
 from tinygrad.llm.gguf import gguf_load
 
@@ -90,22 +90,7 @@ class Llama(CachedDecoder):
             fn = blk.ffn_norm(h)
             ffn_out = blk._feed_forward(fn)
             x = h + ffn_out
-            for name, val in (
-                ("attn_norm", xn[0]),
-                ("q", q),
-                ("k", k),
-                ("v", v),
-                ("q_rope", qr.transpose(0, 1).reshape(t, -1)),
-                ("k_rope", kr.transpose(0, 1).reshape(t, -1)),
-                ("k_cache", k_all[:, :n_ctx]),
-                ("v_cache", v_all[:, :n_ctx]),
-                ("attn_probs", probs[:, :, :n_ctx]),
-                ("attn_out", attn_out[0]),
-                ("ffn_norm", fn[0]),
-                ("ffn_out", ffn_out[0]),
-                ("block_out", x[0]),
-            ):
-                tap(f"blk.{i}.{name}", val)
+            tap_layer(tap, i, t, n_ctx, xn, q, k, v, qr, kr, k_all, v_all, probs, attn_out=attn_out, ffn_norm=fn, ffn_out=ffn_out, block_out=x)
         final = m.output_norm(x)
         tap("final_norm", final[0])
         return m.output(final)[0]
