@@ -13,16 +13,17 @@ Weights: every matrix and embedding normal(0, 0.02) (transformers' own initializ
 weights 1 + 0.1*noise and projection biases 0.1*noise instead of exactly 1 and 0, so a dropped or
 misapplied one changes the result.
 
-Tokenizers: the real ones of each family, from the vocab-only GGUF files llama.cpp ships for its
-tokenizer tests (`models/ggml-vocab-*.gguf`: Llama-3's and Qwen2's byte-level BPE), turned into an
-HF tokenizer by transformers' GGUF reader; Phi-3's SentencePiece likewise. Gemma's own 256k SentencePiece vocabulary is not
-available offline; Gemma-2 gets Llama's 32k SentencePiece vocabulary (`llama-spm`) without the
-leading space, as Gemma's tokenizer has none: the same code path (SentencePiece BPE with byte
-fallback, no dummy prefix). Its `tokenizer.model`, which llama.cpp's converter reads, is written
-from the vocab GGUF's pieces, scores and types (`sentencepiece_model`). For Llama-3 its post-processor is given the `<|begin_of_text|>`
-prefix the real tokenizer.json has, and the pad token transformers adds is left out; the converter
-recognises both by the hash of their output on its test string (llama-bpe, qwen2), so the GGUF
-carries llama.cpp's own pre-tokenizer name for them.
+Tokenizers: the real ones of each family where llama.cpp ships them as vocab-only GGUF files for
+its tokenizer tests (`models/ggml-vocab-*.gguf`: Llama-3's and Qwen2's byte-level BPE, Phi-3's
+SentencePiece), turned into an HF tokenizer by transformers' GGUF reader. For Llama-3 its
+post-processor is given the `<|begin_of_text|>` prefix the real tokenizer.json has, and the pad
+token transformers adds is left out; the converter recognises both by the hash of their output on
+its test string (llama-bpe, qwen2), so the GGUF carries llama.cpp's own pre-tokenizer name for them.
+Gemma's 256k and Mistral's 32k SentencePiece vocabularies are not available offline: both get
+Llama's 32k SentencePiece vocabulary (`llama-spm`), the same code path (SentencePiece BPE with byte
+fallback), Gemma-2's without the dummy prefix, as Gemma's tokenizer has none. llama.cpp's converter
+reads SentencePiece vocabularies from `tokenizer.model`, written here from the vocab GGUF's pieces,
+scores and types (`sentencepiece_model`).
 
 Output $PARITY_CACHE/models/families/<family>/: hf/ (config.json, model.safetensors, tokenizer
 files), model-f32.gguf, model-q8_0.gguf. Skipped when present with a matching sha256 manifest
@@ -107,6 +108,24 @@ FAMILIES = {
         ),
         "llama-spm",
     ),
+    # Mistral 7B v0.2 and later: the Llama block with GQA 4:1 and RoPE base 1e6, no sliding window
+    # (v0.1's 4096-token window llama.cpp's converter drops: llama.cpp runs it as a plain Llama).
+    # Llama's 32k SentencePiece vocabulary stands in for Mistral's own (same kind, same size).
+    "mistral": (
+        "MistralConfig",
+        dict(
+            SHAPE,
+            num_key_value_heads=1,
+            head_dim=64,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            rope_parameters=dict(rope_type="default", rope_theta=1000000.0),
+            sliding_window=None,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        "llama-spm",
+    ),
     # Phi-3: Q, K and V in one fused projection, gate and up in another; grouped-query attention
     # as in Phi-3-medium (Phi-3-mini has as many KV heads as query heads); no sliding window
     # (llama.cpp's converter writes 0, as for Phi-4).
@@ -168,7 +187,7 @@ def llama_cpp_tree():
     return tree
 
 
-def tokenizer(tree, vocab, folder):
+def tokenizer(tree, vocab, folder, dummy_prefix=True):
     """The family's real tokenizer from llama.cpp's vocab-only GGUF, saved as HF files in `folder`."""
     from tokenizers import pre_tokenizers, processors
     from transformers import AutoTokenizer
@@ -180,14 +199,13 @@ def tokenizer(tree, vocab, folder):
     tok = AutoTokenizer.from_pretrained(str(scratch), gguf_file=name)
     if vocab in ("llama-spm", "phi-3"):
         # Gemma's SentencePiece adds no dummy prefix: "The" is one piece, not "▁The".
-        gemma = vocab == "llama-spm"
-        if gemma:
+        if not dummy_prefix:
             tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never", split=False)
         # Phi-3's tokenizer.model is Llama's 32,000 pieces (its vocab GGUF retypes some of them);
         # its added tokens are in tokenizer.json.
         sys.path.insert(0, str(tree / "gguf-py"))
         spm = tree / "models" / "ggml-vocab-llama-spm.gguf"
-        (folder / "tokenizer.model").write_bytes(sentencepiece_model(spm, dummy_prefix=not gemma))
+        (folder / "tokenizer.model").write_bytes(sentencepiece_model(spm, dummy_prefix=dummy_prefix))
     if vocab == "llama-bpe":
         bos = tok.convert_tokens_to_ids("<|begin_of_text|>")
         template = processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos)])
@@ -280,7 +298,7 @@ def build_hf(family, tree, out):
     config_class, kwargs, vocab = FAMILIES[family]
 
     def write(folder):
-        tokenizer(tree, vocab, folder)
+        tokenizer(tree, vocab, folder, dummy_prefix=family != "gemma2")
         from transformers import AutoTokenizer
 
         n_vocab = len(AutoTokenizer.from_pretrained(str(folder)))

@@ -81,8 +81,12 @@ pub struct Heads {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
-    /// Multiplies the scores before the softmax: 1/sqrt(head_dim).
+    /// Multiplies the scores before the softmax: 1/sqrt(head_dim) unless the family says otherwise.
     pub scale: f32,
+    /// Scaled scores become `cap * tanh(score / cap)` (Gemma-2).
+    pub softcap: Option<f32>,
+    /// A query sees only the last `window` positions, its own included (Gemma-2's local layers).
+    pub window: Option<usize>,
     pub faults: AttnFaults,
 }
 
@@ -93,6 +97,8 @@ pub struct AttnFaults {
     pub softmax_off: bool,
     /// DecodeAttendsOneFewer: a one-token step after the prompt skips the oldest cached position.
     pub decode_skips_oldest: bool,
+    /// SoftcapBeforeScale: the soft-cap applied to the raw dot products, the scale after it.
+    pub softcap_before_scale: bool,
 }
 
 /// Attention of `n_new` queries (`q`: `[n_new, n_heads*hd]`, already rotated) at positions
@@ -100,9 +106,14 @@ pub struct AttnFaults {
 /// already hold these tokens' keys and values. Query head h reads KV head `h / (n_heads/n_kv)`.
 ///
 /// Returns `[n_new, n_heads*hd]` and, when `want_probs`, the probabilities `[n_heads, n_new, pos0+n_new]`
-/// with the causally masked entries exactly 0.
+/// with the masked entries (causal, outside the window) exactly 0.
 pub fn attend(q: &[f32], cache: &KvCache, layer: usize, pos0: usize, heads: Heads, want_probs: bool) -> (Vec<f32>, Option<Vec<f32>>) {
-    let Heads { n_heads, n_kv_heads, head_dim: hd, scale, faults } = heads;
+    let Heads { n_heads, n_kv_heads, head_dim: hd, scale, softcap, window, faults } = heads;
+    let score = move |dot: f32| match (softcap, faults.softcap_before_scale) {
+        (None, _) => dot * scale,
+        (Some(cap), false) => cap * (dot * scale / cap).tanh(),
+        (Some(cap), true) => cap * (dot / cap).tanh() * scale,
+    };
     let n_new = q.len() / (n_heads * hd);
     // One new token after cached ones is a decode step; a prefill starts at position 0.
     let skip_oldest = faults.decode_skips_oldest && n_new == 1 && pos0 > 0;
@@ -122,20 +133,18 @@ pub fn attend(q: &[f32], cache: &KvCache, layer: usize, pos0: usize, heads: Head
             for t in 0..n_new {
                 let qh = &q[(t * n_heads + h) * hd..(t * n_heads + h + 1) * hd];
                 let visible = pos0 + t + 1;
-                let p = &mut probs[t * n_ctx..t * n_ctx + visible];
-                for (j, s) in p.iter_mut().enumerate() {
+                let first = window.map_or(0, |w| visible.saturating_sub(w)) + usize::from(skip_oldest);
+                let p = &mut probs[t * n_ctx + first..t * n_ctx + visible];
+                for (j, s) in (first..).zip(p.iter_mut()) {
                     let kj = &keys[j * hd..(j + 1) * hd];
-                    *s = crate::kernels::dot_f32(qh, kj) * scale;
-                }
-                if skip_oldest {
-                    p[0] = f32::NEG_INFINITY;
+                    *s = score(crate::kernels::dot_f32(qh, kj));
                 }
                 crate::ops::softmax_in_place(p);
                 if faults.softmax_off {
                     p.iter_mut().for_each(|w| *w /= 1.001);
                 }
                 let o = &mut out[t * hd..(t + 1) * hd];
-                for (j, &w) in p.iter().enumerate() {
+                for (j, &w) in (first..).zip(p.iter()) {
                     for (o, v) in o.iter_mut().zip(&vals[j * hd..(j + 1) * hd]) {
                         *o += w * v;
                     }
@@ -167,7 +176,8 @@ mod tests {
         // token 1, head 0, q = [0, 2]: scores [0, 2/sqrt2 = 1.414214] -> softmax [0.195570, 0.804430]
         //   -> output 0.195570*v0 + 0.804430*v1 = [2.608860, 3.608860].
         // token 1, head 1, q = [1, 1]: scores equal -> [0.5, 0.5] -> output [2, 3].
-        let heads = Heads { n_heads: 2, n_kv_heads: 1, head_dim: 2, scale: 1.0 / 2f32.sqrt(), faults: AttnFaults::default() };
+        let heads =
+            Heads { n_heads: 2, n_kv_heads: 1, head_dim: 2, scale: 1.0 / 2f32.sqrt(), softcap: None, window: None, faults: AttnFaults::default() };
         let mut cache = KvCache::new(1, 1, 2, 4);
         cache.store(0, &[1.0, 0.0, 0.0, 1.0], &[1.0, 2.0, 3.0, 4.0]);
         let q = [9.0, 9.0, -5.0, 3.0, 0.0, 2.0, 1.0, 1.0];
@@ -187,7 +197,8 @@ mod tests {
     #[test]
     fn decoding_one_token_sees_the_cached_prefix() {
         // The same two tokens, but token 1 attends alone at pos0 = 1 after token 0 was cached.
-        let heads = Heads { n_heads: 2, n_kv_heads: 1, head_dim: 2, scale: 1.0 / 2f32.sqrt(), faults: AttnFaults::default() };
+        let heads =
+            Heads { n_heads: 2, n_kv_heads: 1, head_dim: 2, scale: 1.0 / 2f32.sqrt(), softcap: None, window: None, faults: AttnFaults::default() };
         let mut cache = KvCache::new(1, 1, 2, 4);
         cache.store(0, &[1.0, 0.0], &[1.0, 2.0]);
         cache.advance(1);
@@ -201,7 +212,8 @@ mod tests {
     fn planted_attention_faults_do_what_they_say() {
         // As above: token 1 (q = [0, 2] and [1, 1]) decoded after token 0. Skipping the oldest
         // position leaves token 1 alone: both heads output v1 = [3, 4].
-        let mut heads = Heads { n_heads: 2, n_kv_heads: 1, head_dim: 2, scale: 1.0 / 2f32.sqrt(), faults: AttnFaults::default() };
+        let mut heads =
+            Heads { n_heads: 2, n_kv_heads: 1, head_dim: 2, scale: 1.0 / 2f32.sqrt(), softcap: None, window: None, faults: AttnFaults::default() };
         let mut cache = KvCache::new(1, 1, 2, 4);
         cache.store(0, &[1.0, 0.0], &[1.0, 2.0]);
         cache.advance(1);
@@ -214,12 +226,36 @@ mod tests {
         let (_, probs) = attend(&[9.0, 9.0, -5.0, 3.0, 0.0, 2.0, 1.0, 1.0], &cache, 0, 0, heads, true);
         assert_eq!(probs.unwrap()[6..8], [0.5, 0.5]);
         // Softmax off by 0.1%: each row adds up to 1/1.001.
-        heads.faults = AttnFaults { softmax_off: true, decode_skips_oldest: false };
+        heads.faults = AttnFaults { softmax_off: true, ..AttnFaults::default() };
         let (_, probs) = attend(&[9.0, 9.0, -5.0, 3.0, 0.0, 2.0, 1.0, 1.0], &cache, 0, 0, heads, true);
         let p = probs.unwrap();
         for row in p.chunks_exact(2) {
             assert!((row[0] + row[1] - 1.0 / 1.001).abs() < 1e-7, "{p:?}");
         }
         assert!((p[2] - 0.195570 / 1.001).abs() < 1e-6, "{p:?}");
+    }
+
+    #[test]
+    fn a_window_hides_positions_before_it_and_a_softcap_bends_scaled_scores() {
+        // One head, hd 2, three cached tokens: k0 = [1, 0], k1 = [0, 1], k2 = [1, 1]; values
+        // v0 = [1, 0], v1 = [0, 1], v2 = [1, 1]. Token 2 with q = [0, 0] scores every key 0; a
+        // window of 2 leaves it positions 1 and 2 at 1/2 each: output (v1 + v2) / 2 = [0.5, 1].
+        let mut heads = Heads { n_heads: 1, n_kv_heads: 1, head_dim: 2, scale: 0.5, softcap: None, window: Some(2), faults: AttnFaults::default() };
+        let mut cache = KvCache::new(1, 1, 2, 4);
+        cache.store(0, &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+        let (out, probs) = attend(&[0.0, 0.0, 0.0, 0.0, 0.0, 0.0], &cache, 0, 0, heads, true);
+        assert_eq!(probs.unwrap()[6..9], [0.0, 0.5, 0.5], "position 0 is outside token 2's window");
+        assert_eq!(out[4..6], [0.5, 1.0]);
+        // Token 1, q = [2, 0]: dots [2, 0], scaled [1, 0]. Capped at 1 after the scale:
+        // [tanh 1, 0] -> softmax [0.681700, 0.318300]; uncapped softmax [0.731059, 0.268941];
+        // capped before the scale (the planted bug): [0.5 tanh 2, 0] -> [0.618223, 0.381777].
+        let q = [9.0, 9.0, 2.0, 0.0];
+        let row = |heads: Heads| attend(&q, &cache, 0, 0, heads, true).1.unwrap()[2..4].to_vec();
+        heads.window = None;
+        assert!((row(heads)[0] - 0.731059).abs() < 1e-6);
+        heads.softcap = Some(1.0);
+        assert!((row(heads)[0] - 0.681700).abs() < 1e-6, "{:?}", row(heads));
+        heads.faults.softcap_before_scale = true;
+        assert!((row(heads)[0] - 0.618223).abs() < 1e-6, "{:?}", row(heads));
     }
 }

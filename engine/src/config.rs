@@ -19,23 +19,29 @@ pub enum Arch {
     Qwen2,
     /// The Llama block with an RMSNorm per head on q and k before RoPE.
     Qwen3,
+    /// The Llama block with Gemma-2's departures ([`Traits`]) and norms after attention and FFN.
+    Gemma2,
+    /// The Llama block with Q/K/V in one fused projection and gate/up in another.
+    Phi3,
     Gpt2,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 4] = [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gpt2];
+    pub const ALL: [Arch; 6] = [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma2, Arch::Phi3, Arch::Gpt2];
 
     pub fn name(self) -> &'static str {
         match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Gemma2 => "gemma2",
+            Arch::Phi3 => "phi3",
             Arch::Gpt2 => "gpt2",
         }
     }
 
     /// The architecture of a GGUF `general.architecture` or an HF `model_type` (both spell these
-    /// four alike).
+    /// six alike).
     pub fn from_name(name: &str) -> Option<Arch> {
         Arch::ALL.into_iter().find(|a| a.name() == name)
     }
@@ -96,6 +102,40 @@ impl Llama3Scaling {
     }
 }
 
+/// How a family's block departs from the Llama block beyond its weights (Gemma-2's); all off
+/// for the other families.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Traits {
+    /// Embedding rows multiplied by sqrt(d) before the first block.
+    pub scaled_embedding: bool,
+    /// The FFN gate goes through the tanh GELU instead of SiLU (GeGLU).
+    pub gelu_gate: bool,
+    /// The score scale where it is not 1/sqrt(head_dim) (HF Gemma-2's query_pre_attn_scalar^-1/2).
+    pub attn_scale: Option<f32>,
+    /// Scores become `cap * tanh(scores / cap)` after the scale, before the mask.
+    pub attn_softcap: Option<f32>,
+    /// Logits become `cap * tanh(logits / cap)`.
+    pub final_softcap: Option<f32>,
+    pub window: Option<SlidingWindow>,
+}
+
+/// Attention limited to the last `size` positions (the query's own included) on some layers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlidingWindow {
+    pub size: usize,
+    /// Per layer: whether it is a windowed (local) layer.
+    pub layers: Vec<bool>,
+}
+
+/// What a model's loaded weights say about its mechanisms, beyond its config.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WeightFacts {
+    /// The output projection is the token embedding (no `output.weight` / `lm_head`).
+    pub tied_output: bool,
+    /// The Q/K/V projections have biases (Qwen2's, or any Llama file's that has them).
+    pub qkv_bias: bool,
+}
+
 /// A mechanism a model family uses, for `parity inspect`: what the engine implements, by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mechanism {
@@ -109,7 +149,16 @@ pub enum Mechanism {
     QkNorm,
     WideHeads,
     SwiGlu,
+    GeGlu,
     Gelu,
+    ScaledEmbedding,
+    NormPlusOne,
+    PostNorms,
+    AttnSoftcap,
+    FinalSoftcap,
+    WindowedAttention,
+    FusedQkv,
+    FusedGateUp,
     TiedOutput,
 }
 
@@ -126,7 +175,16 @@ impl Mechanism {
             Mechanism::QkNorm => "per-head RMSNorm on q and k before RoPE",
             Mechanism::WideHeads => "heads x head dim wider than the hidden size",
             Mechanism::SwiGlu => "SwiGLU FFN",
+            Mechanism::GeGlu => "GeGLU FFN (tanh GELU gate)",
             Mechanism::Gelu => "GELU FFN",
+            Mechanism::ScaledEmbedding => "embedding scaled by sqrt(d)",
+            Mechanism::NormPlusOne => "RMSNorm scaling by 1 + weight",
+            Mechanism::PostNorms => "RMSNorm on the attention and FFN outputs before the residual",
+            Mechanism::AttnSoftcap => "attention scores soft-capped",
+            Mechanism::FinalSoftcap => "final logits soft-capped",
+            Mechanism::WindowedAttention => "sliding-window attention on alternate layers",
+            Mechanism::FusedQkv => "Q, K and V in one fused projection",
+            Mechanism::FusedGateUp => "gate and up in one fused projection",
             Mechanism::TiedOutput => "output tied to the token embedding",
         }
     }
@@ -149,6 +207,7 @@ pub struct Config {
     pub rope_scaling: RopeScaling,
     /// How the Q/K rows of these weights pair dimensions for RoPE.
     pub rope_layout: RopeLayout,
+    pub traits: Traits,
     /// Bugs planted on purpose (only with the `fault-injection` feature), so the harness's tests
     /// can check that each is caught at the checkpoint where it lives.
     pub faults: Vec<Fault>,
@@ -224,11 +283,22 @@ impl Config {
         }
     }
 
-    /// The attention shape, with the usual 1/sqrt(head_dim) score scale.
-    pub fn heads(&self) -> Heads {
-        let scale = if self.has_fault(Fault::MissingAttnScale) { 1.0 } else { 1.0 / (self.head_dim as f32).sqrt() };
-        let faults = AttnFaults { softmax_off: self.has_fault(Fault::SoftmaxOff), decode_skips_oldest: self.has_fault(Fault::DecodeAttendsOneFewer) };
-        Heads { n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim, scale, faults }
+    /// Layer `l`'s attention: its shape, score scale (1/sqrt(head_dim) unless the family says
+    /// otherwise), soft-cap and window.
+    pub fn heads(&self, l: usize) -> Heads {
+        let t = &self.traits;
+        let scale = match self.has_fault(Fault::MissingAttnScale) {
+            true => 1.0,
+            false => t.attn_scale.unwrap_or(1.0 / (self.head_dim as f32).sqrt()),
+        };
+        let faults = AttnFaults {
+            softmax_off: self.has_fault(Fault::SoftmaxOff),
+            decode_skips_oldest: self.has_fault(Fault::DecodeAttendsOneFewer),
+            softcap_before_scale: self.has_fault(Fault::SoftcapBeforeScale),
+        };
+        let window =
+            t.window.as_ref().filter(|w| w.layers.get(l) == Some(&true)).map(|w| w.size + usize::from(self.has_fault(Fault::WindowOffByOne)));
+        Heads { n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim, scale, softcap: t.attn_softcap, window, faults }
     }
 
     /// Layer `l`'s normalisation epsilon: [`Config::eps`], times the planted NormEpsilonAt factor
@@ -277,10 +347,36 @@ impl Config {
         if u32_or("attention.value_length", head_dim)? != head_dim {
             return Err(Error::Config("value heads of another width than key heads are not supported".into()));
         }
-        for unsupported in ["attention.sliding_window", "attn_logit_softcapping", "final_logit_softcapping"] {
-            if file.get(&key(unsupported)).is_some() {
-                return Err(Error::Config(format!("{} is set: the engine does not implement it", key(unsupported))));
+        let n_layers = file.get_u32(&key("block_count"))? as usize;
+        let f32_at = |k: &str| -> Result<Option<f32>> { file.get(&key(k)).map(|_| file.get_f32(&key(k))).transpose() };
+        let window = u32_or("attention.sliding_window", 0)?;
+        let traits = match arch {
+            // llama.cpp's Gemma-2: every even layer windowed; scores scaled by 1/sqrt(head_dim),
+            // except for the 46-layer (27B) model, which uses 1/sqrt(d / heads).
+            Arch::Gemma2 => Traits {
+                scaled_embedding: true,
+                gelu_gate: true,
+                attn_scale: (n_layers == 46).then(|| 1.0 / ((d_model / n_heads.max(1)) as f32).sqrt()),
+                attn_softcap: f32_at("attn_logit_softcapping")?,
+                final_softcap: f32_at("final_logit_softcapping")?,
+                window: (window > 0).then(|| SlidingWindow { size: window, layers: (0..n_layers).map(|l| l % 2 == 0).collect() }),
+            },
+            _ => {
+                let set = ["attn_logit_softcapping", "final_logit_softcapping"].into_iter().find(|k| file.get(&key(k)).is_some());
+                if let Some(k) = set.or((window > 0).then_some("attention.sliding_window")) {
+                    return Err(Error::Config(format!("{} is set: the engine does not implement it for {}", key(k), arch.name())));
+                }
+                Traits::default()
             }
+        };
+        if u32_or("rope.dimension_count", head_dim)? != head_dim {
+            return Err(Error::Config(format!(
+                "{} is not the head dim {head_dim}: partial rotary embeddings are not supported",
+                key("rope.dimension_count")
+            )));
+        }
+        if let Some(t) = ["rope_factors_long.weight", "rope_factors_short.weight"].into_iter().find(|t| file.has_tensor(t)) {
+            return Err(Error::Config(format!("tensor {t} is present: LongRoPE scaling is not supported")));
         }
         let (norm_eps, rope_theta, rope_scaling) = if arch.is_llama_block() {
             let theta = match file.get(&key("rope.freq_base")) {
@@ -301,7 +397,7 @@ impl Config {
         };
         let config = Config {
             arch,
-            n_layers: file.get_u32(&key("block_count"))? as usize,
+            n_layers,
             d_model,
             n_heads,
             n_kv_heads,
@@ -314,11 +410,12 @@ impl Config {
             rope_scaling,
             faults: Vec::new(),
             // llama.cpp's converter permutes Llama's Q/K rows so RoPE pairs adjacent dimensions;
-            // Qwen's it leaves alone (llama.cpp rotates them as halves, "NEOX" style).
+            // the others' it leaves alone (llama.cpp rotates them as halves, "NEOX" style).
             rope_layout: match arch {
                 Arch::Llama => RopeLayout::Interleaved,
-                Arch::Qwen2 | Arch::Qwen3 | Arch::Gpt2 => RopeLayout::HalfSplit,
+                Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma2 | Arch::Phi3 | Arch::Gpt2 => RopeLayout::HalfSplit,
             },
+            traits,
         };
         config.validate()
     }
@@ -339,8 +436,13 @@ impl Config {
         let f32_of = |k: &str| get(k).and_then(Json::as_f64).map(|v| v as f32);
         let refuse = |what: String| Err(Error::Config(format!("{}: {what}", path.display())));
         let model_type = get("model_type").and_then(Json::as_str).unwrap_or("");
-        let Some(arch) = Arch::from_name(model_type) else {
-            return refuse(format!("model_type {model_type:?} is not supported ({})", Arch::known()));
+        // Mistral is the Llama block (llama.cpp's converter writes it as `llama`); v0.1's sliding
+        // window llama.cpp drops, and no reference here would check ours.
+        if model_type == "mistral" && get("sliding_window").is_some() {
+            return refuse("a mistral model with sliding_window set is not supported (v0.2 and later have none)".into());
+        }
+        let Some(arch) = Arch::from_name(model_type).or((model_type == "mistral").then_some(Arch::Llama)) else {
+            return refuse(format!("model_type {model_type:?} is not supported ({}, mistral)", Arch::known()));
         };
         let config = if arch.is_llama_block() {
             let n_heads = usize_of("num_attention_heads")?;
@@ -352,8 +454,47 @@ impl Config {
             if get("use_sliding_window").and_then(Json::as_bool) == Some(true) {
                 return refuse("use_sliding_window is set: the engine does not implement sliding-window attention".into());
             }
+            let n_layers = usize_of("num_hidden_layers")?;
+            let traits = match arch {
+                Arch::Gemma2 => {
+                    let act = get("hidden_activation").or_else(|| get("hidden_act")).and_then(Json::as_str).unwrap_or("gelu_pytorch_tanh");
+                    if act != "gelu_pytorch_tanh" {
+                        return refuse(format!("hidden_activation {act:?} is not supported for gemma2 (gelu_pytorch_tanh)"));
+                    }
+                    let window = match (get("sliding_window").and_then(Json::as_u64), get("layer_types").and_then(Json::as_array)) {
+                        (None, _) => None,
+                        (Some(size), None) => Some(SlidingWindow { size: size as usize, layers: (0..n_layers).map(|l| l % 2 == 0).collect() }),
+                        (Some(size), Some(types)) => {
+                            let layers: Vec<bool> = types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect();
+                            if layers.len() != n_layers {
+                                return refuse(format!("layer_types has {} entries for {n_layers} layers", layers.len()));
+                            }
+                            Some(SlidingWindow { size: size as usize, layers })
+                        }
+                    };
+                    Traits {
+                        scaled_embedding: true,
+                        gelu_gate: true,
+                        attn_scale: Some(f32_of("query_pre_attn_scalar").unwrap_or(head_dim as f32).powf(-0.5)),
+                        attn_softcap: f32_of("attn_logit_softcapping"),
+                        final_softcap: f32_of("final_logit_softcapping"),
+                        window,
+                    }
+                }
+                _ => {
+                    if get("sliding_window").is_some() && arch == Arch::Phi3 {
+                        return refuse("sliding_window is set: the engine does not implement it for phi3".into());
+                    }
+                    Traits::default()
+                }
+            };
             // transformers 5 moved rope_theta and the scaling into rope_parameters; 4 had rope_scaling.
             let rope = get("rope_parameters").or_else(|| get("rope_scaling"));
+            let rotary = f32_of("partial_rotary_factor")
+                .or_else(|| rope.and_then(|r| r.get("partial_rotary_factor")).and_then(Json::as_f64).map(|v| v as f32));
+            if rotary.is_some_and(|f| f != 1.0) {
+                return refuse(format!("partial_rotary_factor {} is not supported (1.0)", rotary.unwrap_or(1.0)));
+            }
             let theta =
                 f32_of("rope_theta").or_else(|| rope.and_then(|r| r.get("rope_theta")).and_then(Json::as_f64).map(|v| v as f32)).unwrap_or(10000.0);
             let rope_scaling = match rope.and_then(|r| r.get("rope_type").or_else(|| r.get("type"))).and_then(Json::as_str) {
@@ -376,7 +517,7 @@ impl Config {
             };
             Config {
                 arch,
-                n_layers: usize_of("num_hidden_layers")?,
+                n_layers,
                 d_model,
                 n_heads,
                 n_kv_heads: usize_of("num_key_value_heads").unwrap_or(n_heads),
@@ -388,6 +529,7 @@ impl Config {
                 rope_theta: theta,
                 rope_scaling,
                 rope_layout: RopeLayout::HalfSplit,
+                traits,
                 faults: Vec::new(),
             }
         } else {
@@ -407,6 +549,7 @@ impl Config {
                 rope_theta: 0.0,
                 rope_scaling: RopeScaling::None,
                 rope_layout: RopeLayout::HalfSplit,
+                traits: Traits::default(),
                 faults: Vec::new(),
             }
         };
@@ -415,12 +558,22 @@ impl Config {
 
     /// The mechanisms this model uses, each of which the engine implements (anything else is
     /// refused when the model is read).
-    pub fn mechanisms(&self, tied_output: bool) -> Vec<Mechanism> {
+    pub fn mechanisms(&self, weights: WeightFacts) -> Vec<Mechanism> {
         use Mechanism::*;
+        let t = &self.traits;
         let mut out = match self.arch {
             Arch::Gpt2 => vec![LayerNorm, LearnedPositions, Gelu],
-            _ => vec![RmsNorm, Rope, SwiGlu],
+            Arch::Gemma2 => vec![RmsNorm, NormPlusOne, PostNorms, Rope, GeGlu],
+            Arch::Phi3 => vec![RmsNorm, Rope, SwiGlu, FusedQkv, FusedGateUp],
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => vec![RmsNorm, Rope, SwiGlu],
         };
+        let flags = [
+            (t.scaled_embedding, ScaledEmbedding),
+            (t.attn_softcap.is_some(), AttnSoftcap),
+            (t.final_softcap.is_some(), FinalSoftcap),
+            (t.window.is_some(), WindowedAttention),
+        ];
+        out.extend(flags.into_iter().filter_map(|(on, m)| on.then_some(m)));
         if matches!(self.rope_scaling, RopeScaling::Llama3 { .. }) {
             out.push(RopeLlama3Scaling);
         }
@@ -430,12 +583,13 @@ impl Config {
         if self.q_dim() != self.d_model {
             out.push(WideHeads);
         }
-        out.extend(match self.arch {
-            Arch::Qwen2 => Some(QkvBias),
-            Arch::Qwen3 => Some(QkNorm),
-            _ => None,
-        });
-        if tied_output {
+        if self.arch == Arch::Qwen3 {
+            out.push(QkNorm);
+        }
+        if weights.qkv_bias {
+            out.push(QkvBias);
+        }
+        if weights.tied_output {
             out.push(TiedOutput);
         }
         out
@@ -452,6 +606,13 @@ impl Config {
         }
         if (self.arch == Arch::Gpt2 && self.q_dim() != self.d_model) || self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dim {} x {} heads does not fit d_model {} (or head dim is odd)", self.head_dim, self.n_heads, self.d_model));
+        }
+        let t = &self.traits;
+        let caps = [t.attn_scale, t.attn_softcap, t.final_softcap];
+        if caps.iter().flatten().any(|c| !(c.is_finite() && *c > 0.0))
+            || t.window.as_ref().is_some_and(|w| w.size == 0 || w.layers.len() != self.n_layers)
+        {
+            return bad(format!("attention scale, soft-caps or sliding window out of range: {t:?}"));
         }
         if let RopeScaling::Llama3 { divisors } = &self.rope_scaling {
             if divisors.len() != self.head_dim / 2 || divisors.iter().any(|d| !(d.is_finite() && *d > 0.0)) {
@@ -550,11 +711,57 @@ mod family_tests {
         let llama = r#""hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1, "intermediate_size": 128, "vocab_size": 10, "max_position_embeddings": 64"#;
         let yarn = refused(&format!(r#"{{"model_type": "llama", {llama}, "rope_scaling": {{"rope_type": "yarn", "factor": 4.0}}}}"#));
         assert!(yarn.contains("RoPE scaling \"yarn\" is not supported"), "{yarn}");
-        let mistral = refused(&format!(r#"{{"model_type": "mistral", {llama}}}"#));
-        assert!(mistral.contains("model_type \"mistral\" is not supported (llama, qwen2, qwen3, gpt2)"), "{mistral}");
+        let falcon = refused(&format!(r#"{{"model_type": "falcon", {llama}}}"#));
+        assert!(falcon.contains("model_type \"falcon\" is not supported (llama, qwen2, qwen3, gemma2, phi3, gpt2, mistral)"), "{falcon}");
+        let mistral = refused(&format!(r#"{{"model_type": "mistral", {llama}, "sliding_window": 4096}}"#));
+        assert!(mistral.contains("mistral model with sliding_window set is not supported"), "{mistral}");
         let window = refused(&format!(r#"{{"model_type": "qwen2", {llama}, "use_sliding_window": true}}"#));
         assert!(window.contains("sliding-window attention"), "{window}");
+        let phi_window = refused(&format!(r#"{{"model_type": "phi3", {llama}, "sliding_window": 2047}}"#));
+        assert!(phi_window.contains("sliding_window is set: the engine does not implement it for phi3"), "{phi_window}");
+        let partial = refused(&format!(r#"{{"model_type": "phi3", {llama}, "partial_rotary_factor": 0.75}}"#));
+        assert!(partial.contains("partial_rotary_factor 0.75 is not supported"), "{partial}");
+        let erf = refused(&format!(r#"{{"model_type": "gemma2", {llama}, "hidden_activation": "gelu"}}"#));
+        assert!(erf.contains("hidden_activation \"gelu\" is not supported for gemma2"), "{erf}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The family model `name` in the parity cache (scripts/make-family-models.py), if made.
+    fn family_model(name: &str) -> Option<std::path::PathBuf> {
+        let cache = std::env::var_os("PARITY_CACHE")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/parity")));
+        let dir = cache.map(|c| c.join("models/families").join(name)).filter(|d| d.join("model-f32.gguf").is_file());
+        if dir.is_none() {
+            assert!(std::env::var_os("PARITY_REQUIRE_REFERENCES").is_none(), "no {name} family model: run scripts/make-family-models.py");
+            eprintln!("skipped: no {name} family model");
+        }
+        dir
+    }
+
+    /// Gemma-2's departures as llama.cpp's converter wrote them and as config.json has them
+    /// (scripts/make-family-models.py: window 8 on even layers, caps 0.5 and 1.0,
+    /// query_pre_attn_scalar 128 = head dim, so both scales are 128^-1/2).
+    #[test]
+    fn gemma2_traits_read_alike_from_gguf_and_hf() {
+        let Some(dir) = family_model("gemma2") else { return };
+        let file = GgufFile::open(&dir.join("model-f32.gguf")).unwrap();
+        let gguf = Config::from_gguf(&file, 32000).unwrap();
+        let hf = Config::from_hf(&dir.join("hf/config.json")).unwrap();
+        let window = SlidingWindow { size: 8, layers: vec![true, false, true, false] };
+        let want = Traits {
+            scaled_embedding: true,
+            gelu_gate: true,
+            attn_scale: None,
+            attn_softcap: Some(0.5),
+            final_softcap: Some(1.0),
+            window: Some(window),
+        };
+        assert_eq!(gguf.traits, want);
+        assert_eq!(hf.traits, Traits { attn_scale: Some(128f32.powf(-0.5)), ..want });
+        assert_eq!(gguf.heads(0).scale, hf.heads(0).scale);
+        assert_eq!((gguf.heads(0).window, gguf.heads(1).window), (Some(8), None));
+        assert_eq!((gguf.rope_layout, hf.rope_layout), (RopeLayout::HalfSplit, RopeLayout::HalfSplit));
     }
 
     /// llama.cpp's converter wrote the divisors it computed into the Llama-3 family file

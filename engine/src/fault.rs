@@ -44,6 +44,14 @@ pub enum Fault {
     BiasAfterRope,
     /// Qwen3's per-head q/k RMSNorm is applied after RoPE instead of before it.
     QkNormAfterRope,
+    /// Gemma's RMSNorms scale by the weight alone instead of 1 + weight.
+    NormWithoutPlusOne,
+    /// The sliding window lets a query see one position more than the model's window.
+    WindowOffByOne,
+    /// Scores are soft-capped before they are multiplied by the scale instead of after.
+    SoftcapBeforeScale,
+    /// A fused gate/up projection split the other way round (up rows taken as the gate's).
+    GateUpSwapped,
     /// Deterministic noise (zero mean, unit variance per element) times `rel` times each row's
     /// RMS, added to layer `layer`'s block output in prefill and decode.
     Perturb { layer: usize, rel: f32 },
@@ -60,7 +68,7 @@ pub enum Fault {
 impl Fault {
     /// The command-line names of the faults without parameters; `perturb:LAYER:REL`,
     /// `perturb-ffn:LAYER:REL`, `norm-eps-at:LAYER:TIMES` and `rope-wrap:POSITIONS` besides.
-    pub const SPECS: [(&'static str, Fault); 18] = [
+    pub const SPECS: [(&'static str, Fault); 22] = [
         ("norm-eps", Fault::NormEpsilon),
         ("rope-pairing", Fault::RopePairing),
         ("missing-attn-scale", Fault::MissingAttnScale),
@@ -79,6 +87,10 @@ impl Fault {
         ("rope-scaling-reversed", Fault::RopeScalingReversed),
         ("bias-after-rope", Fault::BiasAfterRope),
         ("qk-norm-after-rope", Fault::QkNormAfterRope),
+        ("norm-without-plus-one", Fault::NormWithoutPlusOne),
+        ("window-off-by-one", Fault::WindowOffByOne),
+        ("softcap-before-scale", Fault::SoftcapBeforeScale),
+        ("gate-up-swapped", Fault::GateUpSwapped),
     ];
 }
 

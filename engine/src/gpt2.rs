@@ -165,7 +165,7 @@ impl Block {
         cache.store(l, &k, &v);
         record_cache(taps, cache, l, pos0 + n, cfg);
 
-        let (attn, probs) = attend(&q, cache, l, pos0, cfg.heads(), taps.active());
+        let (attn, probs) = attend(&q, cache, l, pos0, cfg.heads(l), taps.active());
         if let Some(p) = probs {
             taps.record(Tap::AttnProbs, layer, || TapValue::f32(&[cfg.n_heads, n, pos0 + n], p));
         }

@@ -1,6 +1,9 @@
 //! The Llama block: RMSNorm, RoPE, grouped-query attention, SwiGLU, optionally tied output; with
 //! what the families built on it add: Llama 3.1's RoPE scaling (in [`Rope`]), Qwen2's Q/K/V
-//! biases, Qwen3's per-head RMSNorm on q and k before RoPE and heads wider than the model.
+//! biases, Qwen3's per-head RMSNorm on q and k before RoPE and heads wider than the model,
+//! Gemma-2's scaled embedding, GeGLU, norms after attention and FFN, soft-caps and sliding
+//! window ([`crate::config::Traits`]; its norms' 1 + weight is in the weights), Phi-3's fused
+//! Q/K/V and gate/up projections (split into views of their rows at load).
 //!
 //! Weights are addressed by their GGUF names (`blk.0.attn_q.weight`); the loader maps other
 //! layouts (HF safetensors) onto them.
@@ -25,7 +28,11 @@ pub struct Block {
     /// Qwen3's per-head norms of q and k (`head_dim` wide each).
     qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     wo: QTensor,
+    /// Gemma-2's norms of the attention and FFN outputs, before each residual add.
+    post_norms: Option<(Vec<f32>, Vec<f32>)>,
     ffn_norm: Vec<f32>,
+    /// Phi-3's: gate and up are the two halves of one stored matrix.
+    fused_gate_up: bool,
     w_gate: QTensor,
     w_up: QTensor,
     w_down: QTensor,
@@ -69,17 +76,39 @@ impl Llama {
                     true => Some((store.vector(&w("attn_q_norm"), hd)?, store.vector(&w("attn_k_norm"), hd)?)),
                     false => None,
                 };
+                let post_norms = match config.arch == Arch::Gemma2 {
+                    true => Some((store.vector(&w("post_attention_norm"), d)?, store.vector(&w("post_ffw_norm"), d)?)),
+                    false => None,
+                };
+                let fused = config.arch == Arch::Phi3;
+                let (wq, wk, wv, w_gate, w_up) = match fused {
+                    true => {
+                        let qkv = store.matrix(&w("attn_qkv"), q_dim + 2 * kv_dim, d)?;
+                        let gate_up = store.matrix(&w("ffn_up"), 2 * ffn, d)?;
+                        let (gate, up) = (gate_up.row_range(0, ffn)?, gate_up.row_range(ffn, ffn)?);
+                        (qkv.row_range(0, q_dim)?, qkv.row_range(q_dim, kv_dim)?, qkv.row_range(q_dim + kv_dim, kv_dim)?, gate, up)
+                    }
+                    false => (
+                        store.matrix(&w("attn_q"), q_dim, d)?,
+                        store.matrix(&w("attn_k"), kv_dim, d)?,
+                        store.matrix(&w("attn_v"), kv_dim, d)?,
+                        store.matrix(&w("ffn_gate"), ffn, d)?,
+                        store.matrix(&w("ffn_up"), ffn, d)?,
+                    ),
+                };
                 Ok(Block {
                     attn_norm: store.vector(&w("attn_norm"), d)?,
-                    wq: store.matrix(&w("attn_q"), q_dim, d)?,
-                    wk: store.matrix(&w("attn_k"), kv_dim, d)?,
-                    wv: store.matrix(&w("attn_v"), kv_dim, d)?,
+                    wq,
+                    wk,
+                    wv,
                     bias,
                     qk_norm,
                     wo: store.matrix(&w("attn_output"), d, q_dim)?,
+                    post_norms,
                     ffn_norm: store.vector(&w("ffn_norm"), d)?,
-                    w_gate: store.matrix(&w("ffn_gate"), ffn, d)?,
-                    w_up: store.matrix(&w("ffn_up"), ffn, d)?,
+                    fused_gate_up: fused,
+                    w_gate,
+                    w_up,
                     w_down: store.matrix(&w("ffn_down"), d, ffn)?,
                 })
             })
@@ -106,6 +135,11 @@ impl Llama {
         self.tied
     }
 
+    /// Whether the Q/K/V projections carry biases.
+    pub fn qkv_bias(&self) -> bool {
+        self.blocks.iter().any(|b| b.bias.is_some())
+    }
+
     /// Every weight matrix, for planting a dequantization bug in it.
     #[cfg(feature = "fault-injection")]
     pub(crate) fn matrices_mut(&mut self) -> Vec<&mut QTensor> {
@@ -124,6 +158,10 @@ impl Llama {
         for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
             self.token_embd.dequantize_row(tok as usize, row);
         }
+        if self.config.traits.scaled_embedding {
+            let scale = (d as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
         taps.record(Tap::Embed, None, || TapValue::f32(&[n, d], x.clone()));
 
         for l in 0..self.blocks.len() {
@@ -131,11 +169,14 @@ impl Llama {
         }
         cache.advance(n);
 
-        let h = ops::rms_norm(&x, &self.output_norm, self.config.eps());
+        let h = norm(&x, &self.output_norm, &self.config, self.config.eps());
         taps.record(Tap::FinalNorm, None, || TapValue::f32(&[n, d], h.clone()));
         let rows = if all_logits { &h[..] } else { &h[(n - 1) * d..] };
         let mut logits = vec![0.0f32; rows.len() / d * self.config.vocab_size];
         self.output.matmul(rows, rows.len() / d, &mut logits);
+        if let Some(cap) = self.config.traits.final_softcap {
+            logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+        }
         logits
     }
 
@@ -159,7 +200,7 @@ impl Block {
             RopeLayout::HalfSplit => v.to_vec(),
         };
 
-        let h = ops::rms_norm(x, &self.attn_norm, cfg.layer_eps(l));
+        let h = norm(x, &self.attn_norm, cfg, cfg.layer_eps(l));
         taps.record(Tap::AttnNorm, layer, || TapValue::f32(&[n, d], h.clone()));
 
         let mut q = matmul(&self.wq, &h, n);
@@ -210,25 +251,55 @@ impl Block {
         cache.store(l, &k, &v);
         record_cache(taps, cache, l, pos0 + n, cfg);
 
-        let (attn, probs) = attend(&q, cache, l, pos0, cfg.heads(), taps.active());
+        let (attn, probs) = attend(&q, cache, l, pos0, cfg.heads(l), taps.active());
         if let Some(p) = probs {
             taps.record(Tap::AttnProbs, layer, || TapValue::f32(&[cfg.n_heads, n, pos0 + n], p));
         }
-        let attn_out = matmul(&self.wo, &attn, n);
+        let mut attn_out = matmul(&self.wo, &attn, n);
         taps.record(Tap::AttnOut, layer, || TapValue::f32(&[n, d], attn_out.clone()));
+        if let Some((post_attn, _)) = &self.post_norms {
+            attn_out = norm(&attn_out, post_attn, cfg, cfg.layer_eps(l));
+            taps.record(Tap::PostAttnNorm, layer, || TapValue::f32(&[n, d], attn_out.clone()));
+        }
         ops::add_in_place(x, &attn_out);
 
-        let h = ops::rms_norm(x, &self.ffn_norm, cfg.layer_eps(l));
+        let h = norm(x, &self.ffn_norm, cfg, cfg.layer_eps(l));
         taps.record(Tap::FfnNorm, layer, || TapValue::f32(&[n, d], h.clone()));
-        let mut gate = matmul(&self.w_gate, &h, n);
-        let up = matmul(&self.w_up, &h, n);
-        ops::map_in_place(&mut gate, ops::silu);
+        let (w_gate, w_up) = match self.fused_gate_up && cfg.has_fault(Fault::GateUpSwapped) {
+            true => (&self.w_up, &self.w_gate),
+            false => (&self.w_gate, &self.w_up),
+        };
+        let mut gate = matmul(w_gate, &h, n);
+        let up = matmul(w_up, &h, n);
+        ops::map_in_place(&mut gate, gate_activation(cfg));
         ops::mul_in_place(&mut gate, &up);
         let mut ffn_out = matmul(&self.w_down, &gate, n);
         perturb_ffn(&mut ffn_out, cfg, l, pos0);
         taps.record(Tap::FfnOut, layer, || TapValue::f32(&[n, d], ffn_out.clone()));
+        if let Some((_, post_ffn)) = &self.post_norms {
+            ffn_out = norm(&ffn_out, post_ffn, cfg, cfg.layer_eps(l));
+            taps.record(Tap::PostFfnNorm, layer, || TapValue::f32(&[n, d], ffn_out.clone()));
+        }
         residual(x, &ffn_out, cfg);
         perturb(x, cfg, l, pos0);
         taps.record(Tap::BlockOut, layer, || TapValue::f32(&[n, d], x.to_vec()));
+    }
+}
+
+/// RMSNorm by `weight`; with the planted NormWithoutPlusOne fault, a Gemma-2 norm scales by the
+/// weight without the 1 its file adds (as code written for HF's stored weights would).
+fn norm(x: &[f32], weight: &[f32], cfg: &Config, eps: f32) -> Vec<f32> {
+    match cfg.arch == Arch::Gemma2 && cfg.has_fault(Fault::NormWithoutPlusOne) {
+        true => ops::rms_norm(x, &weight.iter().map(|w| w - 1.0).collect::<Vec<_>>(), eps),
+        false => ops::rms_norm(x, weight, eps),
+    }
+}
+
+/// The FFN gate's activation: SiLU, or for GeGLU the tanh GELU (the erf one when planted).
+fn gate_activation(cfg: &Config) -> fn(f32) -> f32 {
+    match (cfg.traits.gelu_gate, cfg.has_fault(Fault::GeluErf)) {
+        (false, _) => ops::silu,
+        (true, false) => ops::gelu_tanh,
+        (true, true) => ops::gelu_erf,
     }
 }

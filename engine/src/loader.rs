@@ -68,25 +68,32 @@ impl HfStore {
         };
         let (stem, suffix) = rest.rsplit_once('.')?;
         match self.arch {
-            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => {
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma2 | Arch::Phi3 => {
                 let base = match (layer, stem) {
                     (None, "token_embd") => "model.embed_tokens".to_string(),
                     (None, "output_norm") => "model.norm".to_string(),
                     (None, "output") => "lm_head".to_string(),
                     (Some(l), s) => {
-                        let part = match s {
-                            "attn_norm" => "input_layernorm",
-                            "attn_q" => "self_attn.q_proj",
-                            "attn_k" => "self_attn.k_proj",
-                            "attn_v" => "self_attn.v_proj",
-                            "attn_q_norm" => "self_attn.q_norm",
-                            "attn_k_norm" => "self_attn.k_norm",
-                            "attn_output" => "self_attn.o_proj",
-                            "ffn_norm" => "post_attention_layernorm",
-                            "ffn_gate" => "mlp.gate_proj",
-                            "ffn_up" => "mlp.up_proj",
-                            "ffn_down" => "mlp.down_proj",
-                            _ => return None,
+                        let part = match (self.arch, s) {
+                            (Arch::Gemma2, "post_attention_norm") => "post_attention_layernorm",
+                            (Arch::Gemma2, "ffn_norm") => "pre_feedforward_layernorm",
+                            (Arch::Gemma2, "post_ffw_norm") => "post_feedforward_layernorm",
+                            (Arch::Phi3, "attn_qkv") => "self_attn.qkv_proj",
+                            (Arch::Phi3, "ffn_up") => "mlp.gate_up_proj",
+                            (_, s) => match s {
+                                "attn_norm" => "input_layernorm",
+                                "attn_q" => "self_attn.q_proj",
+                                "attn_k" => "self_attn.k_proj",
+                                "attn_v" => "self_attn.v_proj",
+                                "attn_q_norm" => "self_attn.q_norm",
+                                "attn_k_norm" => "self_attn.k_norm",
+                                "attn_output" => "self_attn.o_proj",
+                                "ffn_norm" => "post_attention_layernorm",
+                                "ffn_gate" => "mlp.gate_proj",
+                                "ffn_up" => "mlp.up_proj",
+                                "ffn_down" => "mlp.down_proj",
+                                _ => return None,
+                            },
                         };
                         format!("model.layers.{l}.{part}")
                     }
@@ -133,6 +140,9 @@ impl WeightStore for HfStore {
         let t = self.files.tensor(&hf)?;
         if transposed {
             t.transposed()
+        } else if self.arch == Arch::Gemma2 && name.ends_with("norm.weight") {
+            // Gemma's RMSNorm scales by 1 + weight; GGUF stores the sum, as the engine reads it.
+            QTensor::from_f32(name, t.shape.clone(), &t.to_f32().iter().map(|w| w + 1.0).collect::<Vec<_>>())
         } else {
             Ok(t)
         }

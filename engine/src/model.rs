@@ -2,7 +2,7 @@
 //! run that shows every checkpoint to an observer.
 
 use crate::attention::KvCache;
-use crate::config::{Arch, Config, Mechanism};
+use crate::config::{Arch, Config, Mechanism, WeightFacts};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::gpt2::Gpt2;
@@ -84,11 +84,11 @@ impl Model {
 
     /// The mechanisms this model uses (every one the engine implements; see [`Config::mechanisms`]).
     pub fn mechanisms(&self) -> Vec<Mechanism> {
-        let tied = match &self.net {
-            Net::Llama(m) => m.tied_output(),
-            Net::Gpt2(_) => true,
+        let weights = match &self.net {
+            Net::Llama(m) => WeightFacts { tied_output: m.tied_output(), qkv_bias: m.qkv_bias() },
+            Net::Gpt2(_) => WeightFacts { tied_output: true, qkv_bias: false },
         };
-        self.config().mechanisms(tied)
+        self.config().mechanisms(weights)
     }
 
     /// Plants a deliberate bug (see [`Fault`](crate::fault::Fault)) for the harness's own tests
@@ -281,6 +281,7 @@ impl Model {
         let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let rope = c.arch.is_llama_block();
         let qk_norm = c.arch == Arch::Qwen3;
+        let post_norms = c.arch == Arch::Gemma2;
         let shapes = [
             (Tap::DecAttnNorm, vec![c.d_model]),
             (Tap::DecQ, vec![q]),
@@ -294,8 +295,10 @@ impl Model {
             (Tap::DecVCache, vec![c.n_kv_heads, context, c.head_dim]),
             (Tap::DecAttnProbs, vec![c.n_heads, context]),
             (Tap::DecAttnOut, vec![c.d_model]),
+            (Tap::DecPostAttnNorm, if post_norms { vec![c.d_model] } else { vec![] }),
             (Tap::DecFfnNorm, vec![c.d_model]),
             (Tap::DecFfnOut, vec![c.d_model]),
+            (Tap::DecPostFfnNorm, if post_norms { vec![c.d_model] } else { vec![] }),
             (Tap::DecBlockOut, vec![c.d_model]),
         ];
         shapes.into_iter().filter(|(_, shape)| !shape.is_empty()).collect()
@@ -375,7 +378,7 @@ fn hf_chat_template(path: &Path) -> Result<Option<String>> {
 impl Net {
     fn build(config: Config, store: &dyn WeightStore) -> Result<Net> {
         Ok(match config.arch {
-            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => Net::Llama(Llama::load(config, store)?),
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma2 | Arch::Phi3 => Net::Llama(Llama::load(config, store)?),
             Arch::Gpt2 => Net::Gpt2(Gpt2::load(config, store)?),
         })
     }

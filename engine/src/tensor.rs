@@ -211,6 +211,21 @@ impl QTensor {
         (head.is_empty() && tail.is_empty()).then_some(values)
     }
 
+    /// Rows `first..first + count` of a 2-D tensor, as a tensor of their own over the same bytes
+    /// (a fused projection's parts: Phi-3's Q/K/V and gate/up).
+    pub fn row_range(&self, first: usize, count: usize) -> Result<QTensor> {
+        let end = first.checked_add(count).filter(|&e| self.shape.len() == 2 && e <= self.rows());
+        let Some(end) = end else {
+            return Err(Error::Config(format!("tensor {}: rows {first}..{first}+{count} are not within {:?}", self.name, self.shape)));
+        };
+        let n = self.row_bytes();
+        let bytes = match &self.bytes {
+            Bytes::Mapped { map, start, .. } => Bytes::Mapped { map: map.clone(), start: start + first * n, len: count * n },
+            Bytes::Owned(v) => Bytes::Owned(Arc::new(v[first * n..end * n].to_vec())),
+        };
+        QTensor::new(&format!("{}[{first}..{end}]", self.name), self.dtype, vec![count, self.cols()], bytes)
+    }
+
     /// The `[cols, rows]` transpose of a 2-D unquantized tensor (HF Conv1D weights are stored
     /// `[in, out]`). Copies: only for the formats that ship such weights unquantized.
     pub fn transposed(&self) -> Result<QTensor> {
@@ -358,6 +373,18 @@ mod tests {
         t.matmul(&x, 1, &mut fused);
         let expected = kernels::dot_f32(&t.to_f32(), &x);
         assert!((fused[0] - expected).abs() < 1e-5, "{} vs {expected}", fused[0]);
+    }
+
+    #[test]
+    fn a_row_range_is_those_rows_and_refuses_rows_past_the_end() {
+        // Q8_0, 3 rows of one block: scale 1 and every quant = the row number.
+        let bytes: Vec<u8> = (0..3u8).flat_map(|r| f16_bytes(1.0).into_iter().chain(std::iter::repeat_n(r, 32))).collect();
+        let t = owned(DType::Q8_0, vec![3, 32], bytes);
+        let part = t.row_range(1, 2).unwrap();
+        assert_eq!(part.shape, vec![2, 32]);
+        assert_eq!(part.to_f32(), [vec![1.0; 32], vec![2.0; 32]].concat());
+        assert!(t.row_range(2, 2).is_err());
+        assert!(t.row_range(usize::MAX, 2).is_err());
     }
 
     #[test]

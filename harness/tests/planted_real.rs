@@ -1,7 +1,8 @@
 //! Small bugs planted in the engine must be caught on real weights, at the checkpoint and layer
 //! where they live, against the f64 truth and against every reference: the sharpness the noise
 //! floor promises, on SmolLM2-135M (Q4_1 as shipped, F32, F16) and GPT-2-small; and the bug people
-//! make in each mechanism the model families add, on the family suite's Llama-3, Qwen2 and Qwen3.
+//! make in each mechanism the model families add, on the family suite's Llama-3, Qwen2, Qwen3,
+//! Gemma-2 and Phi-3.
 //!
 //! Needs the real-suite and family-suite dumps in the parity cache (`scripts/make-real-models.sh`,
 //! then `scripts/make-dumps.sh checkpoints/suite-real.toml` and `checkpoints/suite-families.toml`);
@@ -94,7 +95,9 @@ fn the_clean_engine_passes_every_real_model() {
 
 #[test]
 fn the_clean_engine_passes_every_family_model() {
-    for model in ["llama3-f32", "llama3-q8_0", "qwen2-f32", "qwen2-q8_0", "qwen3-f32", "qwen3-q8_0"] {
+    let models =
+        ["llama3-f32", "llama3-q8_0", "qwen2-f32", "qwen2-q8_0", "qwen3-f32", "qwen3-q8_0", "gemma2-f32", "gemma2-q8_0", "phi3-f32", "phi3-q8_0"];
+    for model in models {
         let Some(found) = first_failures(model, None) else { return };
         assert!(found.iter().all(|(_, at)| at.is_none()), "{model}: {found:?}");
     }
@@ -114,6 +117,39 @@ fn qwen2_biases_added_after_rope_are_caught_at_the_first_queries() {
 #[test]
 fn qwen3_qk_norm_after_rope_is_caught_at_the_first_normalised_queries() {
     caught_at("qwen3-f32", Fault::QkNormAfterRope, "blk.0.q_norm");
+}
+
+#[test]
+fn gemma2_norms_without_the_plus_one_are_caught_at_the_first_norm() {
+    caught_at("gemma2-f32", Fault::NormWithoutPlusOne, "blk.0.attn_norm");
+}
+
+#[test]
+fn gemma2_softcap_before_the_scale_is_caught_at_the_first_attention_probabilities() {
+    caught_at("gemma2-f32", Fault::SoftcapBeforeScale, "blk.0.attn_probs");
+}
+
+#[test]
+fn gemma2_window_one_too_wide_is_caught_at_the_first_windowed_layer() {
+    // The 61-token prompt reaches past layer 0's 8-token window.
+    caught_at("gemma2-f32", Fault::WindowOffByOne, "blk.0.attn_probs");
+}
+
+#[test]
+fn gemma2_with_the_erf_gelu_is_caught_at_the_first_ffn_output() {
+    caught_at("gemma2-f32", Fault::GeluErf, "blk.0.ffn_out");
+}
+
+#[test]
+fn phi3_gate_and_up_split_the_other_way_round_are_caught_at_the_first_ffn_output() {
+    caught_at("phi3-f32", Fault::GateUpSwapped, "blk.0.ffn_out");
+}
+
+/// The Q8_0 Gemma-2 case's 7-token prompt fits its 8-token window, and its decode leaves it:
+/// a window one too wide passes the whole prompt path and fails first in the decode.
+#[test]
+fn gemma2_window_one_too_wide_passes_the_prompt_inside_the_window_and_fails_the_decode() {
+    caught_at("gemma2-q8_0", Fault::WindowOffByOne, "blk.0.dec_attn_probs");
 }
 
 #[test]

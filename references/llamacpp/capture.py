@@ -6,7 +6,9 @@ dump.py runs this as a child process so that a crash inside llama.cpp (an abort 
 a segfault) kills only the child and comes back as an exit status the parent can report in one
 line. The request names the graph tensors to tap per architecture (`{"llama": {"blk.{L}.q":
 ["Qcur-{L}", "MUL_MAT"], ...}}`, `{L}` standing for every layer); this file knows llama.cpp's API,
-not what the tensors mean.
+not what the tensors mean. A graph that gives several layers' nodes one name (Gemma-2's
+`ffn_post_norm`) is told apart by a third entry, the name of one of the node's sources (`[
+"ffn_post_norm", "MUL", "blk.{L}.post_ffw_norm.weight"]`: the layer's own weight).
 
 The prompt is decoded as one micro-batch with logits requested at every position (otherwise
 llama.cpp prunes the last layer to the last token) and flash attention off (so the softmax is a
@@ -52,7 +54,8 @@ class Taps:
 
     def __init__(self, ggml, wanted):
         self.ggml = ggml
-        self.wanted = wanted  # (label, op) -> key
+        self.wanted = wanted  # (label, op) or (label, op, source name) -> key
+        self.by_source = {node[:2] for node in wanted if len(node) == 3}
         self.arrays = {}  # key -> np.ndarray
         self.active = True
         self.error = None
@@ -67,7 +70,7 @@ class Taps:
             try:
                 if not self.ggml.layout_checked:
                     self.ggml.check_layout(t)
-                key = self.wanted.get((self.ggml.label(t), self.ggml.op(t)))
+                key = self.key_of(t)
                 if ask or key is None:
                     return key is not None
                 if key in self.arrays:
@@ -80,17 +83,26 @@ class Taps:
 
         return llama_cpp.ggml_backend_sched_eval_callback(on_eval)
 
+    def key_of(self, t):
+        """The key the node `t` is tapped for, or None."""
+        label_op = (self.ggml.label(t), self.ggml.op(t))
+        key = self.wanted.get(label_op)
+        if key is None and label_op in self.by_source:
+            keys = [self.wanted.get(label_op + (self.ggml.name(s),)) for s in self.ggml.sources(t)]
+            key = next((k for k in keys if k is not None), None)
+        return key
+
     def missing(self):
-        return [f"{label} ({op}) for {key}" for (label, op), key in self.wanted.items() if key not in self.arrays]
+        return [f"{node[0]} ({', '.join(node[1:])}) for {key}" for node, key in self.wanted.items() if key not in self.arrays]
 
 
 def expand(graph, n_layers):
-    """{key template: [label template, op]} -> {(label, op): key} for every layer."""
+    """{key template: [label template, op(, source template)]} -> {(label, op(, source)): key} for every layer."""
     wanted = {}
-    for key, (label, op) in graph.items():
+    for key, node in graph.items():
         layers = range(n_layers) if "{L}" in key else [None]
         for layer in layers:
-            wanted[(label.replace("{L}", str(layer)), op)] = key.replace("{L}", str(layer))
+            wanted[tuple(part.replace("{L}", str(layer)) for part in node)] = key.replace("{L}", str(layer))
     return wanted
 
 
@@ -169,6 +181,10 @@ class Session:
         p.n_ctx = n_ctx
         p.n_batch = p.n_ubatch = n_batch  # the whole prompt in one micro-batch, so each tap is seen once
         p.n_seq_max = 1
+        # Sliding-window layers (Gemma-2) get a cache as large as the others, one cell a position
+        # (llama.cpp's default, said here so it cannot change under us): the window is then the
+        # mask's work alone, and their cache views hold every position, those outside it included.
+        p.swa_full = True
         p.n_threads = p.n_threads_batch = threads
         p.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         p.type_k = p.type_v = GGML_TYPES[kv_type]

@@ -16,6 +16,13 @@ the catalog's row-major layouts:
   type, float16, so they are k_rope/v rounded to half precision; PARITY_LLAMACPP_KV_TYPE=f32 asks
   for a float32 cache (then llama.cpp's attention has no rounding step the other references lack,
   and on SmolLM2 the greedy continuation follows PyTorch's rather than llama.cpp's default one).
+  Gemma-2's sliding-window layers have their own cache in llama.cpp; capture.py asks for it at full
+  size (one cell a position, `swa_full`), so their views are read the same way and hold every
+  position, the ones outside the window too: the window is applied by the mask, and attn_probs
+  shows it as zeros.
+- Phi-3's q, k and v are the three column blocks of the fused QKV product (`wqkv-L`), the same
+  elements llama.cpp's Qcur/Kcur/Vcur views of it read (0.3.20 names two of those views
+  `wqkv-L (view)`, so the product is tapped, not the views).
 - attn_probs is the SOFT_MAX node `[H, T, n_kv cells]`, cut to the T prompt cells after checking
   that no probability falls on the cells beyond them.
 - the decode_layers tensors come from the same graph nodes tapped during the chosen decode steps'
@@ -54,7 +61,7 @@ except ImportError as e:  # outside the reference environment: the documented ex
 # GPT-2's attention output projection has a bias and llama.cpp names neither node, nor do the Qwen
 # graphs name theirs; it is found by what it computes (ggml_tensor.Ggml.label).
 #
-# The RMSNorm decoders (src/models/llama.cpp, qwen2.cpp, qwen3.cpp) name these nodes alike:
+# The RMSNorm decoders (src/models/llama.cpp, qwen2.cpp, qwen3.cpp, gemma2-iswa.cpp, phi3.cpp) name these nodes alike:
 DECODER_NODES = {
     "embed": ["embd", "GET_ROWS"],
     "blk.{L}.attn_norm": ["attn_norm-{L}", "MUL"],
@@ -88,6 +95,23 @@ GRAPH = {
         **DECODER_NODES,
         "blk.{L}.q_norm": ["Qcur_normed-{L}", "MUL"],
         "blk.{L}.k_norm": ["Kcur_normed-{L}", "MUL"],
+        "blk.{L}.attn_out": UNNAMED_ATTN_OUT,
+    },
+    # src/models/gemma2-iswa.cpp. The embedding after its sqrt(d) scale; the post-norms (the output
+    # norms of the attention and the FFN). llama.cpp names every layer's FFN post-norm alike, so that
+    # one is found by its layer's weight among its sources (capture.py). The soft-capped scores
+    # (kq_scaled_1, kq_tanh, kq_scaled_2) feed kq_soft_max, which applies the (sliding-window) mask.
+    "gemma2": {
+        **DECODER_NODES,
+        "embed": ["inp_scaled", "SCALE"],
+        "blk.{L}.attn_out": UNNAMED_ATTN_OUT,
+        "blk.{L}.post_attn_norm": ["attn_post_norm-{L}", "MUL"],
+        "blk.{L}.post_ffn_norm": ["ffn_post_norm", "MUL", "blk.{L}.post_ffw_norm.weight"],
+    },
+    # src/models/phi3.cpp: one fused QKV product, tapped whole and cut into q, k, v (layer_tensors).
+    "phi3": {
+        **{key: node for key, node in DECODER_NODES.items() if key not in ("blk.{L}.q", "blk.{L}.k", "blk.{L}.v")},
+        "blk.{L}.qkv": ["wqkv-{L}", "MUL_MAT"],
         "blk.{L}.attn_out": UNNAMED_ATTN_OUT,
     },
     "gpt2": {
@@ -211,15 +235,21 @@ def layer_tensors(g, prefix, layer, n_rows, n_cells, sizes):
     def node(name):
         return g[f"{prefix}blk.{layer}.{name}"]
 
+    graph = GRAPH[sizes["arch"]]
     out = {}
-    for name in ("attn_norm", "attn_out", "ffn_norm", "ffn_out", "block_out"):
-        out[name] = rows(node(name), d)
-    out["q"] = unpermute(rows(node("q"), H * hd))
-    out["k"] = unpermute(rows(node("k"), KV * hd))
-    out["v"] = rows(node("v"), KV * hd)
+    for name in ("attn_norm", "attn_out", "post_attn_norm", "ffn_norm", "ffn_out", "post_ffn_norm", "block_out"):
+        if f"blk.{{L}}.{name}" in graph:
+            out[name] = rows(node(name), d)
+    if "blk.{L}.qkv" in graph:
+        # Phi-3's fused product: q, k and v are its consecutive column blocks, the same elements
+        # llama.cpp's own views of it (Qcur/Kcur/Vcur) read.
+        q, k, v = np.split(rows(node("qkv"), (H + 2 * KV) * hd), [H * hd, (H + KV) * hd], axis=1)
+    else:
+        q, k, v = rows(node("q"), H * hd), rows(node("k"), KV * hd), rows(node("v"), KV * hd)
+    out["q"], out["k"], out["v"] = (np.ascontiguousarray(a) for a in (unpermute(q), unpermute(k), v))
     # What the architecture has beyond q/k/v (GRAPH names it): Qwen3's per-head norms, RoPE.
     for name, heads in (("q_norm", H), ("k_norm", KV), ("q_rope", H), ("k_rope", KV)):
-        if f"blk.{{L}}.{name}" in GRAPH[sizes["arch"]]:
+        if f"blk.{{L}}.{name}" in graph:
             out[name] = unpermute(rows(node(name), heads * hd))
     # The cache views: keys [KV, cells, hd], values transposed [KV, hd, cells].
     k_cells = node("k_cache").reshape(KV, -1, hd)
@@ -252,7 +282,7 @@ def run(args):
     permuted = arch == "llama"
     if permuted and meta["rope_type"] != LLAMA_ROPE_TYPE_NORM:
         raise DumpError(f"llama model with RoPE type {meta['rope_type']}: its Q/K row order is not the one this dumper undoes")
-    if arch in ("qwen2", "qwen3") and meta["rope_type"] != LLAMA_ROPE_TYPE_NEOX:
+    if arch in ("qwen2", "qwen3", "gemma2", "phi3") and meta["rope_type"] != LLAMA_ROPE_TYPE_NEOX:
         raise DumpError(f"{arch} model with RoPE type {meta['rope_type']}: its Q/K rows are not in the half-split order this dumper expects")
     hd = g["blk.0.k_cache"].shape[-1]
     unpermute = (lambda x: hf_head_order(x, hd)) if permuted else (lambda x: x)

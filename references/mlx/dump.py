@@ -3,8 +3,8 @@ own model code, in float32 (quantized GGUF types stay MLX-quantized).
 
     ~/.cache/parity/venv-mlx/bin/python references/mlx/dump.py --model M.gguf --prompt TEXT --out DIR
 
-GGUF Llama (2 and 3), Qwen2, Qwen3 and GPT-2, through mlx-lm's models (llama.py, qwen.py,
-gpt2.py, watched by watch.py). It runs in its own
+GGUF Llama (2 and 3), Qwen2, Qwen3, Gemma-2, Phi-3 and GPT-2, through mlx-lm's models (llama.py,
+qwen.py, gemma2.py, phi3.py, gpt2.py, watched by watch.py). It runs in its own
 environment, $PARITY_CACHE/venv-mlx (references/mlx/requirements.txt). Prompt ids come from our
 GGUF tokenizer (references/tinygrad/gguf_tokenizer.py, pure Python), as for tinygrad, matching
 llama.cpp. `step_logits` and `generated` feed one token at a time through mlx-lm's KVCache; at
@@ -55,12 +55,20 @@ def run(args):
         from qwen import Qwen
 
         model = Qwen(str(model_path), arch)
+    elif arch == "gemma2":
+        from gemma2 import Gemma2
+
+        model = Gemma2(str(model_path))
+    elif arch == "phi3":
+        from phi3 import Phi3
+
+        model = Phi3(str(model_path))
     elif arch == "gpt2":
         from gpt2 import Gpt2
 
         model = Gpt2(str(model_path))
     else:
-        raise DumpError(f"architecture {arch!r} is not supported by the MLX dumper (llama, qwen2, qwen3, gpt2)")
+        raise DumpError(f"architecture {arch!r} is not supported by the MLX dumper (llama, qwen2, qwen3, gemma2, phi3, gpt2)")
     from gguf_tokenizer import Tokenizer, TokenizerError
 
     try:

@@ -100,18 +100,27 @@ class Llama(Watched):
         watch_decoder(self, model.model)
 
 
-def watch_decoder(owner, inner, qk_norm=False):
+def watch_decoder(owner, inner, qk_norm=False, fused_qkv=None):
     """The checkpoint taps of a Llama-style mlx-lm decoder (`inner` holds embed_tokens, layers of
     input_layernorm, self_attn with q/k/v/o_proj and rope, post_attention_layernorm and mlp, and
-    norm); with `qk_norm`, self_attn's per-head q_norm/k_norm too (Qwen3)."""
+    norm); with `qk_norm`, self_attn's per-head q_norm/k_norm too (Qwen3); with `fused_qkv` =
+    (q_end, k_end), q/k/v are the column slices [:q_end], [q_end:k_end], [k_end:] of self_attn's
+    one qkv_proj (Phi-3), as mlx-lm splits it."""
     owner.watch(inner.embed_tokens, lambda out: {"embed": out[0]})
     owner.watch(inner.norm, lambda out: {"final_norm": out[0]})
     for i, layer in enumerate(inner.layers):
         attn = layer.self_attn
         owner.watch(layer.input_layernorm, lambda out, i=i: {f"blk.{i}.attn_norm": out[0]})
-        owner.watch(attn.q_proj, lambda out, i=i: {f"blk.{i}.q": out[0]})
-        owner.watch(attn.k_proj, lambda out, i=i: {f"blk.{i}.k": out[0]})
-        owner.watch(attn.v_proj, lambda out, i=i: {f"blk.{i}.v": out[0]})
+        if fused_qkv is None:
+            owner.watch(attn.q_proj, lambda out, i=i: {f"blk.{i}.q": out[0]})
+            owner.watch(attn.k_proj, lambda out, i=i: {f"blk.{i}.k": out[0]})
+            owner.watch(attn.v_proj, lambda out, i=i: {f"blk.{i}.v": out[0]})
+        else:
+            q_end, k_end = fused_qkv
+            owner.watch(
+                attn.qkv_proj,
+                lambda out, i=i: {f"blk.{i}.q": out[0][:, :q_end], f"blk.{i}.k": out[0][:, q_end:k_end], f"blk.{i}.v": out[0][:, k_end:]},
+            )
         if qk_norm:  # [1, T, heads, hd], normalised over hd
             owner.watch(attn.q_norm, lambda out, i=i: {f"blk.{i}.q_norm": out[0].reshape(out.shape[1], -1)})
             owner.watch(attn.k_norm, lambda out, i=i: {f"blk.{i}.k_norm": out[0].reshape(out.shape[1], -1)})

@@ -19,6 +19,12 @@ Llama only, Qwen2's biases added), Qwen3's q_norm/k_norm (prompt and decode path
 RMSNorms of q and k, RoPE at each pair's frequency divided by the GGUF's rope_freqs factor
 (Llama-3), and the RoPE frequencies the dumper gives mlx-lm from those factors against mlx-lm's own
 Llama3RoPE built from the HF config.json's llama3 parameters (which the GGUF does not carry).
+Gemma-2 (F32 and Q8_0, on a prompt longer than its sliding window) and Phi-3 (F32) too, and on F32
+each step of their blocks recomputed in float64 from the dump's own input to it
+(references/tinygrad/family_checks.py: Gemma-2's scaled embedding, soft-capped windowed attention
+on the prompt and decode paths, (1 + w) post-norms, GeGLU, soft-capped logits; Phi-3's fused q/k/v
+and gate/up); the decode steps against a prompt forward show the windowed decode agrees with the
+windowed prompt path.
 Exits 0 with a printed reason when mlx is not importable (1 when PARITY_REQUIRE_REFERENCES is set:
 references/common/testkit.py), 1 on any failure.
 """
@@ -42,6 +48,9 @@ except ImportError as e:
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.append(str(HERE.parent / "tinygrad"))  # family_checks.py (numpy only), after ours: both have gemma2.py
+import family_checks  # noqa: E402
+
 ROOT = HERE.parents[1]
 DUMPER = HERE / "dump.py"
 PROMPT = "The quick brown fox jumps over the lazy dog."
@@ -63,9 +72,13 @@ CACHE = Path(os.environ.get("PARITY_CACHE", Path.home() / ".cache" / "parity"))
 FAMILY_IDS = json.loads((ROOT / "references" / "tinygrad" / "family_prompt_ids.json").read_text())
 FAMILY_PROMPT = FAMILY_IDS["prompt"]
 FAMILIES = {
-    rel: FAMILY_IDS["ids"][rel.split("/")[0]]
-    for rel in ("llama3/model-f32.gguf", "llama3/model-q8_0.gguf", "qwen2/model-f32.gguf", "qwen3/model-f32.gguf")
+    rel: (FAMILY_PROMPT, FAMILY_IDS["ids"][rel.split("/")[0]])
+    for rel in ("llama3/model-f32.gguf", "llama3/model-q8_0.gguf", "qwen2/model-f32.gguf", "qwen3/model-f32.gguf", "phi3/model-f32.gguf")
 }
+# Gemma-2 on a prompt longer than its sliding window (the prompt path shows the window too), F32
+# and Q8_0 (MLX-quantized matrices, the norms' 1 + w undone on plain f32 vectors either way).
+for _rel in ("gemma2/model-f32.gguf", "gemma2/model-q8_0.gguf"):
+    FAMILIES[_rel] = (FAMILY_IDS["window_prompt"], FAMILY_IDS["window_ids"]["gemma2"])
 
 
 @dataclass(frozen=True)
@@ -173,7 +186,7 @@ def check_attention(case, out, arch, n_layers, theta, sizes, fail):
         if gguf is not None and arch == "gpt2":
             # GPT-2's fused QKV rows: queries first; llama.cpp stores them [out, in] with a bias.
             checks.append(("q", load("attn_norm") @ gguf[f"blk.{i}.attn_qkv.weight"][: h * hd].T + gguf[f"blk.{i}.attn_qkv.bias"][: h * hd]))
-        elif gguf is not None:
+        elif gguf is not None and arch != "phi3":  # Phi-3's fused rows: family_checks
             for name, heads in (("q", h), ("k", kv), ("v", kv)):
                 rows = gguf[f"blk.{i}.attn_{name}.weight"]
                 if arch == "llama" and name != "v":
@@ -199,6 +212,8 @@ def check_attention(case, out, arch, n_layers, theta, sizes, fail):
                     fail(f"{rel}: blk.{i}.{name} is {err:.2g} relative RMS from the half-split RoPE of {name[0]}")
         if not np.array_equal(kc, keys_now.reshape(t, kv, hd).transpose(1, 0, 2).astype(np.float32).astype(np.float64)):
             fail(f"{rel}: blk.{i}.k_cache differs from the rotated keys in [KV, T, hd] order")
+        if arch == "gemma2":  # soft-capped and windowed: family_checks
+            continue
         p = load("attn_probs")
         scores = np.einsum("thd,hsd->hts", queries.reshape(t, h, hd), np.repeat(kc, h // kv, axis=0)) / np.sqrt(hd)
         scores[:, np.triu(np.ones((t, t), bool), 1)] = -np.inf
@@ -206,6 +221,10 @@ def check_attention(case, out, arch, n_layers, theta, sizes, fail):
         want /= want.sum(-1, keepdims=True)
         if np.abs(p - want).max() > 1e-5 or (np.triu(np.ones((t, t), bool), 1)[None] & (p != 0)).any():
             fail(f"{rel}: blk.{i}.attn_probs is not the causal softmax of the queries . k_cache / sqrt(hd)")
+    if gguf is not None and arch in ("gemma2", "phi3"):
+        check = family_checks.check_gemma2 if arch == "gemma2" else family_checks.check_phi3
+        worst = check(rel, out, gguf, hf_config(case.path.parent), fail)
+        print(f"ok {rel}: the {arch} block within {worst:.2g} of float64 numpy from the GGUF")
     print(f"ok {rel}: q, RoPE, cache and attention probabilities")
 
 
@@ -227,12 +246,14 @@ def check_llama3_rope(case, fail):
 
 
 def load_model(path, arch):
+    from gemma2 import Gemma2
     from gpt2 import Gpt2
     from llama import Llama
+    from phi3 import Phi3
     from qwen import Qwen
 
-    if arch == "gpt2":
-        return Gpt2(str(path))
+    if arch in ("gpt2", "gemma2", "phi3"):
+        return {"gpt2": Gpt2, "gemma2": Gemma2, "phi3": Phi3}[arch](str(path))
     return Llama(str(path)) if arch == "llama" else Qwen(str(path), arch)
 
 
@@ -303,13 +324,13 @@ def main():
     with tempfile.TemporaryDirectory(prefix="mlx-dump-test-") as d:
         tmp = Path(d)
         cases = [Case(rel, ROOT / "fixtures" / "models" / rel, PROMPT, pinned) for rel, pinned in FIXTURES.items()]
-        for rel, pinned in FAMILIES.items():
+        for rel, (prompt, pinned) in FAMILIES.items():
             path = CACHE / "models" / "families" / rel
             missing = testkit.missing_file(path, "scripts/make-family-models.py")
             if missing and testkit.REQUIRED:
                 failures.append(missing)
             if not missing:
-                cases.append(Case(rel, path, FAMILY_PROMPT, pinned))
+                cases.append(Case(rel, path, prompt, pinned))
         for case in cases:
             out = tmp / case.rel.replace("/", "-")
             r = run_dumper(case.path, out, prompt=case.prompt)

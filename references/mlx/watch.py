@@ -101,17 +101,18 @@ class Watched:
                 k, v = c.keys[0, :, :n_ctx, :], c.values[0, :, :n_ctx, :]
                 self.taps[f"blk.{i}.k_cache"] = k
                 self.taps[f"blk.{i}.v_cache"] = v
-                self.taps[f"blk.{i}.attn_probs"] = self.probs(self.heads[i], k, start)
+                self.taps[f"blk.{i}.attn_probs"] = self.probs(self.heads[i], k, start, i)
             mx.eval(list(self.taps.values()))
             for name, value in self.taps.items():
                 tap(name, np.array(value, copy=True))
         self.taps = None
         return np.array(logits, copy=True)
 
-    def probs(self, q, k, start):
+    def probs(self, q, k, start, layer):
         """Ours, on MLX ops: softmax(q k^T / sqrt(hd)) over the positions each query may see. q is
-        [H, T, hd] (the queries mlx-lm's attention read), k [KV, start+T, hd] (its cache); query
-        head h reads key head h // (H / KV), as mlx-lm's attention does."""
+        [H, T, hd] (the queries mlx-lm's attention read), k [KV, start+T, hd] (its cache) of block
+        `layer` (the same in every block here; Gemma-2's differ: gemma2.py); query head h reads key
+        head h // (H / KV), as mlx-lm's attention does."""
         keys = mx.repeat(k, self.n_heads // self.n_kv, axis=0)
         scores = (q @ keys.swapaxes(-1, -2)) * (self.hd**-0.5)
         t, n = q.shape[1], k.shape[1]

@@ -46,6 +46,13 @@ class KVCache:
         row = Tensor(np.arange(c)[None, :, None] == start) if t == 1 else None
         return mask, row
 
+    def window_mask(self, t, window):
+        """The additive mask [t, C] of a sliding window over the next `t` positions: position i
+        reads keys j with i - window < j <= i (Gemma-2's window as transformers and llama.cpp draw it)."""
+        pos = self.pos + np.arange(t)[:, None]
+        keys = np.arange(self.capacity)[None, :]
+        return Tensor(np.where((keys <= pos) & (keys > pos - window), 0.0, -np.inf).astype(np.float32))
+
     def write(self, layer, k, v, row):
         """Stores [KV, T, hd] keys/values; returns the whole [KV, C, hd] pair. The prompt (`row` None)
         fills positions 0..T-1 of the empty cache; one token goes to the position `row` marks, in
@@ -62,8 +69,10 @@ class KVCache:
         Tensor.realize(*self.k, *self.v)
 
 
-def causal_attention(q, k, v, mask):
-    """q [H, T, hd]; k, v [KV, C, hd], the whole cache; mask [T, C] from `KVCache.step`.
+def causal_attention(q, k, v, mask, softcap=None):
+    """q [H, T, hd]; k, v [KV, C, hd], the whole cache; mask [T, C] from `KVCache.step` (or its
+    `window_mask`). With `softcap`, the scaled scores become softcap * tanh(scores / softcap) before
+    the mask (Gemma-2's attention logit soft-capping).
 
     Query head h reads key/value head h // (H / KV) (grouped-query attention). Returns the context
     [T, H*hd] and the probabilities [H, T, C], whose masked (future or unwritten) entries are exactly 0.
@@ -73,6 +82,8 @@ def causal_attention(q, k, v, mask):
     group = n_heads // n_kv
     qg = q.reshape(n_kv, group, t, hd)
     scores = (qg @ k.unsqueeze(1).transpose(-1, -2)) * (1.0 / math.sqrt(hd))  # [KV, G, T, C]
+    if softcap is not None:
+        scores = (scores / softcap).tanh() * softcap
     probs = (scores + mask).softmax(-1)
     ctx = probs @ v.unsqueeze(1)  # [KV, G, T, hd]
     ctx = ctx.reshape(n_heads, t, hd).transpose(0, 1).reshape(t, n_heads * hd)

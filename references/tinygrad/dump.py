@@ -3,8 +3,9 @@
     ~/.cache/parity/venv/bin/python references/tinygrad/dump.py --model M.gguf --prompt TEXT --out DIR
 
 GGUF only. Llama (2 and 3), Qwen2 and Qwen3 run through tinygrad's own
-`tinygrad.llm.model.Transformer` (llama.py), GPT-2
-through our forward pass on tinygrad Tensors (gpt2.py). Prompt ids come from the GGUF vocabulary
+`tinygrad.llm.model.Transformer` (llama.py); Gemma-2 and Phi-3 through blocks of ours built from
+tinygrad's modules and ops (gemma2.py, phi3.py); GPT-2 through our forward pass on tinygrad
+Tensors (gpt2.py). Prompt ids come from the GGUF vocabulary
 (gguf_tokenizer.py), matching llama.cpp. `step_logits` and `generated` feed one token at a time
 through the models' KV cache (a TinyJit-replayed decode step): the greedy tokens, or the
 --force-tokens history. At the chosen decode steps (dumpkit.decode_steps) that one-token step runs
@@ -54,11 +55,19 @@ def load_model(path, arch):
 
     if arch in ARCHS:
         return Llama(path)
+    if arch == "gemma2":
+        from gemma2 import Gemma2
+
+        return Gemma2(path)
+    if arch == "phi3":
+        from phi3 import Phi3
+
+        return Phi3(path)
     if arch == "gpt2":
         from gpt2 import Gpt2
 
         return Gpt2(path)
-    raise DumpError(f"architecture {arch!r} is not supported ({', '.join(ARCHS)}, gpt2)")
+    raise DumpError(f"architecture {arch!r} is not supported ({', '.join(ARCHS)}, gemma2, phi3, gpt2)")
 
 
 def run(args):

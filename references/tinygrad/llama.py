@@ -20,41 +20,10 @@ ours, on tinygrad ops: tinygrad's `precompute_freqs_cis` with each pair's freque
 factor, as llama.cpp applies them.
 """
 
-import sys
-import types
-
-from attention import KVCache, as_f32, causal_attention
-from tinygrad import Tensor, TinyJit, dtypes, nn
+from attention import as_f32, causal_attention
+from decoder import CachedDecoder, import_model, tap_layer
+from tinygrad import Tensor, nn
 from tinygrad.llm.gguf import gguf_load
-
-
-def _import_model():
-    """Imports tinygrad.llm.model, filling in `tinygrad.llm.kernels.amd` when the wheel lacks it.
-
-    The tinygrad 0.14.0 wheel ships tinygrad/llm/model.py but not the tinygrad/llm/kernels package it
-    imports. That module's `Linear` is `nn.Linear` everywhere but on RDNA3 GPUs (its custom kernels are
-    gated by `amd_custom_kernels_supported`), so on the CPU device plain `nn.Linear` with the check
-    answering False is the same computation.
-    """
-    try:
-        import tinygrad.llm.kernels.amd  # noqa: F401
-    except ModuleNotFoundError:
-
-        def _amd_only(*_args, **_kwargs):
-            raise RuntimeError("tinygrad.llm.kernels.amd is missing from this tinygrad install; its AMD kernels cannot run")
-
-        kernels = types.ModuleType("tinygrad.llm.kernels")
-        amd = types.ModuleType("tinygrad.llm.kernels.amd")
-        amd.Linear = nn.Linear
-        amd.amd_custom_kernels_supported = lambda device: False
-        amd.gated_delta_prefill = amd.flash_attention = _amd_only
-        kernels.amd = amd
-        sys.modules["tinygrad.llm.kernels"] = kernels
-        sys.modules["tinygrad.llm.kernels.amd"] = amd
-    import tinygrad.llm.model as model
-
-    return model
-
 
 # GGUF architectures whose blocks tinygrad's own TransformerBlock runs as they are defined.
 ARCHS = ("llama", "qwen2", "qwen3")
@@ -68,9 +37,9 @@ def scaled_freqs_cis(dim, end, theta, factors):
     return angles.cos().cat(angles.sin(), dim=-1)
 
 
-class Llama:
+class Llama(CachedDecoder):
     def __init__(self, path):
-        self.tg = _import_model()
+        self.tg = import_model()
         # HALF=0 (set by dump.py) keeps the GGUF's own types; everything is then widened to float32 once.
         self.model, self.kv = self.tg.Transformer.from_gguf(path, realize=False)
         for t in nn.state.get_parameters(self.model):
@@ -97,28 +66,6 @@ class Llama:
         self.context = cfg.max_context
         self.cache = None
 
-    def reset_cache(self, capacity):
-        """An empty KV cache for `capacity` positions (prompt + generated tokens)."""
-        self.cache = KVCache(self.n_layers, self.n_kv, self.hd, capacity)
-        self._decode = TinyJit(lambda *inputs: self._forward(*inputs).realize())
-
-    def _rope(self, x, freqs):
-        """x [heads, T, hd]; RoPE on the first rope_dim dims, as tinygrad's block does."""
-        rot = self.tg.apply_rope(x[None, :, :, : self.rope_dim], freqs)[0]
-        return rot.cat(x[:, :, self.rope_dim :], dim=-1) if self.rope_dim < self.hd else rot
-
-    def forward(self, ids, tap=None):
-        """Runs tokens `ids` after the cached ones; returns logits [T, V]. `tap(name, tensor)` sees
-        the checkpoints (lazy tensors), the cache and attention over the `start + len(ids)` positions
-        written so far. A single token without taps is a TinyJit-replayed decode step."""
-        start, t = self.cache.length(), len(ids)
-        mask, row = self.cache.step(t)
-        # the rows of tinygrad's RoPE table for these positions, as data (see attention.py)
-        inputs = (Tensor([ids], dtype=dtypes.int32), Tensor(self.freqs[start : start + t]), mask, row)
-        logits = self._decode(*inputs) if row is not None and tap is None else self._forward(*inputs, tap=tap, n_ctx=start + t)
-        self.cache.pos = start + t
-        return logits
-
     def _forward(self, tokens, freqs, mask, row, tap=None, n_ctx=None):
         tap = tap or (lambda name, t: None)
         t = tokens.shape[1]
@@ -143,22 +90,7 @@ class Llama:
             fn = blk.ffn_norm(h)
             ffn_out = blk._feed_forward(fn)
             x = h + ffn_out
-            for name, val in (
-                ("attn_norm", xn[0]),
-                ("q", q),
-                ("k", k),
-                ("v", v),
-                ("q_rope", qr.transpose(0, 1).reshape(t, -1)),
-                ("k_rope", kr.transpose(0, 1).reshape(t, -1)),
-                ("k_cache", k_all[:, :n_ctx]),
-                ("v_cache", v_all[:, :n_ctx]),
-                ("attn_probs", probs[:, :, :n_ctx]),
-                ("attn_out", attn_out[0]),
-                ("ffn_norm", fn[0]),
-                ("ffn_out", ffn_out[0]),
-                ("block_out", x[0]),
-            ):
-                tap(f"blk.{i}.{name}", val)
+            tap_layer(tap, i, t, n_ctx, xn, q, k, v, qr, kr, k_all, v_all, probs, attn_out=attn_out, ffn_norm=fn, ffn_out=ffn_out, block_out=x)
         final = m.output_norm(x)
         tap("final_norm", final[0])
         return m.output(final)[0]

@@ -16,6 +16,11 @@ the `gguf` package (not tinygrad's loader): q/k/v from attn_norm and the file's 
 Q/K interleave undone by index on Llama only, Qwen2's biases added), Qwen3's q_norm/k_norm as
 per-head RMSNorms (prompt and decode path), and q_rope/k_rope as the half-split RoPE at each pair's
 frequency divided by the file's rope_freqs factor (Llama-3; checked to differ from the unscaled one).
+Gemma-2 (on a prompt longer than its sliding window) and Phi-3 also go through family_checks.py:
+each step of their blocks recomputed in float64 from the dump's own input to it (Gemma-2's scaled
+embedding, soft-capped windowed attention on the prompt and decode paths, (1 + w) post-norms, GeGLU,
+soft-capped logits; Phi-3's fused q/k/v and gate/up), and Gemma-2's decode steps against a prompt
+forward of the prompt plus the history, so the windowed decode agrees with the windowed prompt.
 """
 
 import json
@@ -40,6 +45,8 @@ os.environ["HALF"] = "0"
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import family_checks  # noqa: E402
+
 ROOT = HERE.parents[1]
 DUMPER = HERE / "dump.py"
 PROMPT = "The quick brown fox jumps over the lazy dog."
@@ -57,9 +64,11 @@ CACHE = Path(os.environ.get("PARITY_CACHE", Path.home() / ".cache" / "parity"))
 FAMILY_IDS = json.loads((HERE / "family_prompt_ids.json").read_text())
 FAMILY_PROMPT = FAMILY_IDS["prompt"]
 FAMILIES = {
-    rel: FAMILY_IDS["ids"][rel.split("/")[0]]
-    for rel in ("llama3/model-f32.gguf", "llama3/model-q8_0.gguf", "qwen2/model-f32.gguf", "qwen3/model-f32.gguf")
+    rel: (FAMILY_PROMPT, FAMILY_IDS["ids"][rel.split("/")[0]])
+    for rel in ("llama3/model-f32.gguf", "llama3/model-q8_0.gguf", "qwen2/model-f32.gguf", "qwen3/model-f32.gguf", "phi3/model-f32.gguf")
 }
+# Gemma-2 on a prompt longer than its sliding window, so the prompt path shows the window too.
+FAMILIES["gemma2/model-f32.gguf"] = (FAMILY_IDS["window_prompt"], FAMILY_IDS["window_ids"]["gemma2"])
 
 
 def dims_from_hf_config(model_dir, n_tokens):
@@ -97,15 +106,16 @@ def relative_rms(got, want):
     return float(np.sqrt(np.mean((got - want) ** 2) / np.mean(want**2)))
 
 
-def check_decode_steps(rel, arch, out, tmp, fail):
-    """step_logits and generated of a dump, greedy and (f32 files) forced on FORCED: row 0 is
-    last_logits, generated the rows' argmax, and each row within 1e-4 of a prompt forward of the
-    prompt plus the history before it, in a separately loaded model."""
+def check_decode_steps(rel, arch, out, tmp, fail, model_path=None, forced=True):
+    """step_logits and generated of a dump, greedy and (f32 files, unless not `forced`) forced on
+    FORCED: row 0 is last_logits, generated the rows' argmax, and each row within 1e-4 of a prompt
+    forward of the prompt plus the history before it, in a separately loaded model. `model_path`
+    defaults to the fixture `rel`."""
     import dump
 
-    model_path = ROOT / "fixtures" / "models" / rel
+    model_path = model_path or ROOT / "fixtures" / "models" / rel
     runs = [("greedy", out, None)]
-    if rel.endswith("-f32.gguf"):
+    if forced and rel.endswith("-f32.gguf"):
         forced_out = tmp / (rel.replace("/", "-") + "-forced")
         r = run_dumper(model_path, forced_out, force_tokens=FORCED)
         if r.returncode != 0:
@@ -250,10 +260,12 @@ def rms_norm_heads(x, weight, eps, hd):
 
 def check_family_values(rel, model, out, fail):
     """A family dump's q/k/v, q_norm/k_norm, RoPE and KV cache against float64 numpy from the GGUF."""
-    arch, n_layers, dims = dims_from_hf_config(model.parent, len(FAMILIES[rel]))
+    arch, n_layers, dims = dims_from_hf_config(model.parent, len(FAMILIES[rel][1]))
     w, meta = gguf_tensors(model)
     t, h, kv, hd = dims["T"], dims["H"], dims["KV"], dims["hd"]
-    theta, eps = float(meta[f"{arch}.rope.freq_base"]), float(meta[f"{arch}.attention.layer_norm_rms_epsilon"])
+    config = json.loads((model.parent / "hf" / "config.json").read_text())
+    theta = float(config.get("rope_theta") or config["rope_parameters"]["rope_theta"])  # Gemma-2's GGUF has no freq_base
+    eps = float(meta[f"{arch}.attention.layer_norm_rms_epsilon"])
     factors = w.get("rope_freqs.weight")
     if (factors is not None) != (arch == "llama"):
         fail(f"{rel}: rope_freqs.weight {'present' if factors is not None else 'absent'} for {arch}")
@@ -262,7 +274,7 @@ def check_family_values(rel, model, out, fail):
     for i in range(n_layers):
         load = lambda name: np.load(out / f"blk.{i}.{name}.npy").astype(np.float64)  # noqa: E731
         xn = load("attn_norm")
-        for name, heads in (("q", h), ("k", kv), ("v", kv)):
+        for name, heads in (("q", h), ("k", kv), ("v", kv)) if arch != "phi3" else ():  # Phi-3's fused rows: family_checks
             rows = w[f"blk.{i}.attn_{name}.weight"]
             if arch == "llama" and name != "v":  # llama.cpp stores HF row g*hd + s*hd/2 + j at g*hd + 2j + s
                 rows = rows[[g * hd + 2 * j + s for g in range(heads) for s in range(2) for j in range(hd // 2)]]
@@ -292,11 +304,16 @@ def check_family_values(rel, model, out, fail):
                 fail(f"{rel}: blk.{i}.{name} is {err:.2g} from the half-split RoPE of {name[0]}")
             if factors is not None and relative_rms(load(name), rope_half_split(x.reshape(t, heads, hd), theta).reshape(t, -1)) < 1e-3:
                 fail(f"{rel}: blk.{i}.{name} is as close to the unscaled RoPE: the prompt cannot show the frequency scaling")
-    print(f"ok {rel}: q/k/v, q/k norms and RoPE within {worst:.2g} of float64 numpy from the GGUF")
+    if arch in ("gemma2", "phi3"):
+        check = family_checks.check_gemma2 if arch == "gemma2" else family_checks.check_phi3
+        worst = max(worst, check(rel, out, w, config, fail, tol))
+    print(
+        f"ok {rel}: q/k/v, q/k norms, RoPE{', the ' + arch + ' block' if arch in ('gemma2', 'phi3') else ''} within {worst:.2g} of float64 numpy from the GGUF"
+    )
 
 
 def check_families(tmp, fail):
-    for rel, pinned in FAMILIES.items():
+    for rel, (prompt, pinned) in FAMILIES.items():
         model = CACHE / "models" / "families" / rel
         missing = testkit.missing_file(model, "scripts/make-family-models.py")
         if missing:
@@ -304,8 +321,10 @@ def check_families(tmp, fail):
                 fail(missing)
             continue
         out = tmp / rel.replace("/", "-")
-        if check_dump(model, rel, pinned, out, FAMILY_PROMPT, fail):
+        if check_dump(model, rel, pinned, out, prompt, fail):
             check_family_values(rel, model, out, fail)
+            if rel.startswith("gemma2/"):  # the windowed decode steps against the windowed prompt path
+                check_decode_steps(rel, "gemma2", out, tmp, fail, model_path=model, forced=False)
 
 
 def check_missing_model_exits_2(tmp, fail):

@@ -267,8 +267,8 @@ fn llama_cpp_vocab_test(name: &str) -> Option<(Tokenizer, Vec<VocabCase>)> {
 }
 
 #[test]
-fn llama3_and_qwen2_ids_equal_hf_on_llama_cpp_vocab_tests() {
-    for name in ["llama-bpe", "qwen2", "gpt-2"] {
+fn family_ids_equal_hf_on_llama_cpp_vocab_tests() {
+    for name in ["llama-bpe", "qwen2", "gpt-2", "llama-spm", "phi-3"] {
         let Some((tok, cases)) = llama_cpp_vocab_test(name) else { return };
         for (text, want) in &cases {
             let mut got = tok.encode_with_special(text);
@@ -277,5 +277,30 @@ fn llama3_and_qwen2_ids_equal_hf_on_llama_cpp_vocab_tests() {
             }
             assert_ids(&tok, name, "HF (llama.cpp's vocab test)", text, &got, want);
         }
+    }
+}
+
+/// The Gemma-2 and Phi-3 family models' HF tokenizer.json (a Metaspace pre-tokenizer, Gemma's
+/// without the dummy prefix) gives the ids their GGUF gives, on llama.cpp's SentencePiece test
+/// strings (scripts/make-family-models.py made both from llama.cpp's vocab files).
+#[test]
+fn family_hf_tokenizers_equal_their_gguf_on_sentencepiece_test_strings() {
+    let Some((_, cases)) = llama_cpp_vocab_test("llama-spm") else { return };
+    for family in ["gemma2", "phi3"] {
+        let cache =
+            std::env::var_os("PARITY_CACHE").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/parity")));
+        let Some(dir) = cache.map(|c| c.join("models/families").join(family)).filter(|d| d.join("model-f32.gguf").is_file()) else {
+            assert!(std::env::var_os("PARITY_REQUIRE_REFERENCES").is_none(), "no {family} family model: run scripts/make-family-models.py");
+            return eprintln!("skipped: no {family} family model");
+        };
+        let file = crate::gguf::GgufFile::open(&dir.join("model-f32.gguf")).unwrap();
+        let gguf = Tokenizer::from_gguf(&file).unwrap();
+        let hf = Tokenizer::from_hf_json(&dir.join("hf/tokenizer.json")).unwrap();
+        for (text, _) in &cases {
+            assert_ids(&hf, family, "HF tokenizer.json against GGUF", text, &hf.encode_with_special(text), &gguf.encode_with_special(text));
+        }
+        let gemma = family == "gemma2";
+        assert_eq!(gguf.encode_with_special("The").len(), 2, "{family}: BOS and one piece");
+        assert_eq!(gguf.encode_with_special("The")[1], if gemma { 1576 } else { 450 }, "{family}: \"The\" or \"\u{2581}The\"");
     }
 }

@@ -22,9 +22,12 @@ pub fn spec_from_hf_json(path: &Path) -> Result<TokenizerSpec> {
         return Err(err(format!("{}: model type '{model_type}' is not supported (only byte-level BPE)", path.display())));
     }
     // SentencePiece models converted to tokenizer.json (Llama, TinyLlama) replace spaces with
-    // U+2581 in a normalizer and fall back to byte tokens; byte-level BPE has no normalizer.
-    let sentencepiece = is_sentencepiece_normalizer(json.get("normalizer").unwrap_or(&Value::Null))
-        && model.get("byte_fallback").and_then(Value::as_bool).unwrap_or(false);
+    // U+2581 in a normalizer, or (newer conversions: Gemma, Phi-3) in a Metaspace pre-tokenizer,
+    // and fall back to byte tokens; byte-level BPE has neither.
+    let byte_fallback = model.get("byte_fallback").and_then(Value::as_bool).unwrap_or(false);
+    let metaspace = metaspace_prefix(json.get("pre_tokenizer").unwrap_or(&Value::Null));
+    let normalizer = json.get("normalizer").unwrap_or(&Value::Null);
+    let sentencepiece = byte_fallback && (is_sentencepiece_normalizer(normalizer) || (normalizer.is_null() && metaspace.is_some()));
     if !sentencepiece && !json.get("normalizer").is_none_or(Value::is_null) {
         return Err(err(format!(
             "{}: normalizer {} is not supported (none for byte-level BPE, Prepend+Replace of U+2581 for SentencePiece)",
@@ -118,7 +121,7 @@ pub fn spec_from_hf_json(path: &Path) -> Result<TokenizerSpec> {
             eos_id,
             unk_id,
             add_bos,
-            add_space_prefix: true,
+            add_space_prefix: metaspace.unwrap_or(true),
         });
     }
     Ok(TokenizerSpec {
@@ -145,6 +148,20 @@ fn is_sentencepiece_normalizer(n: &Value) -> bool {
         && replace.get("type").and_then(Value::as_str) == Some("Replace")
         && replace.get("pattern").and_then(|p| p.get("String")).and_then(Value::as_str) == Some(" ")
         && replace.get("content").and_then(Value::as_str) == Some("\u{2581}")
+}
+
+/// A `Metaspace` pre-tokenizer that only turns spaces into U+2581 (no splitting): whether it
+/// prepends one (SentencePiece's dummy prefix; Gemma's has none).
+fn metaspace_prefix(pre: &Value) -> Option<bool> {
+    let is = |k: &str, v: &str| pre.get(k).and_then(Value::as_str) == Some(v);
+    if !(is("type", "Metaspace") && is("replacement", "\u{2581}") && pre.get("split").and_then(Value::as_bool) == Some(false)) {
+        return None;
+    }
+    match pre.get("prepend_scheme").and_then(Value::as_str) {
+        Some("never") => Some(false),
+        Some("first" | "always") => Some(true),
+        _ => None,
+    }
 }
 
 /// SentencePiece merges the adjacent pair whose joined piece scores highest; HF's BPE the pair

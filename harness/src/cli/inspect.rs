@@ -21,9 +21,9 @@ pub fn run(path: &Path) -> Result<()> {
         return Ok(());
     }
     let file = GgufFile::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let vocab = file.tensor("token_embd.weight").map(|t| t.rows()).unwrap_or(0);
-    match Config::from_gguf(&file, vocab.max(1)) {
-        Ok(config) => print_config(&config, &config.mechanisms(!file.has_tensor("output.weight"))),
+    // The mechanisms come from the loaded model (its weights say which biases and outputs it has).
+    match Model::load(path) {
+        Ok(model) => print_config(model.config(), &model.mechanisms()),
         Err(e) => println!("architecture: {}: not supported by the engine ({e})", file.architecture().unwrap_or("unknown")),
     }
     let mut meta = Table::new();
