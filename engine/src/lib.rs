@@ -20,6 +20,7 @@ pub mod llama;
 pub mod loader;
 pub mod model;
 pub mod ops;
+pub mod pool;
 pub mod prefill;
 pub mod safetensors;
 pub mod sampling;

@@ -13,7 +13,7 @@ use crate::fault::Fault;
 use crate::loader::WeightStore;
 use crate::ops::{self, interleaved_to_half_split, Rope, RopeLayout};
 use crate::tap::{Tap, TapValue, Taps};
-use crate::tensor::QTensor;
+use crate::tensor::{matmul_each, QTensor};
 
 pub struct Block {
     attn_norm: Vec<f32>,
@@ -162,9 +162,7 @@ impl Block {
         let h = ops::rms_norm(x, &self.attn_norm, cfg.layer_eps(l));
         taps.record(Tap::AttnNorm, layer, || TapValue::f32(&[n, d], h.clone()));
 
-        let mut q = matmul(&self.wq, &h, n);
-        let mut k = matmul(&self.wk, &h, n);
-        let mut v = matmul(&self.wv, &h, n);
+        let [mut q, mut k, mut v] = matmul_each([&self.wq, &self.wk, &self.wv], &h, n);
         let (q_dim, kv_dim) = (q.len() / n, k.len() / n);
         let bias_after_rope = cfg.has_fault(Fault::BiasAfterRope);
         if let Some(b) = &self.bias {
@@ -220,8 +218,7 @@ impl Block {
 
         let h = ops::rms_norm(x, &self.ffn_norm, cfg.layer_eps(l));
         taps.record(Tap::FfnNorm, layer, || TapValue::f32(&[n, d], h.clone()));
-        let mut gate = matmul(&self.w_gate, &h, n);
-        let up = matmul(&self.w_up, &h, n);
+        let [mut gate, up] = matmul_each([&self.w_gate, &self.w_up], &h, n);
         ops::map_in_place(&mut gate, ops::silu);
         ops::mul_in_place(&mut gate, &up);
         let mut ffn_out = matmul(&self.w_down, &gate, n);
