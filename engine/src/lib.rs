@@ -13,6 +13,7 @@ pub mod config;
 pub mod dtype;
 pub mod error;
 pub mod fault;
+pub mod gemm;
 pub mod gguf;
 pub mod gpt2;
 pub mod kernels;

@@ -6,10 +6,10 @@
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::gemm;
 use crate::kernels;
 use crate::pool;
 use half::f16;
-use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Where a tensor's bytes live.
@@ -151,53 +151,11 @@ impl QTensor {
         if n == 1 {
             return matvec_each([self], x, [out]);
         }
-        // Row-major [rows, n] so each task owns whole weight rows, then transposed into `out`.
-        // Four rows are dequantized once and multiplied with every token.
-        let in_place = self.as_f32();
-        let mut by_row = vec![0.0f32; rows * n];
-        by_row.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(chunk, o)| {
-            let mut w = vec![0.0f32; 4 * cols];
-            let first = chunk * ROWS_PER_TASK;
-            let done = o.len() / n / 4 * 4;
-            let mut quads = o.chunks_exact_mut(4 * n);
-            for (q, ys) in (&mut quads).enumerate() {
-                let r = first + 4 * q;
-                let wr: [&[f32]; 4] = match in_place {
-                    Some(all) => std::array::from_fn(|k| &all[(r + k) * cols..(r + k + 1) * cols]),
-                    None => {
-                        for (k, wk) in w.chunks_exact_mut(cols).enumerate() {
-                            self.dequantize_row(r + k, wk);
-                        }
-                        std::array::from_fn(|k| &w[k * cols..(k + 1) * cols])
-                    }
-                };
-                kernels::dot_f32_4xn(wr, x, ys);
-            }
-            let rest = quads.into_remainder();
-            for (i, ys) in rest.chunks_exact_mut(n).enumerate() {
-                let wk = &mut w[..cols];
-                self.dequantize_row(first + done + i, wk);
-                for (y, xt) in ys.iter_mut().zip(x.chunks_exact(cols)) {
-                    *y = kernels::dot_f32(wk, xt);
-                }
-            }
-        });
-        out.par_chunks_mut(rows).enumerate().for_each(|(t, o)| {
-            for (r, y) in o.iter_mut().enumerate() {
-                *y = by_row[r * n + t];
-            }
-        });
-    }
-
-    /// An F32 tensor's values in place, when its bytes are 4-aligned (GGUF aligns tensor data to
-    /// 32 bytes) and the target is little-endian: prefill then reads the map without a copy.
-    fn as_f32(&self) -> Option<&[f32]> {
-        if self.dtype != DType::F32 || cfg!(target_endian = "big") {
-            return None;
-        }
-        // SAFETY: every bit pattern is a valid f32; align_to only hands out the aligned middle.
-        let (head, values, tail) = unsafe { self.bytes.as_slice().align_to::<f32>() };
-        (head.is_empty() && tail.is_empty()).then_some(values)
+        let (block, block_bytes) = self.dtype.block();
+        let fill = |r: usize, c0: usize, c1: usize, dst: &mut [f32]| {
+            dequantize(self.dtype, &self.row(r)[c0 / block * block_bytes..c1 / block * block_bytes], dst)
+        };
+        gemm::matmul(rows, cols, &fill, x, n, out);
     }
 
     /// The `[cols, rows]` transpose of a 2-D unquantized tensor (HF Conv1D weights are stored
@@ -428,11 +386,12 @@ pub(crate) mod test_weights {
     /// Every stored type.
     pub const TYPES: [DType; 6] = [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1];
 
-    /// Widths to try for `dtype`: odd ones for the plain types, whole blocks (1, 3, 5) for the others.
+    /// Widths to try for `dtype`: odd ones for the plain types, whole blocks (1, 5, 9) for the others.
     pub fn widths(dtype: DType) -> Vec<usize> {
         match dtype.block().0 {
-            1 => vec![1, 7, 45, 96, 133],
-            _ => vec![32, 96, 160],
+            // 301: two column slices of the prefill product (gemm::KC) and a short third.
+            1 => vec![1, 7, 45, 133, 301],
+            _ => vec![32, 160, 288],
         }
     }
 
@@ -473,6 +432,30 @@ mod tests {
                         on_threads(threads, || w.matmul(&x, 1, &mut out));
                         assert_close(&out, &want, &scale, &format!("{dtype:?} [{rows}, {cols}] on {threads} threads"));
                         // The same bits whatever the thread count.
+                        assert_eq!(first.get_or_insert_with(|| out.clone()), &out);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prefill_products_of_every_type_match_the_f64_reference_on_one_and_two_threads() {
+        for dtype in TYPES {
+            for cols in widths(dtype) {
+                // Rows around the tile (6) and the task (24); tokens around the block (16).
+                for (rows, n) in [(1, 2), (7, 5), (25, 17), (50, 33)] {
+                    let (w, values) = random(dtype, rows, cols, (rows * 1000 + cols) as u64);
+                    let mut d = Draw::new(11);
+                    let x: Vec<f32> = (0..n * cols).map(|_| d.unit()).collect();
+                    let want = reference(&values, rows, &x, n);
+                    let abs: Vec<f64> = values.iter().map(|v| v.abs()).collect();
+                    let scale = reference(&abs, rows, &x.iter().map(|v| v.abs()).collect::<Vec<_>>(), n);
+                    let mut first = None;
+                    for threads in [1, 2] {
+                        let mut out = vec![0.0f32; n * rows];
+                        on_threads(threads, || w.matmul(&x, n, &mut out));
+                        assert_close(&out, &want, &scale, &format!("{dtype:?} [{rows}, {cols}] x {n} tokens on {threads} threads"));
                         assert_eq!(first.get_or_insert_with(|| out.clone()), &out);
                     }
                 }
