@@ -24,10 +24,13 @@ pub const KC: usize = 256;
 /// Weight rows per task: four tiles.
 pub const GROUP: usize = 4 * MR;
 
+/// Writes columns `c0..c1` of weight row `r` as f32: `fill(r, c0, c1, dst)`.
+pub type Fill<'a> = dyn Fn(usize, usize, usize, &mut [f32]) + Sync + 'a;
+
 /// `out[t * rows + r] = sum_c w[r, c] * x[t * cols + c]` for `n` tokens, where `fill(r, c0, c1, dst)`
 /// writes columns `c0..c1` of weight row `r` as f32 into `dst` (`c1 - c0` long; `c0` and `c1` are
 /// multiples of [`KC`] or `cols`, so whole blocks of any quantized type whose block divides KC).
-pub fn matmul(rows: usize, cols: usize, fill: &(dyn Fn(usize, usize, usize, &mut [f32]) + Sync), x: &[f32], n: usize, out: &mut [f32]) {
+pub fn matmul(rows: usize, cols: usize, fill: &Fill<'_>, x: &[f32], n: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n * cols, "gemm: input is not [{n}, {cols}]");
     assert_eq!(out.len(), n * rows, "gemm: output is not [{n}, {rows}]");
     let blocks = n.div_ceil(NT);
