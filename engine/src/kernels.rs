@@ -43,6 +43,12 @@ pub(crate) unsafe fn dot_unchecked(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
     portable::dot(dtype, w, x)
 }
 
+/// Whether the AVX2/FMA/F16C kernels run on this CPU (checked once).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2() -> bool {
+    avx2::available()
+}
+
 /// `sum_i a[i] * b[i]`. Panics if the lengths differ: a silently shortened sum would be a wrong
 /// checkpoint rather than a crash.
 #[inline]
@@ -54,26 +60,6 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         return unsafe { avx2::dot_f32(a, b) };
     }
     portable::dot_f32(a, b)
-}
-
-/// Four f32 rows of length `cols` against the `n` token rows of `x` (`[n, cols]`, `n = out.len() / 4`):
-/// `out[r * n + t] = dot(w[r], x[t])`. The prefill product's inner block. Columns are walked in
-/// slices small enough that the four weight slices stay in L1 while every token passes over them,
-/// two tokens at a time so each loaded value feeds two or four multiply-adds.
-#[inline]
-pub fn dot_f32_4xn(w: [&[f32]; 4], x: &[f32], out: &mut [f32]) {
-    let (n, cols) = (out.len() / 4, w[0].len());
-    assert!(out.len() == 4 * n && x.len() == n * cols && w.iter().all(|r| r.len() == cols), "dot_f32_4xn: shapes do not agree");
-    #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
-        // SAFETY: as in `dot`; the shapes agree (asserted above).
-        return unsafe { avx2::dot_f32_4xn(w, x, out) };
-    }
-    for (r, row) in w.iter().enumerate() {
-        for (t, xt) in x.chunks_exact(cols.max(1)).take(n).enumerate() {
-            out[r * n + t] = portable::dot_f32(row, xt);
-        }
-    }
 }
 
 /// Little-endian f16 values in `src` widened to f32 in `out` (`src.len() == 2 * out.len()`): the
@@ -337,72 +323,6 @@ mod avx2 {
     /// How far ahead of its reads a decode product prefetches a weight row.
     const PREFETCH_BYTES: usize = 512;
 
-    /// Columns per slice: four weight slices of 1 KB each, plus two token slices, sit in L1.
-    const SLICE: usize = 256;
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f32_4xn(w: [&[f32]; 4], x: &[f32], out: &mut [f32]) {
-        let (n, cols) = (out.len() / 4, w[0].len());
-        let main = cols / 8 * 8;
-        // One 8-lane accumulator per (row, token), kept across slices: each lane sums its columns
-        // in column order, so the result does not depend on the slice size or the token grouping.
-        let mut acc = vec![_mm256_setzero_ps(); 4 * n];
-        let mut c0 = 0;
-        while c0 < main {
-            let c1 = (c0 + SLICE).min(main);
-            let mut t = 0;
-            while t + 3 <= n {
-                slice_pass::<3>(w, x, cols, t, c0, c1, n, &mut acc);
-                t += 3;
-            }
-            while t < n {
-                slice_pass::<1>(w, x, cols, t, c0, c1, n, &mut acc);
-                t += 1;
-            }
-            c0 = c1;
-        }
-        for r in 0..4 {
-            for t in 0..n {
-                out[r * n + t] = hsum(acc[r * n + t]) + portable::dot_f32(&w[r][main..], &x[t * cols + main..(t + 1) * cols]);
-            }
-        }
-    }
-
-    /// Columns `c0..c1` of tokens `t..t + T` against the four rows, added to their accumulators.
-    /// T = 3 keeps 12 accumulators, 3 token vectors and one weight vector in the 16 registers.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn slice_pass<const T: usize>(w: [&[f32]; 4], x: &[f32], cols: usize, t: usize, c0: usize, c1: usize, n: usize, acc: &mut [__m256]) {
-        let mut a = [[_mm256_setzero_ps(); T]; 4];
-        let mut p = [x.as_ptr(); T];
-        for k in 0..T {
-            p[k] = x.as_ptr().add((t + k) * cols);
-            for r in 0..4 {
-                a[r][k] = acc[r * n + t + k];
-            }
-        }
-        let mut i = c0;
-        while i < c1 {
-            let mut xv = [_mm256_setzero_ps(); T];
-            for k in 0..T {
-                xv[k] = _mm256_loadu_ps(p[k].add(i));
-            }
-            for r in 0..4 {
-                let wv = _mm256_loadu_ps(w[r].as_ptr().add(i));
-                for k in 0..T {
-                    a[r][k] = _mm256_fmadd_ps(wv, xv[k], a[r][k]);
-                }
-            }
-            i += 8;
-        }
-        for k in 0..T {
-            for r in 0..4 {
-                acc[r * n + t + k] = a[r][k];
-            }
-        }
-    }
-
     /// F32 weights straight from a (possibly unaligned) byte row.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_f32_unaligned(wp: *const u8, xp: *const f32, n: usize) -> f32 {
@@ -475,25 +395,6 @@ mod tests {
                 let slow = portable::dot(dtype, &bytes, &x) as f64;
                 assert!((fast - want).abs() < 1e-3, "{dtype:?} dispatched: {fast} vs {want}");
                 assert!((slow - want).abs() < 1e-3, "{dtype:?} portable: {slow} vs {want}");
-            }
-        }
-    }
-
-    #[test]
-    fn a_four_row_block_equals_single_dots_for_any_token_count() {
-        let cols = 605; // three column slices, the last one short, and a tail that is not a multiple of 8
-        let v = |k: usize| (0..cols).map(|i| ((i * 7 + k * 13) % 11) as f32 * 0.25 - 1.0).collect::<Vec<f32>>();
-        let w: Vec<Vec<f32>> = (0..4).map(v).collect();
-        for n in [1, 2, 5] {
-            let xs: Vec<Vec<f32>> = (4..4 + n).map(v).collect();
-            let mut out = vec![0.0; 4 * n];
-            dot_f32_4xn([&w[0], &w[1], &w[2], &w[3]], &xs.concat(), &mut out);
-            for r in 0..4 {
-                for t in 0..n {
-                    // Values are multiples of 1/4 below 1.5 in size: every sum is exact in f32.
-                    let exact: f32 = w[r].iter().zip(&xs[t]).map(|(a, b)| a * b).sum();
-                    assert_eq!(out[r * n + t], exact, "{n} tokens: row {r} token {t}");
-                }
             }
         }
     }

@@ -16,7 +16,7 @@ use crate::fault::Fault;
 use crate::loader::WeightStore;
 use crate::ops::{self, interleaved_to_half_split, Rope, RopeLayout};
 use crate::tap::{Tap, TapValue, Taps};
-use crate::tensor::QTensor;
+use crate::tensor::{matmul_each, QTensor};
 
 pub struct Block {
     attn_norm: Vec<f32>,
@@ -203,9 +203,7 @@ impl Block {
         let h = norm(x, &self.attn_norm, cfg, cfg.layer_eps(l));
         taps.record(Tap::AttnNorm, layer, || TapValue::f32(&[n, d], h.clone()));
 
-        let mut q = matmul(&self.wq, &h, n);
-        let mut k = matmul(&self.wk, &h, n);
-        let mut v = matmul(&self.wv, &h, n);
+        let [mut q, mut k, mut v] = matmul_each([&self.wq, &self.wk, &self.wv], &h, n);
         let (q_dim, kv_dim) = (q.len() / n, k.len() / n);
         let bias_after_rope = cfg.has_fault(Fault::BiasAfterRope);
         if let Some(b) = &self.bias {
@@ -269,8 +267,7 @@ impl Block {
             true => (&self.w_up, &self.w_gate),
             false => (&self.w_gate, &self.w_up),
         };
-        let mut gate = matmul(w_gate, &h, n);
-        let up = matmul(w_up, &h, n);
+        let [mut gate, up] = matmul_each([w_gate, w_up], &h, n);
         ops::map_in_place(&mut gate, gate_activation(cfg));
         ops::mul_in_place(&mut gate, &up);
         let mut ffn_out = matmul(&self.w_down, &gate, n);

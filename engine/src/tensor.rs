@@ -6,9 +6,10 @@
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::gemm;
 use crate::kernels;
+use crate::pool;
 use half::f16;
-use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Where a tensor's bytes live.
@@ -148,67 +149,13 @@ impl QTensor {
         assert_eq!(x.len(), n * cols, "matmul {}: input is not [{n}, {cols}]", self.name);
         assert_eq!(out.len(), n * rows, "matmul {}: output is not [{n}, {rows}]", self.name);
         if n == 1 {
-            // The row kernel's length check, made once here rather than on every row: rows are
-            // whole blocks (also checked by `new`, but the fields are public).
-            assert!(cols.is_multiple_of(self.dtype.block().0), "matmul {}: {cols} columns are not whole blocks", self.name);
-            // Decode: one row at a time, each streamed start to end (four rows interleaved were
-            // slower: the weights come from memory, and one stream per core prefetches best).
-            out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(chunk, o)| {
-                for (i, y) in o.iter_mut().enumerate() {
-                    // SAFETY: `row` slices exactly `cols` values' bytes (checked indexing), `cols`
-                    // is whole blocks and `x` is `cols` long (both asserted above).
-                    *y = unsafe { kernels::dot_unchecked(self.dtype, self.row(chunk * ROWS_PER_TASK + i), x) };
-                }
-            });
-            return;
+            return matvec_each([self], x, [out]);
         }
-        // Row-major [rows, n] so each task owns whole weight rows, then transposed into `out`.
-        // Four rows are dequantized once and multiplied with every token.
-        let in_place = self.as_f32();
-        let mut by_row = vec![0.0f32; rows * n];
-        by_row.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(chunk, o)| {
-            let mut w = vec![0.0f32; 4 * cols];
-            let first = chunk * ROWS_PER_TASK;
-            let done = o.len() / n / 4 * 4;
-            let mut quads = o.chunks_exact_mut(4 * n);
-            for (q, ys) in (&mut quads).enumerate() {
-                let r = first + 4 * q;
-                let wr: [&[f32]; 4] = match in_place {
-                    Some(all) => std::array::from_fn(|k| &all[(r + k) * cols..(r + k + 1) * cols]),
-                    None => {
-                        for (k, wk) in w.chunks_exact_mut(cols).enumerate() {
-                            self.dequantize_row(r + k, wk);
-                        }
-                        std::array::from_fn(|k| &w[k * cols..(k + 1) * cols])
-                    }
-                };
-                kernels::dot_f32_4xn(wr, x, ys);
-            }
-            let rest = quads.into_remainder();
-            for (i, ys) in rest.chunks_exact_mut(n).enumerate() {
-                let wk = &mut w[..cols];
-                self.dequantize_row(first + done + i, wk);
-                for (y, xt) in ys.iter_mut().zip(x.chunks_exact(cols)) {
-                    *y = kernels::dot_f32(wk, xt);
-                }
-            }
-        });
-        out.par_chunks_mut(rows).enumerate().for_each(|(t, o)| {
-            for (r, y) in o.iter_mut().enumerate() {
-                *y = by_row[r * n + t];
-            }
-        });
-    }
-
-    /// An F32 tensor's values in place, when its bytes are 4-aligned (GGUF aligns tensor data to
-    /// 32 bytes) and the target is little-endian: prefill then reads the map without a copy.
-    fn as_f32(&self) -> Option<&[f32]> {
-        if self.dtype != DType::F32 || cfg!(target_endian = "big") {
-            return None;
-        }
-        // SAFETY: every bit pattern is a valid f32; align_to only hands out the aligned middle.
-        let (head, values, tail) = unsafe { self.bytes.as_slice().align_to::<f32>() };
-        (head.is_empty() && tail.is_empty()).then_some(values)
+        let (block, block_bytes) = self.dtype.block();
+        let fill = |r: usize, c0: usize, c1: usize, dst: &mut [f32]| {
+            dequantize(self.dtype, &self.row(r)[c0 / block * block_bytes..c1 / block * block_bytes], dst)
+        };
+        gemm::matmul(rows, cols, &fill, x, n, out);
     }
 
     /// Rows `first..first + count` of a 2-D tensor, as a tensor of their own over the same bytes
@@ -250,6 +197,65 @@ impl QTensor {
         QTensor::new(&self.name, self.dtype, vec![cols, rows], Bytes::Owned(Arc::new(dst)))
     }
 }
+
+/// `W_j x` for each of several matrices, with `n` token rows of `x`: what a layer's products that
+/// read the same activation (Q/K/V, gate/up) compute. For one token (decode) they run as one
+/// parallel job, so the threads meet once rather than once per matrix; for a batch, one after
+/// another.
+pub fn matmul_each<const N: usize>(ws: [&QTensor; N], x: &[f32], n: usize) -> [Vec<f32>; N] {
+    let mut outs = ws.map(|w| vec![0.0f32; n * w.rows()]);
+    if n == 1 {
+        matvec_each(ws, x, outs.each_mut().map(|o| o.as_mut_slice()));
+    } else {
+        for (w, o) in ws.iter().zip(&mut outs) {
+            w.matmul(x, n, o);
+        }
+    }
+    outs
+}
+
+/// `outs[j] = ws[j] x` for one token row `x`, every matrix's rows in tasks of [`ROWS_PER_TASK`]
+/// claimed by the pool's threads (pool::for_each_task). Each row is streamed start to end by one
+/// thread (four rows interleaved were slower: the weights come from memory, and one stream per
+/// core prefetches best); its dot product does not depend on which thread runs it.
+fn matvec_each<const N: usize>(ws: [&QTensor; N], x: &[f32], outs: [&mut [f32]; N]) {
+    for (w, o) in ws.iter().zip(&outs) {
+        let (rows, cols) = (w.rows(), w.cols());
+        assert_eq!(x.len(), cols, "matmul {}: input is not [1, {cols}]", w.name);
+        assert_eq!(o.len(), rows, "matmul {}: output is not [1, {rows}]", w.name);
+        // The row kernel's length check, made once here rather than on every row: rows are whole
+        // blocks (also checked by `new`, but the fields are public).
+        assert!(cols.is_multiple_of(w.dtype.block().0), "matmul {}: {cols} columns are not whole blocks", w.name);
+    }
+    let tasks = ws.map(|w| w.rows().div_ceil(ROWS_PER_TASK));
+    let outs = outs.map(|o| Out(o.as_mut_ptr()));
+    let run = |mut task: usize| {
+        let mut j = 0;
+        while task >= tasks[j] {
+            task -= tasks[j];
+            j += 1;
+        }
+        let w = ws[j];
+        let first = task * ROWS_PER_TASK;
+        for r in first..(first + ROWS_PER_TASK).min(w.rows()) {
+            // SAFETY: `row` slices exactly `cols` values' bytes (checked indexing), `cols` is whole
+            // blocks and `x` is `cols` long (asserted above).
+            let y = unsafe { kernels::dot_unchecked(w.dtype, w.row(r), x) };
+            // SAFETY: `r < rows`, the length of output j (asserted above); each row belongs to
+            // exactly one task, so no other thread writes this element.
+            unsafe { *outs[j].0.add(r) = y };
+        }
+    };
+    pool::for_each_task(tasks.iter().sum(), &run);
+}
+
+/// An output buffer written by several threads at once, each at rows no other writes.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: only used by matvec_each, whose tasks write disjoint elements while the buffer is
+// mutably borrowed for the whole job.
+unsafe impl Sync for Out {}
+unsafe impl Send for Out {}
 
 #[inline]
 fn f16_at(b: &[u8], at: usize) -> f32 {
@@ -299,9 +305,197 @@ fn dequantize(dtype: DType, row: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Weights of every stored type with their values worked out independently of the kernels, for
+/// the tests of every product.
+#[cfg(test)]
+pub(crate) mod test_weights {
+    use super::*;
+
+    /// A SplitMix64 stream, so every test draws the same weights.
+    pub struct Draw(u64);
+
+    impl Draw {
+        pub fn new(seed: u64) -> Draw {
+            Draw(seed)
+        }
+
+        pub fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        /// Uniform in [-1, 1).
+        pub fn unit(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+    }
+
+    /// A `[rows, cols]` matrix of `dtype` with random contents, and its values in f64 as the
+    /// format's definition gives them (scale times quant, plus the minimum for Q4_1).
+    pub fn random(dtype: DType, rows: usize, cols: usize, seed: u64) -> (QTensor, Vec<f64>) {
+        let mut d = Draw::new(seed);
+        let (mut bytes, mut values) = (Vec::new(), Vec::new());
+        let half = |v: f32| f16::from_f32(v);
+        for _ in 0..rows {
+            match dtype {
+                DType::F32 => (0..cols).for_each(|_| {
+                    let v = d.unit();
+                    bytes.extend(v.to_le_bytes());
+                    values.push(v as f64);
+                }),
+                DType::F16 => (0..cols).for_each(|_| {
+                    let v = half(d.unit());
+                    bytes.extend(v.to_le_bytes());
+                    values.push(v.to_f64());
+                }),
+                DType::BF16 => (0..cols).for_each(|_| {
+                    let bits = (d.unit().to_bits() >> 16) as u16;
+                    bytes.extend(bits.to_le_bytes());
+                    values.push(f32::from_bits((bits as u32) << 16) as f64);
+                }),
+                DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
+                    for _ in 0..cols / 32 {
+                        let scale = half(0.01 + 0.1 * d.unit().abs());
+                        let min = half(-0.5 * d.unit().abs());
+                        bytes.extend(scale.to_le_bytes());
+                        if dtype == DType::Q4_1 {
+                            bytes.extend(min.to_le_bytes());
+                        }
+                        let (s, m) = (scale.to_f64(), min.to_f64());
+                        if dtype == DType::Q8_0 {
+                            for _ in 0..32 {
+                                let q = d.next() as u8;
+                                bytes.push(q);
+                                values.push(s * (q as i8) as f64);
+                            }
+                        } else {
+                            let q: Vec<u8> = (0..32).map(|_| (d.next() % 16) as u8).collect();
+                            bytes.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
+                            values.extend(q.iter().map(|&q| match dtype {
+                                DType::Q4_0 => s * (q as f64 - 8.0),
+                                _ => s * q as f64 + m,
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+        (QTensor::new("w", dtype, vec![rows, cols], Bytes::Owned(Arc::new(bytes))).expect("a valid random tensor"), values)
+    }
+
+    /// `[n, rows]`: every token row of `x` times every row of `values`, summed in f64.
+    pub fn reference(values: &[f64], rows: usize, x: &[f32], n: usize) -> Vec<f64> {
+        let cols = x.len() / n.max(1);
+        let mut out = vec![0.0; n * rows];
+        for t in 0..n {
+            for r in 0..rows {
+                out[t * rows + r] = (0..cols).map(|c| values[r * cols + c] * x[t * cols + c] as f64).sum();
+            }
+        }
+        out
+    }
+
+    /// Every stored type.
+    pub const TYPES: [DType; 6] = [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1];
+
+    /// Widths to try for `dtype`: odd ones for the plain types, whole blocks (1, 5, 9) for the others.
+    pub fn widths(dtype: DType) -> Vec<usize> {
+        match dtype.block().0 {
+            // 301: two column slices of the prefill product (gemm::KC) and a short third.
+            1 => vec![1, 7, 45, 133, 301],
+            _ => vec![32, 160, 288],
+        }
+    }
+
+    /// On a rayon pool of `threads` threads.
+    pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a rayon pool").install(f)
+    }
+
+    /// Asserts `got` is `want` to within `tol` of the sum of |w x| (the rounding an f32 sum can make).
+    pub fn assert_close(got: &[f32], want: &[f64], scale: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, ((g, w), s)) in got.iter().zip(want).zip(scale).enumerate() {
+            assert!((*g as f64 - w).abs() <= 1e-5 * s.max(1e-30), "{what}: element {i}: {g} vs {w}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_weights::*;
     use super::*;
+
+    #[test]
+    fn decode_products_of_every_type_match_the_f64_reference_on_one_and_two_threads() {
+        for dtype in TYPES {
+            for cols in widths(dtype) {
+                // Row counts around the task size (16): fewer, one short task, several.
+                for rows in [1, 15, 17, 50] {
+                    let (w, values) = random(dtype, rows, cols, (rows * 1000 + cols) as u64);
+                    let mut d = Draw::new(7);
+                    let x: Vec<f32> = (0..cols).map(|_| d.unit()).collect();
+                    let want = reference(&values, rows, &x, 1);
+                    let abs: Vec<f64> = values.iter().map(|v| v.abs()).collect();
+                    let scale = reference(&abs, rows, &x.iter().map(|v| v.abs()).collect::<Vec<_>>(), 1);
+                    let mut first = None;
+                    for threads in [1, 2] {
+                        let mut out = vec![0.0f32; rows];
+                        on_threads(threads, || w.matmul(&x, 1, &mut out));
+                        assert_close(&out, &want, &scale, &format!("{dtype:?} [{rows}, {cols}] on {threads} threads"));
+                        // The same bits whatever the thread count.
+                        assert_eq!(first.get_or_insert_with(|| out.clone()), &out);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prefill_products_of_every_type_match_the_f64_reference_on_one_and_two_threads() {
+        for dtype in TYPES {
+            for cols in widths(dtype) {
+                // Rows around the tile (6) and the task (24); tokens around the block (16).
+                for (rows, n) in [(1, 2), (7, 5), (25, 17), (50, 33)] {
+                    let (w, values) = random(dtype, rows, cols, (rows * 1000 + cols) as u64);
+                    let mut d = Draw::new(11);
+                    let x: Vec<f32> = (0..n * cols).map(|_| d.unit()).collect();
+                    let want = reference(&values, rows, &x, n);
+                    let abs: Vec<f64> = values.iter().map(|v| v.abs()).collect();
+                    let scale = reference(&abs, rows, &x.iter().map(|v| v.abs()).collect::<Vec<_>>(), n);
+                    let mut first = None;
+                    for threads in [1, 2] {
+                        let mut out = vec![0.0f32; n * rows];
+                        on_threads(threads, || w.matmul(&x, n, &mut out));
+                        assert_close(&out, &want, &scale, &format!("{dtype:?} [{rows}, {cols}] x {n} tokens on {threads} threads"));
+                        assert_eq!(first.get_or_insert_with(|| out.clone()), &out);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_decode_products_equal_the_products_one_at_a_time() {
+        for dtype in TYPES {
+            let cols = widths(dtype)[1];
+            let (a, _) = random(dtype, 37, cols, 1);
+            let (b, _) = random(dtype, 16, cols, 2);
+            let (c, _) = random(dtype, 5, cols, 3);
+            let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
+            for threads in [1, 2] {
+                let [ya, yb, yc] = on_threads(threads, || matmul_each([&a, &b, &c], &x, 1));
+                for (w, y) in [(&a, ya), (&b, yb), (&c, yc)] {
+                    let mut alone = vec![0.0f32; w.rows()];
+                    on_threads(1, || w.matmul(&x, 1, &mut alone));
+                    assert_eq!(y, alone, "{dtype:?} on {threads} threads");
+                }
+            }
+        }
+    }
 
     fn owned(dtype: DType, shape: Vec<usize>, bytes: Vec<u8>) -> QTensor {
         QTensor::new("t", dtype, shape, Bytes::Owned(Arc::new(bytes))).expect("valid test tensor")
