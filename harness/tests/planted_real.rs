@@ -95,8 +95,20 @@ fn the_clean_engine_passes_every_real_model() {
 
 #[test]
 fn the_clean_engine_passes_every_family_model() {
-    let models =
-        ["llama3-f32", "llama3-q8_0", "qwen2-f32", "qwen2-q8_0", "qwen3-f32", "qwen3-q8_0", "gemma2-f32", "gemma2-q8_0", "phi3-f32", "phi3-q8_0"];
+    let models = [
+        "llama3-f32",
+        "llama3-q8_0",
+        "qwen2-f32",
+        "qwen2-q8_0",
+        "qwen3-f32",
+        "qwen3-q8_0",
+        "gemma2-f32",
+        "gemma2-q8_0",
+        "mistral-f32",
+        "mistral-q8_0",
+        "phi3-f32",
+        "phi3-q8_0",
+    ];
     for model in models {
         let Some(found) = first_failures(model, None) else { return };
         assert!(found.iter().all(|(_, at)| at.is_none()), "{model}: {found:?}");
