@@ -3,8 +3,6 @@
 //! The cache keeps, per layer, keys (after RoPE) and values in the canonical checkpoint layout
 //! `[n_kv_heads, capacity, head_dim]`, so the `k_cache`/`v_cache` taps are a plain prefix copy.
 
-use rayon::prelude::*;
-
 /// Keys and values of one layer.
 #[derive(Clone, Debug)]
 pub struct LayerCache {
@@ -121,46 +119,47 @@ pub fn attend(q: &[f32], cache: &KvCache, layer: usize, pos0: usize, heads: Head
     let group = n_heads / n_kv_heads;
     let lc = &cache.layers[layer];
 
-    // One task per query head: its outputs [n_new, hd] and probabilities [n_new, n_ctx].
-    let per_head: Vec<(Vec<f32>, Vec<f32>)> = (0..n_heads)
-        .into_par_iter()
-        .map(|h| {
-            let kv = h / group;
-            let keys = &lc.k[kv * cache.capacity * hd..];
-            let vals = &lc.v[kv * cache.capacity * hd..];
-            let mut out = vec![0.0f32; n_new * hd];
-            let mut probs = vec![0.0f32; n_new * n_ctx];
-            for t in 0..n_new {
-                let qh = &q[(t * n_heads + h) * hd..(t * n_heads + h + 1) * hd];
-                let visible = pos0 + t + 1;
-                let first = window.map_or(0, |w| visible.saturating_sub(w)) + usize::from(skip_oldest);
-                let p = &mut probs[t * n_ctx + first..t * n_ctx + visible];
-                for (j, s) in (first..).zip(p.iter_mut()) {
-                    let kj = &keys[j * hd..(j + 1) * hd];
-                    *s = score(crate::kernels::dot_f32(qh, kj));
-                }
-                crate::ops::softmax_in_place(p);
-                if faults.softmax_off {
-                    p.iter_mut().for_each(|w| *w /= 1.001);
-                }
-                let o = &mut out[t * hd..(t + 1) * hd];
-                for (j, &w) in (first..).zip(p.iter()) {
-                    for (o, v) in o.iter_mut().zip(&vals[j * hd..(j + 1) * hd]) {
-                        *o += w * v;
-                    }
+    // One task per query head, on the engine's pool: its outputs [n_new, hd], then its
+    // probabilities [n_new, n_ctx], in its own part of one buffer.
+    let per_head = n_new * (hd + n_ctx);
+    if per_head == 0 {
+        return (Vec::new(), want_probs.then(Vec::new));
+    }
+    let mut heads_out = vec![0.0f32; n_heads * per_head];
+    crate::pool::for_each_chunk_mut(&mut heads_out, per_head, &|h, part| {
+        let kv = h / group;
+        let keys = &lc.k[kv * cache.capacity * hd..];
+        let vals = &lc.v[kv * cache.capacity * hd..];
+        let (out, probs) = part.split_at_mut(n_new * hd);
+        for t in 0..n_new {
+            let qh = &q[(t * n_heads + h) * hd..(t * n_heads + h + 1) * hd];
+            let visible = pos0 + t + 1;
+            let first = window.map_or(0, |w| visible.saturating_sub(w)) + usize::from(skip_oldest);
+            let p = &mut probs[t * n_ctx + first..t * n_ctx + visible];
+            for (j, s) in (first..).zip(p.iter_mut()) {
+                let kj = &keys[j * hd..(j + 1) * hd];
+                *s = score(crate::kernels::dot_f32(qh, kj));
+            }
+            crate::ops::softmax_in_place(p);
+            if faults.softmax_off {
+                p.iter_mut().for_each(|w| *w /= 1.001);
+            }
+            let o = &mut out[t * hd..(t + 1) * hd];
+            for (j, &w) in (first..).zip(p.iter()) {
+                for (o, v) in o.iter_mut().zip(&vals[j * hd..(j + 1) * hd]) {
+                    *o += w * v;
                 }
             }
-            (out, probs)
-        })
-        .collect();
+        }
+    });
 
     let mut out = vec![0.0f32; n_new * n_heads * hd];
-    for (h, (o, _)) in per_head.iter().enumerate() {
+    for (h, part) in heads_out.chunks_exact(per_head).enumerate() {
         for t in 0..n_new {
-            out[(t * n_heads + h) * hd..(t * n_heads + h + 1) * hd].copy_from_slice(&o[t * hd..(t + 1) * hd]);
+            out[(t * n_heads + h) * hd..(t * n_heads + h + 1) * hd].copy_from_slice(&part[t * hd..(t + 1) * hd]);
         }
     }
-    let probs = want_probs.then(|| per_head.into_iter().flat_map(|(_, p)| p).collect());
+    let probs = want_probs.then(|| heads_out.chunks_exact(per_head).flat_map(|part| &part[n_new * hd..]).copied().collect());
     (out, probs)
 }
 

@@ -36,13 +36,15 @@ pub fn matmul(rows: usize, cols: usize, fill: &Fill<'_>, x: &[f32], n: usize, ou
     let blocks = n.div_ceil(NT);
     // packed[(b * cols + c) * NT + j] = x[b * NT + j, c], zero past the last token.
     let mut packed = vec![0.0f32; blocks * cols * NT];
-    let pk = Out(packed.as_mut_ptr());
-    pool::for_each_task(blocks, &|b| {
+    if cols == 0 {
+        // An empty sum for every output (and no panel to pack).
+        return out.fill(0.0);
+    }
+    pool::for_each_chunk_mut(&mut packed, cols * NT, &|b, panel| {
         for j in 0..NT.min(n - b * NT) {
             let row = &x[(b * NT + j) * cols..(b * NT + j + 1) * cols];
             for (c, v) in row.iter().enumerate() {
-                // SAFETY: inside token block b's part of `packed`, which only this task writes.
-                unsafe { *pk.at((b * cols + c) * NT + j) = *v };
+                panel[c * NT + j] = *v;
             }
         }
     });

@@ -5,8 +5,6 @@
 //! attention dot products) are done in f32, softmax sums in f64, with the same order for every
 //! row, so a run is bit-identical whatever the thread count.
 
-use rayon::prelude::*;
-
 /// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight`, per row of `weight.len()` values.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
     let d = weight.len();
@@ -201,9 +199,10 @@ pub fn interleaved_to_half_split(x: &[f32], head_dim: usize) -> Vec<f32> {
     out
 }
 
-/// Applies `f` to every element in parallel (activation functions over `[T, ffn]`).
+/// Applies `f` to every element in parallel (activation functions over `[T, ffn]`), on the
+/// engine's pool: the products' workers, not a second set of threads spinning beside them.
 pub fn map_in_place(x: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
-    x.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v = f(*v)));
+    crate::pool::for_each_chunk_mut(x, 4096, &|_, c| c.iter_mut().for_each(|v| *v = f(*v)));
 }
 
 #[cfg(test)]

@@ -23,11 +23,16 @@ use std::time::{Duration, Instant};
 /// gap between two products of one token (a norm, RoPE, attention), far shorter than a pause.
 const SPIN: Duration = Duration::from_micros(200);
 
-/// Runs `f(task)` for every task in `0..tasks`, each exactly once, spread over the current rayon
-/// thread count, and returns when all are done. A panic in a task is raised again here, after
-/// every thread has left `f`.
+/// The threads a job runs on: the current rayon thread count (a `ThreadPool::install` sets it).
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// Runs `f(task)` for every task in `0..tasks`, each exactly once, spread over [`threads`], and
+/// returns when all are done. A panic in a task is raised again here, after every thread has left
+/// `f`.
 pub fn for_each_task(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-    let threads = rayon::current_num_threads().min(tasks);
+    let threads = threads().min(tasks);
     if threads <= 1 {
         (0..tasks).for_each(f);
         return;
@@ -41,6 +46,34 @@ pub fn for_each_task(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     };
     pool.run(tasks, f);
     drop(busy);
+}
+
+/// Runs `f(i, chunk)` for each `chunk`-long piece of `data` (the last may be shorter), the pieces
+/// spread over the pool like [`for_each_task`]'s tasks: a parallel loop that writes disjoint parts
+/// of one buffer (attention heads, an activation function, packed panels).
+pub fn for_each_chunk_mut<T: Send>(data: &mut [T], chunk: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
+    assert!(chunk > 0, "for_each_chunk_mut: chunks of 0 elements");
+    let len = data.len();
+    let base = Disjoint(data.as_mut_ptr());
+    for_each_task(len.div_ceil(chunk), &|i| {
+        let start = i * chunk;
+        // SAFETY: task i is the only one to touch `start..start + n`, which lies inside `data`,
+        // borrowed mutably until every task has returned.
+        let piece = unsafe { std::slice::from_raw_parts_mut(base.at(start), chunk.min(len - start)) };
+        f(i, piece)
+    });
+}
+
+/// The start of a buffer whose disjoint parts several tasks write at once.
+struct Disjoint<T>(*mut T);
+// SAFETY: only used by for_each_chunk_mut, whose tasks each take a part no other task touches.
+unsafe impl<T: Send> Sync for Disjoint<T> {}
+
+impl<T> Disjoint<T> {
+    /// A method, so closures capture the whole (Sync) wrapper rather than its raw pointer.
+    fn at(&self, i: usize) -> *mut T {
+        self.0.wrapping_add(i)
+    }
 }
 
 /// The pool of `threads` threads (the caller and `threads - 1` workers).
@@ -257,6 +290,23 @@ mod tests {
                     }
                 });
                 assert!(counts.iter().all(|c| c.load(Relaxed) == 50), "{threads} threads, {tasks} tasks");
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_cover_the_buffer_once_with_their_index_and_a_short_last_chunk() {
+        for threads in [1, 2, 3] {
+            for (len, chunk) in [(0, 4), (1, 4), (10, 4), (12, 4), (1000, 7)] {
+                let mut data = vec![0usize; len];
+                on_threads(threads, || {
+                    for_each_chunk_mut(&mut data, chunk, &|i, c| {
+                        assert!(c.len() == chunk || (c.len() < chunk && (i + 1) * chunk >= len), "chunk {i}: {} long", c.len());
+                        c.iter_mut().enumerate().for_each(|(k, v)| *v += i * chunk + k + 1);
+                    })
+                });
+                // Each element holds its own index plus one: written once, by the chunk it lies in.
+                assert!(data.iter().enumerate().all(|(k, v)| *v == k + 1), "{threads} threads, {len} / {chunk}");
             }
         }
     }

@@ -53,8 +53,9 @@ impl Bytes {
     }
 }
 
-/// Rows handed to one rayon task: enough work to amortize scheduling, few enough to balance.
-const ROWS_PER_TASK: usize = 16;
+/// Rows of a decode task are a multiple of this: 16 outputs fill a 64-byte cache line, so two
+/// threads never write the same line (but at a span's unaligned ends).
+const ROW_QUANTUM: usize = 16;
 
 impl QTensor {
     /// Checks that `bytes` holds exactly `shape` in `dtype` (rows a whole number of blocks).
@@ -214,10 +215,11 @@ pub fn matmul_each<const N: usize>(ws: [&QTensor; N], x: &[f32], n: usize) -> [V
     outs
 }
 
-/// `outs[j] = ws[j] x` for one token row `x`, every matrix's rows in tasks of [`ROWS_PER_TASK`]
-/// claimed by the pool's threads (pool::for_each_task). Each row is streamed start to end by one
-/// thread (four rows interleaved were slower: the weights come from memory, and one stream per
-/// core prefetches best); its dot product does not depend on which thread runs it.
+/// `outs[j] = ws[j] x` for one token row `x`. Each matrix's rows are cut into one contiguous span
+/// per thread (pool::threads), claimed by the pool's threads (pool::for_each_task). A thread streams
+/// its span start to end: spans of a few rows, handed out in turn, cut every thread's stream into
+/// pieces the hardware prefetchers lose, and two threads then read a large matrix slower than one
+/// (docs/performance.md). A row's dot product does not depend on which thread runs it.
 fn matvec_each<const N: usize>(ws: [&QTensor; N], x: &[f32], outs: [&mut [f32]; N]) {
     for (w, o) in ws.iter().zip(&outs) {
         let (rows, cols) = (w.rows(), w.cols());
@@ -227,7 +229,9 @@ fn matvec_each<const N: usize>(ws: [&QTensor; N], x: &[f32], outs: [&mut [f32]; 
         // blocks (also checked by `new`, but the fields are public).
         assert!(cols.is_multiple_of(w.dtype.block().0), "matmul {}: {cols} columns are not whole blocks", w.name);
     }
-    let tasks = ws.map(|w| w.rows().div_ceil(ROWS_PER_TASK));
+    let threads = pool::threads();
+    let span = ws.map(|w| w.rows().div_ceil(threads).next_multiple_of(ROW_QUANTUM));
+    let tasks: [usize; N] = std::array::from_fn(|j| ws[j].rows().div_ceil(span[j]));
     let outs = outs.map(|o| Out(o.as_mut_ptr()));
     let run = |mut task: usize| {
         let mut j = 0;
@@ -236,8 +240,8 @@ fn matvec_each<const N: usize>(ws: [&QTensor; N], x: &[f32], outs: [&mut [f32]; 
             j += 1;
         }
         let w = ws[j];
-        let first = task * ROWS_PER_TASK;
-        for r in first..(first + ROWS_PER_TASK).min(w.rows()) {
+        let first = task * span[j];
+        for r in first..(first + span[j]).min(w.rows()) {
             // SAFETY: `row` slices exactly `cols` values' bytes (checked indexing), `cols` is whole
             // blocks and `x` is `cols` long (asserted above).
             let y = unsafe { kernels::dot_unchecked(w.dtype, w.row(r), x) };
