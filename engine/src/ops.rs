@@ -165,12 +165,16 @@ impl Rope {
         }
         let hd = self.head_dim;
         let half = hd / 2;
+        // A token's angles are the same for every head: their sines and cosines once per token.
+        let mut turns = vec![(0.0f32, 0.0f32); self.inv_freq.len()];
         for (t, row) in x.chunks_exact_mut(x.len() / n_tokens).enumerate() {
             let pos = self.wrap.map_or(pos0 + t, |n| (pos0 + t) % n) as f32;
+            for (turn, &f) in turns.iter_mut().zip(&self.inv_freq) {
+                let angle = (pos * f) as f64;
+                *turn = (angle.sin() as f32, angle.cos() as f32);
+            }
             for head in row.chunks_exact_mut(hd) {
-                for (i, &f) in self.inv_freq.iter().enumerate() {
-                    let angle = (pos * f) as f64;
-                    let (sin, cos) = (angle.sin() as f32, angle.cos() as f32);
+                for (i, &(sin, cos)) in turns.iter().enumerate() {
                     let (a, b) = match self.layout {
                         RopeLayout::Interleaved => (2 * i, 2 * i + 1),
                         RopeLayout::HalfSplit => (i, i + half),
