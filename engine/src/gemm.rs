@@ -23,6 +23,9 @@ pub const MR: usize = 6;
 pub const KC: usize = 256;
 /// Weight rows per task: four tiles.
 pub const GROUP: usize = 4 * MR;
+/// Token blocks a tile sweeps at once: the AVX-512 tile's second block doubles its independent
+/// chains; the AVX2 tile takes them one after the other.
+pub const NB: usize = 2;
 
 /// Writes columns `c0..c1` of weight row `r` as f32: `fill(r, c0, c1, dst)`.
 pub type Fill<'a> = dyn Fn(usize, usize, usize, &mut [f32]) + Sync + 'a;
@@ -56,30 +59,38 @@ pub fn matmul(rows: usize, cols: usize, fill: &Fill<'_>, x: &[f32], n: usize, ou
         let mut w = vec![0.0f32; GROUP * KC];
         // sums[i * blocks * NT + t]: row r0 + i, token t.
         let mut sums = vec![0.0f32; nr * blocks * NT];
-        let mut tile = [0.0f32; MR * NT];
+        let mut tile: Tile = [0.0; MR * NB * NT];
         let mut c0 = 0;
         while c0 < cols {
             let kc = KC.min(cols - c0);
             for i in 0..nr {
                 fill(r0 + i, c0, c0 + kc, &mut w[i * kc..(i + 1) * kc]);
             }
-            for b in 0..blocks {
-                let xb = &packed[(b * cols + c0) * NT..(b * cols + c0 + kc) * NT];
+            let mut b = 0;
+            while b < blocks {
+                let nb = NB.min(blocks - b);
+                let mut xbs: [&[f32]; NB] = [&[]; NB];
+                for (q, xb) in xbs.iter_mut().enumerate().take(nb) {
+                    *xb = &packed[((b + q) * cols + c0) * NT..((b + q) * cols + c0 + kc) * NT];
+                }
                 let mut i0 = 0;
                 while i0 < nr {
                     let mr = MR.min(nr - i0);
-                    tile_product(&w[i0 * kc..(i0 + mr) * kc], xb, mr, kc, &mut tile);
+                    tile_product(&w[i0 * kc..(i0 + mr) * kc], &xbs[..nb], mr, kc, &mut tile);
                     for m in 0..mr {
-                        let s = &mut sums[(i0 + m) * blocks * NT + b * NT..][..NT];
-                        let t = &tile[m * NT..(m + 1) * NT];
-                        if c0 == 0 {
-                            s.copy_from_slice(t);
-                        } else {
-                            s.iter_mut().zip(t).for_each(|(s, t)| *s += t);
+                        for q in 0..nb {
+                            let s = &mut sums[(i0 + m) * blocks * NT + (b + q) * NT..][..NT];
+                            let t = &tile[(m * NB + q) * NT..][..NT];
+                            if c0 == 0 {
+                                s.copy_from_slice(t);
+                            } else {
+                                s.iter_mut().zip(t).for_each(|(s, t)| *s += t);
+                            }
                         }
                     }
                     i0 += mr;
                 }
+                b += nb;
             }
             c0 += kc;
         }
@@ -107,48 +118,71 @@ impl Out {
     }
 }
 
-/// `tile[m * NT + j] = sum_{k < kc} w[m * kc + k] * xb[k * NT + j]` for `m < mr`, summed in column
-/// order from zero.
-fn tile_product(w: &[f32], xb: &[f32], mr: usize, kc: usize, tile: &mut [f32; MR * NT]) {
-    assert!(mr <= MR && w.len() == mr * kc && xb.len() == kc * NT, "gemm tile: shapes do not agree");
-    #[cfg(target_arch = "x86_64")]
-    if crate::kernels::has_avx2() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above); the lengths are asserted above.
-        unsafe {
+/// A tile's sums: `tile[(m * NB + q) * NT + j]` is weight row m times token j of token block q.
+type Tile = [f32; MR * NB * NT];
+
+/// `tile[(m * NB + q) * NT + j] = sum_{k < kc} w[m * kc + k] * xbs[q][k * NT + j]` for `m < mr`
+/// and each of the (one or [`NB`]) token blocks in `xbs`, summed in column order from zero with
+/// fused multiply-adds: every path gives the same bits.
+fn tile_product(w: &[f32], xbs: &[&[f32]], mr: usize, kc: usize, tile: &mut Tile) {
+    assert!(
+        mr <= MR && w.len() == mr * kc && (1..=NB).contains(&xbs.len()) && xbs.iter().all(|xb| xb.len() == kc * NT),
+        "gemm tile: shapes do not agree"
+    );
+    /// `$run::<M>` for the tile's row count M (a const generic: the accumulators stay in registers).
+    macro_rules! by_rows {
+        ($($run:ident)::+, $($arg:expr),*) => {
             match mr {
-                6 => avx2::tile::<6>(w, xb, kc, tile),
-                5 => avx2::tile::<5>(w, xb, kc, tile),
-                4 => avx2::tile::<4>(w, xb, kc, tile),
-                3 => avx2::tile::<3>(w, xb, kc, tile),
-                2 => avx2::tile::<2>(w, xb, kc, tile),
-                _ => avx2::tile::<1>(w, xb, kc, tile),
+                6 => $($run)::+::<6>($($arg),*),
+                5 => $($run)::+::<5>($($arg),*),
+                4 => $($run)::+::<4>($($arg),*),
+                3 => $($run)::+::<3>($($arg),*),
+                2 => $($run)::+::<2>($($arg),*),
+                _ => $($run)::+::<1>($($arg),*),
             }
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if xbs.len() == NB && crate::kernels::has_avx512() {
+            // SAFETY: the CPU has AVX-512F (checked just above); the lengths are asserted above.
+            unsafe { by_rows!(avx512::tile, w, xbs[0], xbs[1], kc, tile) };
+            return;
         }
-        return;
+        if crate::kernels::has_avx2() {
+            for (q, xb) in xbs.iter().enumerate() {
+                // SAFETY: the CPU has AVX2 and FMA (checked just above); lengths asserted above.
+                unsafe { by_rows!(avx2::tile, w, xb, kc, tile, q) };
+            }
+            return;
+        }
     }
     for m in 0..mr {
-        let mut acc = [0.0f32; NT];
-        for k in 0..kc {
-            let wv = w[m * kc + k];
-            for (a, x) in acc.iter_mut().zip(&xb[k * NT..(k + 1) * NT]) {
-                *a = wv.mul_add(*x, *a);
+        for (q, xb) in xbs.iter().enumerate() {
+            let mut acc = [0.0f32; NT];
+            for k in 0..kc {
+                let wv = w[m * kc + k];
+                for (a, x) in acc.iter_mut().zip(&xb[k * NT..(k + 1) * NT]) {
+                    *a = wv.mul_add(*x, *a);
+                }
             }
+            tile[(m * NB + q) * NT..][..NT].copy_from_slice(&acc);
         }
-        tile[m * NT..(m + 1) * NT].copy_from_slice(&acc);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{MR, NT};
+    use super::{Tile, NB, NT};
     use std::arch::x86_64::*;
 
-    /// The `M x 16` tile: per column, the token block's two vectors and one broadcast per row.
+    /// The `M x 16` tile of token block `q`: per column, the block's two vectors and one broadcast
+    /// per row.
     ///
     /// # Safety
-    /// AVX2 and FMA available; `w` holds `M * kc` values and `xb` `kc * NT`.
+    /// AVX2 and FMA available; `w` holds `M * kc` values and `xb` `kc * NT`; `q < NB`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile<const M: usize>(w: &[f32], xb: &[f32], kc: usize, tile: &mut [f32; MR * NT]) {
+    pub unsafe fn tile<const M: usize>(w: &[f32], xb: &[f32], kc: usize, tile: &mut Tile, q: usize) {
         let mut acc = [[_mm256_setzero_ps(); 2]; M];
         let (wp, xp) = (w.as_ptr(), xb.as_ptr());
         for k in 0..kc {
@@ -161,8 +195,40 @@ mod avx2 {
             }
         }
         for (m, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(tile.as_mut_ptr().add(m * NT), a[0]);
-            _mm256_storeu_ps(tile.as_mut_ptr().add(m * NT + 8), a[1]);
+            let o = tile.as_mut_ptr().add((m * NB + q) * NT);
+            _mm256_storeu_ps(o, a[0]);
+            _mm256_storeu_ps(o.add(8), a[1]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Tile, NB, NT};
+    use std::arch::x86_64::*;
+
+    /// The `M x (2 x 16)` tile of two token blocks: per column, one 16-lane vector per block and
+    /// one broadcast per row, 2M independent chains (a 512-bit FMA unit needs 8 in flight).
+    ///
+    /// # Safety
+    /// AVX-512F available; `w` holds `M * kc` values, `x0` and `x1` `kc * NT` each.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile<const M: usize>(w: &[f32], x0: &[f32], x1: &[f32], kc: usize, tile: &mut Tile) {
+        let mut acc = [[_mm512_setzero_ps(); NB]; M];
+        let (wp, p0, p1) = (w.as_ptr(), x0.as_ptr(), x1.as_ptr());
+        for k in 0..kc {
+            let a = _mm512_loadu_ps(p0.add(k * NT));
+            let b = _mm512_loadu_ps(p1.add(k * NT));
+            for (m, acc) in acc.iter_mut().enumerate() {
+                let wv = _mm512_set1_ps(*wp.add(m * kc + k));
+                acc[0] = _mm512_fmadd_ps(wv, a, acc[0]);
+                acc[1] = _mm512_fmadd_ps(wv, b, acc[1]);
+            }
+        }
+        for (m, acc) in acc.iter().enumerate() {
+            for (q, v) in acc.iter().enumerate() {
+                _mm512_storeu_ps(tile.as_mut_ptr().add((m * NB + q) * NT), *v);
+            }
         }
     }
 }
@@ -173,20 +239,46 @@ mod tests {
 
     #[test]
     fn tiles_match_the_portable_sum_bit_for_bit() {
-        // The vector tile and the portable loop sum in the same order with the same fused
-        // multiply-adds: the same bits, for every row count of a tile.
+        // Every path (AVX-512 on two blocks, AVX2 a block at a time, portable) sums in the same
+        // order with the same fused multiply-adds: the same bits, for every row count of a tile
+        // and for one block (a batch's odd last block) or two.
         let kc = 37;
         let w: Vec<f32> = (0..MR * kc).map(|i| (i as f32 * 0.731).sin()).collect();
-        let xb: Vec<f32> = (0..kc * NT).map(|i| (i as f32 * 1.37).cos()).collect();
-        for mr in 1..=MR {
-            let mut fast = [0.0f32; MR * NT];
-            tile_product(&w[..mr * kc], &xb, mr, kc, &mut fast);
-            for m in 0..mr {
-                for j in 0..NT {
-                    let want = (0..kc).fold(0.0f32, |a, k| w[m * kc + k].mul_add(xb[k * NT + j], a));
-                    assert_eq!(fast[m * NT + j], want, "{mr} rows: row {m} token {j}");
+        let x: Vec<Vec<f32>> = (0..NB).map(|q| (0..kc * NT).map(|i| (i as f32 * 1.37 + q as f32).cos()).collect()).collect();
+        for nb in 1..=NB {
+            let xbs: Vec<&[f32]> = x[..nb].iter().map(|v| v.as_slice()).collect();
+            for mr in 1..=MR {
+                let mut fast: Tile = [0.0; MR * NB * NT];
+                tile_product(&w[..mr * kc], &xbs, mr, kc, &mut fast);
+                for m in 0..mr {
+                    for (q, xb) in xbs.iter().enumerate() {
+                        for j in 0..NT {
+                            let want = (0..kc).fold(0.0f32, |a, k| w[m * kc + k].mul_add(xb[k * NT + j], a));
+                            assert_eq!(fast[(m * NB + q) * NT + j], want, "{nb} blocks, {mr} rows: row {m} block {q} token {j}");
+                        }
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_avx2_tile_gives_the_avx512_tiles_bits() {
+        // On a CPU with AVX-512 the dispatch above never runs the AVX2 tile on two blocks.
+        if !crate::kernels::has_avx2() {
+            return;
+        }
+        let kc = 300;
+        let w: Vec<f32> = (0..MR * kc).map(|i| (i as f32 * 0.377).sin()).collect();
+        let x: Vec<Vec<f32>> = (0..NB).map(|q| (0..kc * NT).map(|i| (i as f32 * 0.913 - q as f32).cos()).collect()).collect();
+        let (mut by_avx2, mut by_dispatch): (Tile, Tile) = ([0.0; MR * NB * NT], [0.0; MR * NB * NT]);
+        for (q, xb) in x.iter().enumerate() {
+            // SAFETY: AVX2 and FMA checked above; w holds MR * kc values and xb kc * NT.
+            unsafe { avx2::tile::<MR>(&w, xb, kc, &mut by_avx2, q) };
+        }
+        let xbs: Vec<&[f32]> = x.iter().map(|v| v.as_slice()).collect();
+        tile_product(&w, &xbs, MR, kc, &mut by_dispatch);
+        assert_eq!(by_avx2, by_dispatch);
     }
 }

@@ -49,6 +49,17 @@ pub(crate) fn has_avx2() -> bool {
     avx2::available()
 }
 
+/// Whether the AVX-512 kernels run on this CPU (checked once): F, BW and VL, on top of
+/// [`has_avx2`]'s features.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        avx2::available() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl")
+    })
+}
+
 /// `sum_i a[i] * b[i]`. Panics if the lengths differ: a silently shortened sum would be a wrong
 /// checkpoint rather than a crash.
 #[inline]
