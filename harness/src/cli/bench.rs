@@ -70,8 +70,11 @@ pub struct Cost {
 pub struct Host {
     /// Reading a buffer far larger than the caches, summed: bytes per second.
     pub read_bandwidth: f64,
-    /// Independent 8-wide FMA chains on every thread: flops per second (None without AVX2+FMA).
+    /// Independent FMA chains of the widest vectors the CPU has (16 lanes with AVX-512, else 8) on
+    /// every thread: flops per second (None without AVX2+FMA).
     pub fma_peak: Option<f64>,
+    /// The lanes of those chains' vectors.
+    pub fma_lanes: usize,
 }
 
 pub fn run(args: BenchArgs, dumpers_python: &Path, root: &Path) -> Result<()> {
@@ -144,17 +147,19 @@ fn measure_host(threads: usize) -> Result<Host> {
                 let start = Instant::now();
                 let sum: f32 = (0..threads).into_par_iter().map(|_| fma::chains(ITERS)).sum();
                 std::hint::black_box(sum);
-                (threads * ITERS * fma::FLOPS_PER_ITER) as f64 / start.elapsed().as_secs_f64()
+                (threads * ITERS * fma::flops_per_iter()) as f64 / start.elapsed().as_secs_f64()
             })
         })
     });
-    Ok(Host { read_bandwidth, fma_peak })
+    Ok(Host { read_bandwidth, fma_peak, fma_lanes: fma::lanes() })
 }
 
-/// Eight running sums, so the loop is bound by memory, not by one add's latency.
+/// Thirty-two running sums (four vectors of eight), so the loop is bound by memory, not by the
+/// latency of one vector add: one chain of adds reads 1 GiB at about 28 GB/s on this host, four
+/// at 35-38, what a hand-written AVX-512 loop also reaches (docs/performance.md).
 fn sum_f32(xs: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let mut blocks = xs.chunks_exact(8);
+    let mut acc = [0.0f32; 32];
+    let mut blocks = xs.chunks_exact(32);
     for b in &mut blocks {
         for (a, x) in acc.iter_mut().zip(b) {
             *a += x;
@@ -163,10 +168,11 @@ fn sum_f32(xs: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + blocks.remainder().iter().sum::<f32>()
 }
 
-/// Ten independent chains of 8-wide fused multiply-adds: more chains than an FMA's latency times
-/// the units that run them, so the loop runs at the core's issue rate.
+/// Twelve independent chains of fused multiply-adds, 16 lanes wide with AVX-512 (whose FMA units
+/// are 512 bits wide on some CPUs, this host's Zen 5 among them) and 8 with AVX2: more chains than
+/// an FMA's latency times the units that run them, so the loop runs at the core's issue rate.
 mod fma {
-    pub const FLOPS_PER_ITER: usize = 10 * 8 * 2;
+    const CHAINS: usize = 12;
 
     pub fn available() -> bool {
         #[cfg(target_arch = "x86_64")]
@@ -175,12 +181,39 @@ mod fma {
         false
     }
 
+    fn wide() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// The lanes the chains use: 16 with AVX-512, else 8.
+    pub fn lanes() -> usize {
+        if wide() {
+            16
+        } else {
+            8
+        }
+    }
+
+    /// Flops in one round of [`chains`].
+    pub fn flops_per_iter() -> usize {
+        CHAINS * lanes() * 2
+    }
+
     /// Runs `iters` rounds; call only when [`available`].
     pub fn chains(iters: usize) -> f32 {
         #[cfg(target_arch = "x86_64")]
         if available() {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { chains_avx2(iters) };
+            // SAFETY: the CPU has the features each function is compiled for (checked here).
+            return unsafe {
+                if wide() {
+                    chains_avx512(iters)
+                } else {
+                    chains_avx2(iters)
+                }
+            };
         }
         let _ = iters;
         0.0
@@ -191,7 +224,7 @@ mod fma {
     unsafe fn chains_avx2(iters: usize) -> f32 {
         use std::arch::x86_64::*;
         let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-        let mut acc = [_mm256_set1_ps(1.0); 10];
+        let mut acc = [_mm256_set1_ps(1.0); CHAINS];
         for _ in 0..iters {
             for r in &mut acc {
                 *r = _mm256_fmadd_ps(*r, a, b);
@@ -204,6 +237,24 @@ mod fma {
         let mut lanes = [0.0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), total);
         lanes.iter().sum()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn chains_avx512(iters: usize) -> f32 {
+        use std::arch::x86_64::*;
+        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+        for _ in 0..iters {
+            for r in &mut acc {
+                *r = _mm512_fmadd_ps(*r, a, b);
+            }
+        }
+        let mut total = _mm512_setzero_ps();
+        for r in acc {
+            total = _mm512_add_ps(total, r);
+        }
+        _mm512_reduce_add_ps(total)
     }
 }
 
@@ -370,7 +421,8 @@ fn print_limits(rows: &[Row], n_prompt: usize, n_gen: usize) {
     println!("{table}");
     println!(
         "against the machine, measured in this run: decode reads every weight once per token (and the KV cache), so its bytes per \
-         second are bounded by the read bandwidth; prefill is bounded by the FMA peak (8-wide, every thread)"
+         second are bounded by the read bandwidth; prefill is bounded by the FMA peak ({}-lane FMAs, every thread)",
+        fma::lanes()
     );
 }
 
