@@ -144,9 +144,14 @@ fn tile_product(w: &[f32], xbs: &[&[f32]], mr: usize, kc: usize, tile: &mut Tile
     }
     #[cfg(target_arch = "x86_64")]
     {
-        if xbs.len() == NB && crate::kernels::has_avx512() {
+        if crate::kernels::has_avx512() {
             // SAFETY: the CPU has AVX-512F (checked just above); the lengths are asserted above.
-            unsafe { by_rows!(avx512::tile, w, xbs[0], xbs[1], kc, tile) };
+            unsafe {
+                match xbs {
+                    [x0, x1] => by_rows!(avx512::tile, w, x0, x1, kc, tile),
+                    _ => by_rows!(avx512::tile_one, w, xbs[0], kc, tile),
+                }
+            };
             return;
         }
         if crate::kernels::has_avx2() {
@@ -229,6 +234,26 @@ mod avx512 {
             for (q, v) in acc.iter().enumerate() {
                 _mm512_storeu_ps(tile.as_mut_ptr().add((m * NB + q) * NT), *v);
             }
+        }
+    }
+
+    /// The `M x 16` tile of one token block (a batch's odd last one, or a batch of at most 16):
+    /// M chains of 16 lanes, still more work per cycle than the AVX2 tile's 2M of 8.
+    ///
+    /// # Safety
+    /// AVX-512F available; `w` holds `M * kc` values and `x0` `kc * NT`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile_one<const M: usize>(w: &[f32], x0: &[f32], kc: usize, tile: &mut Tile) {
+        let mut acc = [_mm512_setzero_ps(); M];
+        let (wp, p0) = (w.as_ptr(), x0.as_ptr());
+        for k in 0..kc {
+            let a = _mm512_loadu_ps(p0.add(k * NT));
+            for (m, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(_mm512_set1_ps(*wp.add(m * kc + k)), a, *acc);
+            }
+        }
+        for (m, v) in acc.iter().enumerate() {
+            _mm512_storeu_ps(tile.as_mut_ptr().add(m * NB * NT), *v);
         }
     }
 }

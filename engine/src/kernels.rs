@@ -85,13 +85,31 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 pub fn f16_to_f32(src: &[u8], out: &mut [f32]) {
     assert_eq!(src.len(), 2 * out.len(), "f16_to_f32: {} bytes for {} values", src.len(), out.len());
     #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
-        // SAFETY: as in `dot`; the lengths match (asserted above).
-        return unsafe { avx2::f16_to_f32(src, out) };
+    {
+        if has_avx512() {
+            // SAFETY: as in `dot`; the lengths match (asserted above).
+            return unsafe { avx512::f16_to_f32(src, out) };
+        }
+        if avx2::available() {
+            // SAFETY: as above.
+            return unsafe { avx2::f16_to_f32(src, out) };
+        }
     }
     for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
         *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
     }
+}
+
+/// Asks the cache to fetch `bytes` (every 64-byte line of them) ahead of their use; never waits.
+#[inline]
+pub fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: SSE is part of x86-64; a prefetch reads nothing into the program and never faults.
+        unsafe { std::arch::x86_64::_mm_prefetch(line.as_ptr() as *const i8, std::arch::x86_64::_MM_HINT_T0) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 /// A weight's bytes as a planted dequantization bug (fault::Fault) would read them, or `None`
@@ -435,6 +453,18 @@ mod avx512 {
         }
     }
 
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub unsafe fn f16_to_f32(src: &[u8], out: &mut [f32]) {
+        let n = out.len();
+        let mut i = 0;
+        while i + 16 <= n {
+            let h = _mm256_loadu_si256(src.as_ptr().add(2 * i) as *const __m256i);
+            _mm512_storeu_ps(out.as_mut_ptr().add(i), _mm512_cvtph_ps(h));
+            i += 16;
+        }
+        super::avx2::f16_to_f32(&src[2 * i..], &mut out[i..]);
+    }
+
     /// A block's f16 scale (and, for Q4_1, minimum after it) at `p`, each in all 16 lanes.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
@@ -592,11 +622,15 @@ mod tests {
         // largest finite (65504), +inf, -0.0, a quiet NaN, then 1.5 and -0.25 in the scalar tail.
         let bits: [u16; 10] = [0x3c00, 0xc000, 0x3800, 0x0001, 0x7bff, 0x7c00, 0x8000, 0x7e00, 0x3e00, 0xb400];
         let want = [1.0, -2.0, 0.5, 2f32.powi(-24), 65504.0, f32::INFINITY, -0.0, f32::NAN, 1.5, -0.25];
-        let src: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
-        let mut out = [0.0f32; 10];
-        f16_to_f32(&src, &mut out);
-        for (i, (got, want)) in out.iter().zip(want).enumerate() {
-            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "value {i}: {got} vs {want}");
+        // Ten values (8-lane body and scalar tail), then 37 (16-lane body, 8-lane and scalar tails).
+        for copies in [1, 4] {
+            let n = (10 * copies).min(37);
+            let src: Vec<u8> = bits.iter().cycle().take(n).flat_map(|b| b.to_le_bytes()).collect();
+            let mut out = vec![0.0f32; n];
+            f16_to_f32(&src, &mut out);
+            for (i, (got, want)) in out.iter().zip(want.iter().cycle()).enumerate() {
+                assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "value {i} of {n}: {got} vs {want}");
+            }
         }
     }
 

@@ -154,7 +154,12 @@ impl QTensor {
         }
         let (block, block_bytes) = self.dtype.block();
         let fill = |r: usize, c0: usize, c1: usize, dst: &mut [f32]| {
-            dequantize(self.dtype, &self.row(r)[c0 / block * block_bytes..c1 / block * block_bytes], dst)
+            let row = self.row(r);
+            let (from, to) = (c0 / block * block_bytes, c1 / block * block_bytes);
+            dequantize(self.dtype, &row[from..to], dst);
+            // The GEMM reads a slice of each of a group's rows, one after another: a stream the
+            // hardware does not follow. This row's next slice is fetched while the tile works.
+            kernels::prefetch(&row[to..row.len().min(2 * to - from)]);
         };
         gemm::matmul(rows, cols, &fill, x, n, out);
     }
