@@ -425,30 +425,10 @@ mod avx512 {
                 let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
                 _mm512_reduce_add_ps(sum) + portable::dot(dtype, &w[size * i..], &x[i..])
             }
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
-                let block_bytes = dtype.block().1;
-                let block = |blk: usize, acc: __m512| {
-                    let (b, xs) = (wp.add(blk * block_bytes), xp.add(blk * 32));
-                    _mm_prefetch(b.wrapping_add(PREFETCH_QUANT_BYTES) as *const i8, _MM_HINT_T0);
-                    match dtype {
-                        DType::Q8_0 => q8_0_block(b, xs, acc),
-                        _ => q4_block(dtype, b, xs, acc),
-                    }
-                };
-                // Two chains over alternate blocks, so a block's adds need not wait for the last's.
-                let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-                let blocks = n / 32;
-                let mut blk = 0;
-                while blk + 2 <= blocks {
-                    acc0 = block(blk, acc0);
-                    acc1 = block(blk + 1, acc1);
-                    blk += 2;
-                }
-                if blk < blocks {
-                    acc0 = block(blk, acc0);
-                }
-                _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
-            }
+            // One loop per type, so no block asks which type it is.
+            DType::Q8_0 => quant_dot(wp, xp, n, dtype.block().1, |b, xs, acc| q8_0_block(b, xs, acc)),
+            DType::Q4_0 => quant_dot(wp, xp, n, dtype.block().1, |b, xs, acc| q4_block::<false>(b, xs, acc)),
+            DType::Q4_1 => quant_dot(wp, xp, n, dtype.block().1, |b, xs, acc| q4_block::<true>(b, xs, acc)),
             DType::BF16 => unreachable!("BF16 rows take the AVX2 path"),
         }
     }
@@ -463,6 +443,30 @@ mod avx512 {
             i += 16;
         }
         super::avx2::f16_to_f32(&src[2 * i..], &mut out[i..]);
+    }
+
+    /// `sum_i w[i] x[i]` over the `n / 32` blocks of `block_bytes` at `wp`, each added by `block`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn quant_dot(wp: *const u8, xp: *const f32, n: usize, block_bytes: usize, block: impl Fn(*const u8, *const f32, __m512) -> __m512) -> f32 {
+        let at = |blk: usize, acc: __m512| {
+            let b = wp.add(blk * block_bytes);
+            _mm_prefetch(b.wrapping_add(PREFETCH_QUANT_BYTES) as *const i8, _MM_HINT_T0);
+            block(b, xp.add(blk * 32), acc)
+        };
+        // Two chains over alternate blocks, so a block's adds need not wait for the last's.
+        let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let blocks = n / 32;
+        let mut blk = 0;
+        while blk + 2 <= blocks {
+            acc0 = at(blk, acc0);
+            acc1 = at(blk + 1, acc1);
+            blk += 2;
+        }
+        if blk < blocks {
+            acc0 = at(blk, acc0);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
     }
 
     /// A block's f16 scale (and, for Q4_1, minimum after it) at `p`, each in all 16 lanes.
@@ -489,14 +493,17 @@ mod avx512 {
     /// 0..16 of the block, a shift values 16..32.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    unsafe fn q4_block(dtype: DType, b: *const u8, xs: *const f32, acc: __m512) -> __m512 {
-        let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(b.add(if dtype == DType::Q4_0 { 2 } else { 4 }) as *const __m128i));
+    unsafe fn q4_block<const WITH_MIN: bool>(b: *const u8, xs: *const f32, acc: __m512) -> __m512 {
+        let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(b.add(if WITH_MIN { 4 } else { 2 }) as *const __m128i));
         let (x0, x1) = (_mm512_loadu_ps(xs), _mm512_loadu_ps(xs.add(16)));
-        let lo = _mm512_cvtepi32_ps(_mm512_and_si512(q, _mm512_set1_epi32(0x0f)));
-        let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4));
+        // A permute reads only an index's low four bits: it masks the low nibble and turns
+        // either nibble into its f32 value in one instruction.
+        let values = _mm512_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0);
+        let lo = _mm512_permutexvar_ps(q, values);
+        let hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), values);
         let s = _mm512_fmadd_ps(hi, x1, _mm512_mul_ps(lo, x0));
         let (d, m) = scale_pair(b);
-        let m = if dtype == DType::Q4_0 { _mm512_mul_ps(d, _mm512_set1_ps(-8.0)) } else { m };
+        let m = if WITH_MIN { m } else { _mm512_mul_ps(d, _mm512_set1_ps(-8.0)) };
         _mm512_fmadd_ps(d, s, _mm512_fmadd_ps(m, _mm512_add_ps(x0, x1), acc))
     }
 }
