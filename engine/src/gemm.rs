@@ -20,7 +20,7 @@ pub const NT: usize = 16;
 /// Weight rows per tile: 6 x 2 accumulators, 2 token vectors and a broadcast in the 16 registers.
 pub const MR: usize = 6;
 /// Columns per slice: a token block's packed slice is 16 KB.
-pub const KC: usize = 256;
+pub const KC: usize = 128;
 /// Weight rows per task: four tiles.
 pub const GROUP: usize = 4 * MR;
 /// Token blocks a tile sweeps at once: the AVX-512 tile's second block doubles its independent
@@ -59,7 +59,6 @@ pub fn matmul(rows: usize, cols: usize, fill: &Fill<'_>, x: &[f32], n: usize, ou
         let mut w = vec![0.0f32; GROUP * KC];
         // sums[i * blocks * NT + t]: row r0 + i, token t.
         let mut sums = vec![0.0f32; nr * blocks * NT];
-        let mut tile: Tile = [0.0; MR * NB * NT];
         let mut c0 = 0;
         while c0 < cols {
             let kc = KC.min(cols - c0);
@@ -76,18 +75,8 @@ pub fn matmul(rows: usize, cols: usize, fill: &Fill<'_>, x: &[f32], n: usize, ou
                 let mut i0 = 0;
                 while i0 < nr {
                     let mr = MR.min(nr - i0);
-                    tile_product(&w[i0 * kc..(i0 + mr) * kc], &xbs[..nb], mr, kc, &mut tile);
-                    for m in 0..mr {
-                        for q in 0..nb {
-                            let s = &mut sums[(i0 + m) * blocks * NT + (b + q) * NT..][..NT];
-                            let t = &tile[(m * NB + q) * NT..][..NT];
-                            if c0 == 0 {
-                                s.copy_from_slice(t);
-                            } else {
-                                s.iter_mut().zip(t).for_each(|(s, t)| *s += t);
-                            }
-                        }
-                    }
+                    let at = i0 * blocks * NT + b * NT;
+                    tile_product(&w[i0 * kc..(i0 + mr) * kc], &xbs[..nb], mr, kc, &mut sums[at..], blocks * NT, c0 == 0);
                     i0 += mr;
                 }
                 b += nb;
@@ -118,17 +107,22 @@ impl Out {
     }
 }
 
-/// A tile's sums: `tile[(m * NB + q) * NT + j]` is weight row m times token j of token block q.
-type Tile = [f32; MR * NB * NT];
-
-/// `tile[(m * NB + q) * NT + j] = sum_{k < kc} w[m * kc + k] * xbs[q][k * NT + j]` for `m < mr`
-/// and each of the (one or [`NB`]) token blocks in `xbs`, summed in column order from zero with
-/// fused multiply-adds: every path gives the same bits.
-fn tile_product(w: &[f32], xbs: &[&[f32]], mr: usize, kc: usize, tile: &mut Tile) {
+/// Adds a tile's sums into `sums`: weight row m times token j of token block q goes to
+/// `sums[m * stride + q * NT + j]` for `m < mr` and each of the (one or [`NB`]) token blocks in
+/// `xbs`. Each is `sum_{k < kc} w[m * kc + k] * xbs[q][k * NT + j]`, summed in column order from
+/// zero with fused multiply-adds, then stored (`first`, the first column slice) or added to what
+/// the slices before left there. Every path gives the same bits.
+fn tile_product(w: &[f32], xbs: &[&[f32]], mr: usize, kc: usize, sums: &mut [f32], stride: usize, first: bool) {
     assert!(
-        mr <= MR && w.len() == mr * kc && (1..=NB).contains(&xbs.len()) && xbs.iter().all(|xb| xb.len() == kc * NT),
+        (1..=MR).contains(&mr)
+            && w.len() == mr * kc
+            && (1..=NB).contains(&xbs.len())
+            && xbs.iter().all(|xb| xb.len() == kc * NT)
+            && stride >= xbs.len() * NT
+            && sums.len() >= (mr - 1) * stride + xbs.len() * NT,
         "gemm tile: shapes do not agree"
     );
+    let out = sums.as_mut_ptr();
     /// `$run::<M>` for the tile's row count M (a const generic: the accumulators stay in registers).
     macro_rules! by_rows {
         ($($run:ident)::+, $($arg:expr),*) => {
@@ -148,8 +142,8 @@ fn tile_product(w: &[f32], xbs: &[&[f32]], mr: usize, kc: usize, tile: &mut Tile
             // SAFETY: the CPU has AVX-512F (checked just above); the lengths are asserted above.
             unsafe {
                 match xbs {
-                    [x0, x1] => by_rows!(avx512::tile, w, x0, x1, kc, tile),
-                    _ => by_rows!(avx512::tile_one, w, xbs[0], kc, tile),
+                    [x0, x1] => by_rows!(avx512::tile, w, x0, x1, kc, out, stride, first),
+                    _ => by_rows!(avx512::tile_one, w, xbs[0], kc, out, stride, first),
                 }
             };
             return;
@@ -157,7 +151,7 @@ fn tile_product(w: &[f32], xbs: &[&[f32]], mr: usize, kc: usize, tile: &mut Tile
         if crate::kernels::has_avx2() {
             for (q, xb) in xbs.iter().enumerate() {
                 // SAFETY: the CPU has AVX2 and FMA (checked just above); lengths asserted above.
-                unsafe { by_rows!(avx2::tile, w, xb, kc, tile, q) };
+                unsafe { by_rows!(avx2::tile, w, xb, kc, out.add(q * NT), stride, first) };
             }
             return;
         }
@@ -171,23 +165,29 @@ fn tile_product(w: &[f32], xbs: &[&[f32]], mr: usize, kc: usize, tile: &mut Tile
                     *a = wv.mul_add(*x, *a);
                 }
             }
-            tile[(m * NB + q) * NT..][..NT].copy_from_slice(&acc);
+            let s = &mut sums[m * stride + q * NT..][..NT];
+            if first {
+                s.copy_from_slice(&acc);
+            } else {
+                s.iter_mut().zip(acc).for_each(|(s, a)| *s += a);
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Tile, NB, NT};
+    use super::NT;
     use std::arch::x86_64::*;
 
-    /// The `M x 16` tile of token block `q`: per column, the block's two vectors and one broadcast
-    /// per row.
+    /// The `M x 16` tile of one token block: per column, the block's two vectors and one
+    /// broadcast per row; row m's sums go to (or onto) `out + m * stride`.
     ///
     /// # Safety
-    /// AVX2 and FMA available; `w` holds `M * kc` values and `xb` `kc * NT`; `q < NB`.
+    /// AVX2 and FMA available; `w` holds `M * kc` values and `xb` `kc * NT`; `out` is valid for
+    /// NT values at each of the M row offsets.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile<const M: usize>(w: &[f32], xb: &[f32], kc: usize, tile: &mut Tile, q: usize) {
+    pub unsafe fn tile<const M: usize>(w: &[f32], xb: &[f32], kc: usize, out: *mut f32, stride: usize, first: bool) {
         let mut acc = [[_mm256_setzero_ps(); 2]; M];
         let (wp, xp) = (w.as_ptr(), xb.as_ptr());
         for k in 0..kc {
@@ -200,25 +200,28 @@ mod avx2 {
             }
         }
         for (m, a) in acc.iter().enumerate() {
-            let o = tile.as_mut_ptr().add((m * NB + q) * NT);
-            _mm256_storeu_ps(o, a[0]);
-            _mm256_storeu_ps(o.add(8), a[1]);
+            for (h, v) in a.iter().enumerate() {
+                let o = out.add(m * stride + 8 * h);
+                _mm256_storeu_ps(o, if first { *v } else { _mm256_add_ps(_mm256_loadu_ps(o), *v) });
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Tile, NB, NT};
+    use super::{NB, NT};
     use std::arch::x86_64::*;
 
     /// The `M x (2 x 16)` tile of two token blocks: per column, one 16-lane vector per block and
-    /// one broadcast per row, 2M independent chains (a 512-bit FMA unit needs 8 in flight).
+    /// one broadcast per row, 2M independent chains (a 512-bit FMA unit needs 8 in flight); row
+    /// m's sums go to (or onto) `out + m * stride`, the second block's NT values after the first's.
     ///
     /// # Safety
-    /// AVX-512F available; `w` holds `M * kc` values, `x0` and `x1` `kc * NT` each.
+    /// AVX-512F available; `w` holds `M * kc` values, `x0` and `x1` `kc * NT` each; `out` is
+    /// valid for 2 NT values at each of the M row offsets.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile<const M: usize>(w: &[f32], x0: &[f32], x1: &[f32], kc: usize, tile: &mut Tile) {
+    pub unsafe fn tile<const M: usize>(w: &[f32], x0: &[f32], x1: &[f32], kc: usize, out: *mut f32, stride: usize, first: bool) {
         let mut acc = [[_mm512_setzero_ps(); NB]; M];
         let (wp, p0, p1) = (w.as_ptr(), x0.as_ptr(), x1.as_ptr());
         for k in 0..kc {
@@ -232,7 +235,7 @@ mod avx512 {
         }
         for (m, acc) in acc.iter().enumerate() {
             for (q, v) in acc.iter().enumerate() {
-                _mm512_storeu_ps(tile.as_mut_ptr().add((m * NB + q) * NT), *v);
+                store(out.add(m * stride + q * NT), *v, first);
             }
         }
     }
@@ -241,9 +244,10 @@ mod avx512 {
     /// M chains of 16 lanes, still more work per cycle than the AVX2 tile's 2M of 8.
     ///
     /// # Safety
-    /// AVX-512F available; `w` holds `M * kc` values and `x0` `kc * NT`.
+    /// AVX-512F available; `w` holds `M * kc` values and `x0` `kc * NT`; `out` is valid for NT
+    /// values at each of the M row offsets.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile_one<const M: usize>(w: &[f32], x0: &[f32], kc: usize, tile: &mut Tile) {
+    pub unsafe fn tile_one<const M: usize>(w: &[f32], x0: &[f32], kc: usize, out: *mut f32, stride: usize, first: bool) {
         let mut acc = [_mm512_setzero_ps(); M];
         let (wp, p0) = (w.as_ptr(), x0.as_ptr());
         for k in 0..kc {
@@ -253,8 +257,15 @@ mod avx512 {
             }
         }
         for (m, v) in acc.iter().enumerate() {
-            _mm512_storeu_ps(tile.as_mut_ptr().add(m * NB * NT), *v);
+            store(out.add(m * stride), *v, first);
         }
+    }
+
+    /// A slice's sums stored at `o`, or added to the earlier slices' sums there.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store(o: *mut f32, v: __m512, first: bool) {
+        _mm512_storeu_ps(o, if first { v } else { _mm512_add_ps(_mm512_loadu_ps(o), v) });
     }
 }
 
@@ -262,25 +273,33 @@ mod avx512 {
 mod tests {
     use super::*;
 
+    /// Column-order fused multiply-add sum of row m of `w` times token j of `xb`, from zero.
+    fn chain(w: &[f32], xb: &[f32], kc: usize, m: usize, j: usize) -> f32 {
+        (0..kc).fold(0.0f32, |a, k| w[m * kc + k].mul_add(xb[k * NT + j], a))
+    }
+
     #[test]
-    fn tiles_match_the_portable_sum_bit_for_bit() {
-        // Every path (AVX-512 on two blocks, AVX2 a block at a time, portable) sums in the same
-        // order with the same fused multiply-adds: the same bits, for every row count of a tile
-        // and for one block (a batch's odd last block) or two.
-        let kc = 37;
+    fn tiles_store_then_add_the_portable_sum_bit_for_bit() {
+        // Every path (AVX-512 on two blocks or one, AVX2 a block at a time, portable) sums in the
+        // same order with the same fused multiply-adds: the same bits, for every row count of a
+        // tile, for one block (a batch's odd last block) or two, stored by the first column
+        // slice and added onto what is there by the next.
+        let (kc, stride) = (37, 3 * NB * NT);
         let w: Vec<f32> = (0..MR * kc).map(|i| (i as f32 * 0.731).sin()).collect();
         let x: Vec<Vec<f32>> = (0..NB).map(|q| (0..kc * NT).map(|i| (i as f32 * 1.37 + q as f32).cos()).collect()).collect();
         for nb in 1..=NB {
             let xbs: Vec<&[f32]> = x[..nb].iter().map(|v| v.as_slice()).collect();
             for mr in 1..=MR {
-                let mut fast: Tile = [0.0; MR * NB * NT];
-                tile_product(&w[..mr * kc], &xbs, mr, kc, &mut fast);
-                for m in 0..mr {
-                    for (q, xb) in xbs.iter().enumerate() {
-                        for j in 0..NT {
-                            let want = (0..kc).fold(0.0f32, |a, k| w[m * kc + k].mul_add(xb[k * NT + j], a));
-                            assert_eq!(fast[(m * NB + q) * NT + j], want, "{nb} blocks, {mr} rows: row {m} block {q} token {j}");
-                        }
+                let mut sums = vec![f32::NAN; MR * stride];
+                tile_product(&w[..mr * kc], &xbs, mr, kc, &mut sums, stride, true);
+                tile_product(&w[..mr * kc], &xbs, mr, kc, &mut sums, stride, false);
+                for (i, v) in sums.iter().enumerate() {
+                    let (m, q, j) = (i / stride, i % stride / NT, i % NT);
+                    if m < mr && q < nb {
+                        let once = chain(&w, xbs[q], kc, m, j);
+                        assert_eq!(*v, once + once, "{nb} blocks, {mr} rows: row {m} block {q} token {j}");
+                    } else {
+                        assert!(v.is_nan(), "{nb} blocks, {mr} rows: element {i} outside the tile was written");
                     }
                 }
             }
@@ -289,21 +308,32 @@ mod tests {
 
     #[test]
     #[cfg(target_arch = "x86_64")]
-    fn the_avx2_tile_gives_the_avx512_tiles_bits() {
-        // On a CPU with AVX-512 the dispatch above never runs the AVX2 tile on two blocks.
+    fn the_avx2_tile_gives_the_dispatched_tiles_bits() {
+        // On a CPU with AVX-512 the dispatch above never runs the AVX2 tile.
         if !crate::kernels::has_avx2() {
             return;
         }
-        let kc = 300;
+        let (kc, stride) = (300, NB * NT);
         let w: Vec<f32> = (0..MR * kc).map(|i| (i as f32 * 0.377).sin()).collect();
         let x: Vec<Vec<f32>> = (0..NB).map(|q| (0..kc * NT).map(|i| (i as f32 * 0.913 - q as f32).cos()).collect()).collect();
-        let (mut by_avx2, mut by_dispatch): (Tile, Tile) = ([0.0; MR * NB * NT], [0.0; MR * NB * NT]);
+        let (mut by_avx2, mut by_dispatch) = (vec![0.0f32; MR * stride], vec![0.0f32; MR * stride]);
         for (q, xb) in x.iter().enumerate() {
-            // SAFETY: AVX2 and FMA checked above; w holds MR * kc values and xb kc * NT.
-            unsafe { avx2::tile::<MR>(&w, xb, kc, &mut by_avx2, q) };
+            // SAFETY: AVX2 and FMA checked above; w holds MR * kc values, xb kc * NT, and the
+            // output MR rows of `stride` with this block's NT values at q * NT.
+            unsafe { avx2::tile::<MR>(&w, xb, kc, by_avx2.as_mut_ptr().add(q * NT), stride, true) };
         }
         let xbs: Vec<&[f32]> = x.iter().map(|v| v.as_slice()).collect();
-        tile_product(&w, &xbs, MR, kc, &mut by_dispatch);
+        tile_product(&w, &xbs, MR, kc, &mut by_dispatch, stride, true);
         assert_eq!(by_avx2, by_dispatch);
+    }
+
+    #[test]
+    fn a_tile_refuses_a_destination_too_short_for_its_rows() {
+        let (kc, stride) = (4, NB * NT);
+        let w = vec![1.0f32; 2 * kc];
+        let xb = vec![1.0f32; kc * NT];
+        let mut short = vec![0.0f32; stride + NT - 1];
+        let refused = std::panic::catch_unwind(move || tile_product(&w, &[&xb], 2, kc, &mut short, stride, true)).is_err();
+        assert!(refused, "row 1 would end one value past the buffer");
     }
 }
