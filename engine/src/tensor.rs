@@ -158,8 +158,10 @@ impl QTensor {
             let (from, to) = (c0 / block * block_bytes, c1 / block * block_bytes);
             dequantize(self.dtype, &row[from..to], dst);
             // The GEMM reads a slice of each of a group's rows, one after another: a stream the
-            // hardware does not follow. This row's next slice is fetched while the tile works.
-            kernels::prefetch(&row[to..row.len().min(2 * to - from)]);
+            // hardware does not follow. The slice after next of this row is fetched while the
+            // tiles work (the next one comes too late: docs/performance.md).
+            let width = to - from;
+            kernels::prefetch(&row[(to + width).min(row.len())..(to + 2 * width).min(row.len())]);
         };
         gemm::matmul(rows, cols, &fill, x, n, out);
     }
