@@ -122,6 +122,7 @@ impl QTensor {
         self.cols() / block * block_bytes
     }
 
+    #[inline]
     fn row(&self, r: usize) -> &[u8] {
         let n = self.row_bytes();
         &self.bytes.as_slice()[r * n..(r + 1) * n]
