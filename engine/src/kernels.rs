@@ -49,6 +49,21 @@ pub(crate) unsafe fn dot_unchecked(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
     portable::dot(dtype, w, x)
 }
 
+/// Which kernels the engine runs on this CPU: "avx512", "avx2" or "portable". Decode outputs
+/// differ in their last bits between them (each is deterministic); benchmarks should say which ran.
+pub fn isa() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx512() {
+            return "avx512";
+        }
+        if has_avx2() {
+            return "avx2";
+        }
+    }
+    "portable"
+}
+
 /// Whether the AVX2/FMA/F16C kernels run on this CPU (checked once).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx2() -> bool {

@@ -75,6 +75,8 @@ pub struct Host {
     pub fma_peak: Option<f64>,
     /// The lanes of those chains' vectors.
     pub fma_lanes: usize,
+    /// The engine's kernels on this CPU (engine::kernels::isa).
+    pub engine_kernels: &'static str,
 }
 
 pub fn run(args: BenchArgs, dumpers_python: &Path, root: &Path) -> Result<()> {
@@ -151,7 +153,7 @@ fn measure_host(threads: usize) -> Result<Host> {
             })
         })
     });
-    Ok(Host { read_bandwidth, fma_peak, fma_lanes: fma::lanes() })
+    Ok(Host { read_bandwidth, fma_peak, fma_lanes: fma::lanes(), engine_kernels: engine::kernels::isa() })
 }
 
 /// Thirty-two running sums (four vectors of eight), so the loop is bound by memory, not by the
@@ -421,8 +423,9 @@ fn print_limits(rows: &[Row], n_prompt: usize, n_gen: usize) {
     println!("{table}");
     println!(
         "against the machine, measured in this run: decode reads every weight once per token (and the KV cache), so its bytes per \
-         second are bounded by the read bandwidth; prefill is bounded by the FMA peak ({}-lane FMAs, every thread)",
-        fma::lanes()
+         second are bounded by the read bandwidth; prefill is bounded by the FMA peak ({}-lane FMAs, every thread); the engine ran its {} kernels",
+        fma::lanes(),
+        engine::kernels::isa()
     );
 }
 
