@@ -145,7 +145,7 @@ impl QTensor {
 
     /// `out[t, r] = sum_c self[r, c] * x[t, c]` for `n` token rows of `x` (`[n, cols]`), written to
     /// `out` (`[n, rows]`). Weights are dequantized a row at a time, inside the kernel; rows are
-    /// spread over rayon's pool.
+    /// spread over the engine's pool (pool.rs).
     pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) {
         let (rows, cols) = (self.rows(), self.cols());
         assert_eq!(x.len(), n * cols, "matmul {}: input is not [{n}, {cols}]", self.name);
@@ -238,7 +238,8 @@ fn matvec_each<const N: usize>(ws: [&QTensor; N], x: &[f32], outs: [&mut [f32]; 
         assert!(cols.is_multiple_of(w.dtype.block().0), "matmul {}: {cols} columns are not whole blocks", w.name);
     }
     let threads = pool::threads();
-    let span = ws.map(|w| w.rows().div_ceil(threads).next_multiple_of(ROW_QUANTUM));
+    // At least one quantum, so a matrix of no rows is no tasks rather than a division by zero.
+    let span = ws.map(|w| w.rows().div_ceil(threads).next_multiple_of(ROW_QUANTUM).max(ROW_QUANTUM));
     let tasks: [usize; N] = std::array::from_fn(|j| ws[j].rows().div_ceil(span[j]));
     let outs = outs.map(|o| Out(o.as_mut_ptr()));
     let run = |mut task: usize| {
@@ -579,6 +580,20 @@ mod tests {
         t.matmul(&x, 1, &mut fused);
         let expected = kernels::dot_f32(&t.to_f32(), &x);
         assert!((fused[0] - expected).abs() < 1e-5, "{} vs {expected}", fused[0]);
+    }
+
+    #[test]
+    fn a_matrix_of_no_rows_gives_empty_products_on_one_and_two_threads() {
+        let w = owned(DType::F32, vec![0, 32], vec![]);
+        let x = vec![1.0f32; 2 * 32];
+        for threads in [1, 2] {
+            on_threads(threads, || {
+                let (mut one, mut two) = (vec![], vec![]);
+                w.matmul(&x[..32], 1, &mut one);
+                w.matmul(&x, 2, &mut two);
+                assert!(one.is_empty() && two.is_empty());
+            });
+        }
     }
 
     #[test]
