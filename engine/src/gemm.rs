@@ -3,12 +3,12 @@
 //!
 //! The activations are packed once per product: for each block of [`NT`] tokens and each column,
 //! the block's values side by side (zeros past the last token), so one column of a token block is
-//! two 8-lane loads. The weight matrix is cut into groups of [`GROUP`] rows, one task each; for each
-//! slice of [`KC`] columns a task widens its rows' slice to f32 once, whatever the stored type
-//! (row-major, as stored), and sweeps every token block over it [`MR`] rows at a time: a tile of
-//! `MR x NT` outputs in 12 registers, each column a broadcast of each weight times the token
-//! block's two vectors. A token block's packed slice (16 KB) stays in L1 while the group's rows
-//! pass over it.
+//! one 16-lane or two 8-lane loads. The weight matrix is cut into groups of [`GROUP`] rows, one task
+//! each; for each slice of [`KC`] columns a task widens its rows' slice to f32 once, whatever the
+//! stored type (row-major, as stored), and sweeps the token blocks over it, [`NB`] at a time, [`MR`]
+//! rows at a time: per column, a broadcast of each weight times each block's vectors (on AVX-512
+//! one 16-lane vector per block, 12 chains; on AVX2 a block at a time, two 8-lane vectors). A token
+//! block's packed slice (8 KB) stays in L1 while the group's rows pass over it.
 //!
 //! Each output sums one column slice at a time from zero, in column order, then adds the slice's
 //! sum to the slices before it: the order is fixed by the shapes alone, never by the thread count.
@@ -19,7 +19,8 @@ use crate::pool;
 pub const NT: usize = 16;
 /// Weight rows per tile: 6 x 2 accumulators, 2 token vectors and a broadcast in the 16 registers.
 pub const MR: usize = 6;
-/// Columns per slice: a token block's packed slice is 16 KB.
+/// Columns per slice: each slice's sum is one rounding chain (shorter is closer to f64, and free
+/// now that tiles add into the sums in registers); a token block's packed slice is 8 KB.
 pub const KC: usize = 128;
 /// Weight rows per task: four tiles.
 pub const GROUP: usize = 4 * MR;
@@ -36,13 +37,13 @@ pub type Fill<'a> = dyn Fn(usize, usize, usize, &mut [f32]) + Sync + 'a;
 pub fn matmul(rows: usize, cols: usize, fill: &Fill<'_>, x: &[f32], n: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n * cols, "gemm: input is not [{n}, {cols}]");
     assert_eq!(out.len(), n * rows, "gemm: output is not [{n}, {rows}]");
-    let blocks = n.div_ceil(NT);
-    // packed[(b * cols + c) * NT + j] = x[b * NT + j, c], zero past the last token.
-    let mut packed = vec![0.0f32; blocks * cols * NT];
     if cols == 0 {
         // An empty sum for every output (and no panel to pack).
         return out.fill(0.0);
     }
+    let blocks = n.div_ceil(NT);
+    // packed[(b * cols + c) * NT + j] = x[b * NT + j, c], zero past the last token.
+    let mut packed = vec![0.0f32; blocks * cols * NT];
     pool::for_each_chunk_mut(&mut packed, cols * NT, &|b, panel| {
         for j in 0..NT.min(n - b * NT) {
             let row = &x[(b * NT + j) * cols..(b * NT + j + 1) * cols];
@@ -52,7 +53,7 @@ pub fn matmul(rows: usize, cols: usize, fill: &Fill<'_>, x: &[f32], n: usize, ou
         }
     });
     let packed = &packed;
-    let dst = Out(out.as_mut_ptr());
+    let dst = pool::Disjoint::new(out);
     pool::for_each_task(rows.div_ceil(GROUP), &|g| {
         let r0 = g * GROUP;
         let nr = GROUP.min(rows - r0);
@@ -91,20 +92,6 @@ pub fn matmul(rows: usize, cols: usize, fill: &Fill<'_>, x: &[f32], n: usize, ou
             }
         }
     });
-}
-
-/// A buffer written by several tasks at once, each at its own elements.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: tasks write disjoint elements while the buffer is borrowed for the job.
-unsafe impl Sync for Out {}
-unsafe impl Send for Out {}
-
-impl Out {
-    /// The element `i` places on (a method, so closures capture the whole `Out`, which is Sync).
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
 }
 
 /// Adds a tile's sums into `sums`: weight row m times token j of token block q goes to

@@ -54,7 +54,7 @@ pub fn for_each_task(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
 pub fn for_each_chunk_mut<T: Send>(data: &mut [T], chunk: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
     assert!(chunk > 0, "for_each_chunk_mut: chunks of 0 elements");
     let len = data.len();
-    let base = Disjoint(data.as_mut_ptr());
+    let base = Disjoint::new(data);
     for_each_task(len.div_ceil(chunk), &|i| {
         let start = i * chunk;
         // SAFETY: task i is the only one to touch `start..start + n`, which lies inside `data`,
@@ -64,14 +64,22 @@ pub fn for_each_chunk_mut<T: Send>(data: &mut [T], chunk: usize, f: &(dyn Fn(usi
     });
 }
 
-/// The start of a buffer whose disjoint parts several tasks write at once.
-struct Disjoint<T>(*mut T);
-// SAFETY: only used by for_each_chunk_mut, whose tasks each take a part no other task touches.
+/// The start of a buffer whose disjoint elements several tasks of one job write at once (chunks
+/// here, a decode product's row spans, a GEMM group's outputs). Writing through [`Disjoint::at`]
+/// is the user's promise: in bounds, no element written by two tasks, and the buffer borrowed
+/// mutably until the job has returned.
+pub(crate) struct Disjoint<T>(*mut T);
+// SAFETY: the pointer is only written through by tasks that each own the elements they touch
+// (the contract above), while the buffer it came from stays mutably borrowed.
 unsafe impl<T: Send> Sync for Disjoint<T> {}
 
 impl<T> Disjoint<T> {
-    /// A method, so closures capture the whole (Sync) wrapper rather than its raw pointer.
-    fn at(&self, i: usize) -> *mut T {
+    pub(crate) fn new(data: &mut [T]) -> Disjoint<T> {
+        Disjoint(data.as_mut_ptr())
+    }
+
+    /// Element `i`'s place (a method, so closures capture the whole Sync wrapper, not the pointer).
+    pub(crate) fn at(&self, i: usize) -> *mut T {
         self.0.wrapping_add(i)
     }
 }

@@ -241,7 +241,7 @@ fn matvec_each<const N: usize>(ws: [&QTensor; N], x: &[f32], outs: [&mut [f32]; 
     // At least one quantum, so a matrix of no rows is no tasks rather than a division by zero.
     let span = ws.map(|w| w.rows().div_ceil(threads).next_multiple_of(ROW_QUANTUM).max(ROW_QUANTUM));
     let tasks: [usize; N] = std::array::from_fn(|j| ws[j].rows().div_ceil(span[j]));
-    let outs = outs.map(|o| Out(o.as_mut_ptr()));
+    let outs = outs.map(pool::Disjoint::new);
     let run = |mut task: usize| {
         let mut j = 0;
         while task >= tasks[j] {
@@ -256,19 +256,11 @@ fn matvec_each<const N: usize>(ws: [&QTensor; N], x: &[f32], outs: [&mut [f32]; 
             let y = unsafe { kernels::dot_unchecked(w.dtype, w.row(r), x) };
             // SAFETY: `r < rows`, the length of output j (asserted above); each row belongs to
             // exactly one task, so no other thread writes this element.
-            unsafe { *outs[j].0.add(r) = y };
+            unsafe { *outs[j].at(r) = y };
         }
     };
     pool::for_each_task(tasks.iter().sum(), &run);
 }
-
-/// An output buffer written by several threads at once, each at rows no other writes.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: only used by matvec_each, whose tasks write disjoint elements while the buffer is
-// mutably borrowed for the whole job.
-unsafe impl Sync for Out {}
-unsafe impl Send for Out {}
 
 #[inline]
 fn f16_at(b: &[u8], at: usize) -> f32 {
