@@ -400,9 +400,8 @@ mod avx512 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// How far ahead of its reads a decode product prefetches a weight row: F16 rows read 25.3,
-    /// 32.5 and 36.0 GB/s on one core at 1, 2 and 4 KB, Q4_1 rows (bound by their arithmetic)
-    /// 17.0 at 2 KB (a 100 MB matrix, best of 5; docs/performance.md).
+    /// How far ahead of its reads a decode product prefetches a weight row: the distances one core
+    /// read fastest at, F32/F16 and quantized (docs/performance.md has the ladder).
     const PREFETCH_BYTES: usize = 4096;
     const PREFETCH_QUANT_BYTES: usize = 2048;
 

@@ -70,7 +70,7 @@ enum Command {
 /// size is zeroed by page faults again: the engine's per-product buffers (a packed prefill panel,
 /// a vocabulary of logits) paid that on every product, and at 2 threads each unmap also stopped
 /// the pool's worker to flush its TLB. Blocks up to 32 MiB (glibc's ceiling) now stay in the heap
-/// for reuse (prefill +15-20%, docs/performance.md); larger ones, KV caches of long contexts, are
+/// for reuse (docs/performance.md measures what it bought); larger ones, KV caches of long contexts, are
 /// still mapped on their own.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
